@@ -1,0 +1,38 @@
+//! The NIC backend trait that the offload engine programs, and its
+//! backends: `sim` (an in-process NIC, the embedded default), `tc`
+//! (Linux tc-flower over netlink) and `dpdk` (rte_flow, feature `dpdk`).
+
+pub mod rule;
+pub mod sim;
+
+pub use rule::{
+    Action, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement, Refusal,
+    RuleCounters, RuleSpec,
+};
+
+/// A NIC (or kernel path) that takes per-direction flow rules.
+///
+/// All calls are batched: the engine collects work and hands it over in
+/// one call, so a backend can use one syscall or one PMD burst per batch.
+/// Results come back in the order of the input, one per rule, so one
+/// refused rule never fails its neighbours.
+pub trait Backend: Send {
+    /// A short name for logs and records ("sim", "tc", "dpdk").
+    fn name(&self) -> &str;
+
+    /// What this backend can match, do and hold.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Installs rules; one outcome per rule, in input order.
+    fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome>;
+
+    /// Removes rules by cookie; one result per cookie, in input order.
+    /// Where the backend can read a rule's counters as it removes it, the
+    /// final counters come back so no packet is lost between the last poll
+    /// and the removal.
+    fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>>;
+
+    /// Reads the cumulative counters of every rule this backend holds for
+    /// us, appending `(cookie, counters)` to `out`.
+    fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError>;
+}

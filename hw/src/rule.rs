@@ -1,0 +1,310 @@
+//! The vocabulary shared by the engine and every backend: rule specs,
+//! cookies, actions, placements, counters, capabilities and refusals.
+
+use core::fmt;
+use flowtable_sw::{Direction, FlowKey};
+use serde::{Deserialize, Serialize};
+
+/// Ties a hardware rule to its flow and direction, and marks it as ours.
+///
+/// On the wire (tc cookie, rte_flow MARK/group metadata) it is 16 bytes:
+/// a magic, the owner instance id, the flow id and the direction. Rules
+/// whose cookie lacks the magic belong to someone else and are never
+/// touched.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cookie {
+    /// Identifies the flowtable instance (from config) that owns the rule.
+    pub owner: u32,
+    /// The flow id (`FlowId::as_u64`).
+    pub flow: u64,
+    /// 0 = lo-to-hi, 1 = hi-to-lo.
+    pub dir: u8,
+}
+
+pub const COOKIE_MAGIC: [u8; 3] = *b"FTB";
+pub const COOKIE_VERSION: u8 = 1;
+pub const COOKIE_LEN: usize = 16;
+
+impl Cookie {
+    pub fn new(owner: u32, flow: u64, dir: Direction) -> Cookie {
+        Cookie { owner, flow, dir: dir as u8 }
+    }
+
+    pub fn direction(&self) -> Direction {
+        Direction::from_index(self.dir as usize)
+    }
+
+    /// Byte form: "FTB", version, owner (BE u32), flow (BE u64) with the
+    /// direction in the version byte's high bit.
+    pub fn to_bytes(&self) -> [u8; COOKIE_LEN] {
+        let mut b = [0u8; COOKIE_LEN];
+        b[..3].copy_from_slice(&COOKIE_MAGIC);
+        b[3] = COOKIE_VERSION | (self.dir & 1) << 7;
+        b[4..8].copy_from_slice(&self.owner.to_be_bytes());
+        b[8..16].copy_from_slice(&self.flow.to_be_bytes());
+        b
+    }
+
+    /// Parses a cookie; `None` when it isn't one of ours.
+    pub fn from_bytes(b: &[u8]) -> Option<Cookie> {
+        if b.len() != COOKIE_LEN || b[..3] != COOKIE_MAGIC || b[3] & 0x7f != COOKIE_VERSION {
+            return None;
+        }
+        Some(Cookie {
+            owner: u32::from_be_bytes(b[4..8].try_into().ok()?),
+            flow: u64::from_be_bytes(b[8..16].try_into().ok()?),
+            dir: b[3] >> 7,
+        })
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}:{}:{}", self.owner, self.flow, self.dir)
+    }
+}
+
+/// What a rule does with the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Action {
+    /// Drop in hardware (firewall deny, DDoS scrub).
+    Drop,
+    /// Send out of another port (index in the configured port list).
+    Forward { port: u8 },
+    /// Copy to a port and let the packet continue as it would have.
+    Mirror { port: u8 },
+    /// Tag packets with a mark and deliver them to software (partial offload).
+    Mark { mark: u32 },
+    /// Let packets pass, only counting them (bypass: Suricata-style).
+    Pass,
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Drop => ActionKind::Drop,
+            Action::Forward { .. } => ActionKind::Forward,
+            Action::Mirror { .. } => ActionKind::Mirror,
+            Action::Mark { .. } => ActionKind::Mark,
+            Action::Pass => ActionKind::Pass,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    Drop,
+    Forward,
+    Mirror,
+    Mark,
+    Pass,
+}
+
+/// The fields of one direction of a flow that a rule matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatchFields {
+    pub key: FlowKey,
+    pub dir: Direction,
+}
+
+/// Which match fields a backend can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchSupport {
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub tcp: bool,
+    pub udp: bool,
+    pub sctp: bool,
+    pub icmp: bool,
+    /// Protocols with no ports (GRE, ESP, ...), matched on addresses and proto.
+    pub other_ip: bool,
+    pub vlan: bool,
+    pub qinq: bool,
+}
+
+impl MatchSupport {
+    pub const ALL: MatchSupport = MatchSupport {
+        ipv4: true,
+        ipv6: true,
+        tcp: true,
+        udp: true,
+        sctp: true,
+        icmp: true,
+        other_ip: true,
+        vlan: true,
+        qinq: true,
+    };
+
+    /// Why this key can't be matched, if it can't.
+    pub fn check(&self, key: &FlowKey) -> Result<(), String> {
+        let ok_l3 = if key.is_ipv6() { self.ipv6 } else { self.ipv4 };
+        if !ok_l3 {
+            return Err(format!("{} match not supported", if key.is_ipv6() { "ipv6" } else { "ipv4" }));
+        }
+        let ok_l4 = match key.proto {
+            6 => self.tcp,
+            17 => self.udp,
+            132 => self.sctp,
+            1 | 58 => self.icmp,
+            _ => self.other_ip,
+        };
+        if !ok_l4 {
+            return Err(format!("{} match not supported", key.proto_name()));
+        }
+        if key.vlan_inner != 0 && !self.qinq {
+            return Err("qinq match not supported".into());
+        }
+        if key.vlan_outer != 0 && !self.vlan {
+            return Err("vlan match not supported".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a backend reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub matches: MatchSupport,
+    pub actions: Vec<ActionKind>,
+    /// Most rules the NIC holds at once (0 = unknown / unlimited).
+    pub max_rules: usize,
+    /// Most rule insertions per second it sustains (0 = unlimited).
+    pub max_insert_rate: u32,
+    /// Whether per-rule counters can be read back.
+    pub counters: bool,
+    /// Whether software still sees packets of flows whose rules are
+    /// installed (tc software path, AF_PACKET taps before tc ingress). When
+    /// true the engine must not count those packets a second time.
+    pub software_sees_offloaded: bool,
+}
+
+impl Capabilities {
+    pub fn supports_action(&self, a: &Action) -> bool {
+        self.actions.contains(&a.kind())
+    }
+}
+
+/// One rule to install: a flow direction, an action, and its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub cookie: Cookie,
+    pub matches: MatchFields,
+    pub action: Action,
+    /// Hardware-only, software-only (kernel fallback path) or either.
+    pub policy: PlacementPolicy,
+}
+
+/// Where a rule should go (tc: skip_sw / skip_hw / neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementPolicy {
+    Hardware,
+    Software,
+    #[default]
+    Auto,
+}
+
+/// Where an installed rule ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// In NIC hardware.
+    Hardware,
+    /// In the kernel's software classifier (tc flower with skip_hw or
+    /// not_in_hw): enforced, but costing CPU.
+    KernelSoftware,
+}
+
+/// A backend's "no" to one rule, with its own words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Machine-readable class: "capacity", "rate", "unsupported-match",
+    /// "unsupported-action", "driver", "exists", "io".
+    pub kind: RefusalKind,
+    /// The backend's message (kernel extack, PMD error string).
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalKind {
+    Capacity,
+    Rate,
+    UnsupportedMatch,
+    UnsupportedAction,
+    Driver,
+    Exists,
+    Io,
+}
+
+impl RefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Capacity => "capacity",
+            RefusalKind::Rate => "rate",
+            RefusalKind::UnsupportedMatch => "unsupported-match",
+            RefusalKind::UnsupportedAction => "unsupported-action",
+            RefusalKind::Driver => "driver",
+            RefusalKind::Exists => "exists",
+            RefusalKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// The result of installing one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallOutcome {
+    Installed {
+        placement: Placement,
+        /// Whether this rule's counters can be read (some PMDs refuse COUNT).
+        counters: bool,
+    },
+    Refused(Refusal),
+}
+
+/// Cumulative counters of one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Of the above, what hardware counted (tc splits hw and sw stats).
+    pub hw_packets: u64,
+    pub hw_bytes: u64,
+    /// Time of the last hit in ns on the backend's clock, when it knows it.
+    pub last_used_ns: Option<u64>,
+}
+
+/// A failure of a whole backend call (not one rule's refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend}: no rule with cookie {cookie:?}")]
+    UnknownRule { backend: String, cookie: Cookie },
+    #[error("{backend}: {message}")]
+    Io { backend: String, message: String },
+    #[error("{backend}: refused: {message}")]
+    Refused { backend: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_round_trips_and_rejects_foreign() {
+        let c = Cookie::new(0xdead_beef, (7u64 << 32) | 42, Direction::HiToLo);
+        let b = c.to_bytes();
+        assert_eq!(Cookie::from_bytes(&b), Some(c));
+        let mut foreign = b;
+        foreign[0] = b'X';
+        assert_eq!(Cookie::from_bytes(&foreign), None);
+        assert_eq!(Cookie::from_bytes(&b[..8]), None);
+    }
+}

@@ -1,0 +1,4 @@
+//! flowtable: the pieces the binary wires together — packet sources, the
+//! replay driver and the daemon — kept in a library so tests reach them.
+
+pub mod source;

@@ -1,0 +1,38 @@
+//! Packet sources: capture files, the synthetic generator, live interfaces.
+
+use flowtable_sw::LinkType;
+
+pub mod pcap;
+
+/// One frame as a source delivers it, borrowed until the next call.
+#[derive(Debug, Clone, Copy)]
+pub struct RawPacket<'a> {
+    /// Capture or arrival time, ns since the Unix epoch.
+    pub ts_ns: u64,
+    /// The captured bytes (possibly cut at the snap length).
+    pub data: &'a [u8],
+    /// Length on the wire.
+    pub wire_len: u32,
+    pub link: LinkType,
+    /// Index of the port the frame came in on.
+    pub ingress: u8,
+}
+
+/// Where a source failed: which file or interface, at what offset.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: {message}")]
+    Open { path: String, message: String },
+    #[error("{path}: at byte offset {offset}: {message}")]
+    Corrupt { path: String, offset: u64, message: String },
+    #[error("{path}: unsupported link type {linktype}")]
+    LinkType { path: String, linktype: u32 },
+    #[error("{what}: {message}")]
+    Io { what: String, message: String },
+}
+
+/// A stream of frames. A lending interface: each frame borrows the
+/// source's buffer, so reading costs no allocation per packet.
+pub trait PacketSource {
+    fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError>;
+}

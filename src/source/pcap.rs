@@ -1,0 +1,1 @@
+//! pcap and pcapng capture files. (Being written.)

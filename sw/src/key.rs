@@ -1,0 +1,258 @@
+//! Bidirectional flow keys: both directions of a conversation map to one
+//! canonical key, and a direction bit says which way a packet went.
+
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Which way a packet travels relative to its flow's canonical key.
+///
+/// `LoToHi` means the packet's source is the key's `lo` endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Direction {
+    LoToHi = 0,
+    HiToLo = 1,
+}
+
+impl Direction {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::LoToHi => Direction::HiToLo,
+            Direction::HiToLo => Direction::LoToHi,
+        }
+    }
+    pub fn from_index(i: usize) -> Direction {
+        if i & 1 == 0 {
+            Direction::LoToHi
+        } else {
+            Direction::HiToLo
+        }
+    }
+}
+
+pub const FLAG_IPV6: u8 = 1;
+
+/// The canonical key of a flow: 5-tuple, VLANs and ingress port.
+///
+/// Addresses are 16 bytes; IPv4 addresses sit in the first four bytes with
+/// the rest zero and `FLAG_IPV6` clear. The `lo` endpoint is the smaller
+/// (address, port) pair, so both directions of a conversation build the
+/// same key. For ICMP echo the identifier stands in both port fields.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+pub struct FlowKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Outer 802.1Q VLAN id, 0 when untagged.
+    pub vlan_outer: u16,
+    /// Inner VLAN id of QinQ, 0 when single-tagged or untagged.
+    pub vlan_inner: u16,
+    pub proto: u8,
+    /// Index of the port the flow arrived on (configured port list).
+    pub ingress: u8,
+    pub flags: u8,
+    _pad: u8,
+}
+
+/// One direction of a flow as the packet carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl FlowKey {
+    /// Builds the canonical key from a packet's addresses and ports and
+    /// returns it with the packet's direction.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn canonical(
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        ipv6: bool,
+        vlan_outer: u16,
+        vlan_inner: u16,
+        ingress: u8,
+    ) -> (FlowKey, Direction) {
+        let fwd = (src, sport) <= (dst, dport);
+        let (addr_lo, port_lo, addr_hi, port_hi, dir) = if fwd {
+            (src, sport, dst, dport, Direction::LoToHi)
+        } else {
+            (dst, dport, src, sport, Direction::HiToLo)
+        };
+        (
+            FlowKey {
+                addr_lo,
+                addr_hi,
+                port_lo,
+                port_hi,
+                vlan_outer,
+                vlan_inner,
+                proto,
+                ingress,
+                flags: if ipv6 { FLAG_IPV6 } else { 0 },
+                _pad: 0,
+            },
+            dir,
+        )
+    }
+
+    pub fn from_v4(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> (FlowKey, Direction) {
+        FlowKey::canonical(v4_bytes(src), v4_bytes(dst), sport, dport, proto, false, 0, 0, 0)
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.flags & FLAG_IPV6 != 0
+    }
+
+    pub fn addr(&self, bytes: &[u8; 16]) -> IpAddr {
+        if self.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        }
+    }
+
+    pub fn lo(&self) -> IpAddr {
+        self.addr(&self.addr_lo)
+    }
+
+    pub fn hi(&self) -> IpAddr {
+        self.addr(&self.addr_hi)
+    }
+
+    /// The addresses and ports as a packet travelling in `dir` carries them.
+    pub fn endpoints(&self, dir: Direction) -> Endpoints {
+        match dir {
+            Direction::LoToHi => Endpoints {
+                src: self.lo(),
+                dst: self.hi(),
+                sport: self.port_lo,
+                dport: self.port_hi,
+            },
+            Direction::HiToLo => Endpoints {
+                src: self.hi(),
+                dst: self.lo(),
+                sport: self.port_hi,
+                dport: self.port_lo,
+            },
+        }
+    }
+
+    /// Whether the protocol carries ports (TCP, UDP, SCTP, UDP-Lite).
+    pub fn has_ports(&self) -> bool {
+        matches!(self.proto, 6 | 17 | 132 | 136)
+    }
+
+    pub fn proto_name(&self) -> &'static str {
+        proto_name(self.proto)
+    }
+}
+
+pub fn v4_bytes(a: Ipv4Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&a.octets());
+    b
+}
+
+pub fn ip_bytes(a: IpAddr) -> ([u8; 16], bool) {
+    match a {
+        IpAddr::V4(v4) => (v4_bytes(v4), false),
+        IpAddr::V6(v6) => (v6.octets(), true),
+    }
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        58 => "icmpv6",
+        132 => "sctp",
+        47 => "gre",
+        50 => "esp",
+        _ => "ip",
+    }
+}
+
+fn fmt_endpoint(f: &mut fmt::Formatter<'_>, addr: IpAddr, port: u16) -> fmt::Result {
+    match addr {
+        IpAddr::V4(a) => write!(f, "{a}:{port}"),
+        IpAddr::V6(a) => write!(f, "[{a}]:{port}"),
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.proto_name())?;
+        fmt_endpoint(f, self.lo(), self.port_lo)?;
+        write!(f, " <-> ")?;
+        fmt_endpoint(f, self.hi(), self.port_hi)?;
+        if self.vlan_outer != 0 {
+            write!(f, " vlan {}", self.vlan_outer)?;
+            if self.vlan_inner != 0 {
+                write!(f, ".{}", self.vlan_inner)?;
+            }
+        }
+        if self.ingress != 0 {
+            write!(f, " port {}", self.ingress)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        let (k1, d1) = FlowKey::from_v4(a, b, 40000, 80, 6);
+        let (k2, d2) = FlowKey::from_v4(b, a, 80, 40000, 6);
+        assert_eq!(k1, k2);
+        assert_eq!(d1, Direction::LoToHi);
+        assert_eq!(d2, Direction::HiToLo);
+        let e = k1.endpoints(d2);
+        assert_eq!(e.src, IpAddr::V4(b));
+        assert_eq!(e.sport, 80);
+    }
+
+    #[test]
+    fn same_address_orders_by_port() {
+        let a = Ipv4Addr::new(127, 0, 0, 1);
+        let (k1, d1) = FlowKey::from_v4(a, a, 5000, 22, 6);
+        let (k2, d2) = FlowKey::from_v4(a, a, 22, 5000, 6);
+        assert_eq!(k1, k2);
+        assert_ne!(d1, d2);
+        assert_eq!(k1.port_lo, 22);
+    }
+
+    #[test]
+    fn key_is_compact() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 44);
+    }
+}

@@ -1,0 +1,133 @@
+//! What the parser extracts from one packet, and why a packet was skipped.
+
+use crate::key::{Direction, FlowKey};
+use serde::Serialize;
+
+/// Link-layer framing of a capture or interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    Ethernet,
+    /// Raw IP, version from the first nibble (pcap RAW, IPV4, IPV6).
+    RawIp,
+    /// Linux cooked capture v1 (SLL).
+    LinuxSll,
+    /// Linux cooked capture v2 (SLL2).
+    LinuxSll2,
+    /// BSD loopback: a 4-byte address family in host order of the writer.
+    Null,
+    /// OpenBSD loopback: a 4-byte address family in network order.
+    Loop,
+}
+
+impl LinkType {
+    /// Maps a pcap LINKTYPE_ value; `None` for framings we don't parse.
+    pub fn from_pcap(linktype: u32) -> Option<LinkType> {
+        Some(match linktype {
+            1 => LinkType::Ethernet,
+            0 => LinkType::Null,
+            108 => LinkType::Loop,
+            12 | 14 | 101 | 228 | 229 => LinkType::RawIp,
+            113 => LinkType::LinuxSll,
+            276 => LinkType::LinuxSll2,
+            _ => return None,
+        })
+    }
+}
+
+/// Fragment position of an IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment.
+    Whole,
+    /// First fragment (offset 0, more fragments): carries the L4 header.
+    First { id: u32 },
+    /// A later fragment: no L4 header, attributed through its IP id.
+    Later { id: u32 },
+}
+
+/// The parsed summary of one packet; everything the flow table needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Canonical flow key. For `Fragment::Later` the ports are zero.
+    pub key: FlowKey,
+    pub dir: Direction,
+    /// Length on the wire (the capture's original length, not the snap).
+    pub wire_len: u32,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10), 0 otherwise.
+    pub tcp_flags: u8,
+    pub fragment: Fragment,
+    /// Offset of the L4 payload in the frame (0 when unknown), for DPI hooks.
+    pub payload_offset: u16,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Why a packet produced no flow; each reason is counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    UnsupportedLinkType,
+    TruncatedLink,
+    /// Not IPv4/IPv6 (ARP, LLDP, MPLS, ...).
+    NonIp,
+    TruncatedIp,
+    BadIpVersion,
+    BadIpHeader,
+    TruncatedTransport,
+    BadTransportHeader,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 8] = [
+        SkipReason::UnsupportedLinkType,
+        SkipReason::TruncatedLink,
+        SkipReason::NonIp,
+        SkipReason::TruncatedIp,
+        SkipReason::BadIpVersion,
+        SkipReason::BadIpHeader,
+        SkipReason::TruncatedTransport,
+        SkipReason::BadTransportHeader,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::UnsupportedLinkType => "unsupported-link-type",
+            SkipReason::TruncatedLink => "truncated-link",
+            SkipReason::NonIp => "non-ip",
+            SkipReason::TruncatedIp => "truncated-ip",
+            SkipReason::BadIpVersion => "bad-ip-version",
+            SkipReason::BadIpHeader => "bad-ip-header",
+            SkipReason::TruncatedTransport => "truncated-transport",
+            SkipReason::BadTransportHeader => "bad-transport-header",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        SkipReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Counters of skipped packets by reason; indexable without allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipCounters {
+    pub counts: [u64; SkipReason::ALL.len()],
+}
+
+impl SkipCounters {
+    #[inline]
+    pub fn add(&mut self, reason: SkipReason) {
+        self.counts[reason as usize] += 1;
+    }
+    pub fn get(&self, reason: SkipReason) -> u64 {
+        self.counts[reason as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (SkipReason, u64)> + '_ {
+        SkipReason::ALL.iter().map(|r| (*r, self.counts[*r as usize]))
+    }
+}

@@ -1,0 +1,1 @@
+//! Typed zero-copy views over protocol headers, one module per protocol.
