@@ -6,8 +6,8 @@ pub mod rule;
 pub mod sim;
 
 pub use rule::{
-    Action, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement, Refusal,
-    RuleCounters, RuleSpec,
+    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields,
+    MatchSupport, Placement, PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
 
 /// A NIC (or kernel path) that takes per-direction flow rules.
