@@ -102,6 +102,7 @@ mod tests {
 
     /// 2905 -> 3868 (M3UA -> Diameter ports), tag 0x01020304; one DATA chunk
     /// of 5 value bytes padded to 12, then a SHUTDOWN chunk of 8.
+    #[rustfmt::skip]
     const PACKET: [u8; 36] = [
         0x0b, 0x59, 0x0f, 0x1c, 0x01, 0x02, 0x03, 0x04, 0xca, 0xfe, 0xba, 0xbe, //
         CHUNK_DATA, 0x03, 0x00, 0x09, 1, 2, 3, 4, 5, 0, 0, 0, //
