@@ -5,7 +5,7 @@
 use crate::source::{PacketSource, SourceError};
 use flowtable_offload::{Engine, FlowRecord};
 use flowtable_sw::parse::parse_packet;
-use flowtable_sw::SkipCounters;
+use flowtable_sw::{SkipCounters, SkipReason};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -75,7 +75,11 @@ pub fn replay(
                 on_record(&r);
             }
         }
-        let info = match parse_packet(pkt.link, pkt.data, pkt.wire_len, pkt.ingress) {
+        let Some(link) = pkt.link else {
+            sum.skipped.add(SkipReason::UnsupportedLinkType);
+            continue;
+        };
+        let info = match parse_packet(link, pkt.data, pkt.wire_len, pkt.ingress) {
             Ok(info) => info,
             Err(reason) => {
                 sum.skipped.add(reason);
