@@ -268,6 +268,12 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
 
     // Parsing allocated nothing, over every packet of the corpus.
     assert_eq!(ALLOCATIONS.with(|n| n.get()), 0, "parse_packet allocated");
+    // ... and the counter does see allocations when there are some.
+    COUNTING.with(|c| c.set(true));
+    let probe = std::hint::black_box(vec![0u8; 16]);
+    COUNTING.with(|c| c.set(false));
+    drop(probe);
+    assert_eq!(ALLOCATIONS.with(|n| n.get()), 1, "the allocation counter is blind");
 
     // Facts about particular captures, each checked with tshark.
     let get =
