@@ -2,6 +2,7 @@
 //! replay driver and the daemon — kept in a library so tests reach them.
 
 pub mod backend;
+pub mod bench;
 pub mod replay;
 pub mod report;
 pub mod source;

@@ -42,6 +42,15 @@ impl ReplaySummary {
     }
 }
 
+/// A source that broke off mid-way; what was read before still counts, and
+/// its flows' records were written.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct ReplayError {
+    pub summary: ReplaySummary,
+    pub source: SourceError,
+}
+
 /// Replays `source` through `engine` until the source ends, then shuts
 /// the engine down (remaining flows end with reason `shutdown`). Every
 /// record goes to `on_record` as it is made.
@@ -49,7 +58,7 @@ pub fn replay(
     source: &mut dyn PacketSource,
     engine: &mut Engine,
     mut on_record: impl FnMut(&FlowRecord),
-) -> Result<ReplaySummary, SourceError> {
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let mut sum = ReplaySummary::default();
     let mut next_poll = 0u64;
@@ -67,7 +76,11 @@ pub fn replay(
             next_poll = pkt.ts_ns;
         }
         // Captures are not always in time order; time never runs backwards.
-        now = now.max(pkt.ts_ns);
+        if pkt.ts_ns > now {
+            now = pkt.ts_ns;
+            // The NIC stamps rule hits with its own clock, as hardware does.
+            engine.backend_mut().set_clock(now);
+        }
         if now >= next_poll {
             engine.poll(now);
             next_poll = now + POLL_TICK_NS;
@@ -102,5 +115,8 @@ pub fn replay(
     }
     sum.last_ts_ns = now;
     sum.wall_ns = started.elapsed().as_nanos() as u64;
-    result.map(|_| sum)
+    match result {
+        Ok(()) => Ok(sum),
+        Err(source) => Err(ReplayError { summary: sum, source }),
+    }
 }
