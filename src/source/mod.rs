@@ -4,6 +4,7 @@ use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
 pub mod pcap;
+pub mod synth;
 
 /// One frame as a source delivers it, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]
