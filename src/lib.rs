@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod demo;
 pub mod replay;
 pub mod report;
 pub mod source;
