@@ -60,6 +60,24 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the daemon: packet sources, the engine, the control socket.
+    Run(flowtable::daemon::RunArgs),
+    /// List a running daemon's flows.
+    Flows(flowtable::client::FlowsArgs),
+    /// Show everything about one flow.
+    Flow(flowtable::client::FlowArgs),
+    /// The daemon's figures: flows, rules, packets, refusals.
+    Stats(flowtable::client::StatsArgs),
+    /// A live view of the top flows (q quits).
+    Watch(flowtable::client::watch::WatchArgs),
+    /// Attach a label, a verdict or metadata (key=value) to a flow.
+    Label(flowtable::client::LabelArgs),
+    /// Offload a flow with an action.
+    Offload(flowtable::client::OffloadArgs),
+    /// Take a flow back to software.
+    Unoffload(flowtable::client::UnoffloadArgs),
+    /// Stream events: new, classified, offloaded, refused, expired.
+    Events(flowtable::client::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +236,15 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", flowtable_config::example());
             Ok(())
         }
+        Command::Run(a) => flowtable::daemon::main(a),
+        Command::Flows(a) => flowtable::client::flows(a),
+        Command::Flow(a) => flowtable::client::flow(a),
+        Command::Stats(a) => flowtable::client::stats(a),
+        Command::Watch(a) => flowtable::client::watch::watch(a),
+        Command::Label(a) => flowtable::client::label(a),
+        Command::Offload(a) => flowtable::client::offload(a),
+        Command::Unoffload(a) => flowtable::client::unoffload(a),
+        Command::Events(a) => flowtable::client::events(a),
     }
 }
 
