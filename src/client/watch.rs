@@ -179,10 +179,10 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
     let rows: Vec<Row> = view.page.as_ref().map(|p| p.flows.iter().map(|f| row(f, &view.rates)).collect()).unwrap_or_default();
     let title = view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", p.flows.len(), p.total));
     let widths = [
-        Constraint::Length(12),
+        Constraint::Length(11),
         Constraint::Length(5),
-        Constraint::Min(21),
-        Constraint::Min(21),
+        Constraint::Fill(1),
+        Constraint::Fill(1),
         Constraint::Length(9),
         Constraint::Length(18),
         Constraint::Length(16),
