@@ -108,6 +108,9 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Control socket requests/s with a million live flows, and the packet
+    /// loop's rate with and without a client polling every 100 ms.
+    Control(flowtable::daemon::bench::ControlBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -234,6 +237,15 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Config { command: ConfigCommand::Example } => {
             print!("{}", flowtable_config::example());
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Control(a) } => {
+            let b = flowtable::daemon::bench::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::daemon::bench::report(&b, &a));
+            }
             Ok(())
         }
         Command::Run(a) => flowtable::daemon::main(a),

@@ -136,19 +136,21 @@ impl Filter {
         if self.terms.is_empty() {
             return true;
         }
-        let ends = flow.key.endpoints(flow.initiator());
+        // Addresses and ports are worked out only if a term asks.
+        let ends_cell = std::cell::OnceCell::new();
+        let ends = || ends_cell.get_or_init(|| flow.key.endpoints(flow.initiator()));
         let within = |(a, b): (u16, u16), p: u16| a <= p && p <= b;
         self.terms.iter().all(|t| {
             let hit = match &t.test {
                 Test::Id(v) => id.0 == *v,
                 Test::Proto(p) => flow.key.proto == *p,
                 Test::ProtoName(p) => p.matches(flow.key.proto),
-                Test::Port(a, b) => within((*a, *b), ends.sport) || within((*a, *b), ends.dport),
-                Test::Sport(a, b) => within((*a, *b), ends.sport),
-                Test::Dport(a, b) => within((*a, *b), ends.dport),
-                Test::Addr(n) => n.contains(&ends.src) || n.contains(&ends.dst),
-                Test::Src(n) => n.contains(&ends.src),
-                Test::Dst(n) => n.contains(&ends.dst),
+                Test::Port(a, b) => within((*a, *b), ends().sport) || within((*a, *b), ends().dport),
+                Test::Sport(a, b) => within((*a, *b), ends().sport),
+                Test::Dport(a, b) => within((*a, *b), ends().dport),
+                Test::Addr(n) => n.contains(&ends().src) || n.contains(&ends().dst),
+                Test::Src(n) => n.contains(&ends().src),
+                Test::Dst(n) => n.contains(&ends().dst),
                 Test::Vlan(v) => flow.key.vlan_outer == *v,
                 Test::Ingress(i) => flow.key.ingress == *i,
                 Test::Stage(s) => flow.stage == *s,

@@ -6,6 +6,7 @@
 //! every live flow (its record written, its rules removed); SIGHUP reloads
 //! the classifier and timeouts, keeping every flow.
 
+pub mod bench;
 pub mod filter;
 pub mod query;
 pub mod records;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const POLL_TICK_NS: u64 = 10_000_000;
 /// Packets read from a source between looks at the control queue.
 pub const BATCH: usize = 256;
+/// The stages a live flow can be in.
+const STAGES: [Stage; 5] = [Stage::Tracking, Stage::Software, Stage::Queued, Stage::Offloaded, Stage::Refused];
 /// Rates are measured over this many one-second samples.
 const RATE_SAMPLES: usize = 5;
 
@@ -513,14 +516,25 @@ impl Daemon {
     fn stats(&self, now: u64) -> Stats {
         let e = &self.engine;
         let st = e.stats();
-        let mut by_stage: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_placement: BTreeMap<String, u64> = BTreeMap::new();
+        // Counted in arrays, named after: a scan of a million flows.
+        let mut stages = [0u64; STAGES.len()];
+        let mut placements = [0u64; filter::PLACEMENTS.len()];
         let facts = query::EngineFacts(e);
         for (id, flow) in e.flows() {
-            *by_stage.entry(flow.stage.as_str().to_string()).or_default() += 1;
+            if let Some(i) = STAGES.iter().position(|s| *s == flow.stage) {
+                stages[i] += 1;
+            }
             let p = filter::FlowFacts::placement(&facts, id, flow);
-            *by_placement.entry(if p == "none" { "software".to_string() } else { p.to_string() }).or_default() += 1;
+            if let Some(i) = filter::PLACEMENTS.iter().position(|x| *x == p) {
+                placements[i] += 1;
+            }
         }
+        let named = |names: &mut dyn Iterator<Item = &'static str>, counts: &[u64]| -> BTreeMap<String, u64> {
+            names.zip(counts).filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let by_stage = named(&mut STAGES.iter().map(|s| s.as_str()), &stages);
+        // Flows with no rule in place are handled by software.
+        let by_placement = named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
         let (install_rate, remove_rate, rate_pps) = self.rates();
         let live = e.table().len();
         let capacity = e.table().capacity();

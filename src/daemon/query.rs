@@ -39,7 +39,7 @@ impl FlowFacts for EngineFacts<'_> {
         if flow.stage != Stage::Offloaded {
             return "none";
         }
-        self.0.flow(id).map_or("none", |v| placement_of(v.offload.as_ref()))
+        placement_of(self.0.offload_state(id))
     }
     fn class(&self, flow: &Flow) -> Option<&str> {
         self.0.classifier().class_name(flow.class)
