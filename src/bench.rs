@@ -161,14 +161,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_command(cmd: &mut std::process::Command) -> Result<f64, String> {
+/// Runs a command to its end and returns its wall time; one that runs past
+/// `limit` is killed and reported, so a peer that hangs can't hang the bench.
+fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<f64, String> {
+    use std::process::Stdio;
+    let name = format!("{:?}", cmd.get_program());
     let start = Instant::now();
-    let out = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).output();
-    let elapsed = start.elapsed().as_secs_f64();
-    match out {
-        Ok(o) if o.status.success() => Ok(elapsed),
-        Ok(o) => Err(format!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&o.stderr).trim())),
-        Err(e) => Err(format!("{:?}: {e}", cmd.get_program())),
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    loop {
+        match child.try_wait().map_err(|e| format!("{name}: {e}"))? {
+            Some(status) if status.success() => return Ok(start.elapsed().as_secs_f64()),
+            Some(status) => return Err(format!("{name} failed: {status}")),
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{name} still running after {limit:?}; killed"));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
     }
 }
 
@@ -213,26 +228,29 @@ pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Resu
     let mut proc_s = Vec::new();
     let mut sf_s = Vec::new();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let ctl = std::env::temp_dir().join(format!("flowtable-bench-{}.ctl", std::process::id()));
-    let pid = std::env::temp_dir().join(format!("flowtable-bench-{}.pid", std::process::id()));
+    let limit = std::time::Duration::from_secs(600);
     for run in 0..runs {
+        // softflowd keeps a pid file: a fresh one each run.
+        let pid = std::env::temp_dir().join(format!("flowtable-bench-{}-{run}.pid", std::process::id()));
         if run > 0 {
             mem.push(one(&software)?.0.packets_per_second());
         }
         mem_off.push(one(&offload)?.0.packets_per_second());
-        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path))?);
+        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path), limit)?);
         sf_s.push(
             time_command(
+                // No control socket: with some socket paths softflowd 1.1.0
+                // waits on it forever after the file ends.
                 std::process::Command::new("softflowd")
-                    .args(["-d", "-6", "-m", "4194304", "-r"])
+                    .args(["-d", "-6", "-m", "4194304", "-c", "none", "-r"])
                     .arg(&path)
-                    .arg("-c")
-                    .arg(&ctl)
                     .arg("-p")
                     .arg(&pid),
+                limit,
             )
             .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
         );
+        let _ = std::fs::remove_file(&pid);
     }
     if file.is_none() {
         let _ = std::fs::remove_file(&path);
