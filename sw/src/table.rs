@@ -91,8 +91,8 @@ impl Stage {
 
 const FLAG_INITIATOR_HI: u8 = 1 << 0;
 const FLAG_FIN_SHIFT: u8 = 1;
-const FLAG_FIN_MASK: u8 = 3 << FLAG_FIN_SHIFT;
-const FLAG_HAS_CONTEXT: u8 = 1 << 3;
+const FLAG_FIN_MASK: u8 = crate::tcp::FIN_BITS << FLAG_FIN_SHIFT;
+const FLAG_HAS_CONTEXT: u8 = 1 << 4;
 
 /// One flow: 128 bytes holding key, state, both directions' software and
 /// hardware counters and timestamps. The application's context lives out
