@@ -71,6 +71,10 @@ pub struct ControlBench {
     pub polling_cost_cpu_pct: f64,
     /// Share of the engine thread's CPU the answers took in polled runs, %.
     pub engine_cpu_answering_pct: f64,
+    /// Engine-thread CPU one poll (stats + top 20) costs, ms (median).
+    pub engine_cpu_per_poll_ms: f64,
+    /// Live flows when a packet run ended (what each poll scanned, at most).
+    pub flows_at_end_of_run: usize,
 }
 
 struct InProcess {
@@ -215,6 +219,9 @@ struct PacketRun {
     polls: u64,
     /// Share of the engine thread's CPU time spent answering requests, %.
     answering_pct: f64,
+    /// Engine-thread CPU per poll (two requests), ms.
+    cpu_per_poll_ms: f64,
+    flows_at_end: usize,
 }
 
 fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String> {
@@ -260,6 +267,8 @@ fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String>
         pps_cpu: src.packets as f64 / summary.engine_cpu_s.max(1e-9),
         polls: polls.load(Ordering::SeqCst),
         answering_pct: 100.0 * summary.control.cpu_s / summary.engine_cpu_s.max(1e-9),
+        cpu_per_poll_ms: summary.control.cpu_s * 1e3 / (summary.control.requests as f64 / 2.0).max(1.0),
+        flows_at_end: summary.flows_at_exit,
     })
 }
 
@@ -271,6 +280,8 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
     let mut polled_cpu = Vec::new();
     let mut polls = Vec::new();
     let mut answering = Vec::new();
+    let mut per_poll = Vec::new();
+    let mut flows_at_end = 0;
     for _ in 0..a.runs.max(1) {
         let r = packet_run(a.packets, None)?;
         idle.push(r.pps);
@@ -280,6 +291,8 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
         polled_cpu.push(r.pps_cpu);
         polls.push(r.polls);
         answering.push(r.answering_pct);
+        per_poll.push(r.cpu_per_poll_ms);
+        flows_at_end = r.flows_at_end;
     }
     let cost = |a: f64, b: f64| 100.0 * (a - b) / a.max(1e-9);
     let (mi, mp, ci, cp) = (median(&idle), median(&polled), median(&idle_cpu), median(&polled_cpu));
@@ -300,6 +313,8 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
         median_cpu_pps_polled: cp,
         polling_cost_cpu_pct: cost(ci, cp),
         engine_cpu_answering_pct: median(&answering),
+        engine_cpu_per_poll_ms: median(&per_poll),
+        flows_at_end_of_run: flows_at_end,
     })
 }
 
@@ -332,8 +347,10 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
     ];
     o.push_str(&crate::report::table(&["", "wall-clock rate", "engine-CPU rate"], &rows, &[1, 2]));
     o.push_str(&format!(
-        "engine thread CPU spent answering the poller: {:.2}% (median)\n",
-        b.engine_cpu_answering_pct
+        "engine thread CPU spent answering the poller: {:.2}% of its time; {:.2} ms a poll (stats + top 20 of up to {} flows)\n",
+        b.engine_cpu_answering_pct,
+        b.engine_cpu_per_poll_ms,
+        count(b.flows_at_end_of_run as u64)
     ));
     o
 }
