@@ -2,6 +2,7 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
+use flowtable_offload::BATCH;
 use flowtable_sw::{Direction, FlowKey, Fragment, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -34,6 +35,8 @@ pub struct TableBench {
     pub flows: usize,
     pub insert_per_s: f64,
     pub lookup_per_s: f64,
+    /// Lookups in batches of `BATCH` with their memory prefetched.
+    pub batched_lookup_per_s: f64,
     pub peer_insert_per_s: f64,
     pub peer_lookup_per_s: f64,
     pub flow_struct_bytes: usize,
@@ -60,8 +63,8 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
 
-    let start = Instant::now();
     let now = n as u64;
+    let start = Instant::now();
     for &i in &order {
         let p = &pkts[i as usize];
         if let Lookup::Found(id) = t.lookup_or_insert(p, now) {
@@ -69,6 +72,25 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         }
     }
     let lookup = start.elapsed().as_secs_f64();
+
+    // The same lookups in batches, as the replay and the daemon make them.
+    let start = Instant::now();
+    for chunk in order.chunks(BATCH) {
+        let mut hashes = [0u64; BATCH];
+        for (h, &i) in hashes.iter_mut().zip(chunk) {
+            *h = t.prefetch_index(&pkts[i as usize].key);
+        }
+        for h in &hashes[..chunk.len()] {
+            t.prefetch_flow(*h);
+        }
+        for (h, &i) in hashes.iter().zip(chunk) {
+            let p = &pkts[i as usize];
+            if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, *h, now) {
+                t.observe(id, p, now, true);
+            }
+        }
+    }
+    let batched = start.elapsed().as_secs_f64();
     black_box(&t);
     let table_bytes = t.heap_bytes() as f64 / n as f64;
     drop(t);
@@ -107,6 +129,7 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         flows: n,
         insert_per_s: n as f64 / insert,
         lookup_per_s: lookups as f64 / lookup,
+        batched_lookup_per_s: lookups as f64 / batched,
         peer_insert_per_s: n as f64 / peer_insert,
         peer_lookup_per_s: lookups as f64 / peer_lookup,
         flow_struct_bytes: std::mem::size_of::<flowtable_sw::Flow>(),
@@ -120,6 +143,7 @@ pub fn table_report(b: &TableBench) -> String {
         "flow table, {} flows (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, memory prefetched)\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
         b.insert_per_s,
@@ -128,6 +152,10 @@ pub fn table_report(b: &TableBench) -> String {
         b.lookup_per_s,
         b.peer_lookup_per_s,
         b.lookup_per_s / b.peer_lookup_per_s,
+        b.batched_lookup_per_s,
+        b.peer_lookup_per_s,
+        b.batched_lookup_per_s / b.peer_lookup_per_s,
+        BATCH,
         b.table_bytes_per_flow,
         b.flow_struct_bytes,
         b.peer_bytes_per_flow,
