@@ -231,15 +231,13 @@ impl Engine {
     /// Replaces the classifier and timeouts (configuration reload). Flows
     /// already decided keep their decision; undecided ones are matched anew.
     pub fn reload(&mut self, classifier: Classifier, timeouts: flowtable_sw::Timeouts) {
-        self.classifier = classifier;
         self.table.set_timeouts(timeouts);
         for id in self.table.ids() {
             if let Some(f) = self.table.get_mut(id) {
-                if f.stage == Stage::Tracking {
-                    f.class = 0;
-                }
+                f.class = if f.stage == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
             }
         }
+        self.classifier = classifier;
     }
 
     /// Starts keeping events for `drain_events`.
