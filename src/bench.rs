@@ -33,6 +33,8 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
 #[derive(Debug, Serialize)]
 pub struct TableBench {
     pub flows: usize,
+    /// Lookup rounds; the lookup figures are their medians.
+    pub rounds: usize,
     pub insert_per_s: f64,
     pub lookup_per_s: f64,
     /// Lookups in batches of `BATCH` with their memory prefetched.
@@ -47,10 +49,18 @@ pub struct TableBench {
 /// New flows/s and lookups/s of existing flows in a table of `n` flows,
 /// against `std::collections::HashMap<FlowKey, (counters)>` doing the
 /// same work with its default (SipHash) hasher.
-pub fn table(n: usize, lookups: usize) -> TableBench {
+pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     let pkts = packets(n, 1);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
     let order: Vec<u32> = (0..lookups).map(|_| rng.gen_range(0..n as u32)).collect();
+
+    // The peer: the standard map with a value of the same counters.
+    #[derive(Default, Clone, Copy)]
+    struct PeerValue {
+        _first: u64,
+        last: u64,
+        counters: [(u64, u64); 4],
+    }
 
     let mut t = FlowTable::new(TableConfig { max_flows: n, full_policy: FullPolicy::RejectNew, ..Default::default() });
     let start = Instant::now();
@@ -63,45 +73,6 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
 
-    let now = n as u64;
-    let start = Instant::now();
-    for &i in &order {
-        let p = &pkts[i as usize];
-        if let Lookup::Found(id) = t.lookup_or_insert(p, now) {
-            t.observe(id, p, now, true);
-        }
-    }
-    let lookup = start.elapsed().as_secs_f64();
-
-    // The same lookups in batches, as the replay and the daemon make them.
-    let start = Instant::now();
-    for chunk in order.chunks(BATCH) {
-        let mut hashes = [0u64; BATCH];
-        for (h, &i) in hashes.iter_mut().zip(chunk) {
-            *h = t.prefetch_index(&pkts[i as usize].key);
-        }
-        for h in &hashes[..chunk.len()] {
-            t.prefetch_flow(*h);
-        }
-        for (h, &i) in hashes.iter().zip(chunk) {
-            let p = &pkts[i as usize];
-            if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, *h, now) {
-                t.observe(id, p, now, true);
-            }
-        }
-    }
-    let batched = start.elapsed().as_secs_f64();
-    black_box(&t);
-    let table_bytes = t.heap_bytes() as f64 / n as f64;
-    drop(t);
-
-    // The peer: the standard map with a value of the same counters.
-    #[derive(Default, Clone, Copy)]
-    struct PeerValue {
-        _first: u64,
-        last: u64,
-        counters: [(u64, u64); 4],
-    }
     let mut m: HashMap<FlowKey, PeerValue> = HashMap::with_capacity(n);
     let start = Instant::now();
     for (i, p) in pkts.iter().enumerate() {
@@ -111,27 +82,65 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         v.last = i as u64;
     }
     let peer_insert = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for &i in &order {
-        let p = &pkts[i as usize];
-        if let Some(v) = m.get_mut(&p.key) {
-            let d = if p.dir == Direction::LoToHi { 0 } else { 1 };
-            v.counters[d].0 += 1;
-            v.counters[d].1 += p.wire_len as u64;
-            v.last = now;
+
+    // Rounds alternate the three ways of looking up, so a burst of noise on
+    // this shared machine hits all of them alike; medians are reported.
+    let now = n as u64;
+    let (mut single, mut batched, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        for &i in &order {
+            let p = &pkts[i as usize];
+            if let Lookup::Found(id) = t.lookup_or_insert(p, now) {
+                t.observe(id, p, now, true);
+            }
         }
+        single.push(lookups as f64 / start.elapsed().as_secs_f64());
+
+        // The same lookups in batches, as the replay and the daemon make them.
+        let start = Instant::now();
+        for chunk in order.chunks(BATCH) {
+            let mut hashes = [0u64; BATCH];
+            for (h, &i) in hashes.iter_mut().zip(chunk) {
+                *h = t.prefetch_index(&pkts[i as usize].key);
+            }
+            for h in &hashes[..chunk.len()] {
+                t.prefetch_flow(*h);
+            }
+            for (h, &i) in hashes.iter().zip(chunk) {
+                let p = &pkts[i as usize];
+                if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, *h, now) {
+                    t.observe(id, p, now, true);
+                }
+            }
+        }
+        batched.push(lookups as f64 / start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        for &i in &order {
+            let p = &pkts[i as usize];
+            if let Some(v) = m.get_mut(&p.key) {
+                let d = if p.dir == Direction::LoToHi { 0 } else { 1 };
+                v.counters[d].0 += 1;
+                v.counters[d].1 += p.wire_len as u64;
+                v.last = now;
+            }
+        }
+        peer.push(lookups as f64 / start.elapsed().as_secs_f64());
     }
-    let peer_lookup = start.elapsed().as_secs_f64();
+    black_box(&t);
     black_box(&m);
+    let table_bytes = t.heap_bytes() as f64 / n as f64;
     let peer_bytes = (m.capacity() as f64 * (std::mem::size_of::<(FlowKey, PeerValue)>() + 1) as f64) / n as f64;
 
     TableBench {
         flows: n,
+        rounds: rounds.max(1),
         insert_per_s: n as f64 / insert,
-        lookup_per_s: lookups as f64 / lookup,
-        batched_lookup_per_s: lookups as f64 / batched,
+        lookup_per_s: median(single),
+        batched_lookup_per_s: median(batched),
         peer_insert_per_s: n as f64 / peer_insert,
-        peer_lookup_per_s: lookups as f64 / peer_lookup,
+        peer_lookup_per_s: median(peer),
         flow_struct_bytes: std::mem::size_of::<flowtable_sw::Flow>(),
         table_bytes_per_flow: table_bytes,
         peer_bytes_per_flow: peer_bytes,
@@ -140,12 +149,13 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
 
 pub fn table_report(b: &TableBench) -> String {
     format!(
-        "flow table, {} flows (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
+        "flow table, {} flows, median of {} rounds (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, memory prefetched)\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
+        b.rounds,
         b.insert_per_s,
         b.peer_insert_per_s,
         b.insert_per_s / b.peer_insert_per_s,

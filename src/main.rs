@@ -89,6 +89,9 @@ enum BenchCommand {
         flows: usize,
         #[arg(long, default_value_t = 10_000_000)]
         lookups: usize,
+        /// Rounds of lookups; the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -206,8 +209,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 Err(format!("{} of {} flows differ from the generator's counts", outcome.mismatches.len(), outcome.flows_checked))
             }
         }
-        Command::Bench { command: BenchCommand::Table { flows, lookups, json } } => {
-            let b = flowtable::bench::table(flows, lookups);
+        Command::Bench { command: BenchCommand::Table { flows, lookups, rounds, json } } => {
+            let b = flowtable::bench::table(flows, lookups, rounds);
             if json {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
             } else {
