@@ -4,6 +4,7 @@
 
 pub mod rule;
 pub mod sim;
+pub mod tc;
 
 pub use rule::{
     Action, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement, Refusal,
