@@ -367,4 +367,67 @@ mod tests {
         let (key, dir) = FlowKey::canonical([1; 16], [2; 16], 0, 0, 6, false, 0, 5, 0);
         assert!(FlowerMatch::from_fields(&MatchFields { key, dir }).is_err());
     }
+
+    #[test]
+    fn reads_a_recorded_dump_of_our_drop_rule() {
+        let bytes = include_bytes!("testdata/dump-drop-udp.bin");
+        let f = FilterView::parse(bytes).unwrap();
+        assert_eq!((f.prio, f.protocol, f.handle, f.parent, f.kind), (0x100, ETH_P_IP, 2, crate::tc::tcmsg::PARENT_INGRESS, "flower"));
+        let fl = f.flower.unwrap();
+        assert_eq!(fl.flags, FLAG_SKIP_HW | FLAG_NOT_IN_HW);
+        assert!(fl.not_in_hw() && !fl.in_hw());
+        assert_eq!(fl.in_hw_count, Some(0));
+        assert_eq!(fl.ip_proto, Some(17));
+        assert_eq!(fl.src, Some(IpAddr::V4(Ipv4Addr::new(10, 34, 0, 1))));
+        assert_eq!(fl.dst, Some(IpAddr::V4(Ipv4Addr::new(10, 34, 0, 2))));
+        assert_eq!((fl.sport, fl.dport), (Some(5001), Some(6001)));
+        let a = fl.cookie_action().unwrap().unwrap();
+        assert_eq!(a.kind, "gact");
+        assert_eq!(a.verdict().unwrap(), Some(crate::tc::action::TC_ACT_SHOT));
+        assert_eq!(Cookie::from_bytes(a.cookie.unwrap()), Some(Cookie::new(0x1600, 1, Direction::LoToHi)));
+        let st = a.stats().unwrap().unwrap();
+        assert_eq!((st.packets, st.bytes, st.hw_packets), (20, 20 * 128, 0));
+        let tm = a.tm().unwrap().unwrap();
+        assert!(tm.last_hit_age_ticks().is_some());
+    }
+
+    #[test]
+    fn reads_recorded_mirror_and_foreign_filters() {
+        let f = FilterView::parse(include_bytes!("testdata/dump-mirror-udp.bin")).unwrap();
+        let a = f.flower.unwrap().cookie_action().unwrap().unwrap();
+        assert_eq!(a.mirred_target().unwrap().map(|t| t.0), Some(TCA_EGRESS_MIRROR));
+        assert_eq!(a.verdict().unwrap(), Some(TC_ACT_UNSPEC));
+        assert_eq!(a.stats().unwrap().unwrap().packets, 15);
+
+        // Added with `tc`: no cookie, so not ours.
+        let f = FilterView::parse(include_bytes!("testdata/dump-foreign-redirect.bin")).unwrap();
+        assert_eq!(f.prio, 61000);
+        let fl = f.flower.unwrap();
+        assert!(fl.cookie_action().unwrap().is_none());
+        let a = fl.actions().next().unwrap().unwrap();
+        assert_eq!(a.mirred_target().unwrap().map(|t| t.0), Some(crate::tc::action::TCA_EGRESS_REDIR));
+
+        // A priority head: kind and chain, no handle, no options.
+        let f = FilterView::parse(include_bytes!("testdata/dump-prio-head.bin")).unwrap();
+        assert_eq!((f.handle, f.prio, f.kind), (0, 0x100, "flower"));
+        assert!(f.flower.is_none());
+    }
+
+    #[test]
+    fn truncated_recording_is_an_error_not_a_panic() {
+        let bytes = include_bytes!("testdata/dump-drop-udp.bin");
+        for cut in [10, 30, 50, 100, 200, bytes.len() - 3] {
+            let _ = FilterView::parse(&bytes[..cut]).and_then(|f| {
+                if let Some(fl) = f.flower {
+                    for a in fl.actions() {
+                        let a = a?;
+                        a.stats()?;
+                        a.tm()?;
+                    }
+                }
+                Ok(())
+            });
+        }
+        assert!(FilterView::parse(&bytes[..10]).is_err());
+    }
 }

@@ -253,6 +253,16 @@ impl TcBackend {
         self.sock.sends
     }
 
+    /// Keeps (or stops keeping) every datagram batches receive.
+    pub fn set_capture(&mut self, on: bool) {
+        self.sock.capture = on.then(Vec::new);
+    }
+
+    /// The datagrams kept since capture was switched on.
+    pub fn take_captured(&mut self) -> Vec<Vec<u8>> {
+        self.sock.capture.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Caps the requests per sendmsg (mainly for tests of the batching).
     pub fn set_max_batch(&mut self, n: usize) {
         self.sock.max_batch = n.max(1);
@@ -737,5 +747,24 @@ impl Drop for TcBackend {
         if let Err(e) = self.flush_owned() {
             tracing::error!(error = %e, "flushing our tc rules at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_rule_maps_to_its_cookie_and_counters() {
+        let now = 2_000_000_000_000_000_000;
+        let f = filter_info(include_bytes!("testdata/dump-drop-udp.bin"), 3, now).unwrap().unwrap();
+        assert_eq!(f.cookie, Cookie::new(0x1600, 1, flowtable_sw::Direction::LoToHi));
+        assert_eq!((f.port, f.prio, f.handle), (3, 0x100, 2));
+        assert_eq!(f.placement(), Placement::KernelSoftware);
+        assert_eq!((f.counters.packets, f.counters.bytes), (20, 2560));
+        let last = f.counters.last_used_ns.unwrap();
+        assert!(last < now && now - last < 60 * 1_000_000_000, "hit within the recording's minute");
+        assert!(filter_info(include_bytes!("testdata/dump-foreign-redirect.bin"), 0, now).unwrap().is_none());
+        assert!(filter_info(include_bytes!("testdata/dump-prio-head.bin"), 0, now).unwrap().is_none());
     }
 }

@@ -103,6 +103,9 @@ pub struct TcSocket {
     pub max_batch: usize,
     /// sendmsg calls made (for tests and benchmarks).
     pub sends: u64,
+    /// When set, every datagram a batch receives is kept here (for
+    /// recording fixtures and for debugging).
+    pub capture: Option<Vec<Vec<u8>>>,
 }
 
 fn setsockopt_int(fd: i32, level: i32, opt: i32, val: i32) -> std::io::Result<()> {
@@ -167,6 +170,7 @@ impl TcSocket {
             sndbuf,
             max_batch: 4096,
             sends: 0,
+            capture: None,
         })
     }
 
@@ -278,6 +282,9 @@ impl TcSocket {
                     return;
                 }
             };
+            if let Some(c) = self.capture.as_mut() {
+                c.push(self.recv_buf[..n].to_vec());
+            }
             let mut failed = None;
             for_each_msg(&self.recv_buf[..n], |seq, reply| {
                 let idx = seq.wrapping_sub(base) as usize;
@@ -408,4 +415,47 @@ fn kernel_error(error: i32, ext_ack: &neli::types::GenlBuffer<NlmsgerrAttr, Buff
         String::from_utf8_lossy(&b[..end]).into_owned()
     });
     NlError::Kernel { errno: -error, extack }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_recorded_extack_error() {
+        let buf = include_bytes!("testdata/reply-netdevsim-extack.bin");
+        let mut seen = Vec::new();
+        for_each_msg(buf, |seq, r| match r {
+            Reply::Done(res) => seen.push((seq, res)),
+            Reply::Msg(..) => panic!("an error reply, not a message"),
+            Reply::Undecodable(e) => panic!("{e}"),
+        });
+        assert_eq!(seen.len(), 1);
+        let (seq, res) = &seen[0];
+        assert_eq!(*seq, 0x4e8f_199f);
+        let err = res.clone().unwrap_err();
+        assert_eq!(
+            err,
+            NlError::Kernel {
+                errno: libc::EOPNOTSUPP,
+                extack: Some("netdevsim: only offload of BPF classifiers supported".into())
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "netdevsim: only offload of BPF classifiers supported (EOPNOTSUPP, Operation not supported (os error 95))"
+        );
+    }
+
+    #[test]
+    fn a_cut_datagram_is_reported_undecodable() {
+        let buf = include_bytes!("testdata/reply-netdevsim-extack.bin");
+        let mut undecodable = 0;
+        for_each_msg(&buf[..100], |_, r| {
+            if let Reply::Undecodable(_) = r {
+                undecodable += 1
+            }
+        });
+        assert_eq!(undecodable, 1);
+    }
 }
