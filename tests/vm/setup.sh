@@ -33,7 +33,7 @@ apt_install() {
 }
 
 apt_install linux-image-amd64 qemu-system-x86 iproute2 ethtool iperf3 netcat-openbsd \
-    linux-source-6.1 python3-pip kmod busybox-static xz-utils make gcc
+    linux-source-6.1 python3-pip kmod xz-utils make gcc iputils-ping procps diffutils
 
 # The kernel the guest boots: the newest Debian kernel in /boot (the host
 # may run a kernel Debian doesn't ship).
