@@ -1,4 +1,8 @@
 //! flowtable: the pieces the binary wires together — packet sources, the
 //! replay driver and the daemon — kept in a library so tests reach them.
 
+pub mod backend;
+pub mod bench;
+pub mod replay;
+pub mod report;
 pub mod source;

@@ -1,1 +1,174 @@
-fn main() {}
+//! The flowtable command: wires sources, the engine and a backend together.
+
+use clap::{Parser, Subcommand};
+use flowtable::report;
+use flowtable_config::Config;
+use flowtable_offload::{Engine, FlowRecord};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "flowtable", version, about = "SmartNIC flow offload orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a pcap or pcapng file through the flow table and the NIC.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Flow records as JSON lines on stdout, then a summary line.
+        #[arg(long)]
+        json: bool,
+        /// Rows in the top-flows table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Check or print configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file; errors name the field and the line.
+    Check { file: PathBuf },
+    /// Print an example configuration.
+    Example,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(p) => flowtable_config::load(p).map_err(|e| e.to_string()),
+        None => flowtable_config::parse("(defaults)", "{}").map_err(|e| e.to_string()),
+    }
+}
+
+fn build_engine(config: &Config) -> Result<Engine, String> {
+    let backend = flowtable::backend::build(config)?;
+    Engine::from_config(config, backend)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Replay { file, config, json, top } => {
+            let config = load_config(config.as_deref())?;
+            let mut engine = build_engine(&config)?;
+            let mut source = flowtable::source::pcap::PcapFileSource::open(&file, 0).map_err(|e| e.to_string())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut records: Vec<FlowRecord> = Vec::new();
+            let mut write_error = None;
+            let result = flowtable::replay::replay(&mut source, &mut engine, |r| {
+                if json {
+                    if let Err(e) = serde_json::to_writer(&mut out, r).map_err(|e| e.to_string()).and_then(|_| writeln!(out).map_err(|e| e.to_string())) {
+                        write_error.get_or_insert(e);
+                    }
+                } else {
+                    records.push(r.clone());
+                }
+            });
+            if let Some(e) = write_error {
+                return Err(format!("writing records: {e}"));
+            }
+            let (summary, source_error) = match result {
+                Ok(s) => (s, None),
+                Err(e) => (e.summary, Some(e.source.to_string())),
+            };
+            if json {
+                let line = serde_json::json!({"summary": summary, "engine": engine.stats()});
+                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            } else {
+                write!(out, "{}", replay_report(&file.display().to_string(), &summary, &engine, &records, top))
+                    .map_err(|e| e.to_string())?;
+            }
+            out.flush().map_err(|e| e.to_string())?;
+            // Records of what was read are out; then the file's fault is told.
+            source_error.map_or(Ok(()), Err)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let c = flowtable_config::load(&file).map_err(|e| e.to_string())?;
+            println!(
+                "{}: ok ({} classifier rules, {} ports, backend {})",
+                file.display(),
+                c.classifier.rules.len(),
+                c.ports.len(),
+                serde_json::to_value(&c.backend).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Example } => {
+            print!("{}", flowtable_config::example());
+            Ok(())
+        }
+    }
+}
+
+fn replay_report(
+    what: &str,
+    s: &flowtable::replay::ReplaySummary,
+    engine: &Engine,
+    records: &[FlowRecord],
+    top: usize,
+) -> String {
+    let st = engine.stats();
+    let mut o = String::new();
+    o.push_str(&format!(
+        "{what}: {} packets, {} in {} ({})\n",
+        report::count(s.packets),
+        report::bytes(s.bytes),
+        report::duration_ns(s.wall_ns),
+        report::rate(s.packets_per_second(), "pkt")
+    ));
+    o.push_str(&format!(
+        "  handled by NIC rules: {} packets ({:.1}%), by software: {}\n",
+        report::count(s.nic_packets),
+        100.0 * s.nic_packets as f64 / s.packets.max(1) as f64,
+        report::count(s.sw_packets)
+    ));
+    o.push_str(&format!(
+        "  flows: {} created, {} offloaded, {} refused; rules installed {}, removed {}\n",
+        st.flows_created, st.flows_offloaded, st.flows_refused, st.rules_installed, st.rules_removed
+    ));
+    if !st.ended_by.is_empty() {
+        let ended: Vec<String> = st.ended_by.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        o.push_str(&format!("  ended: {}\n", ended.join(", ")));
+    }
+    if !st.refusals.is_empty() {
+        let r: Vec<String> = st.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        o.push_str(&format!("  refusals: {}\n", r.join(", ")));
+    }
+    if s.skipped.total() > 0 {
+        let r: Vec<String> = s.skipped.iter().filter(|(_, n)| *n > 0).map(|(k, v)| format!("{} {v}", k.as_str())).collect();
+        o.push_str(&format!("  skipped packets: {}\n", r.join(", ")));
+    }
+    if st.orphan_fragments + st.untracked_table_full > 0 {
+        o.push_str(&format!(
+            "  untracked: {} fragments without their first, {} packets while the table was full\n",
+            st.orphan_fragments, st.untracked_table_full
+        ));
+    }
+    if top > 0 && !records.is_empty() {
+        o.push_str(&format!("\ntop {} flows by bytes:\n", top.min(records.len())));
+        o.push_str(&report::top_records(records, top));
+    }
+    o
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowtable: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

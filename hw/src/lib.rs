@@ -6,9 +6,12 @@ pub mod rule;
 pub mod sim;
 pub mod tc;
 
+use flowtable_sw::PacketInfo;
+
+pub use sim::{SimNic, SimProfile};
 pub use rule::{
-    Action, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement, Refusal,
-    RuleCounters, RuleSpec,
+    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields,
+    MatchSupport, Placement, PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
 
 /// A NIC (or kernel path) that takes per-direction flow rules.
@@ -36,4 +39,17 @@ pub trait Backend: Send {
     /// Reads the cumulative counters of every rule this backend holds for
     /// us, appending `(cookie, counters)` to `out`.
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError>;
+
+    /// Tells the backend the engine's clock (replay time or wall time), for
+    /// backends that keep time themselves (the sim's insertion rate and
+    /// last-use stamps).
+    fn set_clock(&mut self, _now_ns: u64) {}
+
+    /// For a NIC that sits in this process's packet path (the sim): offers
+    /// a packet to its rule table before software sees it. Returns true when
+    /// a rule took the packet, which software then never sees, as with real
+    /// hardware. Backends outside the process return false.
+    fn offer(&mut self, _pkt: &PacketInfo) -> bool {
+        false
+    }
 }

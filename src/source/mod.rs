@@ -1,6 +1,7 @@
 //! Packet sources: capture files, the synthetic generator, live interfaces.
 
-use flowtable_sw::LinkType;
+use flowtable_sw::parse::parse_packet;
+use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
 pub mod pcap;
 
@@ -13,9 +14,25 @@ pub struct RawPacket<'a> {
     pub data: &'a [u8],
     /// Length on the wire.
     pub wire_len: u32,
-    pub link: LinkType,
+    /// The framing, `None` when the parser doesn't know it: the caller
+    /// counts such frames as `SkipReason::UnsupportedLinkType`.
+    pub link: Option<LinkType>,
+    /// The capture's LINKTYPE_ value, known or not (for reports).
+    pub linktype: u32,
     /// Index of the port the frame came in on.
     pub ingress: u8,
+}
+
+impl RawPacket<'_> {
+    /// Parses the frame; a frame of an unknown link type is skipped as
+    /// `UnsupportedLinkType`.
+    #[inline]
+    pub fn parse(&self) -> Result<PacketInfo, SkipReason> {
+        match self.link {
+            Some(link) => parse_packet(link, self.data, self.wire_len, self.ingress),
+            None => Err(SkipReason::UnsupportedLinkType),
+        }
+    }
 }
 
 /// Where a source failed: which file or interface, at what offset.

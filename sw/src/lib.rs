@@ -1,10 +1,17 @@
 //! The software flowtable: packet parsing into flow keys, the flow table
-//! with its per-flow state and counters, TCP lifecycle and expiry timers.
+//! with its per-flow state and counters, TCP lifecycle and expiry timers,
+//! and the context applications attach to flows.
 
+pub mod context;
 pub mod key;
 pub mod packet;
 pub mod parse;
+pub mod table;
+pub mod tcp;
+pub mod timer;
 pub mod wire;
 
 pub use key::{Direction, FlowKey};
 pub use packet::{Fragment, LinkType, PacketInfo, SkipCounters, SkipReason};
+pub use table::{DirCounters, Flow, FlowId, FlowTable, FullPolicy, Lookup, Stage, TableConfig, Timeouts};
+pub use tcp::TcpState;

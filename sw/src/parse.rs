@@ -1,13 +1,888 @@
-//! Packet parsing entry point: link layer to flow key. (Being written.)
+//! Packet parsing: from a captured frame to the flow key and the few fields
+//! the flow table needs.
+//!
+//! Walks link layer (Ethernet with up to any number of 802.1Q / 802.1ad /
+//! 0x9100 tags, of which the first two are kept; Linux SLL and SLL2; BSD
+//! loopback; raw IP), then IPv4 or IPv6 (extension headers skipped, IPsec
+//! AH skipped after either), then the transport header. TCP, UDP, UDP-Lite
+//! and SCTP give ports; ICMP and ICMPv6 follow the rule in
+//! [`crate::wire::icmp`]; every other IP protocol (GRE, ESP, OSPF, ...) is a
+//! flow between two addresses with ports 0.
+//!
+//! Tunnels are not decapsulated: IP-in-IP, GRE, VXLAN, GTP and the like are
+//! keyed on their outer header, which is what a NIC matches on before any
+//! decapsulation action.
+//!
+//! Fragments: a first IPv4 fragment (offset 0, MF set) or an IPv6 fragment
+//! header with offset 0 and M set is parsed normally and marked
+//! `Fragment::First`; any fragment with a non-zero offset is
+//! `Fragment::Later`, keyed with ports 0 and no transport parsing, its IP id
+//! (16 bits for IPv4, 32 for IPv6) left for the table to attribute it.
+//!
+//! The parser never panics on any input and never allocates: every header
+//! goes through a checked [`crate::wire`] view, and the result is a plain
+//! value.
 
-use crate::packet::{LinkType, PacketInfo, SkipReason};
+use crate::key::FlowKey;
+use crate::packet::{Fragment, LinkType, PacketInfo, SkipReason};
+use crate::wire::icmp::{IcmpPacket, IcmpVersion};
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv6::{self, AuthHeader, Ipv6Packet};
+use crate::wire::linux_sll::{Sll2Header, SllHeader};
+use crate::wire::null::{Family, LoopbackHeader};
+use crate::wire::sctp::{self, SctpPacket};
+use crate::wire::tcp::TcpPacket;
+use crate::wire::udp::{self, UdpPacket};
+use crate::wire::{ethernet, ethertype, ip_proto, vlan, Error};
 
 /// Parses one frame into the summary the flow table needs.
+///
+/// `wire_len` is the frame's length on the wire as the capture recorded it
+/// (not the possibly shorter captured length); `ingress` is the index of the
+/// port the frame arrived on, copied into the key.
 pub fn parse_packet(
-    _link: LinkType,
-    _frame: &[u8],
-    _wire_len: u32,
-    _ingress: u8,
+    link: LinkType,
+    frame: &[u8],
+    wire_len: u32,
+    ingress: u8,
 ) -> Result<PacketInfo, SkipReason> {
-    Err(SkipReason::UnsupportedLinkType)
+    let l3 = link_layer(link, frame)?;
+    let network = match l3.version {
+        IpVersion::V4 => ipv4(frame, l3.offset)?,
+        IpVersion::V6 => ipv6(frame, l3.offset)?,
+    };
+    let transport = match network.fragment {
+        Fragment::Later { .. } => Transport::NONE,
+        _ => transport(network.protocol, network.l4)?,
+    };
+    let (key, dir) = FlowKey::canonical(
+        network.src,
+        network.dst,
+        transport.src_port,
+        transport.dst_port,
+        network.protocol,
+        l3.version == IpVersion::V6,
+        l3.vlan_outer,
+        l3.vlan_inner,
+        ingress,
+    );
+    Ok(PacketInfo {
+        key,
+        dir,
+        wire_len,
+        tcp_flags: transport.tcp_flags,
+        fragment: network.fragment,
+        // Frames longer than 64 KiB (possible only with odd captures) leave
+        // the payload offset unknown rather than wrapped.
+        payload_offset: u16::try_from(network.l4_offset + transport.header_len).unwrap_or(0),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IpVersion {
+    V4,
+    V6,
+}
+
+/// Where the IP header starts and what the link layer said about it.
+struct LinkInfo {
+    offset: usize,
+    version: IpVersion,
+    vlan_outer: u16,
+    vlan_inner: u16,
+}
+
+fn link_layer(link: LinkType, frame: &[u8]) -> Result<LinkInfo, SkipReason> {
+    let truncated = |_: Error| SkipReason::TruncatedLink;
+    match link {
+        LinkType::Ethernet => {
+            let eth = ethernet::EthernetFrame::new_checked(frame).map_err(truncated)?;
+            after_ethertype(frame, ethernet::HEADER_LEN, eth.ethertype())
+        }
+        LinkType::LinuxSll => {
+            let sll = SllHeader::new_checked(frame).map_err(truncated)?;
+            after_ethertype(frame, crate::wire::linux_sll::SLL_HEADER_LEN, sll.protocol())
+        }
+        LinkType::LinuxSll2 => {
+            let sll = Sll2Header::new_checked(frame).map_err(truncated)?;
+            after_ethertype(frame, crate::wire::linux_sll::SLL2_HEADER_LEN, sll.protocol())
+        }
+        LinkType::Null | LinkType::Loop => {
+            let header = LoopbackHeader::new_checked(frame).map_err(truncated)?;
+            let af = match link {
+                LinkType::Loop => header.loop_family(),
+                _ => header.null_family(),
+            };
+            let version = match Family::from_af(af) {
+                Family::Ipv4 => IpVersion::V4,
+                Family::Ipv6 => IpVersion::V6,
+                Family::Other(_) => return Err(SkipReason::NonIp),
+            };
+            Ok(untagged(crate::wire::null::HEADER_LEN, version))
+        }
+        LinkType::RawIp => match frame.first().map(|b| b >> 4) {
+            None => Err(SkipReason::TruncatedIp),
+            Some(4) => Ok(untagged(0, IpVersion::V4)),
+            Some(6) => Ok(untagged(0, IpVersion::V6)),
+            Some(_) => Err(SkipReason::BadIpVersion),
+        },
+    }
+}
+
+fn untagged(offset: usize, version: IpVersion) -> LinkInfo {
+    LinkInfo { offset, version, vlan_outer: 0, vlan_inner: 0 }
+}
+
+/// Follows VLAN tags from an EtherType at `offset` to the network header.
+/// Every tag is stepped over; the outermost two are kept for the key.
+fn after_ethertype(frame: &[u8], mut offset: usize, mut kind: u16) -> Result<LinkInfo, SkipReason> {
+    let mut vlans = [0u16; 2];
+    let mut depth = 0;
+    while vlan::is_tag(kind) {
+        let tag = vlan::VlanTag::new_checked(frame.get(offset..).unwrap_or_default())
+            .map_err(|_| SkipReason::TruncatedLink)?;
+        if let Some(slot) = vlans.get_mut(depth) {
+            *slot = tag.vlan_id();
+        }
+        depth += 1;
+        kind = tag.ethertype();
+        offset += vlan::TAG_LEN;
+    }
+    let version = match kind {
+        ethertype::IPV4 => IpVersion::V4,
+        ethertype::IPV6 => IpVersion::V6,
+        _ => return Err(SkipReason::NonIp),
+    };
+    Ok(LinkInfo { offset, version, vlan_outer: vlans[0], vlan_inner: vlans[1] })
+}
+
+/// The network layer's contribution: addresses, the protocol of what
+/// follows, and where that starts.
+struct Network<'a> {
+    src: [u8; 16],
+    dst: [u8; 16],
+    protocol: u8,
+    fragment: Fragment,
+    /// The bytes from the transport header on (bounded by the IP length).
+    l4: &'a [u8],
+    /// Offset of `l4` in the frame.
+    l4_offset: usize,
+}
+
+fn ip_error(e: Error) -> SkipReason {
+    match e {
+        Error::Truncated => SkipReason::TruncatedIp,
+        Error::Malformed => SkipReason::BadIpHeader,
+    }
+}
+
+/// The IP header at `offset`, after checking the version nibble agrees with
+/// what the link layer announced.
+fn ip_bytes(frame: &[u8], offset: usize, version: u8) -> Result<&[u8], SkipReason> {
+    let bytes = frame.get(offset..).unwrap_or_default();
+    match bytes.first() {
+        None => Err(SkipReason::TruncatedIp),
+        Some(b) if b >> 4 != version => Err(SkipReason::BadIpVersion),
+        Some(_) => Ok(bytes),
+    }
+}
+
+fn ipv4(frame: &[u8], offset: usize) -> Result<Network<'_>, SkipReason> {
+    let ip = Ipv4Packet::new_checked(ip_bytes(frame, offset, 4)?).map_err(ip_error)?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&ip.src_addr());
+    dst[..4].copy_from_slice(&ip.dst_addr());
+    let id = u32::from(ip.ident());
+    let fragment = if ip.frag_offset() != 0 {
+        Fragment::Later { id }
+    } else if ip.more_frags() {
+        Fragment::First { id }
+    } else {
+        Fragment::Whole
+    };
+    let mut protocol = ip.protocol();
+    let mut l4 = ip.payload();
+    let mut l4_offset = offset + ip.header_len();
+    if protocol == ip_proto::AH && !matches!(fragment, Fragment::Later { .. }) {
+        let ah = AuthHeader::new_checked(l4).map_err(ip_error)?;
+        protocol = ah.next_header();
+        l4 = ah.payload();
+        l4_offset += ah.header_len();
+    }
+    Ok(Network { src, dst, protocol, fragment, l4, l4_offset })
+}
+
+fn ipv6(frame: &[u8], offset: usize) -> Result<Network<'_>, SkipReason> {
+    let ip = Ipv6Packet::new_checked(ip_bytes(frame, offset, 6)?).map_err(ip_error)?;
+    let upper = ipv6::skip_extension_headers(ip.next_header(), ip.payload()).map_err(ip_error)?;
+    let fragment = match upper.fragment {
+        Some(f) if f.offset != 0 => Fragment::Later { id: f.ident },
+        Some(f) if f.more => Fragment::First { id: f.ident },
+        // Offset 0 without M: an atomic fragment (RFC 6946), a whole packet.
+        _ => Fragment::Whole,
+    };
+    Ok(Network {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        protocol: upper.protocol,
+        fragment,
+        l4: upper.payload,
+        l4_offset: offset + ipv6::HEADER_LEN + upper.offset,
+    })
+}
+
+/// Ports, TCP flags and transport header length (0 for port-less protocols).
+struct Transport {
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+    header_len: usize,
+}
+
+impl Transport {
+    const NONE: Transport = Transport { src_port: 0, dst_port: 0, tcp_flags: 0, header_len: 0 };
+}
+
+fn transport_error(e: Error) -> SkipReason {
+    match e {
+        Error::Truncated => SkipReason::TruncatedTransport,
+        Error::Malformed => SkipReason::BadTransportHeader,
+    }
+}
+
+fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
+    Ok(match protocol {
+        ip_proto::TCP => {
+            let tcp = TcpPacket::new_checked(l4).map_err(transport_error)?;
+            Transport {
+                src_port: tcp.src_port(),
+                dst_port: tcp.dst_port(),
+                tcp_flags: tcp.flags(),
+                header_len: tcp.header_len(),
+            }
+        }
+        ip_proto::UDP => {
+            let udp = UdpPacket::new_checked(l4).map_err(transport_error)?;
+            ports(udp.src_port(), udp.dst_port(), udp::HEADER_LEN)
+        }
+        ip_proto::UDP_LITE => {
+            // Same layout as UDP, but the length field is a checksum
+            // coverage, so only the header's presence is checked.
+            if l4.len() < udp::HEADER_LEN {
+                return Err(SkipReason::TruncatedTransport);
+            }
+            let udp = UdpPacket::new_unchecked(l4);
+            ports(udp.src_port(), udp.dst_port(), udp::HEADER_LEN)
+        }
+        ip_proto::SCTP => {
+            let sctp = SctpPacket::new_checked(l4).map_err(transport_error)?;
+            ports(sctp.src_port(), sctp.dst_port(), sctp::HEADER_LEN)
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            let version =
+                if protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
+            let icmp = IcmpPacket::new_checked(l4).map_err(transport_error)?;
+            let port = icmp.flow_port(version);
+            ports(port, port, crate::wire::icmp::HEADER_LEN)
+        }
+        _ => Transport::NONE,
+    })
+}
+
+fn ports(src_port: u16, dst_port: u16, header_len: usize) -> Transport {
+    Transport { src_port, dst_port, tcp_flags: 0, header_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{TCP_ACK, TCP_SYN};
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    const A4: [u8; 4] = [10, 0, 0, 1];
+    const B4: [u8; 4] = [192, 168, 7, 9];
+
+    fn a6() -> [u8; 16] {
+        "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
+    }
+    fn b6() -> [u8; 16] {
+        "2001:db8:ffff::2".parse::<Ipv6Addr>().unwrap().octets()
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn eth(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        f.extend_from_slice(&kind.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn tag(vid: u16, inner: u16) -> Vec<u8> {
+        cat(&[&(0xe000 | vid).to_be_bytes(), &inner.to_be_bytes()])
+    }
+
+    /// IPv4 header + payload; `frag` is the 16-bit flags/offset field.
+    fn ip4(proto: u8, src: [u8; 4], dst: [u8; 4], id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+        let total = (20 + payload.len()) as u16;
+        let mut h = vec![0x45, 0];
+        h.extend_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&frag.to_be_bytes());
+        h.extend_from_slice(&[64, proto, 0, 0]);
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn ip6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[next, 64]);
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = cat(&[&sport.to_be_bytes(), &dport.to_be_bytes()]);
+        h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let len = (8 + payload.len()) as u16;
+        cat(&[&sport.to_be_bytes(), &dport.to_be_bytes(), &len.to_be_bytes(), &[0, 0], payload])
+    }
+
+    fn icmp(kind: u8, ident: u16) -> Vec<u8> {
+        cat(&[&[kind, 0, 0, 0], &ident.to_be_bytes(), &[0, 1], b"ping"])
+    }
+
+    fn v4(a: [u8; 4]) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(a))
+    }
+
+    fn parse(link: LinkType, frame: &[u8]) -> Result<PacketInfo, SkipReason> {
+        parse_packet(link, frame, frame.len() as u32, 0)
+    }
+
+    #[test]
+    fn tcp_over_ethernet() {
+        let frame = eth(0x0800, &ip4(6, A4, B4, 1, 0x4000, &tcp(40000, 443, TCP_SYN, b"hello")));
+        let info = parse_packet(LinkType::Ethernet, &frame, 1514, 3).unwrap();
+        let e = info.key.endpoints(info.dir);
+        assert_eq!((e.src, e.dst, e.sport, e.dport), (v4(A4), v4(B4), 40000, 443));
+        assert_eq!(info.key.proto, 6);
+        assert_eq!(info.key.ingress, 3);
+        assert!(!info.key.is_ipv6());
+        assert_eq!((info.key.vlan_outer, info.key.vlan_inner), (0, 0));
+        assert_eq!(info.wire_len, 1514);
+        assert_eq!(info.tcp_flags, TCP_SYN);
+        assert_eq!(info.fragment, Fragment::Whole);
+        assert_eq!(info.payload_offset, 14 + 20 + 20);
+        assert_eq!(&frame[usize::from(info.payload_offset)..], b"hello");
+    }
+
+    #[test]
+    fn both_directions_share_a_key() {
+        let fwd = eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(40000, 443, TCP_SYN, b"")));
+        let rev = eth(0x0800, &ip4(6, B4, A4, 1, 0, &tcp(443, 40000, TCP_SYN | TCP_ACK, b"")));
+        let f = parse(LinkType::Ethernet, &fwd).unwrap();
+        let r = parse(LinkType::Ethernet, &rev).unwrap();
+        assert_eq!(f.key, r.key);
+        assert_eq!(f.dir, r.dir.reverse());
+        assert_eq!(r.tcp_flags, TCP_SYN | TCP_ACK);
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_payload() {
+        let mut frame = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(53, 5353, b"")));
+        frame.resize(60, 0);
+        let info = parse(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(info.key.proto, 17);
+        assert_eq!(info.payload_offset, 14 + 20 + 8);
+    }
+
+    #[test]
+    fn vlan_tags() {
+        let ip = ip4(17, A4, B4, 1, 0, &udp(1000, 2000, b"x"));
+        let single = eth(0x8100, &cat(&[&tag(100, 0x0800), &ip]));
+        let info = parse(LinkType::Ethernet, &single).unwrap();
+        assert_eq!((info.key.vlan_outer, info.key.vlan_inner), (100, 0));
+        assert_eq!(info.payload_offset, 14 + 4 + 20 + 8);
+
+        for outer_tpid in [0x88a8u16, 0x9100, 0x8100] {
+            let qinq = eth(outer_tpid, &cat(&[&tag(200, 0x8100), &tag(300, 0x0800), &ip]));
+            let info = parse(LinkType::Ethernet, &qinq).unwrap();
+            assert_eq!(
+                (info.key.vlan_outer, info.key.vlan_inner),
+                (200, 300),
+                "tpid {outer_tpid:#x}"
+            );
+            assert_eq!(info.payload_offset, 14 + 8 + 20 + 8);
+        }
+
+        // A third tag is stepped over but not kept.
+        let triple = eth(0x88a8, &cat(&[&tag(1, 0x8100), &tag(2, 0x8100), &tag(3, 0x0800), &ip]));
+        let info = parse(LinkType::Ethernet, &triple).unwrap();
+        assert_eq!((info.key.vlan_outer, info.key.vlan_inner), (1, 2));
+        assert_eq!(info.key.port_lo, 1000);
+
+        // Tagged and untagged copies of a flow are different flows.
+        let plain = parse(LinkType::Ethernet, &eth(0x0800, &ip)).unwrap();
+        assert_ne!(plain.key, parse(LinkType::Ethernet, &single).unwrap().key);
+    }
+
+    #[test]
+    fn ipv6_with_extension_headers() {
+        let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0]; // hop-by-hop -> dest opts
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // dest opts -> TCP
+        ext.extend_from_slice(&tcp(443, 50000, TCP_ACK, b"data"));
+        let frame = eth(0x86dd, &ip6(0, a6(), b6(), &ext));
+        let info = parse(LinkType::Ethernet, &frame).unwrap();
+        assert!(info.key.is_ipv6());
+        assert_eq!(info.key.proto, 6);
+        let e = info.key.endpoints(info.dir);
+        assert_eq!(e.src, IpAddr::V6(Ipv6Addr::from(a6())));
+        assert_eq!((e.sport, e.dport), (443, 50000));
+        assert_eq!(info.tcp_flags, TCP_ACK);
+        assert_eq!(&frame[usize::from(info.payload_offset)..], b"data");
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let l4 = udp(5000, 6000, &[0u8; 32]);
+        let first = eth(0x0800, &ip4(17, A4, B4, 0xbeef, 0x2000, &l4));
+        let info = parse(LinkType::Ethernet, &first).unwrap();
+        assert_eq!(info.fragment, Fragment::First { id: 0xbeef });
+        assert_eq!((info.key.port_lo, info.key.port_hi), (5000, 6000));
+
+        // Offset 8 bytes, more to come: data that looks like a UDP header
+        // must not be read as one.
+        let middle = eth(0x0800, &ip4(17, A4, B4, 0xbeef, 0x2001, &l4));
+        let info = parse(LinkType::Ethernet, &middle).unwrap();
+        assert_eq!(info.fragment, Fragment::Later { id: 0xbeef });
+        assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (0, 0, 17));
+        assert_eq!(info.payload_offset, 14 + 20);
+
+        let last = eth(0x0800, &ip4(17, A4, B4, 0xbeef, 0x0004, &[1, 2]));
+        let info = parse(LinkType::Ethernet, &last).unwrap();
+        assert_eq!(info.fragment, Fragment::Later { id: 0xbeef });
+
+        // A later fragment too short for any transport header is still fine.
+        let info =
+            parse(LinkType::Ethernet, &eth(0x0800, &ip4(6, A4, B4, 7, 0x0010, &[]))).unwrap();
+        assert_eq!(info.fragment, Fragment::Later { id: 7 });
+    }
+
+    fn frag6(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+        cat(&[&[next, 0], &(offset | u16::from(more)).to_be_bytes(), &id.to_be_bytes()])
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        let l4 = udp(5000, 6000, &[0u8; 16]);
+        let first =
+            eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 0, true, 0xdead_beef), &l4])));
+        let info = parse(LinkType::Ethernet, &first).unwrap();
+        assert_eq!(info.fragment, Fragment::First { id: 0xdead_beef });
+        assert_eq!((info.key.port_lo, info.key.port_hi), (5000, 6000));
+        assert_eq!(info.payload_offset, 14 + 40 + 8 + 8);
+
+        let later =
+            eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 1232, false, 0xdead_beef), &l4])));
+        let info = parse(LinkType::Ethernet, &later).unwrap();
+        assert_eq!(info.fragment, Fragment::Later { id: 0xdead_beef });
+        assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (0, 0, 17));
+        assert_eq!(info.payload_offset, 14 + 40 + 8);
+
+        let atomic = eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 0, false, 5), &l4])));
+        assert_eq!(parse(LinkType::Ethernet, &atomic).unwrap().fragment, Fragment::Whole);
+    }
+
+    #[test]
+    fn icmp_echo_identifier_is_both_ports() {
+        let req = eth(0x0800, &ip4(1, A4, B4, 1, 0, &icmp(8, 0x4242)));
+        let rep = eth(0x0800, &ip4(1, B4, A4, 1, 0, &icmp(0, 0x4242)));
+        let q = parse(LinkType::Ethernet, &req).unwrap();
+        let r = parse(LinkType::Ethernet, &rep).unwrap();
+        assert_eq!(q.key, r.key);
+        assert_ne!(q.dir, r.dir);
+        assert_eq!((q.key.port_lo, q.key.port_hi, q.key.proto), (0x4242, 0x4242, 1));
+        assert_eq!(&req[usize::from(q.payload_offset)..], b"ping");
+
+        let other = eth(0x0800, &ip4(1, A4, B4, 1, 0, &icmp(8, 0x4343)));
+        assert_ne!(parse(LinkType::Ethernet, &other).unwrap().key, q.key);
+
+        let unreachable = eth(0x0800, &ip4(1, B4, A4, 1, 0, &icmp(3, 0x4242)));
+        let u = parse(LinkType::Ethernet, &unreachable).unwrap();
+        assert_eq!((u.key.port_lo, u.key.port_hi), (0, 0));
+    }
+
+    #[test]
+    fn icmpv6() {
+        let echo = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(128, 7)));
+        let info = parse(LinkType::Ethernet, &echo).unwrap();
+        assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (7, 7, 58));
+        let solicit = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(135, 7)));
+        let info = parse(LinkType::Ethernet, &solicit).unwrap();
+        assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
+    }
+
+    #[test]
+    fn other_protocols_are_portless_and_tunnels_keep_the_outer_header() {
+        // GRE carrying IPv4: the flow is the GRE flow between the outer
+        // addresses.
+        let inner = ip4(6, [1, 1, 1, 1], [2, 2, 2, 2], 1, 0, &tcp(1, 2, 0, b""));
+        let gre = cat(&[&[0, 0, 0x08, 0x00], &inner]);
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(47, A4, B4, 1, 0, &gre))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo, info.key.port_hi), (47, 0, 0));
+        assert_eq!(info.key.lo(), v4(A4));
+        assert_eq!(info.payload_offset, 14 + 20);
+
+        // IPv4 in IPv4 and IPv6 in IPv4.
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(4, A4, B4, 1, 0, &inner))).unwrap();
+        assert_eq!((info.key.proto, info.key.lo(), info.key.hi()), (4, v4(A4), v4(B4)));
+        let inner6 = ip6(17, a6(), b6(), &udp(1, 2, b""));
+        let info =
+            parse(LinkType::Ethernet, &eth(0x0800, &ip4(41, A4, B4, 1, 0, &inner6))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo), (41, 0));
+
+        // VXLAN is UDP to port 4789: keyed on the outer UDP ports.
+        let vxlan = udp(33333, 4789, &cat(&[&[8, 0, 0, 0, 0, 0, 1, 0], &eth(0x0800, &inner)]));
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(17, A4, B4, 1, 0, &vxlan))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo, info.key.port_hi), (17, 33333, 4789));
+
+        // ESP after IPv6: port-less.
+        let info = parse(LinkType::Ethernet, &eth(0x86dd, &ip6(50, a6(), b6(), &[0; 16]))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo), (50, 0));
+    }
+
+    #[test]
+    fn authentication_header_is_skipped() {
+        let ah = |next: u8| cat(&[&[next, 4, 0, 0], &[0xaa; 4], &[0, 0, 0, 1], &[0; 12]]);
+        let v4 = eth(0x0800, &ip4(51, A4, B4, 1, 0, &cat(&[&ah(1), &icmp(8, 99)])));
+        let info = parse(LinkType::Ethernet, &v4).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo), (1, 99));
+        assert_eq!(&v4[usize::from(info.payload_offset)..], b"ping");
+        let v6 = eth(0x86dd, &ip6(51, a6(), b6(), &cat(&[&ah(17), &udp(500, 4500, b"")])));
+        let info = parse(LinkType::Ethernet, &v6).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo, info.key.port_hi), (17, 500, 4500));
+        // An AH whose length can't hold its own fields.
+        let bad = eth(0x0800, &ip4(51, A4, B4, 1, 0, &[6, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(parse(LinkType::Ethernet, &bad), Err(SkipReason::BadIpHeader));
+    }
+
+    #[test]
+    fn sctp_and_udp_lite_ports() {
+        let sctp = cat(&[&2905u16.to_be_bytes(), &3868u16.to_be_bytes(), &[0; 8]]);
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(132, A4, B4, 1, 0, &sctp))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo, info.key.port_hi), (132, 2905, 3868));
+        // UDP-Lite coverage of 0 would be a bad UDP length; it is valid here.
+        let lite = cat(&[&1234u16.to_be_bytes(), &80u16.to_be_bytes(), &[0, 0, 0, 0]]);
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(136, A4, B4, 1, 0, &lite))).unwrap();
+        assert_eq!((info.key.proto, info.key.port_lo, info.key.port_hi), (136, 1234, 80));
+        let cut = eth(0x0800, &ip4(136, A4, B4, 1, 0, &lite[..7]));
+        assert_eq!(parse(LinkType::Ethernet, &cut), Err(SkipReason::TruncatedTransport));
+    }
+
+    #[test]
+    fn linux_cooked_captures() {
+        let ip = ip4(17, A4, B4, 1, 0, &udp(1, 2, b""));
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x81, 0x00];
+        sll.extend_from_slice(&tag(42, 0x0800));
+        sll.extend_from_slice(&ip);
+        let info = parse(LinkType::LinuxSll, &sll).unwrap();
+        assert_eq!((info.key.vlan_outer, info.key.port_lo), (42, 1));
+        assert_eq!(info.payload_offset, 16 + 4 + 20 + 8);
+
+        let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 4, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+        sll2.extend_from_slice(&ip6(17, a6(), b6(), &udp(1, 2, b"")));
+        let info = parse(LinkType::LinuxSll2, &sll2).unwrap();
+        assert!(info.key.is_ipv6());
+        assert_eq!(info.payload_offset, 20 + 40 + 8);
+
+        // Netlink monitor traffic: protocol is a netlink family.
+        let mut netlink = sll.clone();
+        netlink[2..4].copy_from_slice(&824u16.to_be_bytes());
+        netlink[14..16].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(parse(LinkType::LinuxSll, &netlink), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::LinuxSll, &sll[..15]), Err(SkipReason::TruncatedLink));
+        assert_eq!(parse(LinkType::LinuxSll2, &sll2[..19]), Err(SkipReason::TruncatedLink));
+    }
+
+    #[test]
+    fn bsd_loopback_families_and_byte_orders() {
+        let ip4_pkt = ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""));
+        let ip6_pkt = ip6(6, a6(), b6(), &tcp(1, 2, 0, b""));
+        for (af, pkt, v6) in [
+            (2u32, &ip4_pkt, false),
+            (24, &ip6_pkt, true),
+            (28, &ip6_pkt, true),
+            (30, &ip6_pkt, true),
+        ] {
+            for header in [af.to_le_bytes(), af.to_be_bytes()] {
+                let info = parse(LinkType::Null, &cat(&[&header, pkt])).unwrap();
+                assert_eq!(info.key.is_ipv6(), v6, "af {af}");
+                assert_eq!(info.payload_offset as usize, 4 + pkt.len());
+            }
+            let info = parse(LinkType::Loop, &cat(&[&af.to_be_bytes(), pkt])).unwrap();
+            assert_eq!(info.key.is_ipv6(), v6);
+        }
+        // AF_INET6 of Linux (10) is not a BSD loopback family.
+        assert_eq!(
+            parse(LinkType::Null, &cat(&[&10u32.to_le_bytes(), &ip6_pkt])),
+            Err(SkipReason::NonIp)
+        );
+        // The family says IPv4 but the packet is IPv6.
+        assert_eq!(
+            parse(LinkType::Loop, &cat(&[&2u32.to_be_bytes(), &ip6_pkt])),
+            Err(SkipReason::BadIpVersion)
+        );
+        assert_eq!(parse(LinkType::Null, &[2, 0, 0]), Err(SkipReason::TruncatedLink));
+    }
+
+    #[test]
+    fn raw_ip() {
+        let info = parse(LinkType::RawIp, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b""))).unwrap();
+        assert_eq!((info.key.proto, info.payload_offset), (17, 28));
+        let info = parse(LinkType::RawIp, &ip6(17, a6(), b6(), &udp(1, 2, b""))).unwrap();
+        assert!(info.key.is_ipv6());
+        assert_eq!(parse(LinkType::RawIp, &[]), Err(SkipReason::TruncatedIp));
+        assert_eq!(parse(LinkType::RawIp, &[0x50; 40]), Err(SkipReason::BadIpVersion));
+    }
+
+    #[test]
+    fn non_ip_and_bad_versions() {
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x0806, &[0; 28])), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x88cc, &[0; 28])), Err(SkipReason::NonIp));
+        // 802.3 length field with LLC.
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x0026, &[0x42; 38])), Err(SkipReason::NonIp));
+        // VLAN-tagged ARP.
+        assert_eq!(
+            parse(LinkType::Ethernet, &eth(0x8100, &tag(5, 0x0806))),
+            Err(SkipReason::NonIp)
+        );
+        let v6_in_v4 = eth(0x0800, &ip6(17, a6(), b6(), &udp(1, 2, b"")));
+        assert_eq!(parse(LinkType::Ethernet, &v6_in_v4), Err(SkipReason::BadIpVersion));
+        let v4_in_v6 = eth(0x86dd, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b"")));
+        assert_eq!(parse(LinkType::Ethernet, &v4_in_v6), Err(SkipReason::BadIpVersion));
+    }
+
+    #[test]
+    fn bad_headers() {
+        let mut short_ihl = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b"")));
+        short_ihl[14] = 0x44;
+        assert_eq!(parse(LinkType::Ethernet, &short_ihl), Err(SkipReason::BadIpHeader));
+        let mut bad_offset = eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b"")));
+        bad_offset[14 + 20 + 12] = 0x40;
+        assert_eq!(parse(LinkType::Ethernet, &bad_offset), Err(SkipReason::BadTransportHeader));
+        let mut bad_udp_len = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b"")));
+        bad_udp_len[14 + 20 + 5] = 4;
+        assert_eq!(parse(LinkType::Ethernet, &bad_udp_len), Err(SkipReason::BadTransportHeader));
+    }
+
+    /// Cutting a frame at every byte gives the reason of the layer the cut
+    /// falls in, and the full frame parses.
+    #[test]
+    fn truncation_at_every_boundary() {
+        let cases: [(Vec<u8>, [usize; 3]); 4] = [
+            (eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))), [14, 34, 54]),
+            (
+                eth(0x8100, &cat(&[&tag(9, 0x86dd), &ip6(17, a6(), b6(), &udp(1, 2, b""))])),
+                [18, 58, 66],
+            ),
+            (
+                eth(
+                    0x86dd,
+                    &ip6(0, a6(), b6(), &cat(&[&[58, 0, 0, 0, 0, 0, 0, 0], &icmp(128, 1)])),
+                ),
+                [14, 62, 70],
+            ),
+            (eth(0x0800, &ip4(132, A4, B4, 1, 0, &[0; 12])), [14, 34, 46]),
+        ];
+        for (frame, [link_end, ip_end, l4_end]) in cases {
+            for cut in 0..l4_end {
+                let expected = if cut < link_end {
+                    SkipReason::TruncatedLink
+                } else if cut < ip_end {
+                    SkipReason::TruncatedIp
+                } else {
+                    SkipReason::TruncatedTransport
+                };
+                assert_eq!(parse(LinkType::Ethernet, &frame[..cut]), Err(expected), "cut at {cut}");
+            }
+            assert!(parse(LinkType::Ethernet, &frame[..l4_end]).is_ok());
+        }
+    }
+
+    #[test]
+    fn snap_cut_payload_still_parses_with_wire_length() {
+        let frame = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(1, 2, &[0; 1400])));
+        let info = parse_packet(LinkType::Ethernet, &frame[..64], frame.len() as u32, 0).unwrap();
+        assert_eq!(info.wire_len, frame.len() as u32);
+        assert_eq!(info.payload_offset, 42);
+    }
+
+    /// Checks the invariants any successful parse must hold.
+    fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: u8) {
+        assert!(usize::from(info.payload_offset) <= frame.len());
+        assert_eq!(info.key.ingress, ingress);
+        assert!(info.key.vlan_outer < 4096 && info.key.vlan_inner < 4096);
+        if matches!(info.fragment, Fragment::Later { .. }) {
+            assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
+        }
+        if info.key.proto != 6 {
+            assert_eq!(info.tcp_flags, 0);
+        }
+        if !info.key.is_ipv6() {
+            assert_eq!(&info.key.addr_lo[4..], &[0u8; 12]);
+            assert_eq!(&info.key.addr_hi[4..], &[0u8; 12]);
+        }
+        let e = info.key.endpoints(info.dir);
+        let (k, d) = FlowKey::canonical(
+            crate::key::ip_bytes(e.src).0,
+            crate::key::ip_bytes(e.dst).0,
+            e.sport,
+            e.dport,
+            info.key.proto,
+            info.key.is_ipv6(),
+            info.key.vlan_outer,
+            info.key.vlan_inner,
+            ingress,
+        );
+        assert_eq!((k, d), (info.key, info.dir));
+        assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
+    }
+
+    const LINKS: [LinkType; 6] = [
+        LinkType::Ethernet,
+        LinkType::RawIp,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Null,
+        LinkType::Loop,
+    ];
+
+    /// Random buffers of every length up to 200 bytes, under every link
+    /// type: no panic, and every success satisfies the invariants.
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x5eed_f10e);
+        let mut buf = [0u8; 200];
+        for round in 0..50_000 {
+            let len = rng.gen_range(0..=buf.len());
+            rng.fill(&mut buf[..len]);
+            // Bias towards reaching the network layer.
+            if len > 14 && round % 2 == 0 {
+                buf[12..14].copy_from_slice(&[0x08, 0x00]);
+                buf[14] = if round % 4 == 0 { 0x45 } else { 0x60 };
+                if buf[14] == 0x60 {
+                    buf[12..14].copy_from_slice(&[0x86, 0xdd]);
+                }
+            }
+            for link in LINKS {
+                if let Ok(info) = parse_packet(link, &buf[..len], len as u32, 7) {
+                    check_invariants(&buf[..len], &info, 7);
+                }
+            }
+        }
+    }
+
+    /// Valid packets with random bytes overwritten and random cuts: no
+    /// panic, invariants hold, and all skip reasons show up.
+    #[test]
+    fn mutated_packets_never_panic() {
+        let seeds: Vec<(LinkType, Vec<u8>)> = vec![
+            (LinkType::Ethernet, eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0x12, b"abc")))),
+            (
+                LinkType::Ethernet,
+                eth(
+                    0x88a8,
+                    &cat(&[
+                        &tag(1, 0x8100),
+                        &tag(2, 0x86dd),
+                        &ip6(
+                            0,
+                            a6(),
+                            b6(),
+                            &cat(&[
+                                &[44, 0, 0, 0, 0, 0, 0, 0],
+                                &frag6(17, 0, true, 3),
+                                &udp(1, 2, b"x"),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ),
+            (
+                LinkType::Ethernet,
+                eth(
+                    0x0800,
+                    &ip4(51, A4, B4, 1, 0x2000, &cat(&[&[1, 4, 0, 0], &[0; 20], &icmp(8, 5)])),
+                ),
+            ),
+            (LinkType::RawIp, ip4(132, A4, B4, 1, 0, &[0; 20])),
+            (
+                LinkType::LinuxSll,
+                cat(&[
+                    &[0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00],
+                    &ip4(1, A4, B4, 1, 0, &icmp(0, 1)),
+                ]),
+            ),
+            (
+                LinkType::LinuxSll2,
+                cat(&[
+                    &[0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 4, 6, 0, 0, 0, 0, 0, 0, 0, 0],
+                    &ip6(58, a6(), b6(), &icmp(135, 0)),
+                ]),
+            ),
+            (
+                LinkType::Null,
+                cat(&[
+                    &30u32.to_le_bytes(),
+                    &ip6(43, a6(), b6(), &cat(&[&[6, 0, 0, 0, 0, 0, 0, 0], &tcp(1, 2, 0, b"")])),
+                ]),
+            ),
+            (LinkType::Loop, cat(&[&2u32.to_be_bytes(), &ip4(136, A4, B4, 1, 0, &[0; 8])])),
+        ];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(42);
+        let mut seen = std::collections::HashSet::new();
+        let mut ok = 0;
+        for (link, seed) in &seeds {
+            assert!(parse(*link, seed).is_ok(), "seed packet rejected: {link:?}");
+            for _ in 0..5_000 {
+                let mut pkt = seed.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..pkt.len());
+                    pkt[at] = rng.gen();
+                }
+                let cut = rng.gen_range(0..=pkt.len());
+                match parse_packet(*link, &pkt[..cut], 1500, 1) {
+                    Ok(info) => {
+                        ok += 1;
+                        check_invariants(&pkt[..cut], &info, 1);
+                    }
+                    Err(reason) => {
+                        seen.insert(reason);
+                    }
+                }
+            }
+        }
+        assert!(ok > 1000, "mutations rarely parse ({ok}), the test explores too little");
+        for reason in SkipReason::ALL {
+            if reason != SkipReason::UnsupportedLinkType {
+                assert!(seen.contains(&reason), "{reason:?} never produced");
+            }
+        }
+    }
 }

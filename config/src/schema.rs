@@ -1,0 +1,534 @@
+//! The configuration schema. Every section has defaults, so `{}` is a
+//! valid configuration; unknown fields are errors, so a typo never passes
+//! silently.
+
+use flowtable_hw::{Action, PlacementPolicy};
+use flowtable_sw::{FullPolicy, TableConfig, Timeouts};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+type Invalid = (String, String);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Written into every rule's cookie; rules with another owner id are
+    /// someone else's.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: u32,
+    /// The ports, in index order: flow keys, forward and mirror actions
+    /// name ports by their index here.
+    #[serde(default = "default_ports")]
+    pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub table: TableSection,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub classifier: ClassifierSection,
+    #[serde(default)]
+    pub offload: OffloadSection,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub records: RecordsSection,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
+    pub log: LogSection,
+    /// Packet sources for `flowtable run`.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_instance_id() -> u32 {
+    1
+}
+
+fn default_ports() -> Vec<PortConfig> {
+    vec![PortConfig { name: "port0".into() }, PortConfig { name: "port1".into() }]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Interface name (tc, AF_PACKET) or a label (sim, dpdk).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableSection {
+    pub max_flows: usize,
+    pub full_policy: FullPolicy,
+    pub fragment_timeout_s: f64,
+    pub max_fragments: usize,
+}
+
+impl Default for TableSection {
+    fn default() -> Self {
+        let t = TableConfig::default();
+        TableSection {
+            max_flows: t.max_flows,
+            full_policy: t.full_policy,
+            fragment_timeout_s: t.fragment_timeout_ns as f64 / 1e9,
+            max_fragments: t.max_fragments,
+        }
+    }
+}
+
+/// Idle timeouts in seconds (fractions allowed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutSection {
+    pub tcp_handshake_s: f64,
+    pub tcp_established_s: f64,
+    pub tcp_closing_s: f64,
+    pub tcp_closed_s: f64,
+    pub udp_s: f64,
+    pub icmp_s: f64,
+    pub other_s: f64,
+}
+
+impl Default for TimeoutSection {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        let s = |ns: u64| ns as f64 / 1e9;
+        TimeoutSection {
+            tcp_handshake_s: s(t.tcp_handshake),
+            tcp_established_s: s(t.tcp_established),
+            tcp_closing_s: s(t.tcp_closing),
+            tcp_closed_s: s(t.tcp_closed),
+            udp_s: s(t.udp),
+            icmp_s: s(t.icmp),
+            other_s: s(t.other),
+        }
+    }
+}
+
+fn secs_to_ns(s: f64) -> u64 {
+    (s * 1e9) as u64
+}
+
+impl TimeoutSection {
+    pub fn to_timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp_handshake: secs_to_ns(self.tcp_handshake_s),
+            tcp_established: secs_to_ns(self.tcp_established_s),
+            tcp_closing: secs_to_ns(self.tcp_closing_s),
+            tcp_closed: secs_to_ns(self.tcp_closed_s),
+            udp: secs_to_ns(self.udp_s),
+            icmp: secs_to_ns(self.icmp_s),
+            other: secs_to_ns(self.other_s),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let all = [
+            ("tcp_handshake_s", self.tcp_handshake_s),
+            ("tcp_established_s", self.tcp_established_s),
+            ("tcp_closing_s", self.tcp_closing_s),
+            ("tcp_closed_s", self.tcp_closed_s),
+            ("udp_s", self.udp_s),
+            ("icmp_s", self.icmp_s),
+            ("other_s", self.other_s),
+        ];
+        for (name, v) in all {
+            if !(v > 0.0 && v <= 86_400.0 * 365.0) {
+                return Err((format!("timeouts.{name}"), format!("{v} is not a timeout: give seconds, more than 0 and at most a year")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn table_config(&self) -> TableConfig {
+        TableConfig {
+            max_flows: self.table.max_flows,
+            full_policy: self.table.full_policy,
+            timeouts: self.timeouts.to_timeouts(),
+            fragment_timeout_ns: secs_to_ns(self.table.fragment_timeout_s),
+            max_fragments: self.table.max_fragments,
+            ..TableConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSection {
+    /// Rules in order; the first whose match and trigger fit decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// What happens to flows no rule takes, once they reach
+    /// `default_after_packets` packets.
+    #[serde(default = "default_result")]
+    pub default: ClassResult,
+    #[serde(default = "default_after_packets")]
+    pub default_after_packets: u64,
+}
+
+fn default_result() -> ClassResult {
+    ClassResult::Software
+}
+
+fn default_after_packets() -> u64 {
+    1
+}
+
+impl Default for ClassifierSection {
+    fn default() -> Self {
+        ClassifierSection { rules: vec![], default: default_result(), default_after_packets: default_after_packets() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: MatchConfig,
+    #[serde(default)]
+    pub trigger: TriggerConfig,
+    pub result: ClassResult,
+}
+
+/// What a rule matches. Every field given must match; lists match when
+/// any element does. `client`/`server` are relative to the flow's first
+/// packet (its sender is the client); the plain forms match either side.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatchConfig {
+    pub proto: Option<ProtoName>,
+    pub ports: Vec<PortSpec>,
+    pub server_ports: Vec<PortSpec>,
+    pub client_ports: Vec<PortSpec>,
+    pub prefixes: Vec<IpNet>,
+    pub server_prefixes: Vec<IpNet>,
+    pub client_prefixes: Vec<IpNet>,
+    /// Outer VLAN id (0 = untagged).
+    pub vlan: Option<u16>,
+    /// Ingress port index.
+    pub ingress: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtoName {
+    Tcp,
+    Udp,
+    Sctp,
+    /// ICMP and ICMPv6.
+    Icmp,
+    Gre,
+    Esp,
+}
+
+impl ProtoName {
+    pub fn matches(self, proto: u8) -> bool {
+        match self {
+            ProtoName::Tcp => proto == 6,
+            ProtoName::Udp => proto == 17,
+            ProtoName::Sctp => proto == 132,
+            ProtoName::Icmp => proto == 1 || proto == 58,
+            ProtoName::Gre => proto == 47,
+            ProtoName::Esp => proto == 50,
+        }
+    }
+}
+
+/// A port or an inclusive range: `443`, `"443"` or `"8000-8999"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(u16),
+    Text(String),
+}
+
+impl PortSpec {
+    /// The inclusive range, or why the text isn't one.
+    pub fn range(&self) -> Result<(u16, u16), String> {
+        match self {
+            PortSpec::Number(p) => Ok((*p, *p)),
+            PortSpec::Text(t) => {
+                let parse = |s: &str| {
+                    s.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a port number (0-65535)"))
+                };
+                match t.split_once('-') {
+                    None => parse(t).map(|p| (p, p)),
+                    Some((a, b)) => {
+                        let (a, b) = (parse(a)?, parse(b)?);
+                        if a > b {
+                            Err(format!("range {t:?} runs backwards"))
+                        } else {
+                            Ok((a, b))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When a rule decides: the first condition reached fires. With none
+/// given, it decides on the first packet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    pub after_packets: Option<u64>,
+    pub after_bytes: Option<u64>,
+    pub tcp_established: bool,
+}
+
+/// A classification result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassResult {
+    /// Keep the flow in software.
+    Software,
+    /// Offload the flow with this action.
+    Offload(Action),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadSection {
+    /// How often hardware counters are read and idle rules aged.
+    pub poll_interval_ms: u64,
+    /// Most rules handed to the backend in one call.
+    pub batch_size: usize,
+    /// Where rules go: `hardware` (skip_sw), `software` (skip_hw), `auto`.
+    pub placement: PlacementPolicy,
+    /// For rules whose counters can't be read (a PMD that refuses COUNT)
+    /// and whose action hides the packets from software (drop, forward):
+    /// they are removed this long after install.
+    pub hard_timeout_s: f64,
+    /// Most flows waiting for install; past it the smallest wait longer.
+    pub max_queued: usize,
+}
+
+impl Default for OffloadSection {
+    fn default() -> Self {
+        OffloadSection {
+            poll_interval_ms: 1000,
+            batch_size: 256,
+            placement: PlacementPolicy::Auto,
+            hard_timeout_s: 300.0,
+            max_queued: 65536,
+        }
+    }
+}
+
+/// Which NIC to program.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// The embedded simulated NIC.
+    Sim {
+        #[serde(default)]
+        profile: SimProfile,
+        /// Overrides the profile's capacity.
+        #[serde(default)]
+        max_rules: Option<usize>,
+        /// Overrides the profile's insertion rate (rules per second).
+        #[serde(default)]
+        insert_rate: Option<u32>,
+    },
+    /// Linux tc-flower on the ports' interfaces.
+    Tc {
+        /// Leave rules in place on shutdown.
+        #[serde(default)]
+        keep_rules: bool,
+    },
+    /// DPDK rte_flow; the section is read by the DPDK backend.
+    Dpdk(serde_json::Map<String, serde_json::Value>),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Sim { profile: SimProfile::default(), max_rules: None, insert_rate: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimProfile {
+    /// Takes every match and action, 64k rules, 100k inserts/s, counters.
+    #[default]
+    Full,
+    /// Refuses every rule, as netdevsim does for flower.
+    RefuseAll,
+    /// A small NIC: 1024 rules, 1000 inserts/s, no mirror, no IPv6.
+    Small,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSection {
+    /// JSON-lines file for expired flows' records (none: not written).
+    pub path: Option<String>,
+    /// Rotate when the file passes this size (0: never).
+    pub rotate_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    pub socket: String,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection { socket: "/run/flowtable.sock".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A packet source for `flowtable run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A pcap or pcapng file, replayed at its own timestamps.
+    Pcap { path: String, #[serde(default)] ingress: u8 },
+    /// The synthetic generator; settings as in `flowtable demo`.
+    Synthetic(serde_json::Map<String, serde_json::Value>),
+    /// A live interface (AF_PACKET).
+    Interface { name: String, #[serde(default)] ingress: u8 },
+}
+
+impl Config {
+    /// Checks what serde's types can't: ranges, references between
+    /// sections. Returns the offending field's path and the problem.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.table.max_flows == 0 || self.table.max_flows > u32::MAX as usize {
+            return Err(("table.max_flows".into(), format!("{} is out of range: give 1 to {}", self.table.max_flows, u32::MAX)));
+        }
+        if self.table.max_fragments == 0 {
+            return Err(("table.max_fragments".into(), "must be at least 1".into()));
+        }
+        if !(self.table.fragment_timeout_s > 0.0) {
+            return Err(("table.fragment_timeout_s".into(), "must be more than 0".into()));
+        }
+        self.timeouts.validate()?;
+        if self.ports.is_empty() || self.ports.len() > 256 {
+            return Err(("ports".into(), "give 1 to 256 ports".into()));
+        }
+        if self.offload.poll_interval_ms == 0 {
+            return Err(("offload.poll_interval_ms".into(), "must be at least 1".into()));
+        }
+        if self.offload.batch_size == 0 {
+            return Err(("offload.batch_size".into(), "must be at least 1".into()));
+        }
+        if !(self.offload.hard_timeout_s > 0.0) {
+            return Err(("offload.hard_timeout_s".into(), "must be more than 0".into()));
+        }
+        let check_action = |path: String, action: &Action| -> Result<(), Invalid> {
+            if let Action::Forward { port } | Action::Mirror { port } = action {
+                if *port as usize >= self.ports.len() {
+                    return Err((
+                        format!("{path}.port"),
+                        format!("port {port} does not exist: {} port(s) are configured (indexes 0 to {})", self.ports.len(), self.ports.len() - 1),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        if let ClassResult::Offload(a) = &self.classifier.default {
+            check_action("classifier.default.offload".into(), a)?;
+        }
+        for (i, rule) in self.classifier.rules.iter().enumerate() {
+            let base = format!("classifier.rules[{i}]");
+            if rule.name.is_empty() {
+                return Err((format!("{base}.name"), "must not be empty".into()));
+            }
+            if let Some(dup) = self.classifier.rules[..i].iter().position(|r| r.name == rule.name) {
+                return Err((format!("{base}.name"), format!("{:?} is already the name of rule {dup}", rule.name)));
+            }
+            let m = &rule.matches;
+            for (name, list) in [("ports", &m.ports), ("server_ports", &m.server_ports), ("client_ports", &m.client_ports)] {
+                for (j, p) in list.iter().enumerate() {
+                    p.range().map_err(|e| (format!("{base}.match.{name}[{j}]"), e))?;
+                }
+            }
+            if let Some(v) = m.vlan {
+                if v > 4095 {
+                    return Err((format!("{base}.match.vlan"), format!("{v} is not a VLAN id (0-4095)")));
+                }
+            }
+            if let Some(p) = m.ingress {
+                if p as usize >= self.ports.len() {
+                    return Err((format!("{base}.match.ingress"), format!("port {p} does not exist")));
+                }
+            }
+            if rule.trigger.after_packets == Some(0) {
+                return Err((format!("{base}.trigger.after_packets"), "must be at least 1".into()));
+            }
+            if let ClassResult::Offload(a) = &rule.result {
+                check_action(format!("{base}.result.offload"), a)?;
+            }
+        }
+        if let Some(p) = &self.records.path {
+            if p.is_empty() {
+                return Err(("records.path".into(), "must not be empty".into()));
+            }
+        }
+        if self.control.socket.is_empty() {
+            return Err(("control.socket".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What `flowtable config example` prints.
+pub const EXAMPLE: &str = r#"{
+  "instance_id": 1,
+  "ports": [{ "name": "port0" }, { "name": "port1" }],
+  "table": { "max_flows": 1048576, "full_policy": "evict-idle" },
+  "timeouts": {
+    "tcp_handshake_s": 30, "tcp_established_s": 300, "tcp_closing_s": 30,
+    "tcp_closed_s": 5, "udp_s": 60, "icmp_s": 30, "other_s": 60
+  },
+  "classifier": {
+    "rules": [
+      { "name": "block-telnet", "match": { "proto": "tcp", "server_ports": [23] },
+        "result": { "offload": { "type": "drop" } } },
+      { "name": "bypass-established-tls", "match": { "proto": "tcp", "server_ports": [443] },
+        "trigger": { "tcp_established": true, "after_packets": 8 },
+        "result": { "offload": { "type": "pass" } } },
+      { "name": "elephants", "match": {}, "trigger": { "after_bytes": 1000000 },
+        "result": { "offload": { "type": "forward", "port": 1 } } },
+      { "name": "inspect-dns", "match": { "proto": "udp", "server_ports": [53] },
+        "result": "software" }
+    ],
+    "default": "software"
+  },
+  "offload": { "poll_interval_ms": 1000, "batch_size": 256, "placement": "auto" },
+  "backend": { "kind": "sim", "profile": "full" },
+  "records": { "path": null, "rotate_bytes": 104857600, "keep": 5 },
+  "control": { "socket": "/run/flowtable.sock" },
+  "log": { "format": "human", "level": "info" }
+}
+"#;

@@ -1,0 +1,193 @@
+//! The classifier: configured rules, compiled for matching on a flow's key,
+//! decide when a flow leaves the unclassified state and what it becomes.
+
+use flowtable_config::{ClassResult, ClassifierSection, ProtoName};
+use flowtable_hw::Action;
+use flowtable_sw::context::{FlowContext, Verdict};
+use flowtable_sw::{Direction, Flow, FlowKey, TcpState};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// What the classifier says about a flow now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Not yet: the matching rule's trigger hasn't fired.
+    Wait,
+    /// Keep in software.
+    Software,
+    /// Offload with this action.
+    Offload(Action),
+}
+
+/// The `Flow::class` value of flows no rule matched.
+pub const CLASS_DEFAULT: u8 = u8::MAX;
+/// The `Flow::class` value of flows decided by an application's verdict.
+pub const CLASS_VERDICT: u8 = u8::MAX - 1;
+/// Most rules: `Flow::class` is a byte, with two values reserved.
+pub const MAX_RULES: usize = u8::MAX as usize - 2;
+
+struct CompiledRule {
+    name: String,
+    proto: Option<ProtoName>,
+    ports: Vec<(u16, u16)>,
+    server_ports: Vec<(u16, u16)>,
+    client_ports: Vec<(u16, u16)>,
+    prefixes: Vec<IpNet>,
+    server_prefixes: Vec<IpNet>,
+    client_prefixes: Vec<IpNet>,
+    vlan: Option<u16>,
+    ingress: Option<u8>,
+    after_packets: Option<u64>,
+    after_bytes: Option<u64>,
+    tcp_established: bool,
+    result: ClassResult,
+}
+
+fn in_ranges(ranges: &[(u16, u16)], port: u16) -> bool {
+    ranges.is_empty() || ranges.iter().any(|&(a, b)| a <= port && port <= b)
+}
+
+fn in_prefixes(prefixes: &[IpNet], addr: IpAddr) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| p.contains(&addr))
+}
+
+impl CompiledRule {
+    fn matches(&self, key: &FlowKey, initiator: Direction) -> bool {
+        if let Some(p) = self.proto {
+            if !p.matches(key.proto) {
+                return false;
+            }
+        }
+        if self.vlan.is_some_and(|v| v != key.vlan_outer) || self.ingress.is_some_and(|i| i != key.ingress) {
+            return false;
+        }
+        let ends = key.endpoints(initiator);
+        let either_port = |r: &[(u16, u16)]| r.is_empty() || in_ranges(r, ends.sport) || in_ranges(r, ends.dport);
+        let either_addr = |p: &[IpNet]| p.is_empty() || in_prefixes(p, ends.src) || in_prefixes(p, ends.dst);
+        either_port(&self.ports)
+            && in_ranges(&self.server_ports, ends.dport)
+            && in_ranges(&self.client_ports, ends.sport)
+            && either_addr(&self.prefixes)
+            && in_prefixes(&self.server_prefixes, ends.dst)
+            && in_prefixes(&self.client_prefixes, ends.src)
+    }
+
+    /// Whether the trigger has fired; with no condition, at once.
+    fn triggered(&self, flow: &Flow) -> bool {
+        let none = self.after_packets.is_none() && self.after_bytes.is_none() && !self.tcp_established;
+        none || self.after_packets.is_some_and(|n| flow.packets() >= n)
+            || self.after_bytes.is_some_and(|n| flow.bytes() >= n)
+            || (self.tcp_established && flow.tcp == TcpState::Established)
+    }
+}
+
+fn decision(result: ClassResult) -> Decision {
+    match result {
+        ClassResult::Software => Decision::Software,
+        ClassResult::Offload(a) => Decision::Offload(a),
+    }
+}
+
+pub struct Classifier {
+    rules: Vec<CompiledRule>,
+    default: ClassResult,
+    default_after_packets: u64,
+}
+
+impl Classifier {
+    /// Compiles validated configuration (see `Config::validate`).
+    pub fn new(section: &ClassifierSection) -> Result<Classifier, String> {
+        if section.rules.len() > MAX_RULES {
+            return Err(format!("classifier.rules: {} rules; at most {MAX_RULES}", section.rules.len()));
+        }
+        let ranges = |specs: &[flowtable_config::PortSpec]| -> Result<Vec<(u16, u16)>, String> {
+            specs.iter().map(|s| s.range()).collect()
+        };
+        let rules = section
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(CompiledRule {
+                    name: r.name.clone(),
+                    proto: r.matches.proto,
+                    ports: ranges(&r.matches.ports)?,
+                    server_ports: ranges(&r.matches.server_ports)?,
+                    client_ports: ranges(&r.matches.client_ports)?,
+                    prefixes: r.matches.prefixes.clone(),
+                    server_prefixes: r.matches.server_prefixes.clone(),
+                    client_prefixes: r.matches.client_prefixes.clone(),
+                    vlan: r.matches.vlan,
+                    ingress: r.matches.ingress,
+                    after_packets: r.trigger.after_packets,
+                    after_bytes: r.trigger.after_bytes,
+                    tcp_established: r.trigger.tcp_established,
+                    result: r.result,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Classifier { rules, default: section.default, default_after_packets: section.default_after_packets })
+    }
+
+    /// The name of the rule behind a `Flow::class` value.
+    pub fn class_name(&self, class: u8) -> Option<&str> {
+        match class {
+            0 => None,
+            CLASS_DEFAULT => Some("default"),
+            CLASS_VERDICT => Some("verdict"),
+            c => self.rules.get(c as usize - 1).map(|r| r.name.as_str()),
+        }
+    }
+
+    /// Decides for a flow that is still being tracked. The first rule whose
+    /// match fits owns the flow (remembered in `flow.class`); it decides
+    /// when its trigger fires. An application's verdict overrides all.
+    pub fn decide(&self, flow: &mut Flow, context: Option<&FlowContext>, verdict_action: Action) -> Decision {
+        if let Some(v) = context.and_then(|c| c.verdict.as_ref()) {
+            flow.class = CLASS_VERDICT;
+            return match v {
+                Verdict::Software => Decision::Software,
+                Verdict::Drop => Decision::Offload(Action::Drop),
+                Verdict::Offload => Decision::Offload(verdict_action),
+            };
+        }
+        if flow.class == 0 {
+            flow.class = self
+                .rules
+                .iter()
+                .position(|r| r.matches(&flow.key, flow.initiator()))
+                .map_or(CLASS_DEFAULT, |i| i as u8 + 1);
+        }
+        match flow.class {
+            CLASS_DEFAULT | CLASS_VERDICT => {
+                if flow.packets() >= self.default_after_packets {
+                    decision(self.default)
+                } else {
+                    Decision::Wait
+                }
+            }
+            c => {
+                let rule = &self.rules[c as usize - 1];
+                if rule.triggered(flow) {
+                    decision(rule.result)
+                } else {
+                    Decision::Wait
+                }
+            }
+        }
+    }
+
+    /// The action an `offload` verdict uses: that of the rule the flow
+    /// matched, if it offloads, else `pass`.
+    pub fn action_for(&self, flow: &Flow) -> Action {
+        match flow.class {
+            0 | CLASS_VERDICT => None,
+            CLASS_DEFAULT => Some(self.default),
+            c => self.rules.get(c as usize - 1).map(|r| r.result),
+        }
+        .and_then(|r| match r {
+            ClassResult::Offload(a) => Some(a),
+            ClassResult::Software => None,
+        })
+        .unwrap_or(Action::Pass)
+    }
+}

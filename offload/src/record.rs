@@ -1,0 +1,139 @@
+//! Flow records: the one summary every flow ends in, and the events the
+//! engine emits along a flow's life.
+
+use flowtable_hw::{Action, Placement};
+use flowtable_sw::context::FlowContext;
+use flowtable_sw::{Direction, Flow, FlowId, TcpState};
+use serde::Serialize;
+
+/// Why a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// No packets (seen or counted) for its idle timeout.
+    Idle,
+    /// Closed by FIN or RST, then its short timeout passed.
+    TcpClose,
+    /// Removed on request (control API).
+    Evicted,
+    /// Pushed out to make room for a new flow.
+    TableFull,
+    /// Still live when the process stopped.
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::TcpClose => "tcp-close",
+            EndReason::Evicted => "evicted",
+            EndReason::TableFull => "table-full",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One direction's packets and bytes, split by who counted them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DirRecord {
+    pub packets: u64,
+    pub bytes: u64,
+    pub sw_packets: u64,
+    pub sw_bytes: u64,
+    pub hw_packets: u64,
+    pub hw_bytes: u64,
+}
+
+impl DirRecord {
+    pub fn of(flow: &Flow, dir: Direction) -> DirRecord {
+        let (sw, hw) = (flow.sw[dir.index()], flow.hw[dir.index()]);
+        DirRecord {
+            packets: sw.packets + hw.packets,
+            bytes: sw.bytes + hw.bytes,
+            sw_packets: sw.packets,
+            sw_bytes: sw.bytes,
+            hw_packets: hw.packets,
+            hw_bytes: hw.bytes,
+        }
+    }
+}
+
+/// What offload a flow had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OffloadRecord {
+    pub backend: String,
+    pub action: Action,
+    /// Where each direction's rule lived: [client-to-server, server-to-client].
+    pub placement: [Option<Placement>; 2],
+    /// Whether the rules' counters could be read.
+    pub hw_counters: bool,
+    pub installed_ns: u64,
+    /// Set when the rules were removed before the flow ended (unoffload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_ns: Option<u64>,
+}
+
+/// The record a flow ends in. Directions are the flow's own: `orig` is
+/// what its first packet's sender sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    pub id: FlowId,
+    pub proto: u8,
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vlan: u16,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vlan_inner: u16,
+    pub ingress: u8,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub orig: DirRecord,
+    pub reply: DirRecord,
+    pub tcp_state: TcpState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadRecord>,
+    /// The backend's refusal, when offload was tried and refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<FlowContext>,
+    pub end_reason: EndReason,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
+}
+
+impl FlowRecord {
+    pub fn packets(&self) -> u64 {
+        self.orig.packets + self.reply.packets
+    }
+    pub fn bytes(&self) -> u64 {
+        self.orig.bytes + self.reply.bytes
+    }
+}
+
+/// Builds the address/port part of a record from a flow, oriented by its
+/// initiator.
+pub(crate) fn endpoints_of(flow: &Flow) -> (String, String, u16, u16) {
+    let e = flow.key.endpoints(flow.initiator());
+    (e.src.to_string(), e.dst.to_string(), e.sport, e.dport)
+}
+
+/// What happened to a flow, for subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    New { id: FlowId, key: String, ts_ns: u64 },
+    Classified { id: FlowId, class: Option<String>, decision: String, ts_ns: u64 },
+    Offloaded { id: FlowId, action: Action, placement: [Option<Placement>; 2], ts_ns: u64 },
+    Refused { id: FlowId, reason: String, ts_ns: u64 },
+    Unoffloaded { id: FlowId, ts_ns: u64 },
+    Expired { record: Box<FlowRecord> },
+}

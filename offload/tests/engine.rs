@@ -1,0 +1,303 @@
+//! The engine driven through the sim NIC: offload, counting, aging,
+//! limits, refusals and records.
+
+use flowtable_config::parse;
+use flowtable_hw::{Action, SimNic, SimProfile};
+use flowtable_offload::{EndReason, Engine, FlowRecord};
+use flowtable_sw::context::{FlowContext, Verdict};
+use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_SYN};
+use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, Stage};
+use std::net::Ipv4Addr;
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+
+fn engine(config: &str, profile: SimProfile) -> Engine {
+    let c = parse("test.json", config).unwrap();
+    Engine::from_config(&c, Box::new(SimNic::new(profile))).unwrap()
+}
+
+/// A packet from client port `cport` to server port `sport` (or back).
+fn pkt(client: u8, cport: u16, sport: u16, proto: u8, to_server: bool, flags: u8, len: u32) -> PacketInfo {
+    let c = Ipv4Addr::new(10, 0, 0, client);
+    let s = Ipv4Addr::new(192, 168, 1, 1);
+    let (key, dir) = if to_server {
+        FlowKey::from_v4(c, s, cport, sport, proto)
+    } else {
+        FlowKey::from_v4(s, c, sport, cport, proto)
+    };
+    PacketInfo { key, dir, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+}
+
+/// What a replay does per packet: the NIC first, then software.
+fn feed(e: &mut Engine, p: &PacketInfo, now: u64) -> bool {
+    e.backend_mut().set_clock(now);
+    if e.offer_to_nic(p) {
+        return true;
+    }
+    e.process(p, now);
+    false
+}
+
+fn only_flow(e: &Engine) -> FlowId {
+    let ids: Vec<_> = e.flows().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 1, "expected one flow");
+    ids[0]
+}
+
+const OFFLOAD_UDP_AFTER_3: &str = r#"{
+  "classifier": {"rules": [{"name": "udp", "match": {"proto": "udp"},
+     "trigger": {"after_packets": 3}, "result": {"offload": {"type": "pass"}}}]},
+  "offload": {"poll_interval_ms": 100}
+}"#;
+
+#[test]
+fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
+    let mut e = engine(OFFLOAD_UDP_AFTER_3, SimProfile::full());
+    let mut t = 0;
+    let mut sent = [0u64; 2];
+    let mut taken_by_nic = 0;
+    for i in 0..100 {
+        let to_server = i % 3 != 2;
+        let p = pkt(1, 5000, 53, 17, to_server, 0, 100 + i);
+        sent[to_server as usize] += 1;
+        if feed(&mut e, &p, t) {
+            taken_by_nic += 1;
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    let id = only_flow(&e);
+    let view = e.flow(id).unwrap();
+    assert_eq!(view.stage, Stage::Offloaded);
+    assert!(taken_by_nic > 90, "the NIC handled the flow after offload ({taken_by_nic})");
+    assert_eq!(view.orig.sw_packets + view.reply.sw_packets + taken_by_nic, 100);
+    // Counters not yet polled may lag; after a poll every packet is accounted.
+    e.poll(t + 200 * MS);
+    let view = e.flow(id).unwrap();
+    assert_eq!(view.orig.packets, sent[1]);
+    assert_eq!(view.reply.packets, sent[0]);
+    assert_eq!(view.packets, 100);
+    assert_eq!(view.bytes, (0..100u64).map(|i| 100 + i).sum::<u64>());
+    assert!(view.orig.hw_packets > 0 && view.reply.hw_packets > 0);
+
+    // Idle in hardware: the rule is removed after the UDP timeout and the
+    // record carries every packet.
+    let last_activity = t;
+    e.poll(last_activity + 59 * S);
+    assert_eq!(e.rules_live(), 2, "not idle long enough yet");
+    e.poll(last_activity + 61 * S);
+    assert_eq!(e.rules_live(), 0);
+    assert_eq!(e.backend_mut().capabilities().max_rules, 65536);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r.end_reason, EndReason::Idle);
+    assert_eq!(r.packets(), 100);
+    assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets);
+    assert_eq!(r.src, "10.0.0.1");
+    assert_eq!(r.dport, 53);
+    let off = r.offload.as_ref().expect("offload recorded");
+    assert_eq!(off.action, Action::Pass);
+    assert!(off.hw_counters);
+    assert_eq!(r.class.as_deref(), Some("udp"));
+    let mut counters = vec![];
+    e.backend_mut().read_counters(&mut counters).unwrap();
+    assert!(counters.is_empty(), "no rule left in the NIC");
+}
+
+#[test]
+fn counters_that_keep_moving_keep_the_flow_alive() {
+    let mut e = engine(OFFLOAD_UDP_AFTER_3, SimProfile::full());
+    for i in 0..3 {
+        feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), i * MS);
+    }
+    e.poll(10 * MS);
+    assert_eq!(e.rules_live(), 2);
+    // One packet every 30 s for 5 minutes, all taken by the NIC.
+    let mut t = 10 * MS;
+    for _ in 0..10 {
+        t += 30 * S;
+        assert!(feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), t));
+        e.poll(t);
+    }
+    assert_eq!(e.rules_live(), 2, "moving counters kept it");
+    assert!(e.drain_records().is_empty());
+}
+
+#[test]
+fn refused_offload_stays_in_software_with_the_reason() {
+    let mut e = engine(OFFLOAD_UDP_AFTER_3, SimProfile::refuse_all());
+    for i in 0..10 {
+        assert!(!feed(&mut e, &pkt(1, 5000, 53, 17, i % 2 == 0, 0, 100), i * MS));
+        e.poll(i * MS + 1);
+    }
+    let view = e.flow(only_flow(&e)).unwrap();
+    assert_eq!(view.stage, Stage::Refused);
+    assert_eq!(view.packets, 10, "software counted everything");
+    let refusal = view.offload.unwrap().refusal.unwrap();
+    assert!(refusal.message.contains("refuse-all"), "{}", refusal.message);
+    assert_eq!(e.stats().refusals.get("driver"), Some(&1));
+    e.shutdown(false);
+    let r = e.drain_records().pop().unwrap();
+    assert_eq!(r.end_reason, EndReason::Shutdown);
+    assert!(r.refused.as_deref().unwrap().starts_with("driver:"));
+    assert!(r.offload.is_none());
+}
+
+#[test]
+fn unsupported_action_is_refused_without_asking_the_nic() {
+    let cfg = r#"{"classifier": {"rules": [{"name": "m", "match": {}, "result": {"offload": {"type": "mirror", "port": 1}}}]}}"#;
+    let mut e = engine(cfg, SimProfile::small());
+    feed(&mut e, &pkt(1, 5000, 80, 6, true, TCP_SYN, 60), 0);
+    e.poll(1);
+    let v = e.flow(only_flow(&e)).unwrap();
+    assert_eq!(v.stage, Stage::Refused);
+    assert_eq!(e.stats().refusals.get("unsupported-action"), Some(&1));
+}
+
+#[test]
+fn capacity_limit_offloads_the_largest_flows_first() {
+    let cfg = r#"{"classifier": {"rules": [{"name": "all", "match": {}, "result": {"offload": {"type": "drop"}}}]},
+                  "backend": {"kind": "sim", "max_rules": 6}}"#;
+    let mut profile = SimProfile::full();
+    profile.capabilities.max_rules = 6;
+    let mut e = engine(cfg, profile);
+    // Five flows classified at once, of different sizes, before any poll.
+    for client in 1..=5u8 {
+        e.process(&pkt(client, 1000, 80, 17, true, 0, client as u32 * 100), 0);
+    }
+    e.poll(MS);
+    assert_eq!(e.rules_live(), 6, "three flows of two rules fill the NIC");
+    let offloaded: Vec<u8> = e
+        .flows()
+        .filter(|(_, f)| f.stage == Stage::Offloaded)
+        .map(|(id, _)| e.flow(id).unwrap().src.parse::<Ipv4Addr>().unwrap().octets()[3])
+        .collect::<Vec<_>>();
+    let mut sorted = offloaded.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![3, 4, 5], "the three largest");
+    assert_eq!(e.queued(), 2, "the others wait, counted in software");
+    assert_eq!(e.stats().refusals.get("capacity"), None, "the engine kept within capacity");
+}
+
+#[test]
+fn insertion_rate_is_respected() {
+    let cfg = r#"{"classifier": {"rules": [{"name": "all", "match": {}, "result": {"offload": {"type": "pass"}}}]},
+                  "offload": {"poll_interval_ms": 10}}"#;
+    let mut profile = SimProfile::full();
+    profile.capabilities.max_insert_rate = 20; // 10 flows a second
+    let mut e = engine(cfg, profile);
+    for client in 1..=50u8 {
+        e.process(&pkt(client, 1000, 80, 17, true, 0, 100), 0);
+    }
+    e.poll(0);
+    let first = e.rules_live();
+    assert!(first <= 20, "{first} rules in the first instant");
+    let mut t = 0;
+    while t < 2 * S {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    // Two seconds at 20 rules/s, plus the initial burst.
+    assert!(e.rules_live() <= 20 + 40 + 2, "{}", e.rules_live());
+    assert!(e.rules_live() >= 40);
+    assert_eq!(e.stats().refusals.get("rate"), None, "the NIC never had to say no");
+}
+
+#[test]
+fn tcp_close_ends_with_its_reason_and_idle_flows_with_theirs() {
+    let mut e = engine("{}", SimProfile::full());
+    let seq = [
+        (true, TCP_SYN),
+        (false, TCP_SYN | TCP_ACK),
+        (true, TCP_ACK),
+        (true, TCP_FIN | TCP_ACK),
+        (false, TCP_FIN | TCP_ACK),
+        (true, TCP_ACK),
+    ];
+    for (i, (to_server, flags)) in seq.iter().enumerate() {
+        feed(&mut e, &pkt(1, 4000, 80, 6, *to_server, *flags, 60), i as u64 * MS);
+    }
+    feed(&mut e, &pkt(2, 4000, 80, 6, true, TCP_SYN, 60), 0);
+    feed(&mut e, &pkt(3, 4000, 53, 17, true, 0, 60), 0);
+    e.poll(6 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, EndReason::TcpClose);
+    assert_eq!(recs[0].packets(), 6);
+    e.poll(61 * S);
+    let mut recs: Vec<FlowRecord> = e.drain_records();
+    recs.sort_by_key(|r| r.proto);
+    assert_eq!(recs.len(), 2, "handshake timeout (30 s) and UDP (60 s)");
+    assert!(recs.iter().all(|r| r.end_reason == EndReason::Idle));
+    assert!(e.flows().next().is_none());
+}
+
+#[test]
+fn table_full_evicts_with_a_record() {
+    let mut e = engine(r#"{"table": {"max_flows": 2}}"#, SimProfile::full());
+    for client in 1..=3u8 {
+        feed(&mut e, &pkt(client, 1000, 53, 17, true, 0, 100), client as u64 * S);
+    }
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, EndReason::TableFull);
+    assert_eq!(recs[0].src, "10.0.0.1");
+    let mut e = engine(r#"{"table": {"max_flows": 2, "full_policy": "reject-new"}}"#, SimProfile::full());
+    for client in 1..=3u8 {
+        feed(&mut e, &pkt(client, 1000, 53, 17, true, 0, 100), 0);
+    }
+    assert!(e.drain_records().is_empty());
+    assert_eq!(e.stats().untracked_table_full, 1);
+}
+
+#[test]
+fn verdict_overrides_and_unoffload_keeps_counts() {
+    let mut e = engine(r#"{"classifier": {"default_after_packets": 1000}}"#, SimProfile::full());
+    feed(&mut e, &pkt(1, 1000, 443, 6, true, TCP_ACK, 100), 0);
+    let id = only_flow(&e);
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Tracking);
+    e.set_context(id, FlowContext { verdict: Some(Verdict::Drop), label: Some("bad".into()), ..Default::default() })
+        .unwrap();
+    e.poll(MS);
+    let v = e.flow(id).unwrap();
+    assert_eq!(v.stage, Stage::Offloaded);
+    assert_eq!(v.offload.as_ref().unwrap().action, Action::Drop);
+    assert_eq!(v.rules.len(), 2);
+    for i in 0..5 {
+        assert!(feed(&mut e, &pkt(1, 1000, 443, 6, true, TCP_ACK, 100), 2 * MS + i));
+    }
+    e.request_unoffload(id).unwrap();
+    assert_eq!(e.rules_live(), 0);
+    let v = e.flow(id).unwrap();
+    assert_eq!(v.stage, Stage::Software);
+    assert_eq!(v.packets, 6, "final counters folded in at removal");
+    assert!(!feed(&mut e, &pkt(1, 1000, 443, 6, true, TCP_ACK, 100), 3 * MS));
+    assert_eq!(e.flow(id).unwrap().packets, 7);
+    assert!(e.request_unoffload(id).is_err());
+    assert!(e.set_context(FlowId(999), FlowContext::default()).is_err());
+    let rec = e.evict(id).unwrap();
+    assert_eq!(rec.end_reason, EndReason::Evicted);
+    assert_eq!(rec.context.unwrap().label.as_deref(), Some("bad"));
+}
+
+#[test]
+fn shutdown_removes_every_rule_and_writes_every_record() {
+    let mut e = engine(OFFLOAD_UDP_AFTER_3, SimProfile::full());
+    for client in 1..=10u8 {
+        for i in 0..5 {
+            feed(&mut e, &pkt(client, 1000, 53, 17, true, 0, 100), i * MS);
+            e.poll(i * MS);
+        }
+    }
+    assert_eq!(e.rules_live(), 20);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 10);
+    assert!(recs.iter().all(|r| r.packets() == 5 && r.end_reason == EndReason::Shutdown));
+    let mut counters = vec![];
+    e.backend_mut().read_counters(&mut counters).unwrap();
+    assert!(counters.is_empty());
+    assert_eq!(e.rules_live(), 0);
+}

@@ -1,0 +1,799 @@
+//! The flow table: one slot per bidirectional flow, found by hashing its
+//! canonical key, with software counters per direction, TCP state, and
+//! expiry through the timer wheel.
+//!
+//! Slots live in one vector reserved up to the configured maximum, so the
+//! packet path never reallocates; the index is a `hashbrown` table of slot
+//! numbers hashed with a per-process random seed (no hash flooding).
+
+use crate::key::{Direction, FlowKey};
+use crate::packet::{Fragment, PacketInfo};
+use crate::tcp::TcpState;
+use crate::timer::{TimerEntry, TimerWheel};
+use core::hash::BuildHasher;
+use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
+
+/// A flow's identity: slot index and the slot's generation, so an id held
+/// by an application never names a later flow that reused the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FlowId(pub u64);
+
+impl FlowId {
+    pub fn new(index: u32, generation: u16) -> FlowId {
+        FlowId((generation as u64) << 32 | index as u64)
+    }
+    pub fn index(self) -> u32 {
+        self.0 as u32
+    }
+    pub fn generation(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+}
+
+impl core::fmt::Display for FlowId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Packets and bytes of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DirCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl DirCounters {
+    pub fn add(&mut self, other: DirCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Where a flow is in its offload lifecycle. The engine moves it along;
+/// the table only needs to know which slots are free and which flows may
+/// be evicted (those held in software alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum Stage {
+    #[default]
+    Free = 0,
+    /// Seen, not yet classified.
+    Tracking,
+    /// Classified to stay in software.
+    Software,
+    /// Classified for offload, waiting for its batch.
+    Queued,
+    /// Rules installed; later packets handled by the NIC or kernel.
+    Offloaded,
+    /// The backend refused; the flow stays in software.
+    Refused,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Free => "free",
+            Stage::Tracking => "tracking",
+            Stage::Software => "software",
+            Stage::Queued => "queued",
+            Stage::Offloaded => "offloaded",
+            Stage::Refused => "refused",
+        }
+    }
+    fn evictable(self) -> bool {
+        matches!(self, Stage::Tracking | Stage::Software | Stage::Refused)
+    }
+}
+
+const FLAG_INITIATOR_HI: u8 = 1 << 0;
+const FLAG_FIN_SHIFT: u8 = 1;
+const FLAG_FIN_MASK: u8 = 3 << FLAG_FIN_SHIFT;
+const FLAG_HAS_CONTEXT: u8 = 1 << 3;
+
+/// One flow: 128 bytes holding key, state, both directions' software and
+/// hardware counters and timestamps. The application's context lives out
+/// of line (see `context`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Flow {
+    pub key: FlowKey,
+    generation: u16,
+    pub tcp: TcpState,
+    pub stage: Stage,
+    flags: u8,
+    /// Classifier rule that matched, plus one (0: none yet).
+    pub class: u8,
+    /// Last activity, ms after `first_ns` (saturating at ~49 days).
+    last_ms: u32,
+    pub first_ns: u64,
+    /// Packets seen by software, by direction (`Direction::index`).
+    pub sw: [DirCounters; 2],
+    /// Packets counted by the NIC or kernel rule, by direction.
+    pub hw: [DirCounters; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<Flow>() == 128);
+
+impl Flow {
+    fn vacant() -> Flow {
+        Flow {
+            key: FlowKey::default(),
+            generation: 0,
+            tcp: TcpState::NotTcp,
+            stage: Stage::Free,
+            flags: 0,
+            class: 0,
+            last_ms: 0,
+            first_ns: 0,
+            sw: [DirCounters::default(); 2],
+            hw: [DirCounters::default(); 2],
+        }
+    }
+
+    pub fn generation(&self) -> u16 {
+        self.generation
+    }
+
+    /// The direction of the flow's first packet.
+    pub fn initiator(&self) -> Direction {
+        if self.flags & FLAG_INITIATOR_HI != 0 {
+            Direction::HiToLo
+        } else {
+            Direction::LoToHi
+        }
+    }
+
+    pub fn last_ns(&self) -> u64 {
+        self.first_ns + self.last_ms as u64 * 1_000_000
+    }
+
+    /// Marks activity at `now_ns` (never moves backwards).
+    pub fn touch(&mut self, now_ns: u64) {
+        let ms = now_ns.saturating_sub(self.first_ns) / 1_000_000;
+        let ms = ms.min(u32::MAX as u64) as u32;
+        if ms > self.last_ms {
+            self.last_ms = ms;
+        }
+    }
+
+    pub fn has_context(&self) -> bool {
+        self.flags & FLAG_HAS_CONTEXT != 0
+    }
+
+    pub fn set_has_context(&mut self, yes: bool) {
+        if yes {
+            self.flags |= FLAG_HAS_CONTEXT;
+        } else {
+            self.flags &= !FLAG_HAS_CONTEXT;
+        }
+    }
+
+    /// Total per direction, software plus hardware.
+    pub fn total(&self, dir: Direction) -> DirCounters {
+        let i = dir.index();
+        DirCounters {
+            packets: self.sw[i].packets + self.hw[i].packets,
+            bytes: self.sw[i].bytes + self.hw[i].bytes,
+        }
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.total(Direction::LoToHi).packets + self.total(Direction::HiToLo).packets
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.total(Direction::LoToHi).bytes + self.total(Direction::HiToLo).bytes
+    }
+
+    /// Updates TCP state for a packet; returns whether the state changed.
+    fn observe_tcp(&mut self, dir: Direction, tcp_flags: u8) -> bool {
+        if self.key.proto != 6 {
+            return false;
+        }
+        let mut fins = (self.flags & FLAG_FIN_MASK) >> FLAG_FIN_SHIFT;
+        let next = self.tcp.next(tcp_flags, dir == self.initiator(), &mut fins);
+        self.flags = (self.flags & !FLAG_FIN_MASK) | (fins << FLAG_FIN_SHIFT);
+        let changed = next != self.tcp;
+        self.tcp = next;
+        changed
+    }
+}
+
+/// Idle timeouts, per protocol and TCP state, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_handshake: u64,
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub tcp_closed: u64,
+    pub udp: u64,
+    pub icmp: u64,
+    pub other: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        Timeouts {
+            tcp_handshake: 30 * S,
+            tcp_established: 300 * S,
+            tcp_closing: 30 * S,
+            tcp_closed: 5 * S,
+            udp: 60 * S,
+            icmp: 30 * S,
+            other: 60 * S,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn for_flow(&self, flow: &Flow) -> u64 {
+        match flow.key.proto {
+            6 => match flow.tcp {
+                TcpState::SynSent | TcpState::SynReceived => self.tcp_handshake,
+                TcpState::Established | TcpState::Midstream | TcpState::NotTcp => self.tcp_established,
+                TcpState::FinWait | TcpState::Closing => self.tcp_closing,
+                TcpState::Closed => self.tcp_closed,
+            },
+            17 => self.udp,
+            1 | 58 => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+/// What to do with a new flow when the table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Evict the software flow nearest to its idle deadline to make room
+    /// (its record says `table-full`). Offloaded flows are never evicted:
+    /// their rules are aged by counters.
+    #[default]
+    EvictIdle,
+    /// Don't track the new flow; its packets are counted as untracked.
+    RejectNew,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableConfig {
+    pub max_flows: usize,
+    pub full_policy: FullPolicy,
+    pub timeouts: Timeouts,
+    /// Timer granularity.
+    pub tick_ns: u64,
+    pub wheel_slots: usize,
+    /// Most first fragments remembered to attribute later fragments.
+    pub max_fragments: usize,
+    /// How long a first fragment's id is remembered.
+    pub fragment_timeout_ns: u64,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            max_flows: 1 << 20,
+            full_policy: FullPolicy::EvictIdle,
+            timeouts: Timeouts::default(),
+            tick_ns: 100_000_000,
+            wheel_slots: 4096,
+            max_fragments: 1 << 14,
+            fragment_timeout_ns: 30_000_000_000,
+        }
+    }
+}
+
+/// The outcome of looking a packet up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Found(FlowId),
+    /// A new flow; `evicted` is the flow pushed out to make room for it.
+    Inserted { id: FlowId, evicted: Option<(FlowId, Flow)> },
+    /// Full and nothing evictable (or policy `reject-new`).
+    Full,
+    /// A non-first fragment whose first fragment was never seen.
+    OrphanFragment,
+}
+
+/// Counters the table keeps about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TableStats {
+    pub inserted: u64,
+    pub evicted_full: u64,
+    pub rejected_full: u64,
+    pub orphan_fragments: u64,
+    pub fragments_attributed: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+    proto: u8,
+    vlan: u16,
+    ingress: u8,
+}
+
+impl FragKey {
+    fn of(pkt: &PacketInfo, id: u32) -> FragKey {
+        let k = &pkt.key;
+        let (src, dst) = match pkt.dir {
+            Direction::LoToHi => (k.addr_lo, k.addr_hi),
+            Direction::HiToLo => (k.addr_hi, k.addr_lo),
+        };
+        FragKey { src, dst, id, proto: k.proto, vlan: k.vlan_outer, ingress: k.ingress }
+    }
+}
+
+/// Remembers first fragments so later ones find their flow. Bounded: it
+/// never grows past its capacity, so it never allocates after creation.
+struct FragTracker {
+    map: hashbrown::HashMap<FragKey, (FlowId, u64), foldhash::fast::RandomState>,
+    cap: usize,
+    timeout_ns: u64,
+}
+
+impl FragTracker {
+    fn new(cap: usize, timeout_ns: u64) -> FragTracker {
+        FragTracker {
+            map: hashbrown::HashMap::with_capacity_and_hasher(cap, Default::default()),
+            cap,
+            timeout_ns,
+        }
+    }
+
+    fn remember(&mut self, key: FragKey, id: FlowId, now: u64) {
+        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
+            self.map.retain(|_, (_, expiry)| *expiry > now);
+            if self.map.len() >= self.cap {
+                return;
+            }
+        }
+        self.map.insert(key, (id, now + self.timeout_ns));
+    }
+
+    fn find(&self, key: &FragKey, now: u64) -> Option<FlowId> {
+        match self.map.get(key) {
+            Some((id, expiry)) if *expiry > now => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+pub struct FlowTable {
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    wheel: TimerWheel,
+    frags: FragTracker,
+    live: usize,
+    config: TableConfig,
+    stats: TableStats,
+}
+
+impl FlowTable {
+    pub fn new(config: TableConfig) -> FlowTable {
+        let max = config.max_flows.clamp(1, u32::MAX as usize);
+        FlowTable {
+            // Reserved, not touched: pages are committed as slots fill.
+            flows: Vec::with_capacity(max),
+            free: Vec::new(),
+            index: HashTable::with_capacity(max),
+            hasher: Default::default(),
+            wheel: TimerWheel::new(config.tick_ns, config.wheel_slots),
+            frags: FragTracker::new(config.max_fragments, config.fragment_timeout_ns),
+            live: 0,
+            config: TableConfig { max_flows: max, ..config },
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.config.timeouts = timeouts;
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.config.max_flows
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    #[inline]
+    fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Finds a flow by key.
+    #[inline]
+    pub fn find(&self, key: &FlowKey) -> Option<FlowId> {
+        let flows = &self.flows;
+        self.index
+            .find(self.hash(key), |&i| flows[i as usize].key == *key)
+            .map(|&i| FlowId::new(i, flows[i as usize].generation))
+    }
+
+    #[inline]
+    pub fn get(&self, id: FlowId) -> Option<&Flow> {
+        self.flows
+            .get(id.index() as usize)
+            .filter(|f| f.stage != Stage::Free && f.generation == id.generation())
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        self.flows
+            .get_mut(id.index() as usize)
+            .filter(|f| f.stage != Stage::Free && f.generation == id.generation())
+    }
+
+    /// Looks up the flow of a packet, creating it if new. Counts nothing:
+    /// see `observe`.
+    #[inline]
+    pub fn lookup_or_insert(&mut self, pkt: &PacketInfo, now_ns: u64) -> Lookup {
+        if let Fragment::Later { id } = pkt.fragment {
+            return match self.frags.find(&FragKey::of(pkt, id), now_ns) {
+                Some(flow) if self.get(flow).is_some() => {
+                    self.stats.fragments_attributed += 1;
+                    Lookup::Found(flow)
+                }
+                _ => {
+                    self.stats.orphan_fragments += 1;
+                    Lookup::OrphanFragment
+                }
+            };
+        }
+        let found = self.find(&pkt.key);
+        let result = match found {
+            Some(id) => Lookup::Found(id),
+            None => self.insert(pkt, now_ns),
+        };
+        if let Fragment::First { id: frag_id } = pkt.fragment {
+            if let Lookup::Found(id) | Lookup::Inserted { id, .. } = result {
+                self.frags.remember(FragKey::of(pkt, frag_id), id, now_ns);
+            }
+        }
+        result
+    }
+
+    fn insert(&mut self, pkt: &PacketInfo, now_ns: u64) -> Lookup {
+        let mut evicted = None;
+        if self.live >= self.config.max_flows {
+            if self.config.full_policy == FullPolicy::RejectNew {
+                self.stats.rejected_full += 1;
+                return Lookup::Full;
+            }
+            match self.pick_victim() {
+                Some(victim) => {
+                    let flow = self.remove(victim).expect("victim is live");
+                    self.stats.evicted_full += 1;
+                    evicted = Some((victim, flow));
+                }
+                None => {
+                    self.stats.rejected_full += 1;
+                    return Lookup::Full;
+                }
+            }
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = self.flows.len() as u32;
+                self.flows.push(Flow::vacant());
+                i
+            }
+        };
+        let slot = &mut self.flows[index as usize];
+        let generation = slot.generation.wrapping_add(1).max(1);
+        *slot = Flow {
+            key: pkt.key,
+            generation,
+            tcp: if pkt.key.proto == 6 { TcpState::first(pkt.tcp_flags) } else { TcpState::NotTcp },
+            stage: Stage::Tracking,
+            flags: if pkt.dir == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 },
+            class: 0,
+            last_ms: 0,
+            first_ns: now_ns,
+            sw: [DirCounters::default(); 2],
+            hw: [DirCounters::default(); 2],
+        };
+        let deadline = now_ns + self.config.timeouts.for_flow(slot);
+        let hash = self.hash(&pkt.key);
+        let flows = &self.flows;
+        let hasher = &self.hasher;
+        self.index.insert_unique(hash, index, |&i| hasher.hash_one(&flows[i as usize].key));
+        self.wheel.schedule(TimerEntry { index, generation }, deadline);
+        self.live += 1;
+        self.stats.inserted += 1;
+        Lookup::Inserted { id: FlowId::new(index, generation), evicted }
+    }
+
+    /// The software flow nearest to its deadline, looking at a bounded
+    /// number of timer entries so eviction stays cheap.
+    fn pick_victim(&self) -> Option<FlowId> {
+        let flows = &self.flows;
+        self.wheel
+            .find_next(256, |e| {
+                flows
+                    .get(e.index as usize)
+                    .is_some_and(|f| f.generation == e.generation && f.stage.evictable())
+            })
+            .map(|e| FlowId::new(e.index, e.generation))
+    }
+
+    /// Accounts a packet to its flow: TCP state, last activity and, when
+    /// `count` is set, the software counters. A state change that shortens
+    /// the timeout files an earlier timer entry.
+    #[inline]
+    pub fn observe(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64, count: bool) {
+        let timeouts = self.config.timeouts;
+        let Some(flow) = self.get_mut(id) else { return };
+        let before = timeouts.for_flow(flow);
+        if count {
+            let c = &mut flow.sw[pkt.dir.index()];
+            c.packets += 1;
+            c.bytes += pkt.wire_len as u64;
+        }
+        flow.touch(now_ns);
+        if flow.observe_tcp(pkt.dir, pkt.tcp_flags) {
+            let after = timeouts.for_flow(flow);
+            if after < before {
+                let deadline = flow.last_ns() + after;
+                let entry = TimerEntry { index: id.index(), generation: id.generation() };
+                self.wheel.schedule(entry, deadline);
+            }
+        }
+    }
+
+    /// The moment a flow becomes idle, given its current state.
+    pub fn deadline(&self, flow: &Flow) -> u64 {
+        flow.last_ns() + self.config.timeouts.for_flow(flow)
+    }
+
+    /// Moves time to `now_ns` and appends every flow whose idle deadline
+    /// has passed to `due`. The flows stay in the table: the caller removes
+    /// their rules, writes their records, then calls `remove`.
+    pub fn expire(&mut self, now_ns: u64, due: &mut Vec<FlowId>) {
+        let flows = &self.flows;
+        let timeouts = self.config.timeouts;
+        self.wheel.advance(now_ns, |e| {
+            let f = flows.get(e.index as usize)?;
+            if f.stage == Stage::Free || f.generation != e.generation {
+                return None;
+            }
+            let deadline = f.last_ns() + timeouts.for_flow(f);
+            if deadline <= now_ns {
+                due.push(FlowId::new(e.index, e.generation));
+                None
+            } else {
+                Some(deadline)
+            }
+        });
+    }
+
+    /// Files a flow again after the caller chose not to remove a due flow
+    /// (for example while its rule removal is retried).
+    pub fn reschedule(&mut self, id: FlowId, deadline_ns: u64) {
+        if self.get(id).is_some() {
+            self.wheel.schedule(TimerEntry { index: id.index(), generation: id.generation() }, deadline_ns);
+        }
+    }
+
+    /// Removes a flow, returning it.
+    pub fn remove(&mut self, id: FlowId) -> Option<Flow> {
+        let flow = *self.get(id)?;
+        let hash = self.hash(&flow.key);
+        let index = id.index();
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == index) {
+            entry.remove();
+        }
+        let slot = &mut self.flows[index as usize];
+        slot.stage = Stage::Free;
+        self.free.push(index);
+        self.live -= 1;
+        Some(flow)
+    }
+
+    /// Every live flow.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow)> + '_ {
+        self.flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.stage != Stage::Free)
+            .map(|(i, f)| (FlowId::new(i as u32, f.generation), f))
+    }
+
+    /// Ids of every live flow.
+    pub fn ids(&self) -> Vec<FlowId> {
+        self.iter().map(|(id, _)| id).collect()
+    }
+
+    /// Heap bytes held, for the per-flow memory figure.
+    pub fn heap_bytes(&self) -> usize {
+        self.flows.capacity() * core::mem::size_of::<Flow>()
+            + self.free.capacity() * 4
+            + self.index.allocation_size()
+            + self.wheel.heap_bytes()
+            + self.frags.map.allocation_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{TCP_ACK, TCP_FIN, TCP_SYN};
+    use core::net::Ipv4Addr;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pkt(sport: u16, dport: u16, proto: u8, flags: u8, len: u32) -> PacketInfo {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let (key, dir) = if sport > dport {
+            FlowKey::from_v4(a, b, sport, dport, proto)
+        } else {
+            FlowKey::from_v4(b, a, sport, dport, proto)
+        };
+        PacketInfo { key, dir, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+    }
+
+    fn table(max: usize, policy: FullPolicy) -> FlowTable {
+        FlowTable::new(TableConfig { max_flows: max, full_policy: policy, ..Default::default() })
+    }
+
+    fn track(t: &mut FlowTable, p: &PacketInfo, now: u64) -> FlowId {
+        let id = match t.lookup_or_insert(p, now) {
+            Lookup::Found(id) | Lookup::Inserted { id, .. } => id,
+            other => panic!("{other:?}"),
+        };
+        t.observe(id, p, now, true);
+        id
+    }
+
+    #[test]
+    fn flow_is_128_bytes() {
+        assert_eq!(core::mem::size_of::<Flow>(), 128);
+    }
+
+    #[test]
+    fn both_directions_count_into_one_flow() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let a = track(&mut t, &pkt(40000, 80, 6, TCP_SYN, 60), 0);
+        let b = track(&mut t, &pkt(80, 40000, 6, TCP_SYN | TCP_ACK, 60), 1000);
+        assert_eq!(a, b);
+        let f = t.get(a).unwrap();
+        assert_eq!(f.packets(), 2);
+        assert_eq!(f.bytes(), 120);
+        assert_eq!(f.tcp, TcpState::SynReceived);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn idle_flows_expire_on_their_protocol_timeout() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let udp = track(&mut t, &pkt(5000, 53, 17, 0, 80), 0);
+        let tcp = track(&mut t, &pkt(40000, 80, 6, TCP_ACK, 60), 0);
+        let mut due = vec![];
+        t.expire(59 * S, &mut due);
+        assert!(due.is_empty());
+        t.expire(61 * S, &mut due);
+        assert_eq!(due, vec![udp]);
+        t.remove(udp);
+        due.clear();
+        t.expire(299 * S, &mut due);
+        assert!(due.is_empty());
+        t.expire(301 * S, &mut due);
+        assert_eq!(due, vec![tcp]);
+    }
+
+    #[test]
+    fn activity_postpones_expiry() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let p = pkt(5000, 53, 17, 0, 80);
+        let id = track(&mut t, &p, 0);
+        track(&mut t, &p, 50 * S);
+        let mut due = vec![];
+        t.expire(100 * S, &mut due);
+        assert!(due.is_empty());
+        t.expire(111 * S, &mut due);
+        assert_eq!(due, vec![id]);
+    }
+
+    #[test]
+    fn tcp_close_shortens_the_timeout() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let id = track(&mut t, &pkt(40000, 80, 6, TCP_SYN, 60), 0);
+        track(&mut t, &pkt(80, 40000, 6, TCP_SYN | TCP_ACK, 60), 0);
+        track(&mut t, &pkt(40000, 80, 6, TCP_ACK, 60), 0);
+        track(&mut t, &pkt(40000, 80, 6, TCP_FIN | TCP_ACK, 60), S);
+        track(&mut t, &pkt(80, 40000, 6, TCP_FIN | TCP_ACK, 60), S);
+        track(&mut t, &pkt(40000, 80, 6, TCP_ACK, 60), S);
+        assert_eq!(t.get(id).unwrap().tcp, TcpState::Closed);
+        let mut due = vec![];
+        t.expire(S + 6 * S, &mut due);
+        assert_eq!(due, vec![id]);
+    }
+
+    #[test]
+    fn full_table_evicts_the_flow_nearest_expiry() {
+        let mut t = table(2, FullPolicy::EvictIdle);
+        let first = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
+        let _second = track(&mut t, &pkt(1001, 53, 17, 0, 80), 10 * S);
+        let p3 = pkt(1002, 53, 17, 0, 80);
+        match t.lookup_or_insert(&p3, 20 * S) {
+            Lookup::Inserted { evicted: Some((victim, flow)), .. } => {
+                assert_eq!(victim, first);
+                assert_eq!(flow.packets(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.len(), 2);
+        assert!(t.get(first).is_none(), "stale id must not resolve");
+        assert_eq!(t.stats().evicted_full, 1);
+    }
+
+    #[test]
+    fn full_table_never_evicts_offloaded_flows() {
+        let mut t = table(1, FullPolicy::EvictIdle);
+        let id = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
+        t.get_mut(id).unwrap().stage = Stage::Offloaded;
+        assert_eq!(t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), S), Lookup::Full);
+        assert_eq!(t.stats().rejected_full, 1);
+        assert!(t.get(id).is_some());
+    }
+
+    #[test]
+    fn reject_policy_keeps_existing_flows() {
+        let mut t = table(1, FullPolicy::RejectNew);
+        let id = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
+        assert_eq!(t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), S), Lookup::Full);
+        assert_eq!(t.lookup_or_insert(&pkt(1000, 53, 17, 0, 80), S), Lookup::Found(id));
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let mut first = pkt(5000, 53, 17, 0, 1500);
+        first.fragment = Fragment::First { id: 77 };
+        let id = track(&mut t, &first, 0);
+        let mut later = first;
+        later.key.port_lo = 0;
+        later.key.port_hi = 0;
+        later.fragment = Fragment::Later { id: 77 };
+        assert_eq!(t.lookup_or_insert(&later, 1), Lookup::Found(id));
+        let mut orphan = later;
+        orphan.fragment = Fragment::Later { id: 78 };
+        assert_eq!(t.lookup_or_insert(&orphan, 1), Lookup::OrphanFragment);
+        assert_eq!(t.stats().orphan_fragments, 1);
+    }
+
+    #[test]
+    fn removed_slots_are_reused_with_a_new_generation() {
+        let mut t = table(4, FullPolicy::EvictIdle);
+        let a = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
+        t.remove(a);
+        let b = track(&mut t, &pkt(1001, 53, 17, 0, 80), 0);
+        assert_eq!(a.index(), b.index());
+        assert_ne!(a, b);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.find(&pkt(1000, 53, 17, 0, 80).key), None);
+    }
+}
