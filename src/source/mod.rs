@@ -3,6 +3,7 @@
 use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
+pub mod afpacket;
 pub mod pcap;
 
 /// One frame as a source delivers it, borrowed until the next call.

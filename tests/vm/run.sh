@@ -74,6 +74,9 @@ done
     echo "FT_NETDEVSIM_KO=$ko"
     echo "FT_VM_BENCH=${FT_VM_BENCH:-0}"
     echo "FT_VM_ONLY=\"${FT_VM_ONLY:-}\""
+    # Other FT_* settings of the caller reach the guest too (e.g. FT_TC_BENCH_COUNTS).
+    env | grep -E '^FT_[A-Z0-9_]+=' | grep -vE '^FT_(VM_BENCH|VM_ONLY|REPO|KVER|NETDEVSIM_KO)=' \
+        | sed -E 's/^([^=]+)=(.*)$/\1="\2"/' || true
 } >> "$bins"
 log "executables for the guest:"
 sed 's/^/  /' "$bins" >&2
