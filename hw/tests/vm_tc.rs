@@ -693,3 +693,83 @@ fn kill_9_leftovers_are_flushed_and_foreign_filters_kept() {
     let end = tc_show(&dev);
     assert!(end.contains("dst_port 53") && !end.contains("src_port 9"), "{end}");
 }
+
+#[test]
+fn vlan_qinq_ipv6_and_mark_rules_match_their_traffic() {
+    if !in_vm("vlan_qinq_ipv6_and_mark_rules_match_their_traffic") {
+        return;
+    }
+    let pair = Pair::new("vq", 38);
+    let ns = &pair.ns_a;
+    // A's side: a VLAN 100 interface, a QinQ 300/400 interface (802.1ad
+    // outside, 802.1Q inside), and IPv6 on the plain interface.
+    for cmd in [
+        "link add link a0 name a0.100 type vlan id 100",
+        "addr add 10.138.100.1/24 dev a0.100",
+        "link set a0.100 up",
+        "neigh replace 10.138.100.2 lladdr 02:00:00:00:01:02 dev a0.100 nud permanent",
+        "link add link a0 name a0.s300 type vlan proto 802.1ad id 300",
+        "link set a0.s300 up",
+        "link add link a0.s300 name a0.q400 type vlan proto 802.1Q id 400",
+        "addr add 10.138.200.1/24 dev a0.q400",
+        "link set a0.q400 up",
+        "neigh replace 10.138.200.2 lladdr 02:00:00:00:02:02 dev a0.q400 nud permanent",
+    ] {
+        sh(&format!("ip -n {ns} {cmd}"));
+    }
+    sh(&format!("ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.a0.disable_ipv6=0"));
+    sh(&format!("ip -n {ns} addr add fd00:38::1/64 dev a0 nodad"));
+    sh(&format!("ip -n {ns} neigh replace fd00:38::2 lladdr 02:00:00:00:03:02 dev a0 nud permanent"));
+
+    let owner = 0x2000;
+    let mut be = TcBackend::open(TcConfig::new(vec![pair.host_a.clone()], owner)).unwrap();
+    let v4 = |a: [u8; 4]| Ipv4Addr::from(a);
+    let key = |src: [u8; 16], dst: [u8; 16], v6: bool, outer: u16, inner: u16| {
+        FlowKey::canonical(src, dst, 3000, 4000, 17, v6, outer, inner, 0)
+    };
+    let b4 = |a: Ipv4Addr| flowtable_sw::key::v4_bytes(a);
+    let (a100, b100) = (v4([10, 138, 100, 1]), v4([10, 138, 100, 2]));
+    let (aqq, bqq) = (v4([10, 138, 200, 1]), v4([10, 138, 200, 2]));
+    let a6: std::net::Ipv6Addr = "fd00:38::1".parse().unwrap();
+    let b6: std::net::Ipv6Addr = "fd00:38::2".parse().unwrap();
+    let vlan = spec(owner, 1, key(b4(a100), b4(b100), false, 100, 0), Action::Drop, PlacementPolicy::Software);
+    let vlan_other = spec(owner, 2, key(b4(a100), b4(b100), false, 101, 0), Action::Drop, PlacementPolicy::Software);
+    let untagged = spec(owner, 3, key(b4(a100), b4(b100), false, 0, 0), Action::Drop, PlacementPolicy::Software);
+    let qinq = spec(owner, 4, key(b4(aqq), b4(bqq), false, 300, 400), Action::Drop, PlacementPolicy::Software);
+    let qinq_other = spec(owner, 5, key(b4(aqq), b4(bqq), false, 300, 401), Action::Drop, PlacementPolicy::Software);
+    let v6 = spec(owner, 6, key(a6.octets(), b6.octets(), true, 0, 0), Action::Mark { mark: 0x77 }, PlacementPolicy::Software);
+    let rules = [vlan, vlan_other, untagged, qinq, qinq_other, v6];
+    let out = be.install(&rules);
+    for (r, o) in rules.iter().zip(&out) {
+        assert_eq!(installed(o), Placement::KernelSoftware, "{:?}", r.matches.key);
+    }
+    let send = |src: std::net::IpAddr, dst: std::net::IpAddr, n: usize| {
+        let ns_a = pair.ns_a.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns_a);
+            let s = UdpSocket::bind((src, 3000)).expect("bind");
+            for _ in 0..n {
+                s.send_to(&[7u8; 50], (dst, 4000)).expect("send");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .join()
+        .unwrap();
+    };
+    send(a100.into(), b100.into(), 6);
+    send(aqq.into(), bqq.into(), 4);
+    send(a6.into(), b6.into(), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut all = Vec::new();
+    be.read_counters(&mut all).unwrap();
+    let count = |r: &RuleSpec| all.iter().find(|(c, _)| *c == r.cookie).map(|(_, s)| s.packets).unwrap();
+    assert_eq!(count(&vlan), 6, "802.1Q 100");
+    assert_eq!(count(&vlan_other), 0, "802.1Q 101 saw nothing");
+    assert_eq!(count(&untagged), 0, "the untagged rule ignores tagged frames");
+    assert_eq!(count(&qinq), 4, "802.1ad 300 / 802.1Q 400");
+    assert_eq!(count(&qinq_other), 0);
+    assert_eq!(count(&v6), 3, "IPv6");
+    let show = sh(&format!("tc filter show dev {} ingress", pair.host_a));
+    assert!(show.contains("skbedit") && show.contains("mark 119"), "mark action in place:\n{show}");
+    assert!(show.contains("vlan_id 100") && show.contains("cvlan_id 400"), "{show}");
+}

@@ -121,6 +121,25 @@ pub fn list() -> Vec<String> {
     names
 }
 
+/// One line per device, as `flowtable devices` prints them: the named
+/// interfaces, or every interface of the host when none is named. A name
+/// that doesn't resolve gets a line saying so; the others still print.
+pub fn report(names: &[String]) -> (String, bool) {
+    let names = if names.is_empty() { list() } else { names.to_vec() };
+    let mut out = String::new();
+    let mut all_ok = true;
+    for n in &names {
+        match probe(n) {
+            Ok(info) => out.push_str(&format!("{info}\n")),
+            Err(e) => {
+                all_ok = false;
+                out.push_str(&format!("{e}\n"));
+            }
+        }
+    }
+    (out, all_ok)
+}
+
 fn sysfs_driver(name: &str) -> Option<String> {
     let link = std::fs::read_link(format!("/sys/class/net/{name}/device/driver")).ok()?;
     Some(link.file_name()?.to_string_lossy().into_owned())
@@ -245,5 +264,18 @@ mod tests {
         assert_eq!(e.to_string(), "interface 'nosuchdev0': no such device");
         assert!(matches!(ifindex(""), Err(DeviceError::Invalid { .. })));
         assert!(matches!(ifindex("a/b"), Err(DeviceError::Invalid { .. })));
+    }
+
+    #[test]
+    fn report_prints_every_name_and_flags_missing_ones() {
+        let (text, ok) = report(&["lo".to_string(), "nosuchdev1".to_string()]);
+        assert!(!ok);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("lo (ifindex"));
+        assert_eq!(lines[1], "interface 'nosuchdev1': no such device");
+        let (all, ok) = report(&[]);
+        assert!(ok);
+        assert!(all.lines().any(|l| l.starts_with("lo ")));
     }
 }

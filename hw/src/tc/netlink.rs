@@ -88,6 +88,11 @@ pub fn errno_name(errno: i32) -> &'static str {
 const ACK_COST: usize = 2048;
 const ECHO_COST: usize = 8192;
 
+/// Reply bytes one sendmsg may cause at most. Well below the receive
+/// buffer: replies queued at once are memory the kernel allocates and we
+/// walk through, and a smaller working set is faster than fewer syscalls.
+const REPLY_BUDGET: usize = 1 << 20;
+
 const RECV_BUF_LEN: usize = 64 * 1024;
 const WANT_RCVBUF: usize = 16 << 20;
 const WANT_SNDBUF: usize = 4 << 20;
@@ -216,7 +221,7 @@ impl TcSocket {
                 let m = &msgs[end];
                 let cost = if m.flags.contains(NlmF::ECHO) { ACK_COST + ECHO_COST } else { ACK_COST };
                 let len = 16 + m.payload.len();
-                if end > start && (out_bytes + len > self.sndbuf / 2 || reply_bytes + cost > self.rcvbuf / 2) {
+                if end > start && (out_bytes + len > self.sndbuf / 2 || reply_bytes + cost > (self.rcvbuf / 2).min(REPLY_BUDGET)) {
                     break;
                 }
                 out_bytes += len;
