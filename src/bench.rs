@@ -114,3 +114,154 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         peer_bytes_per_flow: peer_bytes,
     }
 }
+
+pub fn table_report(b: &TableBench) -> String {
+    format!(
+        "flow table, {} flows (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
+         \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
+        b.flows,
+        b.insert_per_s,
+        b.peer_insert_per_s,
+        b.insert_per_s / b.peer_insert_per_s,
+        b.lookup_per_s,
+        b.peer_lookup_per_s,
+        b.lookup_per_s / b.peer_lookup_per_s,
+        b.table_bytes_per_flow,
+        b.flow_struct_bytes,
+        b.peer_bytes_per_flow,
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayBench {
+    pub file: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    pub runs: usize,
+    /// In-process replay of the file held in memory, all flows in software.
+    pub memory_pps: f64,
+    /// The same with the demo classifier offloading to the sim NIC.
+    pub memory_offload_pps: f64,
+    /// Whole process: `flowtable replay FILE`, reading the file.
+    pub process_s: f64,
+    /// Whole process: `softflowd -r FILE`.
+    pub softflowd_s: f64,
+    pub softflowd_pps: f64,
+    /// memory_pps / softflowd_pps.
+    pub ratio_memory: f64,
+    /// softflowd_s / process_s.
+    pub ratio_process: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_command(cmd: &mut std::process::Command) -> Result<f64, String> {
+    let start = Instant::now();
+    let out = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).output();
+    let elapsed = start.elapsed().as_secs_f64();
+    match out {
+        Ok(o) if o.status.success() => Ok(elapsed),
+        Ok(o) => Err(format!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("{:?}: {e}", cmd.get_program())),
+    }
+}
+
+/// Replays `file` (or synthetic traffic written to a temporary pcap) in
+/// memory through the flow table, and times softflowd on the same file.
+pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Result<ReplayBench, String> {
+    use crate::source::pcap::PcapFileSource;
+    let tmp;
+    let path = match file {
+        Some(p) => p.to_path_buf(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("flowtable-bench-{}.pcap", std::process::id()));
+            let cfg = crate::source::synth::SynthConfig {
+                flows: (packets / 8).max(1),
+                max_packets: packets,
+                concurrency: 20_000,
+                ..Default::default()
+            };
+            let mut g = crate::source::synth::SyntheticSource::new(cfg).map_err(|e| e.to_string())?;
+            g.write_pcap(&tmp).map_err(|e| e.to_string())?;
+            tmp.clone()
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = |text: &str| flowtable_config::parse("bench", text).map_err(|e| e.to_string());
+    let software = config(r#"{"table": {"max_flows": 4194304}}"#)?;
+    let mut offload = config(crate::demo::DEMO_CONFIG)?;
+    offload.table.max_flows = 4_194_304;
+
+    let one = |c: &flowtable_config::Config| -> Result<(crate::replay::ReplaySummary, u64), String> {
+        let mut engine = flowtable_offload::Engine::from_config(c, crate::backend::build(c)?)?;
+        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let s = crate::replay::replay(&mut src, &mut engine, |r| {
+            black_box(r);
+        })
+        .map_err(|e| e.to_string())?;
+        Ok((s, engine.stats().flows_created))
+    };
+    let (first, flows) = one(&software)?;
+    let mut mem = vec![first.packets_per_second()];
+    let mut mem_off = Vec::new();
+    let mut proc_s = Vec::new();
+    let mut sf_s = Vec::new();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ctl = std::env::temp_dir().join(format!("flowtable-bench-{}.ctl", std::process::id()));
+    let pid = std::env::temp_dir().join(format!("flowtable-bench-{}.pid", std::process::id()));
+    for run in 0..runs {
+        if run > 0 {
+            mem.push(one(&software)?.0.packets_per_second());
+        }
+        mem_off.push(one(&offload)?.0.packets_per_second());
+        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path))?);
+        sf_s.push(
+            time_command(
+                std::process::Command::new("softflowd")
+                    .args(["-d", "-6", "-m", "4194304", "-r"])
+                    .arg(&path)
+                    .arg("-c")
+                    .arg(&ctl)
+                    .arg("-p")
+                    .arg(&pid),
+            )
+            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
+        );
+    }
+    if file.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let (memory_pps, softflowd_s, process_s) = (median(mem), median(sf_s), median(proc_s));
+    let softflowd_pps = first.packets as f64 / softflowd_s;
+    Ok(ReplayBench {
+        file: file.map_or("(synthetic)".to_string(), |p| p.display().to_string()),
+        packets: first.packets,
+        bytes: first.bytes,
+        flows,
+        runs,
+        memory_pps,
+        memory_offload_pps: median(mem_off),
+        process_s,
+        softflowd_s,
+        softflowd_pps,
+        ratio_memory: memory_pps / softflowd_pps,
+        ratio_process: softflowd_s / process_s,
+    })
+}
+
+pub fn replay_report(b: &ReplayBench) -> String {
+    format!(
+        "replay of {} ({} packets, {} flows), median of {} runs (peer: softflowd -r on the same file)\n\
+         \x20 flowtable, file in memory, all in software: {:>12.0} packets/s   ratio {:.2}x softflowd\n\
+         \x20 flowtable, file in memory, offload to sim:  {:>12.0} packets/s\n\
+         \x20 whole process, reading the file: flowtable {:.3} s, softflowd {:.3} s ({:.0} packets/s)   ratio {:.2}x\n",
+        b.file, b.packets, b.flows, b.runs, b.memory_pps, b.ratio_memory, b.memory_offload_pps, b.process_s,
+        b.softflowd_s, b.softflowd_pps, b.ratio_process,
+    )
+}

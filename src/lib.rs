@@ -3,6 +3,10 @@
 
 pub mod backend;
 pub mod bench;
+pub mod client;
+pub mod control;
+pub mod daemon;
+pub mod demo;
 pub mod replay;
 pub mod report;
 pub mod source;

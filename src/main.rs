@@ -29,11 +29,88 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Synthetic traffic through the simulated NIC: what offload does to a
+    /// realistic mix, checked against the generator's ground truth.
+    Demo {
+        /// Flows to generate.
+        #[arg(long, default_value_t = 20_000)]
+        flows: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Sim NIC profile: full, small or refuse-all.
+        #[arg(long, default_value = "full")]
+        profile: String,
+        /// Use this configuration instead of the demo's own.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write the generated traffic to this pcap file.
+        #[arg(long)]
+        write_pcap: Option<PathBuf>,
+        /// Rows in the top-flows table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Speed and memory figures, each beside a peer measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Check or print configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the daemon: packet sources, the engine, the control socket.
+    Run(flowtable::daemon::RunArgs),
+    /// List a running daemon's flows.
+    Flows(flowtable::client::FlowsArgs),
+    /// Show everything about one flow.
+    Flow(flowtable::client::FlowArgs),
+    /// The daemon's figures: flows, rules, packets, refusals.
+    Stats(flowtable::client::StatsArgs),
+    /// A live view of the top flows (q quits).
+    Watch(flowtable::client::watch::WatchArgs),
+    /// Attach a label, a verdict or metadata (key=value) to a flow.
+    Label(flowtable::client::LabelArgs),
+    /// Offload a flow with an action.
+    Offload(flowtable::client::OffloadArgs),
+    /// Take a flow back to software.
+    Unoffload(flowtable::client::UnoffloadArgs),
+    /// Stream events: new, classified, offloaded, refused, expired.
+    Events(flowtable::client::EventsArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// New flows/s, lookups/s of existing flows and bytes per flow at N
+    /// flows, against std's HashMap doing the same work.
+    Table {
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+        #[arg(long, default_value_t = 10_000_000)]
+        lookups: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay packets/s from a capture in memory, against softflowd reading
+    /// the same file, in the same run.
+    Replay {
+        /// A capture to replay; without it, synthetic traffic is written to a
+        /// temporary pcap first.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Packets of synthetic traffic when no file is given.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Runs of each side; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control socket requests/s with a million live flows, and the packet
+    /// loop's rate with and without a client polling every 100 ms.
+    Control(flowtable::daemon::bench::ControlBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -93,6 +170,60 @@ fn run(cli: Cli) -> Result<(), String> {
             // Records of what was read are out; then the file's fault is told.
             source_error.map_or(Ok(()), Err)
         }
+        Command::Demo { flows, seed, profile, config, write_pcap, top } => {
+            let mut config = match &config {
+                Some(p) => flowtable_config::load(p).map_err(|e| e.to_string())?,
+                None => flowtable_config::parse("(demo configuration)", flowtable::demo::DEMO_CONFIG).map_err(|e| e.to_string())?,
+            };
+            let profile: flowtable_config::SimProfile = serde_json::from_value(serde_json::Value::String(profile.clone()))
+                .map_err(|_| format!("--profile {profile:?}: give full, small or refuse-all"))?;
+            if let flowtable_config::BackendConfig::Sim { profile: p, .. } = &mut config.backend {
+                *p = profile;
+            }
+            let synth = flowtable::source::synth::SynthConfig { flows, seed, rate_pps: flowtable::demo::DEMO_RATE_PPS, ..Default::default() };
+            if let Some(path) = &write_pcap {
+                let mut gen = flowtable::source::synth::SyntheticSource::new(synth.clone()).map_err(|e| e.to_string())?;
+                let t = gen.write_pcap(path).map_err(|e| e.to_string())?;
+                eprintln!("wrote {} packets of {} flows to {}", t.packets, t.flows_started, path.display());
+            }
+            let mut engine = build_engine(&config)?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let outcome = flowtable::demo::run(&mut engine, synth, progress)?;
+            print!(
+                "{}",
+                replay_report(&format!("synthetic traffic ({flows} flows, seed {seed})"), &outcome.summary, &engine, &outcome.records, top)
+            );
+            if outcome.mismatches.is_empty() {
+                println!(
+                    "\ncheck: all {} generated flows recorded with exactly their packets and bytes",
+                    outcome.flows_checked
+                );
+                Ok(())
+            } else {
+                for m in outcome.mismatches.iter().take(10) {
+                    eprintln!("mismatch: {m}");
+                }
+                Err(format!("{} of {} flows differ from the generator's counts", outcome.mismatches.len(), outcome.flows_checked))
+            }
+        }
+        Command::Bench { command: BenchCommand::Table { flows, lookups, json } } => {
+            let b = flowtable::bench::table(flows, lookups);
+            if json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::table_report(&b));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Replay { file, packets, runs, json } } => {
+            let b = flowtable::bench::replay(file.as_deref(), packets, runs.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::replay_report(&b));
+            }
+            Ok(())
+        }
         Command::Config { command: ConfigCommand::Check { file } } => {
             let c = flowtable_config::load(&file).map_err(|e| e.to_string())?;
             println!(
@@ -108,6 +239,24 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", flowtable_config::example());
             Ok(())
         }
+        Command::Bench { command: BenchCommand::Control(a) } => {
+            let b = flowtable::daemon::bench::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::daemon::bench::report(&b, &a));
+            }
+            Ok(())
+        }
+        Command::Run(a) => flowtable::daemon::main(a),
+        Command::Flows(a) => flowtable::client::flows(a),
+        Command::Flow(a) => flowtable::client::flow(a),
+        Command::Stats(a) => flowtable::client::stats(a),
+        Command::Watch(a) => flowtable::client::watch::watch(a),
+        Command::Label(a) => flowtable::client::label(a),
+        Command::Offload(a) => flowtable::client::offload(a),
+        Command::Unoffload(a) => flowtable::client::unoffload(a),
+        Command::Events(a) => flowtable::client::events(a),
     }
 }
 

@@ -64,35 +64,70 @@ fn endpoint(addr: &str, port: u16) -> String {
     }
 }
 
+/// Lays rows out in columns as wide as their widest cell; numeric columns
+/// (named in `right`) align right.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if right.contains(&i) {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
 /// The top flows by bytes, as a table.
 pub fn top_records(records: &[FlowRecord], n: usize) -> String {
     let mut sorted: Vec<&FlowRecord> = records.iter().collect();
     sorted.sort_by(|a, b| b.bytes().cmp(&a.bytes()).then(a.id.cmp(&b.id)));
-    let mut out = format!(
-        "{:<6} {:<44} {:<44} {:>9} {:>10} {:>9} {:<12} {:<10}\n",
-        "proto", "client", "server", "packets", "bytes", "in hw", "offload", "ended"
-    );
-    for r in sorted.into_iter().take(n) {
-        let hw = r.orig.hw_packets + r.reply.hw_packets;
-        let share = if r.packets() == 0 { 0.0 } else { 100.0 * hw as f64 / r.packets() as f64 };
-        let offload = match (&r.offload, &r.refused) {
-            (Some(o), _) => format!("{:?}", o.action.kind()).to_lowercase(),
-            (None, Some(_)) => "refused".into(),
-            (None, None) => "-".into(),
-        };
-        out.push_str(&format!(
-            "{:<6} {:<44} {:<44} {:>9} {:>10} {:>8.0}% {:<12} {:<10}\n",
-            flowtable_sw::key::proto_name(r.proto),
-            endpoint(&r.src, r.sport),
-            endpoint(&r.dst, r.dport),
-            count(r.packets()),
-            bytes(r.bytes()),
-            share,
-            offload,
-            r.end_reason.as_str(),
-        ));
-    }
-    out
+    let rows: Vec<Vec<String>> = sorted
+        .into_iter()
+        .take(n)
+        .map(|r| {
+            let hw = r.orig.hw_packets + r.reply.hw_packets;
+            let share = if r.packets() == 0 { 0.0 } else { 100.0 * hw as f64 / r.packets() as f64 };
+            let offload = match (&r.offload, &r.refused) {
+                (Some(o), _) => format!("{:?}", o.action.kind()).to_lowercase(),
+                (None, Some(_)) => "refused".into(),
+                (None, None) => "-".into(),
+            };
+            vec![
+                flowtable_sw::key::proto_name(r.proto).to_string(),
+                endpoint(&r.src, r.sport),
+                endpoint(&r.dst, r.dport),
+                count(r.packets()),
+                bytes(r.bytes()),
+                format!("{share:.1}%"),
+                offload,
+                r.class.clone().unwrap_or_else(|| "-".into()),
+                r.end_reason.as_str().to_string(),
+            ]
+        })
+        .collect();
+    table(&["proto", "client", "server", "packets", "bytes", "by NIC", "offload", "rule", "ended"], &rows, &[3, 4, 5])
 }
 
 #[cfg(test)]
@@ -106,5 +141,7 @@ mod tests {
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
         assert_eq!(count(12_345), "12.3k");
         assert_eq!(rate(2_500_000.0, "pkt"), "2.5 Mpkt/s");
+        let t = table(&["a", "num"], &[vec!["long cell".into(), "7".into()]], &[1]);
+        assert_eq!(t, "a          num\nlong cell    7\n");
     }
 }

@@ -411,12 +411,30 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// A pcap or pcapng file, replayed at its own timestamps.
-    Pcap { path: String, #[serde(default)] ingress: u8 },
-    /// The synthetic generator; settings as in `flowtable demo`.
+    /// A pcap or pcapng file, replayed once; the daemon keeps running after.
+    Pcap {
+        path: String,
+        #[serde(default)]
+        ingress: u8,
+        #[serde(default)]
+        pace: Pace,
+    },
+    /// The synthetic generator; settings as in `flowtable demo`, plus
+    /// `"pace"` as for files.
     Synthetic(serde_json::Map<String, serde_json::Value>),
     /// A live interface (AF_PACKET).
     Interface { name: String, #[serde(default)] ingress: u8 },
+}
+
+/// How `flowtable run` replays a file or the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pace {
+    /// At the packets' own timestamps, as they were captured.
+    #[default]
+    Timestamps,
+    /// As fast as possible; the daemon's clock follows the packets' time.
+    Fast,
 }
 
 impl Config {

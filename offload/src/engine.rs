@@ -812,6 +812,12 @@ impl Engine {
         self.contexts.get(id)
     }
 
+    /// The offload side of a flow, without building a whole `FlowView`
+    /// (for scans over every flow: counting placements, filtering).
+    pub fn offload_state(&self, id: FlowId) -> Option<&OffloadState> {
+        self.offloads.get(&id)
+    }
+
     /// Asks for a flow to be offloaded with `action` (installed at the next
     /// poll, with the usual limits).
     pub fn request_offload(&mut self, id: FlowId, action: Action) -> Result<(), EngineError> {

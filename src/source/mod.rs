@@ -5,6 +5,7 @@ use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
 pub mod afpacket;
 pub mod pcap;
+pub mod synth;
 
 /// One frame as a source delivers it, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,735 @@
+//! The control clients: `flowtable flows`, `flow`, `stats`, `watch`,
+//! `label`, `offload`, `unoffload` and `events` talk to a running
+//! `flowtable run` over its control socket and print human tables (with
+//! units) or, with `--json`, the daemon's answers for scripts.
+
+pub mod watch;
+
+use crate::control::{
+    Command, ControlError, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION,
+};
+use crate::report;
+use flowtable_hw::Action;
+use flowtable_sw::context::Verdict;
+use flowtable_sw::FlowId;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where clients look for the daemon when told nothing.
+pub const DEFAULT_SOCKET: &str = "/run/flowtable.sock";
+
+/// Which daemon to talk to.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Target {
+    /// The daemon's control socket [default: the configuration's, else /run/flowtable.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Read the socket path from this configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn socket_path(&self) -> Result<PathBuf, String> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            let config = flowtable_config::load(c).map_err(|e| e.to_string())?;
+            return Ok(PathBuf::from(config.control.socket));
+        }
+        Ok(PathBuf::from(DEFAULT_SOCKET))
+    }
+
+    pub fn connect(&self) -> Result<Client, String> {
+        Client::connect(&self.socket_path()?)
+    }
+}
+
+/// A failed call: the daemon's own error, or the connection's.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the daemon refused: {0}")]
+    Daemon(ControlError),
+    #[error("{0}")]
+    Connection(String),
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.to_string()
+    }
+}
+
+/// One connection to the daemon; requests go one at a time.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+    line: String,
+}
+
+impl Client {
+    /// Connects; when no daemon is there the error says so and names the path.
+    pub fn connect(path: &Path) -> Result<Client, String> {
+        let shown = path.display();
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => format!("the daemon is not running: no socket at {shown} (start it with `flowtable run --config FILE`, or give --socket)"),
+            io::ErrorKind::ConnectionRefused => format!("the daemon is not running: nothing listens on {shown} (a stale socket)"),
+            io::ErrorKind::PermissionDenied => format!("{shown}: permission denied (the socket is mode 0660: join its group)"),
+            _ => format!("cannot reach the daemon at {shown}: {e}"),
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        Ok(Client { path: path.to_path_buf(), reader, writer: stream, next_id: 1, line: String::new() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&mut self, cmd: &Command) -> Result<u64, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&Request { v: VERSION, id: Value::from(id), cmd })
+            .map_err(|e| CallError::Connection(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(|e| self.lost(e))?;
+        Ok(id)
+    }
+
+    fn lost(&self, e: io::Error) -> CallError {
+        CallError::Connection(format!("connection to the daemon at {} lost: {e}", self.path.display()))
+    }
+
+    /// Reads one line from the daemon.
+    pub fn read_line(&mut self) -> Result<Option<&str>, CallError> {
+        self.line.clear();
+        match self.reader.read_line(&mut self.line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(self.line.trim_end())),
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    /// Sends a command and waits for its answer.
+    pub fn call(&mut self, cmd: &Command) -> Result<Value, CallError> {
+        let id = self.send(cmd)?;
+        let path = self.path.display().to_string();
+        let line = self
+            .read_line()?
+            .ok_or_else(|| CallError::Connection(format!("the daemon at {path} closed the connection without answering")))?;
+        let resp: Response = serde_json::from_str(line)
+            .map_err(|e| CallError::Connection(format!("the daemon's answer is not a response: {e}")))?;
+        if resp.id != id && !resp.id.is_null() {
+            return Err(CallError::Connection(format!("answer for request {} while waiting for {id}", resp.id)));
+        }
+        match (resp.ok, resp.result, resp.error) {
+            (true, Some(v), _) => Ok(v),
+            (false, _, Some(e)) => Err(CallError::Daemon(e)),
+            _ => Err(CallError::Connection("the daemon's answer has neither result nor error".into())),
+        }
+    }
+
+    /// A typed call.
+    pub fn call_as<T: serde::de::DeserializeOwned>(&mut self, cmd: &Command) -> Result<T, CallError> {
+        let v = self.call(cmd)?;
+        serde_json::from_value(v).map_err(|e| CallError::Connection(format!("unexpected answer: {e}")))
+    }
+
+    /// Subscribes; the connection then carries event lines (see `next_event`).
+    pub fn subscribe(&mut self) -> Result<(), CallError> {
+        self.call(&Command::Subscribe {})?;
+        self.writer.set_read_timeout(None).map_err(|e| self.lost(e))
+    }
+
+    /// The next event of a subscription; `None` when the daemon ended it.
+    pub fn next_event(&mut self) -> Result<Option<Value>, CallError> {
+        loop {
+            let Some(line) = self.read_line()? else { return Ok(None) };
+            let v: Value = serde_json::from_str(line)
+                .map_err(|e| CallError::Connection(format!("the daemon sent a line that is not JSON: {e}")))?;
+            if let Some(ev) = v.get("event") {
+                return Ok(Some(ev.clone()));
+            }
+            if v.get("ok") == Some(&Value::Bool(false)) {
+                let e: ControlError = serde_json::from_value(v["error"].clone())
+                    .map_err(|e| CallError::Connection(format!("malformed error line: {e}")))?;
+                return Err(CallError::Daemon(e));
+            }
+        }
+    }
+}
+
+// ---- argument types ----
+
+fn parse_sort(s: &str) -> Result<SortKey, String> {
+    SortKey::parse(s)
+}
+
+fn parse_flow_id(s: &str) -> Result<FlowId, String> {
+    s.parse::<u64>().map(FlowId).map_err(|_| format!("{s:?} is not a flow id (a number, as `flowtable flows` shows)"))
+}
+
+/// `drop`, `pass`, `forward:N`, `mirror:N` or `mark:N`.
+pub fn parse_action(s: &str) -> Result<Action, String> {
+    let (kind, arg) = match s.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (s, None),
+    };
+    let num = |what: &str| -> Result<u32, String> {
+        arg.ok_or_else(|| format!("action {s:?}: write {kind}:{what}"))?
+            .parse::<u32>()
+            .map_err(|_| format!("action {s:?}: {what} must be a number"))
+    };
+    let port = || -> Result<u8, String> {
+        u8::try_from(num("PORT")?).map_err(|_| format!("action {s:?}: port index must be 0-255"))
+    };
+    let action = match kind {
+        "drop" => Action::Drop,
+        "pass" => Action::Pass,
+        "forward" => Action::Forward { port: port()? },
+        "mirror" => Action::Mirror { port: port()? },
+        "mark" => Action::Mark { mark: num("MARK")? },
+        _ => return Err(format!("action {s:?}: give drop, pass, forward:PORT, mirror:PORT or mark:MARK")),
+    };
+    if arg.is_some() && matches!(action, Action::Drop | Action::Pass) {
+        return Err(format!("action {s:?}: {kind} takes no argument"));
+    }
+    Ok(action)
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    serde_json::from_value(Value::String(s.to_string())).map_err(|_| format!("verdict {s:?}: give offload, drop or software"))
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: write key=value")),
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Rows to show.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// bytes, packets, rate (mean since start) or age.
+    #[arg(long, default_value = "bytes", value_parser = parse_sort)]
+    pub sort: SortKey,
+    /// e.g. "proto=tcp port=443 stage=offloaded placement=hardware label=web".
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Skip this many rows first (paging).
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(value_parser = parse_flow_id)]
+    pub id: FlowId,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(value_parser = parse_flow_id)]
+    pub id: FlowId,
+    /// Metadata entries, key=value.
+    #[arg(value_parser = parse_kv)]
+    pub metadata: Vec<(String, String)>,
+    #[arg(long)]
+    pub label: Option<String>,
+    /// offload, drop or software: overrides the classifier.
+    #[arg(long, value_parser = parse_verdict)]
+    pub verdict: Option<Verdict>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct OffloadArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(value_parser = parse_flow_id)]
+    pub id: FlowId,
+    /// drop, pass, forward:PORT, mirror:PORT or mark:MARK.
+    #[arg(long, value_parser = parse_action)]
+    pub action: Action,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnoffloadArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(value_parser = parse_flow_id)]
+    pub id: FlowId,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// The daemon's event objects, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---- commands ----
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+    let s = serde_json::to_string(v).map_err(|e| e.to_string())?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{s}").map_err(|e| e.to_string())
+}
+
+pub fn flows(a: FlowsArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    let cmd = Command::Flows { filter: a.filter.clone(), sort: a.sort, offset: a.offset, limit: Some(a.top) };
+    if a.json {
+        return print_json(&c.call(&cmd)?);
+    }
+    let page: FlowsPage = c.call_as(&cmd)?;
+    print!("{}", flows_table(&page.flows, None));
+    println!(
+        "{} of {} flows{}, by {}",
+        page.flows.len(),
+        page.total,
+        if page.offset > 0 { format!(" from row {}", page.offset + 1) } else { String::new() },
+        page.sort.as_str()
+    );
+    Ok(())
+}
+
+pub fn flow(a: FlowArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    let v = c.call(&Command::Flow { flow: a.id })?;
+    if a.json {
+        return print_json(&v);
+    }
+    print!("{}", flow_detail(&v));
+    Ok(())
+}
+
+pub fn stats(a: StatsArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    if a.json {
+        return print_json(&c.call(&Command::Stats {})?);
+    }
+    let s: Stats = c.call_as(&Command::Stats {})?;
+    print!("{}", stats_report(&s));
+    Ok(())
+}
+
+pub fn label(a: LabelArgs) -> Result<(), String> {
+    if a.label.is_none() && a.verdict.is_none() && a.metadata.is_empty() {
+        return Err("nothing to set: give key=value pairs, --label or --verdict".into());
+    }
+    let mut c = a.target.connect()?;
+    let metadata: BTreeMap<String, String> = a.metadata.into_iter().collect();
+    let v = c.call(&Command::SetContext { flow: a.id, label: a.label, verdict: a.verdict, metadata })?;
+    if a.json {
+        return print_json(&v);
+    }
+    println!("flow {}: context {} (stage {})", a.id, context_text(&v["context"]), v["stage"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+pub fn offload(a: OffloadArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    let v = c.call(&Command::Offload { flow: a.id, action: a.action })?;
+    if a.json {
+        return print_json(&v);
+    }
+    let stage = v["stage"].as_str().unwrap_or("?");
+    match stage {
+        "queued" => println!("flow {}: queued for offload with {}; installed at the next poll", a.id, action_text(&a.action)),
+        other => println!("flow {}: {other} (asked for {})", a.id, action_text(&a.action)),
+    }
+    Ok(())
+}
+
+pub fn unoffload(a: UnoffloadArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    let v = c.call(&Command::Unoffload { flow: a.id })?;
+    if a.json {
+        return print_json(&v);
+    }
+    println!("flow {}: back in software; its rules are removed and the classifier won't offload it again", a.id);
+    Ok(())
+}
+
+pub fn events(a: EventsArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    c.subscribe()?;
+    let mut seen = 0u64;
+    let mut out = io::stdout().lock();
+    while a.count.is_none_or(|n| seen < n) {
+        let Some(ev) = c.next_event()? else { return Ok(()) };
+        seen += 1;
+        let line = if a.json { ev.to_string() } else { event_text(&ev) };
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            // The reader went away (a pipe to `head`): that's the end.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+// ---- human output ----
+
+pub fn endpoint(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+pub fn action_text(a: &Action) -> String {
+    match a {
+        Action::Drop => "drop".into(),
+        Action::Pass => "pass".into(),
+        Action::Forward { port } => format!("forward:{port}"),
+        Action::Mirror { port } => format!("mirror:{port}"),
+        Action::Mark { mark } => format!("mark:{mark}"),
+    }
+}
+
+/// Bits per second from bytes per second.
+pub fn bitrate(bytes_per_s: f64) -> String {
+    report::rate(bytes_per_s * 8.0, "bit")
+}
+
+/// Where a flow is handled, in one word or two.
+fn where_text(f: &FlowSummary) -> String {
+    match (&f.action, f.placement.as_str()) {
+        (Some(a), "none") => format!("{} (queued)", action_text(a)),
+        (Some(a), p) => format!("{} {}", action_text(a), if p == "kernel-software" { "kernel" } else { p }),
+        (None, _) => "-".into(),
+    }
+}
+
+/// The flows table; `rates` overrides the mean rate with a measured one
+/// (bytes per second by flow id), as `watch` measures between refreshes.
+pub fn flows_table(flows: &[FlowSummary], rates: Option<&std::collections::HashMap<FlowId, f64>>) -> String {
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            let rate = rates.and_then(|r| r.get(&f.id).copied()).unwrap_or(f.rate_bps);
+            vec![
+                f.id.to_string(),
+                flowtable_sw::key::proto_name(f.proto).to_string(),
+                endpoint(&f.src, f.sport),
+                endpoint(&f.dst, f.dport),
+                f.stage.as_str().to_string(),
+                where_text(f),
+                f.class.clone().unwrap_or_else(|| "-".into()),
+                f.label.clone().unwrap_or_else(|| "-".into()),
+                report::count(f.packets),
+                report::bytes(f.bytes),
+                bitrate(rate),
+                report::duration_ns(f.age_ns),
+            ]
+        })
+        .collect();
+    report::table(
+        &["id", "proto", "client", "server", "stage", "offload", "rule", "label", "packets", "bytes", "rate", "age"],
+        &rows,
+        &[0, 8, 9, 10, 11],
+    )
+}
+
+fn context_text(ctx: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = ctx.get("label").and_then(Value::as_str) {
+        parts.push(format!("label {l}"));
+    }
+    if let Some(v) = ctx.get("verdict").and_then(Value::as_str) {
+        parts.push(format!("verdict {v}"));
+    }
+    if let Some(Value::Object(m)) = ctx.get("metadata") {
+        let kv: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+        parts.push(kv.join(" "));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn ago(now: u64, t: u64) -> String {
+    format!("{} ago", report::duration_ns(now.saturating_sub(t)))
+}
+
+/// `flowtable flow ID` as text.
+pub fn flow_detail(v: &Value) -> String {
+    let now = u(&v["now_ns"]);
+    let mut o = String::new();
+    let proto = flowtable_sw::key::proto_name(v["proto"].as_u64().unwrap_or(0) as u8);
+    o.push_str(&format!(
+        "flow {}: {proto} {} -> {}",
+        v["id"],
+        endpoint(v["src"].as_str().unwrap_or("?"), u(&v["sport"]) as u16),
+        endpoint(v["dst"].as_str().unwrap_or("?"), u(&v["dport"]) as u16)
+    ));
+    if u(&v["vlan"]) != 0 {
+        o.push_str(&format!(" vlan {}", v["vlan"]));
+    }
+    o.push_str(&format!(" (ingress port {})\n", v["ingress"]));
+    let row = |o: &mut String, k: &str, val: String| o.push_str(&format!("  {k:<10} {val}\n"));
+    row(
+        &mut o,
+        "stage",
+        format!(
+            "{}, tcp {}, rule {}",
+            v["stage"].as_str().unwrap_or("?"),
+            v["tcp_state"].as_str().unwrap_or("-"),
+            v["class"].as_str().unwrap_or("-")
+        ),
+    );
+    row(
+        &mut o,
+        "time",
+        format!(
+            "started {}, last packet {}, idles out in {}, mean rate {}",
+            ago(now, u(&v["start_ns"])),
+            ago(now, u(&v["last_ns"])),
+            report::duration_ns(u(&v["idle_deadline_ns"]).saturating_sub(now)),
+            bitrate(v["rate_bps"].as_f64().unwrap_or(0.0))
+        ),
+    );
+    for (name, d) in [("orig", &v["orig"]), ("reply", &v["reply"])] {
+        row(
+            &mut o,
+            name,
+            format!(
+                "{} packets, {} (software {} / {}, hardware {} / {})",
+                report::count(u(&d["packets"])),
+                report::bytes(u(&d["bytes"])),
+                report::count(u(&d["sw_packets"])),
+                report::bytes(u(&d["sw_bytes"])),
+                report::count(u(&d["hw_packets"])),
+                report::bytes(u(&d["hw_bytes"]))
+            ),
+        );
+    }
+    row(&mut o, "total", format!("{} packets, {}", report::count(u(&v["packets"])), report::bytes(u(&v["bytes"]))));
+    match v.get("offload").filter(|x| !x.is_null()) {
+        None => row(&mut o, "offload", "never asked".into()),
+        Some(off) => {
+            let action = serde_json::from_value::<Action>(off["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
+            let places: Vec<String> = off["placement"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p.as_str().unwrap_or("none").to_string()).collect())
+                .unwrap_or_default();
+            let installed = u(&off["installed_ns"]);
+            row(
+                &mut o,
+                "offload",
+                format!(
+                    "{action} on {}: placement {} ({}), counters {}, {}{}",
+                    v["backend"].as_str().unwrap_or("?"),
+                    v["placement"].as_str().unwrap_or("?"),
+                    places.join(" / "),
+                    if off["hw_counters"].as_bool() == Some(true) { "read" } else { "not readable" },
+                    if installed > 0 { format!("installed {}", ago(now, installed)) } else { "not installed".into() },
+                    if off["pinned_software"].as_bool() == Some(true) { ", pinned to software" } else { "" }
+                ),
+            );
+            if let Some(r) = off.get("refusal").filter(|r| !r.is_null()) {
+                row(&mut o, "refused", format!("{}: {}", r["kind"].as_str().unwrap_or("?"), r["message"].as_str().unwrap_or("")));
+            }
+        }
+    }
+    let rules: Vec<&str> = v["rules"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    row(&mut o, "rules", if rules.is_empty() { "none".into() } else { rules.join(", ") });
+    row(&mut o, "context", context_text(&v["context"]));
+    o
+}
+
+fn map_text(m: &BTreeMap<String, u64>) -> String {
+    if m.values().all(|n| *n == 0) {
+        return "none".into();
+    }
+    m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {}", report::count(*n))).collect::<Vec<_>>().join(", ")
+}
+
+/// `flowtable stats` as text.
+pub fn stats_report(s: &Stats) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "flowtable daemon pid {}, up {}; configuration generation {}{} ({} rules{})\n",
+        s.pid,
+        report::duration_ns((s.uptime_s * 1e9) as u64),
+        s.config.generation,
+        s.config.path.as_ref().map(|p| format!(" from {p}")).unwrap_or_default(),
+        s.config.rules.len(),
+        if s.config.reloads_refused > 0 { format!(", {} reloads refused", s.config.reloads_refused) } else { String::new() }
+    ));
+    let f = &s.flows;
+    o.push_str(&format!(
+        "flows     {} live of {} ({:.1}% full); {} created, {} ended, {} offloaded, {} refused\n",
+        report::count(f.live as u64),
+        report::count(f.capacity as u64),
+        f.fill * 100.0,
+        report::count(f.created),
+        report::count(f.ended),
+        report::count(f.offloaded_total),
+        report::count(f.refused_total)
+    ));
+    o.push_str(&format!("  by stage      {}\n", map_text(&f.by_stage)));
+    o.push_str(&format!("  by placement  {}\n", map_text(&f.by_placement)));
+    let r = &s.rules;
+    o.push_str(&format!(
+        "rules     {}: {} live{}, {} queued; installed {} ({}), removed {} ({}){}\n",
+        r.backend,
+        report::count(r.live as u64),
+        if r.capacity > 0 { format!(" of {}", report::count(r.capacity as u64)) } else { String::new() },
+        r.queued,
+        report::count(r.installed),
+        report::rate(r.install_rate, ""),
+        report::count(r.removed),
+        report::rate(r.remove_rate, ""),
+        if r.remove_errors + r.counter_errors > 0 {
+            format!("; {} remove errors, {} counter read errors", r.remove_errors, r.counter_errors)
+        } else {
+            String::new()
+        }
+    ));
+    o.push_str(&format!("refusals  {}\n", map_text(&s.refusals)));
+    let p = &s.packets;
+    o.push_str(&format!(
+        "packets   {} ({}) at {}; by NIC rules {}, by software {}, tap copies left to rule counters {}\n",
+        report::count(p.received),
+        report::bytes(p.bytes),
+        report::rate(p.rate_pps, "pkt"),
+        report::count(p.nic),
+        report::count(p.software),
+        report::count(p.tap_skipped)
+    ));
+    o.push_str(&format!("  skipped     {}\n", map_text(&p.skipped)));
+    o.push_str(&format!("  untracked   {}\n", map_text(&p.untracked)));
+    o.push_str(&format!("ended     {}\n", map_text(&s.ended)));
+    for src in &s.sources {
+        o.push_str(&format!(
+            "source    {}: {}, {} packets ({}){}\n",
+            src.name,
+            src.state,
+            report::count(src.packets),
+            report::bytes(src.bytes),
+            src.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+        ));
+    }
+    match &s.records.path {
+        Some(path) => o.push_str(&format!(
+            "records   {path}: {} written, {} rotations, {} errors\n",
+            report::count(s.records.written),
+            s.records.rotations,
+            s.records.errors
+        )),
+        None => o.push_str("records   not written to a file (records.path unset)\n"),
+    }
+    o.push_str(&format!("clients   {} event subscribers\n", s.subscribers));
+    o
+}
+
+/// One event as a line of text.
+pub fn event_text(ev: &Value) -> String {
+    let kind = ev["event"].as_str().unwrap_or("?");
+    match kind {
+        "expired" => {
+            let r = &ev["record"];
+            format!(
+                "expired     flow {} {} {} -> {}: {} packets, {}, {} (hardware {} packets)",
+                r["id"],
+                flowtable_sw::key::proto_name(u(&r["proto"]) as u8),
+                endpoint(r["src"].as_str().unwrap_or("?"), u(&r["sport"]) as u16),
+                endpoint(r["dst"].as_str().unwrap_or("?"), u(&r["dport"]) as u16),
+                report::count(u(&r["orig"]["packets"]) + u(&r["reply"]["packets"])),
+                report::bytes(u(&r["orig"]["bytes"]) + u(&r["reply"]["bytes"])),
+                r["end_reason"].as_str().unwrap_or("?"),
+                report::count(u(&r["orig"]["hw_packets"]) + u(&r["reply"]["hw_packets"]))
+            )
+        }
+        "new" => format!("new         flow {} {}", ev["id"], ev["key"].as_str().unwrap_or("")),
+        "classified" => format!(
+            "classified  flow {} rule {}: {}",
+            ev["id"],
+            ev["class"].as_str().unwrap_or("-"),
+            ev["decision"].as_str().unwrap_or("?")
+        ),
+        "offloaded" => {
+            let action = serde_json::from_value::<Action>(ev["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
+            format!("offloaded   flow {} {action} placement {}", ev["id"], ev["placement"])
+        }
+        "refused" => format!("refused     flow {}: {}", ev["id"], ev["reason"].as_str().unwrap_or("")),
+        "unoffloaded" => format!("unoffloaded flow {}", ev["id"]),
+        other => format!("{other} {ev}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_action("drop"), Ok(Action::Drop));
+        assert_eq!(parse_action("pass"), Ok(Action::Pass));
+        assert_eq!(parse_action("forward:1"), Ok(Action::Forward { port: 1 }));
+        assert_eq!(parse_action("mirror:0"), Ok(Action::Mirror { port: 0 }));
+        assert_eq!(parse_action("mark:77"), Ok(Action::Mark { mark: 77 }));
+        assert!(parse_action("forward").unwrap_err().contains("forward:PORT"));
+        assert!(parse_action("forward:300").unwrap_err().contains("0-255"));
+        assert!(parse_action("drop:1").unwrap_err().contains("no argument"));
+        assert!(parse_action("teleport").unwrap_err().contains("give drop"));
+        for a in [Action::Drop, Action::Pass, Action::Forward { port: 3 }, Action::Mirror { port: 2 }, Action::Mark { mark: 9 }] {
+            assert_eq!(parse_action(&action_text(&a)), Ok(a));
+        }
+    }
+
+    #[test]
+    fn not_running_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let err = Client::connect(&path).err().unwrap();
+        assert!(err.contains("not running") && err.contains(&*path.to_string_lossy()), "{err}");
+    }
+}

@@ -1,0 +1,290 @@
+//! `flowtable bench control`: what the control socket costs. A real daemon
+//! (the same `run` as `flowtable run`, in this process, sim backend,
+//! synthetic traffic replayed fast) is measured twice over:
+//!
+//! - requests per second a client gets through the socket with a million
+//!   live flows: the top 100 by bytes, by rate, `stats`, one flow;
+//! - the packet rate of the packet loop with no client, and with a client
+//!   polling `stats` and the top 20 every 100 ms (what `watch` does), runs
+//!   alternated so drift hits both sides alike.
+
+use super::{Controls, RunSummary};
+use crate::client::Client;
+use crate::control::{Command, FlowsPage, SortKey, Stats};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlBenchArgs {
+    /// Live flows while requests are measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub flows: u64,
+    /// Requests of each kind measured.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Packets per packet-rate run.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub packets: u64,
+    /// Packet-rate runs of each side; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The polling client's period.
+    #[arg(long, default_value_t = 100)]
+    pub poll_ms: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRate {
+    pub request: String,
+    pub per_second: f64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlBench {
+    pub live_flows: usize,
+    pub fill_s: f64,
+    pub requests: Vec<RequestRate>,
+    pub packets_per_run: u64,
+    pub flows_at_end_of_run: Vec<usize>,
+    pub pps_no_client: Vec<f64>,
+    pub pps_polled: Vec<f64>,
+    pub polls: Vec<u64>,
+    pub median_pps_no_client: f64,
+    pub median_pps_polled: f64,
+    /// How much slower the packet loop ran with the client polling, in %.
+    pub polling_cost_pct: f64,
+}
+
+struct InProcess {
+    controls: Controls,
+    thread: Option<JoinHandle<Result<RunSummary, String>>>,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    fn start(sections: &str) -> Result<InProcess, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let socket = dir.path().join("bench.sock");
+        let text = format!(r#"{{"control": {{"socket": {:?}}}, {sections}}}"#, socket.display().to_string());
+        let config = flowtable_config::parse("(bench configuration)", &text).map_err(|e| e.to_string())?;
+        let controls = Controls::default();
+        let c = controls.clone();
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || super::run(config, None, &c))
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if thread.is_finished() || Instant::now() > deadline {
+                return Err(match thread.join() {
+                    Ok(Err(e)) => e,
+                    _ => "the daemon did not start".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(InProcess { controls, thread: Some(thread), socket, _dir: dir })
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        Client::connect(&self.socket)
+    }
+
+    /// Waits for every source to end; the final stats.
+    fn wait_sources(&self, client: &mut Client) -> Result<Stats, String> {
+        loop {
+            let s: Stats = client.call_as(&Command::Stats {})?;
+            if s.sources.iter().all(|x| x.state != "running") {
+                if let Some(e) = s.sources.iter().find_map(|x| x.error.clone()) {
+                    return Err(e);
+                }
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) -> Result<RunSummary, String> {
+        self.controls.stop.store(true, Ordering::SeqCst);
+        self.thread.take().expect("running").join().map_err(|_| "the daemon thread panicked".to_string())?
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.controls.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        0.0
+    } else {
+        s[s.len() / 2]
+    }
+}
+
+fn measure(client: &mut Client, name: &str, cmd: &Command, n: usize) -> Result<RequestRate, String> {
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        client.call(cmd)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total = start.elapsed().as_secs_f64();
+    let mut sorted = lat.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(RequestRate {
+        request: name.to_string(),
+        per_second: n as f64 / total,
+        median_ms: median(&lat),
+        p99_ms: sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)],
+    })
+}
+
+const LONG_TIMEOUTS: &str = r#""timeouts": {"tcp_handshake_s": 3600, "tcp_established_s": 3600, "tcp_closing_s": 3600,
+    "tcp_closed_s": 3600, "udp_s": 3600, "icmp_s": 3600, "other_s": 3600}"#;
+
+/// Requests per second against `flows` live flows.
+fn requests(flows: u64, n: usize) -> Result<(usize, f64, Vec<RequestRate>), String> {
+    // DNS-like exchanges only: two to four packets a flow, so a million
+    // flows take a few million packets.
+    let sections = format!(
+        r#"{LONG_TIMEOUTS}, "table": {{"max_flows": {}}},
+        "sources": [{{"synthetic": {{"flows": {flows}, "concurrency": 10000, "seed": 7, "pace": "fast",
+            "mix": {{"tcp_short": 0, "tcp_elephant": 0, "udp_dns": 1, "udp_stream": 0, "icmp_echo": 0}}}}}}]"#,
+        (flows as usize).next_power_of_two().max(1 << 20)
+    );
+    let t = Instant::now();
+    let daemon = InProcess::start(&sections)?;
+    let mut client = daemon.client()?;
+    let stats = daemon.wait_sources(&mut client)?;
+    let fill_s = t.elapsed().as_secs_f64();
+    let top = |sort| Command::Flows { filter: None, sort, offset: 0, limit: Some(100) };
+    let some_flow: FlowsPage = client.call_as(&top(SortKey::Bytes))?;
+    let id = some_flow.flows.first().map(|f| f.id).ok_or("no flows")?;
+    let rates = vec![
+        measure(&mut client, "flows top 100 by bytes", &top(SortKey::Bytes), n)?,
+        measure(&mut client, "flows top 100 by rate", &top(SortKey::Rate), n)?,
+        measure(
+            &mut client,
+            "flows top 100, filter proto=udp dport=53",
+            &Command::Flows { filter: Some("proto=udp dport=53".into()), sort: SortKey::Bytes, offset: 0, limit: Some(100) },
+            n,
+        )?,
+        measure(&mut client, "stats", &Command::Stats {}, n)?,
+        measure(&mut client, "flow ID", &Command::Flow { flow: id }, n.max(1000))?,
+    ];
+    drop(client);
+    daemon.stop()?;
+    Ok((stats.flows.live, fill_s, rates))
+}
+
+/// One packet-rate run: packets/s of the loop, flows at its end, polls made.
+fn packet_run(packets: u64, poll: Option<Duration>) -> Result<(f64, usize, u64), String> {
+    let sections = format!(
+        r#""classifier": {{"rules": [{{"name": "bypass", "match": {{}}, "trigger": {{"after_packets": 16}},
+            "result": {{"offload": {{"type": "pass"}}}}}}]}},
+        "offload": {{"poll_interval_ms": 100}},
+        "sources": [{{"synthetic": {{"flows": 100000000, "max_packets": {packets}, "seed": 11, "pace": "fast"}}}}]"#
+    );
+    let daemon = InProcess::start(&sections)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicU64::new(0));
+    let poller = poll.map(|period| {
+        let (stop, polls, socket) = (stop.clone(), polls.clone(), daemon.socket.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut c = Client::connect(Path::new(&socket))?;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                c.call(&Command::Stats {})?;
+                c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) })?;
+                polls.fetch_add(1, Ordering::SeqCst);
+                next += period;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            Ok(())
+        })
+    });
+    let mut client = daemon.client()?;
+    let stats = daemon.wait_sources(&mut client)?;
+    stop.store(true, Ordering::SeqCst);
+    if let Some(p) = poller {
+        p.join().map_err(|_| "poller panicked".to_string())??;
+    }
+    drop(client);
+    daemon.stop()?;
+    let src = &stats.sources[0];
+    Ok((src.packets as f64 / src.wall_s.max(1e-9), stats.flows.live, polls.load(Ordering::SeqCst)))
+}
+
+pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
+    let (live_flows, fill_s, rates) = requests(a.flows, a.requests.max(1))?;
+    let mut idle = Vec::new();
+    let mut polled = Vec::new();
+    let mut polls = Vec::new();
+    let mut flows_at_end = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        let (pps, flows, _) = packet_run(a.packets, None)?;
+        idle.push(pps);
+        flows_at_end.push(flows);
+        let (pps, _, n) = packet_run(a.packets, Some(Duration::from_millis(a.poll_ms.max(1))))?;
+        polled.push(pps);
+        polls.push(n);
+    }
+    let (mi, mp) = (median(&idle), median(&polled));
+    Ok(ControlBench {
+        live_flows,
+        fill_s,
+        requests: rates,
+        packets_per_run: a.packets,
+        flows_at_end_of_run: flows_at_end,
+        pps_no_client: idle,
+        pps_polled: polled,
+        polls,
+        median_pps_no_client: mi,
+        median_pps_polled: mp,
+        polling_cost_pct: 100.0 * (mi - mp) / mi.max(1e-9),
+    })
+}
+
+pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
+    use crate::report::{count, rate};
+    let mut o = format!(
+        "control requests with {} live flows (filled in {:.1} s), one client, one connection:\n",
+        count(b.live_flows as u64),
+        b.fill_s
+    );
+    let rows: Vec<Vec<String>> = b
+        .requests
+        .iter()
+        .map(|r| vec![r.request.clone(), format!("{:.0}/s", r.per_second), format!("{:.2} ms", r.median_ms), format!("{:.2} ms", r.p99_ms)])
+        .collect();
+    o.push_str(&crate::report::table(&["request", "rate", "median", "p99"], &rows, &[1, 2, 3]));
+    o.push_str(&format!(
+        "\npacket loop, {} packets a run (synthetic, fast), median of {}:\n  no client:             {}\n  client every {} ms:    {}  ({:.0} polls a run)\n  polling cost:          {:.1}%\n",
+        count(b.packets_per_run),
+        b.pps_no_client.len(),
+        rate(b.median_pps_no_client, "pkt"),
+        a.poll_ms,
+        rate(b.median_pps_polled, "pkt"),
+        b.polls.iter().sum::<u64>() as f64 / b.polls.len().max(1) as f64,
+        b.polling_cost_pct
+    ));
+    o
+}

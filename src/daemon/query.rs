@@ -1,0 +1,157 @@
+//! Answers to the read-only control requests, computed on the engine
+//! thread from the engine's own state: flow listings (filtered, sorted,
+//! paged) and one flow in full.
+
+use super::filter::{Filter, FlowFacts};
+use crate::control::{FlowSummary, FlowsPage, SortKey};
+use flowtable_hw::Placement;
+use flowtable_offload::{Engine, FlowView, OffloadState};
+use flowtable_sw::{Flow, FlowId, Stage};
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Where a flow's rules are: `hardware`, `kernel-software`, `mixed` or `none`.
+pub fn placement_of(state: Option<&OffloadState>) -> &'static str {
+    let Some(s) = state else { return "none" };
+    let mut hw = false;
+    let mut ksw = false;
+    for p in s.placement.iter().flatten() {
+        match p {
+            Placement::Hardware => hw = true,
+            Placement::KernelSoftware => ksw = true,
+        }
+    }
+    match (hw, ksw) {
+        (false, false) => "none",
+        (true, false) => "hardware",
+        (false, true) => "kernel-software",
+        (true, true) => "mixed",
+    }
+}
+
+/// The filter's view of the engine.
+pub struct EngineFacts<'a>(pub &'a Engine);
+
+impl FlowFacts for EngineFacts<'_> {
+    fn placement(&self, id: FlowId, flow: &Flow) -> &'static str {
+        // Only offloaded flows have rules in place; the rest need no lookup.
+        if flow.stage != Stage::Offloaded {
+            return "none";
+        }
+        placement_of(self.0.offload_state(id))
+    }
+    fn class(&self, flow: &Flow) -> Option<&str> {
+        self.0.classifier().class_name(flow.class)
+    }
+    fn label(&self, id: FlowId) -> Option<&str> {
+        self.0.context(id).and_then(|c| c.label.as_deref())
+    }
+}
+
+/// Mean bytes per second from the flow's first packet to `now` (at
+/// least a millisecond, so a new flow's rate is finite).
+pub fn rate_bps(bytes: u64, start_ns: u64, now_ns: u64) -> f64 {
+    bytes as f64 * 1e9 / now_ns.saturating_sub(start_ns).max(1_000_000) as f64
+}
+
+fn sort_value(sort: SortKey, flow: &Flow, now_ns: u64) -> u64 {
+    match sort {
+        SortKey::Bytes => flow.bytes(),
+        SortKey::Packets => flow.packets(),
+        // Milli-bytes per second: an integer order as fine as the f64's.
+        SortKey::Rate => (rate_bps(flow.bytes(), flow.first_ns, now_ns) * 1e3) as u64,
+        SortKey::Age => now_ns.saturating_sub(flow.first_ns),
+    }
+}
+
+pub fn summary(view: &FlowView, engine: &Engine, now_ns: u64) -> FlowSummary {
+    let action = match view.stage {
+        Stage::Queued | Stage::Offloaded => view.offload.as_ref().map(|o| o.action),
+        _ => None,
+    };
+    FlowSummary {
+        id: view.id,
+        proto: view.proto,
+        src: view.src.clone(),
+        dst: view.dst.clone(),
+        sport: view.sport,
+        dport: view.dport,
+        vlan: view.vlan,
+        ingress: view.ingress,
+        stage: view.stage,
+        placement: placement_of(view.offload.as_ref()).to_string(),
+        action,
+        class: view.class.clone(),
+        label: engine.context(view.id).and_then(|c| c.label.clone()),
+        packets: view.packets,
+        bytes: view.bytes,
+        orig_packets: view.orig.packets,
+        orig_bytes: view.orig.bytes,
+        reply_packets: view.reply.packets,
+        reply_bytes: view.reply.bytes,
+        sw_packets: view.orig.sw_packets + view.reply.sw_packets,
+        hw_packets: view.orig.hw_packets + view.reply.hw_packets,
+        start_ns: view.start_ns,
+        last_ns: view.last_ns,
+        age_ns: now_ns.saturating_sub(view.start_ns),
+        rate_bps: rate_bps(view.bytes, view.start_ns, now_ns),
+    }
+}
+
+/// One page of the flows the filter takes, largest first by `sort`
+/// (ties by id). Keeps only `offset + limit` candidates while scanning,
+/// so a page of the top 100 of a million flows costs one pass and a
+/// small heap.
+pub fn list(engine: &Engine, filter: &Filter, sort: SortKey, offset: usize, limit: usize, now_ns: u64) -> FlowsPage {
+    let keep = offset.saturating_add(limit);
+    let facts = EngineFacts(engine);
+    let mut heap: BinaryHeap<Reverse<(u64, Reverse<FlowId>)>> = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
+    let mut total = 0usize;
+    for (id, flow) in engine.flows() {
+        if !filter.matches(id, flow, &facts) {
+            continue;
+        }
+        total += 1;
+        if keep == 0 {
+            continue;
+        }
+        let item = Reverse((sort_value(sort, flow, now_ns), Reverse(id)));
+        if heap.len() < keep {
+            heap.push(item);
+        } else if let Some(worst) = heap.peek() {
+            if item < *worst {
+                heap.pop();
+                heap.push(item);
+            }
+        }
+    }
+    // Ascending order of Reverse(..) is best first.
+    let ranked = heap.into_sorted_vec();
+    let flows = ranked
+        .into_iter()
+        .skip(offset)
+        .filter_map(|Reverse((_, Reverse(id)))| engine.flow(id))
+        .map(|v| summary(&v, engine, now_ns))
+        .collect();
+    FlowsPage { total, offset, sort, now_ns, flows }
+}
+
+/// Everything about one flow: the engine's view (counters split by
+/// software and hardware, offload state with the backend's refusal,
+/// rule cookies, context) plus the backend's name, placement, age and rate.
+pub fn detail(engine: &Engine, id: FlowId, now_ns: u64) -> Option<Value> {
+    let view = engine.flow(id)?;
+    let placement = placement_of(view.offload.as_ref());
+    let age_ns = now_ns.saturating_sub(view.start_ns);
+    let rate = rate_bps(view.bytes, view.start_ns, now_ns);
+    let mut v = serde_json::to_value(&view).ok()?;
+    if let Value::Object(m) = &mut v {
+        m.insert("backend".into(), Value::from(engine.backend().name()));
+        m.insert("placement".into(), Value::from(placement));
+        m.insert("now_ns".into(), Value::from(now_ns));
+        m.insert("age_ns".into(), Value::from(age_ns));
+        m.insert("rate_bps".into(), Value::from(rate));
+    }
+    Some(v)
+}

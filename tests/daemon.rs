@@ -1,0 +1,747 @@
+//! The daemon as its users run it: the built `flowtable` binary started
+//! with `run --config`, driven through the CLI client commands and raw
+//! socket requests, stopped and reloaded with signals. Flows are checked
+//! against `flowtable replay --json` of the same capture.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowtable");
+
+fn capture(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
+    let p = dir.join(name);
+    assert!(p.is_file(), "capture {} not found: the shared captures must be at {}", name, dir.display());
+    p
+}
+
+/// Flows live for an hour: nothing expires during a test unless asked.
+const LONG_TIMEOUTS: &str = r#""timeouts": {"tcp_handshake_s": 3600, "tcp_established_s": 3600, "tcp_closing_s": 3600,
+    "tcp_closed_s": 3600, "udp_s": 3600, "icmp_s": 3600, "other_s": 3600}"#;
+
+/// Every flow offloaded (pass) from its second packet.
+const OFFLOAD_AFTER_TWO: &str = r#""classifier": {"rules": [
+    {"name": "rest", "match": {}, "trigger": {"after_packets": 2}, "result": {"offload": {"type": "pass"}}}]},
+  "offload": {"poll_interval_ms": 50}"#;
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    config: PathBuf,
+    records: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `flowtable run` with a configuration made of `sections`
+    /// (JSON members) plus socket and records paths in a temp dir, and
+    /// waits until it answers.
+    fn start(sections: &str) -> Daemon {
+        let d = Daemon::spawn(sections);
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(sections: &str) -> Daemon {
+        Daemon::spawn_rotating(sections, 0, 3)
+    }
+
+    /// As `spawn`, with the records file rotated past `rotate_bytes`, `keep` kept.
+    fn spawn_rotating(sections: &str, rotate_bytes: u64, keep: u32) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ft.sock");
+        let records = dir.path().join("records.jsonl");
+        let config = dir.path().join("flowtable.json");
+        let log = dir.path().join("daemon.log");
+        let text = Daemon::config_text(sections, &socket, &records)
+            .replace(r#""rotate_bytes": 0, "keep": 3"#, &format!(r#""rotate_bytes": {rotate_bytes}, "keep": {keep}"#));
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child), dir, socket, config, records, log }
+    }
+
+    fn config_text(sections: &str, socket: &Path, records: &Path) -> String {
+        let mut text = format!(
+            r#"{{"control": {{"socket": {:?}}}, "records": {{"path": {:?}, "rotate_bytes": 0, "keep": 3}}"#,
+            socket.display().to_string(),
+            records.display().to_string()
+        );
+        if !sections.trim().is_empty() {
+            text.push_str(",\n");
+            text.push_str(sections);
+        }
+        text.push('}');
+        text
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon did not come up; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a client command against this daemon.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).arg("--socket").arg(&self.socket).output().unwrap()
+    }
+
+    /// A client command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "flowtable {args:?} failed: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    fn stats(&self) -> Value {
+        self.json(&["stats"])
+    }
+
+    /// Waits until every source is done.
+    fn wait_sources_done(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.stats();
+            if s["sources"].as_array().unwrap().iter().all(|src| src["state"] != "running") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "sources still running: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn all_flows(&self) -> Value {
+        self.json(&["flows", "--top", "10000"])
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "daemon exited with {status}; log:\n{}", self.log_text());
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records written so far, from the file and its rotations.
+    fn records(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("records.jsonl"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What identifies a flow across runs: its endpoints as the initiator sees them.
+fn flow_key(v: &Value) -> String {
+    format!("{} {}:{} > {}:{} vlan {}", v["proto"], v["src"], v["sport"], v["dst"], v["dport"], v["vlan"].as_u64().unwrap_or(0))
+}
+
+/// Per flow: (orig packets, orig bytes, reply packets, reply bytes).
+type Counts = BTreeMap<String, Vec<(u64, u64, u64, u64)>>;
+
+fn counts_of_records(records: &[Value]) -> Counts {
+    let mut m = Counts::new();
+    for r in records {
+        let c = (
+            r["orig"]["packets"].as_u64().unwrap(),
+            r["orig"]["bytes"].as_u64().unwrap(),
+            r["reply"]["packets"].as_u64().unwrap(),
+            r["reply"]["bytes"].as_u64().unwrap(),
+        );
+        m.entry(flow_key(r)).or_default().push(c);
+    }
+    m.values_mut().for_each(|v| v.sort());
+    m
+}
+
+/// Equal counts, or a panic listing the flows that differ.
+fn assert_counts_equal(got: &Counts, want: &Counts) {
+    let diff: Vec<String> = want
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| got.get(*k) != want.get(*k))
+        .map(|k| format!("{k}: got {:?}, want {:?}", got.get(k), want.get(k)))
+        .collect();
+    assert!(diff.is_empty(), "{} flows differ:\n{}", diff.len(), diff.join("\n"));
+}
+
+fn counts_of_listing(page: &Value) -> Counts {
+    let mut m = Counts::new();
+    for f in page["flows"].as_array().unwrap() {
+        let c = (
+            f["orig_packets"].as_u64().unwrap(),
+            f["orig_bytes"].as_u64().unwrap(),
+            f["reply_packets"].as_u64().unwrap(),
+            f["reply_bytes"].as_u64().unwrap(),
+        );
+        m.entry(flow_key(f)).or_default().push(c);
+    }
+    m.values_mut().for_each(|v| v.sort());
+    m
+}
+
+/// `flowtable replay FILE --config C --json`: the records and the summary line.
+fn replay(file: &Path, config: &Path) -> (Vec<Value>, Value) {
+    let out = Command::new(BIN).arg("replay").arg(file).arg("--config").arg(config).arg("--json").output().unwrap();
+    assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary = lines.pop().unwrap();
+    (lines, summary)
+}
+
+fn pcap_source(name: &str, pace: &str) -> String {
+    format!(r#""sources": [{{"pcap": {{"path": {:?}, "pace": "{pace}"}}}}]"#, capture(name).display().to_string())
+}
+
+/// The daemon's flows, once the hardware counters of every flow have been
+/// read, equal the replay's records of the same capture.
+fn wait_for_counts(d: &Daemon, expected: &Counts) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = d.all_flows();
+        let got = counts_of_listing(&page);
+        if &got == expected {
+            return page;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.iter().filter(|(k, v)| got.get(*k) != Some(v)).take(5).collect();
+            panic!("daemon flows differ from the replay; first differences (expected): {missing:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn flows_of_a_capture_match_its_replay_and_queries_sort_filter_and_page() {
+    let file = "teams.pcap";
+    let d = Daemon::start(&format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source(file, "fast")));
+    let (records, summary) = replay(&capture(file), &d.config);
+    assert!(records.len() > 50, "the capture has many flows");
+    let stats = d.wait_sources_done();
+    let expected = counts_of_records(&records);
+    let page = wait_for_counts(&d, &expected);
+    assert_eq!(page["total"].as_u64().unwrap() as usize, records.len());
+
+    // Stats agree with the replay's summary and with the listing.
+    let stats_after = d.stats();
+    assert_eq!(stats["packets"]["received"], summary["summary"]["packets"]);
+    assert_eq!(stats_after["flows"]["live"].as_u64().unwrap() as usize, records.len());
+    assert_eq!(stats_after["flows"]["created"], summary["engine"]["flows_created"]);
+    let by_stage: u64 = stats_after["flows"]["by_stage"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(by_stage as usize, records.len());
+    let offloaded = stats_after["flows"]["by_stage"]["offloaded"].as_u64().unwrap();
+    assert!(offloaded > 0);
+    assert_eq!(stats_after["rules"]["live"].as_u64().unwrap(), 2 * offloaded, "two rules per offloaded flow");
+    assert_eq!(stats_after["flows"]["by_placement"]["hardware"].as_u64().unwrap(), offloaded);
+    assert_eq!(stats_after["rules"]["backend"], "sim");
+    let nic: u64 = records.iter().map(|r| r["orig"]["hw_packets"].as_u64().unwrap() + r["reply"]["hw_packets"].as_u64().unwrap()).sum();
+    assert_eq!(stats_after["packets"]["nic"].as_u64().unwrap(), summary["summary"]["nic_packets"].as_u64().unwrap());
+    assert!(nic > 0);
+
+    // Sorted: the top 5 by packets are the replay's five largest.
+    let top = d.json(&["flows", "--top", "5", "--sort", "packets"]);
+    let got: Vec<u64> = top["flows"].as_array().unwrap().iter().map(|f| f["packets"].as_u64().unwrap()).collect();
+    let mut want: Vec<u64> = records.iter().map(|r| r["orig"]["packets"].as_u64().unwrap() + r["reply"]["packets"].as_u64().unwrap()).collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(got, want[..5]);
+    let by_bytes = d.json(&["flows", "--top", "3", "--sort", "bytes"]);
+    let b: Vec<u64> = by_bytes["flows"].as_array().unwrap().iter().map(|f| f["bytes"].as_u64().unwrap()).collect();
+    assert!(b.windows(2).all(|w| w[0] >= w[1]), "{b:?}");
+    for sort in ["rate", "age"] {
+        let p = d.json(&["flows", "--top", "4", "--sort", sort]);
+        assert_eq!(p["flows"].as_array().unwrap().len(), 4, "{sort}");
+    }
+
+    // Filtered: by protocol, by port, by stage and placement.
+    let udp = records.iter().filter(|r| r["proto"] == 17).count();
+    assert_eq!(d.json(&["flows", "--filter", "proto=udp", "--top", "10000"])["total"].as_u64().unwrap() as usize, udp);
+    let https = records.iter().filter(|r| r["sport"] == 443 || r["dport"] == 443).count();
+    let p443 = d.json(&["flows", "--filter", "port=443", "--top", "10000"]);
+    assert_eq!(p443["total"].as_u64().unwrap() as usize, https);
+    assert!(p443["flows"].as_array().unwrap().iter().all(|f| f["sport"] == 443 || f["dport"] == 443));
+    let tcp_not_443 = records.iter().filter(|r| r["proto"] == 6 && r["sport"] != 443 && r["dport"] != 443).count();
+    assert_eq!(d.json(&["flows", "--filter", "proto=tcp,port!=443", "--top", "10000"])["total"].as_u64().unwrap() as usize, tcp_not_443);
+    assert_eq!(d.json(&["flows", "--filter", "stage=offloaded placement=hardware"])["total"].as_u64().unwrap(), offloaded);
+    let bad = d.cli(&["flows", "--filter", "colour=red"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad-filter"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // Paged: pages of 7 put together are the whole listing, in order.
+    let whole: Vec<Value> = d.all_flows()["flows"].as_array().unwrap().iter().map(|f| f["id"].clone()).collect();
+    let mut paged = Vec::new();
+    let mut offset = 0;
+    loop {
+        let p = d.json(&["flows", "--top", "7", "--offset", &offset.to_string()]);
+        let ids: Vec<Value> = p["flows"].as_array().unwrap().iter().map(|f| f["id"].clone()).collect();
+        if ids.is_empty() {
+            break;
+        }
+        offset += ids.len();
+        paged.extend(ids);
+    }
+    assert_eq!(paged, whole);
+
+    // Human output: a table with units and a footer.
+    let text = d.ok(&["flows", "--top", "3"]);
+    assert!(text.trim_start().starts_with("id") && text.contains("bytes") && text.contains("rate"), "{text}");
+    assert!(text.contains("B ") || text.contains("KiB") || text.contains("MiB"), "{text}");
+    assert!(text.contains(&format!("3 of {} flows, by bytes", records.len())), "{text}");
+    let stats_text = d.ok(&["stats"]);
+    for want in ["flows", "by stage", "by placement", "rules     sim", "refusals", "packets", "skipped", "records"] {
+        assert!(stats_text.contains(want), "stats lacks {want:?}:\n{stats_text}");
+    }
+}
+
+#[test]
+fn one_flow_in_full_and_control_of_context_and_offload() {
+    let d = Daemon::start(&format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source("teams.pcap", "fast")));
+    d.wait_sources_done();
+    std::thread::sleep(Duration::from_millis(200));
+    let top = d.json(&["flows", "--top", "1", "--filter", "stage=offloaded"]);
+    let f = &top["flows"][0];
+    let id = f["id"].as_u64().unwrap().to_string();
+
+    // Everything about one flow: counters split, rules with their cookies.
+    let v = d.json(&["flow", &id]);
+    assert_eq!(v["id"].as_u64().unwrap().to_string(), id);
+    assert_eq!(v["stage"], "offloaded");
+    assert_eq!(v["backend"], "sim");
+    assert_eq!(v["placement"], "hardware");
+    assert_eq!(v["rules"].as_array().unwrap().len(), 2);
+    assert!(v["rules"][0].as_str().unwrap().starts_with("465442"), "cookies start with the magic FTB: {}", v["rules"][0]);
+    assert_eq!(v["packets"], f["packets"]);
+    let hw = v["orig"]["hw_packets"].as_u64().unwrap() + v["reply"]["hw_packets"].as_u64().unwrap();
+    let sw = v["orig"]["sw_packets"].as_u64().unwrap() + v["reply"]["sw_packets"].as_u64().unwrap();
+    assert_eq!(hw + sw, v["packets"].as_u64().unwrap());
+    let text = d.ok(&["flow", &id]);
+    for want in ["stage", "offload", "pass on sim", "rules", "software", "hardware"] {
+        assert!(text.contains(want), "flow text lacks {want:?}:\n{text}");
+    }
+
+    // Context: label, verdict, metadata; then found by the label filter.
+    let out = d.json(&["label", &id, "app=teams", "team=blue", "--label", "video-call", "--verdict", "software"]);
+    assert_eq!(out["context"]["label"], "video-call");
+    let v = d.json(&["flow", &id]);
+    assert_eq!(v["context"]["label"], "video-call");
+    assert_eq!(v["context"]["verdict"], "software");
+    assert_eq!(v["context"]["metadata"]["app"], "teams");
+    assert_eq!(v["context"]["metadata"]["team"], "blue");
+    let labelled = d.json(&["flows", "--filter", "label=video-call"]);
+    assert_eq!(labelled["total"], 1);
+    assert_eq!(labelled["flows"][0]["id"].as_u64().unwrap().to_string(), id);
+    let too_long = "x".repeat(300);
+    let out = d.cli(&["label", &id, "--label", &too_long]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid-context"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Take back to software: rules removed now.
+    let rules_before = d.stats()["rules"]["live"].as_u64().unwrap();
+    d.ok(&["unoffload", &id]);
+    let v = d.json(&["flow", &id]);
+    assert_eq!(v["stage"], "software");
+    assert_eq!(v["rules"].as_array().unwrap().len(), 0);
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before - 2);
+    let again = d.cli(&["unoffload", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("wrong-stage"));
+
+    // Offload with an action of our choosing: installed at the next poll.
+    let out = d.json(&["offload", &id, "--action", "mark:7"]);
+    assert_eq!(out["stage"], "queued");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = d.json(&["flow", &id]);
+        if v["stage"] == "offloaded" {
+            assert_eq!(v["offload"]["action"]["type"], "mark");
+            assert_eq!(v["offload"]["action"]["mark"], 7);
+            assert_eq!(v["rules"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not installed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+
+    // Requests that can't be done say why, and name the flow or port.
+    let out = d.cli(&["offload", &id, "--action", "forward:9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("port 9 does not exist"));
+    let out = d.cli(&["offload", "999999", "--action", "drop"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-flow") && err.contains("999999"), "{err}");
+    let out = d.cli(&["flow", "999999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no flow with id 999999"));
+    let out = d.cli(&["offload", &id, "--action", "teleport"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give drop, pass"));
+}
+
+/// Sends raw bytes and reads one answer line.
+fn raw_answer(stream: &mut UnixStream, bytes: &[u8]) -> Value {
+    stream.write_all(bytes).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn read_to_end_within(stream: &mut UnixStream, limit: Duration) -> (String, Duration) {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_stalled_clients_are_cut_off_without_losing_flows() {
+    let d = Daemon::start(&format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source("netflix.pcap", "fast")));
+    d.wait_sources_done();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = d.all_flows();
+    let created = d.stats()["flows"]["created"].clone();
+
+    // A stalled client connects first and sends nothing; another sends half
+    // a request and stalls. Neither blocks anyone.
+    let mut silent = UnixStream::connect(&d.socket).unwrap();
+    let mut half = UnixStream::connect(&d.socket).unwrap();
+    half.write_all(br#"{"v":1,"id":1,"cm"#).unwrap();
+    let started = Instant::now();
+
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let a = raw_answer(&mut s, b"this is not json\n");
+    assert_eq!(a["ok"], false);
+    assert_eq!(a["error"]["code"], "bad-json");
+    // The same connection keeps working after an error.
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":\"p\",\"cmd\":\"ping\"}\n");
+    assert_eq!(a["ok"], true);
+    assert_eq!(a["id"], "p");
+    assert_eq!(a["result"]["pong"], true);
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":2,\"cmd\":\"reboot\"}\n");
+    assert_eq!(a["error"]["code"], "unknown-command");
+    assert_eq!(a["id"], 2);
+    assert!(a["error"]["message"].as_str().unwrap().contains("reboot"));
+    let a = raw_answer(&mut s, b"{\"v\":7,\"id\":3,\"cmd\":\"stats\"}\n");
+    assert_eq!(a["error"]["code"], "unsupported-version");
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":4,\"cmd\":\"flow\",\"flow\":123456789}\n");
+    assert_eq!(a["error"]["code"], "no-such-flow");
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":5,\"cmd\":\"flows\",\"limit\":\"ten\"}\n");
+    assert_eq!(a["error"]["code"], "bad-request");
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":6,\"cmd\":\"flows\",\"limit\":1000000}\n");
+    assert_eq!(a["error"]["code"], "bad-request");
+    let a = raw_answer(&mut s, b"{\"v\":1,\"id\":7,\"cmd\":\"flows\",\"filter\":\"port=70000\"}\n");
+    assert_eq!(a["error"]["code"], "bad-filter");
+    assert!(started.elapsed() < Duration::from_secs(3), "answers came while others stalled");
+
+    // A request past 64 KiB is refused and its connection closed.
+    let mut big = UnixStream::connect(&d.socket).unwrap();
+    let huge = format!("{{\"v\":1,\"cmd\":\"ping\",\"pad\":\"{}\"}}\n", "x".repeat(100 * 1024));
+    let _ = big.write_all(huge.as_bytes());
+    let (text, _) = read_to_end_within(&mut big, Duration::from_secs(10));
+    let a: Value = serde_json::from_str(text.lines().next().expect("an answer before the close")).unwrap();
+    assert_eq!(a["error"]["code"], "too-large");
+
+    // The CLI is served while the stalled clients still hang on.
+    assert!(d.json(&["stats"])["flows"]["live"].as_u64().unwrap() > 0);
+
+    // The stalled clients are cut off at the request timeout (5 s) with an error.
+    for stalled in [&mut silent, &mut half] {
+        let (text, _) = read_to_end_within(stalled, Duration::from_secs(15));
+        let a: Value = serde_json::from_str(text.lines().next().expect("a timeout answer")).unwrap();
+        assert_eq!(a["error"]["code"], "timeout", "{text}");
+    }
+    let cut_after = started.elapsed();
+    assert!(cut_after >= Duration::from_millis(4500) && cut_after < Duration::from_secs(12), "{cut_after:?}");
+
+    // No flow was lost or added by any of it.
+    assert_eq!(counts_of_listing(&d.all_flows()), counts_of_listing(&before));
+    assert_eq!(d.stats()["flows"]["created"], created);
+}
+
+#[test]
+fn sigterm_removes_every_rule_and_writes_every_live_flows_record() {
+    // Short UDP timeouts: some flows end (and are recorded) before the stop;
+    // a small rotation size spreads records over several files.
+    let sections = format!(
+        r#"{OFFLOAD_AFTER_TWO},
+        "timeouts": {{"udp_s": 0.5, "tcp_established_s": 3600, "tcp_handshake_s": 3600, "tcp_closing_s": 3600, "tcp_closed_s": 3600}},
+        {}"#,
+        pcap_source("teams.pcap", "fast")
+    );
+    // Rotation after about 4 KiB, 100 files kept: nothing rotated away.
+    let mut d = Daemon::spawn_rotating(&sections, 4096, 100);
+    d.wait_ready();
+    let (records, _) = replay(&capture("teams.pcap"), &d.config);
+    d.wait_sources_done();
+    // Let the short-lived UDP flows age out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = d.stats();
+    let live = stats["flows"]["live"].as_u64().unwrap();
+    let ended = stats["flows"]["ended"].as_u64().unwrap();
+    let rules = stats["rules"]["live"].as_u64().unwrap();
+    assert!(ended > 0, "some flows ended before the stop: {stats}");
+    assert!(live > 0 && rules > 0, "{stats}");
+    let listing = d.all_flows();
+    let live_ids: Vec<u64> = listing["flows"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).collect();
+
+    d.terminate();
+    assert!(!d.socket.exists(), "the socket is removed at exit");
+    let written = d.records();
+    assert!(std::fs::read_dir(d.dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("records.jsonl.")).count() >= 2, "records rotated");
+    // Every flow has exactly one record: those ended before, and every live one at the stop.
+    assert_eq!(written.len() as u64, live + ended);
+    assert_eq!(written.len(), records.len(), "as many records as the replay made");
+    let shutdown: Vec<&Value> = written.iter().filter(|r| r["end_reason"] == "shutdown").collect();
+    assert_eq!(shutdown.len() as u64, live);
+    let mut ids: Vec<u64> = shutdown.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    let mut want = live_ids.clone();
+    want.sort_unstable();
+    assert_eq!(ids, want, "the records at the stop are those of the live flows");
+    // Every packet of the capture is in exactly one record, hardware ones included.
+    assert_counts_equal(&counts_of_records(&written), &counts_of_records(&records));
+    // Offloaded flows' rules were removed: their records say when.
+    let offloaded_at_stop = shutdown.iter().filter(|r| r["offload"].is_object()).count() as u64;
+    assert_eq!(offloaded_at_stop * 2, rules, "every rule belonged to a live offloaded flow");
+    assert!(shutdown.iter().filter(|r| r["offload"].is_object()).all(|r| r["offload"]["removed_ns"].as_u64().is_some()));
+    let log = d.log_text();
+    assert!(log.contains("rules_left=0"), "{log}");
+    assert!(log.contains(&format!("rules_removed={rules}")), "{log}");
+}
+
+#[test]
+fn sighup_applies_a_good_configuration_and_refuses_a_broken_one() {
+    // Synthetic traffic paced in real time: new flows keep coming, so the
+    // reloaded classifier is seen deciding them.
+    let sections = |rule: &str, result: &str, udp_s: &str| {
+        format!(
+            r#""log": {{"format": "json"}},
+            "classifier": {{"rules": [{{"name": "{rule}", "match": {{}}, "result": {result}}}]}},
+            "timeouts": {{"udp_s": {udp_s}, "tcp_established_s": 3600, "tcp_handshake_s": 3600, "tcp_closing_s": 3600, "tcp_closed_s": 3600, "icmp_s": 3600}},
+            "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": 2000, "concurrency": 200, "seed": 3, "pace": "timestamps"}}}}]"#
+        )
+    };
+    let mut d = Daemon::start(&sections("first", r#""software""#, "3600"));
+    let count = |d: &Daemon, filter: &str| d.json(&["flows", "--filter", filter])["total"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(count(&d, "stage=software") > 0);
+    assert_eq!(count(&d, "stage=offloaded"), 0);
+
+    // Broken: a timeout that isn't one. Refused, the field named, nothing changes.
+    let good_text = std::fs::read_to_string(&d.config).unwrap();
+    let broken = good_text.replace(r#""udp_s": 3600"#, r#""udp_s": -4"#);
+    assert_ne!(broken, good_text);
+    std::fs::write(&d.config, broken).unwrap();
+    let live_before = d.stats()["flows"]["live"].as_u64().unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.stats()["config"]["reloads_refused"] != 1 {
+        assert!(Instant::now() < deadline, "reload not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = d.stats();
+    assert_eq!(s["config"]["generation"], 1);
+    assert_eq!(s["config"]["rules"], serde_json::json!(["first"]));
+    assert_eq!(s["config"]["timeouts"]["udp_s"], 3600.0);
+    assert!(s["flows"]["live"].as_u64().unwrap() >= live_before, "no flow dropped");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&d, "stage=offloaded"), 0, "the old classifier still decides");
+    let log = d.log_text();
+    let refusal: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("reload refused")))
+        .unwrap_or_else(|| panic!("no JSON log line of the refusal:\n{log}"));
+    assert_eq!(refusal["level"], "ERROR");
+    assert_eq!(refusal["fields"]["field"], "timeouts.udp_s");
+
+    // Good: a new rule, result and timeout apply; every flow stays, and
+    // flows already decided keep their decision.
+    let good = Daemon::config_text(&sections("second", r#"{"offload": {"type": "pass"}}"#, "120"), &d.socket, &d.records);
+    std::fs::write(&d.config, good).unwrap();
+    let live_before = d.stats()["flows"]["live"].as_u64().unwrap();
+    let software_before = count(&d, "stage=software");
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.stats()["config"]["generation"] != 2 {
+        assert!(Instant::now() < deadline, "reload not applied:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = d.stats();
+    assert_eq!(s["config"]["rules"], serde_json::json!(["second"]));
+    assert_eq!(s["config"]["timeouts"]["udp_s"], 120.0);
+    assert!(s["flows"]["live"].as_u64().unwrap() >= live_before, "no flow dropped by the reload");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&d, "stage=offloaded") == 0 {
+        assert!(Instant::now() < deadline, "no new flow offloaded by the new rule");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(count(&d, "stage=software") > 0 && software_before > 0, "decided flows stay in software");
+    d.terminate();
+}
+
+#[test]
+fn events_stream_new_classified_offloaded_and_expired_with_records() {
+    let sections = format!(
+        r#"{OFFLOAD_AFTER_TWO},
+        "timeouts": {{"udp_s": 0.3, "icmp_s": 0.3, "tcp_established_s": 0.3, "tcp_handshake_s": 0.3, "tcp_closing_s": 0.3, "tcp_closed_s": 0.3}},
+        "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": 3000, "concurrency": 50, "seed": 5}}}}]"#
+    );
+    let d = Daemon::start(&sections);
+    let out = Command::new(BIN)
+        .args(["events", "--json", "--count", "400", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 400);
+    let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for k in ["new", "classified", "offloaded", "expired"] {
+        assert!(kinds.contains(k), "no {k} event in {kinds:?}");
+    }
+    let expired = events.iter().find(|e| e["event"] == "expired").unwrap();
+    assert!(expired["record"]["end_reason"].is_string());
+    assert!(expired["record"]["orig"]["packets"].as_u64().unwrap() > 0);
+    // Human lines too.
+    let out = Command::new(BIN).args(["events", "--count", "20", "--socket"]).arg(&d.socket).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 20);
+    assert!(text.lines().all(|l| ["new", "classified", "offloaded", "expired", "refused", "unoffloaded"].iter().any(|k| l.starts_with(k))), "{text}");
+    // Records of expired flows reach the file even with nobody subscribed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.records().is_empty() {
+        assert!(Instant::now() < deadline, "no records written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Subscribers that left are dropped (noticed within a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.stats()["subscribers"] != 0 {
+        assert!(Instant::now() < deadline, "a subscriber that left is still counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn socket_lifecycle_not_running_stale_and_busy_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    // No daemon: the error says so and names the path.
+    let out = Command::new(BIN).args(["stats", "--socket"]).arg(&sock).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not running") && err.contains(&*sock.to_string_lossy()), "{err}");
+
+    // A daemon that died left its socket: the next start replaces it.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists() && UnixStream::connect(&stale).is_err());
+    let cfg = dir.path().join("stale.json");
+    std::fs::write(&cfg, Daemon::config_text(LONG_TIMEOUTS, &stale, &dir.path().join("r.jsonl"))).unwrap();
+    let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new(BIN).args(["stats", "--socket"]).arg(&stale).output().unwrap().status.success() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "no start over a stale socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let mut log = String::new();
+    child.wait().unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("removed a stale socket"), "{log}");
+
+    // A regular file in the way is not replaced.
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let cfg = dir.path().join("file.json");
+    std::fs::write(&cfg, Daemon::config_text("", &file, &dir.path().join("r2.jsonl"))).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    let d = Daemon::start(LONG_TIMEOUTS);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // A second daemon on a live socket refuses to start and says why.
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&d.config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another daemon is serving"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.stats()["flows"]["live"].is_u64(), "the first daemon still serves");
+
+    // Interface sources wait for the tc build; the error names the source.
+    let cfg = dir.path().join("iface.json");
+    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"interface": {{"name": "eth9"}}}}]}}"#, dir.path().join("i.sock"))).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sources[0]") && err.contains("interface sources need the tc backend build"), "{err}");
+
+    // A missing capture names its file.
+    let cfg = dir.path().join("nofile.json");
+    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"pcap": {{"path": "/nonexistent/x.pcap"}}}}]}}"#, dir.path().join("n.sock"))).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.pcap"));
+}
