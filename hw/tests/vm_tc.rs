@@ -358,7 +358,7 @@ fn auto_fallback_is_enforced_on_real_traffic() {
     assert_eq!(pair.udp(5001, 6000, 10, 64), 0, "another flow is not");
     let c = counters_of(&mut be, rule.cookie);
     assert_eq!(c.packets, 10);
-    assert_eq!(c.bytes, 10 * (64 + 28));
+    assert_eq!(c.bytes, 10 * (64 + 28 + 14));
     assert_eq!(c.hw_packets, 0);
     assert!(c.last_used_ns.is_some());
     be.shutdown().unwrap();
@@ -391,8 +391,8 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     let rep = counters_of(&mut be, icmp_ba.cookie);
     println!("icmp a->b {req:?} b->a {rep:?}");
     assert_eq!((req.packets, rep.packets), (5, 5));
-    // 56 bytes of ping data + ICMP 8 + IPv4 20: tc counts from the network header.
-    assert_eq!((req.bytes, rep.bytes), (5 * 84, 5 * 84));
+    // Frames on the wire: 56 bytes of ping data + ICMP 8 + IPv4 20 + Ethernet 14.
+    assert_eq!((req.bytes, rep.bytes), (5 * 98, 5 * 98));
 
     // TCP with nc over fixed ports, both directions redirected.
     let (tk, td) = tcp_key(pair.ip_a, pair.ip_b, 40000, 7000);
@@ -457,9 +457,9 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
     be.read_counters(&mut all).unwrap();
     assert_eq!(all.len(), 3, "only our three rules are reported: {all:?}");
     let find = |c: Cookie| all.iter().find(|(k, _)| *k == c).unwrap().1;
-    // 100 bytes of data + UDP 8 + IPv4 20.
-    assert_eq!((find(drop.cookie).packets, find(drop.cookie).bytes), (20, 20 * 128));
-    assert_eq!((find(mirror.cookie).packets, find(mirror.cookie).bytes), (15, 15 * 128));
+    // 100 bytes of data + UDP 8 + IPv4 20 + Ethernet 14.
+    assert_eq!((find(drop.cookie).packets, find(drop.cookie).bytes), (20, 20 * 142));
+    assert_eq!((find(mirror.cookie).packets, find(mirror.cookie).bytes), (15, 15 * 142));
     assert_eq!(find(pass.cookie).packets, 7);
 
     // Keep a dumped filter with live counters for the codec fixtures.
@@ -763,6 +763,11 @@ fn vlan_qinq_ipv6_and_mark_rules_match_their_traffic() {
     let mut all = Vec::new();
     be.read_counters(&mut all).unwrap();
     let count = |r: &RuleSpec| all.iter().find(|(c, _)| *c == r.cookie).map(|(_, s)| s.packets).unwrap();
+    let bytes = |r: &RuleSpec| all.iter().find(|(c, _)| *c == r.cookie).map(|(_, s)| s.bytes).unwrap();
+    // Bytes as on the wire: 50 of data, UDP 8, IP 20 (40 for v6), Ethernet 14, a tag 4 each.
+    assert_eq!(bytes(&vlan), 6 * (50 + 8 + 20 + 14 + 4));
+    assert_eq!(bytes(&qinq), 4 * (50 + 8 + 20 + 14 + 8));
+    assert_eq!(bytes(&v6), 3 * (50 + 8 + 40 + 14));
     assert_eq!(count(&vlan), 6, "802.1Q 100");
     assert_eq!(count(&vlan_other), 0, "802.1Q 101 saw nothing");
     assert_eq!(count(&untagged), 0, "the untagged rule ignores tagged frames");

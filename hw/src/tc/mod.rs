@@ -581,17 +581,39 @@ fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<FilterInf
         handle: v.handle,
         cookie,
         flags: fl.flags,
-        counters: action_counters(&act, now_ns)?,
+        counters: action_counters(&act, now_ns, sw_l2_len(&fl))?,
     }))
 }
 
-fn action_counters(act: &action::ActionView<'_>, now_ns: u64) -> Result<RuleCounters, attr::WireError> {
+/// Bytes per packet that the kernel's software path leaves out of its byte
+/// count: at the ingress hook a frame starts at its network header (or at
+/// the inner tag of a QinQ pair) and the outer VLAN tag sits in metadata,
+/// so the Ethernet header and that tag go uncounted.
+fn sw_l2_len(fl: &flower::FlowerView<'_>) -> u64 {
+    if fl.vlan.is_some() {
+        18
+    } else {
+        14
+    }
+}
+
+/// A rule's counters with bytes as on the wire (the unit the flow table
+/// counts in): the software share gets its frames' link-layer bytes back;
+/// hardware counts whole frames already.
+fn action_counters(act: &action::ActionView<'_>, now_ns: u64, sw_l2: u64) -> Result<RuleCounters, attr::WireError> {
     let s = act.stats()?.unwrap_or_default();
     let last_used_ns = act
         .tm()?
         .and_then(|t| t.last_hit_age_ticks())
         .map(|age| now_ns.saturating_sub(age.saturating_mul(stats::NS_PER_TICK)));
-    Ok(RuleCounters { packets: s.packets, bytes: s.bytes, hw_packets: s.hw_packets, hw_bytes: s.hw_bytes, last_used_ns })
+    let sw_packets = s.packets.saturating_sub(s.hw_packets);
+    Ok(RuleCounters {
+        packets: s.packets,
+        bytes: s.bytes.saturating_add(sw_packets.saturating_mul(sw_l2)),
+        hw_packets: s.hw_packets,
+        hw_bytes: s.hw_bytes,
+        last_used_ns,
+    })
 }
 
 /// Wall-clock nanoseconds since the Unix epoch, the clock packet sources
@@ -761,7 +783,8 @@ mod tests {
         assert_eq!(f.cookie, Cookie::new(0x1600, 1, flowtable_sw::Direction::LoToHi));
         assert_eq!((f.port, f.prio, f.handle), (3, 0x100, 2));
         assert_eq!(f.placement(), Placement::KernelSoftware);
-        assert_eq!((f.counters.packets, f.counters.bytes), (20, 2560));
+        // 20 frames of 142 bytes: tc's 128 from the IP header plus Ethernet.
+        assert_eq!((f.counters.packets, f.counters.bytes), (20, 20 * 142));
         let last = f.counters.last_used_ns.unwrap();
         assert!(last < now && now - last < 60 * 1_000_000_000, "hit within the recording's minute");
         assert!(filter_info(include_bytes!("testdata/dump-foreign-redirect.bin"), 0, now).unwrap().is_none());
