@@ -109,3 +109,107 @@ fn afpacket_stops_on_request_and_names_missing_interfaces() {
     assert!(start.elapsed() < Duration::from_secs(5));
     t.join().unwrap();
 }
+
+/// `flowtable run` with the tc backend on a bump in the wire: a foreign
+/// filter forwards everything between two veths; the daemon captures the
+/// first packets of each flow with AF_PACKET, classifies them, installs a
+/// drop rule for one flow, reads its counters back, ages it out and
+/// writes its record, and on SIGTERM leaves no rule of its own behind.
+#[test]
+fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
+    if !in_vm("daemon_offloads_live_flows_to_tc_and_ages_them_out") {
+        return;
+    }
+    let pair = Pair::new("e2", 44);
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!("tc qdisc add dev {from} clsact"));
+        sh(&format!("tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"));
+    }
+    let dir = std::path::Path::new("/tmp/ft-e2e");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let records = dir.join("records.jsonl");
+    let socket = dir.join("ft.sock");
+    let config = format!(
+        r#"{{
+  "instance_id": 3634,
+  "ports": [{{ "name": "{a}" }}, {{ "name": "{b}" }}],
+  "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
+  "timeouts": {{ "udp_s": 2 }},
+  "classifier": {{
+    "rules": [
+      {{ "name": "block", "match": {{ "proto": "udp", "server_ports": [6200] }}, "result": {{ "offload": {{ "type": "drop" }} }} }}
+    ],
+    "default": "software"
+  }},
+  "offload": {{ "poll_interval_ms": 200, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{rec}" }},
+  "control": {{ "socket": "{sock}" }},
+  "log": {{ "level": "info" }}
+}}"#,
+        a = pair.host_a,
+        b = pair.host_b,
+        rec = records.display(),
+        sock = socket.display()
+    );
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, config).unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_flowtable"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        assert!(start.elapsed() < Duration::from_secs(60), "daemon never opened its socket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let blocked = pair.udp_counted((5200, 6200), 30, 100, Duration::from_millis(50));
+    let allowed = pair.udp_counted((5300, 6300), 10, 100, Duration::from_millis(20));
+    println!("blocked flow: {blocked} of 30 reached B; software flow: {allowed} of 10");
+    assert_eq!(allowed, 10, "a flow left in software is untouched");
+    assert!((1..30).contains(&blocked), "the first packets pass, the rule drops the rest: {blocked}");
+
+    // Aging: the UDP timeout is 2 s, counters are read every 200 ms.
+    let find = |port: u16| -> Option<serde_json::Value> {
+        std::fs::read_to_string(&records).ok()?.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|r| r["dport"] == port)
+    };
+    let start = Instant::now();
+    let rec = loop {
+        if let Some(r) = find(6200) {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no record of the blocked flow");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("{rec}");
+    assert_eq!(rec["end_reason"], "idle");
+    assert_eq!(rec["orig"]["packets"], 30, "every packet counted once: software before the rule, tc after");
+    assert_eq!(rec["orig"]["bytes"], 30 * 142);
+    assert_eq!(rec["orig"]["sw_packets"], blocked as u64, "software counted what passed");
+    assert_eq!(rec["orig"]["hw_packets"], 30 - blocked as u64, "tc counted what it dropped");
+    assert_eq!(rec["offload"]["backend"], "tc");
+    assert_eq!(rec["offload"]["action"]["type"], "drop");
+    assert_eq!(rec["offload"]["placement"][0], "kernel-software");
+    let show = sh(&format!("tc filter show dev {} ingress", pair.host_a));
+    assert_eq!(show.matches(" handle ").count(), 1, "the aged flow's rules are gone:\n{show}");
+
+    // SIGTERM: the daemon ends what is left and leaves nothing of ours behind.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    let soft = find(6300).expect("record of the software flow");
+    assert_eq!(soft["orig"]["packets"], 10);
+    assert!(soft.get("offload").is_none() || soft["offload"].is_null());
+    for dev in [&pair.host_a, &pair.host_b] {
+        let show = sh(&format!("tc filter show dev {dev} ingress"));
+        assert_eq!(show.matches(" handle ").count(), 1, "only the foreign filter stays on {dev}:\n{show}");
+        assert!(show.contains("mirred"));
+    }
+}

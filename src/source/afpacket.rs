@@ -263,10 +263,17 @@ fn link_of(name: &str) -> (Option<LinkType>, u32) {
 impl AfPacketSource {
     /// Opens a ring on each named interface (port i = `ifaces[i]`).
     pub fn open(ifaces: &[String], cfg: AfPacketConfig) -> Result<AfPacketSource, SourceError> {
-        if ifaces.is_empty() {
+        let ports: Vec<(String, u8)> = ifaces.iter().enumerate().map(|(i, n)| (n.clone(), i as u8)).collect();
+        Self::open_ports(&ports, cfg)
+    }
+
+    /// Opens a ring on each interface, its frames marked with the given
+    /// ingress port index.
+    pub fn open_ports(ports: &[(String, u8)], cfg: AfPacketConfig) -> Result<AfPacketSource, SourceError> {
+        if ports.is_empty() {
             return Err(SourceError::Open { path: "af_packet".into(), message: "no interface given".into() });
         }
-        if ifaces.len() > 256 {
+        if ports.len() > 256 {
             return Err(SourceError::Open { path: "af_packet".into(), message: "more than 256 interfaces".into() });
         }
         let page = 4096;
@@ -279,9 +286,9 @@ impl AfPacketSource {
                 ),
             });
         }
-        let mut rings = Vec::with_capacity(ifaces.len());
-        for (i, name) in ifaces.iter().enumerate() {
-            rings.push(Self::open_ring(name, i as u8, &cfg)?);
+        let mut rings = Vec::with_capacity(ports.len());
+        for (name, ingress) in ports {
+            rings.push(Self::open_ring(name, *ingress, &cfg)?);
         }
         let pollfds = rings
             .iter()
@@ -477,6 +484,17 @@ impl AfPacketSource {
 }
 
 impl PacketSource for AfPacketSource {
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.next_packet_within(Duration::ZERO)
+    }
+
     /// Blocks until a frame arrives; `None` only once the stop flag is set.
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
         loop {

@@ -112,6 +112,30 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Sends `count` datagrams from A's address to B's (`ports`: source,
+    /// destination) while B listens; returns how many B received.
+    pub fn udp_counted(&self, (sport, dport): (u16, u16), count: usize, payload: usize, gap: Duration) -> usize {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns_b, ip_b) = (self.ns_b.clone(), self.ip_b);
+        let receiver = std::thread::spawn(move || {
+            enter_netns(&ns_b);
+            let s = UdpSocket::bind((ip_b, dport)).expect("bind receiver");
+            s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            while s.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        });
+        ready_rx.recv().unwrap();
+        self.send_udp((self.ip_a, sport), (self.ip_b, dport), count, payload, gap);
+        receiver.join().unwrap()
+    }
+}
+
 impl Drop for Pair {
     fn drop(&mut self) {
         self.cleanup();
