@@ -2,6 +2,7 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
+use flowtable_offload::BATCH;
 use flowtable_sw::{Direction, FlowKey, Fragment, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -34,6 +35,8 @@ pub struct TableBench {
     pub flows: usize,
     pub insert_per_s: f64,
     pub lookup_per_s: f64,
+    /// Lookups in batches of `BATCH` with their memory prefetched.
+    pub batched_lookup_per_s: f64,
     pub peer_insert_per_s: f64,
     pub peer_lookup_per_s: f64,
     pub flow_struct_bytes: usize,
@@ -60,8 +63,8 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
 
-    let start = Instant::now();
     let now = n as u64;
+    let start = Instant::now();
     for &i in &order {
         let p = &pkts[i as usize];
         if let Lookup::Found(id) = t.lookup_or_insert(p, now) {
@@ -69,6 +72,25 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         }
     }
     let lookup = start.elapsed().as_secs_f64();
+
+    // The same lookups in batches, as the replay and the daemon make them.
+    let start = Instant::now();
+    for chunk in order.chunks(BATCH) {
+        let mut hashes = [0u64; BATCH];
+        for (h, &i) in hashes.iter_mut().zip(chunk) {
+            *h = t.prefetch_index(&pkts[i as usize].key);
+        }
+        for h in &hashes[..chunk.len()] {
+            t.prefetch_flow(*h);
+        }
+        for (h, &i) in hashes.iter().zip(chunk) {
+            let p = &pkts[i as usize];
+            if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, *h, now) {
+                t.observe(id, p, now, true);
+            }
+        }
+    }
+    let batched = start.elapsed().as_secs_f64();
     black_box(&t);
     let table_bytes = t.heap_bytes() as f64 / n as f64;
     drop(t);
@@ -107,6 +129,7 @@ pub fn table(n: usize, lookups: usize) -> TableBench {
         flows: n,
         insert_per_s: n as f64 / insert,
         lookup_per_s: lookups as f64 / lookup,
+        batched_lookup_per_s: lookups as f64 / batched,
         peer_insert_per_s: n as f64 / peer_insert,
         peer_lookup_per_s: lookups as f64 / peer_lookup,
         flow_struct_bytes: std::mem::size_of::<flowtable_sw::Flow>(),
@@ -120,6 +143,7 @@ pub fn table_report(b: &TableBench) -> String {
         "flow table, {} flows (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, memory prefetched)\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
         b.insert_per_s,
@@ -128,6 +152,10 @@ pub fn table_report(b: &TableBench) -> String {
         b.lookup_per_s,
         b.peer_lookup_per_s,
         b.lookup_per_s / b.peer_lookup_per_s,
+        b.batched_lookup_per_s,
+        b.peer_lookup_per_s,
+        b.batched_lookup_per_s / b.peer_lookup_per_s,
+        BATCH,
         b.table_bytes_per_flow,
         b.flow_struct_bytes,
         b.peer_bytes_per_flow,
@@ -161,14 +189,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_command(cmd: &mut std::process::Command) -> Result<f64, String> {
+/// Runs a command to its end and returns its wall time; one that runs past
+/// `limit` is killed and reported, so a peer that hangs can't hang the bench.
+fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<f64, String> {
+    use std::process::Stdio;
+    let name = format!("{:?}", cmd.get_program());
     let start = Instant::now();
-    let out = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).output();
-    let elapsed = start.elapsed().as_secs_f64();
-    match out {
-        Ok(o) if o.status.success() => Ok(elapsed),
-        Ok(o) => Err(format!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&o.stderr).trim())),
-        Err(e) => Err(format!("{:?}: {e}", cmd.get_program())),
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    loop {
+        match child.try_wait().map_err(|e| format!("{name}: {e}"))? {
+            Some(status) if status.success() => return Ok(start.elapsed().as_secs_f64()),
+            Some(status) => return Err(format!("{name} failed: {status}")),
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{name} still running after {limit:?}; killed"));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
     }
 }
 
@@ -213,26 +256,29 @@ pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Resu
     let mut proc_s = Vec::new();
     let mut sf_s = Vec::new();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let ctl = std::env::temp_dir().join(format!("flowtable-bench-{}.ctl", std::process::id()));
-    let pid = std::env::temp_dir().join(format!("flowtable-bench-{}.pid", std::process::id()));
+    let limit = std::time::Duration::from_secs(600);
     for run in 0..runs {
+        // softflowd keeps a pid file: a fresh one each run.
+        let pid = std::env::temp_dir().join(format!("flowtable-bench-{}-{run}.pid", std::process::id()));
         if run > 0 {
             mem.push(one(&software)?.0.packets_per_second());
         }
         mem_off.push(one(&offload)?.0.packets_per_second());
-        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path))?);
+        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path), limit)?);
         sf_s.push(
             time_command(
+                // No control socket: with some socket paths softflowd 1.1.0
+                // waits on it forever after the file ends.
                 std::process::Command::new("softflowd")
-                    .args(["-d", "-6", "-m", "4194304", "-r"])
+                    .args(["-d", "-6", "-m", "4194304", "-c", "none", "-r"])
                     .arg(&path)
-                    .arg("-c")
-                    .arg(&ctl)
                     .arg("-p")
                     .arg(&pid),
+                limit,
             )
             .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
         );
+        let _ = std::fs::remove_file(&pid);
     }
     if file.is_none() {
         let _ = std::fs::remove_file(&path);

@@ -26,7 +26,7 @@ pub const DEMO_CONFIG: &str = r#"{
         "trigger": { "after_packets": 16 }, "result": { "offload": { "type": "pass" } } }
     ]
   },
-  "timeouts": { "tcp_handshake_s": 5, "tcp_established_s": 15, "tcp_closing_s": 2, "tcp_closed_s": 1,
+  "timeouts": { "tcp_handshake_s": 5, "tcp_established_s": 15, "tcp_closing_s": 5, "tcp_closed_s": 2,
                 "udp_s": 5, "icmp_s": 5, "other_s": 10 },
   "offload": { "poll_interval_ms": 100, "batch_size": 512 },
   "backend": { "kind": "sim", "profile": "full" }
@@ -77,14 +77,24 @@ pub struct DemoOutcome {
     pub flows_checked: usize,
 }
 
-type Tuple = (String, u16, String, u16, u8, u16);
+/// A flow's endpoints in a fixed order, whichever side spoke first: a flow
+/// that ended and started again by its other side is the same conversation.
+type Tuple = ((String, u16), (String, u16), u8, u16);
+
+fn tuple(a: (String, u16), b: (String, u16), proto: u8, vlan: u16) -> Tuple {
+    if a <= b {
+        (a, b, proto, vlan)
+    } else {
+        (b, a, proto, vlan)
+    }
+}
 
 /// Packet rate of the demo's traffic, in packets per second of packet time.
 pub const DEMO_RATE_PPS: f64 = 20_000.0;
 
 /// Runs the generator through `engine`, then compares every record with the
-/// generator's ground truth (summed per 5-tuple and VLAN, since a flow may
-/// end by timeout and start again).
+/// generator's ground truth, summed per conversation (address/port pair,
+/// protocol, VLAN), since a flow may end by timeout and start again.
 pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<DemoOutcome, String> {
     let source = SyntheticSource::new(synth).map_err(|e| e.to_string())?;
     let mut source = Progress::new(source, progress);
@@ -94,7 +104,7 @@ pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<De
 
     let mut ours: HashMap<Tuple, (u64, u64)> = HashMap::new();
     for r in &records {
-        let e = ours.entry((r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto, r.vlan)).or_default();
+        let e = ours.entry(tuple((r.src.clone(), r.sport), (r.dst.clone(), r.dport), r.proto, r.vlan)).or_default();
         e.0 += r.packets();
         e.1 += r.bytes();
     }
@@ -102,7 +112,7 @@ pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<De
     for f in source.inner().flows() {
         let ends = f.key.endpoints(f.client_dir);
         let e = truth
-            .entry((ends.src.to_string(), ends.sport, ends.dst.to_string(), ends.dport, f.key.proto, f.key.vlan_outer))
+            .entry(tuple((ends.src.to_string(), ends.sport), (ends.dst.to_string(), ends.dport), f.key.proto, f.key.vlan_outer))
             .or_default();
         e.0 += f.total_packets();
         e.1 += f.total_bytes();

@@ -106,7 +106,7 @@ enum BenchCommand {
         #[arg(long)]
         file: Option<PathBuf>,
         /// Packets of synthetic traffic when no file is given.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
         /// Runs of each side; the median is reported.
         #[arg(long, default_value_t = 3)]

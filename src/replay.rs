@@ -3,9 +3,9 @@
 //! clock, so a capture replays as it happened, only faster.
 
 use crate::source::{PacketSource, SourceError};
-use flowtable_offload::{Engine, FlowRecord};
+use flowtable_offload::{Engine, FlowRecord, BATCH};
 use flowtable_sw::parse::parse_packet;
-use flowtable_sw::{SkipCounters, SkipReason};
+use flowtable_sw::{PacketInfo, SkipCounters, SkipReason};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -61,6 +61,9 @@ pub fn replay(
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let mut sum = ReplaySummary::default();
+    // Packets for software wait here so their lookups go in one batch.
+    let mut batch: Vec<PacketInfo> = Vec::with_capacity(BATCH);
+    let mut batch_ts: Vec<u64> = Vec::with_capacity(BATCH);
     let mut next_poll = 0u64;
     let mut now = 0u64;
     let result = loop {
@@ -82,6 +85,9 @@ pub fn replay(
             engine.backend_mut().set_clock(now);
         }
         if now >= next_poll {
+            engine.process_batch(&batch, &batch_ts);
+            batch.clear();
+            batch_ts.clear();
             engine.poll(now);
             next_poll = now + POLL_TICK_NS;
             for r in engine.drain_records() {
@@ -103,9 +109,16 @@ pub fn replay(
             sum.nic_packets += 1;
         } else {
             sum.sw_packets += 1;
-            engine.process(&info, now);
+            batch.push(info);
+            batch_ts.push(now);
+            if batch.len() == BATCH {
+                engine.process_batch(&batch, &batch_ts);
+                batch.clear();
+                batch_ts.clear();
+            }
         }
     };
+    engine.process_batch(&batch, &batch_ts);
     // What was read is kept even when the source broke off: flows end and
     // their records are written before the error is reported.
     engine.poll(now);

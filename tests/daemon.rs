@@ -745,3 +745,20 @@ fn socket_lifecycle_not_running_stale_and_busy_path() {
     let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.pcap"));
 }
+
+#[test]
+fn exit_when_done_ends_after_the_capture_with_every_record_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ft.sock");
+    let records = dir.path().join("records.jsonl");
+    let config = dir.path().join("c.json");
+    let sections = format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source("netflix.pcap", "fast"));
+    std::fs::write(&config, Daemon::config_text(&sections, &socket, &records)).unwrap();
+    let out = Command::new(BIN).args(["run", "--exit-when-done", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!socket.exists());
+    let written: Vec<Value> =
+        std::fs::read_to_string(&records).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (want, _) = replay(&capture("netflix.pcap"), &config);
+    assert_counts_equal(&counts_of_records(&written), &counts_of_records(&want));
+}

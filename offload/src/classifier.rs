@@ -23,8 +23,10 @@ pub enum Decision {
 pub const CLASS_DEFAULT: u8 = u8::MAX;
 /// The `Flow::class` value of flows decided by an application's verdict.
 pub const CLASS_VERDICT: u8 = u8::MAX - 1;
-/// Most rules: `Flow::class` is a byte, with two values reserved.
-pub const MAX_RULES: usize = u8::MAX as usize - 2;
+/// The `Flow::class` value of flows decided by a rule that a reload removed.
+pub const CLASS_RETIRED: u8 = u8::MAX - 2;
+/// Most rules: `Flow::class` is a byte, with three values reserved.
+pub const MAX_RULES: usize = u8::MAX as usize - 3;
 
 struct CompiledRule {
     name: String,
@@ -134,6 +136,7 @@ impl Classifier {
             0 => None,
             CLASS_DEFAULT => Some("default"),
             CLASS_VERDICT => Some("verdict"),
+            CLASS_RETIRED => Some("(rule removed by reload)"),
             c => self.rules.get(c as usize - 1).map(|r| r.name.as_str()),
         }
     }
@@ -176,11 +179,24 @@ impl Classifier {
         }
     }
 
+    /// Where the rule a flow was decided by stands in `new` (matched by
+    /// name), for a reload: a flow keeps naming the rule that decided it.
+    pub fn remap_class(&self, class: u8, new: &Classifier) -> u8 {
+        match class {
+            0 | CLASS_DEFAULT | CLASS_VERDICT | CLASS_RETIRED => class,
+            c => self
+                .rules
+                .get(c as usize - 1)
+                .and_then(|old| new.rules.iter().position(|r| r.name == old.name))
+                .map_or(CLASS_RETIRED, |i| i as u8 + 1),
+        }
+    }
+
     /// The action an `offload` verdict uses: that of the rule the flow
     /// matched, if it offloads, else `pass`.
     pub fn action_for(&self, flow: &Flow) -> Action {
         match flow.class {
-            0 | CLASS_VERDICT => None,
+            0 | CLASS_VERDICT | CLASS_RETIRED => None,
             CLASS_DEFAULT => Some(self.default),
             c => self.rules.get(c as usize - 1).map(|r| r.result),
         }

@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 
 const DIRS: [Direction; 2] = [Direction::LoToHi, Direction::HiToLo];
 
+/// Most packets `process_batch` takes at once.
+pub const BATCH: usize = 32;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
     pub instance_id: u32,
@@ -233,15 +236,13 @@ impl Engine {
     /// Replaces the classifier and timeouts (configuration reload). Flows
     /// already decided keep their decision; undecided ones are matched anew.
     pub fn reload(&mut self, classifier: Classifier, timeouts: flowtable_sw::Timeouts) {
-        self.classifier = classifier;
         self.table.set_timeouts(timeouts);
         for id in self.table.ids() {
             if let Some(f) = self.table.get_mut(id) {
-                if f.stage == Stage::Tracking {
-                    f.class = 0;
-                }
+                f.class = if f.stage == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
             }
         }
+        self.classifier = classifier;
     }
 
     /// Starts keeping events for `drain_events`.
@@ -275,10 +276,34 @@ impl Engine {
     /// and classifies flows that are still undecided.
     #[inline]
     pub fn process(&mut self, pkt: &PacketInfo, now_ns: u64) {
+        let hash = self.table.hash(&pkt.key);
+        self.process_hashed(pkt, hash, now_ns);
+    }
+
+    /// `process` for a batch of packets (at most `BATCH`), with `ts_ns[i]`
+    /// the time of `pkts[i]`. The memory each lookup needs is requested for
+    /// the whole batch first, so the loads overlap; then the packets are
+    /// handled in order, exactly as one `process` call each.
+    pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
+        let n = pkts.len().min(ts_ns.len()).min(BATCH);
+        let mut hashes = [0u64; BATCH];
+        for (h, p) in hashes.iter_mut().zip(&pkts[..n]) {
+            *h = self.table.prefetch_index(&p.key);
+        }
+        for h in &hashes[..n] {
+            self.table.prefetch_flow(*h);
+        }
+        for i in 0..n {
+            self.process_hashed(&pkts[i], hashes[i], ts_ns[i]);
+        }
+    }
+
+    #[inline]
+    fn process_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) {
         if now_ns > self.now_ns {
             self.now_ns = now_ns;
         }
-        let id = match self.table.lookup_or_insert(pkt, now_ns) {
+        let id = match self.table.lookup_or_insert_hashed(pkt, hash, now_ns) {
             Lookup::Found(id) => id,
             Lookup::Inserted { id, evicted } => {
                 self.stats.flows_created += 1;

@@ -301,3 +301,25 @@ fn shutdown_removes_every_rule_and_writes_every_record() {
     assert!(counters.is_empty());
     assert_eq!(e.rules_live(), 0);
 }
+
+#[test]
+fn reload_keeps_the_names_of_the_rules_that_decided() {
+    let cfg = r#"{"classifier": {"rules": [
+        {"name": "dns", "match": {"proto": "udp", "server_ports": [53]}, "result": "software"},
+        {"name": "web", "match": {"proto": "tcp"}, "result": "software"}]}}"#;
+    let mut e = engine(cfg, SimProfile::full());
+    feed(&mut e, &pkt(1, 1000, 53, 17, true, 0, 80), 0);
+    feed(&mut e, &pkt(2, 1000, 80, 6, true, TCP_SYN, 60), 0);
+    let names = |e: &Engine| {
+        let mut v: Vec<String> = e.flows().map(|(id, _)| e.flow(id).unwrap().class.unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&e), vec!["dns", "web"]);
+    // The new configuration drops "dns" and puts "web" first.
+    let new = parse("new.json", r#"{"classifier": {"rules": [
+        {"name": "web", "match": {"proto": "tcp"}, "result": "software"},
+        {"name": "ssh", "match": {"proto": "tcp", "server_ports": [22]}, "result": "software"}]}}"#).unwrap();
+    e.reload(flowtable_offload::Classifier::new(&new.classifier).unwrap(), new.timeouts.to_timeouts());
+    assert_eq!(names(&e), vec!["(rule removed by reload)", "web"]);
+}

@@ -310,6 +310,17 @@ pub struct Stats {
     pub sources: Vec<SourceStatus>,
     pub records: RecordsStatus,
     pub subscribers: usize,
+    #[serde(default)]
+    pub control: ControlStats,
+}
+
+/// What answering control requests has cost the engine thread.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Engine-thread CPU time spent answering them, in seconds.
+    pub cpu_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

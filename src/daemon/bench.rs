@@ -53,14 +53,28 @@ pub struct ControlBench {
     pub fill_s: f64,
     pub requests: Vec<RequestRate>,
     pub packets_per_run: u64,
-    pub flows_at_end_of_run: Vec<usize>,
+    /// Packets per second of wall time, each run.
     pub pps_no_client: Vec<f64>,
     pub pps_polled: Vec<f64>,
+    /// Packets per second of the engine thread's CPU time, each run: what
+    /// the loop does with the CPU it gets, whatever else the machine runs.
+    pub cpu_pps_no_client: Vec<f64>,
+    pub cpu_pps_polled: Vec<f64>,
     pub polls: Vec<u64>,
     pub median_pps_no_client: f64,
     pub median_pps_polled: f64,
-    /// How much slower the packet loop ran with the client polling, in %.
+    /// How much slower the loop ran with the client polling, in % of wall rate.
     pub polling_cost_pct: f64,
+    pub median_cpu_pps_no_client: f64,
+    pub median_cpu_pps_polled: f64,
+    /// The same in % of the CPU rate.
+    pub polling_cost_cpu_pct: f64,
+    /// Share of the engine thread's CPU the answers took in polled runs, %.
+    pub engine_cpu_answering_pct: f64,
+    /// Engine-thread CPU one poll (stats + top 20) costs, ms (median).
+    pub engine_cpu_per_poll_ms: f64,
+    /// Live flows when a packet run ended (what each poll scanned, at most).
+    pub flows_at_end_of_run: usize,
 }
 
 struct InProcess {
@@ -71,12 +85,12 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn start(sections: &str) -> Result<InProcess, String> {
+    fn start(sections: &str, exit_when_done: bool) -> Result<InProcess, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let socket = dir.path().join("bench.sock");
         let text = format!(r#"{{"control": {{"socket": {:?}}}, {sections}}}"#, socket.display().to_string());
         let config = flowtable_config::parse("(bench configuration)", &text).map_err(|e| e.to_string())?;
-        let controls = Controls::default();
+        let controls = Controls { exit_when_done, ..Controls::default() };
         let c = controls.clone();
         let thread = std::thread::Builder::new()
             .name("engine".into())
@@ -171,7 +185,7 @@ fn requests(flows: u64, n: usize) -> Result<(usize, f64, Vec<RequestRate>), Stri
         (flows as usize).next_power_of_two().max(1 << 20)
     );
     let t = Instant::now();
-    let daemon = InProcess::start(&sections)?;
+    let daemon = InProcess::start(&sections, false)?;
     let mut client = daemon.client()?;
     let stats = daemon.wait_sources(&mut client)?;
     let fill_s = t.elapsed().as_secs_f64();
@@ -195,71 +209,112 @@ fn requests(flows: u64, n: usize) -> Result<(usize, f64, Vec<RequestRate>), Stri
     Ok((stats.flows.live, fill_s, rates))
 }
 
-/// One packet-rate run: packets/s of the loop, flows at its end, polls made.
-fn packet_run(packets: u64, poll: Option<Duration>) -> Result<(f64, usize, u64), String> {
+/// One packet-rate run. The daemon stops by itself when its source
+/// ends, so nothing but the poller (if any) talks to it during the run.
+struct PacketRun {
+    /// Packets per second of wall time.
+    pps: f64,
+    /// Packets per second of the engine thread's CPU time.
+    pps_cpu: f64,
+    polls: u64,
+    /// Share of the engine thread's CPU time spent answering requests, %.
+    answering_pct: f64,
+    /// Engine-thread CPU per poll (two requests), ms.
+    cpu_per_poll_ms: f64,
+    flows_at_end: usize,
+}
+
+fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String> {
     let sections = format!(
         r#""classifier": {{"rules": [{{"name": "bypass", "match": {{}}, "trigger": {{"after_packets": 16}},
             "result": {{"offload": {{"type": "pass"}}}}}}]}},
         "offload": {{"poll_interval_ms": 100}},
         "sources": [{{"synthetic": {{"flows": 100000000, "max_packets": {packets}, "seed": 11, "pace": "fast"}}}}]"#
     );
-    let daemon = InProcess::start(&sections)?;
+    let mut daemon = InProcess::start(&sections, true)?;
+    let thread = daemon.thread.take().expect("running");
     let stop = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicU64::new(0));
     let poller = poll.map(|period| {
         let (stop, polls, socket) = (stop.clone(), polls.clone(), daemon.socket.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            let mut c = Client::connect(Path::new(&socket))?;
+        std::thread::spawn(move || {
+            let Ok(mut c) = Client::connect(Path::new(&socket)) else { return };
             let mut next = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                c.call(&Command::Stats {})?;
-                c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) })?;
+                // The daemon going away at the end of its source ends the run.
+                if c.call(&Command::Stats {}).is_err()
+                    || c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) }).is_err()
+                {
+                    return;
+                }
                 polls.fetch_add(1, Ordering::SeqCst);
                 next += period;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            Ok(())
         })
     });
-    let mut client = daemon.client()?;
-    let stats = daemon.wait_sources(&mut client)?;
+    let summary = thread.join().map_err(|_| "the daemon thread panicked".to_string())??;
     stop.store(true, Ordering::SeqCst);
     if let Some(p) = poller {
-        p.join().map_err(|_| "poller panicked".to_string())??;
+        let _ = p.join();
     }
-    drop(client);
-    daemon.stop()?;
-    let src = &stats.sources[0];
-    Ok((src.packets as f64 / src.wall_s.max(1e-9), stats.flows.live, polls.load(Ordering::SeqCst)))
+    let src = summary.sources.first().ok_or("no source")?;
+    if let Some(e) = &src.error {
+        return Err(e.clone());
+    }
+    Ok(PacketRun {
+        pps: src.packets as f64 / src.wall_s.max(1e-9),
+        pps_cpu: src.packets as f64 / summary.engine_cpu_s.max(1e-9),
+        polls: polls.load(Ordering::SeqCst),
+        answering_pct: 100.0 * summary.control.cpu_s / summary.engine_cpu_s.max(1e-9),
+        cpu_per_poll_ms: summary.control.cpu_s * 1e3 / (summary.control.requests as f64 / 2.0).max(1.0),
+        flows_at_end: summary.flows_at_exit,
+    })
 }
 
 pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
     let (live_flows, fill_s, rates) = requests(a.flows, a.requests.max(1))?;
     let mut idle = Vec::new();
     let mut polled = Vec::new();
+    let mut idle_cpu = Vec::new();
+    let mut polled_cpu = Vec::new();
     let mut polls = Vec::new();
-    let mut flows_at_end = Vec::new();
+    let mut answering = Vec::new();
+    let mut per_poll = Vec::new();
+    let mut flows_at_end = 0;
     for _ in 0..a.runs.max(1) {
-        let (pps, flows, _) = packet_run(a.packets, None)?;
-        idle.push(pps);
-        flows_at_end.push(flows);
-        let (pps, _, n) = packet_run(a.packets, Some(Duration::from_millis(a.poll_ms.max(1))))?;
-        polled.push(pps);
-        polls.push(n);
+        let r = packet_run(a.packets, None)?;
+        idle.push(r.pps);
+        idle_cpu.push(r.pps_cpu);
+        let r = packet_run(a.packets, Some(Duration::from_millis(a.poll_ms.max(1))))?;
+        polled.push(r.pps);
+        polled_cpu.push(r.pps_cpu);
+        polls.push(r.polls);
+        answering.push(r.answering_pct);
+        per_poll.push(r.cpu_per_poll_ms);
+        flows_at_end = r.flows_at_end;
     }
-    let (mi, mp) = (median(&idle), median(&polled));
+    let cost = |a: f64, b: f64| 100.0 * (a - b) / a.max(1e-9);
+    let (mi, mp, ci, cp) = (median(&idle), median(&polled), median(&idle_cpu), median(&polled_cpu));
     Ok(ControlBench {
         live_flows,
         fill_s,
         requests: rates,
         packets_per_run: a.packets,
-        flows_at_end_of_run: flows_at_end,
         pps_no_client: idle,
         pps_polled: polled,
+        cpu_pps_no_client: idle_cpu,
+        cpu_pps_polled: polled_cpu,
         polls,
         median_pps_no_client: mi,
         median_pps_polled: mp,
-        polling_cost_pct: 100.0 * (mi - mp) / mi.max(1e-9),
+        polling_cost_pct: cost(mi, mp),
+        median_cpu_pps_no_client: ci,
+        median_cpu_pps_polled: cp,
+        polling_cost_cpu_pct: cost(ci, cp),
+        engine_cpu_answering_pct: median(&answering),
+        engine_cpu_per_poll_ms: median(&per_poll),
+        flows_at_end_of_run: flows_at_end,
     })
 }
 
@@ -277,14 +332,25 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
         .collect();
     o.push_str(&crate::report::table(&["request", "rate", "median", "p99"], &rows, &[1, 2, 3]));
     o.push_str(&format!(
-        "\npacket loop, {} packets a run (synthetic, fast), median of {}:\n  no client:             {}\n  client every {} ms:    {}  ({:.0} polls a run)\n  polling cost:          {:.1}%\n",
+        "\npacket loop, {} packets a run (synthetic, fast), median of {} runs each:\n",
         count(b.packets_per_run),
-        b.pps_no_client.len(),
-        rate(b.median_pps_no_client, "pkt"),
-        a.poll_ms,
-        rate(b.median_pps_polled, "pkt"),
-        b.polls.iter().sum::<u64>() as f64 / b.polls.len().max(1) as f64,
-        b.polling_cost_pct
+        b.pps_no_client.len()
+    ));
+    let rows = vec![
+        vec!["no client".to_string(), rate(b.median_pps_no_client, "pkt"), rate(b.median_cpu_pps_no_client, "pkt")],
+        vec![
+            format!("client every {} ms ({:.0} polls a run)", a.poll_ms, b.polls.iter().sum::<u64>() as f64 / b.polls.len().max(1) as f64),
+            rate(b.median_pps_polled, "pkt"),
+            rate(b.median_cpu_pps_polled, "pkt"),
+        ],
+        vec!["polling cost".to_string(), format!("{:.1}%", b.polling_cost_pct), format!("{:.1}%", b.polling_cost_cpu_pct)],
+    ];
+    o.push_str(&crate::report::table(&["", "wall-clock rate", "engine-CPU rate"], &rows, &[1, 2]));
+    o.push_str(&format!(
+        "engine thread CPU spent answering the poller: {:.2}% of its time; {:.2} ms a poll (stats + top 20 of up to {} flows)\n",
+        b.engine_cpu_answering_pct,
+        b.engine_cpu_per_poll_ms,
+        count(b.flows_at_end_of_run as u64)
     ));
     o
 }

@@ -14,7 +14,7 @@ pub mod sources;
 
 use crate::control::server::{self, Answer, Job, Server, Subscriber};
 use crate::control::{
-    Command, ConfigStatus, ControlError, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats, SourceStatus,
+    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats, SourceStatus,
     Stats, DEFAULT_PAGE, MAX_PAGE,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Listen here instead of the configuration's `control.socket`.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Stop (as on SIGTERM) once every source has ended, instead of serving on.
+    #[arg(long)]
+    pub exit_when_done: bool,
 }
 
 /// Flags the loop watches: set from signal handlers, or by a caller that
@@ -62,6 +65,8 @@ pub struct RunArgs {
 pub struct Controls {
     pub stop: Arc<AtomicBool>,
     pub reload: Arc<AtomicBool>,
+    /// Stop once every source has ended.
+    pub exit_when_done: bool,
 }
 
 impl Controls {
@@ -95,7 +100,8 @@ pub fn main(args: RunArgs) -> Result<(), String> {
         config.control.socket = s.display().to_string();
     }
     init_logging(&config.log)?;
-    let controls = Controls::from_signals()?;
+    let mut controls = Controls::from_signals()?;
+    controls.exit_when_done = args.exit_when_done;
     run(config, Some(args.config), &controls).map(|_| ())
 }
 
@@ -108,6 +114,10 @@ pub struct RunSummary {
     /// Rules still installed after the stop (kept on purpose, or failed).
     pub rules_left: usize,
     pub records_written: u64,
+    pub sources: Vec<SourceStatus>,
+    pub control: ControlStats,
+    /// CPU time the engine thread used from start to stop (before shutdown).
+    pub engine_cpu_s: f64,
 }
 
 /// The daemon's clock, in ns since the Unix epoch. It runs with wall time,
@@ -175,6 +185,8 @@ struct Daemon {
     records: Option<RecordsWriter>,
     record_errors: u64,
     subscribers: Vec<Subscriber>,
+    requests: u64,
+    request_cpu_ns: u64,
     skipped: SkipCounters,
     received: u64,
     received_bytes: u64,
@@ -220,6 +232,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         records,
         record_errors: 0,
         subscribers: Vec::new(),
+        requests: 0,
+        request_cpu_ns: 0,
         skipped: SkipCounters::default(),
         received: 0,
         received_bytes: 0,
@@ -227,8 +241,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         sw_packets: 0,
         samples: VecDeque::new(),
     };
+    let cpu_at_start = thread_cpu_ns();
     daemon.run_loop(&jobs_rx, controls);
-    let summary = daemon.shutdown();
+    let engine_cpu_s = thread_cpu_ns().saturating_sub(cpu_at_start) as f64 / 1e9;
+    let mut summary = daemon.shutdown();
+    summary.engine_cpu_s = engine_cpu_s;
     // Requests still queued are answered "shutting down" as their reply
     // channels close; then the socket goes.
     drop(jobs_rx);
@@ -262,6 +279,10 @@ impl Daemon {
         loop {
             if controls.stop.load(Ordering::Relaxed) {
                 tracing::info!("stop requested");
+                return;
+            }
+            if controls.exit_when_done && self.slots.iter().all(|s| !s.running()) {
+                tracing::info!("every source has ended: stopping");
                 return;
             }
             if controls.reload.swap(false, Ordering::Relaxed) {
@@ -453,7 +474,10 @@ impl Daemon {
     }
 
     fn answer(&mut self, job: Job) {
+        let started = thread_cpu_ns();
         let result = self.handle(job.cmd);
+        self.requests += 1;
+        self.request_cpu_ns += thread_cpu_ns().saturating_sub(started);
         // A client that gave up waiting is simply gone.
         let _ = job.reply.send(result);
     }
@@ -600,26 +624,7 @@ impl Daemon {
                 untracked,
             },
             ended: st.ended_by.clone(),
-            sources: self
-                .slots
-                .iter()
-                .map(|s| SourceStatus {
-                    name: s.name.clone(),
-                    state: match &s.state {
-                        SlotState::Running => "running",
-                        SlotState::Done => "done",
-                        SlotState::Failed(_) => "failed",
-                    }
-                    .to_string(),
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    wall_s: s.wall_s(),
-                    error: match &s.state {
-                        SlotState::Failed(m) => Some(m.clone()),
-                        _ => None,
-                    },
-                })
-                .collect(),
+            sources: self.source_status(),
             records: RecordsStatus {
                 path: self.records.as_ref().map(|w| w.path().display().to_string()),
                 written: self.records.as_ref().map_or(0, |w| w.written),
@@ -627,7 +632,34 @@ impl Daemon {
                 errors: self.record_errors,
             },
             subscribers: self.subscribers.len(),
+            control: self.control_stats(),
         }
+    }
+
+    fn control_stats(&self) -> ControlStats {
+        ControlStats { requests: self.requests, cpu_s: self.request_cpu_ns as f64 / 1e9 }
+    }
+
+    fn source_status(&self) -> Vec<SourceStatus> {
+        self.slots
+            .iter()
+            .map(|s| SourceStatus {
+                name: s.name.clone(),
+                state: match &s.state {
+                    SlotState::Running => "running",
+                    SlotState::Done => "done",
+                    SlotState::Failed(_) => "failed",
+                }
+                .to_string(),
+                packets: s.packets,
+                bytes: s.bytes,
+                wall_s: s.wall_s(),
+                error: match &s.state {
+                    SlotState::Failed(m) => Some(m.clone()),
+                    _ => None,
+                },
+            })
+            .collect()
     }
 
     /// SIGHUP: the classifier and timeouts from the file, or, if the file is
@@ -713,7 +745,15 @@ impl Daemon {
             record_errors = self.record_errors,
             "stopped: every live flow ended with its record"
         );
-        RunSummary { flows_at_exit, rules_removed_at_exit: rules_before - rules_left, rules_left, records_written }
+        RunSummary {
+            flows_at_exit,
+            rules_removed_at_exit: rules_before - rules_left,
+            rules_left,
+            records_written,
+            sources: self.source_status(),
+            control: self.control_stats(),
+            engine_cpu_s: 0.0,
+        }
     }
 }
 
@@ -727,6 +767,17 @@ fn start_for(pace: Pace, now: u64, first_ts: u64) -> u64 {
         Pace::Timestamps => now,
         Pace::Fast => now + (first_ts % S + S - now % S) % S,
     }
+}
+
+/// CPU time of the calling thread, in ns: what a piece of work cost the
+/// engine thread, whatever else the machine runs.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ControlError> {

@@ -3,7 +3,9 @@
 //! and the context applications attach to flows.
 
 pub mod context;
+pub mod index;
 pub mod key;
+pub mod memory;
 pub mod packet;
 pub mod parse;
 pub mod table;

@@ -3,15 +3,17 @@
 //! expiry through the timer wheel.
 //!
 //! Slots live in one vector reserved up to the configured maximum, so the
-//! packet path never reallocates; the index is a `hashbrown` table of slot
-//! numbers hashed with a per-process random seed (no hash flooding).
+//! packet path never reallocates; the index (`index.rs`) maps a key's hash,
+//! seeded per process (no hash flooding), to its slot. Lookups can be
+//! batched: `prefetch_index` and `prefetch_flow` start the memory loads of
+//! a batch before any of its packets is handled.
 
 use crate::key::{Direction, FlowKey};
 use crate::packet::{Fragment, PacketInfo};
 use crate::tcp::TcpState;
+use crate::index::{prefetch, FlowIndex};
 use crate::timer::{TimerEntry, TimerWheel};
 use core::hash::BuildHasher;
-use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 
 /// A flow's identity: slot index and the slot's generation, so an id held
@@ -91,14 +93,14 @@ impl Stage {
 
 const FLAG_INITIATOR_HI: u8 = 1 << 0;
 const FLAG_FIN_SHIFT: u8 = 1;
-const FLAG_FIN_MASK: u8 = 3 << FLAG_FIN_SHIFT;
-const FLAG_HAS_CONTEXT: u8 = 1 << 3;
+const FLAG_FIN_MASK: u8 = crate::tcp::FIN_BITS << FLAG_FIN_SHIFT;
+const FLAG_HAS_CONTEXT: u8 = 1 << 4;
 
 /// One flow: 128 bytes holding key, state, both directions' software and
 /// hardware counters and timestamps. The application's context lives out
 /// of line (see `context`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct Flow {
     pub key: FlowKey,
     generation: u16,
@@ -368,7 +370,7 @@ impl FragTracker {
 pub struct FlowTable {
     flows: Vec<Flow>,
     free: Vec<u32>,
-    index: HashTable<u32>,
+    index: FlowIndex,
     hasher: foldhash::fast::RandomState,
     wheel: TimerWheel,
     frags: FragTracker,
@@ -380,11 +382,13 @@ pub struct FlowTable {
 impl FlowTable {
     pub fn new(config: TableConfig) -> FlowTable {
         let max = config.max_flows.clamp(1, u32::MAX as usize);
+        // Reserved, not touched: pages are committed as slots fill.
+        let mut flows: Vec<Flow> = Vec::with_capacity(max);
+        crate::memory::advise_huge_pages(flows.as_mut_ptr() as *mut u8, max * core::mem::size_of::<Flow>());
         FlowTable {
-            // Reserved, not touched: pages are committed as slots fill.
-            flows: Vec::with_capacity(max),
+            flows,
             free: Vec::new(),
-            index: HashTable::with_capacity(max),
+            index: FlowIndex::with_capacity(max),
             hasher: Default::default(),
             wheel: TimerWheel::new(config.tick_ns, config.wheel_slots),
             frags: FragTracker::new(config.max_fragments, config.fragment_timeout_ns),
@@ -418,18 +422,44 @@ impl FlowTable {
         self.stats
     }
 
+    /// The key's hash under this table's seed.
     #[inline]
-    fn hash(&self, key: &FlowKey) -> u64 {
+    pub fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// First step of a batched lookup: hashes the key and starts loading
+    /// the index buckets it may be in. Returns the hash for the next steps.
+    #[inline]
+    pub fn prefetch_index(&self, key: &FlowKey) -> u64 {
+        let hash = self.hash(key);
+        self.index.prefetch(hash);
+        hash
+    }
+
+    /// Second step: starts loading the flow the buckets point at.
+    #[inline]
+    pub fn prefetch_flow(&self, hash: u64) {
+        if let Some(flow) = self.index.probable(hash).and_then(|s| self.flows.get(s as usize)) {
+            // A flow is two cache lines, key first.
+            let lines: &[[u8; 64]; 2] = unsafe { &*(flow as *const Flow as *const [[u8; 64]; 2]) };
+            prefetch(&lines[0]);
+            prefetch(&lines[1]);
+        }
     }
 
     /// Finds a flow by key.
     #[inline]
     pub fn find(&self, key: &FlowKey) -> Option<FlowId> {
+        self.find_hashed(key, self.hash(key))
+    }
+
+    #[inline]
+    fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<FlowId> {
         let flows = &self.flows;
         self.index
-            .find(self.hash(key), |&i| flows[i as usize].key == *key)
-            .map(|&i| FlowId::new(i, flows[i as usize].generation))
+            .find(hash, |i| flows[i as usize].key == *key)
+            .map(|i| FlowId::new(i, flows[i as usize].generation))
     }
 
     #[inline]
@@ -450,6 +480,13 @@ impl FlowTable {
     /// see `observe`.
     #[inline]
     pub fn lookup_or_insert(&mut self, pkt: &PacketInfo, now_ns: u64) -> Lookup {
+        let hash = self.hash(&pkt.key);
+        self.lookup_or_insert_hashed(pkt, hash, now_ns)
+    }
+
+    /// `lookup_or_insert` with the hash `prefetch_index` returned.
+    #[inline]
+    pub fn lookup_or_insert_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) -> Lookup {
         if let Fragment::Later { id } = pkt.fragment {
             return match self.frags.find(&FragKey::of(pkt, id), now_ns) {
                 Some(flow) if self.get(flow).is_some() => {
@@ -462,10 +499,10 @@ impl FlowTable {
                 }
             };
         }
-        let found = self.find(&pkt.key);
+        let found = self.find_hashed(&pkt.key, hash);
         let result = match found {
             Some(id) => Lookup::Found(id),
-            None => self.insert(pkt, now_ns),
+            None => self.insert(pkt, hash, now_ns),
         };
         if let Fragment::First { id: frag_id } = pkt.fragment {
             if let Lookup::Found(id) | Lookup::Inserted { id, .. } = result {
@@ -475,7 +512,7 @@ impl FlowTable {
         result
     }
 
-    fn insert(&mut self, pkt: &PacketInfo, now_ns: u64) -> Lookup {
+    fn insert(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) -> Lookup {
         let mut evicted = None;
         if self.live >= self.config.max_flows {
             if self.config.full_policy == FullPolicy::RejectNew {
@@ -502,6 +539,14 @@ impl FlowTable {
                 i
             }
         };
+        if !self.index.insert(hash, index) {
+            self.free.push(index);
+            self.stats.rejected_full += 1;
+            return match evicted {
+                Some((id, flow)) => Lookup::Inserted { id: FlowId::new(u32::MAX, 0), evicted: Some((id, flow)) },
+                None => Lookup::Full,
+            };
+        }
         let slot = &mut self.flows[index as usize];
         let generation = slot.generation.wrapping_add(1).max(1);
         *slot = Flow {
@@ -517,10 +562,6 @@ impl FlowTable {
             hw: [DirCounters::default(); 2],
         };
         let deadline = now_ns + self.config.timeouts.for_flow(slot);
-        let hash = self.hash(&pkt.key);
-        let flows = &self.flows;
-        let hasher = &self.hasher;
-        self.index.insert_unique(hash, index, |&i| hasher.hash_one(&flows[i as usize].key));
         self.wheel.schedule(TimerEntry { index, generation }, deadline);
         self.live += 1;
         self.stats.inserted += 1;
@@ -603,9 +644,7 @@ impl FlowTable {
         let flow = *self.get(id)?;
         let hash = self.hash(&flow.key);
         let index = id.index();
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == index) {
-            entry.remove();
-        }
+        self.index.remove(hash, index);
         let slot = &mut self.flows[index as usize];
         slot.stage = Stage::Free;
         self.free.push(index);
@@ -631,7 +670,7 @@ impl FlowTable {
     pub fn heap_bytes(&self) -> usize {
         self.flows.capacity() * core::mem::size_of::<Flow>()
             + self.free.capacity() * 4
-            + self.index.allocation_size()
+            + self.index.heap_bytes()
             + self.wheel.heap_bytes()
             + self.frags.map.allocation_size()
     }

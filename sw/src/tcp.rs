@@ -4,6 +4,13 @@
 use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use serde::Serialize;
 
+pub const FIN_INITIATOR: u8 = 1;
+pub const FIN_RESPONDER: u8 = 2;
+const FIN_BOTH: u8 = FIN_INITIATOR | FIN_RESPONDER;
+const SECOND_FIN_RESPONDER: u8 = 4;
+/// Bits `TcpState::next` keeps in its `fins` byte.
+pub const FIN_BITS: u8 = 7;
+
 /// The state of a flow's TCP conversation (or `NotTcp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -40,16 +47,24 @@ impl TcpState {
     }
 
     /// Next state after a packet with `flags`; `from_initiator` says whether
-    /// it travels the way the flow's first packet did.
-    pub fn next(self, flags: u8, from_initiator: bool, fin_seen_from: &mut u8) -> TcpState {
+    /// it travels the way the flow's first packet did. `fins` keeps which
+    /// sides sent a FIN (bit 0: initiator, bit 1: responder) and, once both
+    /// did, which sent the second (bit 2: the responder): only an ACK from
+    /// the other side closes the conversation.
+    pub fn next(self, flags: u8, from_initiator: bool, fins: &mut u8) -> TcpState {
         use TcpState::*;
         if flags & TCP_RST != 0 {
             return Closed;
         }
         if flags & TCP_FIN != 0 {
-            *fin_seen_from |= if from_initiator { 1 } else { 2 };
-            return if *fin_seen_from == 3 { Closing } else { FinWait };
+            let side = if from_initiator { FIN_INITIATOR } else { FIN_RESPONDER };
+            if *fins & side == 0 && *fins & FIN_BOTH != 0 && !from_initiator {
+                *fins |= SECOND_FIN_RESPONDER;
+            }
+            *fins |= side;
+            return if *fins & FIN_BOTH == FIN_BOTH { Closing } else { FinWait };
         }
+        let second_fin_from_initiator = *fins & SECOND_FIN_RESPONDER == 0;
         match self {
             SynSent if !from_initiator && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
                 SynReceived
@@ -57,7 +72,7 @@ impl TcpState {
             SynReceived if from_initiator && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 => {
                 Established
             }
-            Closing if flags & TCP_ACK != 0 => Closed,
+            Closing if flags & TCP_ACK != 0 && from_initiator != second_fin_from_initiator => Closed,
             s => s,
         }
     }
@@ -109,6 +124,28 @@ mod tests {
         assert_eq!(run(&all), TcpState::Closing);
         all.push((TCP_ACK, true));
         assert_eq!(run(&all), TcpState::Closed);
+    }
+
+    #[test]
+    fn only_the_ack_of_the_second_fin_closes() {
+        let open = [(TCP_SYN, true), (TCP_SYN | TCP_ACK, false), (TCP_ACK, true)];
+        let mut all = open.to_vec();
+        all.push((TCP_FIN | TCP_ACK, true));
+        all.push((TCP_FIN | TCP_ACK, false));
+        // The responder acks again: its own FIN is still unacknowledged.
+        all.push((TCP_ACK, false));
+        assert_eq!(run(&all), TcpState::Closing);
+        all.push((TCP_ACK, true));
+        assert_eq!(run(&all), TcpState::Closed);
+        // Responder closes first: the initiator's FIN is second, so the
+        // responder's ACK closes.
+        let mut rev = open.to_vec();
+        rev.push((TCP_FIN | TCP_ACK, false));
+        rev.push((TCP_FIN | TCP_ACK, true));
+        rev.push((TCP_ACK, true));
+        assert_eq!(run(&rev), TcpState::Closing);
+        rev.push((TCP_ACK, false));
+        assert_eq!(run(&rev), TcpState::Closed);
     }
 
     #[test]
