@@ -1,6 +1,7 @@
 //! Builds the configured backend.
 
 use flowtable_config::{BackendConfig, Config, SimProfile as ProfileName};
+use flowtable_hw::tc::{TcBackend, TcConfig};
 use flowtable_hw::{Backend, SimNic, SimProfile};
 
 /// The sim NIC profile a configuration names, with its overrides applied.
@@ -25,7 +26,19 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
         BackendConfig::Sim { profile, max_rules, insert_rate } => {
             Ok(Box::new(SimNic::new(sim_profile(*profile, *max_rules, *insert_rate))))
         }
-        BackendConfig::Tc { .. } => Err("backend `tc` needs a live interface: use `flowtable run`".into()),
+        BackendConfig::Tc { keep_rules } => {
+            let mut tc = TcConfig::new(config.ports.iter().map(|p| p.name.clone()).collect(), config.instance_id);
+            tc.keep_rules = *keep_rules;
+            let backend = TcBackend::open(tc).map_err(|e| format!("backend: {e}"))?;
+            let r = backend.recovery();
+            if r.flushed + r.adopted > 0 {
+                tracing::info!(flushed = r.flushed, adopted = r.adopted, "rules left by an earlier run of this instance");
+            }
+            for d in backend.devices() {
+                tracing::info!(device = %d, "tc port");
+            }
+            Ok(Box::new(backend))
+        }
         BackendConfig::Dpdk(_) => Err("backend `dpdk` needs a build with `--features dpdk`".into()),
     }
 }

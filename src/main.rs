@@ -62,6 +62,12 @@ enum Command {
     },
     /// Run the daemon: packet sources, the engine, the control socket.
     Run(flowtable::daemon::RunArgs),
+    /// Network devices and what they offer for tc offload: driver,
+    /// hw-tc-offload, devlink eswitch mode.
+    Devices {
+        /// Interfaces to show (default: all).
+        names: Vec<String>,
+    },
     /// List a running daemon's flows.
     Flows(flowtable::client::FlowsArgs),
     /// Show everything about one flow.
@@ -237,6 +243,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 serde_json::to_value(&c.backend).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default()
             );
             Ok(())
+        }
+        Command::Devices { names } => {
+            let (text, all_found) = flowtable_hw::tc::device::report(&names);
+            print!("{text}");
+            if all_found {
+                Ok(())
+            } else {
+                Err("some interfaces were not found".into())
+            }
         }
         Command::Config { command: ConfigCommand::Example } => {
             print!("{}", flowtable_config::example());

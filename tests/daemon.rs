@@ -731,13 +731,13 @@ fn socket_lifecycle_not_running_stale_and_busy_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another daemon is serving"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(d.stats()["flows"]["live"].is_u64(), "the first daemon still serves");
 
-    // Interface sources wait for the tc build; the error names the source.
+    // A missing interface: the error names the source and the interface.
     let cfg = dir.path().join("iface.json");
-    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"interface": {{"name": "eth9"}}}}]}}"#, dir.path().join("i.sock"))).unwrap();
+    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"interface": {{"name": "ftnosuch9"}}}}]}}"#, dir.path().join("i.sock"))).unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sources[0]") && err.contains("interface sources need the tc backend build"), "{err}");
+    assert!(err.contains("sources[0].interface: ftnosuch9: no such interface"), "{err}");
 
     // A missing capture names its file.
     let cfg = dir.path().join("nofile.json");

@@ -4,6 +4,7 @@
 
 pub mod rule;
 pub mod sim;
+pub mod tc;
 
 use flowtable_sw::PacketInfo;
 

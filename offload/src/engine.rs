@@ -54,6 +54,10 @@ pub struct OffloadState {
     pub action: Action,
     /// Where each direction's rule lives (index: `Direction::index`).
     pub placement: [Option<Placement>; 2],
+    /// Where each direction's rule was installed, kept after removal for
+    /// the flow's record.
+    #[serde(skip)]
+    pub installed_placement: [Option<Placement>; 2],
     pub hw_counters: bool,
     pub installed_ns: u64,
     pub removed_ns: Option<u64>,
@@ -69,6 +73,7 @@ impl OffloadState {
         OffloadState {
             action,
             placement: [None, None],
+            installed_placement: [None, None],
             hw_counters: false,
             installed_ns: 0,
             removed_ns: None,
@@ -321,9 +326,12 @@ impl Engine {
             }
         };
         let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage);
+        // A tap that sees offloaded packets (AF_PACKET before tc) may hand
+        // over a packet captured before its rule went in, which the rule
+        // never counted: packets older than the install still count here.
         let count = !(stage == Stage::Offloaded
             && self.caps.software_sees_offloaded
-            && self.offloads.get(&id).is_some_and(|s| s.placement[pkt.dir.index()].is_some()));
+            && self.offloads.get(&id).is_some_and(|s| s.placement[pkt.dir.index()].is_some() && now_ns >= s.installed_ns));
         if count {
             self.stats.sw_packets += 1;
         } else {
@@ -494,6 +502,7 @@ impl Engine {
                 match outcome {
                     Some(InstallOutcome::Installed { placement, counters }) => {
                         state.placement[d] = Some(*placement);
+                        state.installed_placement[d] = Some(*placement);
                         state.hw_counters = *counters && (d == 0 || state.hw_counters);
                         self.rules_live += 1;
                         self.stats.rules_installed += 1;
@@ -912,7 +921,7 @@ impl Engine {
 impl OffloadState {
     /// Where a direction's rule is, or was before it was removed.
     fn placement_or_last(&self, dir: Direction) -> Option<Placement> {
-        self.placement[dir.index()].or(if self.installed_ns != 0 { Some(Placement::Hardware) } else { None })
+        self.placement[dir.index()].or(self.installed_placement[dir.index()])
     }
 }
 

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often, on the daemon's clock, the engine's slow path runs.
 pub const POLL_TICK_NS: u64 = 10_000_000;
+/// How long the loop rests when a live source has nothing (the capture
+/// ring hands frames over in blocks every 10 ms at most anyway).
+const LIVE_IDLE_NS: u64 = 1_000_000;
 /// Packets read from a source between looks at the control queue.
 pub const BATCH: usize = 256;
 /// The stages a live flow can be in.
@@ -342,17 +345,23 @@ impl Daemon {
     #[inline]
     fn step(&mut self, i: usize, now: &mut u64) -> Step {
         let slot = &mut self.slots[i];
+        let live = slot.live;
         let pending = match slot.pending.take() {
             Some(p) => p,
-            None => match slot.source.next_packet() {
+            None => match if slot.live { slot.source.poll_packet() } else { slot.source.next_packet() } {
                 Ok(Some(raw)) => {
                     if slot.started.is_none() {
                         slot.started = Some(Instant::now());
                     }
                     let pace = slot.pace;
-                    let (first_ts, at) = *slot.base.get_or_insert_with(|| (raw.ts_ns, start_for(pace, *now, raw.ts_ns)));
+                    // A live frame's timestamp is already on the daemon's
+                    // (wall) clock: it is due when it was captured.
+                    let start = if slot.live { raw.ts_ns } else { start_for(pace, *now, raw.ts_ns) };
+                    let (first_ts, at) = *slot.base.get_or_insert((raw.ts_ns, start));
                     Pending { due_ns: at + raw.ts_ns.saturating_sub(first_ts), wire_len: raw.wire_len, parsed: raw.parse() }
                 }
+                // Nothing captured yet: look again shortly.
+                Ok(None) if slot.live => return Step::Wait(*now + LIVE_IDLE_NS),
                 Ok(None) => {
                     slot.state = SlotState::Done;
                     slot.finished = Some(Instant::now());
@@ -394,7 +403,10 @@ impl Daemon {
                     self.nic_packets += 1;
                 } else {
                     self.sw_packets += 1;
-                    self.engine.process(&info, *now);
+                    // A live frame counts at its capture time, which places
+                    // it before or after its flow's rule went in.
+                    let at = if live { pending.due_ns.min(*now) } else { *now };
+                    self.engine.process(&info, at);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The daemon's packet sources, built from the configuration's `sources`,
 //! each with its progress and its pacing.
 
+use crate::source::afpacket::{AfPacketConfig, AfPacketSource};
 use crate::source::pcap::PcapFileSource;
 use crate::source::synth::{SynthConfig, SyntheticSource};
 use crate::source::PacketSource;
@@ -25,6 +26,8 @@ pub enum SlotState {
 pub struct Slot {
     pub name: String,
     pub source: Box<dyn PacketSource>,
+    /// A live capture: read without blocking, never "done".
+    pub live: bool,
     pub pace: Pace,
     pub state: SlotState,
     pub packets: u64,
@@ -41,6 +44,7 @@ impl Slot {
     fn new(name: String, source: Box<dyn PacketSource>, pace: Pace) -> Slot {
         Slot {
             name,
+            live: source.is_live(),
             source,
             pace,
             state: SlotState::Running,
@@ -92,8 +96,12 @@ pub fn open_all(sources: &[SourceConfig]) -> Result<Vec<Slot>, String> {
                 let src = SyntheticSource::new(cfg).map_err(|e| format!("{at}.synthetic.{}: {}", e.field, e.message))?;
                 slots.push(Slot::new(name, Box::new(src), pace));
             }
-            SourceConfig::Interface { name, .. } => {
-                return Err(format!("{at}.interface ({name}): interface sources need the tc backend build"));
+            SourceConfig::Interface { name, ingress } => {
+                let ports = [(name.clone(), *ingress)];
+                let src = AfPacketSource::open_ports(&ports, AfPacketConfig::default())
+                    .map_err(|e| format!("{at}.interface: {e}"))?;
+                // Live frames are due when they arrive.
+                slots.push(Slot::new(format!("interface {name}"), Box::new(src), Pace::Timestamps));
             }
         }
     }

@@ -3,6 +3,7 @@
 use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
+pub mod afpacket;
 pub mod pcap;
 pub mod synth;
 
@@ -53,4 +54,16 @@ pub enum SourceError {
 /// source's buffer, so reading costs no allocation per packet.
 pub trait PacketSource {
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError>;
+
+    /// Whether the source captures live traffic: it doesn't end on its own,
+    /// and a packet loop that must not block reads it with `poll_packet`.
+    fn is_live(&self) -> bool {
+        false
+    }
+
+    /// A live source's next frame if one is ready now, `Ok(None)` if none
+    /// is (not the end of the stream). Other sources: `next_packet`.
+    fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
+        self.next_packet()
+    }
 }

@@ -1,0 +1,215 @@
+//! Live packet capture against the real kernel: the AF_PACKET TPACKET_V3
+//! source on veth interfaces. Runs inside the VM suite (FLOWTABLE_VM=1).
+
+mod vmnet;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flowtable::source::afpacket::{AfPacketConfig, AfPacketSource};
+use flowtable::source::{PacketSource, SourceError};
+use flowtable_sw::{FlowKey, LinkType};
+use vmnet::{in_vm, sh, Pair};
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[test]
+fn afpacket_delivers_every_frame_parsed_with_its_port() {
+    if !in_vm("afpacket_delivers_every_frame_parsed_with_its_port") {
+        return;
+    }
+    let pair = Pair::new("ap", 41);
+    // Port 0 hears nothing; port 1 is A's host end.
+    // A small ring: the 300 frames wrap it several times.
+    let cfg = AfPacketConfig { block_size: 1 << 16, block_count: 4, ..AfPacketConfig::default() };
+    let mut src = AfPacketSource::open(&[pair.host_b.clone(), pair.host_a.clone()], cfg).unwrap();
+    assert!(src.next_packet_within(Duration::from_millis(200)).unwrap().is_none(), "quiet before traffic");
+
+    let t0 = now_ns();
+    let seen = {
+        let (ip_a, ip_b) = (pair.ip_a, pair.ip_b);
+        let p = &pair;
+        std::thread::scope(|s| {
+            let h = s.spawn(move || p.send_udp((ip_a, 4000), (ip_b, 5000), 300, 200, Duration::from_micros(500)));
+            let mut seen = 0;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (want, want_dir) = FlowKey::from_v4(ip_a, ip_b, 4000, 5000, 17);
+            while seen < 300 && Instant::now() < deadline {
+                let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() else { continue };
+                assert_eq!(pkt.link, Some(LinkType::Ethernet));
+                assert_eq!(pkt.ingress, 1);
+                assert!(pkt.ts_ns >= t0 - 1_000_000_000 && pkt.ts_ns <= now_ns() + 1_000_000_000, "timestamp {}", pkt.ts_ns);
+                let info = pkt.parse().expect("parses");
+                let mut k = want;
+                k.ingress = 1;
+                assert_eq!(info.key, k);
+                assert_eq!(info.dir, want_dir);
+                assert_eq!(info.wire_len, 14 + 20 + 8 + 200);
+                assert_eq!(pkt.data.len(), 14 + 20 + 8 + 200);
+                seen += 1;
+            }
+            h.join().unwrap();
+            seen
+        })
+    };
+    assert_eq!(seen, 300, "every frame delivered once");
+    assert!(src.next_packet_within(Duration::from_millis(300)).unwrap().is_none(), "and nothing more");
+    let stats = src.stats();
+    assert_eq!(stats[1].drops, 0);
+    assert!(stats[1].packets >= 300);
+}
+
+#[test]
+fn afpacket_puts_stripped_vlan_tags_back() {
+    if !in_vm("afpacket_puts_stripped_vlan_tags_back") {
+        return;
+    }
+    let pair = Pair::new("av", 42);
+    sh(&format!("ip -n {} link add link a0 name a0.100 type vlan id 100", pair.ns_a));
+    sh(&format!("ip -n {} addr add 10.142.0.1/24 dev a0.100", pair.ns_a));
+    sh(&format!("ip -n {} link set a0.100 up", pair.ns_a));
+    sh(&format!("ip -n {} neigh replace 10.142.0.2 lladdr 02:00:00:00:00:02 dev a0.100 nud permanent", pair.ns_a));
+    let mut src = AfPacketSource::open(std::slice::from_ref(&pair.host_a), AfPacketConfig::default()).unwrap();
+    let a = std::net::Ipv4Addr::new(10, 142, 0, 1);
+    let b = std::net::Ipv4Addr::new(10, 142, 0, 2);
+    pair.send_udp((a, 4100), (b, 5100), 5, 64, Duration::from_millis(5));
+    let mut tagged = 0;
+    while let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() {
+        let info = pkt.parse().expect("parses");
+        assert_eq!(&pkt.data[12..14], &[0x81, 0x00], "802.1Q tag back in place");
+        assert_eq!(info.key.vlan_outer, 100);
+        assert_eq!(info.key.proto, 17);
+        assert_eq!(info.wire_len, 14 + 4 + 20 + 8 + 64);
+        tagged += 1;
+    }
+    assert_eq!(tagged, 5);
+}
+
+#[test]
+fn afpacket_stops_on_request_and_names_missing_interfaces() {
+    if !in_vm("afpacket_stops_on_request_and_names_missing_interfaces") {
+        return;
+    }
+    let err = AfPacketSource::open(&["lo".into(), "ftNoSuch1".into()], AfPacketConfig::default()).err().unwrap();
+    assert!(matches!(&err, SourceError::Open { path, .. } if path == "ftNoSuch1"), "{err}");
+    assert!(err.to_string().contains("no such interface"));
+    let bad = AfPacketConfig { block_size: 1000, ..AfPacketConfig::default() };
+    assert!(AfPacketSource::open(&["lo".into()], bad).err().unwrap().to_string().contains("bad ring geometry"));
+
+    let pair = Pair::new("as", 43);
+    let mut src = AfPacketSource::open(std::slice::from_ref(&pair.host_a), AfPacketConfig::default()).unwrap();
+    let stop = src.stop_handle();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let start = Instant::now();
+    assert!(src.next_packet().unwrap().is_none(), "end of stream once stopped");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    t.join().unwrap();
+}
+
+/// `flowtable run` with the tc backend on a bump in the wire: a foreign
+/// filter forwards everything between two veths; the daemon captures the
+/// first packets of each flow with AF_PACKET, classifies them, installs a
+/// drop rule for one flow, reads its counters back, ages it out and
+/// writes its record, and on SIGTERM leaves no rule of its own behind.
+#[test]
+fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
+    if !in_vm("daemon_offloads_live_flows_to_tc_and_ages_them_out") {
+        return;
+    }
+    let pair = Pair::new("e2", 44);
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!("tc qdisc add dev {from} clsact"));
+        sh(&format!("tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"));
+    }
+    let dir = std::path::Path::new("/tmp/ft-e2e");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let records = dir.join("records.jsonl");
+    let socket = dir.join("ft.sock");
+    let config = format!(
+        r#"{{
+  "instance_id": 3634,
+  "ports": [{{ "name": "{a}" }}, {{ "name": "{b}" }}],
+  "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
+  "timeouts": {{ "udp_s": 2 }},
+  "classifier": {{
+    "rules": [
+      {{ "name": "block", "match": {{ "proto": "udp", "server_ports": [6200] }}, "result": {{ "offload": {{ "type": "drop" }} }} }}
+    ],
+    "default": "software"
+  }},
+  "offload": {{ "poll_interval_ms": 200, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{rec}" }},
+  "control": {{ "socket": "{sock}" }},
+  "log": {{ "level": "info" }}
+}}"#,
+        a = pair.host_a,
+        b = pair.host_b,
+        rec = records.display(),
+        sock = socket.display()
+    );
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, config).unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_flowtable"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        assert!(start.elapsed() < Duration::from_secs(60), "daemon never opened its socket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let blocked = pair.udp_counted((5200, 6200), 30, 100, Duration::from_millis(50));
+    let allowed = pair.udp_counted((5300, 6300), 10, 100, Duration::from_millis(20));
+    println!("blocked flow: {blocked} of 30 reached B; software flow: {allowed} of 10");
+    assert_eq!(allowed, 10, "a flow left in software is untouched");
+    assert!((1..30).contains(&blocked), "the first packets pass, the rule drops the rest: {blocked}");
+
+    // Aging: the UDP timeout is 2 s, counters are read every 200 ms.
+    let find = |port: u16| -> Option<serde_json::Value> {
+        std::fs::read_to_string(&records).ok()?.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|r| r["dport"] == port)
+    };
+    let start = Instant::now();
+    let rec = loop {
+        if let Some(r) = find(6200) {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no record of the blocked flow");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("{rec}");
+    assert_eq!(rec["end_reason"], "idle");
+    assert_eq!(rec["orig"]["packets"], 30, "every packet counted once: software before the rule, tc after");
+    assert_eq!(rec["orig"]["bytes"], 30 * 142);
+    assert_eq!(rec["orig"]["sw_packets"], blocked as u64, "software counted what passed");
+    assert_eq!(rec["orig"]["hw_packets"], 30 - blocked as u64, "tc counted what it dropped");
+    assert_eq!(rec["offload"]["backend"], "tc");
+    assert_eq!(rec["offload"]["action"]["type"], "drop");
+    assert_eq!(rec["offload"]["placement"][0], "kernel-software");
+    let show = sh(&format!("tc filter show dev {} ingress", pair.host_a));
+    assert_eq!(show.matches(" handle ").count(), 1, "the aged flow's rules are gone:\n{show}");
+
+    // SIGTERM: the daemon ends what is left and leaves nothing of ours behind.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    let soft = find(6300).expect("record of the software flow");
+    assert_eq!(soft["orig"]["packets"], 10);
+    assert!(soft.get("offload").is_none() || soft["offload"].is_null());
+    for dev in [&pair.host_a, &pair.host_b] {
+        let show = sh(&format!("tc filter show dev {dev} ingress"));
+        assert_eq!(show.matches(" handle ").count(), 1, "only the foreign filter stays on {dev}:\n{show}");
+        assert!(show.contains("mirred"));
+    }
+}

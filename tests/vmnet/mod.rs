@@ -1,0 +1,143 @@
+//! Helpers for the real-kernel tests of the root package: shell commands,
+//! namespaces joined by veth pairs, UDP traffic sent from inside them.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// True inside the VM suite; elsewhere says the test was skipped.
+pub fn in_vm(test: &str) -> bool {
+    if std::env::var("FLOWTABLE_VM").as_deref() == Ok("1") {
+        println!("--- {test}");
+        return true;
+    }
+    // Straight to stderr: the harness captures print! output of passing tests.
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)");
+    false
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
+    if !out.status.success() {
+        panic!(
+            "`{cmd}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_quiet(cmd: &str) {
+    let _ = Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// Moves the calling thread into a named network namespace.
+pub fn enter_netns(ns: &str) {
+    let f = File::open(format!("/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Namespaces A and B, each behind a veth pair whose host end (`host_a`,
+/// `host_b`) sits unconnected in the root namespace: packets cross only
+/// where a tc rule carries them. Neighbours are static (no ARP).
+pub struct Pair {
+    pub ns_a: String,
+    pub ns_b: String,
+    pub host_a: String,
+    pub host_b: String,
+    pub ip_a: Ipv4Addr,
+    pub ip_b: Ipv4Addr,
+}
+
+impl Pair {
+    pub fn new(tag: &str, subnet: u8) -> Pair {
+        let p = Pair {
+            ns_a: format!("ftA{tag}"),
+            ns_b: format!("ftB{tag}"),
+            host_a: format!("hA{tag}"),
+            host_b: format!("hB{tag}"),
+            ip_a: Ipv4Addr::new(10, subnet, 0, 1),
+            ip_b: Ipv4Addr::new(10, subnet, 0, 2),
+        };
+        p.cleanup();
+        for (ns, host, peer, ip) in [(&p.ns_a, &p.host_a, "a0", p.ip_a), (&p.ns_b, &p.host_b, "b0", p.ip_b)] {
+            sh(&format!("ip netns add {ns}"));
+            sh(&format!("ip link add {host} type veth peer name {peer} netns {ns}"));
+            sh(&format!("ip link set {host} up"));
+            sh(&format!("ip -n {ns} link set lo up"));
+            sh(&format!("ip -n {ns} addr add {ip}/24 dev {peer}"));
+            sh(&format!("ip -n {ns} link set {peer} up"));
+            sh_quiet(&format!("ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1"));
+        }
+        sh_quiet(&format!("sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", p.host_a));
+        sh_quiet(&format!("sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", p.host_b));
+        let mac_a = sh(&format!("ip netns exec {} cat /sys/class/net/a0/address", p.ns_a)).trim().to_string();
+        let mac_b = sh(&format!("ip netns exec {} cat /sys/class/net/b0/address", p.ns_b)).trim().to_string();
+        sh(&format!("ip -n {} neigh replace {} lladdr {mac_b} dev a0 nud permanent", p.ns_a, p.ip_b));
+        sh(&format!("ip -n {} neigh replace {} lladdr {mac_a} dev b0 nud permanent", p.ns_b, p.ip_a));
+        p
+    }
+
+    pub fn cleanup(&self) {
+        sh_quiet(&format!("ip netns del {}", self.ns_a));
+        sh_quiet(&format!("ip netns del {}", self.ns_b));
+        sh_quiet(&format!("ip link del {}", self.host_a));
+        sh_quiet(&format!("ip link del {}", self.host_b));
+    }
+
+    /// Sends `count` datagrams of `payload` bytes from A (`src` address and
+    /// port) to `dst`, `gap` apart.
+    pub fn send_udp(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), count: usize, payload: usize, gap: Duration) {
+        let ns_a = self.ns_a.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns_a);
+            let s = UdpSocket::bind(src).expect("bind sender");
+            let data = vec![0x5au8; payload];
+            for _ in 0..count {
+                s.send_to(&data, dst).expect("send");
+                std::thread::sleep(gap);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Pair {
+    /// Sends `count` datagrams from A's address to B's (`ports`: source,
+    /// destination) while B listens; returns how many B received.
+    pub fn udp_counted(&self, (sport, dport): (u16, u16), count: usize, payload: usize, gap: Duration) -> usize {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns_b, ip_b) = (self.ns_b.clone(), self.ip_b);
+        let receiver = std::thread::spawn(move || {
+            enter_netns(&ns_b);
+            let s = UdpSocket::bind((ip_b, dport)).expect("bind receiver");
+            s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            while s.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        });
+        ready_rx.recv().unwrap();
+        self.send_udp((self.ip_a, sport), (self.ip_b, dport), count, payload, gap);
+        receiver.join().unwrap()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
