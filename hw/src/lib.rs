@@ -4,6 +4,8 @@
 
 pub mod rule;
 pub mod sim;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 
 use flowtable_sw::PacketInfo;
 
