@@ -15,6 +15,20 @@ use super::error::{strerror, FlowError};
 /// first outcome (and its arguments) is kept here.
 static EAL: Mutex<Option<Result<Vec<String>, String>>> = Mutex::new(None);
 static POOL_SEQ: AtomicU32 = AtomicU32::new(0);
+/// Ports started by a runtime of this process (stopped before reconfiguring).
+static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+fn mark_started(id: u16, started: bool) {
+    let mut s = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    s.retain(|&p| p != id);
+    if started {
+        s.push(id);
+    }
+}
+
+fn was_started(id: u16) -> bool {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+}
 
 /// Starts the EAL with `args` (no program name), or checks that it already
 /// runs with the same arguments.
@@ -152,9 +166,12 @@ impl DpdkRuntime {
                 cfg.rx_queues, cfg.tx_queues, info.max_rx_queues, info.max_tx_queues
             ));
         }
-        // A stopped port can be reconfigured; a port from an earlier runtime
-        // in this process is stopped first.
-        unsafe { sys::rte_eth_dev_stop(id) };
+        // Only a stopped port can be reconfigured: one an earlier runtime of
+        // this process started is stopped first.
+        if was_started(id) {
+            unsafe { sys::rte_eth_dev_stop(id) };
+            mark_started(id, false);
+        }
         let conf: sys::rte_eth_conf = Default::default();
         check(unsafe { sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) }, || {
             format!("{device} ({driver}): rte_eth_dev_configure")
@@ -186,6 +203,7 @@ impl DpdkRuntime {
             })?;
         }
         check(unsafe { sys::rte_eth_dev_start(id) }, || format!("{device} ({driver}): rte_eth_dev_start"))?;
+        mark_started(id, true);
         if cfg.promiscuous {
             let rc = unsafe { sys::rte_eth_promiscuous_enable(id) };
             if rc < 0 {
@@ -218,6 +236,7 @@ impl DpdkRuntime {
         if *started {
             for p in &self.ports {
                 let rc = unsafe { sys::rte_eth_dev_stop(p.id) };
+                mark_started(p.id, false);
                 if rc < 0 {
                     tracing::warn!(port = %p.device, error = %strerror(-rc), "rte_eth_dev_stop failed");
                 }
