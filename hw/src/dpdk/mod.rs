@@ -205,7 +205,10 @@ impl DpdkBackend {
         if let Some(r) = self.cache.get(&key) {
             return r.clone();
         }
-        let r = if self.uses_templates(port.index) { Ok(()) } else { self.validate(port.id, p, a) };
+        let r = match self.templates.get_mut(port.index as usize) {
+            Some(Some(t)) => t.ensure_table(p, a),
+            _ => self.validate(port.id, p, a),
+        };
         match &r {
             Err(e) if !Self::is_shape_error(e) => {}
             _ => {
@@ -354,20 +357,32 @@ impl DpdkBackend {
         NonNull::new(f).map(RawFlow).ok_or_else(|| FlowError::from_raw(0, &err))
     }
 
-    fn destroy_one(&mut self, r: &Installed) -> Result<(), FlowError> {
-        let port = self.rt.port(r.port).map(|p| p.id).unwrap_or(u16::MAX);
-        if r.template {
-            if let Some(Some(t)) = self.templates.get_mut(r.port as usize) {
-                return t.destroy(&[r.flow]).pop().expect("one result");
+    /// Destroys rules: template rules in one batch per port (enqueued,
+    /// pushed once, completions pulled), sync rules one call each. One
+    /// result per rule, in order.
+    fn destroy_many(&mut self, rules: &[&Installed]) -> Vec<Result<(), FlowError>> {
+        let mut out: Vec<Option<Result<(), FlowError>>> = vec![None; rules.len()];
+        for (port_index, t) in self.templates.iter_mut().enumerate() {
+            let Some(t) = t.as_mut() else { continue };
+            let idx: Vec<usize> = (0..rules.len()).filter(|&i| rules[i].template && rules[i].port as usize == port_index).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let flows: Vec<RawFlow> = idx.iter().map(|&i| rules[i].flow).collect();
+            for (i, r) in idx.into_iter().zip(t.destroy(&flows)) {
+                out[i] = Some(r);
             }
         }
-        let mut err = no_error();
-        let rc = unsafe { sys::rte_flow_destroy(port, r.flow.0.as_ptr(), &mut err) };
-        if rc < 0 {
-            Err(FlowError::from_raw(rc, &err))
-        } else {
-            Ok(())
+        for (i, r) in rules.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let port = self.rt.port(r.port).map(|p| p.id).unwrap_or(u16::MAX);
+            let mut err = no_error();
+            let rc = unsafe { sys::rte_flow_destroy(port, r.flow.0.as_ptr(), &mut err) };
+            out[i] = Some(if rc < 0 { Err(FlowError::from_raw(rc, &err)) } else { Ok(()) });
         }
+        out.into_iter().map(|o| o.expect("every rule has a result")).collect()
     }
 
     fn query(&self, r: &Installed) -> Result<RuleCounters, FlowError> {
@@ -405,13 +420,15 @@ impl DpdkBackend {
 
     /// Removes every rule this backend installed; returns the failures.
     pub fn flush(&mut self) -> Vec<(Cookie, FlowError)> {
-        let cookies: Vec<Cookie> = self.rules.keys().copied().collect();
+        let all: Vec<(Cookie, Installed)> = self.rules.drain().collect();
+        let refs: Vec<&Installed> = all.iter().map(|(_, r)| r).collect();
+        let results = self.destroy_many(&refs);
         let mut failed = Vec::new();
-        for c in cookies {
-            if let Some(r) = self.rules.remove(&c) {
-                if let Err(e) = self.destroy_one(&r) {
-                    failed.push((c, e));
-                }
+        for ((c, r), res) in all.into_iter().zip(results) {
+            if let Err(e) = res {
+                // Still in the NIC: kept, so a later flush can try again.
+                self.rules.insert(c, r);
+                failed.push((c, e));
             }
         }
         failed
@@ -493,24 +510,33 @@ impl Backend for DpdkBackend {
     }
 
     fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
-        cookies
-            .iter()
-            .map(|c| {
-                let Some(r) = self.rules.remove(c) else {
-                    return Err(BackendError::UnknownRule { backend: "dpdk".into(), cookie: *c });
-                };
-                let last = if r.counters || r.age { self.query(&r).ok() } else { None };
-                match self.destroy_one(&r) {
-                    Ok(()) => Ok(last),
-                    Err(e) => {
-                        // Still in the NIC: keep it so a later remove or the
-                        // shutdown flush can try again.
-                        self.rules.insert(*c, r);
-                        Err(BackendError::Refused { backend: "dpdk".into(), message: format!("rte_flow_destroy {c:?}: {e}") })
-                    }
+        let mut out: Vec<Option<Result<Option<RuleCounters>, BackendError>>> = Vec::with_capacity(cookies.len());
+        // The rules found, with their last counters read before they go.
+        let mut taken: Vec<(usize, Cookie, Installed, Option<RuleCounters>)> = Vec::new();
+        for (i, c) in cookies.iter().enumerate() {
+            match self.rules.remove(c) {
+                Some(r) => {
+                    let last = if r.counters || r.age { self.query(&r).ok() } else { None };
+                    taken.push((i, *c, r, last));
+                    out.push(None);
                 }
-            })
-            .collect()
+                None => out.push(Some(Err(BackendError::UnknownRule { backend: "dpdk".into(), cookie: *c }))),
+            }
+        }
+        let refs: Vec<&Installed> = taken.iter().map(|t| &t.2).collect();
+        let results = self.destroy_many(&refs);
+        for ((i, c, r, last), res) in taken.into_iter().zip(results) {
+            out[i] = Some(match res {
+                Ok(()) => Ok(last),
+                Err(e) => {
+                    // Still in the NIC: kept, so a later remove or the
+                    // shutdown flush can try again.
+                    self.rules.insert(c, r);
+                    Err(BackendError::Refused { backend: "dpdk".into(), message: format!("rte_flow_destroy {c:?}: {e}") })
+                }
+            });
+        }
+        out.into_iter().map(|o| o.expect("every cookie has a result")).collect()
     }
 
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {

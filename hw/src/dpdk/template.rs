@@ -159,6 +159,12 @@ impl TemplateFlows {
         }
     }
 
+    /// Creates the table for the rule's shape if there is none yet: the
+    /// PMD's verdict on the shape.
+    pub fn ensure_table(&mut self, p: &FlowPattern, a: &FlowActions) -> Result<(), FlowError> {
+        self.table_for(p, a).map(|_| ())
+    }
+
     /// The table for a rule shape, created on first use; a shape the PMD
     /// refused stays refused.
     fn table_for(&mut self, p: &FlowPattern, a: &FlowActions) -> Result<*mut sys::rte_flow_template_table, FlowError> {
