@@ -25,13 +25,25 @@ pub enum PortAction {
 pub enum Fate {
     Drop,
     /// Deliver to an rx queue of the ingress port.
-    Queue { queue: u16 },
+    Queue {
+        queue: u16,
+    },
     /// Mark with `id` and deliver to `queue` (partial offload).
-    Mark { id: u32, queue: u16 },
+    Mark {
+        id: u32,
+        queue: u16,
+    },
     /// Send out of ethdev port `port`.
-    Port { port: u16, how: PortAction },
+    Port {
+        port: u16,
+        how: PortAction,
+    },
     /// Copy to ethdev port `port`, deliver the original to `queue`.
-    Mirror { port: u16, how: PortAction, queue: u16 },
+    Mirror {
+        port: u16,
+        how: PortAction,
+        queue: u16,
+    },
 }
 
 /// The kind of a fate without its values: part of the PMD capability cache key.
@@ -97,7 +109,11 @@ pub struct ActionPlan {
 
 impl ActionPlan {
     pub fn shape(&self) -> ActionShape {
-        ActionShape { fate: self.fate.kind(), count: self.count, age: self.age_s.is_some() }
+        ActionShape {
+            fate: self.fate.kind(),
+            count: self.count,
+            age: self.age_s.is_some(),
+        }
     }
 }
 
@@ -191,7 +207,12 @@ impl FlowActions {
             }
         }
         actions.push(action(act::RTE_FLOW_ACTION_TYPE_END, ptr::null()));
-        FlowActions { confs: c, sample_actions, actions, plan }
+        FlowActions {
+            confs: c,
+            sample_actions,
+            actions,
+            plan,
+        }
     }
 
     pub fn plan(&self) -> ActionPlan {
@@ -238,10 +259,19 @@ mod tests {
 
     #[test]
     fn drop_with_count_and_age() {
-        let a = FlowActions::build(ActionPlan { fate: Fate::Drop, count: true, age_s: Some(30) });
+        let a = FlowActions::build(ActionPlan {
+            fate: Fate::Drop,
+            count: true,
+            age_s: Some(30),
+        });
         assert_eq!(
             types(&a),
-            vec![act::RTE_FLOW_ACTION_TYPE_COUNT, act::RTE_FLOW_ACTION_TYPE_AGE, act::RTE_FLOW_ACTION_TYPE_DROP, act::RTE_FLOW_ACTION_TYPE_END]
+            vec![
+                act::RTE_FLOW_ACTION_TYPE_COUNT,
+                act::RTE_FLOW_ACTION_TYPE_AGE,
+                act::RTE_FLOW_ACTION_TYPE_DROP,
+                act::RTE_FLOW_ACTION_TYPE_END
+            ]
         );
         let age = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_age) };
         assert_eq!(age.timeout(), 30);
@@ -251,15 +281,33 @@ mod tests {
 
     #[test]
     fn age_timeout_clamped_to_its_24_bits() {
-        let a = FlowActions::build(ActionPlan { fate: Fate::Drop, count: false, age_s: Some(u32::MAX) });
+        let a = FlowActions::build(ActionPlan {
+            fate: Fate::Drop,
+            count: false,
+            age_s: Some(u32::MAX),
+        });
         let age = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_age) };
         assert_eq!(age.timeout(), 0x00ff_ffff);
     }
 
     #[test]
     fn mark_then_queue_carry_their_values() {
-        let a = FlowActions::build(ActionPlan { fate: Fate::Mark { id: 0xabcdef, queue: 3 }, count: false, age_s: None });
-        assert_eq!(types(&a), vec![act::RTE_FLOW_ACTION_TYPE_MARK, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]);
+        let a = FlowActions::build(ActionPlan {
+            fate: Fate::Mark {
+                id: 0xabcdef,
+                queue: 3,
+            },
+            count: false,
+            age_s: None,
+        });
+        assert_eq!(
+            types(&a),
+            vec![
+                act::RTE_FLOW_ACTION_TYPE_MARK,
+                act::RTE_FLOW_ACTION_TYPE_QUEUE,
+                act::RTE_FLOW_ACTION_TYPE_END
+            ]
+        );
         let mark = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_mark) };
         let queue = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_queue) };
         assert_eq!(mark.id, 0xabcdef);
@@ -271,29 +319,71 @@ mod tests {
 
     #[test]
     fn port_actions() {
-        let a = FlowActions::build(ActionPlan { fate: Fate::Port { port: 5, how: PortAction::PortId }, count: true, age_s: None });
-        assert_eq!(types(&a), vec![act::RTE_FLOW_ACTION_TYPE_COUNT, act::RTE_FLOW_ACTION_TYPE_PORT_ID, act::RTE_FLOW_ACTION_TYPE_END]);
+        let a = FlowActions::build(ActionPlan {
+            fate: Fate::Port {
+                port: 5,
+                how: PortAction::PortId,
+            },
+            count: true,
+            age_s: None,
+        });
+        assert_eq!(
+            types(&a),
+            vec![
+                act::RTE_FLOW_ACTION_TYPE_COUNT,
+                act::RTE_FLOW_ACTION_TYPE_PORT_ID,
+                act::RTE_FLOW_ACTION_TYPE_END
+            ]
+        );
         let pid = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_port_id) };
         assert_eq!(pid.id, 5);
         assert_eq!(pid.original(), 0);
-        let b = FlowActions::build(ActionPlan { fate: Fate::Port { port: 2, how: PortAction::RepresentedPort }, count: false, age_s: None });
-        assert_eq!(b.actions()[0].type_, act::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT);
+        let b = FlowActions::build(ActionPlan {
+            fate: Fate::Port {
+                port: 2,
+                how: PortAction::RepresentedPort,
+            },
+            count: false,
+            age_s: None,
+        });
+        assert_eq!(
+            b.actions()[0].type_,
+            act::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT
+        );
         let e = unsafe { &*(b.actions()[0].conf as *const sys::rte_flow_action_ethdev) };
         assert_eq!(e.port_id, 2);
     }
 
     #[test]
     fn mirror_samples_every_packet_to_the_port_and_queues_the_original() {
-        let a = FlowActions::build(ActionPlan { fate: Fate::Mirror { port: 1, how: PortAction::PortId, queue: 0 }, count: false, age_s: None });
+        let a = FlowActions::build(ActionPlan {
+            fate: Fate::Mirror {
+                port: 1,
+                how: PortAction::PortId,
+                queue: 0,
+            },
+            count: false,
+            age_s: None,
+        });
         let moved = Box::new(a);
         let a = &*moved;
-        assert_eq!(types(a), vec![act::RTE_FLOW_ACTION_TYPE_SAMPLE, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]);
+        assert_eq!(
+            types(a),
+            vec![
+                act::RTE_FLOW_ACTION_TYPE_SAMPLE,
+                act::RTE_FLOW_ACTION_TYPE_QUEUE,
+                act::RTE_FLOW_ACTION_TYPE_END
+            ]
+        );
         let sample = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_sample) };
         assert_eq!(sample.ratio, 1);
         let sub = unsafe { core::slice::from_raw_parts(sample.actions, 2) };
         assert_eq!(sub[0].type_, act::RTE_FLOW_ACTION_TYPE_PORT_ID);
         assert_eq!(sub[1].type_, act::RTE_FLOW_ACTION_TYPE_END);
-        assert_eq!(unsafe { &*(sub[0].conf as *const sys::rte_flow_action_port_id) }.id, 1);
+        assert_eq!(
+            unsafe { &*(sub[0].conf as *const sys::rte_flow_action_port_id) }.id,
+            1
+        );
         assert_eq!(a.sample_len(), 2);
     }
 }

@@ -48,7 +48,13 @@ pub struct TemplateConfig {
 
 impl Default for TemplateConfig {
     fn default() -> Self {
-        TemplateConfig { queue_size: 1024, table_size: 65536, group: 1, counters: 65536, aging_objects: 0 }
+        TemplateConfig {
+            queue_size: 1024,
+            table_size: 65536,
+            group: 1,
+            counters: 65536,
+            aging_objects: 0,
+        }
     }
 }
 
@@ -119,7 +125,8 @@ impl Default for DpdkConfig {
 impl DpdkConfig {
     /// Reads the section from the JSON the top-level config keeps for it.
     pub fn from_json(v: serde_json::Value) -> Result<DpdkConfig, String> {
-        let cfg: DpdkConfig = serde_json::from_value(v).map_err(|e| format!("backend.dpdk: {e}"))?;
+        let cfg: DpdkConfig =
+            serde_json::from_value(v).map_err(|e| format!("backend.dpdk: {e}"))?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -130,7 +137,10 @@ impl DpdkConfig {
             return Err("backend.dpdk.ports: at least one port is needed".into());
         }
         if self.ports.len() > u8::MAX as usize {
-            return Err(format!("backend.dpdk.ports: {} ports, at most 255", self.ports.len()));
+            return Err(format!(
+                "backend.dpdk.ports: {} ports, at most 255",
+                self.ports.len()
+            ));
         }
         for (i, p) in self.ports.iter().enumerate() {
             if p.device.is_empty() {
@@ -138,7 +148,9 @@ impl DpdkConfig {
             }
             if let Some(peer) = p.peer {
                 if peer as usize >= self.ports.len() || peer as usize == i {
-                    return Err(format!("backend.dpdk.ports[{i}].peer: {peer} is not another configured port"));
+                    return Err(format!(
+                        "backend.dpdk.ports[{i}].peer: {peer} is not another configured port"
+                    ));
                 }
             }
         }
@@ -149,9 +161,14 @@ impl DpdkConfig {
             return Err("backend.dpdk.tx_queues: must be at least 1".into());
         }
         if self.mark_queue >= self.rx_queues {
-            return Err(format!("backend.dpdk.mark_queue: {} but only {} rx queues", self.mark_queue, self.rx_queues));
+            return Err(format!(
+                "backend.dpdk.mark_queue: {} but only {} rx queues",
+                self.mark_queue, self.rx_queues
+            ));
         }
-        if self.mbufs < 2 * self.rx_descriptors as u32 * self.rx_queues as u32 * self.ports.len() as u32 {
+        if self.mbufs
+            < 2 * self.rx_descriptors as u32 * self.rx_queues as u32 * self.ports.len() as u32
+        {
             return Err(format!(
                 "backend.dpdk.mbufs: {} is too few to fill {} rx rings of {} descriptors twice",
                 self.mbufs,
@@ -194,11 +211,13 @@ mod tests {
         assert!(e.contains("backend.dpdk.ports"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a", "peer": 0}]})).unwrap_err();
         assert!(e.contains("ports[0].peer"), "{e}");
-        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mark_queue": 1})).unwrap_err();
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mark_queue": 1}))
+            .unwrap_err();
         assert!(e.contains("mark_queue"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "bogus": 1})).unwrap_err();
         assert!(e.contains("bogus"), "{e}");
-        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mbufs": 100})).unwrap_err();
+        let e =
+            DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mbufs": 100})).unwrap_err();
         assert!(e.contains("backend.dpdk.mbufs"), "{e}");
     }
 }
