@@ -5,6 +5,8 @@
 pub mod rule;
 pub mod sim;
 pub mod tc;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 
 use flowtable_sw::PacketInfo;
 

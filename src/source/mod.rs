@@ -6,6 +6,8 @@ use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 pub mod afpacket;
 pub mod pcap;
 pub mod synth;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 
 /// One frame as a source delivers it, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]

@@ -33,7 +33,8 @@ apt_install() {
 }
 
 apt_install linux-image-amd64 qemu-system-x86 iproute2 ethtool iperf3 netcat-openbsd \
-    linux-source-6.1 python3-pip kmod xz-utils make gcc iputils-ping procps diffutils
+    linux-source-6.1 python3-pip kmod xz-utils make gcc iputils-ping procps diffutils \
+    libdpdk-dev pkg-config libclang-dev clang
 
 # The kernel the guest boots: the newest Debian kernel in /boot (the host
 # may run a kernel Debian doesn't ship).

@@ -353,12 +353,12 @@ impl TcSocket {
                     interrupted = true;
                 }
                 match parsed {
-                    Ok(NlPayload::Payload(p)) if hdr.ty != Nlmsg::Done.into() => on_msg(hdr.ty, p.as_ref()),
+                    Ok(NlPayload::Payload(p)) if hdr.ty != u16::from(Nlmsg::Done) => on_msg(hdr.ty, p.as_ref()),
                     Ok(NlPayload::Err(e)) => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
                     Ok(NlPayload::DumpExtAck(e)) if *e.error() != 0 => {
                         end = Some(Err(kernel_error(*e.error(), e.ext_ack())))
                     }
-                    Ok(_) if hdr.ty == Nlmsg::Done.into() => end = Some(Ok(())),
+                    Ok(_) if hdr.ty == u16::from(Nlmsg::Done) => end = Some(Ok(())),
                     Ok(_) => {}
                     Err(e) => end = Some(Err(NlError::Decode(e))),
                 }

@@ -1,0 +1,312 @@
+//! DPDK start-up: the EAL (once per process), the mbuf pool and the
+//! configured ethdev ports, shared by the rte_flow backend and the DPDK
+//! packet source.
+
+use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dpdk_sys as sys;
+
+use super::config::{DpdkConfig, FlowApi};
+use super::error::{strerror, FlowError};
+
+/// The EAL can be initialised once per process, even after a failure; the
+/// first outcome (and its arguments) is kept here.
+static EAL: Mutex<Option<Result<Vec<String>, String>>> = Mutex::new(None);
+static POOL_SEQ: AtomicU32 = AtomicU32::new(0);
+/// Ports started by a runtime of this process (stopped before reconfiguring).
+static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+fn mark_started(id: u16, started: bool) {
+    let mut s = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    s.retain(|&p| p != id);
+    if started {
+        s.push(id);
+    }
+}
+
+fn was_started(id: u16) -> bool {
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id)
+}
+
+/// Starts the EAL with `args` (no program name), or checks that it already
+/// runs with the same arguments.
+pub fn eal_init(args: &[String]) -> Result<(), String> {
+    let mut state = EAL.lock().unwrap_or_else(|p| p.into_inner());
+    match &*state {
+        Some(Ok(prev)) if prev == args => return Ok(()),
+        Some(Ok(prev)) => {
+            return Err(format!(
+                "DPDK EAL already started with other arguments {prev:?} (asked for {args:?})"
+            ))
+        }
+        Some(Err(e)) => return Err(e.clone()),
+        None => {}
+    }
+    let mut owned: Vec<CString> = Vec::with_capacity(args.len() + 1);
+    owned.push(CString::new("flowtable").expect("no NUL"));
+    for a in args {
+        match CString::new(a.as_str()) {
+            Ok(c) => owned.push(c),
+            Err(_) => return Err(format!("EAL argument {a:?} contains a NUL byte")),
+        }
+    }
+    // The EAL may keep pointers into argv, so the strings live for the process.
+    let owned: &'static mut [CString] = Box::leak(owned.into_boxed_slice());
+    let argv: &'static mut [*mut core::ffi::c_char] = Box::leak(
+        owned
+            .iter()
+            .map(|c| c.as_ptr() as *mut core::ffi::c_char)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
+    let outcome = if rc < 0 {
+        let errno = unsafe { sys::ft_rte_errno() };
+        Err(format!(
+            "rte_eal_init({args:?}) failed: {} (errno {errno})",
+            strerror(errno)
+        ))
+    } else {
+        Ok(args.to_vec())
+    };
+    *state = Some(outcome.clone());
+    outcome.map(|_| ())
+}
+
+/// Whether the template API is ready on a port, or why not.
+#[derive(Debug, Clone)]
+pub enum TemplateState {
+    /// Not asked for (`api: sync`).
+    Off,
+    Ready {
+        queue_size: u32,
+    },
+    /// The PMD refused rte_flow_info_get / rte_flow_configure.
+    Refused(FlowError),
+}
+
+/// One started ethdev port.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    /// flowtable's port index.
+    pub index: u8,
+    /// DPDK port id.
+    pub id: u16,
+    pub device: String,
+    pub driver: String,
+    pub rx_queues: u16,
+    pub tx_queues: u16,
+    pub peer: Option<u8>,
+    pub template: TemplateState,
+}
+
+/// The EAL, the mbuf pool and the started ports.
+pub struct DpdkRuntime {
+    pub ports: Vec<PortInfo>,
+    pool: *mut sys::rte_mempool,
+    started: Mutex<bool>,
+}
+
+// The pool pointer is only handed to DPDK calls, which are thread-safe for
+// pools; ports are driven by one thread per queue.
+unsafe impl Send for DpdkRuntime {}
+unsafe impl Sync for DpdkRuntime {}
+
+fn check(rc: i32, what: impl Fn() -> String) -> Result<(), String> {
+    if rc < 0 {
+        Err(format!("{}: {} (errno {})", what(), strerror(-rc), -rc))
+    } else {
+        Ok(())
+    }
+}
+
+impl DpdkRuntime {
+    /// Starts the EAL and every configured port.
+    pub fn start(cfg: &DpdkConfig) -> Result<Arc<DpdkRuntime>, String> {
+        cfg.check()?;
+        eal_init(&cfg.eal_args)?;
+        let seq = POOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let pool_name = CString::new(format!("ft_mbufs{seq}")).expect("no NUL");
+        let socket = unsafe { sys::rte_socket_id() } as i32;
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(
+                pool_name.as_ptr(),
+                cfg.mbufs,
+                cfg.mbuf_cache,
+                0,
+                sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                socket,
+            )
+        };
+        if pool.is_null() {
+            let errno = unsafe { sys::ft_rte_errno() };
+            return Err(format!(
+                "rte_pktmbuf_pool_create({} mbufs): {} (errno {errno})",
+                cfg.mbufs,
+                strerror(errno)
+            ));
+        }
+        let mut ports = Vec::with_capacity(cfg.ports.len());
+        for (index, pc) in cfg.ports.iter().enumerate() {
+            let name = CString::new(pc.device.as_str())
+                .map_err(|_| format!("backend.dpdk.ports[{index}].device: NUL byte"))?;
+            let mut id = 0u16;
+            let rc = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut id) };
+            if rc < 0 {
+                return Err(format!(
+                    "backend.dpdk.ports[{index}].device: no ethdev named {:?} (EAL arguments {:?}; {} ports available)",
+                    pc.device,
+                    cfg.eal_args,
+                    unsafe { sys::rte_eth_dev_count_avail() }
+                ));
+            }
+            let port = Self::setup_port(cfg, index as u8, id, pool)?;
+            ports.push(port);
+        }
+        Ok(Arc::new(DpdkRuntime {
+            ports,
+            pool,
+            started: Mutex::new(true),
+        }))
+    }
+
+    fn setup_port(
+        cfg: &DpdkConfig,
+        index: u8,
+        id: u16,
+        pool: *mut sys::rte_mempool,
+    ) -> Result<PortInfo, String> {
+        let device = &cfg.ports[index as usize].device;
+        let mut info: sys::rte_eth_dev_info = Default::default();
+        check(unsafe { sys::rte_eth_dev_info_get(id, &mut info) }, || {
+            format!("{device}: rte_eth_dev_info_get")
+        })?;
+        let driver = if info.driver_name.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        if cfg.rx_queues > info.max_rx_queues || cfg.tx_queues > info.max_tx_queues {
+            return Err(format!(
+                "{device} ({driver}): {} rx / {} tx queues asked, the port has at most {} / {}",
+                cfg.rx_queues, cfg.tx_queues, info.max_rx_queues, info.max_tx_queues
+            ));
+        }
+        // Only a stopped port can be reconfigured: one an earlier runtime of
+        // this process started is stopped first.
+        if was_started(id) {
+            unsafe { sys::rte_eth_dev_stop(id) };
+            mark_started(id, false);
+        }
+        let conf: sys::rte_eth_conf = Default::default();
+        check(
+            unsafe { sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) },
+            || format!("{device} ({driver}): rte_eth_dev_configure"),
+        )?;
+        let template = if cfg.api == FlowApi::Sync {
+            TemplateState::Off
+        } else {
+            match super::template::configure_port(id, &cfg.template) {
+                Ok(queue_size) => TemplateState::Ready { queue_size },
+                Err(e) if cfg.api == FlowApi::Template => {
+                    return Err(format!(
+                        "{device} ({driver}): the template flow API was asked for but refused: {e}"
+                    ))
+                }
+                Err(e) => {
+                    tracing::info!(port = %device, driver = %driver, error = %e, "template flow API refused; using the sync API");
+                    TemplateState::Refused(e)
+                }
+            }
+        };
+        let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
+        let socket = if socket < 0 { 0 } else { socket as u32 };
+        for q in 0..cfg.rx_queues {
+            check(
+                unsafe {
+                    sys::rte_eth_rx_queue_setup(
+                        id,
+                        q,
+                        cfg.rx_descriptors,
+                        socket,
+                        core::ptr::null(),
+                        pool,
+                    )
+                },
+                || format!("{device} ({driver}): rx queue {q} setup"),
+            )?;
+        }
+        for q in 0..cfg.tx_queues {
+            check(
+                unsafe {
+                    sys::rte_eth_tx_queue_setup(
+                        id,
+                        q,
+                        cfg.tx_descriptors,
+                        socket,
+                        core::ptr::null(),
+                    )
+                },
+                || format!("{device} ({driver}): tx queue {q} setup"),
+            )?;
+        }
+        check(unsafe { sys::rte_eth_dev_start(id) }, || {
+            format!("{device} ({driver}): rte_eth_dev_start")
+        })?;
+        mark_started(id, true);
+        if cfg.promiscuous {
+            let rc = unsafe { sys::rte_eth_promiscuous_enable(id) };
+            if rc < 0 {
+                tracing::warn!(port = %device, error = %strerror(-rc), "promiscuous mode refused");
+            }
+        }
+        Ok(PortInfo {
+            index,
+            id,
+            device: device.clone(),
+            driver,
+            rx_queues: cfg.rx_queues,
+            tx_queues: cfg.tx_queues,
+            peer: cfg.ports[index as usize].peer,
+            template,
+        })
+    }
+
+    pub fn port(&self, index: u8) -> Option<&PortInfo> {
+        self.ports.get(index as usize)
+    }
+
+    pub fn pool(&self) -> *mut sys::rte_mempool {
+        self.pool
+    }
+
+    /// Stops the ports (rules stay unless the backend removed them).
+    pub fn stop(&self) {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if *started {
+            for p in &self.ports {
+                let rc = unsafe { sys::rte_eth_dev_stop(p.id) };
+                mark_started(p.id, false);
+                if rc < 0 {
+                    tracing::warn!(port = %p.device, error = %strerror(-rc), "rte_eth_dev_stop failed");
+                }
+            }
+            *started = false;
+        }
+    }
+}
+
+impl Drop for DpdkRuntime {
+    fn drop(&mut self) {
+        // The pool is left allocated: a stopped port's queues may still hold
+        // its mbufs until the port is reconfigured.
+        self.stop();
+    }
+}
