@@ -239,7 +239,7 @@ impl Engine {
         self.table.set_timeouts(timeouts);
         for id in self.table.ids() {
             if let Some(f) = self.table.get_mut(id) {
-                f.class = if f.stage == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
+                f.class = if f.stage() == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
             }
         }
         self.classifier = classifier;
@@ -325,7 +325,7 @@ impl Engine {
                 return;
             }
         };
-        let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage);
+        let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
         // A tap that sees offloaded packets (AF_PACKET before tc) may hand
         // over a packet captured before its rule went in, which the rule
         // never counted: packets older than the install still count here.
@@ -355,9 +355,7 @@ impl Engine {
         match decision {
             Decision::Wait => {}
             Decision::Software => {
-                if let Some(f) = self.table.get_mut(id) {
-                    f.stage = Stage::Software;
-                }
+                self.table.set_stage(id, Stage::Software);
                 self.emit_classified(id, "software".into());
             }
             Decision::Offload(action) => {
@@ -400,18 +398,14 @@ impl Engine {
             return;
         }
         self.offloads.insert(id, state);
-        if let Some(f) = self.table.get_mut(id) {
-            f.stage = Stage::Queued;
-        }
+        self.table.set_stage(id, Stage::Queued);
         self.queue.push(id);
     }
 
     fn refuse(&mut self, id: FlowId, state: &mut OffloadState, refusal: Refusal) {
         *self.stats.refusals.entry(refusal.kind.as_str().to_string()).or_insert(0) += 1;
         self.stats.flows_refused += 1;
-        if let Some(f) = self.table.get_mut(id) {
-            f.stage = Stage::Refused;
-        }
+        self.table.set_stage(id, Stage::Refused);
         let reason = refusal.to_string();
         state.refusal = Some(refusal);
         let ts_ns = self.now_ns;
@@ -464,7 +458,7 @@ impl Engine {
         }
         self.refill_tokens(now);
         let table = &self.table;
-        self.queue.retain(|id| table.get(*id).is_some_and(|f| f.stage == Stage::Queued));
+        self.queue.retain(|id| table.get(*id).is_some_and(|f| f.stage() == Stage::Queued));
         let budget = self.install_budget();
         if budget == 0 || self.queue.is_empty() {
             return;
@@ -520,9 +514,7 @@ impl Engine {
                 None => {
                     state.installed_ns = now;
                     self.stats.flows_offloaded += 1;
-                    if let Some(f) = self.table.get_mut(*id) {
-                        f.stage = Stage::Offloaded;
-                    }
+                    self.table.set_stage(*id, Stage::Offloaded);
                     let (action, placement) = (state.action, state.placement);
                     self.emit(|| Event::Offloaded { id: *id, action, placement, ts_ns: now });
                 }
@@ -599,7 +591,7 @@ impl Engine {
         let mut removing = Vec::new();
         for &id in &due {
             let Some(flow) = self.table.get(id) else { continue };
-            if flow.stage != Stage::Offloaded {
+            if flow.stage() != Stage::Offloaded {
                 self.end(id, reason_for(flow));
                 continue;
             }
@@ -802,7 +794,7 @@ impl Engine {
             dport,
             vlan: flow.key.vlan_outer,
             ingress: flow.key.ingress,
-            stage: flow.stage,
+            stage: flow.stage(),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),
             start_ns: flow.first_ns,
@@ -836,7 +828,7 @@ impl Engine {
         let ctx = self.contexts.update(id, update)?.clone();
         let flow = self.table.get_mut(id).expect("checked above");
         flow.set_has_context(true);
-        if flow.stage == Stage::Tracking && ctx.verdict.is_some() {
+        if flow.stage() == Stage::Tracking && ctx.verdict.is_some() {
             self.classify(id);
         }
         Ok(ctx)
@@ -852,13 +844,20 @@ impl Engine {
         self.offloads.get(&id)
     }
 
+    /// The offload side of every live flow that has one (queued, offloaded,
+    /// refused or taken back): far fewer than all flows, so statistics over
+    /// placements read these instead of scanning the table.
+    pub fn offload_states(&self) -> impl Iterator<Item = (FlowId, &OffloadState)> + '_ {
+        self.offloads.iter().map(|(id, s)| (*id, s))
+    }
+
     /// Asks for a flow to be offloaded with `action` (installed at the next
     /// poll, with the usual limits).
     pub fn request_offload(&mut self, id: FlowId, action: Action) -> Result<(), EngineError> {
         let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
-        match flow.stage {
+        match flow.stage() {
             Stage::Offloaded | Stage::Queued => {
-                return Err(EngineError::WrongStage { id, stage: flow.stage.as_str(), what: "already offloaded or queued" })
+                return Err(EngineError::WrongStage { id, stage: flow.stage().as_str(), what: "already offloaded or queued" })
             }
             _ => {}
         }
@@ -880,7 +879,7 @@ impl Engine {
     /// counters folded in) and the classifier won't offload it again.
     pub fn request_unoffload(&mut self, id: FlowId) -> Result<(), EngineError> {
         let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
-        match flow.stage {
+        match flow.stage() {
             Stage::Offloaded => {
                 let now = self.now_ns;
                 if !self.remove_rules(&[id], now).is_empty() {
@@ -898,16 +897,14 @@ impl Engine {
         if let Some(state) = self.offloads.get_mut(&id) {
             state.pinned_software = true;
         }
-        if let Some(f) = self.table.get_mut(id) {
-            f.stage = Stage::Software;
-        }
+        self.table.set_stage(id, Stage::Software);
         Ok(())
     }
 
     /// Ends a flow now (its rules removed first), with reason `evicted`.
     pub fn evict(&mut self, id: FlowId) -> Result<FlowRecord, EngineError> {
         let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
-        if flow.stage == Stage::Offloaded && !self.remove_rules(&[id], self.now_ns).is_empty() {
+        if flow.stage() == Stage::Offloaded && !self.remove_rules(&[id], self.now_ns).is_empty() {
             return Err(EngineError::Backend(BackendError::Io {
                 backend: self.backend.name().into(),
                 message: "rule removal failed; the flow is kept".into(),

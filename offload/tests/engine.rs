@@ -171,7 +171,7 @@ fn capacity_limit_offloads_the_largest_flows_first() {
     assert_eq!(e.rules_live(), 6, "three flows of two rules fill the NIC");
     let offloaded: Vec<u8> = e
         .flows()
-        .filter(|(_, f)| f.stage == Stage::Offloaded)
+        .filter(|(_, f)| f.stage() == Stage::Offloaded)
         .map(|(id, _)| e.flow(id).unwrap().src.parse::<Ipv4Addr>().unwrap().octets()[3])
         .collect::<Vec<_>>();
     let mut sorted = offloaded.clone();

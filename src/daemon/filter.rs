@@ -153,7 +153,7 @@ impl Filter {
                 Test::Dst(n) => n.contains(&ends().dst),
                 Test::Vlan(v) => flow.key.vlan_outer == *v,
                 Test::Ingress(i) => flow.key.ingress == *i,
-                Test::Stage(s) => flow.stage == *s,
+                Test::Stage(s) => flow.stage() == *s,
                 Test::Placement(p) => facts.placement(id, flow) == p,
                 Test::Class(c) => facts.class(flow) == Some(c.as_str()),
                 Test::Label(l) => facts.label(id) == Some(l.as_str()),

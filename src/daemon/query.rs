@@ -36,7 +36,7 @@ pub struct EngineFacts<'a>(pub &'a Engine);
 impl FlowFacts for EngineFacts<'_> {
     fn placement(&self, id: FlowId, flow: &Flow) -> &'static str {
         // Only offloaded flows have rules in place; the rest need no lookup.
-        if flow.stage != Stage::Offloaded {
+        if flow.stage() != Stage::Offloaded {
             return "none";
         }
         placement_of(self.0.offload_state(id))

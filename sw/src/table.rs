@@ -105,7 +105,9 @@ pub struct Flow {
     pub key: FlowKey,
     generation: u16,
     pub tcp: TcpState,
-    pub stage: Stage,
+    /// Written only through `FlowTable::set_stage`, which keeps the counts
+    /// by stage that statistics read without scanning the table.
+    stage: Stage,
     flags: u8,
     /// Classifier rule that matched, plus one (0: none yet).
     pub class: u8,
@@ -138,6 +140,10 @@ impl Flow {
 
     pub fn generation(&self) -> u16 {
         self.generation
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.stage
     }
 
     /// The direction of the flow's first packet.
@@ -375,9 +381,13 @@ pub struct FlowTable {
     wheel: TimerWheel,
     frags: FragTracker,
     live: usize,
+    /// Live flows by stage (`Stage as usize`).
+    by_stage: [usize; STAGE_COUNT],
     config: TableConfig,
     stats: TableStats,
 }
+
+const STAGE_COUNT: usize = Stage::Refused as usize + 1;
 
 impl FlowTable {
     pub fn new(config: TableConfig) -> FlowTable {
@@ -393,6 +403,7 @@ impl FlowTable {
             wheel: TimerWheel::new(config.tick_ns, config.wheel_slots),
             frags: FragTracker::new(config.max_fragments, config.fragment_timeout_ns),
             live: 0,
+            by_stage: [0; STAGE_COUNT],
             config: TableConfig { max_flows: max, ..config },
             stats: TableStats::default(),
         }
@@ -564,6 +575,7 @@ impl FlowTable {
         let deadline = now_ns + self.config.timeouts.for_flow(slot);
         self.wheel.schedule(TimerEntry { index, generation }, deadline);
         self.live += 1;
+        self.by_stage[Stage::Tracking as usize] += 1;
         self.stats.inserted += 1;
         Lookup::Inserted { id: FlowId::new(index, generation), evicted }
     }
@@ -603,6 +615,25 @@ impl FlowTable {
                 self.wheel.schedule(entry, deadline);
             }
         }
+    }
+
+    /// Moves a flow to another stage of its offload lifecycle.
+    pub fn set_stage(&mut self, id: FlowId, stage: Stage) {
+        if stage == Stage::Free {
+            return;
+        }
+        let Some(flow) = self.get_mut(id) else { return };
+        let old = flow.stage;
+        flow.stage = stage;
+        self.by_stage[old as usize] -= 1;
+        self.by_stage[stage as usize] += 1;
+    }
+
+    /// How many live flows are in each stage, without a scan.
+    pub fn count_by_stage(&self) -> impl Iterator<Item = (Stage, usize)> + '_ {
+        [Stage::Tracking, Stage::Software, Stage::Queued, Stage::Offloaded, Stage::Refused]
+            .into_iter()
+            .map(|s| (s, self.by_stage[s as usize]))
     }
 
     /// The moment a flow becomes idle, given its current state.
@@ -646,6 +677,7 @@ impl FlowTable {
         let index = id.index();
         self.index.remove(hash, index);
         let slot = &mut self.flows[index as usize];
+        self.by_stage[slot.stage as usize] -= 1;
         slot.stage = Stage::Free;
         self.free.push(index);
         self.live -= 1;
@@ -793,7 +825,7 @@ mod tests {
     fn full_table_never_evicts_offloaded_flows() {
         let mut t = table(1, FullPolicy::EvictIdle);
         let id = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
-        t.get_mut(id).unwrap().stage = Stage::Offloaded;
+        t.set_stage(id, Stage::Offloaded);
         assert_eq!(t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), S), Lookup::Full);
         assert_eq!(t.stats().rejected_full, 1);
         assert!(t.get(id).is_some());
@@ -822,6 +854,21 @@ mod tests {
         orphan.fragment = Fragment::Later { id: 78 };
         assert_eq!(t.lookup_or_insert(&orphan, 1), Lookup::OrphanFragment);
         assert_eq!(t.stats().orphan_fragments, 1);
+    }
+
+    #[test]
+    fn counts_by_stage_follow_inserts_moves_and_removals() {
+        let mut t = table(8, FullPolicy::EvictIdle);
+        let a = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
+        let b = track(&mut t, &pkt(1001, 53, 17, 0, 80), 0);
+        t.set_stage(a, Stage::Offloaded);
+        let counts = |t: &FlowTable| t.count_by_stage().filter(|(_, n)| *n > 0).collect::<Vec<_>>();
+        assert_eq!(counts(&t), vec![(Stage::Tracking, 1), (Stage::Offloaded, 1)]);
+        t.remove(a);
+        t.set_stage(a, Stage::Software); // stale id: no effect
+        assert_eq!(counts(&t), vec![(Stage::Tracking, 1)]);
+        t.remove(b);
+        assert_eq!(counts(&t), vec![]);
     }
 
     #[test]
