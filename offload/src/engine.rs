@@ -580,6 +580,7 @@ impl Engine {
             hw.packets += dp;
             hw.bytes += db;
             flow.touch(c.last_used_ns.map_or(now, |t| t.min(now)));
+            self.table.note_counted(id);
         }
         true
     }
@@ -842,6 +843,11 @@ impl Engine {
     /// (for scans over every flow: counting placements, filtering).
     pub fn offload_state(&self, id: FlowId) -> Option<&OffloadState> {
         self.offloads.get(&id)
+    }
+
+    /// See `FlowTable::rebuild_largest`.
+    pub fn rebuild_largest_flows(&mut self, want: usize) {
+        self.table.rebuild_largest(want);
     }
 
     /// The offload side of every live flow that has one (queued, offloaded,

@@ -193,7 +193,12 @@ struct Daemon {
     nic_packets: u64,
     sw_packets: u64,
     samples: VecDeque<Sample>,
+    /// When the list of largest flows was last rebuilt for a query.
+    last_largest_rebuild: Instant,
 }
+
+/// Most often a `flows` query may rebuild the table's list of largest flows.
+const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the daemon until `controls.stop` is set, then ends every flow and
 /// returns. The socket is removed on the way out, error or not.
@@ -240,6 +245,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         nic_packets: 0,
         sw_packets: 0,
         samples: VecDeque::new(),
+        last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
     };
     let cpu_at_start = thread_cpu_ns();
     daemon.run_loop(&jobs_rx, controls);
@@ -492,6 +498,19 @@ impl Daemon {
                 let limit = limit.unwrap_or(DEFAULT_PAGE);
                 if limit > MAX_PAGE {
                     return Err(ControlError::new(ErrorCode::BadRequest, format!("limit {limit}: at most {MAX_PAGE} flows a page")));
+                }
+                let keep = offset.saturating_add(limit);
+                if sort == crate::control::SortKey::Bytes
+                    && filter.is_empty()
+                    && keep > 0
+                    && self.last_largest_rebuild.elapsed() >= LARGEST_REBUILD_EVERY
+                    && self.engine.table().largest_by_bytes().1.count() < keep
+                {
+                    // Too few listed to answer: one rebuild (two scans) sets the
+                    // bar so the next such queries need no scan. At most once
+                    // a second, so flows that all tie can't make every query pay.
+                    self.engine.rebuild_largest_flows(keep.max(1024));
+                    self.last_largest_rebuild = std::time::Instant::now();
                 }
                 to_value(&query::list(&self.engine, &filter, sort, offset, limit, now))?
             }

@@ -106,8 +106,20 @@ pub fn summary(view: &FlowView, engine: &Engine, now_ns: u64) -> FlowSummary {
 pub fn list(engine: &Engine, filter: &Filter, sort: SortKey, offset: usize, limit: usize, now_ns: u64) -> FlowsPage {
     let keep = offset.saturating_add(limit);
     let facts = EngineFacts(engine);
-    let mut heap: BinaryHeap<Reverse<(u64, Reverse<FlowId>)>> = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
+    let mut heap: Ranked = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
     let mut total = 0usize;
+    // The largest flows by bytes are kept by the table as they grow: when
+    // there are enough of them, they are the answer and no scan is needed.
+    if sort == SortKey::Bytes && filter.is_empty() {
+        let (_, largest) = engine.table().largest_by_bytes();
+        let largest: Vec<(FlowId, &Flow)> = largest.collect();
+        if largest.len() >= keep {
+            for (id, flow) in largest {
+                push_bounded(&mut heap, keep, Reverse((flow.bytes(), Reverse(id))));
+            }
+            return page(engine, heap, engine.table().len(), offset, sort, now_ns);
+        }
+    }
     for (id, flow) in engine.flows() {
         if !filter.matches(id, flow, &facts) {
             continue;
@@ -116,19 +128,32 @@ pub fn list(engine: &Engine, filter: &Filter, sort: SortKey, offset: usize, limi
         if keep == 0 {
             continue;
         }
-        let item = Reverse((sort_value(sort, flow, now_ns), Reverse(id)));
-        if heap.len() < keep {
+        push_bounded(&mut heap, keep, Reverse((sort_value(sort, flow, now_ns), Reverse(id))));
+    }
+    page(engine, heap, total, offset, sort, now_ns)
+}
+
+type Ranked = BinaryHeap<Reverse<(u64, Reverse<FlowId>)>>;
+
+/// Keeps the `keep` best items (the heap's top is the worst kept).
+fn push_bounded(heap: &mut Ranked, keep: usize, item: Reverse<(u64, Reverse<FlowId>)>) {
+    if keep == 0 {
+        return;
+    }
+    if heap.len() < keep {
+        heap.push(item);
+    } else if let Some(worst) = heap.peek() {
+        if item < *worst {
+            heap.pop();
             heap.push(item);
-        } else if let Some(worst) = heap.peek() {
-            if item < *worst {
-                heap.pop();
-                heap.push(item);
-            }
         }
     }
+}
+
+fn page(engine: &Engine, heap: Ranked, total: usize, offset: usize, sort: SortKey, now_ns: u64) -> FlowsPage {
     // Ascending order of Reverse(..) is best first.
-    let ranked = heap.into_sorted_vec();
-    let flows = ranked
+    let flows = heap
+        .into_sorted_vec()
         .into_iter()
         .skip(offset)
         .filter_map(|Reverse((_, Reverse(id)))| engine.flow(id))
@@ -154,4 +179,42 @@ pub fn detail(engine: &Engine, id: FlowId, now_ns: u64) -> Option<Value> {
         m.insert("rate_bps".into(), Value::from(rate));
     }
     Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowtable_sw::{FlowKey, Fragment, PacketInfo};
+    use rand::{Rng, SeedableRng};
+
+    /// The top flows by bytes come from the table's list of largest flows
+    /// when it holds enough; they must be exactly what a full scan finds.
+    #[test]
+    fn top_by_bytes_without_a_scan_equals_the_scan() {
+        let config = flowtable_config::parse("t", r#"{"table": {"max_flows": 50000}}"#).unwrap();
+        let mut engine = Engine::from_config(&config, crate::backend::build(&config).unwrap()).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5);
+        for i in 0..300_000u64 {
+            let port = 1000 + (rng.gen::<f64>().powi(2) * 20_000.0) as u16;
+            let (key, dir) = FlowKey::from_v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53, 17);
+            let len = rng.gen_range(64..9000);
+            let p = PacketInfo { key, dir, wire_len: len, tcp_flags: 0, fragment: Fragment::Whole, payload_offset: 0 };
+            engine.process(&p, i);
+        }
+        let (bar, largest) = engine.table().largest_by_bytes();
+        assert!(largest.count() >= 150, "the list is long enough for the fast path (bar {bar})");
+        let all = Filter::parse("").unwrap();
+        for (offset, limit) in [(0, 100), (50, 100), (0, 1)] {
+            let fast = list(&engine, &all, SortKey::Bytes, offset, limit, 0);
+            let mut every: Vec<(u64, FlowId)> = engine.flows().map(|(id, f)| (f.bytes(), id)).collect();
+            every.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let expected: Vec<FlowId> = every.iter().skip(offset).take(limit).map(|(_, id)| *id).collect();
+            let got: Vec<FlowId> = fast.flows.iter().map(|f| f.id).collect();
+            assert_eq!(got, expected, "offset {offset} limit {limit}");
+            assert_eq!(fast.total, engine.table().len());
+        }
+        // Past what the list holds, the scan answers, and agrees too.
+        let deep = list(&engine, &all, SortKey::Bytes, 0, 20_000, 0);
+        assert_eq!(deep.flows.len(), 20_000.min(engine.table().len()));
+    }
 }

@@ -95,6 +95,13 @@ const FLAG_INITIATOR_HI: u8 = 1 << 0;
 const FLAG_FIN_SHIFT: u8 = 1;
 const FLAG_FIN_MASK: u8 = crate::tcp::FIN_BITS << FLAG_FIN_SHIFT;
 const FLAG_HAS_CONTEXT: u8 = 1 << 4;
+/// The flow is in the table's list of largest flows (see `heavy`).
+const FLAG_HEAVY: u8 = 1 << 5;
+
+/// Most entries the list of largest flows holds before its bar rises.
+const HEAVY_MAX: usize = 4096;
+/// The bar a flow's bytes must reach to enter that list, at first.
+const HEAVY_START_BYTES: u64 = 64 * 1024;
 
 /// One flow: 128 bytes holding key, state, both directions' software and
 /// hardware counters and timestamps. The application's context lives out
@@ -383,6 +390,12 @@ pub struct FlowTable {
     live: usize,
     /// Live flows by stage (`Stage as usize`).
     by_stage: [usize; STAGE_COUNT],
+    /// Every live flow with at least `heavy_bytes` bytes (and some stale
+    /// ids), so "the largest flows" is answered without a scan: any flow
+    /// left out is smaller than every flow in. Kept as packets and counters
+    /// are counted; the bar doubles when the list grows past `HEAVY_MAX`.
+    heavy: Vec<FlowId>,
+    heavy_bytes: u64,
     config: TableConfig,
     stats: TableStats,
 }
@@ -404,6 +417,8 @@ impl FlowTable {
             frags: FragTracker::new(config.max_fragments, config.fragment_timeout_ns),
             live: 0,
             by_stage: [0; STAGE_COUNT],
+            heavy: Vec::with_capacity(HEAVY_MAX + 1),
+            heavy_bytes: HEAVY_START_BYTES,
             config: TableConfig { max_flows: max, ..config },
             stats: TableStats::default(),
         }
@@ -599,6 +614,7 @@ impl FlowTable {
     #[inline]
     pub fn observe(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64, count: bool) {
         let timeouts = self.config.timeouts;
+        let heavy_bar = self.heavy_bytes;
         let Some(flow) = self.get_mut(id) else { return };
         let before = timeouts.for_flow(flow);
         if count {
@@ -607,6 +623,7 @@ impl FlowTable {
             c.bytes += pkt.wire_len as u64;
         }
         flow.touch(now_ns);
+        let heavy = count && flow.flags & FLAG_HEAVY == 0 && flow.bytes() >= heavy_bar;
         if flow.observe_tcp(pkt.dir, pkt.tcp_flags) {
             let after = timeouts.for_flow(flow);
             if after < before {
@@ -615,6 +632,101 @@ impl FlowTable {
                 self.wheel.schedule(entry, deadline);
             }
         }
+        if heavy {
+            self.add_heavy(id);
+        }
+    }
+
+    /// To be called after a flow's counters grew outside `observe` (the
+    /// engine folding in hardware counters).
+    pub fn note_counted(&mut self, id: FlowId) {
+        let bar = self.heavy_bytes;
+        if self.get(id).is_some_and(|f| f.flags & FLAG_HEAVY == 0 && f.bytes() >= bar) {
+            self.add_heavy(id);
+        }
+    }
+
+    #[cold]
+    fn add_heavy(&mut self, id: FlowId) {
+        self.flows[id.index() as usize].flags |= FLAG_HEAVY;
+        self.heavy.push(id);
+        if self.heavy.len() > HEAVY_MAX {
+            self.raise_heavy_bar();
+        }
+    }
+
+    /// Drops stale ids, then doubles the bar until the list is at most half
+    /// full; flows dropped lose their mark and come back when they pass the
+    /// new bar. Amortized over the `HEAVY_MAX / 2` additions between calls.
+    fn raise_heavy_bar(&mut self) {
+        loop {
+            let bar = self.heavy_bytes;
+            let flows = &mut self.flows;
+            self.heavy.retain(|id| match flows.get_mut(id.index() as usize) {
+                Some(f) if f.stage != Stage::Free && f.generation == id.generation() => {
+                    if f.bytes() >= bar {
+                        true
+                    } else {
+                        f.flags &= !FLAG_HEAVY;
+                        false
+                    }
+                }
+                _ => false,
+            });
+            if self.heavy.len() <= HEAVY_MAX / 2 {
+                break;
+            }
+            self.heavy_bytes = self.heavy_bytes.saturating_mul(2);
+        }
+    }
+
+    /// Rebuilds the list of largest flows with one scan, its bar set so
+    /// that about `want` flows (at most `HEAVY_MAX`) are in: for when the
+    /// list is too short to answer, e.g. after the bar rose and the large
+    /// flows ended. The bar only ever rises otherwise, so this is how it
+    /// comes down.
+    pub fn rebuild_largest(&mut self, want: usize) {
+        let want = want.clamp(1, HEAVY_MAX);
+        // The `want`-th largest byte count: a bounded min-heap over one scan.
+        let mut top: std::collections::BinaryHeap<core::cmp::Reverse<u64>> =
+            std::collections::BinaryHeap::with_capacity(want + 1);
+        for f in self.flows.iter().filter(|f| f.stage != Stage::Free) {
+            let b = f.bytes();
+            if top.len() < want {
+                top.push(core::cmp::Reverse(b));
+            } else if top.peek().is_some_and(|r| b > r.0) {
+                top.pop();
+                top.push(core::cmp::Reverse(b));
+            }
+        }
+        let bar = top.peek().map_or(HEAVY_START_BYTES, |r| r.0).max(1);
+        // Ties at the bar can overfill the list; then only flows above it.
+        if self.mark_heavy(bar) > HEAVY_MAX {
+            self.mark_heavy(bar + 1);
+        }
+    }
+
+    /// Lists exactly the live flows with at least `bar` bytes; returns how many.
+    fn mark_heavy(&mut self, bar: u64) -> usize {
+        self.heavy.clear();
+        self.heavy_bytes = bar;
+        for (i, f) in self.flows.iter_mut().enumerate() {
+            if f.stage != Stage::Free && f.bytes() >= bar {
+                f.flags |= FLAG_HEAVY;
+                self.heavy.push(FlowId::new(i as u32, f.generation));
+            } else {
+                f.flags &= !FLAG_HEAVY;
+            }
+        }
+        self.heavy.len()
+    }
+
+    /// The largest flows by bytes: every live flow with at least `bar`
+    /// bytes, none smaller. A query for the top N by bytes that finds N here
+    /// is exact without scanning the table.
+    pub fn largest_by_bytes(&self) -> (u64, impl Iterator<Item = (FlowId, &Flow)> + '_) {
+        let live = self.heavy.iter().filter_map(|id| self.get(*id).map(|f| (*id, f)));
+        (self.heavy_bytes, live)
     }
 
     /// Moves a flow to another stage of its offload lifecycle.
@@ -869,6 +981,53 @@ mod tests {
         assert_eq!(counts(&t), vec![(Stage::Tracking, 1)]);
         t.remove(b);
         assert_eq!(counts(&t), vec![]);
+    }
+
+    #[test]
+    fn largest_flows_list_holds_every_flow_over_its_bar() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(9);
+        let mut t = table(40_000, FullPolicy::EvictIdle);
+        let mut ids = Vec::new();
+        for round in 0..400_000u32 {
+            // Skewed towards low ports: a few large flows, many small ones.
+            let port = 1000 + (rng.gen::<f64>().powi(2) * 30_000.0) as u16;
+            let p = pkt(port, 53, 17, 0, rng.gen_range(64..9000));
+            let id = track(&mut t, &p, round as u64);
+            if rng.gen_bool(0.01) {
+                ids.push(id);
+            }
+            // Now and then a flow ends, so stale ids must be told apart.
+            if rng.gen_bool(0.02) {
+                if let Some(victim) = ids.pop() {
+                    t.remove(victim);
+                }
+            }
+        }
+        let (bar, listed) = t.largest_by_bytes();
+        let listed: std::collections::HashSet<FlowId> = listed.map(|(id, _)| id).collect();
+        assert!(bar > HEAVY_START_BYTES, "the bar rose ({bar})");
+        assert!(listed.len() <= HEAVY_MAX);
+        let mut over = 0;
+        for (id, f) in t.iter() {
+            if f.bytes() >= bar {
+                over += 1;
+                assert!(listed.contains(&id), "{id} has {} bytes >= {bar} but is not listed", f.bytes());
+            } else {
+                assert!(!listed.contains(&id), "{id} is listed under the bar");
+            }
+        }
+        assert_eq!(over, listed.len());
+        assert!(over > 100, "enough large flows to answer a top 100 ({over})");
+
+        // Rebuilt for the 50 largest: the bar drops to the 50th largest.
+        t.rebuild_largest(50);
+        let (bar, listed) = t.largest_by_bytes();
+        let listed: Vec<FlowId> = listed.map(|(id, _)| id).collect();
+        let mut sizes: Vec<u64> = t.iter().map(|(_, f)| f.bytes()).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(bar, sizes[49]);
+        assert_eq!(listed.len(), sizes.iter().filter(|b| **b >= bar).count());
     }
 
     #[test]
