@@ -54,6 +54,9 @@ pub struct ReplayError {
 /// Replays `source` through `engine` until the source ends, then shuts
 /// the engine down (remaining flows end with reason `shutdown`). Every
 /// record goes to `on_record` as it is made.
+// The error carries the summary of what was read before the source broke
+// off; it is made once per replay, so its size costs nothing.
+#[allow(clippy::result_large_err)]
 pub fn replay(
     source: &mut dyn PacketSource,
     engine: &mut Engine,

@@ -15,6 +15,7 @@
 //! - tshark reassembles IP fragments and counts a fragmented datagram once,
 //!   in its last fragment; flowtable counts every fragment in its flow.
 //!   Captures with fragments are not in the list either.
+//!
 //! tshark prints exact frame counts, and bytes exactly below 10 kB
 //! ("4260 bytes") but rounded above ("69 kB"): bytes are compared exactly
 //! where tshark gives them exactly, else to its rounding.

@@ -106,6 +106,11 @@ impl Default for TimeoutSection {
     }
 }
 
+/// More than zero and a number (NaN is neither).
+fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
 fn secs_to_ns(s: f64) -> u64 {
     (s * 1e9) as u64
 }
@@ -447,7 +452,7 @@ impl Config {
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
         }
-        if !(self.table.fragment_timeout_s > 0.0) {
+        if !positive(self.table.fragment_timeout_s) {
             return Err(("table.fragment_timeout_s".into(), "must be more than 0".into()));
         }
         self.timeouts.validate()?;
@@ -460,7 +465,7 @@ impl Config {
         if self.offload.batch_size == 0 {
             return Err(("offload.batch_size".into(), "must be at least 1".into()));
         }
-        if !(self.offload.hard_timeout_s > 0.0) {
+        if !positive(self.offload.hard_timeout_s) {
             return Err(("offload.hard_timeout_s".into(), "must be more than 0".into()));
         }
         let check_action = |path: String, action: &Action| -> Result<(), Invalid> {
