@@ -198,8 +198,9 @@ struct Daemon {
 /// Runs the daemon until `controls.stop` is set, then ends every flow and
 /// returns. The socket is removed on the way out, error or not.
 pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) -> Result<RunSummary, String> {
-    let slots = sources::open_all(&config.sources)?;
+    // The backend first: a dpdk source reads the ports the DPDK backend starts.
     let backend = crate::backend::build(&config)?;
+    let slots = sources::open_all(&config.sources, &controls.stop)?;
     let engine = Engine::from_config(&config, backend)?;
     let records = match &config.records.path {
         Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),

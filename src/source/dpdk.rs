@@ -117,4 +117,17 @@ impl PacketSource for DpdkSource {
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
         Ok(self.next_marked().map(|(p, _)| p))
     }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    /// One pass over the queues: a frame if one is there, `None` if every
+    /// queue is empty right now or the stop flag is set.
+    fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        Ok(self.try_next().map(|(p, _)| p))
+    }
 }
