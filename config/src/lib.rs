@@ -133,6 +133,9 @@ mod tests {
         let err = parse("d.json", r#"{"sources": [{"pcap": {"path": "x"}}, {"dpdk": {}}]}"#).unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
         assert!(err.to_string().contains("backend kind \"dpdk\""), "{err}");
+        assert!(!ok.backend.keep_rules());
+        let keep = parse("d.json", r#"{"backend": {"kind": "dpdk", "keep_rules": true}}"#).unwrap();
+        assert!(keep.backend.keep_rules());
         let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {}}, {"dpdk": {}}]}"#).unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
         let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {"queues": 2}}]}"#).unwrap_err();

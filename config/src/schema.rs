@@ -345,6 +345,18 @@ pub enum BackendConfig {
     Dpdk(serde_json::Map<String, serde_json::Value>),
 }
 
+impl BackendConfig {
+    /// Whether the backend leaves its rules in place on shutdown
+    /// (`keep_rules`, for tc and dpdk).
+    pub fn keep_rules(&self) -> bool {
+        match self {
+            BackendConfig::Sim { .. } => false,
+            BackendConfig::Tc { keep_rules } => *keep_rules,
+            BackendConfig::Dpdk(map) => map.get("keep_rules") == Some(&serde_json::Value::Bool(true)),
+        }
+    }
+}
+
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig::Sim { profile: SimProfile::default(), max_rules: None, insert_rate: None }

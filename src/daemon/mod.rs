@@ -19,7 +19,7 @@ use crate::control::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
-use flowtable_config::{BackendConfig, Config, LogFormat, LogSection, Pace};
+use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::Action;
 use flowtable_offload::{Classifier, Engine, EngineError};
 use flowtable_sw::context::{ContextError, FlowContext};
@@ -723,7 +723,7 @@ impl Daemon {
         self.engine.poll(now);
         let flows_at_exit = self.engine.table().len();
         let rules_before = self.engine.rules_live();
-        let keep = matches!(self.config.backend, BackendConfig::Tc { keep_rules: true });
+        let keep = self.config.backend.keep_rules();
         self.engine.shutdown(keep);
         self.write_records();
         self.publish();
