@@ -86,6 +86,7 @@ impl DpdkSource {
             link: Some(LinkType::Ethernet),
             linktype: LINKTYPE_ETHERNET,
             ingress: f.port,
+            mark: f.mark,
         };
         Some((pkt, f.mark))
     }
