@@ -1,4 +1,6 @@
-//! Builds the configured backend.
+//! Builds the configured backend. A DPDK backend also leaves its runtime
+//! (EAL and started ports) where the DPDK packet source finds it: the EAL
+//! starts once per process, so the backend and the source share one.
 
 use flowtable_config::{BackendConfig, Config, SimProfile as ProfileName};
 use flowtable_hw::tc::{TcBackend, TcConfig};
@@ -39,6 +41,65 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
             }
             Ok(Box::new(backend))
         }
-        BackendConfig::Dpdk(_) => Err("backend `dpdk` needs a build with `--features dpdk`".into()),
+        #[cfg(feature = "dpdk")]
+        BackendConfig::Dpdk(map) => dpdk::build(config, map),
+        #[cfg(not(feature = "dpdk"))]
+        BackendConfig::Dpdk(_) => {
+            Err("backend: kind \"dpdk\" is not in this build of flowtable; build it with `--features dpdk`".into())
+        }
+    }
+}
+
+#[cfg(feature = "dpdk")]
+pub use dpdk::runtime as dpdk_runtime;
+
+#[cfg(feature = "dpdk")]
+mod dpdk {
+    use std::sync::{Arc, Mutex, Weak};
+
+    use flowtable_config::Config;
+    use flowtable_hw::dpdk::{DpdkBackend, DpdkConfig, DpdkRuntime};
+    use flowtable_hw::Backend;
+
+    /// The runtime of the DPDK backend this process started. Weak: the
+    /// backend (and any source reading its ports) keep it alive, and the
+    /// last of them to go stops the ports.
+    static RUNTIME: Mutex<Weak<DpdkRuntime>> = Mutex::new(Weak::new());
+
+    /// The running DPDK backend's runtime, if one was built and still lives.
+    pub fn runtime() -> Option<Arc<DpdkRuntime>> {
+        RUNTIME.lock().ok()?.upgrade()
+    }
+
+    pub(super) fn build(
+        config: &Config,
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Box<dyn Backend>, String> {
+        let cfg = DpdkConfig::from_json(serde_json::Value::Object(map.clone()))?;
+        if cfg.ports.len() != config.ports.len() {
+            return Err(format!(
+                "backend.ports: {} DPDK port(s), but the top-level `ports` lists {}: give one device per port, in the same order",
+                cfg.ports.len(),
+                config.ports.len()
+            ));
+        }
+        let mut slot = RUNTIME.lock().map_err(|_| "backend: the DPDK runtime lock is poisoned".to_string())?;
+        if slot.upgrade().is_some() {
+            return Err("backend: a DPDK backend is already running in this process (the EAL starts once)".into());
+        }
+        let rt = DpdkRuntime::start(&cfg)?;
+        *slot = Arc::downgrade(&rt);
+        drop(slot);
+        for p in &rt.ports {
+            tracing::info!(port = p.index, device = %p.device, driver = %p.driver, rx_queues = p.rx_queues, "dpdk port");
+        }
+        let backend = DpdkBackend::new(rt, cfg);
+        for r in backend.probe_report() {
+            match &r.result {
+                Ok(()) => tracing::debug!(port = r.port, pattern = %r.pattern, actions = %r.actions, "PMD takes"),
+                Err(e) => tracing::debug!(port = r.port, pattern = %r.pattern, actions = %r.actions, refusal = %e, "PMD refuses"),
+            }
+        }
+        Ok(Box::new(backend))
     }
 }

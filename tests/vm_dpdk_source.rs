@@ -94,6 +94,7 @@ fn tap_frames_come_out_as_raw_packets() {
         assert_eq!(pkt.linktype, 1);
         assert_eq!(pkt.ingress, 0);
         assert_eq!(mark, None, "no MARK rule, no mark");
+        assert_eq!(pkt.mark, None);
         if let Ok(info) = pkt.parse() {
             if info.key == want {
                 got.push(pkt.wire_len);

@@ -127,6 +127,22 @@ mod tests {
     }
 
     #[test]
+    fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
+        let ok = parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();
+        assert!(matches!(ok.sources[..], [SourceConfig::Dpdk {}]));
+        let err = parse("d.json", r#"{"sources": [{"pcap": {"path": "x"}}, {"dpdk": {}}]}"#).unwrap_err();
+        assert_eq!(err.field(), Some("sources[1].dpdk"));
+        assert!(err.to_string().contains("backend kind \"dpdk\""), "{err}");
+        assert!(!ok.backend.keep_rules());
+        let keep = parse("d.json", r#"{"backend": {"kind": "dpdk", "keep_rules": true}}"#).unwrap();
+        assert!(keep.backend.keep_rules());
+        let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {}}, {"dpdk": {}}]}"#).unwrap_err();
+        assert_eq!(err.field(), Some("sources[1].dpdk"));
+        let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {"queues": 2}}]}"#).unwrap_err();
+        assert!(err.to_string().contains("queues"), "{err}");
+    }
+
+    #[test]
     fn bad_json_reports_line_and_column() {
         let err = parse("b.json", "{\n  \"table\": {,}\n}").unwrap_err();
         match err {

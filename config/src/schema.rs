@@ -350,6 +350,18 @@ pub enum BackendConfig {
     Dpdk(serde_json::Map<String, serde_json::Value>),
 }
 
+impl BackendConfig {
+    /// Whether the backend leaves its rules in place on shutdown
+    /// (`keep_rules`, for tc and dpdk).
+    pub fn keep_rules(&self) -> bool {
+        match self {
+            BackendConfig::Sim { .. } => false,
+            BackendConfig::Tc { keep_rules } => *keep_rules,
+            BackendConfig::Dpdk(map) => map.get("keep_rules") == Some(&serde_json::Value::Bool(true)),
+        }
+    }
+}
+
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig::Sim { profile: SimProfile::default(), max_rules: None, insert_rate: None }
@@ -429,6 +441,9 @@ pub enum SourceConfig {
     Synthetic(serde_json::Map<String, serde_json::Value>),
     /// A live interface (AF_PACKET).
     Interface { name: String, #[serde(default)] ingress: u8 },
+    /// Every rx queue of the DPDK backend's ports (`{"dpdk": {}}`); needs
+    /// backend kind `dpdk`, whose ports it reads.
+    Dpdk {},
 }
 
 /// How `flowtable run` replays a file or the generator.
@@ -520,6 +535,15 @@ impl Config {
         }
         if self.control.socket.is_empty() {
             return Err(("control.socket".into(), "must not be empty".into()));
+        }
+        let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
+        if let Some((i, _)) = dpdk_sources.next() {
+            if !matches!(self.backend, BackendConfig::Dpdk(_)) {
+                return Err((format!("sources[{i}].dpdk"), "reads the DPDK backend's ports: needs backend kind \"dpdk\"".into()));
+            }
+        }
+        if let Some((i, _)) = dpdk_sources.next() {
+            return Err((format!("sources[{i}].dpdk"), "a second dpdk source: one already polls every rx queue".into()));
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::control::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
-use flowtable_config::{BackendConfig, Config, LogFormat, LogSection, Pace};
+use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::Action;
 use flowtable_offload::{Classifier, Engine, EngineError};
 use flowtable_sw::context::{ContextError, FlowContext};
@@ -203,8 +203,9 @@ const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// Runs the daemon until `controls.stop` is set, then ends every flow and
 /// returns. The socket is removed on the way out, error or not.
 pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) -> Result<RunSummary, String> {
-    let slots = sources::open_all(&config.sources)?;
+    // The backend first: a dpdk source reads the ports the DPDK backend starts.
     let backend = crate::backend::build(&config)?;
+    let slots = sources::open_all(&config.sources, &controls.stop)?;
     let engine = Engine::from_config(&config, backend)?;
     let records = match &config.records.path {
         Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
@@ -748,7 +749,7 @@ impl Daemon {
         self.engine.poll(now);
         let flows_at_exit = self.engine.table().len();
         let rules_before = self.engine.rules_live();
-        let keep = matches!(self.config.backend, BackendConfig::Tc { keep_rules: true });
+        let keep = self.config.backend.keep_rules();
         self.engine.shutdown(keep);
         self.write_records();
         self.publish();

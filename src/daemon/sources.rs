@@ -7,6 +7,8 @@ use crate::source::synth::{SynthConfig, SyntheticSource};
 use crate::source::PacketSource;
 use flowtable_config::{Pace, SourceConfig};
 use flowtable_sw::{PacketInfo, SkipReason};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A packet read but not yet due (paced sources).
@@ -71,8 +73,9 @@ impl Slot {
 }
 
 /// Opens every configured source; the first that can't be opened fails
-/// the start, naming its index and why.
-pub fn open_all(sources: &[SourceConfig]) -> Result<Vec<Slot>, String> {
+/// the start, naming its index and why. A `dpdk` source reads the ports of
+/// the DPDK backend, which must be built first. `stop` ends blocking reads.
+pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         let at = format!("sources[{i}]");
@@ -103,7 +106,70 @@ pub fn open_all(sources: &[SourceConfig]) -> Result<Vec<Slot>, String> {
                 // Live frames are due when they arrive.
                 slots.push(Slot::new(format!("interface {name}"), Box::new(src), Pace::Timestamps));
             }
+            SourceConfig::Dpdk {} => slots.push(open_dpdk(&at, stop)?),
         }
     }
     Ok(slots)
+}
+
+#[cfg(feature = "dpdk")]
+fn open_dpdk(at: &str, stop: &Arc<AtomicBool>) -> Result<Slot, String> {
+    use crate::source::dpdk::DpdkSource;
+    let rt = crate::backend::dpdk_runtime()
+        .ok_or_else(|| format!("{at}.dpdk: no DPDK backend is running (backend kind \"dpdk\" starts the ports this source reads)"))?;
+    let src = DpdkSource::all_queues(&rt, stop.clone()).map_err(|e| format!("{at}.dpdk: {e}"))?;
+    let devices: Vec<&str> = rt.ports.iter().map(|p| p.device.as_str()).collect();
+    // Live frames are due when they arrive.
+    Ok(Slot::new(format!("dpdk {}", devices.join(",")), Box::new(src), Pace::Timestamps))
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_dpdk(at: &str, _stop: &Arc<AtomicBool>) -> Result<Slot, String> {
+    Err(format!("{at}.dpdk: this build of flowtable has no DPDK support; build it with `--features dpdk`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn dpdk_source_without_the_feature_says_how_to_get_it() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let err = open_all(&[SourceConfig::Dpdk {}], &stop).err().expect("no dpdk in this build");
+        assert!(err.starts_with("sources[0].dpdk: "), "{err}");
+        assert!(err.contains("--features dpdk"), "{err}");
+        let config = flowtable_config::parse(
+            "d.json",
+            r#"{"backend": {"kind": "dpdk", "eal_args": ["--no-huge"]}, "sources": [{"dpdk": {}}]}"#,
+        )
+        .unwrap();
+        let err = crate::backend::build(&config).err().expect("no dpdk backend in this build");
+        assert!(err.starts_with("backend: ") && err.contains("--features dpdk"), "{err}");
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn dpdk_source_needs_a_running_dpdk_backend() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let err = open_all(&[SourceConfig::Dpdk {}], &stop).err().expect("no backend started");
+        assert!(err.starts_with("sources[0].dpdk: no DPDK backend is running"), "{err}");
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn dpdk_backend_errors_name_the_field() {
+        let bad = [
+            (r#"{"kind": "dpdk", "eal_args": "-l 0", "ports": [{"device": "net_tap0"}]}"#, "backend.eal_args: "),
+            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}], "rx_queue": 2}"#, "backend.rx_queue: "),
+            (r#"{"kind": "dpdk", "ports": []}"#, "backend.ports: "),
+            // Two top-level ports (the default), one DPDK device.
+            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}]}"#, "backend.ports: 1 DPDK port(s), but the top-level `ports` lists 2"),
+        ];
+        for (backend, want) in bad {
+            let config = flowtable_config::parse("d.json", &format!(r#"{{"backend": {backend}}}"#)).unwrap();
+            let err = crate::backend::build(&config).err().expect(backend);
+            assert!(err.starts_with(want), "{backend}: {err}");
+        }
+    }
 }

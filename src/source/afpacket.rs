@@ -471,7 +471,7 @@ impl AfPacketSource {
         let (link, linktype, ingress) = (r.link, r.linktype, r.ingress);
         let stripped = f.status & TP_STATUS_VLAN_VALID != 0 && link == Some(LinkType::Ethernet) && data.len() >= 12;
         if !stripped {
-            return RawPacket { ts_ns: f.ts_ns, data, wire_len: f.len, link, linktype, ingress };
+            return RawPacket { ts_ns: f.ts_ns, data, wire_len: f.len, link, linktype, ingress, mark: None };
         }
         let tpid = if f.status & TP_STATUS_VLAN_TPID_VALID != 0 && f.vlan_tpid != 0 { f.vlan_tpid } else { ETH_P_8021Q };
         self.scratch.clear();
@@ -479,7 +479,7 @@ impl AfPacketSource {
         self.scratch.extend_from_slice(&tpid.to_be_bytes());
         self.scratch.extend_from_slice(&f.vlan_tci.to_be_bytes());
         self.scratch.extend_from_slice(&data[12..]);
-        RawPacket { ts_ns: f.ts_ns, data: &self.scratch, wire_len: f.len + 4, link, linktype, ingress }
+        RawPacket { ts_ns: f.ts_ns, data: &self.scratch, wire_len: f.len + 4, link, linktype, ingress, mark: None }
     }
 }
 

@@ -86,6 +86,7 @@ impl DpdkSource {
             link: Some(LinkType::Ethernet),
             linktype: LINKTYPE_ETHERNET,
             ingress: f.port,
+            mark: f.mark,
         };
         Some((pkt, f.mark))
     }
@@ -116,5 +117,18 @@ impl PacketSource for DpdkSource {
     /// Busy-polls until a frame arrives; `None` once the stop flag is set.
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
         Ok(self.next_marked().map(|(p, _)| p))
+    }
+
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    /// One pass over the queues: a frame if one is there, `None` if every
+    /// queue is empty right now or the stop flag is set.
+    fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        Ok(self.try_next().map(|(p, _)| p))
     }
 }

@@ -25,6 +25,8 @@ pub struct RawPacket<'a> {
     pub linktype: u32,
     /// Index of the port the frame came in on.
     pub ingress: u8,
+    /// The MARK id a NIC rule put on the frame (DPDK), `None` elsewhere.
+    pub mark: Option<u32>,
 }
 
 impl RawPacket<'_> {

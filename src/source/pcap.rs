@@ -339,6 +339,7 @@ impl PacketSource for PcapFileSource {
                         link,
                         linktype,
                         ingress: self.ingress,
+                        mark: None,
                     }));
                 }
                 Step::Skip { consumed } => self.start += consumed,

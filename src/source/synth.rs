@@ -1269,6 +1269,7 @@ impl PacketSource for SyntheticSource {
             link: Some(LinkType::Ethernet),
             linktype: LINKTYPE_ETHERNET,
             ingress: self.cfg.ingress,
+            mark: None,
         }))
     }
 }

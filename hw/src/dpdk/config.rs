@@ -1,4 +1,4 @@
-//! The `backend.dpdk` configuration section: EAL arguments, the ethdev
+//! The dpdk `backend` configuration section (`"kind": "dpdk"`): EAL arguments, the ethdev
 //! ports in flowtable's port order, queues, and how rules are built.
 
 use serde::Deserialize;
@@ -125,8 +125,13 @@ impl Default for DpdkConfig {
 impl DpdkConfig {
     /// Reads the section from the JSON the top-level config keeps for it.
     pub fn from_json(v: serde_json::Value) -> Result<DpdkConfig, String> {
-        let cfg: DpdkConfig =
-            serde_json::from_value(v).map_err(|e| format!("backend.dpdk: {e}"))?;
+        let cfg: DpdkConfig = serde_path_to_error::deserialize(v).map_err(|e| {
+            let at = match e.path().to_string() {
+                p if p == "." => "backend".to_string(),
+                p => format!("backend.{p}"),
+            };
+            format!("{at}: {}", e.into_inner())
+        })?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -134,35 +139,35 @@ impl DpdkConfig {
     /// Semantic checks, each naming the offending field.
     pub fn check(&self) -> Result<(), String> {
         if self.ports.is_empty() {
-            return Err("backend.dpdk.ports: at least one port is needed".into());
+            return Err("backend.ports: at least one port is needed".into());
         }
         if self.ports.len() > u8::MAX as usize {
             return Err(format!(
-                "backend.dpdk.ports: {} ports, at most 255",
+                "backend.ports: {} ports, at most 255",
                 self.ports.len()
             ));
         }
         for (i, p) in self.ports.iter().enumerate() {
             if p.device.is_empty() {
-                return Err(format!("backend.dpdk.ports[{i}].device: empty"));
+                return Err(format!("backend.ports[{i}].device: empty"));
             }
             if let Some(peer) = p.peer {
                 if peer as usize >= self.ports.len() || peer as usize == i {
                     return Err(format!(
-                        "backend.dpdk.ports[{i}].peer: {peer} is not another configured port"
+                        "backend.ports[{i}].peer: {peer} is not another configured port"
                     ));
                 }
             }
         }
         if self.rx_queues == 0 {
-            return Err("backend.dpdk.rx_queues: must be at least 1".into());
+            return Err("backend.rx_queues: must be at least 1".into());
         }
         if self.tx_queues == 0 {
-            return Err("backend.dpdk.tx_queues: must be at least 1".into());
+            return Err("backend.tx_queues: must be at least 1".into());
         }
         if self.mark_queue >= self.rx_queues {
             return Err(format!(
-                "backend.dpdk.mark_queue: {} but only {} rx queues",
+                "backend.mark_queue: {} but only {} rx queues",
                 self.mark_queue, self.rx_queues
             ));
         }
@@ -170,14 +175,14 @@ impl DpdkConfig {
             < 2 * self.rx_descriptors as u32 * self.rx_queues as u32 * self.ports.len() as u32
         {
             return Err(format!(
-                "backend.dpdk.mbufs: {} is too few to fill {} rx rings of {} descriptors twice",
+                "backend.mbufs: {} is too few to fill {} rx rings of {} descriptors twice",
                 self.mbufs,
                 self.rx_queues as usize * self.ports.len(),
                 self.rx_descriptors
             ));
         }
         if self.batch == 0 {
-            return Err("backend.dpdk.batch: must be at least 1".into());
+            return Err("backend.batch: must be at least 1".into());
         }
         Ok(())
     }
@@ -208,16 +213,21 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = DpdkConfig::from_json(json!({"ports": []})).unwrap_err();
-        assert!(e.contains("backend.dpdk.ports"), "{e}");
+        assert!(e.contains("backend.ports"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a", "peer": 0}]})).unwrap_err();
         assert!(e.contains("ports[0].peer"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mark_queue": 1}))
             .unwrap_err();
         assert!(e.contains("mark_queue"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "bogus": 1})).unwrap_err();
-        assert!(e.contains("bogus"), "{e}");
+        assert!(e.starts_with("backend.bogus: unknown field"), "{e}");
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "eal_args": "-l 0"}))
+            .unwrap_err();
+        assert!(e.starts_with("backend.eal_args: invalid type"), "{e}");
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": 3}]})).unwrap_err();
+        assert!(e.starts_with("backend.ports[0].device: invalid type"), "{e}");
         let e =
             DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mbufs": 100})).unwrap_err();
-        assert!(e.contains("backend.dpdk.mbufs"), "{e}");
+        assert!(e.contains("backend.mbufs"), "{e}");
     }
 }

@@ -154,12 +154,12 @@ impl DpdkRuntime {
         let mut ports = Vec::with_capacity(cfg.ports.len());
         for (index, pc) in cfg.ports.iter().enumerate() {
             let name = CString::new(pc.device.as_str())
-                .map_err(|_| format!("backend.dpdk.ports[{index}].device: NUL byte"))?;
+                .map_err(|_| format!("backend.ports[{index}].device: NUL byte"))?;
             let mut id = 0u16;
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut id) };
             if rc < 0 {
                 return Err(format!(
-                    "backend.dpdk.ports[{index}].device: no ethdev named {:?} (EAL arguments {:?}; {} ports available)",
+                    "backend.ports[{index}].device: no ethdev named {:?} (EAL arguments {:?}; {} ports available)",
                     pc.device,
                     cfg.eal_args,
                     unsafe { sys::rte_eth_dev_count_avail() }
