@@ -34,7 +34,11 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
             let backend = TcBackend::open(tc).map_err(|e| format!("backend: {e}"))?;
             let r = backend.recovery();
             if r.flushed + r.adopted > 0 {
-                tracing::info!(flushed = r.flushed, adopted = r.adopted, "rules left by an earlier run of this instance");
+                tracing::info!(
+                    flushed = r.flushed,
+                    adopted = r.adopted,
+                    "rules left by an earlier run of this instance"
+                );
             }
             for d in backend.devices() {
                 tracing::info!(device = %d, "tc port");
@@ -97,7 +101,9 @@ mod dpdk {
         for r in backend.probe_report() {
             match &r.result {
                 Ok(()) => tracing::debug!(port = r.port, pattern = %r.pattern, actions = %r.actions, "PMD takes"),
-                Err(e) => tracing::debug!(port = r.port, pattern = %r.pattern, actions = %r.actions, refusal = %e, "PMD refuses"),
+                Err(e) => {
+                    tracing::debug!(port = r.port, pattern = %r.pattern, actions = %r.actions, refusal = %e, "PMD refuses")
+                }
             }
         }
         Ok(Box::new(backend))

@@ -3,7 +3,7 @@
 //! run on are shared and noisy and only ratios travel.
 
 use flowtable_offload::BATCH;
-use flowtable_sw::{Direction, FlowKey, Fragment, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
+use flowtable_sw::{Direction, FlowKey, FlowTable, Fragment, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -24,7 +24,14 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
         let (key, dir) = FlowKey::from_v4(src.into(), dst.into(), sport, dport, 6);
         if seen.insert(key) {
             let dir = if rng.gen_bool(0.5) { dir } else { dir.reverse() };
-            out.push(PacketInfo { key, dir, wire_len: 64 + (rng.gen::<u32>() % 1400), tcp_flags: 0x10, fragment: Fragment::Whole, payload_offset: 0 });
+            out.push(PacketInfo {
+                key,
+                dir,
+                wire_len: 64 + (rng.gen::<u32>() % 1400),
+                tcp_flags: 0x10,
+                fragment: Fragment::Whole,
+                payload_offset: 0,
+            });
         }
     }
     out
@@ -317,7 +324,16 @@ pub fn replay_report(b: &ReplayBench) -> String {
          \x20 flowtable, file in memory, all in software: {:>12.0} packets/s   ratio {:.2}x softflowd\n\
          \x20 flowtable, file in memory, offload to sim:  {:>12.0} packets/s\n\
          \x20 whole process, reading the file: flowtable {:.3} s, softflowd {:.3} s ({:.0} packets/s)   ratio {:.2}x\n",
-        b.file, b.packets, b.flows, b.runs, b.memory_pps, b.ratio_memory, b.memory_offload_pps, b.process_s,
-        b.softflowd_s, b.softflowd_pps, b.ratio_process,
+        b.file,
+        b.packets,
+        b.flows,
+        b.runs,
+        b.memory_pps,
+        b.ratio_memory,
+        b.memory_offload_pps,
+        b.process_s,
+        b.softflowd_s,
+        b.softflowd_pps,
+        b.ratio_process,
     )
 }

@@ -5,9 +5,7 @@
 
 pub mod watch;
 
-use crate::control::{
-    Command, ControlError, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION,
-};
+use crate::control::{Command, ControlError, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION};
 use crate::report;
 use flowtable_hw::Action;
 use flowtable_sw::context::Verdict;
@@ -121,9 +119,9 @@ impl Client {
     pub fn call(&mut self, cmd: &Command) -> Result<Value, CallError> {
         let id = self.send(cmd)?;
         let path = self.path.display().to_string();
-        let line = self
-            .read_line()?
-            .ok_or_else(|| CallError::Connection(format!("the daemon at {path} closed the connection without answering")))?;
+        let line = self.read_line()?.ok_or_else(|| {
+            CallError::Connection(format!("the daemon at {path} closed the connection without answering"))
+        })?;
         let resp: Response = serde_json::from_str(line)
             .map_err(|e| CallError::Connection(format!("the daemon's answer is not a response: {e}")))?;
         if resp.id != id && !resp.id.is_null() {
@@ -205,7 +203,8 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
 }
 
 fn parse_verdict(s: &str) -> Result<Verdict, String> {
-    serde_json::from_value(Value::String(s.to_string())).map_err(|_| format!("verdict {s:?}: give offload, drop or software"))
+    serde_json::from_value(Value::String(s.to_string()))
+        .map_err(|_| format!("verdict {s:?}: give offload, drop or software"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -374,7 +373,9 @@ pub fn offload(a: OffloadArgs) -> Result<(), String> {
     }
     let stage = v["stage"].as_str().unwrap_or("?");
     match stage {
-        "queued" => println!("flow {}: queued for offload with {}; installed at the next poll", a.id, action_text(&a.action)),
+        "queued" => {
+            println!("flow {}: queued for offload with {}; installed at the next poll", a.id, action_text(&a.action))
+        }
         other => println!("flow {}: {other} (asked for {})", a.id, action_text(&a.action)),
     }
     Ok(())
@@ -554,7 +555,8 @@ pub fn flow_detail(v: &Value) -> String {
     match v.get("offload").filter(|x| !x.is_null()) {
         None => row(&mut o, "offload", "never asked".into()),
         Some(off) => {
-            let action = serde_json::from_value::<Action>(off["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
+            let action =
+                serde_json::from_value::<Action>(off["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
             let places: Vec<String> = off["placement"]
                 .as_array()
                 .map(|a| a.iter().map(|p| p.as_str().unwrap_or("none").to_string()).collect())
@@ -574,11 +576,16 @@ pub fn flow_detail(v: &Value) -> String {
                 ),
             );
             if let Some(r) = off.get("refusal").filter(|r| !r.is_null()) {
-                row(&mut o, "refused", format!("{}: {}", r["kind"].as_str().unwrap_or("?"), r["message"].as_str().unwrap_or("")));
+                row(
+                    &mut o,
+                    "refused",
+                    format!("{}: {}", r["kind"].as_str().unwrap_or("?"), r["message"].as_str().unwrap_or("")),
+                );
             }
         }
     }
-    let rules: Vec<&str> = v["rules"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let rules: Vec<&str> =
+        v["rules"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     row(&mut o, "rules", if rules.is_empty() { "none".into() } else { rules.join(", ") });
     row(&mut o, "context", context_text(&v["context"]));
     o
@@ -601,7 +608,11 @@ pub fn stats_report(s: &Stats) -> String {
         s.config.generation,
         s.config.path.as_ref().map(|p| format!(" from {p}")).unwrap_or_default(),
         s.config.rules.len(),
-        if s.config.reloads_refused > 0 { format!(", {} reloads refused", s.config.reloads_refused) } else { String::new() }
+        if s.config.reloads_refused > 0 {
+            format!(", {} reloads refused", s.config.reloads_refused)
+        } else {
+            String::new()
+        }
     ));
     let f = &s.flows;
     o.push_str(&format!(
@@ -696,7 +707,8 @@ pub fn event_text(ev: &Value) -> String {
             ev["decision"].as_str().unwrap_or("?")
         ),
         "offloaded" => {
-            let action = serde_json::from_value::<Action>(ev["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
+            let action =
+                serde_json::from_value::<Action>(ev["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
             format!("offloaded   flow {} {action} placement {}", ev["id"], ev["placement"])
         }
         "refused" => format!("refused     flow {}: {}", ev["id"], ev["reason"].as_str().unwrap_or("")),
@@ -720,7 +732,13 @@ mod tests {
         assert!(parse_action("forward:300").unwrap_err().contains("0-255"));
         assert!(parse_action("drop:1").unwrap_err().contains("no argument"));
         assert!(parse_action("teleport").unwrap_err().contains("give drop"));
-        for a in [Action::Drop, Action::Pass, Action::Forward { port: 3 }, Action::Mirror { port: 2 }, Action::Mark { mark: 9 }] {
+        for a in [
+            Action::Drop,
+            Action::Pass,
+            Action::Forward { port: 3 },
+            Action::Mirror { port: 2 },
+            Action::Mark { mark: 9 },
+        ] {
             assert_eq!(parse_action(&action_text(&a)), Ok(a));
         }
     }

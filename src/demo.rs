@@ -45,7 +45,8 @@ impl<S: PacketSource> Progress<S> {
         let bar = if show { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
         bar.set_draw_target(if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed} {human_pos} packets ({per_sec})").expect("valid template"),
+            ProgressStyle::with_template("{spinner} {elapsed} {human_pos} packets ({per_sec})")
+                .expect("valid template"),
         );
         Progress { inner, bar, packets: 0 }
     }
@@ -112,7 +113,12 @@ pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<De
     for f in source.inner().flows() {
         let ends = f.key.endpoints(f.client_dir);
         let e = truth
-            .entry(tuple((ends.src.to_string(), ends.sport), (ends.dst.to_string(), ends.dport), f.key.proto, f.key.vlan_outer))
+            .entry(tuple(
+                (ends.src.to_string(), ends.sport),
+                (ends.dst.to_string(), ends.dport),
+                f.key.proto,
+                f.key.vlan_outer,
+            ))
             .or_default();
         e.0 += f.total_packets();
         e.1 += f.total_bytes();
@@ -124,6 +130,7 @@ pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<De
             o => mismatches.push(format!("{k:?}: generated {t:?}, recorded {o:?}")),
         }
     }
-    mismatches.extend(ours.keys().filter(|k| !truth.contains_key(*k)).map(|k| format!("{k:?}: recorded, never generated")));
+    mismatches
+        .extend(ours.keys().filter(|k| !truth.contains_key(*k)).map(|k| format!("{k:?}: recorded, never generated")));
     Ok(DemoOutcome { summary, records, mismatches, flows_checked: truth.len() })
 }

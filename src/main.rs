@@ -154,7 +154,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut write_error = None;
             let result = flowtable::replay::replay(&mut source, &mut engine, |r| {
                 if json {
-                    if let Err(e) = serde_json::to_writer(&mut out, r).map_err(|e| e.to_string()).and_then(|_| writeln!(out).map_err(|e| e.to_string())) {
+                    if let Err(e) = serde_json::to_writer(&mut out, r)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
+                    {
                         write_error.get_or_insert(e);
                     }
                 } else {
@@ -182,16 +185,24 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Demo { flows, seed, profile, config, write_pcap, top } => {
             let mut config = match &config {
                 Some(p) => flowtable_config::load(p).map_err(|e| e.to_string())?,
-                None => flowtable_config::parse("(demo configuration)", flowtable::demo::DEMO_CONFIG).map_err(|e| e.to_string())?,
+                None => flowtable_config::parse("(demo configuration)", flowtable::demo::DEMO_CONFIG)
+                    .map_err(|e| e.to_string())?,
             };
-            let profile: flowtable_config::SimProfile = serde_json::from_value(serde_json::Value::String(profile.clone()))
-                .map_err(|_| format!("--profile {profile:?}: give full, small or refuse-all"))?;
+            let profile: flowtable_config::SimProfile =
+                serde_json::from_value(serde_json::Value::String(profile.clone()))
+                    .map_err(|_| format!("--profile {profile:?}: give full, small or refuse-all"))?;
             if let flowtable_config::BackendConfig::Sim { profile: p, .. } = &mut config.backend {
                 *p = profile;
             }
-            let synth = flowtable::source::synth::SynthConfig { flows, seed, rate_pps: flowtable::demo::DEMO_RATE_PPS, ..Default::default() };
+            let synth = flowtable::source::synth::SynthConfig {
+                flows,
+                seed,
+                rate_pps: flowtable::demo::DEMO_RATE_PPS,
+                ..Default::default()
+            };
             if let Some(path) = &write_pcap {
-                let mut gen = flowtable::source::synth::SyntheticSource::new(synth.clone()).map_err(|e| e.to_string())?;
+                let mut gen =
+                    flowtable::source::synth::SyntheticSource::new(synth.clone()).map_err(|e| e.to_string())?;
                 let t = gen.write_pcap(path).map_err(|e| e.to_string())?;
                 eprintln!("wrote {} packets of {} flows to {}", t.packets, t.flows_started, path.display());
             }
@@ -200,7 +211,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let outcome = flowtable::demo::run(&mut engine, synth, progress)?;
             print!(
                 "{}",
-                replay_report(&format!("synthetic traffic ({flows} flows, seed {seed})"), &outcome.summary, &engine, &outcome.records, top)
+                replay_report(
+                    &format!("synthetic traffic ({flows} flows, seed {seed})"),
+                    &outcome.summary,
+                    &engine,
+                    &outcome.records,
+                    top
+                )
             );
             if outcome.mismatches.is_empty() {
                 println!(
@@ -212,7 +229,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 for m in outcome.mismatches.iter().take(10) {
                     eprintln!("mismatch: {m}");
                 }
-                Err(format!("{} of {} flows differ from the generator's counts", outcome.mismatches.len(), outcome.flows_checked))
+                Err(format!(
+                    "{} of {} flows differ from the generator's counts",
+                    outcome.mismatches.len(),
+                    outcome.flows_checked
+                ))
             }
         }
         Command::Bench { command: BenchCommand::Table { flows, lookups, rounds, json } } => {
@@ -240,7 +261,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 file.display(),
                 c.classifier.rules.len(),
                 c.ports.len(),
-                serde_json::to_value(&c.backend).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default()
+                serde_json::to_value(&c.backend)
+                    .ok()
+                    .and_then(|v| v["kind"].as_str().map(str::to_string))
+                    .unwrap_or_default()
             );
             Ok(())
         }
@@ -313,7 +337,8 @@ fn replay_report(
         o.push_str(&format!("  refusals: {}\n", r.join(", ")));
     }
     if s.skipped.total() > 0 {
-        let r: Vec<String> = s.skipped.iter().filter(|(_, n)| *n > 0).map(|(k, v)| format!("{} {v}", k.as_str())).collect();
+        let r: Vec<String> =
+            s.skipped.iter().filter(|(_, n)| *n > 0).map(|(k, v)| format!("{} {v}", k.as_str())).collect();
         o.push_str(&format!("  skipped packets: {}\n", r.join(", ")));
     }
     if st.orphan_fragments + st.untracked_table_full > 0 {

@@ -146,8 +146,7 @@ fn corpus() -> Vec<PathBuf> {
             dir.display()
         )
     });
-    let mut files: Vec<PathBuf> =
-        entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     files.sort();
     files
 }
@@ -159,8 +158,7 @@ fn file_name(path: &Path) -> &str {
 #[test]
 fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
     let files = corpus();
-    let captures: Vec<&PathBuf> =
-        files.iter().filter(|p| !NOT_CAPTURES.contains(&file_name(p))).collect();
+    let captures: Vec<&PathBuf> = files.iter().filter(|p| !NOT_CAPTURES.contains(&file_name(p))).collect();
     assert!(captures.len() >= 500, "only {} captures in {CAPTURES}", captures.len());
 
     let mut tallies = BTreeMap::new();
@@ -227,27 +225,15 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
     }
     println!("{:<12} {:>6} {:>9} {:>9}  skipped", "link", "files", "packets", "parsed");
     for (link, sum) in &by_link {
-        let skipped: Vec<String> = sum
-            .skipped
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{}={n}", r.as_str()))
-            .collect();
-        println!(
-            "{link:<12} {:>6} {:>9} {:>9}  {}",
-            sum.files,
-            sum.packets,
-            sum.parsed,
-            skipped.join(" ")
-        );
+        let skipped: Vec<String> =
+            sum.skipped.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{}={n}", r.as_str())).collect();
+        println!("{link:<12} {:>6} {:>9} {:>9}  {}", sum.files, sum.packets, sum.parsed, skipped.join(" "));
     }
     for (name, tally) in &tallies {
         let odd: Vec<String> = tally
             .skipped
             .iter()
-            .filter(|(r, n)| {
-                *n > 0 && !matches!(r, SkipReason::NonIp | SkipReason::UnsupportedLinkType)
-            })
+            .filter(|(r, n)| *n > 0 && !matches!(r, SkipReason::NonIp | SkipReason::UnsupportedLinkType))
             .map(|(r, n)| format!("{}={n}", r.as_str()))
             .collect();
         if !odd.is_empty() {
@@ -276,13 +262,10 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
     assert_eq!(ALLOCATIONS.with(|n| n.get()), 1, "the allocation counter is blind");
 
     // Facts about particular captures, each checked with tshark.
-    let get =
-        |name: &str| tallies.get(name).unwrap_or_else(|| panic!("{name} missing from the corpus"));
+    let get = |name: &str| tallies.get(name).unwrap_or_else(|| panic!("{name} missing from the corpus"));
     // Link types the parser doesn't know are delivered and counted, all of
     // them.
-    for name in
-        ["dlt_ppp.pcap", "BGP_Cisco_hdlc_slarp.pcap", "BGP_redist.pcap", "someip_sd_sample.pcap"]
-    {
+    for name in ["dlt_ppp.pcap", "BGP_Cisco_hdlc_slarp.pcap", "BGP_redist.pcap", "someip_sd_sample.pcap"] {
         let t = get(name);
         assert!(t.packets > 0, "{name}");
         assert_eq!(t.skipped.get(SkipReason::UnsupportedLinkType), t.packets, "{name}");
@@ -297,12 +280,7 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
     // yields flows.
     for link in ["ethernet", "raw-ip", "raw-ipv4", "linux-sll", "null"] {
         let sum = &by_link[link];
-        assert!(
-            sum.parsed > 0 && sum.parsed * 2 > sum.packets,
-            "{link}: {} of {} parsed",
-            sum.parsed,
-            sum.packets
-        );
+        assert!(sum.parsed > 0 && sum.parsed * 2 > sum.packets, "{link}: {} of {} parsed", sum.parsed, sum.packets);
     }
     assert!(total(|t| t.ipv6) > 0 && total(|t| t.vlan) > 0 && total(|t| t.fragments) > 0);
 }

@@ -179,7 +179,13 @@ impl Daemon {
         files.sort();
         files
             .iter()
-            .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>())
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Value>>()
+            })
             .collect()
     }
 }
@@ -195,7 +201,15 @@ impl Drop for Daemon {
 
 /// What identifies a flow across runs: its endpoints as the initiator sees them.
 fn flow_key(v: &Value) -> String {
-    format!("{} {}:{} > {}:{} vlan {}", v["proto"], v["src"], v["sport"], v["dst"], v["dport"], v["vlan"].as_u64().unwrap_or(0))
+    format!(
+        "{} {}:{} > {}:{} vlan {}",
+        v["proto"],
+        v["src"],
+        v["sport"],
+        v["dst"],
+        v["dport"],
+        v["vlan"].as_u64().unwrap_or(0)
+    )
 }
 
 /// Per flow: (orig packets, orig bytes, reply packets, reply bytes).
@@ -248,7 +262,8 @@ fn counts_of_listing(page: &Value) -> Counts {
 fn replay(file: &Path, config: &Path) -> (Vec<Value>, Value) {
     let out = Command::new(BIN).arg("replay").arg(file).arg("--config").arg(config).arg("--json").output().unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let summary = lines.pop().unwrap();
     (lines, summary)
 }
@@ -291,21 +306,28 @@ fn flows_of_a_capture_match_its_replay_and_queries_sort_filter_and_page() {
     assert_eq!(stats["packets"]["received"], summary["summary"]["packets"]);
     assert_eq!(stats_after["flows"]["live"].as_u64().unwrap() as usize, records.len());
     assert_eq!(stats_after["flows"]["created"], summary["engine"]["flows_created"]);
-    let by_stage: u64 = stats_after["flows"]["by_stage"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let by_stage: u64 =
+        stats_after["flows"]["by_stage"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(by_stage as usize, records.len());
     let offloaded = stats_after["flows"]["by_stage"]["offloaded"].as_u64().unwrap();
     assert!(offloaded > 0);
     assert_eq!(stats_after["rules"]["live"].as_u64().unwrap(), 2 * offloaded, "two rules per offloaded flow");
     assert_eq!(stats_after["flows"]["by_placement"]["hardware"].as_u64().unwrap(), offloaded);
     assert_eq!(stats_after["rules"]["backend"], "sim");
-    let nic: u64 = records.iter().map(|r| r["orig"]["hw_packets"].as_u64().unwrap() + r["reply"]["hw_packets"].as_u64().unwrap()).sum();
+    let nic: u64 = records
+        .iter()
+        .map(|r| r["orig"]["hw_packets"].as_u64().unwrap() + r["reply"]["hw_packets"].as_u64().unwrap())
+        .sum();
     assert_eq!(stats_after["packets"]["nic"].as_u64().unwrap(), summary["summary"]["nic_packets"].as_u64().unwrap());
     assert!(nic > 0);
 
     // Sorted: the top 5 by packets are the replay's five largest.
     let top = d.json(&["flows", "--top", "5", "--sort", "packets"]);
     let got: Vec<u64> = top["flows"].as_array().unwrap().iter().map(|f| f["packets"].as_u64().unwrap()).collect();
-    let mut want: Vec<u64> = records.iter().map(|r| r["orig"]["packets"].as_u64().unwrap() + r["reply"]["packets"].as_u64().unwrap()).collect();
+    let mut want: Vec<u64> = records
+        .iter()
+        .map(|r| r["orig"]["packets"].as_u64().unwrap() + r["reply"]["packets"].as_u64().unwrap())
+        .collect();
     want.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(got, want[..5]);
     let by_bytes = d.json(&["flows", "--top", "3", "--sort", "bytes"]);
@@ -324,8 +346,14 @@ fn flows_of_a_capture_match_its_replay_and_queries_sort_filter_and_page() {
     assert_eq!(p443["total"].as_u64().unwrap() as usize, https);
     assert!(p443["flows"].as_array().unwrap().iter().all(|f| f["sport"] == 443 || f["dport"] == 443));
     let tcp_not_443 = records.iter().filter(|r| r["proto"] == 6 && r["sport"] != 443 && r["dport"] != 443).count();
-    assert_eq!(d.json(&["flows", "--filter", "proto=tcp,port!=443", "--top", "10000"])["total"].as_u64().unwrap() as usize, tcp_not_443);
-    assert_eq!(d.json(&["flows", "--filter", "stage=offloaded placement=hardware"])["total"].as_u64().unwrap(), offloaded);
+    assert_eq!(
+        d.json(&["flows", "--filter", "proto=tcp,port!=443", "--top", "10000"])["total"].as_u64().unwrap() as usize,
+        tcp_not_443
+    );
+    assert_eq!(
+        d.json(&["flows", "--filter", "stage=offloaded placement=hardware"])["total"].as_u64().unwrap(),
+        offloaded
+    );
     let bad = d.cli(&["flows", "--filter", "colour=red"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("bad-filter"), "{}", String::from_utf8_lossy(&bad.stderr));
@@ -372,7 +400,11 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
     assert_eq!(v["backend"], "sim");
     assert_eq!(v["placement"], "hardware");
     assert_eq!(v["rules"].as_array().unwrap().len(), 2);
-    assert!(v["rules"][0].as_str().unwrap().starts_with("465442"), "cookies start with the magic FTB: {}", v["rules"][0]);
+    assert!(
+        v["rules"][0].as_str().unwrap().starts_with("465442"),
+        "cookies start with the magic FTB: {}",
+        v["rules"][0]
+    );
     assert_eq!(v["packets"], f["packets"]);
     let hw = v["orig"]["hw_packets"].as_u64().unwrap() + v["reply"]["hw_packets"].as_u64().unwrap();
     let sw = v["orig"]["sw_packets"].as_u64().unwrap() + v["reply"]["sw_packets"].as_u64().unwrap();
@@ -395,7 +427,11 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
     assert_eq!(labelled["flows"][0]["id"].as_u64().unwrap().to_string(), id);
     let too_long = "x".repeat(300);
     let out = d.cli(&["label", &id, "--label", &too_long]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid-context"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid-context"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Take back to software: rules removed now.
     let rules_before = d.stats()["rules"]["live"].as_u64().unwrap();
@@ -550,7 +586,14 @@ fn sigterm_removes_every_rule_and_writes_every_live_flows_record() {
     d.terminate();
     assert!(!d.socket.exists(), "the socket is removed at exit");
     let written = d.records();
-    assert!(std::fs::read_dir(d.dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("records.jsonl.")).count() >= 2, "records rotated");
+    assert!(
+        std::fs::read_dir(d.dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("records.jsonl."))
+            .count()
+            >= 2,
+        "records rotated"
+    );
     // Every flow has exactly one record: those ended before, and every live one at the stop.
     assert_eq!(written.len() as u64, live + ended);
     assert_eq!(written.len(), records.len(), "as many records as the replay made");
@@ -566,7 +609,10 @@ fn sigterm_removes_every_rule_and_writes_every_live_flows_record() {
     // Offloaded flows' rules were removed: their records say when.
     let offloaded_at_stop = shutdown.iter().filter(|r| r["offload"].is_object()).count() as u64;
     assert_eq!(offloaded_at_stop * 2, rules, "every rule belonged to a live offloaded flow");
-    assert!(shutdown.iter().filter(|r| r["offload"].is_object()).all(|r| r["offload"]["removed_ns"].as_u64().is_some()));
+    assert!(shutdown
+        .iter()
+        .filter(|r| r["offload"].is_object())
+        .all(|r| r["offload"]["removed_ns"].as_u64().is_some()));
     let log = d.log_text();
     assert!(log.contains("rules_left=0"), "{log}");
     assert!(log.contains(&format!("rules_removed={rules}")), "{log}");
@@ -620,7 +666,8 @@ fn sighup_applies_a_good_configuration_and_refuses_a_broken_one() {
 
     // Good: a new rule, result and timeout apply; every flow stays, and
     // flows already decided keep their decision.
-    let good = Daemon::config_text(&sections("second", r#"{"offload": {"type": "pass"}}"#, "120"), &d.socket, &d.records);
+    let good =
+        Daemon::config_text(&sections("second", r#"{"offload": {"type": "pass"}}"#, "120"), &d.socket, &d.records);
     std::fs::write(&d.config, good).unwrap();
     let live_before = d.stats()["flows"]["live"].as_u64().unwrap();
     let software_before = count(&d, "stage=software");
@@ -651,13 +698,11 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
         "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": 3000, "concurrency": 50, "seed": 5}}}}]"#
     );
     let d = Daemon::start(&sections);
-    let out = Command::new(BIN)
-        .args(["events", "--json", "--count", "400", "--socket"])
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(BIN).args(["events", "--json", "--count", "400", "--socket"]).arg(&d.socket).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let events: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 400);
     let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     for k in ["new", "classified", "offloaded", "expired"] {
@@ -670,7 +715,12 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
     let out = Command::new(BIN).args(["events", "--count", "20", "--socket"]).arg(&d.socket).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 20);
-    assert!(text.lines().all(|l| ["new", "classified", "offloaded", "expired", "refused", "unoffloaded"].iter().any(|k| l.starts_with(k))), "{text}");
+    assert!(
+        text.lines().all(|l| ["new", "classified", "offloaded", "expired", "refused", "unoffloaded"]
+            .iter()
+            .any(|k| l.starts_with(k))),
+        "{text}"
+    );
     // Records of expired flows reach the file even with nobody subscribed.
     let deadline = Instant::now() + Duration::from_secs(5);
     while d.records().is_empty() {
@@ -719,7 +769,11 @@ fn socket_lifecycle_not_running_stale_and_busy_path() {
     let cfg = dir.path().join("file.json");
     std::fs::write(&cfg, Daemon::config_text("", &file, &dir.path().join("r2.jsonl"))).unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
 
     let d = Daemon::start(LONG_TIMEOUTS);
@@ -728,12 +782,23 @@ fn socket_lifecycle_not_running_stale_and_busy_path() {
     // A second daemon on a live socket refuses to start and says why.
     let out = Command::new(BIN).args(["run", "--config"]).arg(&d.config).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another daemon is serving"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another daemon is serving"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(d.stats()["flows"]["live"].is_u64(), "the first daemon still serves");
 
     // A missing interface: the error names the source and the interface.
     let cfg = dir.path().join("iface.json");
-    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"interface": {{"name": "ftnosuch9"}}}}]}}"#, dir.path().join("i.sock"))).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"control": {{"socket": {:?}}}, "sources": [{{"interface": {{"name": "ftnosuch9"}}}}]}}"#,
+            dir.path().join("i.sock")
+        ),
+    )
+    .unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -741,7 +806,14 @@ fn socket_lifecycle_not_running_stale_and_busy_path() {
 
     // A missing capture names its file.
     let cfg = dir.path().join("nofile.json");
-    std::fs::write(&cfg, format!(r#"{{"control": {{"socket": {:?}}}, "sources": [{{"pcap": {{"path": "/nonexistent/x.pcap"}}}}]}}"#, dir.path().join("n.sock"))).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"control": {{"socket": {:?}}}, "sources": [{{"pcap": {{"path": "/nonexistent/x.pcap"}}}}]}}"#,
+            dir.path().join("n.sock")
+        ),
+    )
+    .unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&cfg).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.pcap"));
 }

@@ -16,7 +16,10 @@ const OFFLOAD_AFTER_TWO: &str = r#"{
   "timeouts": {"udp_s": 5, "tcp_established_s": 10, "other_s": 5, "icmp_s": 5}
 }"#;
 
-fn replay_one(path: &Path, config: &str) -> (flowtable::replay::ReplaySummary, flowtable_offload::EngineStats, Vec<FlowRecord>) {
+fn replay_one(
+    path: &Path,
+    config: &str,
+) -> (flowtable::replay::ReplaySummary, flowtable_offload::EngineStats, Vec<FlowRecord>) {
     let c = flowtable_config::parse("test", config).unwrap();
     let mut engine = Engine::from_config(&c, flowtable::backend::build(&c).unwrap()).unwrap();
     let mut source = PcapFileSource::open(path, 0).unwrap_or_else(|e| panic!("{e}"));
@@ -71,7 +74,10 @@ fn every_capture_replays_and_every_packet_is_accounted_once() {
 fn refusing_nic_leaves_every_flow_in_software_with_the_same_counts() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps/bittorrent.pcap");
     let (_, _, full) = replay_one(&path, OFFLOAD_AFTER_TWO);
-    let refuse = OFFLOAD_AFTER_TWO.replace("\"offload\": {\"poll_interval_ms\": 50}", "\"offload\": {\"poll_interval_ms\": 50}, \"backend\": {\"kind\": \"sim\", \"profile\": \"refuse-all\"}");
+    let refuse = OFFLOAD_AFTER_TWO.replace(
+        "\"offload\": {\"poll_interval_ms\": 50}",
+        "\"offload\": {\"poll_interval_ms\": 50}, \"backend\": {\"kind\": \"sim\", \"profile\": \"refuse-all\"}",
+    );
     let (s, stats, refused) = replay_one(&path, &refuse);
     assert_eq!(s.nic_packets, 0);
     assert!(stats.flows_refused > 0);

@@ -110,9 +110,8 @@ fn flowtable_totals(path: &Path) -> BTreeMap<Pair, Totals> {
     flowtable::replay::replay(&mut source, &mut engine, |r| records.push(r.clone())).unwrap();
     let mut totals = BTreeMap::new();
     for r in records.iter().filter(|r| r.proto == 6 || r.proto == 17) {
-        let t: &mut Totals = totals
-            .entry(pair(endpoint(&r.src, r.sport), endpoint(&r.dst, r.dport), r.proto))
-            .or_default();
+        let t: &mut Totals =
+            totals.entry(pair(endpoint(&r.src, r.sport), endpoint(&r.dst, r.dport), r.proto)).or_default();
         t.frames += r.packets();
         t.bytes += r.bytes();
         t.unit = 1;
@@ -230,7 +229,12 @@ fn survey() {
         return;
     }
     let dir = pcaps_dir();
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng")).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng"))
+        .collect();
     names.sort();
     for name in names {
         let path = dir.join(&name);
@@ -241,6 +245,11 @@ fn survey() {
         };
         let theirs = tshark_totals(&path);
         let diffs = compare(&ours, &theirs);
-        println!("{} {name} pairs={} diffs={}", if diffs.is_empty() { "SAME" } else { "DIFF" }, theirs.len(), diffs.len());
+        println!(
+            "{} {name} pairs={} diffs={}",
+            if diffs.is_empty() { "SAME" } else { "DIFF" },
+            theirs.len(),
+            diffs.len()
+        );
     }
 }

@@ -30,11 +30,13 @@ fn sh(cmd: &str) -> String {
 /// The flower filters the PMD put on the tap netdevice (one line each; tc
 /// also prints a header line per priority, without a handle).
 fn flower_filters() -> Vec<String> {
-    sh(&format!("tc filter show dev {IFACE} parent 1: 2>/dev/null; tc filter show dev {IFACE} ingress 2>/dev/null; true"))
-        .lines()
-        .filter(|l| l.starts_with("filter") && l.contains("flower") && l.contains(" handle "))
-        .map(str::to_string)
-        .collect()
+    sh(&format!(
+        "tc filter show dev {IFACE} parent 1: 2>/dev/null; tc filter show dev {IFACE} ingress 2>/dev/null; true"
+    ))
+    .lines()
+    .filter(|l| l.starts_with("filter") && l.contains("flower") && l.contains(" handle "))
+    .map(str::to_string)
+    .collect()
 }
 
 fn send_udp(sport: u16, dport: u16, n: usize) {
@@ -124,7 +126,8 @@ impl Daemon {
             .output()
             .unwrap();
         assert!(out.status.success(), "flowtable {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("flowtable {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("flowtable {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// The summary row of the UDP flow to `dport`, if the daemon has it.
@@ -153,7 +156,12 @@ fn offload_blocked_flow(d: &Daemon) -> Value {
                 return f;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the blocked flow was never offloaded: {:?}\n{}", d.flow(BLOCKED_PORT), d.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the blocked flow was never offloaded: {:?}\n{}",
+            d.flow(BLOCKED_PORT),
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -21,11 +21,7 @@ const PEER: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
 
 fn sh(cmd: &str) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`{cmd}`: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -38,22 +34,11 @@ fn tap_frames_come_out_as_raw_packets() {
         sh("mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
     }
     let cfg = DpdkConfig {
-        eal_args: [
-            "--no-huge",
-            "--no-pci",
-            "-m",
-            "128",
-            "--vdev=net_tap1,iface=dtap1",
-            "-l",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        ports: vec![DpdkPortConfig {
-            device: "net_tap1".into(),
-            peer: None,
-        }],
+        eal_args: ["--no-huge", "--no-pci", "-m", "128", "--vdev=net_tap1,iface=dtap1", "-l", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ports: vec![DpdkPortConfig { device: "net_tap1".into(), peer: None }],
         rx_descriptors: 256,
         tx_descriptors: 256,
         mbufs: 2047,
@@ -62,11 +47,9 @@ fn tap_frames_come_out_as_raw_packets() {
         ..DpdkConfig::default()
     };
     let rt = DpdkRuntime::start(&cfg).expect("start tap port");
-    sh(
-        "ip link set dtap1 up && ip addr replace 10.78.0.1/24 dev dtap1 && \
+    sh("ip link set dtap1 up && ip addr replace 10.78.0.1/24 dev dtap1 && \
         ip neigh replace 10.78.0.2 lladdr 02:00:00:00:78:02 dev dtap1 nud permanent && \
-        sysctl -qw net.ipv6.conf.dtap1.disable_ipv6=1",
-    );
+        sysctl -qw net.ipv6.conf.dtap1.disable_ipv6=1");
     let stop = Arc::new(AtomicBool::new(false));
     let mut src = DpdkSource::all_queues(&rt, stop.clone()).unwrap();
     // Drain what the link coming up sent.
@@ -79,8 +62,7 @@ fn tap_frames_come_out_as_raw_packets() {
 
     let sock = UdpSocket::bind(SocketAddrV4::new(HOST, 43000)).unwrap();
     for i in 0..10u8 {
-        sock.send_to(&vec![i; 100 + i as usize], SocketAddrV4::new(PEER, 7000))
-            .unwrap();
+        sock.send_to(&vec![i; 100 + i as usize], SocketAddrV4::new(PEER, 7000)).unwrap();
     }
     let (want, _) = FlowKey::from_v4(HOST, PEER, 43000, 7000, 17);
     let mut got = Vec::new();
@@ -118,10 +100,7 @@ fn tap_frames_come_out_as_raw_packets() {
     // Stray kernel frames may still come; the loop ends only with the stop flag.
     while src.next_packet().unwrap().is_some() {}
     stopper.join().unwrap();
-    assert!(
-        t0.elapsed() >= Duration::from_millis(150),
-        "next_packet returned before the stop flag"
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(150), "next_packet returned before the stop flag");
     drop(src);
     rt.stop();
 }

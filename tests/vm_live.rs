@@ -39,7 +39,11 @@ fn afpacket_delivers_every_frame_parsed_with_its_port() {
                 let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() else { continue };
                 assert_eq!(pkt.link, Some(LinkType::Ethernet));
                 assert_eq!(pkt.ingress, 1);
-                assert!(pkt.ts_ns >= t0 - 1_000_000_000 && pkt.ts_ns <= now_ns() + 1_000_000_000, "timestamp {}", pkt.ts_ns);
+                assert!(
+                    pkt.ts_ns >= t0 - 1_000_000_000 && pkt.ts_ns <= now_ns() + 1_000_000_000,
+                    "timestamp {}",
+                    pkt.ts_ns
+                );
                 let info = pkt.parse().expect("parses");
                 let mut k = want;
                 k.ingress = 1;
@@ -123,7 +127,9 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
     let pair = Pair::new("e2", 44);
     for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
         sh(&format!("tc qdisc add dev {from} clsact"));
-        sh(&format!("tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"));
+        sh(&format!(
+            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+        ));
     }
     let dir = std::path::Path::new("/tmp/ft-e2e");
     let _ = std::fs::remove_dir_all(dir);
@@ -164,7 +170,11 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
         .unwrap();
     let start = Instant::now();
     while !socket.exists() {
-        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "daemon exited:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
         assert!(start.elapsed() < Duration::from_secs(60), "daemon never opened its socket");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -177,7 +187,11 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
 
     // Aging: the UDP timeout is 2 s, counters are read every 200 ms.
     let find = |port: u16| -> Option<serde_json::Value> {
-        std::fs::read_to_string(&records).ok()?.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|r| r["dport"] == port)
+        std::fs::read_to_string(&records)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["dport"] == port)
     };
     let start = Instant::now();
     let rec = loop {

@@ -97,7 +97,8 @@ fn watch_shows_flows_updating_changes_sort_and_quits_on_q() {
     let out = tmux.run(&["new-session", "-d", "-s", "watch", "-x", "200", "-y", "30", &cmd]);
     assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
 
-    let first = tmux.wait_for("a refresh with flows", |s| s.contains("refresh #") && s.contains("offloaded") && s.contains("top "));
+    let first = tmux
+        .wait_for("a refresh with flows", |s| s.contains("refresh #") && s.contains("offloaded") && s.contains("top "));
     for want in ["flowtable watch", "packets", "bytes", "rate", "client", "server", "bypass", "sort: bytes"] {
         assert!(first.contains(want), "screen lacks {want:?}:\n{first}");
     }

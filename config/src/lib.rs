@@ -31,8 +31,8 @@ impl ConfigError {
 /// Reads and checks a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
     parse(&file, &text)
 }
 
@@ -53,9 +53,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             message: strip_position(&inner.to_string()),
         }
     })?;
-    config
-        .validate()
-        .map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
+    config.validate().map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
     Ok(config)
 }
 
@@ -128,7 +126,8 @@ mod tests {
 
     #[test]
     fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
-        let ok = parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();
+        let ok =
+            parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();
         assert!(matches!(ok.sources[..], [SourceConfig::Dpdk {}]));
         let err = parse("d.json", r#"{"sources": [{"pcap": {"path": "x"}}, {"dpdk": {}}]}"#).unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
@@ -136,9 +135,11 @@ mod tests {
         assert!(!ok.backend.keep_rules());
         let keep = parse("d.json", r#"{"backend": {"kind": "dpdk", "keep_rules": true}}"#).unwrap();
         assert!(keep.backend.keep_rules());
-        let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {}}, {"dpdk": {}}]}"#).unwrap_err();
+        let err =
+            parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {}}, {"dpdk": {}}]}"#).unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
-        let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {"queues": 2}}]}"#).unwrap_err();
+        let err =
+            parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {"queues": 2}}]}"#).unwrap_err();
         assert!(err.to_string().contains("queues"), "{err}");
     }
 

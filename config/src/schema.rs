@@ -140,7 +140,10 @@ impl TimeoutSection {
         ];
         for (name, v) in all {
             if !(v > 0.0 && v <= 86_400.0 * 365.0) {
-                return Err((format!("timeouts.{name}"), format!("{v} is not a timeout: give seconds, more than 0 and at most a year")));
+                return Err((
+                    format!("timeouts.{name}"),
+                    format!("{v} is not a timeout: give seconds, more than 0 and at most a year"),
+                ));
             }
         }
         Ok(())
@@ -257,9 +260,8 @@ impl PortSpec {
         match self {
             PortSpec::Number(p) => Ok((*p, *p)),
             PortSpec::Text(t) => {
-                let parse = |s: &str| {
-                    s.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a port number (0-65535)"))
-                };
+                let parse =
+                    |s: &str| s.trim().parse::<u16>().map_err(|_| format!("{s:?} is not a port number (0-65535)"));
                 match t.split_once('-') {
                     None => parse(t).map(|p| (p, p)),
                     Some((a, b)) => {
@@ -440,7 +442,11 @@ pub enum SourceConfig {
     /// `"pace"` as for files.
     Synthetic(serde_json::Map<String, serde_json::Value>),
     /// A live interface (AF_PACKET).
-    Interface { name: String, #[serde(default)] ingress: u8 },
+    Interface {
+        name: String,
+        #[serde(default)]
+        ingress: u8,
+    },
     /// Every rx queue of the DPDK backend's ports (`{"dpdk": {}}`); needs
     /// backend kind `dpdk`, whose ports it reads.
     Dpdk {},
@@ -462,7 +468,10 @@ impl Config {
     /// sections. Returns the offending field's path and the problem.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.table.max_flows == 0 || self.table.max_flows > u32::MAX as usize {
-            return Err(("table.max_flows".into(), format!("{} is out of range: give 1 to {}", self.table.max_flows, u32::MAX)));
+            return Err((
+                "table.max_flows".into(),
+                format!("{} is out of range: give 1 to {}", self.table.max_flows, u32::MAX),
+            ));
         }
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
@@ -488,7 +497,11 @@ impl Config {
                 if *port as usize >= self.ports.len() {
                     return Err((
                         format!("{path}.port"),
-                        format!("port {port} does not exist: {} port(s) are configured (indexes 0 to {})", self.ports.len(), self.ports.len() - 1),
+                        format!(
+                            "port {port} does not exist: {} port(s) are configured (indexes 0 to {})",
+                            self.ports.len(),
+                            self.ports.len() - 1
+                        ),
                     ));
                 }
             }
@@ -506,7 +519,9 @@ impl Config {
                 return Err((format!("{base}.name"), format!("{:?} is already the name of rule {dup}", rule.name)));
             }
             let m = &rule.matches;
-            for (name, list) in [("ports", &m.ports), ("server_ports", &m.server_ports), ("client_ports", &m.client_ports)] {
+            for (name, list) in
+                [("ports", &m.ports), ("server_ports", &m.server_ports), ("client_ports", &m.client_ports)]
+            {
                 for (j, p) in list.iter().enumerate() {
                     p.range().map_err(|e| (format!("{base}.match.{name}[{j}]"), e))?;
                 }
@@ -539,11 +554,17 @@ impl Config {
         let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
         if let Some((i, _)) = dpdk_sources.next() {
             if !matches!(self.backend, BackendConfig::Dpdk(_)) {
-                return Err((format!("sources[{i}].dpdk"), "reads the DPDK backend's ports: needs backend kind \"dpdk\"".into()));
+                return Err((
+                    format!("sources[{i}].dpdk"),
+                    "reads the DPDK backend's ports: needs backend kind \"dpdk\"".into(),
+                ));
             }
         }
         if let Some((i, _)) = dpdk_sources.next() {
-            return Err((format!("sources[{i}].dpdk"), "a second dpdk source: one already polls every rx queue".into()));
+            return Err((
+                format!("sources[{i}].dpdk"),
+                "a second dpdk source: one already polls every rx queue".into(),
+            ));
         }
         Ok(())
     }

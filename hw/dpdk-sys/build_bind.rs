@@ -10,15 +10,7 @@ const INSTALL_HINT: &str = "install libdpdk-dev pkg-config libclang-dev \
      or point PKG_CONFIG_PATH at the directory holding libdpdk.pc";
 
 /// The DPDK libraries the bindings call into (not everything libdpdk.pc lists).
-const LIBS: &[&str] = &[
-    "rte_eal",
-    "rte_ethdev",
-    "rte_mbuf",
-    "rte_mempool",
-    "rte_ring",
-    "rte_kvargs",
-    "rte_net",
-];
+const LIBS: &[&str] = &["rte_eal", "rte_ethdev", "rte_mbuf", "rte_mempool", "rte_ring", "rte_kvargs", "rte_net"];
 
 pub fn run() {
     println!("cargo:rerun-if-changed=csrc/wrapper.h");
@@ -26,19 +18,10 @@ pub fn run() {
     println!("cargo:rerun-if-changed=csrc/shim.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let lib = match pkg_config::Config::new()
-        .cargo_metadata(false)
-        .probe("libdpdk")
-    {
+    let lib = match pkg_config::Config::new().cargo_metadata(false).probe("libdpdk") {
         Ok(lib) => lib,
         Err(e) => {
-            let detail = e
-                .to_string()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let detail = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
             fail(&format!("libdpdk not found by pkg-config ({detail})"))
         }
     };
@@ -46,15 +29,9 @@ pub fn run() {
 
     // pkg_config::Library drops `-include rte_config.h` and `-march`, both of
     // which the DPDK headers rely on, so the raw flags are read here.
-    let cflags = match Command::new("pkg-config")
-        .args(["--cflags", "libdpdk"])
-        .output()
-    {
+    let cflags = match Command::new("pkg-config").args(["--cflags", "libdpdk"]).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Ok(out) => fail(&format!(
-            "pkg-config --cflags libdpdk: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        Ok(out) => fail(&format!("pkg-config --cflags libdpdk: {}", String::from_utf8_lossy(&out.stderr).trim())),
         Err(e) => fail(&format!("running pkg-config: {e}")),
     };
     let mut clang_args: Vec<String> = Vec::new();
@@ -120,25 +97,20 @@ pub fn run() {
 
     // bindgen panics when libclang can't be loaded; turn that into the same
     // install hint as a missing libdpdk.
-    let bindings =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => fail(&format!("bindgen over the DPDK headers failed: {e}")),
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                fail(&format!(
-                    "bindgen could not run (is libclang installed?): {msg}"
-                ))
-            }
-        };
+    let bindings = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => fail(&format!("bindgen over the DPDK headers failed: {e}")),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            fail(&format!("bindgen could not run (is libclang installed?): {msg}"))
+        }
+    };
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("bindings.rs");
-    bindings
-        .write_to_file(&out)
-        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", out.display())));
+    bindings.write_to_file(&out).unwrap_or_else(|e| fail(&format!("writing {}: {e}", out.display())));
 }
 
 fn fail(what: &str) -> ! {

@@ -2,19 +2,19 @@
 //! backends: `sim` (an in-process NIC, the embedded default), `tc`
 //! (Linux tc-flower over netlink) and `dpdk` (rte_flow, feature `dpdk`).
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod rule;
 pub mod sim;
 pub mod tc;
-#[cfg(feature = "dpdk")]
-pub mod dpdk;
 
 use flowtable_sw::PacketInfo;
 
-pub use sim::{SimNic, SimProfile};
 pub use rule::{
-    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields,
-    MatchSupport, Placement, PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
+    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, MatchSupport, Placement,
+    PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
+pub use sim::{SimNic, SimProfile};
 
 /// A NIC (or kernel path) that takes per-direction flow rules.
 ///

@@ -25,7 +25,13 @@ impl SimProfile {
             name: "full".into(),
             capabilities: Capabilities {
                 matches: MatchSupport::ALL,
-                actions: vec![ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Mark, ActionKind::Pass],
+                actions: vec![
+                    ActionKind::Drop,
+                    ActionKind::Forward,
+                    ActionKind::Mirror,
+                    ActionKind::Mark,
+                    ActionKind::Pass,
+                ],
                 max_rules: 65536,
                 max_insert_rate: 100_000,
                 counters: true,
@@ -121,9 +127,10 @@ impl SimNic {
             });
         }
         let caps = &self.profile.capabilities;
-        caps.matches
-            .check(&rule.matches.key)
-            .map_err(|m| Refusal { kind: RefusalKind::UnsupportedMatch, message: format!("sim NIC ({}): {m}", self.profile.name) })?;
+        caps.matches.check(&rule.matches.key).map_err(|m| Refusal {
+            kind: RefusalKind::UnsupportedMatch,
+            message: format!("sim NIC ({}): {m}", self.profile.name),
+        })?;
         if !caps.supports_action(&rule.action) {
             return Err(Refusal {
                 kind: RefusalKind::UnsupportedAction,
@@ -131,10 +138,16 @@ impl SimNic {
             });
         }
         if self.by_cookie.contains_key(&rule.cookie) || self.rules.contains_key(&(rule.matches.key, rule.matches.dir)) {
-            return Err(Refusal { kind: RefusalKind::Exists, message: "sim NIC: a rule for this flow direction exists".into() });
+            return Err(Refusal {
+                kind: RefusalKind::Exists,
+                message: "sim NIC: a rule for this flow direction exists".into(),
+            });
         }
         if caps.max_rules != 0 && self.rules.len() >= caps.max_rules {
-            return Err(Refusal { kind: RefusalKind::Capacity, message: format!("sim NIC: table full ({} rules)", caps.max_rules) });
+            return Err(Refusal {
+                kind: RefusalKind::Capacity,
+                message: format!("sim NIC: table full ({} rules)", caps.max_rules),
+            });
         }
         Ok(())
     }
@@ -168,9 +181,15 @@ impl Backend for SimNic {
                     self.tokens -= 1.0;
                 }
                 let at = (rule.matches.key, rule.matches.dir);
-                self.rules.insert(at, SimRule { cookie: rule.cookie, action: rule.action, counters: RuleCounters::default() });
+                self.rules.insert(
+                    at,
+                    SimRule { cookie: rule.cookie, action: rule.action, counters: RuleCounters::default() },
+                );
                 self.by_cookie.insert(rule.cookie, at);
-                InstallOutcome::Installed { placement: Placement::Hardware, counters: self.profile.capabilities.counters }
+                InstallOutcome::Installed {
+                    placement: Placement::Hardware,
+                    counters: self.profile.capabilities.counters,
+                }
             })
             .collect()
     }
@@ -220,8 +239,8 @@ impl Backend for SimNic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable_sw::Fragment;
     use core::net::Ipv4Addr;
+    use flowtable_sw::Fragment;
 
     fn spec(sport: u16, dir: Direction, action: Action) -> (RuleSpec, PacketInfo) {
         let (key, d) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), sport, 80, 6);
@@ -232,7 +251,8 @@ mod tests {
             action,
             policy: PlacementPolicy::Auto,
         };
-        let pkt = PacketInfo { key, dir: pdir, wire_len: 100, tcp_flags: 0, fragment: Fragment::Whole, payload_offset: 0 };
+        let pkt =
+            PacketInfo { key, dir: pdir, wire_len: 100, tcp_flags: 0, fragment: Fragment::Whole, payload_offset: 0 };
         (rule, pkt)
     }
 
@@ -247,7 +267,13 @@ mod tests {
         assert!(!nic.offer(&rev), "the other direction has no rule");
         let mut out = vec![];
         nic.read_counters(&mut out).unwrap();
-        assert_eq!(out, vec![(rule.cookie, RuleCounters { packets: 1, bytes: 100, hw_packets: 1, hw_bytes: 100, last_used_ns: Some(0) })]);
+        assert_eq!(
+            out,
+            vec![(
+                rule.cookie,
+                RuleCounters { packets: 1, bytes: 100, hw_packets: 1, hw_bytes: 100, last_used_ns: Some(0) }
+            )]
+        );
         let removed = nic.remove(&[rule.cookie]);
         assert_eq!(removed[0].as_ref().unwrap().unwrap().packets, 1);
         assert!(!nic.offer(&pkt));
@@ -283,6 +309,8 @@ mod tests {
         assert!(matches!(&nic.install(&[rule])[0], InstallOutcome::Refused(r) if r.kind == RefusalKind::Driver));
         let mut nic = SimNic::new(SimProfile::small());
         let (rule, _) = spec(1, Direction::LoToHi, Action::Mirror { port: 1 });
-        assert!(matches!(&nic.install(&[rule])[0], InstallOutcome::Refused(r) if r.kind == RefusalKind::UnsupportedAction));
+        assert!(
+            matches!(&nic.install(&[rule])[0], InstallOutcome::Refused(r) if r.kind == RefusalKind::UnsupportedAction)
+        );
     }
 }

@@ -16,12 +16,8 @@ use std::time::{Duration, Instant};
 
 use flowtable_hw::dpdk::error::libc_errno;
 use flowtable_hw::dpdk::rx::RxQueue;
-use flowtable_hw::dpdk::{
-    DpdkBackend, DpdkConfig, DpdkPortConfig, DpdkRuntime, FlowApi, TemplateState,
-};
-use flowtable_hw::{
-    Action, Backend, Cookie, InstallOutcome, MatchFields, PlacementPolicy, RefusalKind, RuleSpec,
-};
+use flowtable_hw::dpdk::{DpdkBackend, DpdkConfig, DpdkPortConfig, DpdkRuntime, FlowApi, TemplateState};
+use flowtable_hw::{Action, Backend, Cookie, InstallOutcome, MatchFields, PlacementPolicy, RefusalKind, RuleSpec};
 use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{Direction, FlowKey, LinkType};
 
@@ -40,11 +36,7 @@ fn in_vm() -> bool {
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "`{cmd}` failed: {text}");
     text
 }
@@ -64,10 +56,7 @@ fn config(api: FlowApi) -> DpdkConfig {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-        ports: vec![DpdkPortConfig {
-            device: "net_tap0".into(),
-            peer: None,
-        }],
+        ports: vec![DpdkPortConfig { device: "net_tap0".into(), peer: None }],
         rx_descriptors: 256,
         tx_descriptors: 256,
         mbufs: 2047,
@@ -79,11 +68,9 @@ fn config(api: FlowApi) -> DpdkConfig {
 
 /// The flower filters the PMD put on the tap netdevice (one line each).
 fn flower_filters() -> Vec<String> {
-    let out = sh(&format!("tc filter show dev {IFACE} parent 1: ; tc filter show dev {IFACE} ingress 2>/dev/null || true"));
-    out.lines()
-        .filter(|l| l.contains("flower") && l.starts_with("filter"))
-        .map(|l| l.to_string())
-        .collect()
+    let out =
+        sh(&format!("tc filter show dev {IFACE} parent 1: ; tc filter show dev {IFACE} ingress 2>/dev/null || true"));
+    out.lines().filter(|l| l.contains("flower") && l.starts_with("filter")).map(|l| l.to_string()).collect()
 }
 
 fn setup_kernel_side() {
@@ -112,11 +99,7 @@ fn rule(flow: u64, key: FlowKey, dir: Direction, action: Action) -> RuleSpec {
 fn send_udp(sport: u16, dport: u16, n: usize) {
     let s = UdpSocket::bind(SocketAddrV4::new(HOST, sport)).expect("bind udp");
     for i in 0..n {
-        s.send_to(
-            format!("flowtable {i}").as_bytes(),
-            SocketAddrV4::new(PEER, dport),
-        )
-        .expect("send udp");
+        s.send_to(format!("flowtable {i}").as_bytes(), SocketAddrV4::new(PEER, dport)).expect("send udp");
     }
 }
 
@@ -153,14 +136,9 @@ fn tap_pmd_rules_filters_and_packets() {
 
     // 1. The template API is refused by the tap PMD: asking for it alone
     //    fails with the PMD's answer; `auto` falls back to the sync API.
-    let err = DpdkRuntime::start(&config(FlowApi::Template))
-        .err()
-        .expect("tap has no template API");
+    let err = DpdkRuntime::start(&config(FlowApi::Template)).err().expect("tap has no template API");
     println!("api=template: {err}");
-    assert!(
-        err.contains("template flow API was asked for but refused"),
-        "{err}"
-    );
+    assert!(err.contains("template flow API was asked for but refused"), "{err}");
     let rt = DpdkRuntime::start(&config(FlowApi::Auto)).expect("start tap port");
     match &rt.ports[0].template {
         TemplateState::Refused(e) => {
@@ -190,10 +168,7 @@ fn tap_pmd_rules_filters_and_packets() {
     }
     let caps = be.capabilities().clone();
     println!("capabilities: {caps:?}");
-    assert!(
-        caps.matches.ipv4 && caps.matches.tcp && caps.matches.udp,
-        "{caps:?}"
-    );
+    assert!(caps.matches.ipv4 && caps.matches.tcp && caps.matches.udp, "{caps:?}");
     assert!(!caps.counters, "tap refuses COUNT");
     assert!(caps.actions.contains(&flowtable_hw::ActionKind::Drop));
     let count_probe = be
@@ -202,58 +177,30 @@ fn tap_pmd_rules_filters_and_packets() {
         .find(|p| p.pattern == "eth/ipv4/tcp" && p.actions == "count/drop")
         .expect("count probed");
     let count_err = count_probe.result.expect_err("tap refuses COUNT");
-    assert_eq!(
-        count_err.kind(),
-        RefusalKind::UnsupportedAction,
-        "{count_err}"
-    );
+    assert_eq!(count_err.kind(), RefusalKind::UnsupportedAction, "{count_err}");
     println!("COUNT refused by the PMD: {count_err}");
-    assert!(
-        flower_filters().is_empty(),
-        "probing leaves no filters: {:?}",
-        flower_filters()
-    );
+    assert!(flower_filters().is_empty(), "probing leaves no filters: {:?}", flower_filters());
 
     // 2. ETH/IPV4/TCP DROP and ETH/IPV4/UDP DROP: installed without COUNT,
     //    visible as flower filters.
     let (tcp_key, tcp_dir) = FlowKey::from_v4(HOST, PEER, 40001, 8080, 6);
     let (drop_key, drop_dir) = udp_key(41000, 9000);
     let (pass_key, _) = udp_key(41001, 9001);
-    let out = be.install(&[
-        rule(1, tcp_key, tcp_dir, Action::Drop),
-        rule(2, drop_key, drop_dir, Action::Drop),
-    ]);
+    let out = be.install(&[rule(1, tcp_key, tcp_dir, Action::Drop), rule(2, drop_key, drop_dir, Action::Drop)]);
     println!("install: {out:?}");
     for o in &out {
-        assert!(
-            matches!(
-                o,
-                InstallOutcome::Installed {
-                    counters: false,
-                    ..
-                }
-            ),
-            "{o:?}"
-        );
+        assert!(matches!(o, InstallOutcome::Installed { counters: false, .. }), "{o:?}");
     }
     assert_eq!(be.rule_count(), 2);
     let filters = flower_filters();
-    println!(
-        "tc filters after install:\n{}",
-        sh(&format!("tc filter show dev {IFACE} parent 1:"))
-    );
+    println!("tc filters after install:\n{}", sh(&format!("tc filter show dev {IFACE} parent 1:")));
     assert!(filters.len() >= 2, "{filters:?}");
     let dump = sh(&format!("tc -s filter show dev {IFACE} parent 1:"));
     assert!(
-        dump.contains("dst_ip 10.77.0.2")
-            && dump.contains("src_port 41000")
-            && dump.contains("dst_port 9000"),
+        dump.contains("dst_ip 10.77.0.2") && dump.contains("src_port 41000") && dump.contains("dst_port 9000"),
         "{dump}"
     );
-    assert!(
-        dump.contains("dst_port 8080") && dump.contains("ip_proto tcp"),
-        "{dump}"
-    );
+    assert!(dump.contains("dst_port 8080") && dump.contains("ip_proto tcp"), "{dump}");
 
     // 3. Packets: the dropped UDP flow never reaches the PMD, the other does.
     send_udp(41000, 9000, 5);
@@ -270,33 +217,22 @@ fn tap_pmd_rules_filters_and_packets() {
     // TCP: the SYNs of the dropped flow (40001 -> 8080) don't arrive, those
     // of another flow from the same source port do. std's connect can't
     // pick its source port, so the kernel's ephemeral range is pinned to it.
-    let range = sh("sysctl -n net.ipv4.ip_local_port_range")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let range = sh("sysctl -n net.ipv4.ip_local_port_range").split_whitespace().collect::<Vec<_>>().join(" ");
     sh("sysctl -qw net.ipv4.ip_local_port_range='40001 40001'");
     let syns = |rx: &mut RxQueue, dport: u16| -> usize {
         let t = std::thread::spawn(move || {
-            let _ = TcpStream::connect_timeout(
-                &SocketAddr::V4(SocketAddrV4::new(PEER, dport)),
-                Duration::from_millis(400),
-            );
+            let _ =
+                TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(PEER, dport)), Duration::from_millis(400));
         });
         let seen = receive(rx, Duration::from_millis(600));
         t.join().unwrap();
         let (key, _) = FlowKey::from_v4(HOST, PEER, 40001, dport, 6);
-        seen.iter()
-            .filter(|s| s.0 == key && s.3 & 0x02 != 0)
-            .count()
+        seen.iter().filter(|s| s.0 == key && s.3 & 0x02 != 0).count()
     };
     let dropped_syns = syns(&mut rx, 8080);
     let other_syns = syns(&mut rx, 8081);
-    sh(&format!(
-        "sysctl -qw net.ipv4.ip_local_port_range='{range}'"
-    ));
-    println!(
-        "tcp SYNs seen: ruled flow 40001->8080: {dropped_syns}, unruled 40001->8081: {other_syns}"
-    );
+    sh(&format!("sysctl -qw net.ipv4.ip_local_port_range='{range}'"));
+    println!("tcp SYNs seen: ruled flow 40001->8080: {dropped_syns}, unruled 40001->8081: {other_syns}");
     assert_eq!(dropped_syns, 0);
     assert!(other_syns >= 1);
 
@@ -307,20 +243,13 @@ fn tap_pmd_rules_filters_and_packets() {
     assert_eq!(flower_filters().len(), before - 1);
     send_udp(41000, 9000, 3);
     let seen = receive(&mut rx, Duration::from_millis(500));
-    assert_eq!(
-        count(&seen, &drop_key),
-        3,
-        "packets pass after the rule is gone"
-    );
+    assert_eq!(count(&seen, &drop_key), 3, "packets pass after the rule is gone");
     // Unknown cookies are an error of their own, not a panic.
     let r = be.remove(&[Cookie::new(7, 2, drop_dir)]);
     assert!(r[0].is_err());
     // The same cookie twice is refused as `exists`.
     let again = be.install(&[rule(1, tcp_key, tcp_dir, Action::Drop)]);
-    assert!(
-        matches!(&again[0], InstallOutcome::Refused(r) if r.kind == RefusalKind::Exists),
-        "{again:?}"
-    );
+    assert!(matches!(&again[0], InstallOutcome::Refused(r) if r.kind == RefusalKind::Exists), "{again:?}");
 
     // 5. Matches and actions the PMD can't take: its own message comes back,
     //    classed by what it objected to.
@@ -354,11 +283,7 @@ fn tap_pmd_rules_filters_and_packets() {
         match o {
             InstallOutcome::Refused(r) => {
                 assert_eq!(r.kind, kind, "{r}");
-                assert!(
-                    r.message.contains("on net_tap0") && r.message.contains("not supported"),
-                    "{}",
-                    r.message
-                );
+                assert!(r.message.contains("on net_tap0") && r.message.contains("not supported"), "{}", r.message);
             }
             other => panic!("the tap PMD can't take this rule: {other:?}"),
         }
@@ -367,16 +292,10 @@ fn tap_pmd_rules_filters_and_packets() {
     // A protocol without ports is matched on addresses and protocol.
     let (gre_key, gre_dir) = FlowKey::from_v4(HOST, PEER, 0, 0, 47);
     let out = be.install(&[rule(8, gre_key, gre_dir, Action::Drop)]);
-    assert!(
-        matches!(out[0], InstallOutcome::Installed { .. }),
-        "{out:?}"
-    );
+    assert!(matches!(out[0], InstallOutcome::Installed { .. }), "{out:?}");
     let dump = sh(&format!("tc filter show dev {IFACE} parent 1:"));
     // iproute2 prints protocols it has no name for in hex (47 = 0x2f).
-    assert!(
-        dump.contains("ip_proto 2f") && dump.contains("src_ip 10.77.0.1"),
-        "{dump}"
-    );
+    assert!(dump.contains("ip_proto 2f") && dump.contains("src_ip 10.77.0.1"), "{dump}");
 
     // 6. Counters: rules without COUNT report nothing, reading doesn't fail.
     let mut counters = Vec::new();

@@ -27,7 +27,10 @@ fn in_vm(test: &str) -> bool {
         return true;
     }
     // Straight to stderr: the test harness captures print! output of passing tests.
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)"
+    );
     false
 }
 
@@ -484,7 +487,10 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
 
     be.shutdown().unwrap();
     let show = tc_show(&pair.host_a);
-    assert!(show.contains("mirred") && show.matches(" handle ").count() == 1, "only the foreign filter is left:\n{show}");
+    assert!(
+        show.contains("mirred") && show.matches(" handle ").count() == 1,
+        "only the foreign filter is left:\n{show}"
+    );
     assert_eq!(pair.udp(5003, 6003, 5, 100), 5);
 }
 
@@ -527,7 +533,9 @@ fn batch_with_a_refused_rule_in_the_middle() {
     // every ACK to its rule.
     be.set_max_batch(64);
     let many: Vec<RuleSpec> = (0..300u16)
-        .map(|i| spec(owner, 1000 + i as u64, pair.udp_key(10000 + i, 9000, 0), Action::Drop, PlacementPolicy::Software))
+        .map(|i| {
+            spec(owner, 1000 + i as u64, pair.udp_key(10000 + i, 9000, 0), Action::Drop, PlacementPolicy::Software)
+        })
         .collect();
     let sends = be.sends();
     let out = be.install(&many);
@@ -544,7 +552,8 @@ fn bad_input_gets_a_clear_error() {
     if !in_vm("bad_input_gets_a_clear_error") {
         return;
     }
-    let err = TcBackend::open(TcConfig::new(vec!["lo".into(), "ftNoSuch0".into()], 1)).err().expect("missing interface");
+    let err =
+        TcBackend::open(TcConfig::new(vec!["lo".into(), "ftNoSuch0".into()], 1)).err().expect("missing interface");
     println!("{err}");
     assert!(err.to_string().contains("port 1: interface 'ftNoSuch0': no such device"), "{err}");
 
@@ -623,8 +632,9 @@ fn kill9_child_holds_rules() {
     let mut be = TcBackend::open(cfg).unwrap();
     let a = Ipv4Addr::new(203, 0, 113, 1);
     let b = Ipv4Addr::new(203, 0, 113, 2);
-    let rules: Vec<RuleSpec> =
-        (0..5).map(|i| spec(owner, i, tcp_key(a, b, 2000 + i as u16, 443), Action::Drop, PlacementPolicy::Software)).collect();
+    let rules: Vec<RuleSpec> = (0..5)
+        .map(|i| spec(owner, i, tcp_key(a, b, 2000 + i as u16, 443), Action::Drop, PlacementPolicy::Software))
+        .collect();
     assert!(be.install(&rules).iter().all(|o| matches!(o, InstallOutcome::Installed { .. })));
     std::fs::write(ready, "ready").unwrap();
     loop {
@@ -737,7 +747,13 @@ fn vlan_qinq_ipv6_and_mark_rules_match_their_traffic() {
     let untagged = spec(owner, 3, key(b4(a100), b4(b100), false, 0, 0), Action::Drop, PlacementPolicy::Software);
     let qinq = spec(owner, 4, key(b4(aqq), b4(bqq), false, 300, 400), Action::Drop, PlacementPolicy::Software);
     let qinq_other = spec(owner, 5, key(b4(aqq), b4(bqq), false, 300, 401), Action::Drop, PlacementPolicy::Software);
-    let v6 = spec(owner, 6, key(a6.octets(), b6.octets(), true, 0, 0), Action::Mark { mark: 0x77 }, PlacementPolicy::Software);
+    let v6 = spec(
+        owner,
+        6,
+        key(a6.octets(), b6.octets(), true, 0, 0),
+        Action::Mark { mark: 0x77 },
+        PlacementPolicy::Software,
+    );
     let rules = [vlan, vlan_other, untagged, qinq, qinq_other, v6];
     let out = be.install(&rules);
     for (r, o) in rules.iter().zip(&out) {

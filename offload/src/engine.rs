@@ -12,8 +12,8 @@ use crate::classifier::{Classifier, Decision};
 use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
 use flowtable_config::Config;
 use flowtable_hw::{
-    Action, Backend, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement,
-    PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
+    Action, Backend, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, Placement, PlacementPolicy,
+    Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
 use flowtable_sw::{Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, Stage, TableConfig};
@@ -239,7 +239,8 @@ impl Engine {
         self.table.set_timeouts(timeouts);
         for id in self.table.ids() {
             if let Some(f) = self.table.get_mut(id) {
-                f.class = if f.stage() == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
+                f.class =
+                    if f.stage() == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
             }
         }
         self.classifier = classifier;
@@ -331,7 +332,10 @@ impl Engine {
         // never counted: packets older than the install still count here.
         let count = !(stage == Stage::Offloaded
             && self.caps.software_sees_offloaded
-            && self.offloads.get(&id).is_some_and(|s| s.placement[pkt.dir.index()].is_some() && now_ns >= s.installed_ns));
+            && self
+                .offloads
+                .get(&id)
+                .is_some_and(|s| s.placement[pkt.dir.index()].is_some() && now_ns >= s.installed_ns));
         if count {
             self.stats.sw_packets += 1;
         } else {
@@ -555,7 +559,9 @@ impl Engine {
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");
         }
         for (cookie, counters) in &buf {
-            if cookie.owner != self.cfg.instance_id || !self.apply_counters(FlowId(cookie.flow), cookie.direction(), counters, now) {
+            if cookie.owner != self.cfg.instance_id
+                || !self.apply_counters(FlowId(cookie.flow), cookie.direction(), counters, now)
+            {
                 self.stats.unknown_rules += 1;
             }
         }
@@ -863,7 +869,11 @@ impl Engine {
         let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
         match flow.stage() {
             Stage::Offloaded | Stage::Queued => {
-                return Err(EngineError::WrongStage { id, stage: flow.stage().as_str(), what: "already offloaded or queued" })
+                return Err(EngineError::WrongStage {
+                    id,
+                    stage: flow.stage().as_str(),
+                    what: "already offloaded or queued",
+                })
             }
             _ => {}
         }

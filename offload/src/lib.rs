@@ -6,5 +6,5 @@ pub mod engine;
 pub mod record;
 
 pub use classifier::{Classifier, Decision};
-pub use engine::{Engine, BATCH, EngineConfig, EngineError, EngineStats, FlowView, OffloadState};
+pub use engine::{Engine, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, BATCH};
 pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord};

@@ -317,9 +317,13 @@ fn reload_keeps_the_names_of_the_rules_that_decided() {
     };
     assert_eq!(names(&e), vec!["dns", "web"]);
     // The new configuration drops "dns" and puts "web" first.
-    let new = parse("new.json", r#"{"classifier": {"rules": [
+    let new = parse(
+        "new.json",
+        r#"{"classifier": {"rules": [
         {"name": "web", "match": {"proto": "tcp"}, "result": "software"},
-        {"name": "ssh", "match": {"proto": "tcp", "server_ports": [22]}, "result": "software"}]}}"#).unwrap();
+        {"name": "ssh", "match": {"proto": "tcp", "server_ports": [22]}, "result": "software"}]}}"#,
+    )
+    .unwrap();
     e.reload(flowtable_offload::Classifier::new(&new.classifier).unwrap(), new.timeouts.to_timeouts());
     assert_eq!(names(&e), vec!["(rule removed by reload)", "web"]);
 }

@@ -176,8 +176,10 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         lines.push(Line::from(format!("error: {e}")).style(Style::default().add_modifier(Modifier::BOLD)));
     }
     frame.render_widget(Paragraph::new(lines), top);
-    let rows: Vec<Row> = view.page.as_ref().map(|p| p.flows.iter().map(|f| row(f, &view.rates)).collect()).unwrap_or_default();
-    let title = view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", p.flows.len(), p.total));
+    let rows: Vec<Row> =
+        view.page.as_ref().map(|p| p.flows.iter().map(|f| row(f, &view.rates)).collect()).unwrap_or_default();
+    let title =
+        view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", p.flows.len(), p.total));
     let widths = [
         Constraint::Length(11),
         Constraint::Length(5),
@@ -191,7 +193,19 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         Constraint::Length(13),
         Constraint::Length(8),
     ];
-    let header = Row::new(["id", "proto", "client", "server", "stage", "offload", "rule/label", "packets", "bytes", "rate", "age"])
-        .style(Style::default().add_modifier(Modifier::BOLD));
+    let header = Row::new([
+        "id",
+        "proto",
+        "client",
+        "server",
+        "stage",
+        "offload",
+        "rule/label",
+        "packets",
+        "bytes",
+        "rate",
+        "age",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
     frame.render_widget(Table::new(rows, widths).header(header).block(Block::bordered().title(title)), table_area);
 }

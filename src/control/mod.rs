@@ -225,7 +225,12 @@ pub fn parse_request(line: &[u8]) -> (Value, Result<Command, ControlError>) {
                     format!("protocol version {other} is not spoken here; this daemon speaks {VERSION}"),
                 ))
             }
-            None => return Err(ControlError::new(ErrorCode::BadRequest, format!("missing field `v` (the protocol version, {VERSION})"))),
+            None => {
+                return Err(ControlError::new(
+                    ErrorCode::BadRequest,
+                    format!("missing field `v` (the protocol version, {VERSION})"),
+                ))
+            }
         }
         match obj.get("cmd") {
             Some(Value::String(c)) if COMMANDS.contains(&c.as_str()) => {}
@@ -238,7 +243,8 @@ pub fn parse_request(line: &[u8]) -> (Value, Result<Command, ControlError>) {
             Some(_) => return Err(ControlError::new(ErrorCode::BadRequest, "field `cmd` must be a string")),
             None => return Err(ControlError::new(ErrorCode::BadRequest, "missing field `cmd`")),
         }
-        serde_json::from_value::<Command>(Value::Object(obj)).map_err(|e| ControlError::new(ErrorCode::BadRequest, e.to_string()))
+        serde_json::from_value::<Command>(Value::Object(obj))
+            .map_err(|e| ControlError::new(ErrorCode::BadRequest, e.to_string()))
     })();
     (id, result)
 }

@@ -154,7 +154,8 @@ fn accept_loop(listener: UnixListener, jobs: Sender<Job>, stop: Arc<AtomicBool>)
         };
         if clients.load(Ordering::SeqCst) >= MAX_CLIENTS {
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let err = ControlError::new(ErrorCode::Busy, format!("{MAX_CLIENTS} clients are connected; try again later"));
+            let err =
+                ControlError::new(ErrorCode::Busy, format!("{MAX_CLIENTS} clients are connected; try again later"));
             let _ = write_response(&mut stream, &Response::err(Value::Null, err));
             continue;
         }
@@ -264,7 +265,9 @@ fn serve_client(stream: UnixStream, jobs: &Sender<Job>) {
         let written = match answer {
             Ok(Answer::Value(v)) => write_response(&mut writer, &Response::ok(id, v)),
             Ok(Answer::Events(sub)) => {
-                if write_response(&mut writer, &Response::ok(id.clone(), serde_json::json!({"subscribed": true}))).is_ok() {
+                if write_response(&mut writer, &Response::ok(id.clone(), serde_json::json!({"subscribed": true})))
+                    .is_ok()
+                {
                     stream_events(&mut reader, &mut writer, &id, sub);
                 }
                 return;
@@ -285,11 +288,12 @@ fn dispatch(jobs: &Sender<Job>, cmd: Command) -> Result<Answer, ControlError> {
     })?;
     match rx.recv_timeout(ANSWER_TIMEOUT) {
         Ok(answer) => answer,
-        Err(RecvTimeoutError::Timeout) => Err(ControlError::new(
-            ErrorCode::Busy,
-            format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
-        )),
-        Err(RecvTimeoutError::Disconnected) => Err(ControlError::new(ErrorCode::ShuttingDown, "the daemon is stopping")),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(ControlError::new(ErrorCode::Busy, format!("no answer within {} s", ANSWER_TIMEOUT.as_secs())))
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            Err(ControlError::new(ErrorCode::ShuttingDown, "the daemon is stopping"))
+        }
     }
 }
 
@@ -297,10 +301,13 @@ fn dispatch(jobs: &Sender<Job>, cmd: Command) -> Result<Answer, ControlError> {
 /// subscription; a client that went away is noticed within a second even
 /// when no events come.
 fn stream_events(reader: &mut BufReader<UnixStream>, writer: &mut UnixStream, id: &Value, sub: Subscription) {
-    let prefix = format!("{{\"v\":{VERSION},{}\"event\":", match id {
-        Value::Null => String::new(),
-        id => format!("\"id\":{id},"),
-    });
+    let prefix = format!(
+        "{{\"v\":{VERSION},{}\"event\":",
+        match id {
+            Value::Null => String::new(),
+            id => format!("\"id\":{id},"),
+        }
+    );
     let mut out = Vec::with_capacity(4096);
     loop {
         match sub.events.recv_timeout(Duration::from_secs(1)) {
@@ -330,7 +337,10 @@ fn stream_events(reader: &mut BufReader<UnixStream>, writer: &mut UnixStream, id
             }
             Err(RecvTimeoutError::Disconnected) => {
                 let err = if sub.lagged.load(Ordering::SeqCst) {
-                    ControlError::new(ErrorCode::Lagged, format!("more than {SUBSCRIBER_QUEUE} events behind; subscription ended"))
+                    ControlError::new(
+                        ErrorCode::Lagged,
+                        format!("more than {SUBSCRIBER_QUEUE} events behind; subscription ended"),
+                    )
                 } else {
                     ControlError::new(ErrorCode::ShuttingDown, "the daemon is stopping")
                 };

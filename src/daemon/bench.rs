@@ -198,7 +198,12 @@ fn requests(flows: u64, n: usize) -> Result<(usize, f64, Vec<RequestRate>), Stri
         measure(
             &mut client,
             "flows top 100, filter proto=udp dport=53",
-            &Command::Flows { filter: Some("proto=udp dport=53".into()), sort: SortKey::Bytes, offset: 0, limit: Some(100) },
+            &Command::Flows {
+                filter: Some("proto=udp dport=53".into()),
+                sort: SortKey::Bytes,
+                offset: 0,
+                limit: Some(100),
+            },
             n,
         )?,
         measure(&mut client, "stats", &Command::Stats {}, n)?,
@@ -243,7 +248,8 @@ fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String>
             while !stop.load(Ordering::SeqCst) {
                 // The daemon going away at the end of its source ends the run.
                 if c.call(&Command::Stats {}).is_err()
-                    || c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) }).is_err()
+                    || c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) })
+                        .is_err()
                 {
                     return;
                 }
@@ -328,7 +334,14 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
     let rows: Vec<Vec<String>> = b
         .requests
         .iter()
-        .map(|r| vec![r.request.clone(), format!("{:.0}/s", r.per_second), format!("{:.2} ms", r.median_ms), format!("{:.2} ms", r.p99_ms)])
+        .map(|r| {
+            vec![
+                r.request.clone(),
+                format!("{:.0}/s", r.per_second),
+                format!("{:.2} ms", r.median_ms),
+                format!("{:.2} ms", r.p99_ms),
+            ]
+        })
         .collect();
     o.push_str(&crate::report::table(&["request", "rate", "median", "p99"], &rows, &[1, 2, 3]));
     o.push_str(&format!(
@@ -339,11 +352,19 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
     let rows = vec![
         vec!["no client".to_string(), rate(b.median_pps_no_client, "pkt"), rate(b.median_cpu_pps_no_client, "pkt")],
         vec![
-            format!("client every {} ms ({:.0} polls a run)", a.poll_ms, b.polls.iter().sum::<u64>() as f64 / b.polls.len().max(1) as f64),
+            format!(
+                "client every {} ms ({:.0} polls a run)",
+                a.poll_ms,
+                b.polls.iter().sum::<u64>() as f64 / b.polls.len().max(1) as f64
+            ),
             rate(b.median_pps_polled, "pkt"),
             rate(b.median_cpu_pps_polled, "pkt"),
         ],
-        vec!["polling cost".to_string(), format!("{:.1}%", b.polling_cost_pct), format!("{:.1}%", b.polling_cost_cpu_pct)],
+        vec![
+            "polling cost".to_string(),
+            format!("{:.1}%", b.polling_cost_pct),
+            format!("{:.1}%", b.polling_cost_cpu_pct),
+        ],
     ];
     o.push_str(&crate::report::table(&["", "wall-clock rate", "engine-CPU rate"], &rows, &[1, 2]));
     o.push_str(&format!(

@@ -14,8 +14,8 @@ pub mod sources;
 
 use crate::control::server::{self, Answer, Job, Server, Subscriber};
 use crate::control::{
-    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats, SourceStatus,
-    Stats, DEFAULT_PAGE, MAX_PAGE,
+    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats,
+    SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
@@ -75,7 +75,8 @@ impl Controls {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let c = Controls::default();
         for (sig, flag) in [(SIGTERM, &c.stop), (SIGINT, &c.stop), (SIGHUP, &c.reload)] {
-            signal_hook::flag::register(sig, flag.clone()).map_err(|e| format!("installing the handler of signal {sig}: {e}"))?;
+            signal_hook::flag::register(sig, flag.clone())
+                .map_err(|e| format!("installing the handler of signal {sig}: {e}"))?;
         }
         Ok(c)
     }
@@ -83,7 +84,8 @@ impl Controls {
 
 /// Sets up logging as the configuration says: human lines or JSON, on stderr.
 pub fn init_logging(log: &LogSection) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|e| format!("log.level {:?}: {e}", log.level))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&log.level).map_err(|e| format!("log.level {:?}: {e}", log.level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match log.format {
@@ -365,7 +367,11 @@ impl Daemon {
                     // (wall) clock: it is due when it was captured.
                     let start = if slot.live { raw.ts_ns } else { start_for(pace, *now, raw.ts_ns) };
                     let (first_ts, at) = *slot.base.get_or_insert((raw.ts_ns, start));
-                    Pending { due_ns: at + raw.ts_ns.saturating_sub(first_ts), wire_len: raw.wire_len, parsed: raw.parse() }
+                    Pending {
+                        due_ns: at + raw.ts_ns.saturating_sub(first_ts),
+                        wire_len: raw.wire_len,
+                        parsed: raw.parse(),
+                    }
                 }
                 // Nothing captured yet: look again shortly.
                 Ok(None) if slot.live => return Step::Wait(*now + LIVE_IDLE_NS),
@@ -498,7 +504,10 @@ impl Daemon {
                     .map_err(|e| ControlError::new(ErrorCode::BadFilter, e))?;
                 let limit = limit.unwrap_or(DEFAULT_PAGE);
                 if limit > MAX_PAGE {
-                    return Err(ControlError::new(ErrorCode::BadRequest, format!("limit {limit}: at most {MAX_PAGE} flows a page")));
+                    return Err(ControlError::new(
+                        ErrorCode::BadRequest,
+                        format!("limit {limit}: at most {MAX_PAGE} flows a page"),
+                    ));
                 }
                 let keep = offset.saturating_add(limit);
                 if sort == crate::control::SortKey::Bytes
@@ -518,10 +527,8 @@ impl Daemon {
             Command::Flow { flow } => query::detail(&self.engine, flow, now).ok_or_else(|| no_such_flow(flow))?,
             Command::Stats {} => to_value(&self.stats(now))?,
             Command::SetContext { flow, label, verdict, metadata } => {
-                let ctx = self
-                    .engine
-                    .set_context(flow, FlowContext { label, verdict, metadata })
-                    .map_err(engine_error)?;
+                let ctx =
+                    self.engine.set_context(flow, FlowContext { label, verdict, metadata }).map_err(engine_error)?;
                 let stage = self.engine.table().get(flow).map_or(Stage::Free, |f| f.stage());
                 tracing::info!(flow = %flow, "context set");
                 json!({"flow": flow, "context": ctx, "stage": stage})
@@ -597,7 +604,8 @@ impl Daemon {
         };
         let by_stage = named(&mut STAGES.iter().map(|s| s.as_str()), &stages);
         // Flows with no rule in place are handled by software.
-        let by_placement = named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
+        let by_placement =
+            named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
         let (install_rate, remove_rate, rate_pps) = self.rates();
         let live = e.table().len();
         let capacity = e.table().capacity();
@@ -647,7 +655,12 @@ impl Daemon {
                 software: self.sw_packets,
                 tap_skipped: st.tap_packets_skipped,
                 rate_pps,
-                skipped: self.skipped.iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.as_str().to_string(), n)).collect(),
+                skipped: self
+                    .skipped
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.as_str().to_string(), n))
+                    .collect(),
                 untracked,
             },
             ended: st.ended_by.clone(),

@@ -35,7 +35,16 @@ impl RecordsWriter {
     /// Opens (appending to) the records file. `rotate_bytes` 0 never rotates.
     pub fn open(path: &Path, rotate_bytes: u64, keep: u32) -> Result<RecordsWriter, String> {
         let (file, size) = open_append(path).map_err(|e| format!("records file {}: {e}", path.display()))?;
-        Ok(RecordsWriter { path: path.to_path_buf(), rotate_bytes, keep, file, size, line: Vec::new(), written: 0, rotations: 0 })
+        Ok(RecordsWriter {
+            path: path.to_path_buf(),
+            rotate_bytes,
+            keep,
+            file,
+            size,
+            line: Vec::new(),
+            written: 0,
+            rotations: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -96,7 +96,8 @@ pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<
                 let cfg: SynthConfig = serde_json::from_value(serde_json::Value::Object(map))
                     .map_err(|e| format!("{at}.synthetic: {e}"))?;
                 let name = format!("synthetic ({} flows, seed {})", cfg.flows, cfg.seed);
-                let src = SyntheticSource::new(cfg).map_err(|e| format!("{at}.synthetic.{}: {}", e.field, e.message))?;
+                let src =
+                    SyntheticSource::new(cfg).map_err(|e| format!("{at}.synthetic.{}: {}", e.field, e.message))?;
                 slots.push(Slot::new(name, Box::new(src), pace));
             }
             SourceConfig::Interface { name, ingress } => {
@@ -115,8 +116,9 @@ pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<
 #[cfg(feature = "dpdk")]
 fn open_dpdk(at: &str, stop: &Arc<AtomicBool>) -> Result<Slot, String> {
     use crate::source::dpdk::DpdkSource;
-    let rt = crate::backend::dpdk_runtime()
-        .ok_or_else(|| format!("{at}.dpdk: no DPDK backend is running (backend kind \"dpdk\" starts the ports this source reads)"))?;
+    let rt = crate::backend::dpdk_runtime().ok_or_else(|| {
+        format!("{at}.dpdk: no DPDK backend is running (backend kind \"dpdk\" starts the ports this source reads)")
+    })?;
     let src = DpdkSource::all_queues(&rt, stop.clone()).map_err(|e| format!("{at}.dpdk: {e}"))?;
     let devices: Vec<&str> = rt.ports.iter().map(|p| p.device.as_str()).collect();
     // Live frames are due when they arrive.
@@ -164,7 +166,10 @@ mod tests {
             (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}], "rx_queue": 2}"#, "backend.rx_queue: "),
             (r#"{"kind": "dpdk", "ports": []}"#, "backend.ports: "),
             // Two top-level ports (the default), one DPDK device.
-            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}]}"#, "backend.ports: 1 DPDK port(s), but the top-level `ports` lists 2"),
+            (
+                r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}]}"#,
+                "backend.ports: 1 DPDK port(s), but the top-level `ports` lists 2",
+            ),
         ];
         for (backend, want) in bad {
             let config = flowtable_config::parse("d.json", &format!(r#"{{"backend": {backend}}}"#)).unwrap();

@@ -240,8 +240,13 @@ fn os_err(what: &str, name: &str) -> SourceError {
 fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: &T) -> bool {
     // SAFETY: a valid fd and a value of the size passed.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, opt, val as *const T as *const libc::c_void, size_of::<T>() as libc::socklen_t)
-            == 0
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            val as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        ) == 0
     }
 }
 
@@ -277,7 +282,11 @@ impl AfPacketSource {
             return Err(SourceError::Open { path: "af_packet".into(), message: "more than 256 interfaces".into() });
         }
         let page = 4096;
-        if cfg.block_size < page || !cfg.block_size.is_power_of_two() || cfg.frame_size < 128 || cfg.block_size % cfg.frame_size != 0 {
+        if cfg.block_size < page
+            || !cfg.block_size.is_power_of_two()
+            || cfg.frame_size < 128
+            || cfg.block_size % cfg.frame_size != 0
+        {
             return Err(SourceError::Open {
                 path: "af_packet".into(),
                 message: format!(
@@ -345,7 +354,14 @@ impl AfPacketSource {
         let map_len = cfg.block_size as usize * cfg.block_count as usize;
         // SAFETY: mapping the ring the kernel just allocated for this fd.
         let map = unsafe {
-            libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if map == libc::MAP_FAILED {
             return Err(os_err("mmap of the ring", name));
@@ -436,7 +452,13 @@ impl AfPacketSource {
                 p.revents = 0;
             }
             // SAFETY: pollfds is a valid array of the length passed.
-            let rc = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, wait.as_millis().max(1) as i32) };
+            let rc = unsafe {
+                libc::poll(
+                    self.pollfds.as_mut_ptr(),
+                    self.pollfds.len() as libc::nfds_t,
+                    wait.as_millis().max(1) as i32,
+                )
+            };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -450,7 +472,13 @@ impl AfPacketSource {
                     let mut len = size_of::<i32>() as libc::socklen_t;
                     // SAFETY: a valid fd and an int-sized out buffer.
                     unsafe {
-                        libc::getsockopt(r.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut i32 as *mut libc::c_void, &mut len)
+                        libc::getsockopt(
+                            r.fd.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_ERROR,
+                            &mut err as *mut i32 as *mut libc::c_void,
+                            &mut len,
+                        )
                     };
                     if err == libc::ENETDOWN || err == libc::ENXIO || err == libc::ENODEV {
                         return Err(SourceError::Io {
@@ -473,7 +501,8 @@ impl AfPacketSource {
         if !stripped {
             return RawPacket { ts_ns: f.ts_ns, data, wire_len: f.len, link, linktype, ingress, mark: None };
         }
-        let tpid = if f.status & TP_STATUS_VLAN_TPID_VALID != 0 && f.vlan_tpid != 0 { f.vlan_tpid } else { ETH_P_8021Q };
+        let tpid =
+            if f.status & TP_STATUS_VLAN_TPID_VALID != 0 && f.vlan_tpid != 0 { f.vlan_tpid } else { ETH_P_8021Q };
         self.scratch.clear();
         self.scratch.extend_from_slice(&data[..12]);
         self.scratch.extend_from_slice(&tpid.to_be_bytes());

@@ -24,60 +24,34 @@ pub struct DpdkSource {
 impl DpdkSource {
     /// Polls `queues` (flowtable port index, rx queue) of a started runtime
     /// until `stop` is set.
-    pub fn new(
-        rt: &Arc<DpdkRuntime>,
-        queues: &[(u8, u16)],
-        stop: Arc<AtomicBool>,
-    ) -> Result<DpdkSource, SourceError> {
+    pub fn new(rt: &Arc<DpdkRuntime>, queues: &[(u8, u16)], stop: Arc<AtomicBool>) -> Result<DpdkSource, SourceError> {
         if queues.is_empty() {
-            return Err(SourceError::Open {
-                path: "dpdk".into(),
-                message: "no rx queues to poll".into(),
-            });
+            return Err(SourceError::Open { path: "dpdk".into(), message: "no rx queues to poll".into() });
         }
         let queues = queues
             .iter()
             .map(|&(port, q)| RxQueue::new(rt.clone(), port, q))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| SourceError::Open {
-                path: "dpdk".into(),
-                message,
-            })?;
-        Ok(DpdkSource {
-            queues,
-            next: 0,
-            stop,
-        })
+            .map_err(|message| SourceError::Open { path: "dpdk".into(), message })?;
+        Ok(DpdkSource { queues, next: 0, stop })
     }
 
     /// Every rx queue of every port of the runtime.
-    pub fn all_queues(
-        rt: &Arc<DpdkRuntime>,
-        stop: Arc<AtomicBool>,
-    ) -> Result<DpdkSource, SourceError> {
-        let qs: Vec<(u8, u16)> = rt
-            .ports
-            .iter()
-            .flat_map(|p| (0..p.rx_queues).map(move |q| (p.index, q)))
-            .collect();
+    pub fn all_queues(rt: &Arc<DpdkRuntime>, stop: Arc<AtomicBool>) -> Result<DpdkSource, SourceError> {
+        let qs: Vec<(u8, u16)> = rt.ports.iter().flat_map(|p| (0..p.rx_queues).map(move |q| (p.index, q))).collect();
         DpdkSource::new(rt, &qs, stop)
     }
 
     /// One pass over the queues: the index of one holding a frame.
     fn poll_once(&mut self) -> Option<usize> {
         let n = self.queues.len();
-        let qi = (0..n)
-            .map(|i| (self.next + i) % n)
-            .find(|&qi| self.queues[qi].advance())?;
+        let qi = (0..n).map(|i| (self.next + i) % n).find(|&qi| self.queues[qi].advance())?;
         self.next = qi;
         Some(qi)
     }
 
     fn frame(&self, qi: usize) -> Option<(RawPacket<'_>, Option<u32>)> {
-        let ts_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let ts_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let f = self.queues[qi].current_frame()?;
         let pkt = RawPacket {
             ts_ns,

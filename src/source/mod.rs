@@ -4,10 +4,10 @@ use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{LinkType, PacketInfo, SkipReason};
 
 pub mod afpacket;
-pub mod pcap;
-pub mod synth;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod pcap;
+pub mod synth;
 
 /// One frame as a source delivers it, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]

@@ -25,9 +25,7 @@
 use super::{PacketSource, RawPacket, SourceError};
 use flowtable_sw::LinkType;
 use pcap_file::pcap::PcapParser;
-use pcap_file::pcapng::blocks::interface_description::{
-    InterfaceDescriptionBlock, InterfaceDescriptionOption,
-};
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::PcapNgParser;
 use pcap_file::{Endianness, PcapError, TsResolution};
 use std::borrow::Cow;
@@ -164,8 +162,7 @@ impl PcapFileSource {
     pub fn open(path: impl AsRef<Path>, ingress: u8) -> Result<Self, SourceError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let file = File::open(path)
-            .map_err(|e| SourceError::Open { path: name.clone(), message: e.to_string() })?;
+        let file = File::open(path).map_err(|e| SourceError::Open { path: name.clone(), message: e.to_string() })?;
         Self::from_reader(name, Box::new(file), ingress)
     }
 
@@ -177,11 +174,7 @@ impl PcapFileSource {
     }
 
     /// A capture streamed from any reader; `name` appears in errors.
-    pub fn from_reader(
-        name: String,
-        reader: Box<dyn Read + Send>,
-        ingress: u8,
-    ) -> Result<Self, SourceError> {
+    pub fn from_reader(name: String, reader: Box<dyn Read + Send>, ingress: u8) -> Result<Self, SourceError> {
         Self::start(name, Some(reader), Vec::new(), 0, ingress)
     }
 
@@ -192,17 +185,8 @@ impl PcapFileSource {
         end: usize,
         ingress: u8,
     ) -> Result<Self, SourceError> {
-        let mut source = PcapFileSource {
-            name,
-            reader,
-            buf,
-            start: 0,
-            end,
-            base: 0,
-            format: Format::Unknown,
-            ingress,
-            packets: 0,
-        };
+        let mut source =
+            PcapFileSource { name, reader, buf, start: 0, end, base: 0, format: Format::Unknown, ingress, packets: 0 };
         source.read_file_header()?;
         Ok(source)
     }
@@ -218,20 +202,15 @@ impl PcapFileSource {
     }
 
     fn corrupt(&self, message: impl Into<String>) -> SourceError {
-        SourceError::Corrupt {
-            path: self.name.clone(),
-            offset: self.base + self.start as u64,
-            message: message.into(),
-        }
+        SourceError::Corrupt { path: self.name.clone(), offset: self.base + self.start as u64, message: message.into() }
     }
 
     fn read_file_header(&mut self) -> Result<(), SourceError> {
         while self.end - self.start < 4 {
             if !self.fill()? {
-                return Err(self.corrupt(format!(
-                    "file too short for a capture header ({} bytes)",
-                    self.end - self.start
-                )));
+                return Err(
+                    self.corrupt(format!("file too short for a capture header ({} bytes)", self.end - self.start))
+                );
             }
         }
         let magic = &self.buf[self.start..self.start + 4];
@@ -249,12 +228,10 @@ impl PcapFileSource {
         loop {
             let avail = &self.buf[self.start..self.end];
             let parsed = if pcapng {
-                PcapNgParser::new(avail).map(|(rem, parser)| {
-                    (avail.len() - rem.len(), Format::PcapNg { parser, interfaces: Vec::new() })
-                })
+                PcapNgParser::new(avail)
+                    .map(|(rem, parser)| (avail.len() - rem.len(), Format::PcapNg { parser, interfaces: Vec::new() }))
             } else {
-                PcapParser::new(avail)
-                    .map(|(rem, parser)| (avail.len() - rem.len(), Format::Pcap { parser }))
+                PcapParser::new(avail).map(|(rem, parser)| (avail.len() - rem.len(), Format::Pcap { parser }))
             };
             match parsed {
                 Ok((consumed, format)) => {
@@ -302,11 +279,7 @@ impl PcapFileSource {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(SourceError::Io {
-                        what: format!(
-                            "{} at byte offset {}",
-                            self.name,
-                            self.base + self.end as u64
-                        ),
+                        what: format!("{} at byte offset {}", self.name, self.base + self.end as u64),
                         message: e.to_string(),
                     })
                 }
@@ -385,9 +358,7 @@ fn pcap_record(parser: &PcapParser, avail: &[u8]) -> Step {
     // Bound the length before asking for that many bytes.
     let incl_len = read_u32(header.endianness, avail, 8);
     if incl_len > MAX_RECORD_LEN {
-        return Step::Corrupt(format!(
-            "record length {incl_len} exceeds the maximum of {MAX_RECORD_LEN}"
-        ));
+        return Step::Corrupt(format!("record length {incl_len} exceeds the maximum of {MAX_RECORD_LEN}"));
     }
     let (rem, record) = match parser.next_raw_packet(avail) {
         Ok(r) => r,
@@ -433,9 +404,7 @@ fn pcapng_block(parser: &mut PcapNgParser, interfaces: &mut Vec<Interface>, avai
         return Step::NeedMore;
     };
     if block_len > MAX_BLOCK_LEN {
-        return Step::Corrupt(format!(
-            "block length {block_len} exceeds the maximum of {MAX_BLOCK_LEN}"
-        ));
+        return Step::Corrupt(format!("block length {block_len} exceeds the maximum of {MAX_BLOCK_LEN}"));
     }
     let (rem, block) = match parser.next_raw_block(avail) {
         Ok(r) => r,
@@ -467,8 +436,7 @@ fn pcapng_block(parser: &mut PcapNgParser, interfaces: &mut Vec<Interface>, avai
                 return Step::Corrupt(format!("enhanced packet block of {} bytes", body.len()));
             }
             let interface = read_u32(endian, body, 0);
-            let ticks =
-                u64::from(read_u32(endian, body, 4)) << 32 | u64::from(read_u32(endian, body, 8));
+            let ticks = u64::from(read_u32(endian, body, 4)) << 32 | u64::from(read_u32(endian, body, 8));
             let captured = read_u32(endian, body, 12);
             let original = read_u32(endian, body, 16);
             PacketFields { interface, ticks: Some(ticks), captured, original, data_at: 20 }
@@ -478,8 +446,7 @@ fn pcapng_block(parser: &mut PcapNgParser, interfaces: &mut Vec<Interface>, avai
                 return Step::Corrupt(format!("packet block of {} bytes", body.len()));
             }
             let interface = u32::from(read_u16(endian, body, 0));
-            let ticks =
-                u64::from(read_u32(endian, body, 4)) << 32 | u64::from(read_u32(endian, body, 8));
+            let ticks = u64::from(read_u32(endian, body, 4)) << 32 | u64::from(read_u32(endian, body, 8));
             let captured = read_u32(endian, body, 12);
             let original = read_u32(endian, body, 16);
             PacketFields { interface, ticks: Some(ticks), captured, original, data_at: 20 }
@@ -576,13 +543,7 @@ mod tests {
     }
 
     /// Writes pcap bytes: `big` for big-endian, `nanos` for the ns magic.
-    fn pcap(
-        big: bool,
-        nanos: bool,
-        snaplen: u32,
-        linktype: u32,
-        records: &[(u32, u32, u32, &[u8])],
-    ) -> Vec<u8> {
+    fn pcap(big: bool, nanos: bool, snaplen: u32, linktype: u32, records: &[(u32, u32, u32, &[u8])]) -> Vec<u8> {
         let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
         let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
         let mut out = Vec::new();
@@ -609,13 +570,8 @@ mod tests {
     fn pcap_in_both_byte_orders_and_resolutions() {
         for big in [false, true] {
             for nanos in [false, true] {
-                let bytes = pcap(
-                    big,
-                    nanos,
-                    65535,
-                    1,
-                    &[(1_700_000_000, 250, 60, FRAME_A), (1_700_000_001, 0, 1514, FRAME_B)],
-                );
+                let bytes =
+                    pcap(big, nanos, 65535, 1, &[(1_700_000_000, 250, 60, FRAME_A), (1_700_000_001, 0, 1514, FRAME_B)]);
                 let mut src = PcapFileSource::from_bytes(bytes, 3).unwrap();
                 let (frames, err) = drain(&mut src);
                 assert!(err.is_none(), "{err:?}");
@@ -702,8 +658,7 @@ mod tests {
             assert!(src.next_packet().is_err());
         }
         // Cut exactly after the first record: a clean end.
-        let (frames, err) =
-            drain(&mut PcapFileSource::from_bytes(full[..second_at].to_vec(), 0).unwrap());
+        let (frames, err) = drain(&mut PcapFileSource::from_bytes(full[..second_at].to_vec(), 0).unwrap());
         assert_eq!((frames.len(), err.is_none()), (1, true));
     }
 
@@ -722,13 +677,10 @@ mod tests {
 
     #[test]
     fn bad_headers() {
-        let err =
-            |bytes: Vec<u8>| PcapFileSource::from_bytes(bytes, 0).err().map(|e| e.to_string());
+        let err = |bytes: Vec<u8>| PcapFileSource::from_bytes(bytes, 0).err().map(|e| e.to_string());
         assert_eq!(
             err(vec![]),
-            Some(
-                "<memory>: at byte offset 0: file too short for a capture header (0 bytes)".into()
-            )
+            Some("<memory>: at byte offset 0: file too short for a capture header (0 bytes)".into())
         );
         assert_eq!(
             err(b"# Test captures\n".to_vec()),
@@ -755,21 +707,14 @@ mod tests {
     }
 
     fn shb(big: bool) -> Vec<u8> {
-        let mut body =
-            if big { 0x1a2b_3c4du32.to_be_bytes() } else { 0x1a2b_3c4du32.to_le_bytes() }.to_vec();
+        let mut body = if big { 0x1a2b_3c4du32.to_be_bytes() } else { 0x1a2b_3c4du32.to_le_bytes() }.to_vec();
         body.extend_from_slice(&if big { [0, 1, 0, 0] } else { [1, 0, 0, 0] });
         body.extend_from_slice(&[0xff; 8]);
         block(big, PCAPNG_SECTION_HEADER, &body)
     }
 
     /// Interface description with an optional if_tsresol and if_tsoffset.
-    fn idb(
-        big: bool,
-        linktype: u16,
-        snaplen: u32,
-        tsresol: Option<u8>,
-        tsoffset: Option<i64>,
-    ) -> Vec<u8> {
+    fn idb(big: bool, linktype: u16, snaplen: u32, tsresol: Option<u8>, tsoffset: Option<i64>) -> Vec<u8> {
         let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
         let mut body = w16(linktype).to_vec();
         body.extend_from_slice(&[0, 0]);
@@ -801,13 +746,7 @@ mod tests {
         block(big, PCAPNG_ENHANCED_PACKET, &body)
     }
 
-    fn frame(
-        ts_ns: u64,
-        data: &[u8],
-        wire_len: u32,
-        link: Option<LinkType>,
-        linktype: u32,
-    ) -> Frame {
+    fn frame(ts_ns: u64, data: &[u8], wire_len: u32, link: Option<LinkType>, linktype: u32) -> Frame {
         Frame { ts_ns, data: data.to_vec(), wire_len, link, linktype, ingress: 5 }
     }
 
@@ -898,9 +837,7 @@ mod tests {
             let mut bytes = head.clone();
             bytes.extend(tail);
             match drain(&mut PcapFileSource::from_bytes(bytes, 0).unwrap()) {
-                (frames, Some(SourceError::Corrupt { offset, message, .. }))
-                    if frames.is_empty() =>
-                {
+                (frames, Some(SourceError::Corrupt { offset, message, .. })) if frames.is_empty() => {
                     assert_eq!(offset, at);
                     message
                 }
@@ -952,23 +889,15 @@ mod tests {
             let (mem, err) = drain(&mut PcapFileSource::from_bytes(bytes.clone(), 1).unwrap());
             assert!(err.is_none());
             assert_eq!(mem.len(), 50);
-            let mut streamed = PcapFileSource::from_reader(
-                "trickle".into(),
-                Box::new(Trickle(bytes.clone(), 0)),
-                1,
-            )
-            .unwrap();
+            let mut streamed =
+                PcapFileSource::from_reader("trickle".into(), Box::new(Trickle(bytes.clone(), 0)), 1).unwrap();
             let (frames, err) = drain(&mut streamed);
             assert!(err.is_none());
             assert_eq!(frames, mem);
             // Truncated stream: the error names the reader and the offset.
             let cut = bytes.len() - 3;
-            let mut streamed = PcapFileSource::from_reader(
-                "trickle".into(),
-                Box::new(Trickle(bytes[..cut].to_vec(), 0)),
-                1,
-            )
-            .unwrap();
+            let mut streamed =
+                PcapFileSource::from_reader("trickle".into(), Box::new(Trickle(bytes[..cut].to_vec(), 0)), 1).unwrap();
             let (frames, err) = drain(&mut streamed);
             assert_eq!(frames.len(), 49);
             let err = err.unwrap().to_string();
@@ -980,19 +909,12 @@ mod tests {
     fn opens_files_and_names_them_in_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("two.pcap");
-        std::fs::write(
-            &path,
-            pcap(false, true, 65535, 1, &[(1, 2, 60, FRAME_A), (3, 4, 42, FRAME_B)]),
-        )
-        .unwrap();
+        std::fs::write(&path, pcap(false, true, 65535, 1, &[(1, 2, 60, FRAME_A), (3, 4, 42, FRAME_B)])).unwrap();
         let mut src = PcapFileSource::open(&path, 2).unwrap();
         assert_eq!(src.name(), path.display().to_string());
         let (frames, err) = drain(&mut src);
         assert!(err.is_none());
-        assert_eq!(
-            frames.iter().map(|f| f.ts_ns).collect::<Vec<_>>(),
-            vec![1_000_000_002, 3_000_000_004]
-        );
+        assert_eq!(frames.iter().map(|f| f.ts_ns).collect::<Vec<_>>(), vec![1_000_000_002, 3_000_000_004]);
 
         let missing = dir.path().join("missing.pcap");
         let err = PcapFileSource::open(&missing, 0).err().unwrap();
@@ -1002,12 +924,6 @@ mod tests {
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, "hello").unwrap();
         let err = PcapFileSource::open(&text, 0).err().unwrap().to_string();
-        assert_eq!(
-            err,
-            format!(
-                "{}: at byte offset 0: not a pcap or pcapng file (magic 68656c6c)",
-                text.display()
-            )
-        );
+        assert_eq!(err, format!("{}: at byte offset 0: not a pcap or pcapng file (magic 68656c6c)", text.display()));
     }
 }

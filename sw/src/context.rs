@@ -124,9 +124,8 @@ mod tests {
         let c = s.get(id).unwrap();
         assert_eq!(c.label.as_deref(), Some("web"));
         assert_eq!(c.metadata["app"], "http");
-        let err = s
-            .update(id, FlowContext { label: Some("x".repeat(MAX_LABEL_LEN + 1)), ..Default::default() })
-            .unwrap_err();
+        let err =
+            s.update(id, FlowContext { label: Some("x".repeat(MAX_LABEL_LEN + 1)), ..Default::default() }).unwrap_err();
         assert_eq!(err, ContextError::LabelTooLong(MAX_LABEL_LEN + 1));
         assert_eq!(s.get(id).unwrap().label.as_deref(), Some("web"));
     }

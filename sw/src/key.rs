@@ -85,11 +85,8 @@ impl FlowKey {
         ingress: u8,
     ) -> (FlowKey, Direction) {
         let fwd = (src, sport) <= (dst, dport);
-        let (addr_lo, port_lo, addr_hi, port_hi, dir) = if fwd {
-            (src, sport, dst, dport, Direction::LoToHi)
-        } else {
-            (dst, dport, src, sport, Direction::HiToLo)
-        };
+        let (addr_lo, port_lo, addr_hi, port_hi, dir) =
+            if fwd { (src, sport, dst, dport, Direction::LoToHi) } else { (dst, dport, src, sport, Direction::HiToLo) };
         (
             FlowKey {
                 addr_lo,
@@ -107,13 +104,7 @@ impl FlowKey {
         )
     }
 
-    pub fn from_v4(
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        sport: u16,
-        dport: u16,
-        proto: u8,
-    ) -> (FlowKey, Direction) {
+    pub fn from_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> (FlowKey, Direction) {
         FlowKey::canonical(v4_bytes(src), v4_bytes(dst), sport, dport, proto, false, 0, 0, 0)
     }
 
@@ -140,18 +131,8 @@ impl FlowKey {
     /// The addresses and ports as a packet travelling in `dir` carries them.
     pub fn endpoints(&self, dir: Direction) -> Endpoints {
         match dir {
-            Direction::LoToHi => Endpoints {
-                src: self.lo(),
-                dst: self.hi(),
-                sport: self.port_lo,
-                dport: self.port_hi,
-            },
-            Direction::HiToLo => Endpoints {
-                src: self.hi(),
-                dst: self.lo(),
-                sport: self.port_hi,
-                dport: self.port_lo,
-            },
+            Direction::LoToHi => Endpoints { src: self.lo(), dst: self.hi(), sport: self.port_lo, dport: self.port_hi },
+            Direction::HiToLo => Endpoints { src: self.hi(), dst: self.lo(), sport: self.port_hi, dport: self.port_lo },
         }
     }
 

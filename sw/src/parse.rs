@@ -40,12 +40,7 @@ use crate::wire::{ethernet, ethertype, ip_proto, vlan, Error};
 /// `wire_len` is the frame's length on the wire as the capture recorded it
 /// (not the possibly shorter captured length); `ingress` is the index of the
 /// port the frame arrived on, copied into the key.
-pub fn parse_packet(
-    link: LinkType,
-    frame: &[u8],
-    wire_len: u32,
-    ingress: u8,
-) -> Result<PacketInfo, SkipReason> {
+pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: u8) -> Result<PacketInfo, SkipReason> {
     let l3 = link_layer(link, frame)?;
     let network = match l3.version {
         IpVersion::V4 => ipv4(frame, l3.offset)?,
@@ -280,8 +275,7 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
             ports(sctp.src_port(), sctp.dst_port(), sctp::HEADER_LEN)
         }
         ip_proto::ICMP | ip_proto::ICMPV6 => {
-            let version =
-                if protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
+            let version = if protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
             let icmp = IcmpPacket::new_checked(l4).map_err(transport_error)?;
             let port = icmp.flow_port(version);
             ports(port, port, crate::wire::icmp::HEADER_LEN)
@@ -423,11 +417,7 @@ mod tests {
         for outer_tpid in [0x88a8u16, 0x9100, 0x8100] {
             let qinq = eth(outer_tpid, &cat(&[&tag(200, 0x8100), &tag(300, 0x0800), &ip]));
             let info = parse(LinkType::Ethernet, &qinq).unwrap();
-            assert_eq!(
-                (info.key.vlan_outer, info.key.vlan_inner),
-                (200, 300),
-                "tpid {outer_tpid:#x}"
-            );
+            assert_eq!((info.key.vlan_outer, info.key.vlan_inner), (200, 300), "tpid {outer_tpid:#x}");
             assert_eq!(info.payload_offset, 14 + 8 + 20 + 8);
         }
 
@@ -479,8 +469,7 @@ mod tests {
         assert_eq!(info.fragment, Fragment::Later { id: 0xbeef });
 
         // A later fragment too short for any transport header is still fine.
-        let info =
-            parse(LinkType::Ethernet, &eth(0x0800, &ip4(6, A4, B4, 7, 0x0010, &[]))).unwrap();
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(6, A4, B4, 7, 0x0010, &[]))).unwrap();
         assert_eq!(info.fragment, Fragment::Later { id: 7 });
     }
 
@@ -491,15 +480,13 @@ mod tests {
     #[test]
     fn ipv6_fragments() {
         let l4 = udp(5000, 6000, &[0u8; 16]);
-        let first =
-            eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 0, true, 0xdead_beef), &l4])));
+        let first = eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 0, true, 0xdead_beef), &l4])));
         let info = parse(LinkType::Ethernet, &first).unwrap();
         assert_eq!(info.fragment, Fragment::First { id: 0xdead_beef });
         assert_eq!((info.key.port_lo, info.key.port_hi), (5000, 6000));
         assert_eq!(info.payload_offset, 14 + 40 + 8 + 8);
 
-        let later =
-            eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 1232, false, 0xdead_beef), &l4])));
+        let later = eth(0x86dd, &ip6(44, a6(), b6(), &cat(&[&frag6(17, 1232, false, 0xdead_beef), &l4])));
         let info = parse(LinkType::Ethernet, &later).unwrap();
         assert_eq!(info.fragment, Fragment::Later { id: 0xdead_beef });
         assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (0, 0, 17));
@@ -553,8 +540,7 @@ mod tests {
         let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(4, A4, B4, 1, 0, &inner))).unwrap();
         assert_eq!((info.key.proto, info.key.lo(), info.key.hi()), (4, v4(A4), v4(B4)));
         let inner6 = ip6(17, a6(), b6(), &udp(1, 2, b""));
-        let info =
-            parse(LinkType::Ethernet, &eth(0x0800, &ip4(41, A4, B4, 1, 0, &inner6))).unwrap();
+        let info = parse(LinkType::Ethernet, &eth(0x0800, &ip4(41, A4, B4, 1, 0, &inner6))).unwrap();
         assert_eq!((info.key.proto, info.key.port_lo), (41, 0));
 
         // VXLAN is UDP to port 4789: keyed on the outer UDP ports.
@@ -624,12 +610,8 @@ mod tests {
     fn bsd_loopback_families_and_byte_orders() {
         let ip4_pkt = ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""));
         let ip6_pkt = ip6(6, a6(), b6(), &tcp(1, 2, 0, b""));
-        for (af, pkt, v6) in [
-            (2u32, &ip4_pkt, false),
-            (24, &ip6_pkt, true),
-            (28, &ip6_pkt, true),
-            (30, &ip6_pkt, true),
-        ] {
+        for (af, pkt, v6) in [(2u32, &ip4_pkt, false), (24, &ip6_pkt, true), (28, &ip6_pkt, true), (30, &ip6_pkt, true)]
+        {
             for header in [af.to_le_bytes(), af.to_be_bytes()] {
                 let info = parse(LinkType::Null, &cat(&[&header, pkt])).unwrap();
                 assert_eq!(info.key.is_ipv6(), v6, "af {af}");
@@ -639,15 +621,9 @@ mod tests {
             assert_eq!(info.key.is_ipv6(), v6);
         }
         // AF_INET6 of Linux (10) is not a BSD loopback family.
-        assert_eq!(
-            parse(LinkType::Null, &cat(&[&10u32.to_le_bytes(), &ip6_pkt])),
-            Err(SkipReason::NonIp)
-        );
+        assert_eq!(parse(LinkType::Null, &cat(&[&10u32.to_le_bytes(), &ip6_pkt])), Err(SkipReason::NonIp));
         // The family says IPv4 but the packet is IPv6.
-        assert_eq!(
-            parse(LinkType::Loop, &cat(&[&2u32.to_be_bytes(), &ip6_pkt])),
-            Err(SkipReason::BadIpVersion)
-        );
+        assert_eq!(parse(LinkType::Loop, &cat(&[&2u32.to_be_bytes(), &ip6_pkt])), Err(SkipReason::BadIpVersion));
         assert_eq!(parse(LinkType::Null, &[2, 0, 0]), Err(SkipReason::TruncatedLink));
     }
 
@@ -668,10 +644,7 @@ mod tests {
         // 802.3 length field with LLC.
         assert_eq!(parse(LinkType::Ethernet, &eth(0x0026, &[0x42; 38])), Err(SkipReason::NonIp));
         // VLAN-tagged ARP.
-        assert_eq!(
-            parse(LinkType::Ethernet, &eth(0x8100, &tag(5, 0x0806))),
-            Err(SkipReason::NonIp)
-        );
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x8100, &tag(5, 0x0806))), Err(SkipReason::NonIp));
         let v6_in_v4 = eth(0x0800, &ip6(17, a6(), b6(), &udp(1, 2, b"")));
         assert_eq!(parse(LinkType::Ethernet, &v6_in_v4), Err(SkipReason::BadIpVersion));
         let v4_in_v6 = eth(0x86dd, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b"")));
@@ -697,17 +670,8 @@ mod tests {
     fn truncation_at_every_boundary() {
         let cases: [(Vec<u8>, [usize; 3]); 4] = [
             (eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))), [14, 34, 54]),
-            (
-                eth(0x8100, &cat(&[&tag(9, 0x86dd), &ip6(17, a6(), b6(), &udp(1, 2, b""))])),
-                [18, 58, 66],
-            ),
-            (
-                eth(
-                    0x86dd,
-                    &ip6(0, a6(), b6(), &cat(&[&[58, 0, 0, 0, 0, 0, 0, 0], &icmp(128, 1)])),
-                ),
-                [14, 62, 70],
-            ),
+            (eth(0x8100, &cat(&[&tag(9, 0x86dd), &ip6(17, a6(), b6(), &udp(1, 2, b""))])), [18, 58, 66]),
+            (eth(0x86dd, &ip6(0, a6(), b6(), &cat(&[&[58, 0, 0, 0, 0, 0, 0, 0], &icmp(128, 1)]))), [14, 62, 70]),
             (eth(0x0800, &ip4(132, A4, B4, 1, 0, &[0; 12])), [14, 34, 46]),
         ];
         for (frame, [link_end, ip_end, l4_end]) in cases {
@@ -764,14 +728,8 @@ mod tests {
         assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
     }
 
-    const LINKS: [LinkType; 6] = [
-        LinkType::Ethernet,
-        LinkType::RawIp,
-        LinkType::LinuxSll,
-        LinkType::LinuxSll2,
-        LinkType::Null,
-        LinkType::Loop,
-    ];
+    const LINKS: [LinkType; 6] =
+        [LinkType::Ethernet, LinkType::RawIp, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Loop];
 
     /// Random buffers of every length up to 200 bytes, under every link
     /// type: no panic, and every success satisfies the invariants.
@@ -815,29 +773,19 @@ mod tests {
                             0,
                             a6(),
                             b6(),
-                            &cat(&[
-                                &[44, 0, 0, 0, 0, 0, 0, 0],
-                                &frag6(17, 0, true, 3),
-                                &udp(1, 2, b"x"),
-                            ]),
+                            &cat(&[&[44, 0, 0, 0, 0, 0, 0, 0], &frag6(17, 0, true, 3), &udp(1, 2, b"x")]),
                         ),
                     ]),
                 ),
             ),
             (
                 LinkType::Ethernet,
-                eth(
-                    0x0800,
-                    &ip4(51, A4, B4, 1, 0x2000, &cat(&[&[1, 4, 0, 0], &[0; 20], &icmp(8, 5)])),
-                ),
+                eth(0x0800, &ip4(51, A4, B4, 1, 0x2000, &cat(&[&[1, 4, 0, 0], &[0; 20], &icmp(8, 5)]))),
             ),
             (LinkType::RawIp, ip4(132, A4, B4, 1, 0, &[0; 20])),
             (
                 LinkType::LinuxSll,
-                cat(&[
-                    &[0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00],
-                    &ip4(1, A4, B4, 1, 0, &icmp(0, 1)),
-                ]),
+                cat(&[&[0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00], &ip4(1, A4, B4, 1, 0, &icmp(0, 1))]),
             ),
             (
                 LinkType::LinuxSll2,

@@ -8,10 +8,10 @@
 //! batched: `prefetch_index` and `prefetch_flow` start the memory loads of
 //! a batch before any of its packets is handled.
 
+use crate::index::{prefetch, FlowIndex};
 use crate::key::{Direction, FlowKey};
 use crate::packet::{Fragment, PacketInfo};
 use crate::tcp::TcpState;
-use crate::index::{prefetch, FlowIndex};
 use crate::timer::{TimerEntry, TimerWheel};
 use core::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
@@ -190,10 +190,7 @@ impl Flow {
     /// Total per direction, software plus hardware.
     pub fn total(&self, dir: Direction) -> DirCounters {
         let i = dir.index();
-        DirCounters {
-            packets: self.sw[i].packets + self.hw[i].packets,
-            bytes: self.sw[i].bytes + self.hw[i].bytes,
-        }
+        DirCounters { packets: self.sw[i].packets + self.hw[i].packets, bytes: self.sw[i].bytes + self.hw[i].bytes }
     }
 
     pub fn packets(&self) -> u64 {
@@ -307,7 +304,10 @@ impl Default for TableConfig {
 pub enum Lookup {
     Found(FlowId),
     /// A new flow; `evicted` is the flow pushed out to make room for it.
-    Inserted { id: FlowId, evicted: Option<(FlowId, Flow)> },
+    Inserted {
+        id: FlowId,
+        evicted: Option<(FlowId, Flow)>,
+    },
     /// Full and nothing evictable (or policy `reject-new`).
     Full,
     /// A non-first fragment whose first fragment was never seen.
@@ -355,11 +355,7 @@ struct FragTracker {
 
 impl FragTracker {
     fn new(cap: usize, timeout_ns: u64) -> FragTracker {
-        FragTracker {
-            map: hashbrown::HashMap::with_capacity_and_hasher(cap, Default::default()),
-            cap,
-            timeout_ns,
-        }
+        FragTracker { map: hashbrown::HashMap::with_capacity_and_hasher(cap, Default::default()), cap, timeout_ns }
     }
 
     fn remember(&mut self, key: FragKey, id: FlowId, now: u64) {
@@ -483,23 +479,17 @@ impl FlowTable {
     #[inline]
     fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<FlowId> {
         let flows = &self.flows;
-        self.index
-            .find(hash, |i| flows[i as usize].key == *key)
-            .map(|i| FlowId::new(i, flows[i as usize].generation))
+        self.index.find(hash, |i| flows[i as usize].key == *key).map(|i| FlowId::new(i, flows[i as usize].generation))
     }
 
     #[inline]
     pub fn get(&self, id: FlowId) -> Option<&Flow> {
-        self.flows
-            .get(id.index() as usize)
-            .filter(|f| f.stage != Stage::Free && f.generation == id.generation())
+        self.flows.get(id.index() as usize).filter(|f| f.stage != Stage::Free && f.generation == id.generation())
     }
 
     #[inline]
     pub fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
-        self.flows
-            .get_mut(id.index() as usize)
-            .filter(|f| f.stage != Stage::Free && f.generation == id.generation())
+        self.flows.get_mut(id.index() as usize).filter(|f| f.stage != Stage::Free && f.generation == id.generation())
     }
 
     /// Looks up the flow of a packet, creating it if new. Counts nothing:
@@ -601,9 +591,7 @@ impl FlowTable {
         let flows = &self.flows;
         self.wheel
             .find_next(256, |e| {
-                flows
-                    .get(e.index as usize)
-                    .is_some_and(|f| f.generation == e.generation && f.stage.evictable())
+                flows.get(e.index as usize).is_some_and(|f| f.generation == e.generation && f.stage.evictable())
             })
             .map(|e| FlowId::new(e.index, e.generation))
     }

@@ -66,12 +66,8 @@ impl TcpState {
         }
         let second_fin_from_initiator = *fins & SECOND_FIN_RESPONDER == 0;
         match self {
-            SynSent if !from_initiator && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
-                SynReceived
-            }
-            SynReceived if from_initiator && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 => {
-                Established
-            }
+            SynSent if !from_initiator && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => SynReceived,
+            SynReceived if from_initiator && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 => Established,
             Closing if flags & TCP_ACK != 0 && from_initiator != second_fin_from_initiator => Closed,
             s => s,
         }

@@ -17,7 +17,10 @@ pub fn in_vm(test: &str) -> bool {
         return true;
     }
     // Straight to stderr: the harness captures print! output of passing tests.
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)"
+    );
     false
 }
 

@@ -9,12 +9,7 @@
 //!
 //! Empty unless the `bind` feature is on (flowtable's `dpdk` feature).
 
-#![allow(
-    non_upper_case_globals,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code
-)]
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
 #![allow(clippy::all)]
 #![allow(unsafe_op_in_unsafe_fn)]
 

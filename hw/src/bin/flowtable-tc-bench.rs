@@ -151,7 +151,8 @@ fn run_iproute2(dev: &str, n: usize, rows: &mut Vec<Row>) -> Result<(), String> 
                  ip_proto tcp src_port {sport} dst_port 443 action gact drop cookie {cookie}"
             )
             .map_err(|e| e.to_string())?;
-            writeln!(d, "filter del dev {dev} ingress prio 512 protocol ip handle {h} flower").map_err(|e| e.to_string())?;
+            writeln!(d, "filter del dev {dev} ingress prio 512 protocol ip handle {h} flower")
+                .map_err(|e| e.to_string())?;
         }
     }
     let (_, secs) = timed(|| sh(&format!("tc -batch {}", add.display())))?;
@@ -178,7 +179,9 @@ fn main() {
     };
     let dev = &args.dev;
     let _ = sh(&format!("ip link del {dev} 2>/dev/null"));
-    if let Err(e) = sh(&format!("ip link add {dev} type dummy && ip link set {dev} up && tc qdisc add dev {dev} clsact")) {
+    if let Err(e) =
+        sh(&format!("ip link add {dev} type dummy && ip link set {dev} up && tc qdisc add dev {dev} clsact"))
+    {
         eprintln!("flowtable-tc-bench: creating {dev}: {e}");
         std::process::exit(1);
     }

@@ -109,11 +109,7 @@ pub struct ActionPlan {
 
 impl ActionPlan {
     pub fn shape(&self) -> ActionShape {
-        ActionShape {
-            fate: self.fate.kind(),
-            count: self.count,
-            age: self.age_s.is_some(),
-        }
+        ActionShape { fate: self.fate.kind(), count: self.count, age: self.age_s.is_some() }
     }
 }
 
@@ -207,12 +203,7 @@ impl FlowActions {
             }
         }
         actions.push(action(act::RTE_FLOW_ACTION_TYPE_END, ptr::null()));
-        FlowActions {
-            confs: c,
-            sample_actions,
-            actions,
-            plan,
-        }
+        FlowActions { confs: c, sample_actions, actions, plan }
     }
 
     pub fn plan(&self) -> ActionPlan {
@@ -259,11 +250,7 @@ mod tests {
 
     #[test]
     fn drop_with_count_and_age() {
-        let a = FlowActions::build(ActionPlan {
-            fate: Fate::Drop,
-            count: true,
-            age_s: Some(30),
-        });
+        let a = FlowActions::build(ActionPlan { fate: Fate::Drop, count: true, age_s: Some(30) });
         assert_eq!(
             types(&a),
             vec![
@@ -281,32 +268,18 @@ mod tests {
 
     #[test]
     fn age_timeout_clamped_to_its_24_bits() {
-        let a = FlowActions::build(ActionPlan {
-            fate: Fate::Drop,
-            count: false,
-            age_s: Some(u32::MAX),
-        });
+        let a = FlowActions::build(ActionPlan { fate: Fate::Drop, count: false, age_s: Some(u32::MAX) });
         let age = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_age) };
         assert_eq!(age.timeout(), 0x00ff_ffff);
     }
 
     #[test]
     fn mark_then_queue_carry_their_values() {
-        let a = FlowActions::build(ActionPlan {
-            fate: Fate::Mark {
-                id: 0xabcdef,
-                queue: 3,
-            },
-            count: false,
-            age_s: None,
-        });
+        let a =
+            FlowActions::build(ActionPlan { fate: Fate::Mark { id: 0xabcdef, queue: 3 }, count: false, age_s: None });
         assert_eq!(
             types(&a),
-            vec![
-                act::RTE_FLOW_ACTION_TYPE_MARK,
-                act::RTE_FLOW_ACTION_TYPE_QUEUE,
-                act::RTE_FLOW_ACTION_TYPE_END
-            ]
+            vec![act::RTE_FLOW_ACTION_TYPE_MARK, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]
         );
         let mark = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_mark) };
         let queue = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_queue) };
@@ -320,36 +293,23 @@ mod tests {
     #[test]
     fn port_actions() {
         let a = FlowActions::build(ActionPlan {
-            fate: Fate::Port {
-                port: 5,
-                how: PortAction::PortId,
-            },
+            fate: Fate::Port { port: 5, how: PortAction::PortId },
             count: true,
             age_s: None,
         });
         assert_eq!(
             types(&a),
-            vec![
-                act::RTE_FLOW_ACTION_TYPE_COUNT,
-                act::RTE_FLOW_ACTION_TYPE_PORT_ID,
-                act::RTE_FLOW_ACTION_TYPE_END
-            ]
+            vec![act::RTE_FLOW_ACTION_TYPE_COUNT, act::RTE_FLOW_ACTION_TYPE_PORT_ID, act::RTE_FLOW_ACTION_TYPE_END]
         );
         let pid = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_port_id) };
         assert_eq!(pid.id, 5);
         assert_eq!(pid.original(), 0);
         let b = FlowActions::build(ActionPlan {
-            fate: Fate::Port {
-                port: 2,
-                how: PortAction::RepresentedPort,
-            },
+            fate: Fate::Port { port: 2, how: PortAction::RepresentedPort },
             count: false,
             age_s: None,
         });
-        assert_eq!(
-            b.actions()[0].type_,
-            act::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT
-        );
+        assert_eq!(b.actions()[0].type_, act::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT);
         let e = unsafe { &*(b.actions()[0].conf as *const sys::rte_flow_action_ethdev) };
         assert_eq!(e.port_id, 2);
     }
@@ -357,11 +317,7 @@ mod tests {
     #[test]
     fn mirror_samples_every_packet_to_the_port_and_queues_the_original() {
         let a = FlowActions::build(ActionPlan {
-            fate: Fate::Mirror {
-                port: 1,
-                how: PortAction::PortId,
-                queue: 0,
-            },
+            fate: Fate::Mirror { port: 1, how: PortAction::PortId, queue: 0 },
             count: false,
             age_s: None,
         });
@@ -369,21 +325,14 @@ mod tests {
         let a = &*moved;
         assert_eq!(
             types(a),
-            vec![
-                act::RTE_FLOW_ACTION_TYPE_SAMPLE,
-                act::RTE_FLOW_ACTION_TYPE_QUEUE,
-                act::RTE_FLOW_ACTION_TYPE_END
-            ]
+            vec![act::RTE_FLOW_ACTION_TYPE_SAMPLE, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]
         );
         let sample = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_sample) };
         assert_eq!(sample.ratio, 1);
         let sub = unsafe { core::slice::from_raw_parts(sample.actions, 2) };
         assert_eq!(sub[0].type_, act::RTE_FLOW_ACTION_TYPE_PORT_ID);
         assert_eq!(sub[1].type_, act::RTE_FLOW_ACTION_TYPE_END);
-        assert_eq!(
-            unsafe { &*(sub[0].conf as *const sys::rte_flow_action_port_id) }.id,
-            1
-        );
+        assert_eq!(unsafe { &*(sub[0].conf as *const sys::rte_flow_action_port_id) }.id, 1);
         assert_eq!(a.sample_len(), 2);
     }
 }

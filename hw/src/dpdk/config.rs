@@ -48,13 +48,7 @@ pub struct TemplateConfig {
 
 impl Default for TemplateConfig {
     fn default() -> Self {
-        TemplateConfig {
-            queue_size: 1024,
-            table_size: 65536,
-            group: 1,
-            counters: 65536,
-            aging_objects: 0,
-        }
+        TemplateConfig { queue_size: 1024, table_size: 65536, group: 1, counters: 65536, aging_objects: 0 }
     }
 }
 
@@ -142,10 +136,7 @@ impl DpdkConfig {
             return Err("backend.ports: at least one port is needed".into());
         }
         if self.ports.len() > u8::MAX as usize {
-            return Err(format!(
-                "backend.ports: {} ports, at most 255",
-                self.ports.len()
-            ));
+            return Err(format!("backend.ports: {} ports, at most 255", self.ports.len()));
         }
         for (i, p) in self.ports.iter().enumerate() {
             if p.device.is_empty() {
@@ -153,9 +144,7 @@ impl DpdkConfig {
             }
             if let Some(peer) = p.peer {
                 if peer as usize >= self.ports.len() || peer as usize == i {
-                    return Err(format!(
-                        "backend.ports[{i}].peer: {peer} is not another configured port"
-                    ));
+                    return Err(format!("backend.ports[{i}].peer: {peer} is not another configured port"));
                 }
             }
         }
@@ -166,14 +155,9 @@ impl DpdkConfig {
             return Err("backend.tx_queues: must be at least 1".into());
         }
         if self.mark_queue >= self.rx_queues {
-            return Err(format!(
-                "backend.mark_queue: {} but only {} rx queues",
-                self.mark_queue, self.rx_queues
-            ));
+            return Err(format!("backend.mark_queue: {} but only {} rx queues", self.mark_queue, self.rx_queues));
         }
-        if self.mbufs
-            < 2 * self.rx_descriptors as u32 * self.rx_queues as u32 * self.ports.len() as u32
-        {
+        if self.mbufs < 2 * self.rx_descriptors as u32 * self.rx_queues as u32 * self.ports.len() as u32 {
             return Err(format!(
                 "backend.mbufs: {} is too few to fill {} rx rings of {} descriptors twice",
                 self.mbufs,
@@ -216,18 +200,15 @@ mod tests {
         assert!(e.contains("backend.ports"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a", "peer": 0}]})).unwrap_err();
         assert!(e.contains("ports[0].peer"), "{e}");
-        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mark_queue": 1}))
-            .unwrap_err();
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mark_queue": 1})).unwrap_err();
         assert!(e.contains("mark_queue"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "bogus": 1})).unwrap_err();
         assert!(e.starts_with("backend.bogus: unknown field"), "{e}");
-        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "eal_args": "-l 0"}))
-            .unwrap_err();
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "eal_args": "-l 0"})).unwrap_err();
         assert!(e.starts_with("backend.eal_args: invalid type"), "{e}");
         let e = DpdkConfig::from_json(json!({"ports": [{"device": 3}]})).unwrap_err();
         assert!(e.starts_with("backend.ports[0].device: invalid type"), "{e}");
-        let e =
-            DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mbufs": 100})).unwrap_err();
+        let e = DpdkConfig::from_json(json!({"ports": [{"device": "a"}], "mbufs": 100})).unwrap_err();
         assert!(e.contains("backend.mbufs"), "{e}");
     }
 }

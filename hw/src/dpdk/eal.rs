@@ -27,10 +27,7 @@ fn mark_started(id: u16, started: bool) {
 }
 
 fn was_started(id: u16) -> bool {
-    STARTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&id)
+    STARTED.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
 }
 
 /// Starts the EAL with `args` (no program name), or checks that it already
@@ -40,9 +37,7 @@ pub fn eal_init(args: &[String]) -> Result<(), String> {
     match &*state {
         Some(Ok(prev)) if prev == args => return Ok(()),
         Some(Ok(prev)) => {
-            return Err(format!(
-                "DPDK EAL already started with other arguments {prev:?} (asked for {args:?})"
-            ))
+            return Err(format!("DPDK EAL already started with other arguments {prev:?} (asked for {args:?})"))
         }
         Some(Err(e)) => return Err(e.clone()),
         None => {}
@@ -57,20 +52,12 @@ pub fn eal_init(args: &[String]) -> Result<(), String> {
     }
     // The EAL may keep pointers into argv, so the strings live for the process.
     let owned: &'static mut [CString] = Box::leak(owned.into_boxed_slice());
-    let argv: &'static mut [*mut core::ffi::c_char] = Box::leak(
-        owned
-            .iter()
-            .map(|c| c.as_ptr() as *mut core::ffi::c_char)
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
+    let argv: &'static mut [*mut core::ffi::c_char] =
+        Box::leak(owned.iter().map(|c| c.as_ptr() as *mut core::ffi::c_char).collect::<Vec<_>>().into_boxed_slice());
     let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
     let outcome = if rc < 0 {
         let errno = unsafe { sys::ft_rte_errno() };
-        Err(format!(
-            "rte_eal_init({args:?}) failed: {} (errno {errno})",
-            strerror(errno)
-        ))
+        Err(format!("rte_eal_init({args:?}) failed: {} (errno {errno})", strerror(errno)))
     } else {
         Ok(args.to_vec())
     };
@@ -145,16 +132,12 @@ impl DpdkRuntime {
         };
         if pool.is_null() {
             let errno = unsafe { sys::ft_rte_errno() };
-            return Err(format!(
-                "rte_pktmbuf_pool_create({} mbufs): {} (errno {errno})",
-                cfg.mbufs,
-                strerror(errno)
-            ));
+            return Err(format!("rte_pktmbuf_pool_create({} mbufs): {} (errno {errno})", cfg.mbufs, strerror(errno)));
         }
         let mut ports = Vec::with_capacity(cfg.ports.len());
         for (index, pc) in cfg.ports.iter().enumerate() {
-            let name = CString::new(pc.device.as_str())
-                .map_err(|_| format!("backend.ports[{index}].device: NUL byte"))?;
+            let name =
+                CString::new(pc.device.as_str()).map_err(|_| format!("backend.ports[{index}].device: NUL byte"))?;
             let mut id = 0u16;
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut id) };
             if rc < 0 {
@@ -168,30 +151,17 @@ impl DpdkRuntime {
             let port = Self::setup_port(cfg, index as u8, id, pool)?;
             ports.push(port);
         }
-        Ok(Arc::new(DpdkRuntime {
-            ports,
-            pool,
-            started: Mutex::new(true),
-        }))
+        Ok(Arc::new(DpdkRuntime { ports, pool, started: Mutex::new(true) }))
     }
 
-    fn setup_port(
-        cfg: &DpdkConfig,
-        index: u8,
-        id: u16,
-        pool: *mut sys::rte_mempool,
-    ) -> Result<PortInfo, String> {
+    fn setup_port(cfg: &DpdkConfig, index: u8, id: u16, pool: *mut sys::rte_mempool) -> Result<PortInfo, String> {
         let device = &cfg.ports[index as usize].device;
         let mut info: sys::rte_eth_dev_info = Default::default();
-        check(unsafe { sys::rte_eth_dev_info_get(id, &mut info) }, || {
-            format!("{device}: rte_eth_dev_info_get")
-        })?;
+        check(unsafe { sys::rte_eth_dev_info_get(id, &mut info) }, || format!("{device}: rte_eth_dev_info_get"))?;
         let driver = if info.driver_name.is_null() {
             String::new()
         } else {
-            unsafe { CStr::from_ptr(info.driver_name) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
         };
         if cfg.rx_queues > info.max_rx_queues || cfg.tx_queues > info.max_tx_queues {
             return Err(format!(
@@ -206,19 +176,16 @@ impl DpdkRuntime {
             mark_started(id, false);
         }
         let conf: sys::rte_eth_conf = Default::default();
-        check(
-            unsafe { sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) },
-            || format!("{device} ({driver}): rte_eth_dev_configure"),
-        )?;
+        check(unsafe { sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) }, || {
+            format!("{device} ({driver}): rte_eth_dev_configure")
+        })?;
         let template = if cfg.api == FlowApi::Sync {
             TemplateState::Off
         } else {
             match super::template::configure_port(id, &cfg.template) {
                 Ok(queue_size) => TemplateState::Ready { queue_size },
                 Err(e) if cfg.api == FlowApi::Template => {
-                    return Err(format!(
-                        "{device} ({driver}): the template flow API was asked for but refused: {e}"
-                    ))
+                    return Err(format!("{device} ({driver}): the template flow API was asked for but refused: {e}"))
                 }
                 Err(e) => {
                     tracing::info!(port = %device, driver = %driver, error = %e, "template flow API refused; using the sync API");
@@ -230,36 +197,17 @@ impl DpdkRuntime {
         let socket = if socket < 0 { 0 } else { socket as u32 };
         for q in 0..cfg.rx_queues {
             check(
-                unsafe {
-                    sys::rte_eth_rx_queue_setup(
-                        id,
-                        q,
-                        cfg.rx_descriptors,
-                        socket,
-                        core::ptr::null(),
-                        pool,
-                    )
-                },
+                unsafe { sys::rte_eth_rx_queue_setup(id, q, cfg.rx_descriptors, socket, core::ptr::null(), pool) },
                 || format!("{device} ({driver}): rx queue {q} setup"),
             )?;
         }
         for q in 0..cfg.tx_queues {
             check(
-                unsafe {
-                    sys::rte_eth_tx_queue_setup(
-                        id,
-                        q,
-                        cfg.tx_descriptors,
-                        socket,
-                        core::ptr::null(),
-                    )
-                },
+                unsafe { sys::rte_eth_tx_queue_setup(id, q, cfg.tx_descriptors, socket, core::ptr::null()) },
                 || format!("{device} ({driver}): tx queue {q} setup"),
             )?;
         }
-        check(unsafe { sys::rte_eth_dev_start(id) }, || {
-            format!("{device} ({driver}): rte_eth_dev_start")
-        })?;
+        check(unsafe { sys::rte_eth_dev_start(id) }, || format!("{device} ({driver}): rte_eth_dev_start"))?;
         mark_started(id, true);
         if cfg.promiscuous {
             let rc = unsafe { sys::rte_eth_promiscuous_enable(id) };

@@ -23,31 +23,17 @@ impl FlowError {
     /// Reads an error the PMD filled in. `rc` is the call's return value
     /// (negative errno) or 0 for calls that return a pointer and set rte_errno.
     pub fn from_raw(rc: i32, err: &sys::rte_flow_error) -> FlowError {
-        let errno = if rc < 0 {
-            -rc
-        } else {
-            unsafe { sys::ft_rte_errno() }
-        };
+        let errno = if rc < 0 { -rc } else { unsafe { sys::ft_rte_errno() } };
         let message = if err.message.is_null() {
             strerror(errno)
         } else {
-            unsafe { CStr::from_ptr(err.message) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(err.message) }.to_string_lossy().into_owned()
         };
-        FlowError {
-            errno,
-            cause: err.type_,
-            message,
-        }
+        FlowError { errno, cause: err.type_, message }
     }
 
     pub fn new(errno: i32, cause: et::Type, message: impl Into<String>) -> FlowError {
-        FlowError {
-            errno,
-            cause,
-            message: message.into(),
-        }
+        FlowError { errno, cause, message: message.into() }
     }
 
     /// Whether the PMD objected to the match (an item).
@@ -66,9 +52,7 @@ impl FlowError {
     pub fn is_action(&self) -> bool {
         matches!(
             self.cause,
-            et::RTE_FLOW_ERROR_TYPE_ACTION_NUM
-                | et::RTE_FLOW_ERROR_TYPE_ACTION_CONF
-                | et::RTE_FLOW_ERROR_TYPE_ACTION
+            et::RTE_FLOW_ERROR_TYPE_ACTION_NUM | et::RTE_FLOW_ERROR_TYPE_ACTION_CONF | et::RTE_FLOW_ERROR_TYPE_ACTION
         )
     }
 
@@ -109,23 +93,13 @@ impl FlowError {
     /// The engine's refusal, keeping the PMD's words; `what` names the rule
     /// shape ("eth/ipv4/tcp -> count/drop on port 0").
     pub fn refusal(&self, what: &str) -> Refusal {
-        Refusal {
-            kind: self.kind(),
-            message: format!("{what}: {self}"),
-        }
+        Refusal { kind: self.kind(), message: format!("{what}: {self}") }
     }
 }
 
 impl core::fmt::Display for FlowError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{} ({}: {}, errno {})",
-            self.message,
-            self.cause_name(),
-            strerror(self.errno),
-            self.errno
-        )
+        write!(f, "{} ({}: {}, errno {})", self.message, self.cause_name(), strerror(self.errno), self.errno)
     }
 }
 
@@ -156,19 +130,10 @@ mod tests {
 
     #[test]
     fn classifies_by_cause_and_errno() {
-        let e = FlowError::new(
-            libc_errno::ENOTSUP,
-            et::RTE_FLOW_ERROR_TYPE_ACTION,
-            "action not supported",
-        );
+        let e = FlowError::new(libc_errno::ENOTSUP, et::RTE_FLOW_ERROR_TYPE_ACTION, "action not supported");
         assert_eq!(e.kind(), RefusalKind::UnsupportedAction);
         let r = e.refusal("eth/ipv4/tcp -> count/drop");
-        assert!(
-            r.message
-                .starts_with("eth/ipv4/tcp -> count/drop: action not supported (action: "),
-            "{}",
-            r.message
-        );
+        assert!(r.message.starts_with("eth/ipv4/tcp -> count/drop: action not supported (action: "), "{}", r.message);
         assert_eq!(
             FlowError::new(libc_errno::EINVAL, et::RTE_FLOW_ERROR_TYPE_ITEM_MASK, "m").kind(),
             RefusalKind::UnsupportedMatch
@@ -177,14 +142,8 @@ mod tests {
             FlowError::new(libc_errno::ENOSPC, et::RTE_FLOW_ERROR_TYPE_ITEM, "full").kind(),
             RefusalKind::Capacity
         );
-        assert_eq!(
-            FlowError::new(libc_errno::EINVAL, et::RTE_FLOW_ERROR_TYPE_ATTR, "x").kind(),
-            RefusalKind::Driver
-        );
-        assert_eq!(
-            FlowError::new(libc_errno::EINVAL, 999, "x").cause_name(),
-            "unknown"
-        );
+        assert_eq!(FlowError::new(libc_errno::EINVAL, et::RTE_FLOW_ERROR_TYPE_ATTR, "x").kind(), RefusalKind::Driver);
+        assert_eq!(FlowError::new(libc_errno::EINVAL, 999, "x").cause_name(), "unknown");
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub use dpdk_sys;
 use sys::rte_flow_error_type as et;
 
 use crate::rule::{
-    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchSupport,
-    Placement, Refusal, RefusalKind, RuleCounters, RuleSpec,
+    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchSupport, Placement, Refusal,
+    RefusalKind, RuleCounters, RuleSpec,
 };
 use crate::Backend;
 
@@ -82,18 +82,11 @@ pub struct DpdkBackend {
 }
 
 fn no_error() -> sys::rte_flow_error {
-    sys::rte_flow_error {
-        type_: et::RTE_FLOW_ERROR_TYPE_NONE,
-        cause: ptr::null(),
-        message: ptr::null(),
-    }
+    sys::rte_flow_error { type_: et::RTE_FLOW_ERROR_TYPE_NONE, cause: ptr::null(), message: ptr::null() }
 }
 
 fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 impl DpdkBackend {
@@ -155,9 +148,7 @@ impl DpdkBackend {
 
     /// Whether rules on `port` go through the template API.
     pub fn uses_templates(&self, port: u8) -> bool {
-        self.templates
-            .get(port as usize)
-            .is_some_and(|t| t.is_some())
+        self.templates.get(port as usize).is_some_and(|t| t.is_some())
     }
 
     /// Every probe outcome so far, for reports ("what this PMD takes").
@@ -181,44 +172,24 @@ impl DpdkBackend {
         let other = |i: u8| -> Result<u16, Refusal> {
             self.rt.port(i).map(|p| p.id).ok_or_else(|| Refusal {
                 kind: RefusalKind::UnsupportedAction,
-                message: format!(
-                    "port {i} is not one of the {} configured dpdk ports",
-                    self.rt.ports.len()
-                ),
+                message: format!("port {i} is not one of the {} configured dpdk ports", self.rt.ports.len()),
             })
         };
         let how = self.cfg.port_action;
         Ok(match *action {
             Action::Drop => Fate::Drop,
             Action::Pass => match port.peer {
-                Some(peer) => Fate::Port {
-                    port: other(peer)?,
-                    how,
-                },
+                Some(peer) => Fate::Port { port: other(peer)?, how },
                 None => Fate::Drop,
             },
-            Action::Forward { port: to } => Fate::Port {
-                port: other(to)?,
-                how,
-            },
-            Action::Mirror { port: to } => Fate::Mirror {
-                port: other(to)?,
-                how,
-                queue: self.cfg.mark_queue,
-            },
-            Action::Mark { mark } => Fate::Mark {
-                id: mark,
-                queue: self.cfg.mark_queue,
-            },
+            Action::Forward { port: to } => Fate::Port { port: other(to)?, how },
+            Action::Mirror { port: to } => Fate::Mirror { port: other(to)?, how, queue: self.cfg.mark_queue },
+            Action::Mark { mark } => Fate::Mark { id: mark, queue: self.cfg.mark_queue },
         })
     }
 
     fn attr(&self) -> sys::rte_flow_attr {
-        let mut a = sys::rte_flow_attr {
-            group: self.cfg.group,
-            priority: self.cfg.priority,
-            ..Default::default()
-        };
+        let mut a = sys::rte_flow_attr { group: self.cfg.group, priority: self.cfg.priority, ..Default::default() };
         a.set_ingress(1);
         a
     }
@@ -244,12 +215,7 @@ impl DpdkBackend {
 
     /// The PMD's verdict on a shape, asked once per port and cached. In
     /// template mode the verdict comes from creating the shape's table.
-    fn shape_ok(
-        &mut self,
-        port: &PortInfo,
-        p: &FlowPattern,
-        a: &FlowActions,
-    ) -> Result<(), FlowError> {
+    fn shape_ok(&mut self, port: &PortInfo, p: &FlowPattern, a: &FlowActions) -> Result<(), FlowError> {
         let key = (port.index, p.shape(), a.plan().shape());
         if let Some(r) = self.cache.get(&key) {
             return r.clone();
@@ -276,23 +242,8 @@ impl DpdkBackend {
     /// Whether a pattern shape is taken with a plain fate (DROP, else QUEUE).
     fn probe_match(&mut self, port: &PortInfo, shape: PatternShape) -> bool {
         let q = self.cfg.mark_queue;
-        self.probe_shape(
-            port,
-            shape,
-            ActionPlan {
-                fate: Fate::Drop,
-                count: false,
-                age_s: None,
-            },
-        ) || self.probe_shape(
-            port,
-            shape,
-            ActionPlan {
-                fate: Fate::Queue { queue: q },
-                count: false,
-                age_s: None,
-            },
-        )
+        self.probe_shape(port, shape, ActionPlan { fate: Fate::Drop, count: false, age_s: None })
+            || self.probe_shape(port, shape, ActionPlan { fate: Fate::Queue { queue: q }, count: false, age_s: None })
     }
 
     /// Probes the shapes the capabilities are made of, on every port.
@@ -313,13 +264,8 @@ impl DpdkBackend {
                 // Template ports are judged per shape when its table is
                 // created; the NICs offering the API take the whole set.
                 m = MatchSupport::ALL;
-                for k in [
-                    ActionKind::Drop,
-                    ActionKind::Forward,
-                    ActionKind::Mirror,
-                    ActionKind::Mark,
-                    ActionKind::Pass,
-                ] {
+                for k in [ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Mark, ActionKind::Pass]
+                {
                     add(&mut kinds, k, true);
                 }
                 counters = true;
@@ -333,62 +279,30 @@ impl DpdkBackend {
             m.sctp |= self.probe_match(port, shape(L3::V4, L4::Sctp, 0));
             m.icmp |= self.probe_match(port, shape(L3::V4, L4::Icmp, 0));
             m.other_ip |= self.probe_match(port, shape(L3::V4, L4::Other, 0));
-            m.ipv6 |= self.probe_match(port, shape(L3::V6, L4::Tcp, 0))
-                || self.probe_match(port, shape(L3::V6, L4::Udp, 0));
+            m.ipv6 |=
+                self.probe_match(port, shape(L3::V6, L4::Tcp, 0)) || self.probe_match(port, shape(L3::V6, L4::Udp, 0));
             m.vlan |= self.probe_match(port, shape(L3::V4, L4::Tcp, 1));
             m.qinq |= self.probe_match(port, shape(L3::V4, L4::Tcp, 2));
 
             let q = self.cfg.mark_queue;
             let how = self.cfg.port_action;
-            let peer_id = port
-                .peer
-                .and_then(|i| self.rt.port(i))
-                .map(|p| p.id)
-                .unwrap_or(port.id);
-            let bare = |fate| ActionPlan {
-                fate,
-                count: false,
-                age_s: None,
-            };
+            let peer_id = port.peer.and_then(|i| self.rt.port(i)).map(|p| p.id).unwrap_or(port.id);
+            let bare = |fate| ActionPlan { fate, count: false, age_s: None };
             let drop_ok = self.probe_shape(port, v4tcp, bare(Fate::Drop));
             add(&mut kinds, ActionKind::Drop, drop_ok);
             let mark_ok = self.probe_shape(port, v4tcp, bare(Fate::Mark { id: 1, queue: q }));
             add(&mut kinds, ActionKind::Mark, mark_ok);
             let fwd_ok = self.probe_shape(port, v4tcp, bare(Fate::Port { port: peer_id, how }));
             add(&mut kinds, ActionKind::Forward, fwd_ok);
-            let mirror_ok = self.probe_shape(
-                port,
-                v4tcp,
-                bare(Fate::Mirror {
-                    port: peer_id,
-                    how,
-                    queue: q,
-                }),
-            );
+            let mirror_ok = self.probe_shape(port, v4tcp, bare(Fate::Mirror { port: peer_id, how, queue: q }));
             add(&mut kinds, ActionKind::Mirror, mirror_ok);
-            add(
-                &mut kinds,
-                ActionKind::Pass,
-                if port.peer.is_some() { fwd_ok } else { drop_ok },
-            );
-            counters |= self.probe_shape(
-                port,
-                v4tcp,
-                ActionPlan {
-                    fate: Fate::Drop,
-                    count: true,
-                    age_s: None,
-                },
-            );
+            add(&mut kinds, ActionKind::Pass, if port.peer.is_some() { fwd_ok } else { drop_ok });
+            counters |= self.probe_shape(port, v4tcp, ActionPlan { fate: Fate::Drop, count: true, age_s: None });
             if self.cfg.age_timeout_s > 0 {
                 self.probe_shape(
                     port,
                     v4tcp,
-                    ActionPlan {
-                        fate: Fate::Drop,
-                        count: false,
-                        age_s: Some(self.cfg.age_timeout_s),
-                    },
+                    ActionPlan { fate: Fate::Drop, count: false, age_s: Some(self.cfg.age_timeout_s) },
                 );
             }
         }
@@ -413,12 +327,7 @@ impl DpdkBackend {
     fn candidates(&self, fate: Fate) -> Vec<ActionPlan> {
         let age = (self.cfg.age_timeout_s > 0).then_some(self.cfg.age_timeout_s);
         let mut v: Vec<ActionPlan> = Vec::with_capacity(4);
-        for (count, age_s) in [
-            (self.cfg.counters, age),
-            (self.cfg.counters, None),
-            (false, age),
-            (false, None),
-        ] {
+        for (count, age_s) in [(self.cfg.counters, age), (self.cfg.counters, None), (false, age), (false, None)] {
             let p = ActionPlan { fate, count, age_s };
             if !v.contains(&p) {
                 v.push(p);
@@ -428,36 +337,22 @@ impl DpdkBackend {
     }
 
     /// Picks the best plan the PMD takes for one rule and validates it.
-    fn prepare(
-        &mut self,
-        spec: &RuleSpec,
-    ) -> Result<(PortInfo, FlowPattern, FlowActions), Refusal> {
-        let port = self
-            .rt
-            .port(spec.matches.key.ingress)
-            .cloned()
-            .ok_or_else(|| Refusal {
-                kind: RefusalKind::Driver,
-                message: format!(
-                    "ingress port {} is not one of the {} configured dpdk ports",
-                    spec.matches.key.ingress,
-                    self.rt.ports.len()
-                ),
-            })?;
-        let pattern = FlowPattern::build(&spec.matches).map_err(|e| Refusal {
-            kind: RefusalKind::UnsupportedMatch,
-            message: e.0,
+    fn prepare(&mut self, spec: &RuleSpec) -> Result<(PortInfo, FlowPattern, FlowActions), Refusal> {
+        let port = self.rt.port(spec.matches.key.ingress).cloned().ok_or_else(|| Refusal {
+            kind: RefusalKind::Driver,
+            message: format!(
+                "ingress port {} is not one of the {} configured dpdk ports",
+                spec.matches.key.ingress,
+                self.rt.ports.len()
+            ),
         })?;
+        let pattern = FlowPattern::build(&spec.matches)
+            .map_err(|e| Refusal { kind: RefusalKind::UnsupportedMatch, message: e.0 })?;
         let fate = self.fate(&port, &spec.action)?;
         let mut first_err: Option<(String, FlowError)> = None;
         for plan in self.candidates(fate) {
             let actions = FlowActions::build(plan);
-            let what = format!(
-                "{} -> {} on {}",
-                pattern.shape().name(),
-                plan.shape().name(),
-                port.device
-            );
+            let what = format!("{} -> {} on {}", pattern.shape().name(), plan.shape().name(), port.device);
             let r = self.shape_ok(&port, &pattern, &actions).and_then(|()| {
                 if self.uses_templates(port.index) {
                     Ok(())
@@ -487,18 +382,11 @@ impl DpdkBackend {
         Err(e.refusal(&what))
     }
 
-    fn create_sync(
-        &self,
-        port: u16,
-        p: &FlowPattern,
-        a: &FlowActions,
-    ) -> Result<RawFlow, FlowError> {
+    fn create_sync(&self, port: u16, p: &FlowPattern, a: &FlowActions) -> Result<RawFlow, FlowError> {
         let attr = self.attr();
         let mut err = no_error();
         let f = unsafe { sys::rte_flow_create(port, &attr, p.as_ptr(), a.as_ptr(), &mut err) };
-        NonNull::new(f)
-            .map(RawFlow)
-            .ok_or_else(|| FlowError::from_raw(0, &err))
+        NonNull::new(f).map(RawFlow).ok_or_else(|| FlowError::from_raw(0, &err))
     }
 
     /// Destroys rules: template rules in one batch per port (enqueued,
@@ -508,9 +396,8 @@ impl DpdkBackend {
         let mut out: Vec<Option<Result<(), FlowError>>> = vec![None; rules.len()];
         for (port_index, t) in self.templates.iter_mut().enumerate() {
             let Some(t) = t.as_mut() else { continue };
-            let idx: Vec<usize> = (0..rules.len())
-                .filter(|&i| rules[i].template && rules[i].port as usize == port_index)
-                .collect();
+            let idx: Vec<usize> =
+                (0..rules.len()).filter(|&i| rules[i].template && rules[i].port as usize == port_index).collect();
             if idx.is_empty() {
                 continue;
             }
@@ -526,15 +413,9 @@ impl DpdkBackend {
             let port = self.rt.port(r.port).map(|p| p.id).unwrap_or(u16::MAX);
             let mut err = no_error();
             let rc = unsafe { sys::rte_flow_destroy(port, r.flow.0.as_ptr(), &mut err) };
-            out[i] = Some(if rc < 0 {
-                Err(FlowError::from_raw(rc, &err))
-            } else {
-                Ok(())
-            });
+            out[i] = Some(if rc < 0 { Err(FlowError::from_raw(rc, &err)) } else { Ok(()) });
         }
-        out.into_iter()
-            .map(|o| o.expect("every rule has a result"))
-            .collect()
+        out.into_iter().map(|o| o.expect("every rule has a result")).collect()
     }
 
     fn query(&self, r: &Installed) -> Result<RuleCounters, FlowError> {
@@ -580,8 +461,7 @@ impl DpdkBackend {
             };
             if rc >= 0 && q.sec_since_last_hit_valid() != 0 {
                 let now = self.clock_ns.unwrap_or_else(wall_ns);
-                c.last_used_ns =
-                    Some(now.saturating_sub(q.sec_since_last_hit() as u64 * 1_000_000_000));
+                c.last_used_ns = Some(now.saturating_sub(q.sec_since_last_hit() as u64 * 1_000_000_000));
             }
         }
         Ok(c)
@@ -625,10 +505,7 @@ impl Backend for DpdkBackend {
             (0..self.rt.ports.len()).map(|_| Vec::new()).collect();
         for (i, spec) in rules.iter().enumerate() {
             if self.rules.contains_key(&spec.cookie)
-                || queued
-                    .iter()
-                    .flatten()
-                    .any(|(j, _, _)| rules[*j].cookie == spec.cookie)
+                || queued.iter().flatten().any(|(j, _, _)| rules[*j].cookie == spec.cookie)
             {
                 out[i] = Some(InstallOutcome::Refused(Refusal {
                     kind: RefusalKind::Exists,
@@ -660,10 +537,7 @@ impl Backend for DpdkBackend {
                             template: false,
                         },
                     );
-                    InstallOutcome::Installed {
-                        placement: Placement::Hardware,
-                        counters: plan.count,
-                    }
+                    InstallOutcome::Installed { placement: Placement::Hardware, counters: plan.count }
                 }
                 Err(e) => InstallOutcome::Refused(e.refusal(&format!(
                     "{} -> {} on {}",
@@ -678,11 +552,8 @@ impl Backend for DpdkBackend {
                 continue;
             }
             let device = self.rt.ports[port_index].device.clone();
-            let t = self.templates[port_index]
-                .as_mut()
-                .expect("queued only for template ports");
-            let pairs: Vec<(&FlowPattern, &FlowActions)> =
-                batch.iter().map(|(_, p, a)| (p, a)).collect();
+            let t = self.templates[port_index].as_mut().expect("queued only for template ports");
+            let pairs: Vec<(&FlowPattern, &FlowActions)> = batch.iter().map(|(_, p, a)| (p, a)).collect();
             let results = t.create(&pairs);
             for ((i, p, a), r) in batch.iter().zip(results) {
                 let plan = a.plan();
@@ -698,10 +569,7 @@ impl Backend for DpdkBackend {
                                 template: true,
                             },
                         );
-                        InstallOutcome::Installed {
-                            placement: Placement::Hardware,
-                            counters: plan.count,
-                        }
+                        InstallOutcome::Installed { placement: Placement::Hardware, counters: plan.count }
                     }
                     Err(e) => InstallOutcome::Refused(e.refusal(&format!(
                         "{} -> {} on {} (template)",
@@ -712,31 +580,21 @@ impl Backend for DpdkBackend {
                 });
             }
         }
-        out.into_iter()
-            .map(|o| o.expect("every rule has an outcome"))
-            .collect()
+        out.into_iter().map(|o| o.expect("every rule has an outcome")).collect()
     }
 
     fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
-        let mut out: Vec<Option<Result<Option<RuleCounters>, BackendError>>> =
-            Vec::with_capacity(cookies.len());
+        let mut out: Vec<Option<Result<Option<RuleCounters>, BackendError>>> = Vec::with_capacity(cookies.len());
         // The rules found, with their last counters read before they go.
         let mut taken: Vec<(usize, Cookie, Installed, Option<RuleCounters>)> = Vec::new();
         for (i, c) in cookies.iter().enumerate() {
             match self.rules.remove(c) {
                 Some(r) => {
-                    let last = if r.counters || r.age {
-                        self.query(&r).ok()
-                    } else {
-                        None
-                    };
+                    let last = if r.counters || r.age { self.query(&r).ok() } else { None };
                     taken.push((i, *c, r, last));
                     out.push(None);
                 }
-                None => out.push(Some(Err(BackendError::UnknownRule {
-                    backend: "dpdk".into(),
-                    cookie: *c,
-                }))),
+                None => out.push(Some(Err(BackendError::UnknownRule { backend: "dpdk".into(), cookie: *c }))),
             }
         }
         let refs: Vec<&Installed> = taken.iter().map(|t| &t.2).collect();
@@ -755,9 +613,7 @@ impl Backend for DpdkBackend {
                 }
             });
         }
-        out.into_iter()
-            .map(|o| o.expect("every cookie has a result"))
-            .collect()
+        out.into_iter().map(|o| o.expect("every cookie has a result")).collect()
     }
 
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {

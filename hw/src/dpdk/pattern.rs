@@ -213,74 +213,35 @@ impl FlowPattern {
         }
 
         let mut items = Vec::with_capacity(6);
-        items.push(item_of::<sys::rte_flow_item_eth>(
-            item::RTE_FLOW_ITEM_TYPE_ETH,
-            None,
-            None,
-        ));
+        items.push(item_of::<sys::rte_flow_item_eth>(item::RTE_FLOW_ITEM_TYPE_ETH, None, None));
         for i in 0..vlans as usize {
-            items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_VLAN,
-                Some(&s.vlan[i]),
-                Some(&s.vlan_mask),
-            ));
+            items.push(item_of(item::RTE_FLOW_ITEM_TYPE_VLAN, Some(&s.vlan[i]), Some(&s.vlan_mask)));
         }
         match l3 {
-            L3::V4 => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_IPV4,
-                Some(&s.ipv4),
-                Some(&s.ipv4_mask),
-            )),
-            L3::V6 => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_IPV6,
-                Some(&s.ipv6),
-                Some(&s.ipv6_mask),
-            )),
+            L3::V4 => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_IPV4, Some(&s.ipv4), Some(&s.ipv4_mask))),
+            L3::V6 => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_IPV6, Some(&s.ipv6), Some(&s.ipv6_mask))),
         }
         match l4 {
-            L4::Tcp => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_TCP,
-                Some(&s.tcp),
-                Some(&s.tcp_mask),
-            )),
-            L4::Udp => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_UDP,
-                Some(&s.udp),
-                Some(&s.udp_mask),
-            )),
-            L4::Sctp => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_SCTP,
-                Some(&s.sctp),
-                Some(&s.sctp_mask),
-            )),
-            L4::Icmp if key.port_lo != 0 => items.push(item_of(
-                item::RTE_FLOW_ITEM_TYPE_ICMP,
-                Some(&s.icmp),
-                Some(&s.icmp_mask),
-            )),
-            L4::Icmp => items.push(item_of::<sys::rte_flow_item_icmp>(
-                item::RTE_FLOW_ITEM_TYPE_ICMP,
-                None,
-                None,
-            )),
+            L4::Tcp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_TCP, Some(&s.tcp), Some(&s.tcp_mask))),
+            L4::Udp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_UDP, Some(&s.udp), Some(&s.udp_mask))),
+            L4::Sctp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_SCTP, Some(&s.sctp), Some(&s.sctp_mask))),
+            L4::Icmp if key.port_lo != 0 => {
+                items.push(item_of(item::RTE_FLOW_ITEM_TYPE_ICMP, Some(&s.icmp), Some(&s.icmp_mask)))
+            }
+            L4::Icmp => items.push(item_of::<sys::rte_flow_item_icmp>(item::RTE_FLOW_ITEM_TYPE_ICMP, None, None)),
             L4::Other => {}
         }
         items.push(item_of::<u8>(item::RTE_FLOW_ITEM_TYPE_END, None, None));
-        Ok(FlowPattern {
-            specs: s,
-            items,
-            shape,
-        })
+        Ok(FlowPattern { specs: s, items, shape })
     }
 
     /// A representative pattern of `shape` (documentation addresses), for
     /// probing what a PMD accepts.
     pub fn sample(shape: PatternShape) -> FlowPattern {
         let (src, dst): ([u8; 16], [u8; 16]) = match shape.l3 {
-            L3::V4 => (
-                flowtable_sw::key::v4_bytes([192, 0, 2, 1].into()),
-                flowtable_sw::key::v4_bytes([192, 0, 2, 2].into()),
-            ),
+            L3::V4 => {
+                (flowtable_sw::key::v4_bytes([192, 0, 2, 1].into()), flowtable_sw::key::v4_bytes([192, 0, 2, 2].into()))
+            }
             L3::V6 => {
                 let mut a = [0u8; 16];
                 a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
@@ -309,17 +270,7 @@ impl FlowPattern {
             1 => (100, 0),
             _ => (100, 200),
         };
-        let (key, dir) = FlowKey::canonical(
-            src,
-            dst,
-            ports.0,
-            ports.1,
-            proto,
-            shape.l3 == L3::V6,
-            vo,
-            vi,
-            0,
-        );
+        let (key, dir) = FlowKey::canonical(src, dst, ports.0, ports.1, proto, shape.l3 == L3::V6, vo, vi, 0);
         FlowPattern::build_key(&key, dir).expect("sample shapes are all expressible")
     }
 
@@ -339,13 +290,7 @@ impl FlowPattern {
     /// This pattern as a template pattern: same items and masks, no specs
     /// (the async API takes the values per rule).
     pub fn template_items(&self) -> Vec<sys::rte_flow_item> {
-        self.items
-            .iter()
-            .map(|it| sys::rte_flow_item {
-                spec: it.mask,
-                ..*it
-            })
-            .collect()
+        self.items.iter().map(|it| sys::rte_flow_item { spec: it.mask, ..*it }).collect()
     }
 
     #[cfg(test)]
@@ -389,12 +334,7 @@ mod tests {
 
     fn bytes(it: &sys::rte_flow_item) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         let n = spec_size(it.type_);
-        unsafe {
-            (
-                raw_bytes(it.spec, n).map(|b| b.to_vec()),
-                raw_bytes(it.mask, n).map(|b| b.to_vec()),
-            )
-        }
+        unsafe { (raw_bytes(it.spec, n).map(|b| b.to_vec()), raw_bytes(it.mask, n).map(|b| b.to_vec())) }
     }
 
     fn types(p: &FlowPattern) -> Vec<item::Type> {
@@ -423,13 +363,7 @@ mod tests {
 
     #[test]
     fn ipv4_tcp_items_specs_and_masks_in_network_order() {
-        let (key, _) = FlowKey::from_v4(
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            40000,
-            443,
-            6,
-        );
+        let (key, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 443, 6);
         let p = FlowPattern::build_key(&key, Direction::LoToHi).unwrap();
         assert_eq!(
             types(&p),
@@ -440,49 +374,26 @@ mod tests {
                 item::RTE_FLOW_ITEM_TYPE_END
             ]
         );
-        assert!(
-            p.items()[0].spec.is_null() && p.items()[0].mask.is_null(),
-            "eth matches any frame"
-        );
+        assert!(p.items()[0].spec.is_null() && p.items()[0].mask.is_null(), "eth matches any frame");
         let (spec, mask) = bytes(&p.items()[1]);
         let (spec, mask) = (spec.unwrap(), mask.unwrap());
         assert_eq!(&spec[12..16], &[10, 0, 0, 1]);
         assert_eq!(&spec[16..20], &[10, 0, 0, 2]);
         assert_eq!(&mask[12..20], &[0xff; 8]);
         assert_eq!(mask[9], 0, "protocol implied by the tcp item, not masked");
-        assert!(
-            mask[..12].iter().all(|&b| b == 0),
-            "no other ipv4 field masked: {mask:?}"
-        );
+        assert!(mask[..12].iter().all(|&b| b == 0), "no other ipv4 field masked: {mask:?}");
         let (spec, mask) = bytes(&p.items()[2]);
         let (spec, mask) = (spec.unwrap(), mask.unwrap());
-        assert_eq!(
-            &spec[0..4],
-            &[0x9c, 0x40, 0x01, 0xbb],
-            "40000 -> 443 big-endian"
-        );
+        assert_eq!(&spec[0..4], &[0x9c, 0x40, 0x01, 0xbb], "40000 -> 443 big-endian");
         assert_eq!(&mask[0..4], &[0xff; 4]);
         assert!(mask[4..].iter().all(|&b| b == 0));
     }
 
     #[test]
     fn reverse_direction_swaps_endpoints() {
-        let (key, _) = FlowKey::from_v4(
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            40000,
-            53,
-            17,
-        );
+        let (key, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 53, 17);
         let p = FlowPattern::build_key(&key, Direction::HiToLo).unwrap();
-        assert_eq!(
-            p.shape(),
-            PatternShape {
-                l3: L3::V4,
-                l4: L4::Udp,
-                vlans: 0
-            }
-        );
+        assert_eq!(p.shape(), PatternShape { l3: L3::V4, l4: L4::Udp, vlans: 0 });
         let (spec, _) = bytes(&p.items()[1]);
         let spec = spec.unwrap();
         assert_eq!(&spec[12..16], &[10, 0, 0, 2]);
@@ -511,11 +422,7 @@ mod tests {
         let (s1, m1) = bytes(&p.items()[1]);
         let (s2, _) = bytes(&p.items()[2]);
         assert_eq!(&s1.unwrap()[0..2], &[0x00, 100]);
-        assert_eq!(
-            &m1.unwrap()[0..4],
-            &[0x0f, 0xff, 0, 0],
-            "vid only: no PCP/DEI, no inner type"
-        );
+        assert_eq!(&m1.unwrap()[0..4], &[0x0f, 0xff, 0, 0], "vid only: no PCP/DEI, no inner type");
         assert_eq!(&s2.unwrap()[0..2], &[0x0f, 0xff]);
         let (spec, mask) = bytes(&p.items()[3]);
         let (spec, mask) = (spec.unwrap(), mask.unwrap());
@@ -524,10 +431,7 @@ mod tests {
         assert_eq!(&spec[8..24], &a.octets());
         assert_eq!(&spec[24..40], &b.octets());
         assert_eq!(&mask[8..40], &[0xff; 32]);
-        assert!(
-            mask[..6].iter().all(|&b| b == 0),
-            "no flow label / length match"
-        );
+        assert!(mask[..6].iter().all(|&b| b == 0), "no flow label / length match");
     }
 
     #[test]
@@ -557,22 +461,13 @@ mod tests {
 
     #[test]
     fn template_items_carry_masks_as_specs_and_pointers_survive_moves() {
-        let (key, dir) = FlowKey::from_v4(
-            Ipv4Addr::new(1, 2, 3, 4),
-            Ipv4Addr::new(5, 6, 7, 8),
-            1,
-            2,
-            132,
-        );
+        let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 1, 2, 132);
         let p = FlowPattern::build_key(&key, dir).unwrap();
         let before = p.items()[1].spec;
         let moved = Box::new(p);
         let p = &*moved;
         assert_eq!(p.items()[1].spec, before);
-        assert_eq!(
-            p.items()[1].spec,
-            &p.keep_alive().ipv4 as *const _ as *const c_void
-        );
+        assert_eq!(p.items()[1].spec, &p.keep_alive().ipv4 as *const _ as *const c_void);
         let t = p.template_items();
         assert_eq!(t[2].type_, item::RTE_FLOW_ITEM_TYPE_SCTP);
         assert_eq!(t[2].spec, t[2].mask);

@@ -43,14 +43,9 @@ unsafe impl Send for RxQueue {}
 impl RxQueue {
     /// Queue `queue` of flowtable port `port`.
     pub fn new(rt: Arc<DpdkRuntime>, port: u8, queue: u16) -> Result<RxQueue, String> {
-        let p = rt
-            .port(port)
-            .ok_or_else(|| format!("dpdk rx: port {port} is not configured"))?;
+        let p = rt.port(port).ok_or_else(|| format!("dpdk rx: port {port} is not configured"))?;
         if queue >= p.rx_queues {
-            return Err(format!(
-                "dpdk rx: {} has {} rx queues, no queue {queue}",
-                p.device, p.rx_queues
-            ));
+            return Err(format!("dpdk rx: {} has {} rx queues, no queue {queue}", p.device, p.rx_queues));
         }
         let port_id = p.id;
         Ok(RxQueue {
@@ -79,14 +74,8 @@ impl RxQueue {
     pub fn advance(&mut self) -> bool {
         self.release_current();
         if self.next == self.len {
-            self.len = unsafe {
-                sys::ft_rx_burst(
-                    self.port_id,
-                    self.queue,
-                    self.mbufs.as_mut_ptr(),
-                    BURST as u16,
-                )
-            } as usize;
+            self.len =
+                unsafe { sys::ft_rx_burst(self.port_id, self.queue, self.mbufs.as_mut_ptr(), BURST as u16) } as usize;
             self.next = 0;
             if self.len == 0 {
                 return false;
@@ -105,18 +94,10 @@ impl RxQueue {
             return None;
         }
         unsafe {
-            let data = core::slice::from_raw_parts(
-                sys::ft_mbuf_data(m),
-                sys::ft_mbuf_data_len(m) as usize,
-            );
+            let data = core::slice::from_raw_parts(sys::ft_mbuf_data(m), sys::ft_mbuf_data_len(m) as usize);
             let mut mark = 0u32;
             let marked = sys::ft_mbuf_mark(m, &mut mark) != 0;
-            Some(RxFrame {
-                data,
-                wire_len: sys::ft_mbuf_pkt_len(m),
-                mark: marked.then_some(mark),
-                port: self.port,
-            })
+            Some(RxFrame { data, wire_len: sys::ft_mbuf_pkt_len(m), mark: marked.then_some(mark), port: self.port })
         }
     }
 

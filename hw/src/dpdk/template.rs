@@ -27,11 +27,7 @@ const QUEUE: u32 = 0;
 const PULL_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn no_error() -> sys::rte_flow_error {
-    sys::rte_flow_error {
-        type_: et::RTE_FLOW_ERROR_TYPE_NONE,
-        cause: ptr::null(),
-        message: ptr::null(),
-    }
+    sys::rte_flow_error { type_: et::RTE_FLOW_ERROR_TYPE_NONE, cause: ptr::null(), message: ptr::null() }
 }
 
 /// Asks the PMD for the template API and configures one flow queue; must
@@ -52,11 +48,7 @@ pub fn configure_port(port: u16, cfg: &TemplateConfig) -> Result<u32, FlowError>
             "the PMD offers no flow queues",
         ));
     }
-    let size = if qinfo.max_size == 0 {
-        cfg.queue_size
-    } else {
-        cfg.queue_size.min(qinfo.max_size)
-    };
+    let size = if qinfo.max_size == 0 { cfg.queue_size } else { cfg.queue_size.min(qinfo.max_size) };
     let port_attr = sys::rte_flow_port_attr {
         nb_counters: cfg.counters.min(pinfo.max_nb_counters),
         nb_aging_objects: cfg.aging_objects.min(pinfo.max_nb_aging_objects),
@@ -124,21 +116,13 @@ impl TemplateFlows {
                     type_: act::RTE_FLOW_ACTION_TYPE_JUMP,
                     conf: &jump as *const _ as *const c_void,
                 },
-                sys::rte_flow_action {
-                    type_: act::RTE_FLOW_ACTION_TYPE_END,
-                    conf: ptr::null(),
-                },
+                sys::rte_flow_action { type_: act::RTE_FLOW_ACTION_TYPE_END, conf: ptr::null() },
             ];
             let table = t.make_table(0, 1, &items, &actions, &actions)?;
             let tp = table.table;
             let rule = t
                 .enqueue(tp, items.as_ptr(), actions.as_ptr(), 0)
-                .and_then(|f| {
-                    t.flush_queue(&mut [(0usize, Ok(f))])
-                        .pop()
-                        .expect("one result")
-                        .1
-                });
+                .and_then(|f| t.flush_queue(&mut [(0usize, Ok(f))]).pop().expect("one result").1);
             match rule {
                 Ok(f) => t.jump = Some((table, f)),
                 Err(e) => {
@@ -161,46 +145,27 @@ impl TemplateFlows {
         let mut err = no_error();
         let mut pattr = sys::rte_flow_pattern_template_attr::default();
         pattr.set_ingress(1);
-        let pt = unsafe {
-            sys::rte_flow_pattern_template_create(self.port, &pattr, items.as_ptr(), &mut err)
-        };
+        let pt = unsafe { sys::rte_flow_pattern_template_create(self.port, &pattr, items.as_ptr(), &mut err) };
         if pt.is_null() {
             return Err(FlowError::from_raw(0, &err));
         }
         let mut aattr = sys::rte_flow_actions_template_attr::default();
         aattr.set_ingress(1);
         let at = unsafe {
-            sys::rte_flow_actions_template_create(
-                self.port,
-                &aattr,
-                actions.as_ptr(),
-                masks.as_ptr(),
-                &mut err,
-            )
+            sys::rte_flow_actions_template_create(self.port, &aattr, actions.as_ptr(), masks.as_ptr(), &mut err)
         };
         if at.is_null() {
             let e = FlowError::from_raw(0, &err);
             unsafe { sys::rte_flow_pattern_template_destroy(self.port, pt, &mut err) };
             return Err(e);
         }
-        let mut tattr = sys::rte_flow_template_table_attr {
-            nb_flows,
-            ..Default::default()
-        };
+        let mut tattr = sys::rte_flow_template_table_attr { nb_flows, ..Default::default() };
         tattr.flow_attr.group = group;
         tattr.flow_attr.set_ingress(1);
         let mut pts = [pt];
         let mut ats = [at];
         let table = unsafe {
-            sys::rte_flow_template_table_create(
-                self.port,
-                &tattr,
-                pts.as_mut_ptr(),
-                1,
-                ats.as_mut_ptr(),
-                1,
-                &mut err,
-            )
+            sys::rte_flow_template_table_create(self.port, &tattr, pts.as_mut_ptr(), 1, ats.as_mut_ptr(), 1, &mut err)
         };
         if table.is_null() {
             let e = FlowError::from_raw(0, &err);
@@ -210,11 +175,7 @@ impl TemplateFlows {
             }
             return Err(e);
         }
-        Ok(Table {
-            pattern: pt,
-            actions: at,
-            table,
-        })
+        Ok(Table { pattern: pt, actions: at, table })
     }
 
     fn destroy_table(&self, t: Table) {
@@ -234,20 +195,10 @@ impl TemplateFlows {
 
     /// The table for a rule shape, created on first use; a shape the PMD
     /// refused stays refused.
-    fn table_for(
-        &mut self,
-        p: &FlowPattern,
-        a: &FlowActions,
-    ) -> Result<*mut sys::rte_flow_template_table, FlowError> {
+    fn table_for(&mut self, p: &FlowPattern, a: &FlowActions) -> Result<*mut sys::rte_flow_template_table, FlowError> {
         let key = (p.shape(), a.plan().shape());
         if !self.tables.contains_key(&key) {
-            let t = self.make_table(
-                self.group,
-                self.table_size,
-                &p.template_items(),
-                a.actions(),
-                &a.template_masks(),
-            );
+            let t = self.make_table(self.group, self.table_size, &p.template_items(), a.actions(), &a.template_masks());
             self.tables.insert(key, t);
         }
         match &self.tables[&key] {
@@ -267,36 +218,19 @@ impl TemplateFlows {
         op.set_postpone(1);
         let mut err = no_error();
         let f = unsafe {
-            sys::rte_flow_async_create(
-                self.port,
-                QUEUE,
-                &op,
-                table,
-                items,
-                0,
-                actions,
-                0,
-                tag as *mut c_void,
-                &mut err,
-            )
+            sys::rte_flow_async_create(self.port, QUEUE, &op, table, items, 0, actions, 0, tag as *mut c_void, &mut err)
         };
-        NonNull::new(f)
-            .map(RawFlow)
-            .ok_or_else(|| FlowError::from_raw(0, &err))
+        NonNull::new(f).map(RawFlow).ok_or_else(|| FlowError::from_raw(0, &err))
     }
 
     /// Pushes the queued operations and waits for their completions;
     /// entries still `Ok` whose completion reports an error become errors.
-    fn flush_queue<T>(
-        &mut self,
-        ops: &mut [(usize, Result<T, FlowError>)],
-    ) -> Vec<(usize, Result<T, FlowError>)>
+    fn flush_queue<T>(&mut self, ops: &mut [(usize, Result<T, FlowError>)]) -> Vec<(usize, Result<T, FlowError>)>
     where
         T: Copy,
     {
         let mut err = no_error();
-        let mut out: Vec<(usize, Result<T, FlowError>)> =
-            ops.iter().map(|(i, r)| (*i, r.clone())).collect();
+        let mut out: Vec<(usize, Result<T, FlowError>)> = ops.iter().map(|(i, r)| (*i, r.clone())).collect();
         let rc = unsafe { sys::rte_flow_push(self.port, QUEUE, &mut err) };
         if rc < 0 {
             let e = FlowError::from_raw(rc, &err);
@@ -306,24 +240,11 @@ impl TemplateFlows {
             return out;
         }
         let mut waiting: usize = out.iter().filter(|o| o.1.is_ok()).count();
-        let mut results = vec![
-            sys::rte_flow_op_result {
-                status: 0,
-                user_data: ptr::null_mut()
-            };
-            waiting.max(1)
-        ];
+        let mut results = vec![sys::rte_flow_op_result { status: 0, user_data: ptr::null_mut() }; waiting.max(1)];
         let deadline = Instant::now() + PULL_TIMEOUT;
         while waiting > 0 {
-            let n = unsafe {
-                sys::rte_flow_pull(
-                    self.port,
-                    QUEUE,
-                    results.as_mut_ptr(),
-                    results.len() as u16,
-                    &mut err,
-                )
-            };
+            let n =
+                unsafe { sys::rte_flow_pull(self.port, QUEUE, results.as_mut_ptr(), results.len() as u16, &mut err) };
             if n < 0 {
                 let e = FlowError::from_raw(n, &err);
                 for o in out.iter_mut().filter(|o| o.1.is_ok()) {
@@ -357,17 +278,12 @@ impl TemplateFlows {
 
     /// Creates rules in batches of `batch`: enqueued (postponed), pushed,
     /// completions pulled. One result per rule, in order.
-    pub fn create(
-        &mut self,
-        rules: &[(&FlowPattern, &FlowActions)],
-    ) -> Vec<Result<RawFlow, FlowError>> {
+    pub fn create(&mut self, rules: &[(&FlowPattern, &FlowActions)]) -> Vec<Result<RawFlow, FlowError>> {
         let mut out = Vec::with_capacity(rules.len());
         for chunk in rules.chunks(self.batch) {
             let mut ops: Vec<(usize, Result<RawFlow, FlowError>)> = Vec::with_capacity(chunk.len());
             for (i, (p, a)) in chunk.iter().enumerate() {
-                let r = self
-                    .table_for(p, a)
-                    .and_then(|t| self.enqueue(t, p.as_ptr(), a.as_ptr(), i));
+                let r = self.table_for(p, a).and_then(|t| self.enqueue(t, p.as_ptr(), a.as_ptr(), i));
                 ops.push((i, r));
             }
             out.extend(self.flush_queue(&mut ops).into_iter().map(|(_, r)| r));
@@ -385,23 +301,9 @@ impl TemplateFlows {
                 op.set_postpone(1);
                 let mut err = no_error();
                 let rc = unsafe {
-                    sys::rte_flow_async_destroy(
-                        self.port,
-                        QUEUE,
-                        &op,
-                        f.0.as_ptr(),
-                        i as *mut c_void,
-                        &mut err,
-                    )
+                    sys::rte_flow_async_destroy(self.port, QUEUE, &op, f.0.as_ptr(), i as *mut c_void, &mut err)
                 };
-                ops.push((
-                    i,
-                    if rc < 0 {
-                        Err(FlowError::from_raw(rc, &err))
-                    } else {
-                        Ok(())
-                    },
-                ));
+                ops.push((i, if rc < 0 { Err(FlowError::from_raw(rc, &err)) } else { Ok(()) }));
             }
             out.extend(self.flush_queue(&mut ops).into_iter().map(|(_, r)| r));
         }

@@ -185,7 +185,11 @@ mod tests {
         let cookie = *b"FTB\x01\0\0\0\x07\0\0\0\0\0\0\0\x2a";
         let mut buf = Vec::new();
         let mut w = AttrWriter::new(&mut buf);
-        ActionRepr::Mirred { eaction: TCA_EGRESS_REDIR, ifindex: 9, verdict: TC_ACT_STOLEN }.emit(&mut w, 1, Some(&cookie));
+        ActionRepr::Mirred { eaction: TCA_EGRESS_REDIR, ifindex: 9, verdict: TC_ACT_STOLEN }.emit(
+            &mut w,
+            1,
+            Some(&cookie),
+        );
         ActionRepr::Gact { verdict: TC_ACT_SHOT }.emit(&mut w, 2, None);
         let acts: Vec<_> = actions(&buf).collect::<Result<_, _>>().unwrap();
         assert_eq!(acts.len(), 2);

@@ -29,9 +29,8 @@ pub fn eswitch_mode(handle: &str) -> Result<String, String> {
             .build()
             .map_err(|e| e.to_string())
     };
-    let attrs: GenlBuffer<u16, _> = [attr(DEVLINK_ATTR_BUS_NAME, bus)?, attr(DEVLINK_ATTR_DEV_NAME, dev)?]
-        .into_iter()
-        .collect();
+    let attrs: GenlBuffer<u16, _> =
+        [attr(DEVLINK_ATTR_BUS_NAME, bus)?, attr(DEVLINK_ATTR_DEV_NAME, dev)?].into_iter().collect();
     let msg = GenlmsghdrBuilder::default()
         .cmd(DEVLINK_CMD_ESWITCH_GET)
         .version(DEVLINK_GENL_VERSION)

@@ -85,7 +85,10 @@ impl FlowerMatch {
         };
         for v in [vlan, cvlan].into_iter().flatten() {
             if v >= 4095 {
-                return Err(Refusal { kind: RefusalKind::UnsupportedMatch, message: format!("vlan id {v} out of range") });
+                return Err(Refusal {
+                    kind: RefusalKind::UnsupportedMatch,
+                    message: format!("vlan id {v} out of range"),
+                });
             }
         }
         let ports = match key.proto {
@@ -98,7 +101,16 @@ impl FlowerMatch {
             }
             _ => None,
         };
-        Ok(FlowerMatch { protocol, vlan, cvlan, ip_ethertype, ip_proto: key.proto, src: ends.src, dst: ends.dst, ports })
+        Ok(FlowerMatch {
+            protocol,
+            vlan,
+            cvlan,
+            ip_ethertype,
+            ip_proto: key.proto,
+            src: ends.src,
+            dst: ends.dst,
+            ports,
+        })
     }
 
     /// Writes the key attributes (inside `TCA_OPTIONS`).
@@ -256,17 +268,31 @@ impl<'a> FlowerView<'a> {
                 TCA_FLOWER_KEY_ETH_TYPE => v.eth_type = Some(a.u16_be()?),
                 TCA_FLOWER_KEY_IP_PROTO => v.ip_proto = Some(a.u8()?),
                 TCA_FLOWER_KEY_IPV4_SRC | TCA_FLOWER_KEY_IPV4_DST => {
-                    let b: [u8; 4] = p.try_into().map_err(|_| WireError::BadLength { what: "ipv4 key", len: p.len() })?;
+                    let b: [u8; 4] =
+                        p.try_into().map_err(|_| WireError::BadLength { what: "ipv4 key", len: p.len() })?;
                     let addr = Some(IpAddr::from(b));
-                    if a.kind() == TCA_FLOWER_KEY_IPV4_SRC { v.src = addr } else { v.dst = addr }
+                    if a.kind() == TCA_FLOWER_KEY_IPV4_SRC {
+                        v.src = addr
+                    } else {
+                        v.dst = addr
+                    }
                 }
                 TCA_FLOWER_KEY_IPV6_SRC | TCA_FLOWER_KEY_IPV6_DST => {
-                    let b: [u8; 16] = p.try_into().map_err(|_| WireError::BadLength { what: "ipv6 key", len: p.len() })?;
+                    let b: [u8; 16] =
+                        p.try_into().map_err(|_| WireError::BadLength { what: "ipv6 key", len: p.len() })?;
                     let addr = Some(IpAddr::from(b));
-                    if a.kind() == TCA_FLOWER_KEY_IPV6_SRC { v.src = addr } else { v.dst = addr }
+                    if a.kind() == TCA_FLOWER_KEY_IPV6_SRC {
+                        v.src = addr
+                    } else {
+                        v.dst = addr
+                    }
                 }
-                TCA_FLOWER_KEY_TCP_SRC | TCA_FLOWER_KEY_UDP_SRC | TCA_FLOWER_KEY_SCTP_SRC => v.sport = Some(a.u16_be()?),
-                TCA_FLOWER_KEY_TCP_DST | TCA_FLOWER_KEY_UDP_DST | TCA_FLOWER_KEY_SCTP_DST => v.dport = Some(a.u16_be()?),
+                TCA_FLOWER_KEY_TCP_SRC | TCA_FLOWER_KEY_UDP_SRC | TCA_FLOWER_KEY_SCTP_SRC => {
+                    v.sport = Some(a.u16_be()?)
+                }
+                TCA_FLOWER_KEY_TCP_DST | TCA_FLOWER_KEY_UDP_DST | TCA_FLOWER_KEY_SCTP_DST => {
+                    v.dport = Some(a.u16_be()?)
+                }
                 TCA_FLOWER_KEY_VLAN_ID => v.vlan = Some(a.u16_ne()?),
                 TCA_FLOWER_KEY_CVLAN_ID => v.cvlan = Some(a.u16_ne()?),
                 _ => {}
@@ -372,7 +398,10 @@ mod tests {
     fn reads_a_recorded_dump_of_our_drop_rule() {
         let bytes = include_bytes!("testdata/dump-drop-udp.bin");
         let f = FilterView::parse(bytes).unwrap();
-        assert_eq!((f.prio, f.protocol, f.handle, f.parent, f.kind), (0x100, ETH_P_IP, 2, crate::tc::tcmsg::PARENT_INGRESS, "flower"));
+        assert_eq!(
+            (f.prio, f.protocol, f.handle, f.parent, f.kind),
+            (0x100, ETH_P_IP, 2, crate::tc::tcmsg::PARENT_INGRESS, "flower")
+        );
         let fl = f.flower.unwrap();
         assert_eq!(fl.flags, FLAG_SKIP_HW | FLAG_NOT_IN_HW);
         assert!(fl.not_in_hw() && !fl.in_hw());

@@ -200,7 +200,13 @@ impl TcBackend {
         let sock = TcSocket::open().map_err(|e| io_err(format!("opening rtnetlink socket: {e}")))?;
         let caps = Capabilities {
             matches: MatchSupport::ALL,
-            actions: vec![ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Mark, ActionKind::Pass],
+            actions: vec![
+                ActionKind::Drop,
+                ActionKind::Forward,
+                ActionKind::Mirror,
+                ActionKind::Mark,
+                ActionKind::Pass,
+            ],
             max_rules: 0,
             max_insert_rate: 0,
             counters: true,
@@ -295,11 +301,7 @@ impl TcBackend {
 
     /// Dumps every port and hands each filter carrying our cookie magic to
     /// `f`; counts the others into `foreign`.
-    fn walk_filters(
-        &mut self,
-        mut f: impl FnMut(FilterInfo),
-        foreign: &mut usize,
-    ) -> Result<(), BackendError> {
+    fn walk_filters(&mut self, mut f: impl FnMut(FilterInfo), foreign: &mut usize) -> Result<(), BackendError> {
         for (idx, port) in self.ports.iter_mut().enumerate() {
             let mut req = Vec::with_capacity(20);
             TcmsgRepr { ifindex: port.info.ifindex, handle: 0, parent: PARENT_INGRESS, info: 0 }.emit(&mut req);
@@ -359,8 +361,13 @@ impl TcBackend {
         match self.cfg.leftovers {
             Leftovers::Adopt => {
                 for f in &ours {
-                    let placed =
-                        Placed { port: f.port, prio: f.prio, protocol: f.protocol, handle: f.handle, placement: f.placement() };
+                    let placed = Placed {
+                        port: f.port,
+                        prio: f.prio,
+                        protocol: f.protocol,
+                        handle: f.handle,
+                        placement: f.placement(),
+                    };
                     self.rules.insert(f.cookie, placed);
                 }
                 self.recovery.adopted = ours.len();
@@ -386,7 +393,13 @@ impl TcBackend {
         let msgs: Vec<OutMsg> = filters
             .iter()
             .map(|f| {
-                let p = Placed { port: f.port, prio: f.prio, protocol: f.protocol, handle: f.handle, placement: f.placement() };
+                let p = Placed {
+                    port: f.port,
+                    prio: f.prio,
+                    protocol: f.protocol,
+                    handle: f.handle,
+                    placement: f.placement(),
+                };
                 self.delete_msg(&p, false)
             })
             .collect();
@@ -397,7 +410,9 @@ impl TcBackend {
             match r {
                 Ok(()) | Err(NlError::Kernel { errno: libc::ENOENT, .. }) => deleted += 1,
                 Err(e) => {
-                    first_err.get_or_insert_with(|| format!("{}: deleting {:?}: {e}", self.ports[f.port as usize].info.name, f.cookie));
+                    first_err.get_or_insert_with(|| {
+                        format!("{}: deleting {:?}: {e}", self.ports[f.port as usize].info.name, f.cookie)
+                    });
                 }
             }
         }
@@ -409,7 +424,8 @@ impl TcBackend {
 
     fn delete_msg(&self, p: &Placed, echo: bool) -> OutMsg {
         let mut payload = Vec::with_capacity(40);
-        let hdr = TcmsgRepr::filter(self.ports[p.port as usize].info.ifindex, PARENT_INGRESS, p.prio, p.protocol, p.handle);
+        let hdr =
+            TcmsgRepr::filter(self.ports[p.port as usize].info.ifindex, PARENT_INGRESS, p.prio, p.protocol, p.handle);
         flower::emit_filter_ref(&mut payload, &hdr, self.cfg.chain);
         OutMsg { kind: Rtm::Deltfilter, flags: if echo { NlmF::ECHO } else { NlmF::empty() }, payload }
     }
@@ -490,12 +506,18 @@ impl TcBackend {
     /// Checks a rule and builds its first filter request.
     fn prepare(&mut self, idx: usize, r: &RuleSpec) -> Result<Attempt, Refusal> {
         if self.rules.contains_key(&r.cookie) {
-            return Err(Refusal { kind: RefusalKind::Exists, message: format!("rule {:?} is already installed", r.cookie) });
+            return Err(Refusal {
+                kind: RefusalKind::Exists,
+                message: format!("rule {:?} is already installed", r.cookie),
+            });
         }
         if r.cookie.owner != self.cfg.owner {
             return Err(Refusal {
                 kind: RefusalKind::UnsupportedMatch,
-                message: format!("cookie owner {:08x} is not this backend's owner {:08x}", r.cookie.owner, self.cfg.owner),
+                message: format!(
+                    "cookie owner {:08x} is not this backend's owner {:08x}",
+                    r.cookie.owner, self.cfg.owner
+                ),
             });
         }
         let port = r.matches.key.ingress;
@@ -661,7 +683,8 @@ impl Backend for TcBackend {
                 match res {
                     Ok(()) => {
                         let flags = echoed.unwrap_or(a.flags | if hw { FLAG_IN_HW } else { FLAG_NOT_IN_HW });
-                        let placement = if flags & FLAG_IN_HW != 0 { Placement::Hardware } else { Placement::KernelSoftware };
+                        let placement =
+                            if flags & FLAG_IN_HW != 0 { Placement::Hardware } else { Placement::KernelSoftware };
                         match placement {
                             Placement::Hardware => self.stats.installed_hw += 1,
                             Placement::KernelSoftware => self.stats.installed_sw += 1,
@@ -727,7 +750,8 @@ impl Backend for TcBackend {
         });
         for ((i, r), fin) in which.into_iter().zip(results).zip(finals) {
             let cookie = cookies[i];
-            let dev = self.rules.get(&cookie).map(|p| self.ports[p.port as usize].info.name.clone()).unwrap_or_default();
+            let dev =
+                self.rules.get(&cookie).map(|p| self.ports[p.port as usize].info.name.clone()).unwrap_or_default();
             out[i] = Some(match r {
                 Ok(()) => {
                     self.rules.remove(&cookie);
@@ -741,7 +765,10 @@ impl Backend for TcBackend {
                         message: format!("{dev}: rule {cookie:?} was already gone from the kernel"),
                     })
                 }
-                Err(e) => Err(BackendError::Refused { backend: NAME.into(), message: format!("{dev}: deleting {cookie:?}: {e}") }),
+                Err(e) => Err(BackendError::Refused {
+                    backend: NAME.into(),
+                    message: format!("{dev}: deleting {cookie:?}: {e}"),
+                }),
             });
         }
         out.into_iter().map(|o| o.unwrap_or_else(|| Err(io_err("no outcome recorded")))).collect()

@@ -205,11 +205,7 @@ impl TcSocket {
     /// reply addressed to a request (an echo of the object it created or
     /// deleted) is handed to `on_reply` with the request's index, message
     /// type and payload.
-    pub fn batch(
-        &mut self,
-        msgs: &[OutMsg],
-        on_reply: &mut dyn FnMut(usize, u16, &[u8]),
-    ) -> Vec<Result<(), NlError>> {
+    pub fn batch(&mut self, msgs: &[OutMsg], on_reply: &mut dyn FnMut(usize, u16, &[u8])) -> Vec<Result<(), NlError>> {
         let mut results: Vec<Option<Result<(), NlError>>> = vec![None; msgs.len()];
         let mut start = 0;
         while start < msgs.len() {
@@ -221,7 +217,9 @@ impl TcSocket {
                 let m = &msgs[end];
                 let cost = if m.flags.contains(NlmF::ECHO) { ACK_COST + ECHO_COST } else { ACK_COST };
                 let len = 16 + m.payload.len();
-                if end > start && (out_bytes + len > self.sndbuf / 2 || reply_bytes + cost > (self.rcvbuf / 2).min(REPLY_BUDGET)) {
+                if end > start
+                    && (out_bytes + len > self.sndbuf / 2 || reply_bytes + cost > (self.rcvbuf / 2).min(REPLY_BUDGET))
+                {
                     break;
                 }
                 out_bytes += len;
@@ -231,10 +229,7 @@ impl TcSocket {
             self.run_chunk(&msgs[start..end], start, &mut results, on_reply);
             start = end;
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(NlError::Io("no reply from the kernel".into()))))
-            .collect()
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(NlError::Io("no reply from the kernel".into())))).collect()
     }
 
     fn run_chunk(
@@ -318,12 +313,7 @@ impl TcSocket {
     /// Runs one dump request and hands every message of the reply to
     /// `on_msg` (type, payload). Returns whether the kernel flagged the dump
     /// as interrupted (the table changed while it was being walked).
-    pub fn dump(
-        &mut self,
-        kind: Rtm,
-        payload: &[u8],
-        on_msg: &mut dyn FnMut(u16, &[u8]),
-    ) -> Result<bool, NlError> {
+    pub fn dump(&mut self, kind: Rtm, payload: &[u8], on_msg: &mut dyn FnMut(u16, &[u8])) -> Result<bool, NlError> {
         let seq = self.take_seqs(1);
         let msg = NlmsghdrBuilder::default()
             .nl_type(kind)

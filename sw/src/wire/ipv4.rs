@@ -281,10 +281,7 @@ mod tests {
         let opts: Vec<_> = p.options().collect::<Result<_>>().unwrap();
         assert_eq!(
             opts,
-            vec![
-                Ipv4Option { kind: OPTION_NOP, data: &[] },
-                Ipv4Option { kind: 0x07, data: &[0x04, 10, 0, 0, 9] },
-            ]
+            vec![Ipv4Option { kind: OPTION_NOP, data: &[] }, Ipv4Option { kind: 0x07, data: &[0x04, 10, 0, 0, 9] },]
         );
     }
 

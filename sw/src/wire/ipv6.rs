@@ -276,11 +276,8 @@ pub fn skip_extension_headers(first: u8, payload: &[u8]) -> Result<UpperLayer<'_
             }
             ip_proto::IPV6_FRAGMENT => {
                 let header = Ipv6FragmentHeader::new_checked(rest)?;
-                let info = FragmentInfo {
-                    ident: header.ident(),
-                    offset: header.frag_offset(),
-                    more: header.more_frags(),
-                };
+                let info =
+                    FragmentInfo { ident: header.ident(), offset: header.frag_offset(), more: header.more_frags() };
                 fragment = Some(info);
                 if info.offset != 0 {
                     // The data is the middle of a packet: whatever it holds

@@ -89,10 +89,6 @@ pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
 pub(crate) fn assert_truncations<'a, T>(bytes: &'a [u8], check: impl Fn(&'a [u8]) -> Result<T>) {
     assert!(check(bytes).is_ok(), "full header rejected");
     for cut in 0..bytes.len() {
-        assert_eq!(
-            check(&bytes[..cut]).err(),
-            Some(Error::Truncated),
-            "prefix of {cut} bytes not reported truncated"
-        );
+        assert_eq!(check(&bytes[..cut]).err(), Some(Error::Truncated), "prefix of {cut} bytes not reported truncated");
     }
 }

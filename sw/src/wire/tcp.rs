@@ -133,10 +133,7 @@ mod tests {
         bytes[13] = 0xff;
         let t = TcpPacket::new_checked(&bytes).unwrap();
         assert!(t.ns());
-        assert_eq!(
-            t.flags(),
-            FLAG_FIN | FLAG_SYN | FLAG_RST | FLAG_PSH | FLAG_ACK | FLAG_URG | FLAG_ECE | FLAG_CWR
-        );
+        assert_eq!(t.flags(), FLAG_FIN | FLAG_SYN | FLAG_RST | FLAG_PSH | FLAG_ACK | FLAG_URG | FLAG_ECE | FLAG_CWR);
     }
 
     #[test]
