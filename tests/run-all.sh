@@ -22,6 +22,7 @@ step() {
     if "$@"; then echo "== $name: ok"; else echo "== $name: FAILED"; failed+=("$name"); fi
 }
 
+step format cargo fmt --all --check
 step workspace cargo test --workspace --release
 # The DPDK backend's host tests (bindings, pattern and action layouts).
 step dpdk-host cargo test --release -p flowtable-hw --features dpdk --lib
