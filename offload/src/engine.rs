@@ -108,6 +108,10 @@ pub struct EngineStats {
     pub counter_errors: u64,
     /// Counter entries whose cookie names no live offloaded flow.
     pub unknown_rules: u64,
+    /// Marked packets whose mark led straight to their flow, and those
+    /// whose mark didn't (looked up by hash instead).
+    pub mark_hits: u64,
+    pub mark_misses: u64,
     pub ended_by: BTreeMap<String, u64>,
 }
 
@@ -299,6 +303,27 @@ impl Engine {
         }
     }
 
+    /// `process` for a packet a NIC rule marked with `mark`: a rule
+    /// installed with `mark: 0` marks its flow's packets with the flow's
+    /// slot plus one, so the flow is found without hashing. Any other mark
+    /// (an operator's own, or a stale one) falls back to the hash lookup.
+    #[inline]
+    pub fn process_marked(&mut self, pkt: &PacketInfo, mark: u32, now_ns: u64) {
+        match mark.checked_sub(1).and_then(|slot| self.table.find_in_slot(slot, &pkt.key)) {
+            Some(id) => {
+                self.stats.mark_hits += 1;
+                if now_ns > self.now_ns {
+                    self.now_ns = now_ns;
+                }
+                self.account(id, pkt, now_ns);
+            }
+            None => {
+                self.stats.mark_misses += 1;
+                self.process(pkt, now_ns);
+            }
+        }
+    }
+
     #[inline]
     fn process_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) {
         if now_ns > self.now_ns {
@@ -326,16 +351,27 @@ impl Engine {
                 return;
             }
         };
+        self.account(id, pkt, now_ns);
+    }
+
+    /// Counts a packet of a known flow once and classifies undecided flows.
+    #[inline]
+    fn account(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64) {
         let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
-        // A tap that sees offloaded packets (AF_PACKET before tc) may hand
-        // over a packet captured before its rule went in, which the rule
-        // never counted: packets older than the install still count here.
+        // Software skips a packet its flow's rule already counted: one that
+        // reached software although a rule with counters took it, because
+        // software taps everything (AF_PACKET before tc) or because the
+        // action delivers to software (mark, mirror). A packet captured
+        // before the rule went in, or of a rule without counters, is
+        // software's to count.
         let count = !(stage == Stage::Offloaded
-            && self.caps.software_sees_offloaded
-            && self
-                .offloads
-                .get(&id)
-                .is_some_and(|s| s.placement[pkt.dir.index()].is_some() && now_ns >= s.installed_ns));
+            && self.offloads.get(&id).is_some_and(|s| {
+                s.placement[pkt.dir.index()].is_some()
+                    && s.hw_counters
+                    && now_ns >= s.installed_ns
+                    && (self.caps.software_sees_offloaded
+                        || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
+            }));
         if count {
             self.stats.sw_packets += 1;
         } else {
@@ -478,7 +514,11 @@ impl Engine {
         let mut specs = Vec::with_capacity(batch.len() * 2);
         for id in &batch {
             let flow = self.table.get(*id).expect("validated above");
-            let action = self.offloads[id].action;
+            let action = match self.offloads[id].action {
+                // Mark 0 asks for the flow's own mark: its slot plus one.
+                Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
+                a => a,
+            };
             for dir in DIRS {
                 specs.push(RuleSpec {
                     cookie: Cookie::new(self.cfg.instance_id, id.0, dir),

@@ -327,3 +327,33 @@ fn reload_keeps_the_names_of_the_rules_that_decided() {
     e.reload(flowtable_offload::Classifier::new(&new.classifier).unwrap(), new.timeouts.to_timeouts());
     assert_eq!(names(&e), vec!["(rule removed by reload)", "web"]);
 }
+
+#[test]
+fn marked_packets_find_their_flow_and_count_once() {
+    // Mark 0: the rule marks packets with the flow's own id (slot + 1). A
+    // NIC with MARK delivers the packet to software as well as counting it.
+    let cfg = r#"{"classifier": {"rules": [{"name": "m", "match": {"proto": "udp"},
+        "trigger": {"after_packets": 2}, "result": {"offload": {"type": "mark", "mark": 0}}}]}}"#;
+    let mut e = engine(cfg, SimProfile::full());
+    let p = pkt(1, 5000, 53, 17, true, 0, 100);
+    feed(&mut e, &p, 0);
+    feed(&mut e, &p, MS);
+    e.poll(2 * MS);
+    let id = only_flow(&e);
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
+    let mark = id.index() + 1;
+    for i in 0..10 {
+        assert!(e.offer_to_nic(&p), "the rule counts it");
+        e.process_marked(&p, mark, 3 * MS + i);
+    }
+    // A stale or foreign mark falls back to the hash lookup: same flow.
+    e.offer_to_nic(&p);
+    e.process_marked(&p, mark + 7, 4 * MS);
+    assert_eq!(e.stats().mark_hits, 10);
+    assert_eq!(e.stats().mark_misses, 1);
+    e.poll(2 * S);
+    let v = e.flow(id).unwrap();
+    assert_eq!(v.packets, 13, "2 in software before the rule, 11 counted by the rule, none twice");
+    assert_eq!(v.orig.sw_packets, 2);
+    assert_eq!(v.orig.hw_packets, 11);
+}

@@ -371,6 +371,7 @@ impl Daemon {
                         due_ns: at + raw.ts_ns.saturating_sub(first_ts),
                         wire_len: raw.wire_len,
                         parsed: raw.parse(),
+                        mark: raw.mark,
                     }
                 }
                 // Nothing captured yet: look again shortly.
@@ -419,7 +420,10 @@ impl Daemon {
                     // A live frame counts at its capture time, which places
                     // it before or after its flow's rule went in.
                     let at = if live { pending.due_ns.min(*now) } else { *now };
-                    self.engine.process(&info, at);
+                    match pending.mark {
+                        Some(mark) => self.engine.process_marked(&info, mark, at),
+                        None => self.engine.process(&info, at),
+                    }
                 }
             }
         }

@@ -16,6 +16,8 @@ pub struct Pending {
     pub due_ns: u64,
     pub wire_len: u32,
     pub parsed: Result<PacketInfo, SkipReason>,
+    /// The NIC's mark on the frame (DPDK MARK), if any.
+    pub mark: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -470,6 +470,14 @@ impl FlowTable {
         }
     }
 
+    /// The flow in `slot` if it is live and has `key`: the lookup for a
+    /// packet whose NIC rule marked it with its flow's slot, no hash needed.
+    #[inline]
+    pub fn find_in_slot(&self, slot: u32, key: &FlowKey) -> Option<FlowId> {
+        let f = self.flows.get(slot as usize)?;
+        (f.stage != Stage::Free && f.key == *key).then(|| FlowId::new(slot, f.generation))
+    }
+
     /// Finds a flow by key.
     #[inline]
     pub fn find(&self, key: &FlowKey) -> Option<FlowId> {
