@@ -16,10 +16,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 failed=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 step() {
     local name=$1; shift
     echo "== $name: $*"
-    if "$@"; then echo "== $name: ok"; else echo "== $name: FAILED"; failed+=("$name"); fi
+    # Output goes on to the terminal and into a log the closing tally reads.
+    if "$@" 2>&1 | tee -a "$log"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+        echo "== $name: ok"
+    else
+        echo "== $name: FAILED"; failed+=("$name")
+    fi
 }
 
 step format cargo fmt --all --check
@@ -30,8 +37,14 @@ step dpdk-host cargo test --release -p flowtable-hw --features dpdk --lib
 # AF_PACKET, the daemon with the tc backend, DPDK's tap PMD. One boot.
 step kernel-vm bash -c 'bash tests/vm/setup.sh && bash tests/vm/run.sh'
 
+# Every cargo test binary, on the host and in the VM, closes with
+# "test result: ... N passed; M failed": the tally of them all.
+tally=$(grep -ho 'test result: [A-Za-z]*\. [0-9]* passed; [0-9]* failed' "$log" \
+    | awk '{p += $4; f += $6} END {printf "%d passed, %d failed", p, f}')
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
+    echo "tests: $tally"
     exit 1
 fi
 echo "all test suites passed"
+echo "tests: $tally"
