@@ -102,6 +102,12 @@ pub enum ActionKind {
     Pass,
 }
 
+impl ActionKind {
+    /// Every kind, for backends that take them all.
+    pub const ALL: [ActionKind; 5] =
+        [ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Mark, ActionKind::Pass];
+}
+
 /// The fields of one direction of a flow that a rule matches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatchFields {

@@ -25,13 +25,7 @@ impl SimProfile {
             name: "full".into(),
             capabilities: Capabilities {
                 matches: MatchSupport::ALL,
-                actions: vec![
-                    ActionKind::Drop,
-                    ActionKind::Forward,
-                    ActionKind::Mirror,
-                    ActionKind::Mark,
-                    ActionKind::Pass,
-                ],
+                actions: ActionKind::ALL.to_vec(),
                 max_rules: 65536,
                 max_insert_rate: 100_000,
                 counters: true,

@@ -49,6 +49,19 @@ pub struct RawFlow(pub NonNull<sys::rte_flow>);
 // rte_flow calls made through &mut DpdkBackend.
 unsafe impl Send for RawFlow {}
 
+/// Remembers a rule the PMD created (sync or template) and reports it.
+fn keep_installed(
+    rules: &mut HashMap<Cookie, Installed>,
+    cookie: Cookie,
+    port: u8,
+    flow: RawFlow,
+    plan: &ActionPlan,
+    template: bool,
+) -> InstallOutcome {
+    rules.insert(cookie, Installed { port, flow, counters: plan.count, age: plan.age_s.is_some(), template });
+    InstallOutcome::Installed { placement: Placement::Hardware, counters: plan.count }
+}
+
 struct Installed {
     port: u8,
     flow: RawFlow,
@@ -264,8 +277,7 @@ impl DpdkBackend {
                 // Template ports are judged per shape when its table is
                 // created; the NICs offering the API take the whole set.
                 m = MatchSupport::ALL;
-                for k in [ActionKind::Drop, ActionKind::Forward, ActionKind::Mirror, ActionKind::Mark, ActionKind::Pass]
-                {
+                for k in ActionKind::ALL {
                     add(&mut kinds, k, true);
                 }
                 counters = true;
@@ -526,19 +538,7 @@ impl Backend for DpdkBackend {
             }
             let plan = actions.plan();
             out[i] = Some(match self.create_sync(port.id, &pattern, &actions) {
-                Ok(flow) => {
-                    self.rules.insert(
-                        spec.cookie,
-                        Installed {
-                            port: port.index,
-                            flow,
-                            counters: plan.count,
-                            age: plan.age_s.is_some(),
-                            template: false,
-                        },
-                    );
-                    InstallOutcome::Installed { placement: Placement::Hardware, counters: plan.count }
-                }
+                Ok(flow) => keep_installed(&mut self.rules, spec.cookie, port.index, flow, &plan, false),
                 Err(e) => InstallOutcome::Refused(e.refusal(&format!(
                     "{} -> {} on {}",
                     pattern.shape().name(),
@@ -558,19 +558,7 @@ impl Backend for DpdkBackend {
             for ((i, p, a), r) in batch.iter().zip(results) {
                 let plan = a.plan();
                 out[*i] = Some(match r {
-                    Ok(flow) => {
-                        self.rules.insert(
-                            rules[*i].cookie,
-                            Installed {
-                                port: port_index as u8,
-                                flow,
-                                counters: plan.count,
-                                age: plan.age_s.is_some(),
-                                template: true,
-                            },
-                        );
-                        InstallOutcome::Installed { placement: Placement::Hardware, counters: plan.count }
-                    }
+                    Ok(flow) => keep_installed(&mut self.rules, rules[*i].cookie, port_index as u8, flow, &plan, true),
                     Err(e) => InstallOutcome::Refused(e.refusal(&format!(
                         "{} -> {} on {} (template)",
                         p.shape().name(),

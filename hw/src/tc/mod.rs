@@ -200,13 +200,7 @@ impl TcBackend {
         let sock = TcSocket::open().map_err(|e| io_err(format!("opening rtnetlink socket: {e}")))?;
         let caps = Capabilities {
             matches: MatchSupport::ALL,
-            actions: vec![
-                ActionKind::Drop,
-                ActionKind::Forward,
-                ActionKind::Mirror,
-                ActionKind::Mark,
-                ActionKind::Pass,
-            ],
+            actions: ActionKind::ALL.to_vec(),
             max_rules: 0,
             max_insert_rate: 0,
             counters: true,
