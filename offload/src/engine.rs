@@ -16,6 +16,7 @@ use flowtable_hw::{
     Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
+use flowtable_sw::pipeline::Schedule;
 use flowtable_sw::{Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, Stage, TableConfig};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -285,21 +286,27 @@ impl Engine {
         self.process_hashed(pkt, hash, now_ns);
     }
 
-    /// `process` for a batch of packets (at most `BATCH`), with `ts_ns[i]`
-    /// the time of `pkts[i]`. The memory each lookup needs is requested for
-    /// the whole batch first, so the loads overlap; then the packets are
-    /// handled in order, exactly as one `process` call each.
+    /// `process` for a batch of packets, with `ts_ns[i]` the time of
+    /// `pkts[i]`. The memory each lookup needs is requested a few packets
+    /// ahead (`flowtable_sw::pipeline`), so the loads overlap; the packets
+    /// are handled in order, exactly as one `process` call each. Batches
+    /// longer than `BATCH` are taken `BATCH` at a time.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
-        let n = pkts.len().min(ts_ns.len()).min(BATCH);
-        let mut hashes = [0u64; BATCH];
-        for (h, p) in hashes.iter_mut().zip(&pkts[..n]) {
-            *h = self.table.prefetch_index(&p.key);
-        }
-        for h in &hashes[..n] {
-            self.table.prefetch_flow(*h);
-        }
-        for i in 0..n {
-            self.process_hashed(&pkts[i], hashes[i], ts_ns[i]);
+        debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
+        for (pkts, ts_ns) in pkts.chunks(BATCH).zip(ts_ns.chunks(BATCH)) {
+            let n = pkts.len().min(ts_ns.len());
+            let mut hashes = [0u64; BATCH];
+            for step in Schedule::new(n) {
+                if let Some(i) = step.hash {
+                    hashes[i] = self.table.prefetch_index(&pkts[i].key);
+                }
+                if let Some(i) = step.prefetch {
+                    self.table.prefetch_flow(hashes[i]);
+                }
+                if let Some(i) = step.lookup {
+                    self.process_hashed(&pkts[i], hashes[i], ts_ns[i]);
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod key;
 pub mod memory;
 pub mod packet;
 pub mod parse;
+pub mod pipeline;
 pub mod table;
 pub mod tcp;
 pub mod timer;

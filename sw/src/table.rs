@@ -6,7 +6,7 @@
 //! packet path never reallocates; the index (`index.rs`) maps a key's hash,
 //! seeded per process (no hash flooding), to its slot. Lookups can be
 //! batched: `prefetch_index` and `prefetch_flow` start the memory loads of
-//! a batch before any of its packets is handled.
+//! a packet a few packets before it is handled (`pipeline.rs` says when).
 
 use crate::index::{prefetch, FlowIndex};
 use crate::key::{Direction, FlowKey};
