@@ -21,9 +21,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::Action;
-use flowtable_offload::{Classifier, Engine, EngineError};
+use flowtable_offload::{Classifier, Engine, EngineError, BATCH};
 use flowtable_sw::context::{ContextError, FlowContext};
-use flowtable_sw::{FlowId, SkipCounters, Stage};
+use flowtable_sw::{FlowId, PacketInfo, SkipCounters, Stage};
 use records::RecordsWriter;
 use serde_json::{json, Value};
 use sources::{Pending, Slot, SlotState};
@@ -39,7 +39,7 @@ pub const POLL_TICK_NS: u64 = 10_000_000;
 /// ring hands frames over in blocks every 10 ms at most anyway).
 const LIVE_IDLE_NS: u64 = 1_000_000;
 /// Packets read from a source between looks at the control queue.
-pub const BATCH: usize = 256;
+pub const READ_BURST: usize = 256;
 /// The stages a live flow can be in.
 const STAGES: [Stage; 5] = [Stage::Tracking, Stage::Software, Stage::Queued, Stage::Offloaded, Stage::Refused];
 /// Rates are measured over this many one-second samples.
@@ -194,6 +194,11 @@ struct Daemon {
     received_bytes: u64,
     nic_packets: u64,
     sw_packets: u64,
+    /// Packets for software wait here so their lookups go in one pipelined
+    /// batch (`Engine::process_batch`); emptied before anything reads or
+    /// polls the table, so no query or poll sees a packet half-handled.
+    batch: Vec<PacketInfo>,
+    batch_ts: Vec<u64>,
     samples: VecDeque<Sample>,
     /// When the list of largest flows was last rebuilt for a query.
     last_largest_rebuild: Instant,
@@ -247,6 +252,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         received_bytes: 0,
         nic_packets: 0,
         sw_packets: 0,
+        batch: Vec::with_capacity(BATCH),
+        batch_ts: Vec::with_capacity(BATCH),
         samples: VecDeque::new(),
         last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
     };
@@ -321,7 +328,7 @@ impl Daemon {
         }
     }
 
-    /// Up to `BATCH` packets from each running source. Returns whether any
+    /// Up to `READ_BURST` packets from each running source. Returns whether any
     /// source made progress, and when the earliest held packet is due.
     fn pump(&mut self, now: &mut u64) -> (bool, Option<u64>) {
         let mut worked = false;
@@ -330,7 +337,7 @@ impl Daemon {
             if !self.slots[i].running() {
                 continue;
             }
-            for _ in 0..BATCH {
+            for _ in 0..READ_BURST {
                 match self.step(i, now) {
                     Step::Handled => worked = true,
                     Step::Wait(due) => {
@@ -344,6 +351,7 @@ impl Daemon {
                 }
             }
         }
+        self.flush_batch();
         // A source replayed fast moves the clock with its packets.
         self.clock.advance_to(*now);
         (worked, wake)
@@ -408,6 +416,7 @@ impl Daemon {
         self.received += 1;
         self.received_bytes += pending.wire_len as u64;
         if *now >= self.next_poll {
+            self.flush_batch();
             self.tick(*now);
         }
         match pending.parsed {
@@ -421,13 +430,32 @@ impl Daemon {
                     // it before or after its flow's rule went in.
                     let at = if live { pending.due_ns.min(*now) } else { *now };
                     match pending.mark {
-                        Some(mark) => self.engine.process_marked(&info, mark, at),
-                        None => self.engine.process(&info, at),
+                        Some(mark) => {
+                            // In order with the packets before it.
+                            self.flush_batch();
+                            self.engine.process_marked(&info, mark, at);
+                        }
+                        None => {
+                            self.batch.push(info);
+                            self.batch_ts.push(at);
+                            if self.batch.len() == BATCH {
+                                self.flush_batch();
+                            }
+                        }
                     }
                 }
             }
         }
         Step::Handled
+    }
+
+    #[inline]
+    fn flush_batch(&mut self) {
+        if !self.batch.is_empty() {
+            self.engine.process_batch(&self.batch, &self.batch_ts);
+            self.batch.clear();
+            self.batch_ts.clear();
+        }
     }
 
     /// The slow path: installs, counters, aging; records out; rates sampled.
