@@ -28,6 +28,7 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
             out.push(PacketInfo {
                 key,
                 dir,
+                port: 0,
                 wire_len: 64 + (rng.gen::<u32>() % 1400),
                 tcp_flags: 0x10,
                 fragment: Fragment::Whole,

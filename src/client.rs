@@ -513,7 +513,13 @@ pub fn flow_detail(v: &Value) -> String {
     if u(&v["vlan"]) != 0 {
         o.push_str(&format!(" vlan {}", v["vlan"]));
     }
-    o.push_str(&format!(" (ingress port {})\n", v["ingress"]));
+    let (orig_port, reply_port) = (&v["orig"]["ingress"], &v["reply"]["ingress"]);
+    if reply_port.is_u64() && reply_port != orig_port {
+        // An inline pair: the reply comes in on the other port.
+        o.push_str(&format!(" (ingress port {}, replies on port {reply_port})\n", v["ingress"]));
+    } else {
+        o.push_str(&format!(" (ingress port {})\n", v["ingress"]));
+    }
     let row = |o: &mut String, k: &str, val: String| o.push_str(&format!("  {k:<10} {val}\n"));
     row(
         &mut o,

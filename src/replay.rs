@@ -101,7 +101,7 @@ pub fn replay(
             sum.skipped.add(SkipReason::UnsupportedLinkType);
             continue;
         };
-        let info = match parse_packet(link, pkt.data, pkt.wire_len, pkt.ingress) {
+        let info = match parse_packet(link, pkt.data, pkt.wire_len, engine.ports().ingress(pkt.ingress)) {
             Ok(info) => info,
             Err(reason) => {
                 sum.skipped.add(reason);

@@ -5,7 +5,7 @@
 
 use flowtable::source::pcap::PcapFileSource;
 use flowtable::source::{PacketSource, SourceError};
-use flowtable_sw::{Fragment, PacketInfo, SkipCounters, SkipReason};
+use flowtable_sw::{Fragment, PacketInfo, PortMap, SkipCounters, SkipReason};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -94,7 +94,7 @@ fn read_capture(path: &Path) -> Result<Tally, SourceError> {
         tally.snapped += u64::from(packet.wire_len as usize > packet.data.len());
         *tally.by_linktype.entry(packet.linktype).or_default() += 1;
         COUNTING.with(|c| c.set(true));
-        let result = packet.parse();
+        let result = packet.parse(&PortMap::unpaired());
         COUNTING.with(|c| c.set(false));
         match result {
             Ok(info) => {

@@ -7,7 +7,7 @@
 use etherparse::{LinkExtHeader, NetHeaders, PacketHeaders, TcpOptionElement, TransportHeader};
 use flowtable::source::synth::{FlowEnd, FlowKind, FlowTruth, SynthConfig, SyntheticSource};
 use flowtable::source::PacketSource;
-use flowtable_sw::{Direction, FlowKey, LinkType};
+use flowtable_sw::{Direction, FlowKey, LinkType, PortMap};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -246,7 +246,7 @@ fn frames_decode_and_per_flow_counts_equal_the_truth() {
         let (packets, bytes) = seen.get(&t.key).unwrap_or_else(|| panic!("{} never seen on the wire", t.key));
         assert_eq!((*packets, *bytes), (t.packets, t.bytes), "{} ({:?})", t.key, t.kind);
         assert_ne!(t.end, FlowEnd::Unfinished, "{} left unfinished by a complete run", t.key);
-        assert_eq!(t.key.ingress, ingress);
+        assert_eq!(t.key.zone, ingress);
     }
     let total: u64 = truth.iter().map(|t| t.total_packets()).sum();
     assert_eq!(total, frames.len() as u64);
@@ -265,7 +265,7 @@ fn the_project_parser_agrees_with_etherparse() {
     let mut src = SyntheticSource::new(cfg.clone()).unwrap();
     let mut n = 0;
     while let Some(p) = src.next_packet().unwrap() {
-        let info = p.parse().unwrap_or_else(|r| panic!("frame {n}: parser skipped it: {r:?}"));
+        let info = p.parse(&PortMap::unpaired()).unwrap_or_else(|r| panic!("frame {n}: parser skipped it: {r:?}"));
         let d = decode(p.data, cfg.ingress, n);
         assert_eq!((info.key, info.dir), (d.key, d.dir), "frame {n}");
         assert_eq!(info.wire_len, p.wire_len);

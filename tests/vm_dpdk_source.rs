@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use flowtable::source::dpdk::DpdkSource;
 use flowtable::source::PacketSource;
 use flowtable_hw::dpdk::{DpdkConfig, DpdkPortConfig, DpdkRuntime, FlowApi};
-use flowtable_sw::{FlowKey, LinkType};
+use flowtable_sw::{FlowKey, LinkType, PortMap};
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
@@ -77,7 +77,7 @@ fn tap_frames_come_out_as_raw_packets() {
         assert_eq!(pkt.ingress, 0);
         assert_eq!(mark, None, "no MARK rule, no mark");
         assert_eq!(pkt.mark, None);
-        if let Ok(info) = pkt.parse() {
+        if let Ok(info) = pkt.parse(&PortMap::unpaired()) {
             if info.key == want {
                 got.push(pkt.wire_len);
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowtable::source::afpacket::{AfPacketConfig, AfPacketSource};
 use flowtable::source::{PacketSource, SourceError};
-use flowtable_sw::{FlowKey, LinkType};
+use flowtable_sw::{FlowKey, LinkType, PortMap};
 use vmnet::{in_vm, sh, Pair};
 
 fn now_ns() -> u64 {
@@ -44,9 +44,9 @@ fn afpacket_delivers_every_frame_parsed_with_its_port() {
                     "timestamp {}",
                     pkt.ts_ns
                 );
-                let info = pkt.parse().expect("parses");
+                let info = pkt.parse(&PortMap::unpaired()).expect("parses");
                 let mut k = want;
-                k.ingress = 1;
+                k.zone = 1;
                 assert_eq!(info.key, k);
                 assert_eq!(info.dir, want_dir);
                 assert_eq!(info.wire_len, 14 + 20 + 8 + 200);
@@ -80,7 +80,7 @@ fn afpacket_puts_stripped_vlan_tags_back() {
     pair.send_udp((a, 4100), (b, 5100), 5, 64, Duration::from_millis(5));
     let mut tagged = 0;
     while let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() {
-        let info = pkt.parse().expect("parses");
+        let info = pkt.parse(&PortMap::unpaired()).expect("parses");
         assert_eq!(&pkt.data[12..14], &[0x81, 0x00], "802.1Q tag back in place");
         assert_eq!(info.key.vlan_outer, 100);
         assert_eq!(info.key.proto, 17);

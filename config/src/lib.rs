@@ -125,6 +125,30 @@ mod tests {
     }
 
     #[test]
+    fn inline_pairs_join_ports_by_name_and_bad_ones_name_the_field() {
+        let c = parse("p.json", r#"{"ports": [{"name": "wan"}, {"name": "lan", "pair": "wan"}, {"name": "mgmt"}]}"#)
+            .unwrap();
+        let map = c.port_map().unwrap();
+        assert_eq!((map.partner(0), map.partner(1), map.partner(2)), (Some(1), Some(0), None));
+        assert_eq!(map.ingress(1).zone, 0);
+        // Named from both sides: one pair.
+        parse("p.json", r#"{"ports": [{"name": "a", "pair": "b"}, {"name": "b", "pair": "a"}]}"#).unwrap();
+
+        let bad = |text: &str| parse("p.json", text).unwrap_err();
+        let err = bad(r#"{"ports": [{"name": "a", "pair": "c"}, {"name": "b"}]}"#);
+        assert_eq!(err.field(), Some("ports[0].pair"));
+        assert!(err.to_string().contains("no port is named \"c\"; ports: a, b"), "{err}");
+        let err = bad(r#"{"ports": [{"name": "a"}, {"name": "b", "pair": "b"}]}"#);
+        assert_eq!(err.field(), Some("ports[1].pair"));
+        assert!(err.to_string().contains("itself"), "{err}");
+        let err = bad(r#"{"ports": [{"name": "a", "pair": "b"}, {"name": "b"}, {"name": "c", "pair": "b"}]}"#);
+        assert_eq!(err.field(), Some("ports[2].pair"));
+        assert!(err.to_string().contains("\"b\" is already paired with \"a\""), "{err}");
+        let err = bad(r#"{"ports": [{"name": "a"}, {"name": "a"}]}"#);
+        assert_eq!(err.field(), Some("ports[1].name"));
+    }
+
+    #[test]
     fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
         let ok =
             parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();

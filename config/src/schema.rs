@@ -3,7 +3,8 @@
 //! silently.
 
 use flowtable_hw::{Action, PlacementPolicy};
-use flowtable_sw::{FullPolicy, TableConfig, Timeouts};
+use flowtable_sw::ports::PairError;
+use flowtable_sw::{FullPolicy, PortMap, TableConfig, Timeouts};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +47,7 @@ fn default_instance_id() -> u32 {
 }
 
 fn default_ports() -> Vec<PortConfig> {
-    vec![PortConfig { name: "port0".into() }, PortConfig { name: "port1".into() }]
+    vec![PortConfig { name: "port0".into(), pair: None }, PortConfig { name: "port1".into(), pair: None }]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +55,12 @@ fn default_ports() -> Vec<PortConfig> {
 pub struct PortConfig {
     /// Interface name (tc, AF_PACKET) or a label (sim, dpdk).
     pub name: String,
+    /// The name of the port this one is joined with in an inline pair (a
+    /// bump-in-the-wire): a conversation whose directions cross the two
+    /// ports is one flow, each direction's rule on the port it arrives on.
+    /// Naming the pair on one of its ports is enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +158,36 @@ impl TimeoutSection {
 }
 
 impl Config {
+    /// The ports' inline pairs, by index. Checked by `validate`; an error
+    /// names the `pair` field that breaks the map.
+    pub fn port_map(&self) -> Result<PortMap, Invalid> {
+        let name = |p: u8| self.ports.get(p as usize).map_or("?", |x| x.name.as_str());
+        let mut pairs = Vec::new();
+        let mut map = PortMap::unpaired();
+        for (i, port) in self.ports.iter().enumerate() {
+            let Some(other) = &port.pair else { continue };
+            let at = format!("ports[{i}].pair");
+            let j = self.ports.iter().position(|p| &p.name == other).ok_or_else(|| {
+                let names: Vec<&str> = self.ports.iter().map(|p| p.name.as_str()).collect();
+                (at.clone(), format!("no port is named {other:?}; ports: {}", names.join(", ")))
+            })?;
+            pairs.push((i as u8, j as u8));
+            map = PortMap::with_pairs(&pairs).map_err(|e| {
+                let message = match e {
+                    PairError::SelfPair(_) => format!("port {:?} can't be paired with itself", port.name),
+                    PairError::TwoPairs { port, first, second } => format!(
+                        "port {:?} is already paired with {:?}; it can't also pair with {:?}",
+                        name(port),
+                        name(first),
+                        name(second)
+                    ),
+                };
+                (at.clone(), message)
+            })?;
+        }
+        Ok(map)
+    }
+
     pub fn table_config(&self) -> TableConfig {
         TableConfig {
             max_flows: self.table.max_flows,
@@ -483,6 +520,12 @@ impl Config {
         if self.ports.is_empty() || self.ports.len() > 256 {
             return Err(("ports".into(), "give 1 to 256 ports".into()));
         }
+        for (i, port) in self.ports.iter().enumerate() {
+            if let Some(j) = self.ports[..i].iter().position(|p| p.name == port.name) {
+                return Err((format!("ports[{i}].name"), format!("{:?} is also the name of ports[{j}]", port.name)));
+            }
+        }
+        self.port_map()?;
         if self.offload.poll_interval_ms == 0 {
             return Err(("offload.poll_interval_ms".into(), "must be at least 1".into()));
         }

@@ -113,6 +113,9 @@ impl ActionKind {
 pub struct MatchFields {
     pub key: FlowKey,
     pub dir: Direction,
+    /// The port this direction's packets arrive on, where the rule goes.
+    /// For an inline pair it differs between the directions of one key.
+    pub port: u8,
 }
 
 /// Which match fields a backend can take.

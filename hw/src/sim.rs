@@ -60,6 +60,9 @@ impl SimProfile {
 #[derive(Debug, Clone, Copy)]
 struct SimRule {
     cookie: Cookie,
+    /// The port the rule sits on: a packet arriving on another port of the
+    /// same flow direction passes it by, as on a real NIC.
+    port: u8,
     action: Action,
     counters: RuleCounters,
 }
@@ -177,7 +180,12 @@ impl Backend for SimNic {
                 let at = (rule.matches.key, rule.matches.dir);
                 self.rules.insert(
                     at,
-                    SimRule { cookie: rule.cookie, action: rule.action, counters: RuleCounters::default() },
+                    SimRule {
+                        cookie: rule.cookie,
+                        port: rule.matches.port,
+                        action: rule.action,
+                        counters: RuleCounters::default(),
+                    },
                 );
                 self.by_cookie.insert(rule.cookie, at);
                 InstallOutcome::Installed {
@@ -215,7 +223,9 @@ impl Backend for SimNic {
         if self.rules.is_empty() {
             return false;
         }
-        let Some(rule) = self.rules.get_mut(&(pkt.key, pkt.dir)) else { return false };
+        let Some(rule) = self.rules.get_mut(&(pkt.key, pkt.dir)).filter(|r| r.port == pkt.port) else {
+            return false;
+        };
         let c = &mut rule.counters;
         c.packets += 1;
         c.bytes += pkt.wire_len as u64;
@@ -241,12 +251,19 @@ mod tests {
         let pdir = if dir == Direction::LoToHi { d } else { d.reverse() };
         let rule = RuleSpec {
             cookie: Cookie::new(1, sport as u64, pdir),
-            matches: MatchFields { key, dir: pdir },
+            matches: MatchFields { key, dir: pdir, port: 0 },
             action,
             policy: PlacementPolicy::Auto,
         };
-        let pkt =
-            PacketInfo { key, dir: pdir, wire_len: 100, tcp_flags: 0, fragment: Fragment::Whole, payload_offset: 0 };
+        let pkt = PacketInfo {
+            key,
+            dir: pdir,
+            port: 0,
+            wire_len: 100,
+            tcp_flags: 0,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+        };
         (rule, pkt)
     }
 
@@ -259,6 +276,9 @@ mod tests {
         let mut rev = pkt;
         rev.dir = rev.dir.reverse();
         assert!(!nic.offer(&rev), "the other direction has no rule");
+        let mut elsewhere = pkt;
+        elsewhere.port = 1;
+        assert!(!nic.offer(&elsewhere), "the rule sits on port 0 only");
         let mut out = vec![];
         nic.read_counters(&mut out).unwrap();
         assert_eq!(

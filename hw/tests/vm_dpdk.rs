@@ -88,7 +88,7 @@ fn udp_key(sport: u16, dport: u16) -> (FlowKey, Direction) {
 fn rule(flow: u64, key: FlowKey, dir: Direction, action: Action) -> RuleSpec {
     RuleSpec {
         cookie: Cookie::new(7, flow, dir),
-        matches: MatchFields { key, dir },
+        matches: MatchFields { key, dir, port: key.zone },
         action,
         policy: PlacementPolicy::Hardware,
     }
@@ -110,7 +110,7 @@ fn receive(rx: &mut RxQueue, dur: Duration) -> Vec<(FlowKey, Direction, Option<u
     while Instant::now() < end {
         match rx.next_frame() {
             Some(f) => {
-                if let Ok(p) = parse_packet(LinkType::Ethernet, f.data, f.wire_len, 0) {
+                if let Ok(p) = parse_packet(LinkType::Ethernet, f.data, f.wire_len, flowtable_sw::Ingress::port(0)) {
                     seen.push((p.key, p.dir, f.mark, p.tcp_flags));
                 }
             }

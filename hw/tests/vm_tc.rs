@@ -144,7 +144,7 @@ impl Pair {
 
     fn udp_key(&self, sport: u16, dport: u16, ingress: u8) -> (FlowKey, Direction) {
         let (mut key, dir) = FlowKey::from_v4(self.ip_a, self.ip_b, sport, dport, 17);
-        key.ingress = ingress;
+        key.zone = ingress;
         (key, dir)
     }
 }
@@ -204,7 +204,12 @@ impl Drop for Nsim {
 }
 
 fn spec(owner: u32, flow: u64, (key, dir): (FlowKey, Direction), action: Action, policy: PlacementPolicy) -> RuleSpec {
-    RuleSpec { cookie: Cookie::new(owner, flow, dir), matches: MatchFields { key, dir }, action, policy }
+    RuleSpec {
+        cookie: Cookie::new(owner, flow, dir),
+        matches: MatchFields { key, dir, port: key.zone },
+        action,
+        policy,
+    }
 }
 
 fn tcp_key(a: Ipv4Addr, b: Ipv4Addr, sport: u16, dport: u16) -> (FlowKey, Direction) {
@@ -381,9 +386,9 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
 
     // ICMP: flower can't match the echo id, so the rule covers the host pair.
     let (mut k_ab, d_ab) = FlowKey::from_v4(pair.ip_a, pair.ip_b, 0, 0, 1);
-    k_ab.ingress = 0;
+    k_ab.zone = 0;
     let mut k_ba = k_ab;
-    k_ba.ingress = 1;
+    k_ba.zone = 1;
     let icmp_ab = spec(owner, 1, (k_ab, d_ab), Action::Forward { port: 1 }, PlacementPolicy::Auto);
     let icmp_ba = spec(owner, 1, (k_ba, d_ab.reverse()), Action::Forward { port: 0 }, PlacementPolicy::Auto);
     let out = be.install(&[icmp_ab, icmp_ba]);
@@ -400,7 +405,7 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     // TCP with nc over fixed ports, both directions redirected.
     let (tk, td) = tcp_key(pair.ip_a, pair.ip_b, 40000, 7000);
     let mut tk_b = tk;
-    tk_b.ingress = 1;
+    tk_b.zone = 1;
     let tcp_ab = spec(owner, 2, (tk, td), Action::Forward { port: 1 }, PlacementPolicy::Software);
     let tcp_ba = spec(owner, 2, (tk_b, td.reverse()), Action::Forward { port: 0 }, PlacementPolicy::Software);
     let out = be.install(&[tcp_ab, tcp_ba]);
@@ -561,7 +566,7 @@ fn bad_input_gets_a_clear_error() {
     let owner = 0x1800;
     let mut be = TcBackend::open(TcConfig::new(vec![pair.host_a.clone()], owner)).unwrap();
     let (mut lite, d) = FlowKey::from_v4(pair.ip_a, pair.ip_b, 1, 2, 136);
-    lite.ingress = 0;
+    lite.zone = 0;
     let out = be.install(&[
         spec(owner, 1, (lite, d), Action::Drop, PlacementPolicy::Software),
         spec(owner, 2, pair.udp_key(1, 2, 0), Action::Forward { port: 9 }, PlacementPolicy::Software),

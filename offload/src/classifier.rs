@@ -54,13 +54,14 @@ fn in_prefixes(prefixes: &[IpNet], addr: IpAddr) -> bool {
 }
 
 impl CompiledRule {
-    fn matches(&self, key: &FlowKey, initiator: Direction) -> bool {
+    /// Whether a flow matches; `ingress` is the port its first packet came in on.
+    fn matches(&self, key: &FlowKey, initiator: Direction, ingress: u8) -> bool {
         if let Some(p) = self.proto {
             if !p.matches(key.proto) {
                 return false;
             }
         }
-        if self.vlan.is_some_and(|v| v != key.vlan_outer) || self.ingress.is_some_and(|i| i != key.ingress) {
+        if self.vlan.is_some_and(|v| v != key.vlan_outer) || self.ingress.is_some_and(|i| i != ingress) {
             return false;
         }
         let ends = key.endpoints(initiator);
@@ -157,7 +158,7 @@ impl Classifier {
             flow.class = self
                 .rules
                 .iter()
-                .position(|r| r.matches(&flow.key, flow.initiator()))
+                .position(|r| r.matches(&flow.key, flow.initiator(), flow.port(flow.initiator())))
                 .map_or(CLASS_DEFAULT, |i| i as u8 + 1);
         }
         match flow.class {

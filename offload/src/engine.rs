@@ -17,7 +17,7 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
 use flowtable_sw::pipeline::Schedule;
-use flowtable_sw::{Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, Stage, TableConfig};
+use flowtable_sw::{Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub placement: PlacementPolicy,
     pub hard_timeout_ns: u64,
     pub max_queued: usize,
+    /// Inline pairs: where a direction not seen yet will arrive.
+    pub ports: PortMap,
 }
 
 impl EngineConfig {
@@ -45,6 +47,7 @@ impl EngineConfig {
             placement: c.offload.placement,
             hard_timeout_ns: (c.offload.hard_timeout_s * 1e9) as u64,
             max_queued: c.offload.max_queued,
+            ports: c.port_map().unwrap_or_default(),
         }
     }
 }
@@ -225,6 +228,10 @@ impl Engine {
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
+    /// The ports' zones, for parsing: `parse_packet(.., ports().ingress(port))`.
+    pub fn ports(&self) -> &PortMap {
+        &self.cfg.ports
+    }
     pub fn now_ns(&self) -> u64 {
         self.now_ns
     }
@@ -329,6 +336,17 @@ impl Engine {
                 self.process(pkt, now_ns);
             }
         }
+    }
+
+    /// The port a rule for `dir` goes on: where that direction's packets
+    /// arrive. One not seen yet is expected on the inline partner of the
+    /// port the other direction uses, or, unpaired, on that same port.
+    fn rule_port(&self, flow: &Flow, dir: Direction) -> u8 {
+        if flow.port_known(dir) {
+            return flow.port(dir);
+        }
+        let other = flow.port(dir.reverse());
+        self.cfg.ports.partner(other).unwrap_or(other)
     }
 
     #[inline]
@@ -520,6 +538,12 @@ impl Engine {
         let batch: Vec<FlowId> = self.queue.drain(..take).collect();
         let mut specs = Vec::with_capacity(batch.len() * 2);
         for id in &batch {
+            for dir in DIRS {
+                let port = self.table.get(*id).map(|f| self.rule_port(f, dir));
+                if let Some(port) = port {
+                    self.table.expect_port(*id, dir, port);
+                }
+            }
             let flow = self.table.get(*id).expect("validated above");
             let action = match self.offloads[id].action {
                 // Mark 0 asks for the flow's own mark: its slot plus one.
@@ -529,7 +553,7 @@ impl Engine {
             for dir in DIRS {
                 specs.push(RuleSpec {
                     cookie: Cookie::new(self.cfg.instance_id, id.0, dir),
-                    matches: MatchFields { key: flow.key, dir },
+                    matches: MatchFields { key: flow.key, dir, port: flow.port(dir) },
                     action,
                     policy: self.cfg.placement,
                 });
@@ -778,7 +802,7 @@ impl Engine {
             dport,
             vlan: flow.key.vlan_outer,
             vlan_inner: flow.key.vlan_inner,
-            ingress: flow.key.ingress,
+            ingress: flow.port(init),
             start_ns: flow.first_ns,
             end_ns: flow.last_ns(),
             orig: DirRecord::of(flow, init),
@@ -847,7 +871,7 @@ impl Engine {
             sport,
             dport,
             vlan: flow.key.vlan_outer,
-            ingress: flow.key.ingress,
+            ingress: flow.port(init),
             stage: flow.stage(),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),

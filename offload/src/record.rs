@@ -37,6 +37,8 @@ impl EndReason {
 /// One direction's packets and bytes, split by who counted them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DirRecord {
+    /// The port this direction's first packet arrived on.
+    pub ingress: u8,
     pub packets: u64,
     pub bytes: u64,
     pub sw_packets: u64,
@@ -49,6 +51,7 @@ impl DirRecord {
     pub fn of(flow: &Flow, dir: Direction) -> DirRecord {
         let (sw, hw) = (flow.sw[dir.index()], flow.hw[dir.index()]);
         DirRecord {
+            ingress: flow.port(dir),
             packets: sw.packets + hw.packets,
             bytes: sw.bytes + hw.bytes,
             sw_packets: sw.packets,

@@ -6,7 +6,7 @@ use flowtable_hw::{Action, SimNic, SimProfile};
 use flowtable_offload::{EndReason, Engine, FlowRecord};
 use flowtable_sw::context::{FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, Stage};
+use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, PortMap, Stage};
 use std::net::Ipv4Addr;
 
 const MS: u64 = 1_000_000;
@@ -26,7 +26,7 @@ fn pkt(client: u8, cport: u16, sport: u16, proto: u8, to_server: bool, flags: u8
     } else {
         FlowKey::from_v4(s, c, sport, cport, proto)
     };
-    PacketInfo { key, dir, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+    PacketInfo { key, dir, port: 0, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
 }
 
 /// What a replay does per packet: the NIC first, then software.
@@ -423,4 +423,65 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
     assert!(a.iter().any(|r| r.end_reason == EndReason::Idle));
     assert_eq!(a.iter().map(|r| r.packets()).sum::<u64>(), 3000);
     assert_eq!(a, b);
+}
+
+/// A packet of `p`'s flow arriving on `port`, keyed by that port's zone.
+fn arriving(ports: &PortMap, mut p: PacketInfo, port: u8) -> PacketInfo {
+    let ingress = ports.ingress(port);
+    p.key.zone = ingress.zone;
+    p.port = ingress.port;
+    p
+}
+
+#[test]
+fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
+    const PAIRED: &str = r#"{
+      "ports": [{"name": "wan"}, {"name": "lan", "pair": "wan"}],
+      "classifier": {"rules": [{"name": "from-lan", "match": {"proto": "udp", "ingress": 1},
+         "trigger": {"after_packets": 3}, "result": {"offload": {"type": "pass"}}}]},
+      "offload": {"poll_interval_ms": 100}
+    }"#;
+    let (lan, wan) = (1, 0);
+    let mut e = engine(PAIRED, SimProfile::full());
+    let ports = *e.ports();
+    let out = |ports: &PortMap, port| arriving(ports, pkt(1, 5000, 53, 17, true, 0, 100), port);
+    let back = |ports: &PortMap, port| arriving(ports, pkt(1, 5000, 53, 17, false, 0, 100), port);
+    // Out through the LAN port, no reply yet: offloaded after three.
+    for i in 0..3 {
+        assert!(!feed(&mut e, &out(&ports, lan), i * MS));
+    }
+    e.poll(10 * MS);
+    let id = only_flow(&e);
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
+    assert_eq!(e.flow(id).unwrap().rules.len(), 2);
+    // Each direction's rule sits on its port; the reply's, never seen,
+    // on the LAN port's partner.
+    assert!(feed(&mut e, &out(&ports, lan), 11 * MS), "outbound on the LAN port: the NIC");
+    assert!(feed(&mut e, &back(&ports, wan), 12 * MS), "reply on the WAN port: the NIC");
+    assert!(!feed(&mut e, &back(&ports, lan), 13 * MS), "a reply on the LAN port passes the rule by");
+    assert!(!feed(&mut e, &out(&ports, wan), 14 * MS), "outbound on the WAN port passes the rule by");
+    assert!(feed(&mut e, &back(&ports, wan), 15 * MS));
+    e.poll(200 * MS);
+    assert_eq!(only_flow(&e), id, "all of it one flow");
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r.ingress, lan);
+    assert_eq!((r.orig.ingress, r.reply.ingress), (lan, wan), "where each direction came in first");
+    assert_eq!((r.orig.packets, r.reply.packets), (5, 3));
+    assert_eq!((r.orig.hw_packets, r.reply.hw_packets), (1, 2));
+
+    // Unpaired, the reply on the other port is another flow, and the
+    // classifier's `ingress` only takes flows that came in on port 1.
+    let unpaired = PAIRED.replace(r#", "pair": "wan""#, "");
+    let mut e = engine(&unpaired, SimProfile::full());
+    let ports = *e.ports();
+    for i in 0..3 {
+        feed(&mut e, &out(&ports, wan), i * MS);
+    }
+    feed(&mut e, &back(&ports, lan), 4 * MS);
+    e.poll(10 * MS);
+    assert_eq!(e.flows().count(), 2);
+    assert_eq!(e.rules_live(), 0, "no flow came in on port 1 first with three packets");
 }

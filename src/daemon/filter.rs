@@ -4,12 +4,13 @@
 //! Fields: `id`, `proto` (tcp, udp, sctp, icmp, gre, esp or a number),
 //! `port` (either side), `sport`/`dport` (initiator's/responder's), each a
 //! port or a range `a-b`; `addr` (either side), `src`/`dst`, each an
-//! address or a prefix; `vlan`, `ingress`, `stage` (tracking, software,
+//! address or a prefix; `vlan`, `ingress` (a port either direction arrives
+//! on), `stage` (tracking, software,
 //! queued, offloaded, refused), `placement` (hardware, kernel-software,
 //! mixed, none), `class` (the classifier rule's name), `label`.
 
 use flowtable_config::ProtoName;
-use flowtable_sw::{Flow, FlowId, Stage};
+use flowtable_sw::{Direction, Flow, FlowId, Stage};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -152,7 +153,7 @@ impl Filter {
                 Test::Src(n) => n.contains(&ends().src),
                 Test::Dst(n) => n.contains(&ends().dst),
                 Test::Vlan(v) => flow.key.vlan_outer == *v,
-                Test::Ingress(i) => flow.key.ingress == *i,
+                Test::Ingress(i) => [Direction::LoToHi, Direction::HiToLo].iter().any(|d| flow.port(*d) == *i),
                 Test::Stage(s) => flow.stage() == *s,
                 Test::Placement(p) => facts.placement(id, flow) == p,
                 Test::Class(c) => facts.class(flow) == Some(c.as_str()),
@@ -186,7 +187,15 @@ mod tests {
     fn terms_match_by_initiator_and_negate() {
         let mut t = FlowTable::new(TableConfig::default());
         let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::new(192, 168, 0, 9), 40000, 443, 6);
-        let p = PacketInfo { key, dir, wire_len: 60, tcp_flags: 0x02, fragment: Fragment::Whole, payload_offset: 0 };
+        let p = PacketInfo {
+            key,
+            dir,
+            port: 0,
+            wire_len: 60,
+            tcp_flags: 0x02,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+        };
         let Lookup::Inserted { id, .. } = t.lookup_or_insert(&p, 1) else { panic!() };
         t.observe(id, &p, 1, true);
         let f = t.get(id).unwrap();

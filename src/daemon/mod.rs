@@ -378,7 +378,7 @@ impl Daemon {
                     Pending {
                         due_ns: at + raw.ts_ns.saturating_sub(first_ts),
                         wire_len: raw.wire_len,
-                        parsed: raw.parse(),
+                        parsed: raw.parse(self.engine.ports()),
                         mark: raw.mark,
                     }
                 }

@@ -198,7 +198,15 @@ mod tests {
             let port = 1000 + (rng.gen::<f64>().powi(2) * 20_000.0) as u16;
             let (key, dir) = FlowKey::from_v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53, 17);
             let len = rng.gen_range(64..9000);
-            let p = PacketInfo { key, dir, wire_len: len, tcp_flags: 0, fragment: Fragment::Whole, payload_offset: 0 };
+            let p = PacketInfo {
+                key,
+                dir,
+                port: 0,
+                wire_len: len,
+                tcp_flags: 0,
+                fragment: Fragment::Whole,
+                payload_offset: 0,
+            };
             engine.process(&p, i);
         }
         let (bar, largest) = engine.table().largest_by_bytes();

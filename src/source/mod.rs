@@ -1,7 +1,7 @@
 //! Packet sources: capture files, the synthetic generator, live interfaces.
 
 use flowtable_sw::parse::parse_packet;
-use flowtable_sw::{LinkType, PacketInfo, SkipReason};
+use flowtable_sw::{LinkType, PacketInfo, PortMap, SkipReason};
 
 pub mod afpacket;
 #[cfg(feature = "dpdk")]
@@ -30,12 +30,13 @@ pub struct RawPacket<'a> {
 }
 
 impl RawPacket<'_> {
-    /// Parses the frame; a frame of an unknown link type is skipped as
+    /// Parses the frame, its flow keyed by the zone `ports` gives its
+    /// ingress port; a frame of an unknown link type is skipped as
     /// `UnsupportedLinkType`.
     #[inline]
-    pub fn parse(&self) -> Result<PacketInfo, SkipReason> {
+    pub fn parse(&self, ports: &PortMap) -> Result<PacketInfo, SkipReason> {
         match self.link {
-            Some(link) => parse_packet(link, self.data, self.wire_len, self.ingress),
+            Some(link) => parse_packet(link, self.data, self.wire_len, ports.ingress(self.ingress)),
             None => Err(SkipReason::UnsupportedLinkType),
         }
     }

@@ -15,7 +15,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         self as usize
     }
     pub fn reverse(self) -> Direction {
@@ -35,7 +35,7 @@ impl Direction {
 
 pub const FLAG_IPV6: u8 = 1;
 
-/// The canonical key of a flow: 5-tuple, VLANs and ingress port.
+/// The canonical key of a flow: 5-tuple, VLANs and ingress zone.
 ///
 /// Addresses are 16 bytes; IPv4 addresses sit in the first four bytes with
 /// the rest zero and `FLAG_IPV6` clear. The `lo` endpoint is the smaller
@@ -53,8 +53,10 @@ pub struct FlowKey {
     /// Inner VLAN id of QinQ, 0 when single-tagged or untagged.
     pub vlan_inner: u16,
     pub proto: u8,
-    /// Index of the port the flow arrived on (configured port list).
-    pub ingress: u8,
+    /// The port the flow arrived on (index in the configured port list),
+    /// or for ports joined in an inline pair the pair's lower port, so
+    /// both directions of a bump-in-the-wire are one flow (`ports.rs`).
+    pub zone: u8,
     pub flags: u8,
     _pad: u8,
 }
@@ -82,7 +84,7 @@ impl FlowKey {
         ipv6: bool,
         vlan_outer: u16,
         vlan_inner: u16,
-        ingress: u8,
+        zone: u8,
     ) -> (FlowKey, Direction) {
         let fwd = (src, sport) <= (dst, dport);
         let (addr_lo, port_lo, addr_hi, port_hi, dir) =
@@ -96,7 +98,7 @@ impl FlowKey {
                 vlan_outer,
                 vlan_inner,
                 proto,
-                ingress,
+                zone,
                 flags: if ipv6 { FLAG_IPV6 } else { 0 },
                 _pad: 0,
             },
@@ -191,8 +193,8 @@ impl fmt::Display for FlowKey {
                 write!(f, ".{}", self.vlan_inner)?;
             }
         }
-        if self.ingress != 0 {
-            write!(f, " port {}", self.ingress)?;
+        if self.zone != 0 {
+            write!(f, " port {}", self.zone)?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod packet;
 pub mod parse;
 pub mod pipeline;
+pub mod ports;
 pub mod table;
 pub mod tcp;
 pub mod timer;
@@ -16,5 +17,6 @@ pub mod wire;
 
 pub use key::{Direction, FlowKey};
 pub use packet::{Fragment, LinkType, PacketInfo, SkipCounters, SkipReason};
+pub use ports::{Ingress, PortMap};
 pub use table::{DirCounters, Flow, FlowId, FlowTable, FullPolicy, Lookup, Stage, TableConfig, Timeouts};
 pub use tcp::TcpState;

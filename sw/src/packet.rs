@@ -51,6 +51,8 @@ pub struct PacketInfo {
     /// Canonical flow key. For `Fragment::Later` the ports are zero.
     pub key: FlowKey,
     pub dir: Direction,
+    /// The port the packet arrived on; `key.zone` is its zone.
+    pub port: u8,
     /// Length on the wire (the capture's original length, not the snap).
     pub wire_len: u32,
     /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10), 0 otherwise.

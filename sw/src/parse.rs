@@ -25,6 +25,7 @@
 
 use crate::key::FlowKey;
 use crate::packet::{Fragment, LinkType, PacketInfo, SkipReason};
+use crate::ports::Ingress;
 use crate::wire::icmp::{IcmpPacket, IcmpVersion};
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::ipv6::{self, AuthHeader, Ipv6Packet};
@@ -38,9 +39,9 @@ use crate::wire::{ethernet, ethertype, ip_proto, vlan, Error};
 /// Parses one frame into the summary the flow table needs.
 ///
 /// `wire_len` is the frame's length on the wire as the capture recorded it
-/// (not the possibly shorter captured length); `ingress` is the index of the
-/// port the frame arrived on, copied into the key.
-pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: u8) -> Result<PacketInfo, SkipReason> {
+/// (not the possibly shorter captured length); `ingress` is the port the
+/// frame arrived on and its zone, which goes into the key.
+pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) -> Result<PacketInfo, SkipReason> {
     let l3 = link_layer(link, frame)?;
     let network = match l3.version {
         IpVersion::V4 => ipv4(frame, l3.offset)?,
@@ -59,11 +60,12 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: u8) ->
         l3.version == IpVersion::V6,
         l3.vlan_outer,
         l3.vlan_inner,
-        ingress,
+        ingress.zone,
     );
     Ok(PacketInfo {
         key,
         dir,
+        port: ingress.port,
         wire_len,
         tcp_flags: transport.tcp_flags,
         fragment: network.fragment,
@@ -366,17 +368,17 @@ mod tests {
     }
 
     fn parse(link: LinkType, frame: &[u8]) -> Result<PacketInfo, SkipReason> {
-        parse_packet(link, frame, frame.len() as u32, 0)
+        parse_packet(link, frame, frame.len() as u32, Ingress::port(0))
     }
 
     #[test]
     fn tcp_over_ethernet() {
         let frame = eth(0x0800, &ip4(6, A4, B4, 1, 0x4000, &tcp(40000, 443, TCP_SYN, b"hello")));
-        let info = parse_packet(LinkType::Ethernet, &frame, 1514, 3).unwrap();
+        let info = parse_packet(LinkType::Ethernet, &frame, 1514, Ingress { port: 3, zone: 2 }).unwrap();
         let e = info.key.endpoints(info.dir);
         assert_eq!((e.src, e.dst, e.sport, e.dport), (v4(A4), v4(B4), 40000, 443));
         assert_eq!(info.key.proto, 6);
-        assert_eq!(info.key.ingress, 3);
+        assert_eq!((info.port, info.key.zone), (3, 2), "the port on the packet, the zone in the key");
         assert!(!info.key.is_ipv6());
         assert_eq!((info.key.vlan_outer, info.key.vlan_inner), (0, 0));
         assert_eq!(info.wire_len, 1514);
@@ -692,15 +694,15 @@ mod tests {
     #[test]
     fn snap_cut_payload_still_parses_with_wire_length() {
         let frame = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(1, 2, &[0; 1400])));
-        let info = parse_packet(LinkType::Ethernet, &frame[..64], frame.len() as u32, 0).unwrap();
+        let info = parse_packet(LinkType::Ethernet, &frame[..64], frame.len() as u32, Ingress::port(0)).unwrap();
         assert_eq!(info.wire_len, frame.len() as u32);
         assert_eq!(info.payload_offset, 42);
     }
 
     /// Checks the invariants any successful parse must hold.
-    fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: u8) {
+    fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: Ingress) {
         assert!(usize::from(info.payload_offset) <= frame.len());
-        assert_eq!(info.key.ingress, ingress);
+        assert_eq!((info.port, info.key.zone), (ingress.port, ingress.zone));
         assert!(info.key.vlan_outer < 4096 && info.key.vlan_inner < 4096);
         if matches!(info.fragment, Fragment::Later { .. }) {
             assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
@@ -722,7 +724,7 @@ mod tests {
             info.key.is_ipv6(),
             info.key.vlan_outer,
             info.key.vlan_inner,
-            ingress,
+            ingress.zone,
         );
         assert_eq!((k, d), (info.key, info.dir));
         assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
@@ -749,8 +751,8 @@ mod tests {
                 }
             }
             for link in LINKS {
-                if let Ok(info) = parse_packet(link, &buf[..len], len as u32, 7) {
-                    check_invariants(&buf[..len], &info, 7);
+                if let Ok(info) = parse_packet(link, &buf[..len], len as u32, Ingress { port: 7, zone: 6 }) {
+                    check_invariants(&buf[..len], &info, Ingress { port: 7, zone: 6 });
                 }
             }
         }
@@ -815,10 +817,10 @@ mod tests {
                     pkt[at] = rng.gen();
                 }
                 let cut = rng.gen_range(0..=pkt.len());
-                match parse_packet(*link, &pkt[..cut], 1500, 1) {
+                match parse_packet(*link, &pkt[..cut], 1500, Ingress::port(1)) {
                     Ok(info) => {
                         ok += 1;
-                        check_invariants(&pkt[..cut], &info, 1);
+                        check_invariants(&pkt[..cut], &info, Ingress::port(1));
                     }
                     Err(reason) => {
                         seen.insert(reason);

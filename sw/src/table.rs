@@ -97,6 +97,12 @@ const FLAG_FIN_MASK: u8 = crate::tcp::FIN_BITS << FLAG_FIN_SHIFT;
 const FLAG_HAS_CONTEXT: u8 = 1 << 4;
 /// The flow is in the table's list of largest flows (see `heavy`).
 const FLAG_HEAVY: u8 = 1 << 5;
+/// Bit 6 + `Direction::index`: that direction's port is known (`ports`).
+const FLAG_PORT_SHIFT: u8 = 6;
+
+const fn port_known(dir: Direction) -> u8 {
+    1 << (FLAG_PORT_SHIFT + dir.index() as u8)
+}
 
 /// Most entries the list of largest flows holds before its bar rises.
 const HEAVY_MAX: usize = 4096;
@@ -118,6 +124,9 @@ pub struct Flow {
     flags: u8,
     /// Classifier rule that matched, plus one (0: none yet).
     pub class: u8,
+    /// The port each direction's first packet arrived on, or was expected
+    /// on when a rule for it went in first (by `Direction::index`).
+    ports: [u8; 2],
     /// Last activity, ms after `first_ns` (saturating at ~49 days).
     last_ms: u32,
     pub first_ns: u64,
@@ -138,6 +147,7 @@ impl Flow {
             stage: Stage::Free,
             flags: 0,
             class: 0,
+            ports: [0; 2],
             last_ms: 0,
             first_ns: 0,
             sw: [DirCounters::default(); 2],
@@ -151,6 +161,25 @@ impl Flow {
 
     pub fn stage(&self) -> Stage {
         self.stage
+    }
+
+    /// The port `dir`'s first packet arrived on (or a rule for it sits
+    /// on); while that is unknown, the port of the flow's first packet.
+    pub fn port(&self, dir: Direction) -> u8 {
+        self.ports[dir.index()]
+    }
+
+    /// Whether `dir`'s port is known: a packet of it was seen, or a rule
+    /// for it placed.
+    pub fn port_known(&self, dir: Direction) -> bool {
+        self.flags & port_known(dir) != 0
+    }
+
+    fn learn_port(&mut self, dir: Direction, port: u8) {
+        if !self.port_known(dir) {
+            self.ports[dir.index()] = port;
+            self.flags |= port_known(dir);
+        }
     }
 
     /// The direction of the flow's first packet.
@@ -331,7 +360,7 @@ struct FragKey {
     id: u32,
     proto: u8,
     vlan: u16,
-    ingress: u8,
+    zone: u8,
 }
 
 impl FragKey {
@@ -341,7 +370,7 @@ impl FragKey {
             Direction::LoToHi => (k.addr_lo, k.addr_hi),
             Direction::HiToLo => (k.addr_hi, k.addr_lo),
         };
-        FragKey { src, dst, id, proto: k.proto, vlan: k.vlan_outer, ingress: k.ingress }
+        FragKey { src, dst, id, proto: k.proto, vlan: k.vlan_outer, zone: k.zone }
     }
 }
 
@@ -578,8 +607,9 @@ impl FlowTable {
             generation,
             tcp: if pkt.key.proto == 6 { TcpState::first(pkt.tcp_flags) } else { TcpState::NotTcp },
             stage: Stage::Tracking,
-            flags: if pkt.dir == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 },
+            flags: (if pkt.dir == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 }) | port_known(pkt.dir),
             class: 0,
+            ports: [pkt.port; 2],
             last_ms: 0,
             first_ns: now_ns,
             sw: [DirCounters::default(); 2],
@@ -613,6 +643,7 @@ impl FlowTable {
         let heavy_bar = self.heavy_bytes;
         let Some(flow) = self.get_mut(id) else { return };
         let before = timeouts.for_flow(flow);
+        flow.learn_port(pkt.dir, pkt.port);
         if count {
             let c = &mut flow.sw[pkt.dir.index()];
             c.packets += 1;
@@ -630,6 +661,15 @@ impl FlowTable {
         }
         if heavy {
             self.add_heavy(id);
+        }
+    }
+
+    /// Where `dir`'s packets are expected while none was seen: the port a
+    /// rule for it goes on, whose counters may well be that direction's
+    /// first. A direction already seen keeps the port it was seen on.
+    pub fn expect_port(&mut self, id: FlowId, dir: Direction, port: u8) {
+        if let Some(flow) = self.get_mut(id) {
+            flow.learn_port(dir, port);
         }
     }
 
@@ -831,7 +871,7 @@ mod tests {
         } else {
             FlowKey::from_v4(b, a, sport, dport, proto)
         };
-        PacketInfo { key, dir, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+        PacketInfo { key, dir, port: 0, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
     }
 
     fn table(max: usize, policy: FullPolicy) -> FlowTable {
@@ -845,6 +885,35 @@ mod tests {
         };
         t.observe(id, p, now, true);
         id
+    }
+
+    #[test]
+    fn each_direction_keeps_the_port_it_arrives_on() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let ports = crate::PortMap::with_pairs(&[(2, 5)]).unwrap();
+        let on = |mut p: PacketInfo, port: u8| {
+            let i = ports.ingress(port);
+            p.key.zone = i.zone;
+            p.port = i.port;
+            p
+        };
+        let out = on(pkt(40000, 80, 17, 0, 60), 5);
+        let a = track(&mut t, &out, 0);
+        let f = t.get(a).unwrap();
+        let (orig, reply) = (out.dir, out.dir.reverse());
+        assert_eq!((f.port(orig), f.port(reply)), (5, 5), "an unseen direction starts on the first port");
+        assert!(f.port_known(orig) && !f.port_known(reply));
+        let b = track(&mut t, &on(pkt(80, 40000, 17, 0, 60), 2), 1000);
+        assert_eq!(a, b, "the reply on the pair's other port is the same flow");
+        let f = t.get(a).unwrap();
+        assert_eq!((f.port(orig), f.port(reply)), (5, 2));
+        assert!(f.port_known(reply));
+        assert_eq!(f.key.zone, 2);
+        track(&mut t, &on(pkt(80, 40000, 17, 0, 60), 5), 1500);
+        assert_eq!(t.get(a).unwrap().port(reply), 2, "a direction keeps the port it first came in on");
+        // Unpaired, the same 5-tuple on another port is another flow.
+        let c = track(&mut t, &on(pkt(80, 40000, 17, 0, 60), 3), 2000);
+        assert_ne!(a, c);
     }
 
     #[test]

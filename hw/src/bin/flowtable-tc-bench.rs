@@ -71,7 +71,7 @@ fn rules(n: usize) -> Vec<RuleSpec> {
             let (key, dir) = FlowKey::from_v4(src, DST, sport, 443, 6);
             RuleSpec {
                 cookie: Cookie::new(OWNER, i as u64, dir),
-                matches: MatchFields { key, dir },
+                matches: MatchFields { key, dir, port: key.zone },
                 action: Action::Drop,
                 policy: PlacementPolicy::Software,
             }

@@ -350,11 +350,11 @@ impl DpdkBackend {
 
     /// Picks the best plan the PMD takes for one rule and validates it.
     fn prepare(&mut self, spec: &RuleSpec) -> Result<(PortInfo, FlowPattern, FlowActions), Refusal> {
-        let port = self.rt.port(spec.matches.key.ingress).cloned().ok_or_else(|| Refusal {
+        let port = self.rt.port(spec.matches.port).cloned().ok_or_else(|| Refusal {
             kind: RefusalKind::Driver,
             message: format!(
                 "ingress port {} is not one of the {} configured dpdk ports",
-                spec.matches.key.ingress,
+                spec.matches.port,
                 self.rt.ports.len()
             ),
         })?;

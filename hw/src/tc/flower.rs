@@ -336,7 +336,7 @@ mod tests {
 
     fn udp_fields(dir: Direction) -> MatchFields {
         let (key, _) = FlowKey::from_v4(Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2), 5000, 6000, 17);
-        MatchFields { key, dir }
+        MatchFields { key, dir, port: key.zone }
     }
 
     #[test]
@@ -373,7 +373,7 @@ mod tests {
         let a: Ipv6Addr = "fd00::1".parse().unwrap();
         let b: Ipv6Addr = "fd00::2".parse().unwrap();
         let (key, dir) = FlowKey::canonical(a.octets(), b.octets(), 1, 2, 6, true, 100, 200, 0);
-        let m = FlowerMatch::from_fields(&MatchFields { key, dir }).unwrap();
+        let m = FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).unwrap();
         assert_eq!((m.protocol, m.vlan, m.cvlan), (ETH_P_8021AD, Some(100), Some(200)));
         let mut buf = Vec::new();
         m.emit_keys(&mut AttrWriter::new(&mut buf));
@@ -387,11 +387,11 @@ mod tests {
     #[test]
     fn refuses_what_flower_cannot_match() {
         let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), 1, 2, 136);
-        let r = FlowerMatch::from_fields(&MatchFields { key, dir }).unwrap_err();
+        let r = FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).unwrap_err();
         assert_eq!(r.kind, RefusalKind::UnsupportedMatch);
         assert!(r.message.contains("udplite"), "{r}");
         let (key, dir) = FlowKey::canonical([1; 16], [2; 16], 0, 0, 6, false, 0, 5, 0);
-        assert!(FlowerMatch::from_fields(&MatchFields { key, dir }).is_err());
+        assert!(FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).is_err());
     }
 
     #[test]

@@ -514,7 +514,7 @@ impl TcBackend {
                 ),
             });
         }
-        let port = r.matches.key.ingress;
+        let port = r.matches.port;
         self.port_ifindex(port, "ingress")?;
         let m = FlowerMatch::from_fields(&r.matches)?;
         self.action_reprs(&r.action)?;
@@ -535,7 +535,7 @@ impl TcBackend {
     }
 
     fn attempt(&mut self, idx: usize, r: &RuleSpec, m: &FlowerMatch, flags: u32) -> Attempt {
-        let port = r.matches.key.ingress;
+        let port = r.matches.port;
         let prio = self.prio_for(m.protocol);
         let handle = self.ports[port as usize].take_handle();
         let ifindex = self.ports[port as usize].info.ifindex;
