@@ -3,12 +3,53 @@
 
 mod vmnet;
 
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowtable::source::afpacket::{AfPacketConfig, AfPacketSource};
 use flowtable::source::{PacketSource, SourceError};
 use flowtable_sw::{FlowKey, LinkType, PortMap};
-use vmnet::{in_vm, sh, Pair};
+use vmnet::{enter_netns, in_vm, sh, Pair};
+
+/// Starts `flowtable run` with `config` written into `dir`, its log in
+/// `dir/daemon.log`; returns once its control socket is up.
+fn start_daemon(dir: &Path, config: &str, socket: &Path) -> Child {
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, config).unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_flowtable"))
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "daemon exited:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "daemon never opened its socket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon
+}
+
+/// SIGTERM, and a clean exit.
+fn stop_daemon(mut daemon: Child, dir: &Path) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+}
+
+/// The flow records written so far to `records`.
+fn records_in(records: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(records).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -159,25 +200,7 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
         rec = records.display(),
         sock = socket.display()
     );
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, config).unwrap();
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_flowtable"))
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            daemon.try_wait().unwrap().is_none(),
-            "daemon exited:\n{}",
-            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
-        );
-        assert!(start.elapsed() < Duration::from_secs(60), "daemon never opened its socket");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let daemon = start_daemon(dir, &config, &socket);
 
     let blocked = pair.udp_counted((5200, 6200), 30, 100, Duration::from_millis(50));
     let allowed = pair.udp_counted((5300, 6300), 10, 100, Duration::from_millis(20));
@@ -186,13 +209,7 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
     assert!((1..30).contains(&blocked), "the first packets pass, the rule drops the rest: {blocked}");
 
     // Aging: the UDP timeout is 2 s, counters are read every 200 ms.
-    let find = |port: u16| -> Option<serde_json::Value> {
-        std::fs::read_to_string(&records)
-            .ok()?
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|r| r["dport"] == port)
-    };
+    let find = |port: u16| records_in(&records).into_iter().find(|r| r["dport"] == port);
     let start = Instant::now();
     let rec = loop {
         if let Some(r) = find(6200) {
@@ -214,10 +231,7 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
     assert_eq!(show.matches(" handle ").count(), 1, "the aged flow's rules are gone:\n{show}");
 
     // SIGTERM: the daemon ends what is left and leaves nothing of ours behind.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let status = daemon.wait().unwrap();
-    assert!(status.success(), "{status}: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    stop_daemon(daemon, dir);
     let soft = find(6300).expect("record of the software flow");
     assert_eq!(soft["orig"]["packets"], 10);
     assert!(soft.get("offload").is_none() || soft["offload"].is_null());
@@ -225,5 +239,146 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
         let show = sh(&format!("tc filter show dev {dev} ingress"));
         assert_eq!(show.matches(" handle ").count(), 1, "only the foreign filter stays on {dev}:\n{show}");
         assert!(show.contains("mirred"));
+    }
+}
+
+/// A bump-in-the-wire: two ports forwarding to each other, joined in an
+/// inline pair. A UDP conversation crossing them (requests in on the first,
+/// replies in on the second) is one flow; once classified, its two rules
+/// sit on the two devices, each dropping and counting its own direction,
+/// and the record gives each direction its port and exact counts.
+#[test]
+fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
+    if !in_vm("daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port") {
+        return;
+    }
+    let pair = Pair::new("ip", 45);
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!("tc qdisc add dev {from} clsact"));
+        sh(&format!(
+            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+        ));
+    }
+    let dir = Path::new("/tmp/ft-pair");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let (records, socket) = (dir.join("records.jsonl"), dir.join("ft.sock"));
+    let config = format!(
+        r#"{{
+  "instance_id": 3635,
+  "ports": [{{ "name": "{a}" }}, {{ "name": "{b}", "pair": "{a}" }}],
+  "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
+  "classifier": {{
+    "rules": [{{ "name": "cut", "match": {{ "proto": "udp", "server_ports": [6400] }},
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "drop" }} }} }}],
+    "default": "software"
+  }},
+  "offload": {{ "poll_interval_ms": 100, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{rec}" }},
+  "control": {{ "socket": "{sock}" }}
+}}"#,
+        a = pair.host_a,
+        b = pair.host_b,
+        rec = records.display(),
+        sock = socket.display()
+    );
+    let daemon = start_daemon(dir, &config, &socket);
+
+    // B echoes every datagram to 6400 back to its sender.
+    let (ns_b, ip_b) = (pair.ns_b.clone(), pair.ip_b);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = std::thread::spawn(move || {
+        enter_netns(&ns_b);
+        let s = UdpSocket::bind((ip_b, 6400)).expect("bind echo");
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        ready_tx.send(s.try_clone().unwrap()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut echoed = 0;
+        let quiet_since = Instant::now();
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    s.send_to(&buf[..n], from).unwrap();
+                    echoed += 1;
+                }
+                Err(_) if quiet_since.elapsed() > Duration::from_secs(20) => return echoed,
+                Err(_) => {}
+            }
+            if std::fs::metadata("/tmp/ft-pair/stop-echo").is_ok() {
+                return echoed;
+            }
+        }
+    });
+    let b_socket = ready_rx.recv().unwrap();
+    // A's side: three requests, each answered, are six packets of one flow.
+    let (ns_a, ip_a) = (pair.ns_a.clone(), pair.ip_a);
+    let ask = move |count: usize| -> usize {
+        let ns_a = ns_a.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns_a);
+            let s = UdpSocket::bind((ip_a, 5400)).expect("bind client");
+            s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+            let mut answered = 0;
+            for _ in 0..count {
+                s.send_to(&[0x42; 100], (ip_b, 6400)).unwrap();
+                let mut buf = [0u8; 2048];
+                if s.recv(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(ask(3), 3, "the inline pair forwards both ways before any rule");
+
+    // Offloaded at the next poll: a rule of ours on each device.
+    let ours = |dev: &str| sh(&format!("tc filter show dev {dev} ingress")).matches(" handle ").count() - 1;
+    let start = Instant::now();
+    while ours(&pair.host_a) + ours(&pair.host_b) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the flow's rules never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!((ours(&pair.host_a), ours(&pair.host_b)), (1, 1), "one rule per direction, each on its own port");
+
+    // Requests now die on A's port; packets of the reply direction, sent
+    // from B's echo socket, die on B's.
+    assert_eq!(ask(5), 0, "requests are dropped on the first port");
+    let ns_a = pair.ns_a.clone();
+    let listener = std::thread::spawn(move || {
+        enter_netns(&ns_a);
+        let s = UdpSocket::bind((ip_a, 5400)).expect("bind listener");
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 2048];
+        while s.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..4 {
+        b_socket.send_to(&[0x24; 60], (ip_a, 5400)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(listener.join().unwrap(), 0, "the reply direction is dropped on the second port");
+    std::fs::write(dir.join("stop-echo"), b"").unwrap();
+    assert_eq!(echo.join().unwrap(), 3);
+
+    stop_daemon(daemon, dir);
+    let recs: Vec<_> = records_in(&records).into_iter().filter(|r| r["dport"] == 6400 || r["sport"] == 6400).collect();
+    assert_eq!(recs.len(), 1, "one flow for the whole conversation: {recs:#?}");
+    let r = &recs[0];
+    println!("{r}");
+    assert_eq!((r["sport"].as_u64(), r["dport"].as_u64()), (Some(5400), Some(6400)));
+    assert_eq!((&r["orig"]["ingress"], &r["reply"]["ingress"]), (&0.into(), &1.into()));
+    assert_eq!(r["orig"]["packets"], 8, "3 answered and 5 dropped requests");
+    assert_eq!(r["orig"]["hw_packets"], 5, "the first port's rule counted the dropped requests");
+    assert_eq!(r["reply"]["packets"], 7, "3 answers and 4 dropped packets");
+    assert_eq!(r["reply"]["hw_packets"], 4, "the second port's rule counted the dropped replies");
+    for dev in [&pair.host_a, &pair.host_b] {
+        assert_eq!(ours(dev), 0, "no rule of ours left on {dev}");
     }
 }
