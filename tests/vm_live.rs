@@ -242,79 +242,79 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
     }
 }
 
-/// A bump-in-the-wire: two ports forwarding to each other, joined in an
-/// inline pair. A UDP conversation crossing them (requests in on the first,
-/// replies in on the second) is one flow; once classified, its two rules
-/// sit on the two devices, each dropping and counting its own direction,
-/// and the record gives each direction its port and exact counts.
-#[test]
-fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
-    if !in_vm("daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port") {
-        return;
-    }
-    let pair = Pair::new("ip", 45);
-    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
-        sh(&format!("tc qdisc add dev {from} clsact"));
-        sh(&format!(
-            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
-        ));
-    }
-    let dir = Path::new("/tmp/ft-pair");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let (records, socket) = (dir.join("records.jsonl"), dir.join("ft.sock"));
-    let config = format!(
-        r#"{{
+/// Namespaces A and B behind two host ports that forward to each other
+/// (a bump-in-the-wire made of tc mirred filters), the daemon capturing on
+/// both, joined in an inline pair, with one classifier rule for UDP to
+/// 6400 that offloads `action` after six packets; and in B an echo server
+/// on 6400.
+struct InlinePair {
+    pair: Pair,
+    dir: &'static Path,
+    daemon: Option<Child>,
+    echo: Option<std::thread::JoinHandle<usize>>,
+    /// B's echo socket, to send packets of the reply direction.
+    b_socket: UdpSocket,
+}
+
+impl InlinePair {
+    fn start(tag: &str, subnet: u8, dir: &'static Path, action: &str) -> InlinePair {
+        let pair = Pair::new(tag, subnet);
+        for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+            sh(&format!("tc qdisc add dev {from} clsact"));
+            sh(&format!(
+                "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+            ));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let config = format!(
+            r#"{{
   "instance_id": 3635,
   "ports": [{{ "name": "{a}" }}, {{ "name": "{b}", "pair": "{a}" }}],
   "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
   "classifier": {{
     "rules": [{{ "name": "cut", "match": {{ "proto": "udp", "server_ports": [6400] }},
-                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "drop" }} }} }}],
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {action} }} }}],
     "default": "software"
   }},
   "offload": {{ "poll_interval_ms": 100, "placement": "auto" }},
   "backend": {{ "kind": "tc" }},
-  "records": {{ "path": "{rec}" }},
-  "control": {{ "socket": "{sock}" }}
+  "records": {{ "path": "{dir}/records.jsonl" }},
+  "control": {{ "socket": "{dir}/ft.sock" }}
 }}"#,
-        a = pair.host_a,
-        b = pair.host_b,
-        rec = records.display(),
-        sock = socket.display()
-    );
-    let daemon = start_daemon(dir, &config, &socket);
+            a = pair.host_a,
+            b = pair.host_b,
+            dir = dir.display(),
+        );
+        let daemon = start_daemon(dir, &config, &dir.join("ft.sock"));
 
-    // B echoes every datagram to 6400 back to its sender.
-    let (ns_b, ip_b) = (pair.ns_b.clone(), pair.ip_b);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let echo = std::thread::spawn(move || {
-        enter_netns(&ns_b);
-        let s = UdpSocket::bind((ip_b, 6400)).expect("bind echo");
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        ready_tx.send(s.try_clone().unwrap()).unwrap();
-        let mut buf = [0u8; 2048];
-        let mut echoed = 0;
-        let quiet_since = Instant::now();
-        loop {
-            match s.recv_from(&mut buf) {
-                Ok((n, from)) => {
+        let (ns_b, ip_b) = (pair.ns_b.clone(), pair.ip_b);
+        let stop = dir.join("stop-echo");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let echo = std::thread::spawn(move || {
+            enter_netns(&ns_b);
+            let s = UdpSocket::bind((ip_b, 6400)).expect("bind echo");
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            ready_tx.send(s.try_clone().unwrap()).unwrap();
+            let mut buf = [0u8; 2048];
+            let mut echoed = 0;
+            let started = Instant::now();
+            while !stop.exists() && started.elapsed() < Duration::from_secs(60) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
                     s.send_to(&buf[..n], from).unwrap();
                     echoed += 1;
                 }
-                Err(_) if quiet_since.elapsed() > Duration::from_secs(20) => return echoed,
-                Err(_) => {}
             }
-            if std::fs::metadata("/tmp/ft-pair/stop-echo").is_ok() {
-                return echoed;
-            }
-        }
-    });
-    let b_socket = ready_rx.recv().unwrap();
-    // A's side: three requests, each answered, are six packets of one flow.
-    let (ns_a, ip_a) = (pair.ns_a.clone(), pair.ip_a);
-    let ask = move |count: usize| -> usize {
-        let ns_a = ns_a.clone();
+            echoed
+        });
+        let b_socket = ready_rx.recv().unwrap();
+        InlinePair { pair, dir, daemon: Some(daemon), echo: Some(echo), b_socket }
+    }
+
+    /// Sends `count` requests from A's 5400 to B's echo, each waiting for
+    /// its answer; returns how many were answered.
+    fn ask(&self, count: usize) -> usize {
+        let (ns_a, ip_a, ip_b) = (self.pair.ns_a.clone(), self.pair.ip_a, self.pair.ip_b);
         std::thread::spawn(move || {
             enter_netns(&ns_a);
             let s = UdpSocket::bind((ip_a, 5400)).expect("bind client");
@@ -331,22 +331,72 @@ fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
         })
         .join()
         .unwrap()
-    };
-    assert_eq!(ask(3), 3, "the inline pair forwards both ways before any rule");
-
-    // Offloaded at the next poll: a rule of ours on each device.
-    let ours = |dev: &str| sh(&format!("tc filter show dev {dev} ingress")).matches(" handle ").count() - 1;
-    let start = Instant::now();
-    while ours(&pair.host_a) + ours(&pair.host_b) < 2 {
-        assert!(start.elapsed() < Duration::from_secs(20), "the flow's rules never appeared");
-        std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!((ours(&pair.host_a), ours(&pair.host_b)), (1, 1), "one rule per direction, each on its own port");
+
+    /// Filters of the daemon's on `dev`: all but the pair's forwarding one.
+    fn ours(&self, dev: &str) -> usize {
+        sh(&format!("tc filter show dev {dev} ingress"))
+            .lines()
+            .filter(|l| l.contains(" handle ") && !l.contains(" pref 61000 "))
+            .count()
+    }
+
+    /// Waits for the flow's two rules, one on each port.
+    fn wait_for_rules(&self) {
+        let (a, b) = (&self.pair.host_a, &self.pair.host_b);
+        let start = Instant::now();
+        while self.ours(a) + self.ours(b) < 2 {
+            if start.elapsed() > Duration::from_secs(20) {
+                let flows = Command::new(env!("CARGO_BIN_EXE_flowtable"))
+                    .args(["flows", "--socket"])
+                    .arg(self.dir.join("ft.sock"))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                panic!(
+                    "the flow's rules never appeared; flows: {flows:?}\nlog:\n{}",
+                    std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!((self.ours(a), self.ours(b)), (1, 1), "one rule per direction, each on its own port");
+    }
+
+    /// Stops echo and daemon; returns how many requests B echoed and the
+    /// records of the conversation.
+    fn finish(&mut self) -> (usize, Vec<serde_json::Value>) {
+        std::fs::write(self.dir.join("stop-echo"), b"").unwrap();
+        let echoed = self.echo.take().unwrap().join().unwrap();
+        stop_daemon(self.daemon.take().unwrap(), self.dir);
+        let recs = records_in(&self.dir.join("records.jsonl"))
+            .into_iter()
+            .filter(|r| r["dport"] == 6400 || r["sport"] == 6400)
+            .collect();
+        for dev in [&self.pair.host_a, &self.pair.host_b] {
+            assert_eq!(self.ours(dev), 0, "no rule of ours left on {dev}");
+        }
+        (echoed, recs)
+    }
+}
+
+/// A bump-in-the-wire joined in an inline pair: a UDP conversation
+/// crossing it (requests in on the first port, replies in on the second)
+/// is one flow; once classified, its two rules sit on the two devices,
+/// each dropping and counting its own direction, and the record gives each
+/// direction its port and exact counts.
+#[test]
+fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
+    if !in_vm("daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port") {
+        return;
+    }
+    let mut t = InlinePair::start("ip", 45, Path::new("/tmp/ft-pair"), r#"{ "type": "drop" }"#);
+    assert_eq!(t.ask(3), 3, "the inline pair forwards both ways before any rule");
+    t.wait_for_rules();
 
     // Requests now die on A's port; packets of the reply direction, sent
     // from B's echo socket, die on B's.
-    assert_eq!(ask(5), 0, "requests are dropped on the first port");
-    let ns_a = pair.ns_a.clone();
+    assert_eq!(t.ask(5), 0, "requests are dropped on the first port");
+    let (ns_a, ip_a) = (t.pair.ns_a.clone(), t.pair.ip_a);
     let listener = std::thread::spawn(move || {
         enter_netns(&ns_a);
         let s = UdpSocket::bind((ip_a, 5400)).expect("bind listener");
@@ -360,15 +410,13 @@ fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
     });
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..4 {
-        b_socket.send_to(&[0x24; 60], (ip_a, 5400)).unwrap();
+        t.b_socket.send_to(&[0x24; 60], (ip_a, 5400)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(listener.join().unwrap(), 0, "the reply direction is dropped on the second port");
-    std::fs::write(dir.join("stop-echo"), b"").unwrap();
-    assert_eq!(echo.join().unwrap(), 3);
 
-    stop_daemon(daemon, dir);
-    let recs: Vec<_> = records_in(&records).into_iter().filter(|r| r["dport"] == 6400 || r["sport"] == 6400).collect();
+    let (echoed, recs) = t.finish();
+    assert_eq!(echoed, 3);
     assert_eq!(recs.len(), 1, "one flow for the whole conversation: {recs:#?}");
     let r = &recs[0];
     println!("{r}");
@@ -378,7 +426,30 @@ fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
     assert_eq!(r["orig"]["hw_packets"], 5, "the first port's rule counted the dropped requests");
     assert_eq!(r["reply"]["packets"], 7, "3 answers and 4 dropped packets");
     assert_eq!(r["reply"]["hw_packets"], 4, "the second port's rule counted the dropped replies");
-    for dev in [&pair.host_a, &pair.host_b] {
-        assert_eq!(ours(dev), 0, "no rule of ours left on {dev}");
+}
+
+/// `pass` on an inline pair: each direction's rule sends its packets on to
+/// the other port itself, so the conversation keeps flowing after the
+/// pair's own forwarding filters are gone, every packet counted by the
+/// rules.
+#[test]
+fn pass_on_an_inline_pair_carries_the_conversation_port_to_port() {
+    if !in_vm("pass_on_an_inline_pair_carries_the_conversation_port_to_port") {
+        return;
     }
+    let mut t = InlinePair::start("iq", 46, Path::new("/tmp/ft-pass"), r#"{ "type": "pass" }"#);
+    assert_eq!(t.ask(3), 3);
+    t.wait_for_rules();
+    for dev in [&t.pair.host_a, &t.pair.host_b] {
+        sh(&format!("tc filter del dev {dev} ingress prio 61000"));
+    }
+    assert_eq!(t.ask(5), 5, "answered through the flow's own rules");
+    let (echoed, recs) = t.finish();
+    assert_eq!(echoed, 8);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    let r = &recs[0];
+    println!("{r}");
+    assert_eq!(r["offload"]["action"]["type"], "pass");
+    assert_eq!((&r["orig"]["packets"], &r["reply"]["packets"]), (&8.into(), &8.into()));
+    assert_eq!((&r["orig"]["hw_packets"], &r["reply"]["hw_packets"]), (&5.into(), &5.into()));
 }

@@ -76,7 +76,11 @@ pub enum Action {
     Mirror { port: u8 },
     /// Tag packets with a mark and deliver them to software (partial offload).
     Mark { mark: u32 },
-    /// Let packets pass, only counting them (bypass: Suricata-style).
+    /// Let packets go on as they would have, only counting them: the
+    /// bypass of an inline IPS. On a port of an inline pair the engine
+    /// makes it a forward to the partner port; elsewhere the backend lets
+    /// the packet continue (tc: to the host; DPDK: to the port's peer, or
+    /// dropped on a monitoring port, where not delivering it is the bypass).
     Pass,
 }
 

@@ -338,6 +338,18 @@ impl Engine {
         }
     }
 
+    /// What the rule on `port` for one direction of flow `id` does: `pass`
+    /// on a port of an inline pair goes on to the partner port in hardware,
+    /// as the pair would have carried it; `mark: 0` marks packets with the
+    /// flow's slot plus one, so software finds the flow without hashing.
+    fn rule_action(&self, action: Action, id: FlowId, port: u8) -> Action {
+        match action {
+            Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
+            Action::Pass => self.cfg.ports.partner(port).map_or(Action::Pass, |to| Action::Forward { port: to }),
+            a => a,
+        }
+    }
+
     /// The port a rule for `dir` goes on: where that direction's packets
     /// arrive. One not seen yet is expected on the inline partner of the
     /// port the other direction uses, or, unpaired, on that same port.
@@ -445,10 +457,11 @@ impl Engine {
     fn enqueue(&mut self, id: FlowId, action: Action) {
         let Some(flow) = self.table.get(id) else { return };
         // What the backend says it can't do is refused here, without a call.
-        let unsupported = if !self.caps.supports_action(&action) {
+        let rule_actions = DIRS.map(|dir| self.rule_action(action, id, self.rule_port(flow, dir)));
+        let unsupported = if let Some(a) = rule_actions.iter().find(|a| !self.caps.supports_action(a)) {
             Some(Refusal {
                 kind: RefusalKind::UnsupportedAction,
-                message: format!("{} does not support action {:?}", self.backend.name(), action.kind()),
+                message: format!("{} does not support action {:?}", self.backend.name(), a.kind()),
             })
         } else {
             self.caps.matches.check(&flow.key).err().map(|m| Refusal {
@@ -545,16 +558,12 @@ impl Engine {
                 }
             }
             let flow = self.table.get(*id).expect("validated above");
-            let action = match self.offloads[id].action {
-                // Mark 0 asks for the flow's own mark: its slot plus one.
-                Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
-                a => a,
-            };
             for dir in DIRS {
+                let port = flow.port(dir);
                 specs.push(RuleSpec {
                     cookie: Cookie::new(self.cfg.instance_id, id.0, dir),
-                    matches: MatchFields { key: flow.key, dir, port: flow.port(dir) },
-                    action,
+                    matches: MatchFields { key: flow.key, dir, port },
+                    action: self.rule_action(self.offloads[id].action, *id, port),
                     policy: self.cfg.placement,
                 });
             }

@@ -2,7 +2,10 @@
 //! limits, refusals and records.
 
 use flowtable_config::parse;
-use flowtable_hw::{Action, SimNic, SimProfile};
+use flowtable_hw::{
+    Action, ActionKind, Backend, BackendError, Capabilities, Cookie, InstallOutcome, RuleCounters, RuleSpec, SimNic,
+    SimProfile,
+};
 use flowtable_offload::{EndReason, Engine, FlowRecord};
 use flowtable_sw::context::{FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -484,4 +487,90 @@ fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
     e.poll(10 * MS);
     assert_eq!(e.flows().count(), 2);
     assert_eq!(e.rules_live(), 0, "no flow came in on port 1 first with three packets");
+}
+
+/// The sim NIC, keeping a copy of every rule it is asked to install.
+struct Recording {
+    nic: SimNic,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<RuleSpec>>>,
+}
+
+impl Backend for Recording {
+    fn name(&self) -> &str {
+        self.nic.name()
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.nic.capabilities()
+    }
+    fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
+        self.asked.lock().unwrap().extend_from_slice(rules);
+        self.nic.install(rules)
+    }
+    fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
+        self.nic.remove(cookies)
+    }
+    fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
+        self.nic.read_counters(out)
+    }
+    fn set_clock(&mut self, now_ns: u64) {
+        self.nic.set_clock(now_ns)
+    }
+    fn offer(&mut self, pkt: &PacketInfo) -> bool {
+        self.nic.offer(pkt)
+    }
+}
+
+#[test]
+fn pass_on_an_inline_pair_forwards_each_direction_to_the_other_port() {
+    const PAIRED: &str = r#"{
+      "ports": [{"name": "wan"}, {"name": "lan", "pair": "wan"}, {"name": "tap"}],
+      "classifier": {"rules": [{"name": "bypass", "match": {"proto": "udp"},
+         "trigger": {"after_packets": 2}, "result": {"offload": {"type": "pass"}}}]},
+      "offload": {"poll_interval_ms": 100}
+    }"#;
+    let recording = |profile: SimProfile| {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = parse("test.json", PAIRED).unwrap();
+        let backend = Recording { nic: SimNic::new(profile), asked: asked.clone() };
+        (Engine::from_config(&c, Box::new(backend)).unwrap(), asked)
+    };
+    let (mut e, asked) = recording(SimProfile::full());
+    let ports = *e.ports();
+    let (lan, wan, tap) = (1, 0, 2);
+    feed(&mut e, &arriving(&ports, pkt(1, 5000, 53, 17, true, 0, 100), lan), 0);
+    feed(&mut e, &arriving(&ports, pkt(1, 5000, 53, 17, false, 0, 100), wan), MS);
+    feed(&mut e, &arriving(&ports, pkt(2, 5000, 53, 17, true, 0, 100), tap), 2 * MS);
+    feed(&mut e, &arriving(&ports, pkt(2, 5000, 53, 17, true, 0, 100), tap), 3 * MS);
+    e.poll(10 * MS);
+    assert_eq!(e.rules_live(), 4);
+    let mut rules: Vec<(u8, Action)> = asked.lock().unwrap().iter().map(|r| (r.matches.port, r.action)).collect();
+    rules.sort_by_key(|r| r.0);
+    assert_eq!(
+        rules,
+        vec![
+            (wan, Action::Forward { port: lan }),
+            (lan, Action::Forward { port: wan }),
+            (tap, Action::Pass),
+            (tap, Action::Pass),
+        ],
+        "pass on the pair crosses to the other port; on the tap port it stays pass"
+    );
+    let view = e.flows().find(|(_, f)| f.port(f.initiator()) == lan).map(|(id, _)| e.flow(id).unwrap()).unwrap();
+    assert_eq!(view.offload.unwrap().action, Action::Pass, "the flow keeps the action it was given");
+
+    // A NIC that can't forward refuses pass on the pair up front, not on the tap port.
+    let mut profile = SimProfile::full();
+    profile.capabilities.actions.retain(|k| *k != ActionKind::Forward);
+    let (mut e, asked) = recording(profile);
+    feed(&mut e, &arriving(&ports, pkt(1, 5000, 53, 17, true, 0, 100), lan), 0);
+    feed(&mut e, &arriving(&ports, pkt(1, 5000, 53, 17, true, 0, 100), lan), MS);
+    feed(&mut e, &arriving(&ports, pkt(2, 5000, 53, 17, true, 0, 100), tap), 2 * MS);
+    feed(&mut e, &arriving(&ports, pkt(2, 5000, 53, 17, true, 0, 100), tap), 3 * MS);
+    e.poll(10 * MS);
+    assert_eq!(e.rules_live(), 2, "only the tap port's flow went in");
+    assert!(asked.lock().unwrap().iter().all(|r| r.matches.port == tap), "the NIC was never asked for the pair's");
+    let refused: Vec<_> = e.flows().filter(|(_, f)| f.stage() == Stage::Refused).map(|(id, _)| id).collect();
+    assert_eq!(refused.len(), 1);
+    let why = e.flow(refused[0]).unwrap().offload.unwrap().refusal.unwrap().message;
+    assert!(why.contains("Forward"), "{why}");
 }

@@ -195,6 +195,23 @@ impl Flow {
         self.first_ns + self.last_ms as u64 * 1_000_000
     }
 
+    /// A packet captured at `ts_ns`, before the flow's first, but handled
+    /// after it: captures of two ports are read in turn, not merged by
+    /// time, so a reply can reach the table before its request. The flow
+    /// starts at it, and a packet going the other way makes its direction
+    /// the initiator's, as long as no TCP state depends on who that is.
+    fn start_earlier(&mut self, dir: Direction, ts_ns: u64) {
+        let last = self.last_ns();
+        if dir != self.initiator()
+            && self.flags & FLAG_FIN_MASK == 0
+            && matches!(self.tcp, TcpState::NotTcp | TcpState::Midstream)
+        {
+            self.flags ^= FLAG_INITIATOR_HI;
+        }
+        self.first_ns = ts_ns;
+        self.last_ms = u32::try_from((last - ts_ns) / 1_000_000).unwrap_or(u32::MAX);
+    }
+
     /// Marks activity at `now_ns` (never moves backwards).
     pub fn touch(&mut self, now_ns: u64) {
         let ms = now_ns.saturating_sub(self.first_ns) / 1_000_000;
@@ -644,6 +661,9 @@ impl FlowTable {
         let Some(flow) = self.get_mut(id) else { return };
         let before = timeouts.for_flow(flow);
         flow.learn_port(pkt.dir, pkt.port);
+        if now_ns < flow.first_ns {
+            flow.start_earlier(pkt.dir, now_ns);
+        }
         if count {
             let c = &mut flow.sw[pkt.dir.index()];
             c.packets += 1;
@@ -914,6 +934,32 @@ mod tests {
         // Unpaired, the same 5-tuple on another port is another flow.
         let c = track(&mut t, &on(pkt(80, 40000, 17, 0, 60), 3), 2000);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_reply_captured_before_its_request_but_handled_after_makes_the_initiator() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let ms = 1_000_000;
+        let request = pkt(40000, 53, 17, 0, 80);
+        let a = track(&mut t, &request, 100 * ms);
+        let f = t.get(a).unwrap();
+        assert_eq!(f.initiator(), request.dir);
+        let reply = pkt(53, 40000, 17, 0, 120);
+        track(&mut t, &reply, 97 * ms);
+        let f = t.get(a).unwrap();
+        assert_eq!(f.initiator(), reply.dir, "the earliest packet's direction starts the flow");
+        assert_eq!((f.first_ns, f.last_ns()), (97 * ms, 100 * ms));
+        // Once later packets come in order nothing moves.
+        track(&mut t, &request, 150 * ms);
+        let f = t.get(a).unwrap();
+        assert_eq!((f.initiator(), f.first_ns, f.last_ns()), (reply.dir, 97 * ms, 150 * ms));
+
+        // TCP past its first packet keeps its initiator: its state says who is who.
+        let syn = pkt(40001, 80, 6, TCP_SYN, 60);
+        let b = track(&mut t, &syn, 200 * ms);
+        track(&mut t, &pkt(80, 40001, 6, TCP_SYN | TCP_ACK, 60), 199 * ms);
+        let f = t.get(b).unwrap();
+        assert_eq!((f.initiator(), f.first_ns), (syn.dir, 199 * ms));
     }
 
     #[test]
