@@ -45,6 +45,11 @@ pub struct TableBench {
     /// Lookup rounds; the lookup figures are their medians.
     pub rounds: usize,
     pub insert_per_s: f64,
+    /// New flows created in pipelined batches of `BATCH`.
+    pub batched_insert_per_s: f64,
+    /// The same into a table whose slots were all used and freed before.
+    pub warm_insert_per_s: f64,
+    pub peer_warm_insert_per_s: f64,
     pub lookup_per_s: f64,
     /// Lookups in batches of `BATCH`, their memory loads pipelined
     /// (`flowtable_sw::pipeline`), as the engine makes them.
@@ -105,6 +110,59 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     }
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
+
+    // New flows in pipelined batches, as the engine creates them: first
+    // into a fresh table (each page of flows faulted in as it fills), then,
+    // with every flow ended, another `n` into the same table, as a running
+    // daemon sees it once its table has filled once (slots and pages
+    // reused). The peer does the same: a fill, `clear()`, a second fill.
+    let (batched_insert, warm_insert) = {
+        let mut b =
+            FlowTable::new(TableConfig { max_flows: n, full_policy: FullPolicy::RejectNew, ..Default::default() });
+        let fill = |b: &mut FlowTable, pkts: &[PacketInfo]| {
+            let start = Instant::now();
+            for (c, chunk) in pkts.chunks(BATCH).enumerate() {
+                let now = (c * BATCH) as u64;
+                let mut hashes = [0u64; BATCH];
+                for step in Schedule::new(chunk.len()) {
+                    if let Some(i) = step.hash {
+                        hashes[i] = b.prefetch_index(&chunk[i].key);
+                    }
+                    if let Some(i) = step.prefetch {
+                        b.prefetch_flow(hashes[i]);
+                    }
+                    if let Some(i) = step.lookup {
+                        if let Lookup::Inserted { id, .. } = b.lookup_or_insert_hashed(&chunk[i], hashes[i], now) {
+                            b.observe(id, &chunk[i], now, true);
+                        }
+                    }
+                }
+            }
+            assert_eq!(b.len(), pkts.len());
+            start.elapsed().as_secs_f64()
+        };
+        let cold = fill(&mut b, &pkts);
+        for id in b.ids() {
+            b.remove(id);
+        }
+        (cold, fill(&mut b, &packets(n, 3)))
+    };
+    let peer_warm_insert = {
+        let mut m: HashMap<FlowKey, PeerValue> = HashMap::with_capacity(n);
+        for p in &pkts {
+            m.entry(p.key).or_default();
+        }
+        m.clear();
+        let second = packets(n, 3);
+        let start = Instant::now();
+        for (i, p) in second.iter().enumerate() {
+            let v = m.entry(p.key).or_insert(PeerValue { _first: i as u64, ..Default::default() });
+            v.counters[p.dir.index()].0 += 1;
+            v.counters[p.dir.index()].1 += p.wire_len as u64;
+            v.last = i as u64;
+        }
+        start.elapsed().as_secs_f64()
+    };
 
     let mut m: HashMap<FlowKey, PeerValue> = HashMap::with_capacity(n);
     let start = Instant::now();
@@ -210,6 +268,9 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         flows: n,
         rounds: rounds.max(1),
         insert_per_s: n as f64 / insert,
+        batched_insert_per_s: n as f64 / batched_insert,
+        warm_insert_per_s: n as f64 / warm_insert,
+        peer_warm_insert_per_s: n as f64 / peer_warm_insert,
         lookup_per_s: median(single),
         batched_lookup_per_s: median(batched),
         grouped_lookup_per_s: median(grouped),
@@ -226,6 +287,8 @@ pub fn table_report(b: &TableBench) -> String {
     format!(
         "flow table, {} flows, median of {} rounds (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20   batched:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
+         \x20   batched, table filled once before: {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, loads pipelined {} apart)\n\
          \x20 grouped:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, each step for all before the next)\n\
@@ -236,6 +299,12 @@ pub fn table_report(b: &TableBench) -> String {
         b.insert_per_s,
         b.peer_insert_per_s,
         b.insert_per_s / b.peer_insert_per_s,
+        b.batched_insert_per_s,
+        b.peer_insert_per_s,
+        b.batched_insert_per_s / b.peer_insert_per_s,
+        b.warm_insert_per_s,
+        b.peer_warm_insert_per_s,
+        b.warm_insert_per_s / b.peer_warm_insert_per_s,
         b.lookup_per_s,
         b.peer_lookup_per_s,
         b.lookup_per_s / b.peer_lookup_per_s,
