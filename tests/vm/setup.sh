@@ -32,9 +32,11 @@ apt_install() {
     return 1
 }
 
+# busybox-static: virtme-ng builds the guest's initramfs around a static
+# busybox (Debian's kernel has 9p and virtio as modules, so it needs one).
 apt_install linux-image-amd64 qemu-system-x86 iproute2 ethtool iperf3 netcat-openbsd \
     linux-source-6.1 python3-pip kmod xz-utils make gcc iputils-ping procps diffutils \
-    libdpdk-dev pkg-config libclang-dev clang
+    libdpdk-dev pkg-config libclang-dev clang busybox-static
 
 # The kernel the guest boots: the newest Debian kernel in /boot (the host
 # may run a kernel Debian doesn't ship).
@@ -46,7 +48,8 @@ echo "$kver" > "$cache/kver"
 
 if ! command -v vng >/dev/null 2>&1; then
     log "pip install virtme-ng"
-    pip install virtme-ng 2>/dev/null || pip install --break-system-packages virtme-ng
+    # The version the suite was last verified with.
+    pip install virtme-ng==1.42 2>/dev/null || pip install --break-system-packages virtme-ng==1.42
 fi
 
 # netdevsim: Debian builds it off, so build it from the matching source.
