@@ -665,8 +665,15 @@ pub fn stats_report(s: &Stats) -> String {
     o.push_str(&format!("  untracked   {}\n", map_text(&p.untracked)));
     o.push_str(&format!("ended     {}\n", map_text(&s.ended)));
     for src in &s.sources {
+        let losses = match (src.dropped, src.unordered) {
+            (Some(d), Some(u)) => {
+                format!(", {} dropped by the kernel, {} out of order", report::count(d), report::count(u))
+            }
+            (Some(d), None) => format!(", {} dropped by the kernel", report::count(d)),
+            _ => String::new(),
+        };
         o.push_str(&format!(
-            "source    {}: {}, {} packets ({}){}\n",
+            "source    {}: {}, {} packets ({}){losses}{}\n",
             src.name,
             src.state,
             report::count(src.packets),

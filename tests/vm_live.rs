@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flowtable::source::afpacket::{AfPacketConfig, AfPacketSource};
 use flowtable::source::{PacketSource, SourceError};
 use flowtable_sw::{FlowKey, LinkType, PortMap};
-use vmnet::{enter_netns, in_vm, sh, Pair};
+use vmnet::{enter_netns, in_vm, send_udp_from, sh, Pair};
 
 /// Starts `flowtable run` with `config` written into `dir`, its log in
 /// `dir/daemon.log`; returns once its control socket is up.
@@ -103,6 +103,52 @@ fn afpacket_delivers_every_frame_parsed_with_its_port() {
     let stats = src.stats();
     assert_eq!(stats[1].drops, 0);
     assert!(stats[1].packets >= 300);
+}
+
+#[test]
+fn afpacket_hands_out_the_frames_of_all_ports_in_capture_order() {
+    if !in_vm("afpacket_hands_out_the_frames_of_all_ports_in_capture_order") {
+        return;
+    }
+    let pair = Pair::new("ao", 43);
+    // Blocks of 64 KiB handed over when full or after 2 s: a request on
+    // port 0 stays hidden in its block while port 1's reply, followed by
+    // enough large datagrams to fill a block, is handed over at once.
+    let timeout_ms = 2000;
+    let cfg = AfPacketConfig {
+        block_size: 1 << 16,
+        block_count: 8,
+        block_timeout_ms: timeout_ms,
+        ..AfPacketConfig::default()
+    };
+    let opened = Instant::now();
+    let mut src = AfPacketSource::open(&[pair.host_a.clone(), pair.host_b.clone()], cfg).unwrap();
+    let (ip_a, ip_b) = (pair.ip_a, pair.ip_b);
+    send_udp_from(&pair.ns_a, (ip_a, 4300), (ip_b, 5300), 1, 64, Duration::ZERO);
+    send_udp_from(&pair.ns_b, (ip_b, 5300), (ip_a, 4300), 1, 64, Duration::ZERO);
+    let fillers = 80; // 80 x ~1.5 KiB: more than one block
+    send_udp_from(&pair.ns_b, (ip_b, 5301), (ip_a, 4301), fillers, 1400, Duration::ZERO);
+    let sent = opened.elapsed();
+    assert!(
+        sent < Duration::from_millis(timeout_ms as u64 * 3 / 4),
+        "sending took {sent:?}: port 0's block may already be handed over, so the test would prove nothing"
+    );
+
+    let mut frames: Vec<(u8, u64, u16)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while frames.len() < 2 + fillers && Instant::now() < deadline {
+        let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() else { continue };
+        let info = pkt.parse(&PortMap::unpaired()).expect("parses");
+        let sport = info.key.endpoints(info.dir).sport;
+        frames.push((pkt.ingress, pkt.ts_ns, sport));
+    }
+    assert_eq!(frames.len(), 2 + fillers, "every frame delivered: {frames:?}");
+    assert_eq!((frames[0].0, frames[0].2), (0, 4300), "the request first, though port 1 had frames ready before it");
+    assert_eq!((frames[1].0, frames[1].2), (1, 5300), "then its reply");
+    for w in frames.windows(2) {
+        assert!(w[0].1 <= w[1].1, "frames out of capture order: {w:?}");
+    }
+    assert_eq!(src.capture_losses(), Some(flowtable::source::CaptureLosses { dropped: 0, unordered: 0 }));
 }
 
 #[test]
@@ -414,6 +460,19 @@ fn daemon_makes_one_flow_of_an_inline_pair_with_a_rule_on_each_port() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(listener.join().unwrap(), 0, "the reply direction is dropped on the second port");
+
+    // Both interfaces are one capture, merged in order, and it lost nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowtable"))
+        .args(["stats", "--json", "--socket"])
+        .arg(t.dir.join("ft.sock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sources = stats["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(sources[0]["name"], format!("interfaces {}, {}", t.pair.host_a, t.pair.host_b));
+    assert_eq!((&sources[0]["dropped"], &sources[0]["unordered"]), (&0.into(), &0.into()), "{sources:?}");
 
     let (echoed, recs) = t.finish();
     assert_eq!(echoed, 3);

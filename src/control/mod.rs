@@ -403,6 +403,13 @@ pub struct SourceStatus {
     pub wall_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A live capture's frames dropped by the kernel (its ring was full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    /// A live capture's frames handed out possibly out of order with
+    /// another port's (an older frame could still have been hidden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unordered: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

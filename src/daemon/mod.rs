@@ -461,6 +461,9 @@ impl Daemon {
     /// The slow path: installs, counters, aging; records out; rates sampled.
     fn tick(&mut self, now: u64) {
         self.engine.poll(now);
+        for slot in self.slots.iter_mut().filter(|s| s.live) {
+            slot.losses = slot.source.capture_losses();
+        }
         self.next_poll = now + POLL_TICK_NS;
         self.write_records();
         if let Some(w) = self.records.as_mut() {
@@ -730,6 +733,8 @@ impl Daemon {
                     SlotState::Failed(m) => Some(m.clone()),
                     _ => None,
                 },
+                dropped: s.losses.map(|l| l.dropped),
+                unordered: s.losses.map(|l| l.unordered),
             })
             .collect()
     }

@@ -4,7 +4,7 @@
 use crate::source::afpacket::{AfPacketConfig, AfPacketSource};
 use crate::source::pcap::PcapFileSource;
 use crate::source::synth::{SynthConfig, SyntheticSource};
-use crate::source::PacketSource;
+use crate::source::{CaptureLosses, PacketSource, SourceError};
 use flowtable_config::{Pace, SourceConfig};
 use flowtable_sw::{PacketInfo, SkipReason};
 use std::sync::atomic::AtomicBool;
@@ -42,6 +42,8 @@ pub struct Slot {
     pub pending: Option<Pending>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
+    /// A live capture's losses, as of the last poll tick.
+    pub losses: Option<CaptureLosses>,
 }
 
 impl Slot {
@@ -58,6 +60,7 @@ impl Slot {
             pending: None,
             started: None,
             finished: None,
+            losses: None,
         }
     }
 
@@ -75,10 +78,12 @@ impl Slot {
 }
 
 /// Opens every configured source; the first that can't be opened fails
-/// the start, naming its index and why. A `dpdk` source reads the ports of
+/// the start, naming its index and why. The `interface` sources together
+/// make one source, in the place of the first. A `dpdk` source reads the ports of
 /// the DPDK backend, which must be built first. `stop` ends blocking reads.
 pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
+    let mut interfaces_opened = false;
     for (i, s) in sources.iter().enumerate() {
         let at = format!("sources[{i}]");
         match s {
@@ -102,12 +107,32 @@ pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<
                     SyntheticSource::new(cfg).map_err(|e| format!("{at}.synthetic.{}: {}", e.field, e.message))?;
                 slots.push(Slot::new(name, Box::new(src), pace));
             }
-            SourceConfig::Interface { name, ingress } => {
-                let ports = [(name.clone(), *ingress)];
-                let src = AfPacketSource::open_ports(&ports, AfPacketConfig::default())
-                    .map_err(|e| format!("{at}.interface: {e}"))?;
+            SourceConfig::Interface { .. } if interfaces_opened => {}
+            SourceConfig::Interface { .. } => {
+                // All interfaces are one source, so that their frames are
+                // merged in capture order: an inline pair's reply must not
+                // overtake its request because another ring was read first.
+                interfaces_opened = true;
+                let ports: Vec<(String, u8)> = sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        SourceConfig::Interface { name, ingress } => Some((name.clone(), *ingress)),
+                        _ => None,
+                    })
+                    .collect();
+                let src = AfPacketSource::open_ports(&ports, AfPacketConfig::default()).map_err(|e| {
+                    let failed = match &e {
+                        SourceError::Open { path, .. } => sources
+                            .iter()
+                            .position(|s| matches!(s, SourceConfig::Interface { name, .. } if name == path)),
+                        _ => None,
+                    };
+                    format!("sources[{}].interface: {e}", failed.unwrap_or(i))
+                })?;
+                let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
+                let name = format!("interface{} {}", if names.len() > 1 { "s" } else { "" }, names.join(", "));
                 // Live frames are due when they arrive.
-                slots.push(Slot::new(format!("interface {name}"), Box::new(src), Pace::Timestamps));
+                slots.push(Slot::new(name, Box::new(src), Pace::Timestamps));
             }
             SourceConfig::Dpdk {} => slots.push(open_dpdk(&at, stop)?),
         }
@@ -135,6 +160,18 @@ fn open_dpdk(at: &str, _stop: &Arc<AtomicBool>) -> Result<Slot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interfaces_make_one_source_and_a_missing_one_is_named_by_its_index() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let iface = |name: &str, ingress: u8| SourceConfig::Interface { name: name.into(), ingress };
+        let err = open_all(&[iface("lo", 0), iface("ft-missing0", 1)], &stop).err().expect("no such interface");
+        assert_eq!(err, "sources[1].interface: ft-missing0: no such interface");
+        let slots = open_all(&[iface("lo", 0), iface("lo", 1)], &stop).expect("lo twice, as two ports");
+        assert_eq!(slots.len(), 1);
+        assert_eq!(slots[0].name, "interfaces lo, lo");
+        assert!(slots[0].live);
+    }
 
     #[cfg(not(feature = "dpdk"))]
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use flowtable_sw::LinkType;
 
-use super::{PacketSource, RawPacket, SourceError};
+use super::{CaptureLosses, PacketSource, RawPacket, SourceError};
 
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_RX_RING: libc::c_int = 5;
@@ -88,6 +88,25 @@ impl BlockDesc {
     fn blk_len(&self) -> u32 {
         self.u32_at(20)
     }
+    /// Frames in the block so far; the kernel raises it as it fills the
+    /// block, so it is read atomically even while the kernel owns the block.
+    fn live_num_pkts(&self) -> u32 {
+        // SAFETY: offset 12 of a mapped, 8-aligned block is the u32 num_pkts.
+        unsafe { &*(self.0.add(12) as *const AtomicU32) }.load(Ordering::Acquire)
+    }
+    /// When the kernel opened the block: no frame in it is older (give or
+    /// take the microseconds between a frame's timestamp and its copy).
+    fn opened_ns(&self) -> u64 {
+        // SAFETY: offsets 32 and 36 are ts_first_pkt's seconds and
+        // nanoseconds, inside the block header.
+        let (sec, nsec) = unsafe {
+            (
+                (&*(self.0.add(32) as *const AtomicU32)).load(Ordering::Relaxed),
+                (&*(self.0.add(36) as *const AtomicU32)).load(Ordering::Relaxed),
+            )
+        };
+        sec as u64 * 1_000_000_000 + nsec as u64
+    }
 }
 
 /// Where one frame sits in a block, read from its `struct tpacket3_hdr`.
@@ -134,6 +153,8 @@ struct Ring {
     holding: bool,
     left_in_block: u32,
     next_pkt: usize,
+    /// The next frame, read but not yet handed out (see `peek`).
+    head: Option<(FrameDesc, usize)>,
     link: Option<LinkType>,
     linktype: u32,
     ingress: u8,
@@ -201,6 +222,26 @@ impl Ring {
         }
     }
 
+    /// The next frame without consuming it: it stays the head until taken.
+    fn peek(&mut self) -> Option<FrameDesc> {
+        if self.head.is_none() {
+            self.head = self.next_frame();
+        }
+        self.head.map(|(f, _)| f)
+    }
+
+    /// Whether frames older than `ts_ns` may sit where we can't read them
+    /// yet: in the block the kernel is still filling. Only asked when
+    /// `peek` found nothing, so `block` is that block (or one just handed
+    /// over, whose frames the next `peek` will see).
+    fn may_hide_older_than(&self, ts_ns: u64) -> bool {
+        let bd = self.block_desc(self.block);
+        if bd.status().load(Ordering::Acquire) & TP_STATUS_USER != 0 {
+            return true;
+        }
+        bd.live_num_pkts() > 0 && bd.opened_ns() <= ts_ns
+    }
+
     fn stats(&self) -> RingStats {
         let mut s = [0u32; 3];
         let mut len = std::mem::size_of_val(&s) as libc::socklen_t;
@@ -221,12 +262,35 @@ impl Ring {
     }
 }
 
+/// What `pick` found.
+enum Pick {
+    /// The head of this ring goes out next.
+    Frame(usize),
+    /// A frame is ready but must wait, until `until` at most, for older
+    /// ones the kernel has not handed over yet.
+    Hold {
+        until: Instant,
+    },
+    Nothing,
+}
+
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Live frames from one or more interfaces; the frame's `ingress` is the
 /// interface's index in the list it was opened with.
 pub struct AfPacketSource {
     rings: Vec<Ring>,
     cfg: AfPacketConfig,
     next_ring: usize,
+    /// Rings a held frame waits for (see `pick`), reused between calls.
+    waiting_on: Vec<bool>,
+    /// Frames handed out after waiting the longest a kernel block can stay
+    /// open, not knowing whether an older frame was still hidden.
+    released_unmerged: u64,
+    /// Kernel drops summed over the reads of `stats` (which reset them).
+    dropped: u64,
     stop: Arc<AtomicBool>,
     /// Where a frame is rebuilt when its VLAN tag must be put back.
     scratch: Vec<u8>,
@@ -308,6 +372,9 @@ impl AfPacketSource {
             scratch: Vec::with_capacity(cfg.frame_size as usize + 4),
             cfg,
             next_ring: 0,
+            waiting_on: vec![false; ports.len()],
+            released_unmerged: 0,
+            dropped: 0,
             stop: Arc::new(AtomicBool::new(false)),
             pollfds,
         })
@@ -378,6 +445,7 @@ impl AfPacketSource {
             holding: false,
             left_in_block: 0,
             next_pkt: 0,
+            head: None,
             link,
             linktype,
             ingress,
@@ -407,9 +475,11 @@ impl AfPacketSource {
         Arc::clone(&self.stop)
     }
 
-    /// Kernel counters per port, in port order (reading resets them).
-    pub fn stats(&self) -> Vec<RingStats> {
-        self.rings.iter().map(Ring::stats).collect()
+    /// Kernel counters per port, in port order, since the last read.
+    pub fn stats(&mut self) -> Vec<RingStats> {
+        let stats: Vec<RingStats> = self.rings.iter().map(Ring::stats).collect();
+        self.dropped += stats.iter().map(|s| s.drops).sum::<u64>();
+        stats
     }
 
     pub fn interfaces(&self) -> impl Iterator<Item = &str> {
@@ -417,8 +487,8 @@ impl AfPacketSource {
     }
 
     /// The next frame from any port, waiting at most `timeout`: `Ok(None)`
-    /// when none came in time (or the stop flag is set). Ports take turns
-    /// so a busy one can't starve the others.
+    /// when none came in time (or the stop flag is set). Frames of all
+    /// ports come out in timestamp order (see `pick`).
     pub fn next_packet_within(&mut self, timeout: Duration) -> Result<Option<RawPacket<'_>>, SourceError> {
         Ok(self.wait_frame(timeout)?.map(|(i, f, at)| self.frame(i, f, at)))
     }
@@ -430,26 +500,30 @@ impl AfPacketSource {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let n = self.rings.len();
-            let mut found = None;
-            for k in 0..n {
-                let i = (self.next_ring + k) % n;
-                if let Some(f) = self.rings[i].next_frame() {
-                    found = Some((i, f));
-                    break;
+            let mut wake = deadline;
+            let holding = match self.pick() {
+                Pick::Frame(i) => {
+                    let (f, at) = self.rings[i].head.take().expect("picked ring has a head");
+                    self.next_ring = (i + 1) % self.rings.len();
+                    return Ok(Some((i, f, at)));
                 }
-            }
-            if let Some((i, (f, at))) = found {
-                self.next_ring = (i + 1) % n;
-                return Ok(Some((i, f, at)));
-            }
+                Pick::Hold { until } => {
+                    wake = wake.min(until);
+                    true
+                }
+                Pick::Nothing => false,
+            };
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            let wait = (deadline - now).min(self.cfg.poll_interval);
-            for p in self.pollfds.iter_mut() {
+            let wait = wake.saturating_duration_since(now).min(self.cfg.poll_interval);
+            for (k, p) in self.pollfds.iter_mut().enumerate() {
                 p.revents = 0;
+                // A ring with frames ready would wake poll at once: while a
+                // frame is held, wait only for the rings it waits on.
+                let watch = !holding || self.waiting_on[k];
+                p.fd = if watch { self.rings[k].fd.as_raw_fd() } else { -1 };
             }
             // SAFETY: pollfds is a valid array of the length passed.
             let rc = unsafe {
@@ -491,6 +565,56 @@ impl AfPacketSource {
         }
     }
 
+    /// The oldest frame any port has ready, so that the ports' frames come
+    /// out in capture order: a reply is never handed out before the request
+    /// that another port captured earlier. The kernel hands a ring over a
+    /// block at a time, so a port may hold older frames in a block still
+    /// being filled; the frame then waits for that block (the ports it
+    /// waits on are marked in `waiting_on`), at most as long as a block can
+    /// stay open, after which it goes out anyway.
+    fn pick(&mut self) -> Pick {
+        let n = self.rings.len();
+        let mut oldest: Option<(usize, u64)> = None;
+        for k in 0..n {
+            let i = (self.next_ring + k) % n;
+            if let Some(f) = self.rings[i].peek() {
+                if oldest.is_none_or(|(_, t)| f.ts_ns < t) {
+                    oldest = Some((i, f.ts_ns));
+                }
+            }
+        }
+        let Some((i, ts)) = oldest else { return Pick::Nothing };
+        let mut waits = false;
+        for (j, r) in self.rings.iter().enumerate() {
+            let w = j != i && r.head.is_none() && r.may_hide_older_than(ts);
+            self.waiting_on[j] = w;
+            waits |= w;
+        }
+        if !waits {
+            return Pick::Frame(i);
+        }
+        let age_ns = wall_clock_ns().saturating_sub(ts);
+        let limit_ns = self.hold_limit().as_nanos() as u64;
+        if age_ns >= limit_ns {
+            self.released_unmerged += 1;
+            return Pick::Frame(i);
+        }
+        Pick::Hold { until: Instant::now() + Duration::from_nanos(limit_ns - age_ns) }
+    }
+
+    /// The longest a frame waits for older ones: a kernel block is handed
+    /// over within about two block timeouts (its timer is re-armed when a
+    /// block opens, and runs on jiffies), plus slack for a loaded machine.
+    fn hold_limit(&self) -> Duration {
+        Duration::from_millis(3 * self.cfg.block_timeout_ms as u64 + 20)
+    }
+
+    /// Frames handed out without knowing that no older one was hidden (the
+    /// hold limit passed); each may be out of order with another port's.
+    pub fn released_unmerged(&self) -> u64 {
+        self.released_unmerged
+    }
+
     fn frame(&mut self, i: usize, f: FrameDesc, at: usize) -> RawPacket<'_> {
         let r = &self.rings[i];
         // SAFETY: next_frame checked the frame lies within its block, which
@@ -522,6 +646,11 @@ impl PacketSource for AfPacketSource {
             return Ok(None);
         }
         self.next_packet_within(Duration::ZERO)
+    }
+
+    fn capture_losses(&mut self) -> Option<CaptureLosses> {
+        self.stats();
+        Some(CaptureLosses { dropped: self.dropped, unordered: self.released_unmerged })
     }
 
     /// Blocks until a frame arrives; `None` only once the stop flag is set.

@@ -71,4 +71,20 @@ pub trait PacketSource {
     fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
         self.next_packet()
     }
+
+    /// What a live capture lost or could not order, since it opened;
+    /// `None` for sources that lose nothing (files, the generator).
+    fn capture_losses(&mut self) -> Option<CaptureLosses> {
+        None
+    }
+}
+
+/// A live capture's losses, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureLosses {
+    /// Frames the kernel dropped because the capture ring was full.
+    pub dropped: u64,
+    /// Frames handed out without knowing whether another port still held
+    /// an older one (see the AF_PACKET source's merge).
+    pub unordered: u64,
 }

@@ -100,19 +100,32 @@ impl Pair {
     /// Sends `count` datagrams of `payload` bytes from A (`src` address and
     /// port) to `dst`, `gap` apart.
     pub fn send_udp(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), count: usize, payload: usize, gap: Duration) {
-        let ns_a = self.ns_a.clone();
-        std::thread::spawn(move || {
-            enter_netns(&ns_a);
-            let s = UdpSocket::bind(src).expect("bind sender");
-            let data = vec![0x5au8; payload];
-            for _ in 0..count {
-                s.send_to(&data, dst).expect("send");
-                std::thread::sleep(gap);
-            }
-        })
-        .join()
-        .unwrap();
+        send_udp_from(&self.ns_a, src, dst, count, payload, gap);
     }
+}
+
+/// Sends `count` datagrams of `payload` bytes from inside namespace `ns`
+/// (`src` address and port) to `dst`, `gap` apart.
+pub fn send_udp_from(
+    ns: &str,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    count: usize,
+    payload: usize,
+    gap: Duration,
+) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let s = UdpSocket::bind(src).expect("bind sender");
+        let data = vec![0x5au8; payload];
+        for _ in 0..count {
+            s.send_to(&data, dst).expect("send");
+            std::thread::sleep(gap);
+        }
+    })
+    .join()
+    .unwrap();
 }
 
 impl Pair {
