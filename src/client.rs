@@ -653,13 +653,15 @@ pub fn stats_report(s: &Stats) -> String {
     o.push_str(&format!("refusals  {}\n", map_text(&s.refusals)));
     let p = &s.packets;
     o.push_str(&format!(
-        "packets   {} ({}) at {}; by NIC rules {}, by software {}, tap copies left to rule counters {}\n",
+        "packets   {} ({}) at {}; by NIC rules {}, by software {}, tap copies left to rule counters {} \
+         ({} slipped past rules going in)\n",
         report::count(p.received),
         report::bytes(p.bytes),
         report::rate(p.rate_pps, "pkt"),
         report::count(p.nic),
         report::count(p.software),
-        report::count(p.tap_skipped)
+        report::count(p.tap_skipped),
+        report::count(p.slipped)
     ));
     o.push_str(&format!("  skipped     {}\n", map_text(&p.skipped)));
     o.push_str(&format!("  untracked   {}\n", map_text(&p.untracked)));

@@ -17,7 +17,7 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
 use flowtable_sw::pipeline::Schedule;
-use flowtable_sw::{Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
+use flowtable_sw::{DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -67,6 +67,14 @@ pub struct OffloadState {
     pub removed_ns: Option<u64>,
     /// Last cumulative counters read per rule, to turn reads into deltas.
     pub baseline: [RuleCounters; 2],
+    /// Per direction, packets software saw while the rule was in and left
+    /// to its counters, and what those counters added in that time: the
+    /// difference, settled when the rule goes, is what slipped past while
+    /// the rule was going in (see `settle`).
+    #[serde(skip)]
+    pub tapped: [DirCounters; 2],
+    #[serde(skip)]
+    pub rule_counted: [DirCounters; 2],
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
@@ -82,6 +90,8 @@ impl OffloadState {
             installed_ns: 0,
             removed_ns: None,
             baseline: [RuleCounters::default(); 2],
+            tapped: [DirCounters::default(); 2],
+            rule_counted: [DirCounters::default(); 2],
             refusal: None,
             pinned_software: false,
         }
@@ -95,6 +105,9 @@ pub struct EngineStats {
     pub sw_packets: u64,
     /// Packets software saw of offloaded flows and left to the rule's counters.
     pub tap_packets_skipped: u64,
+    /// Of the packets software left to a rule, those that went past it
+    /// while it was going in, counted by software once the rule was gone.
+    pub slipped_packets: u64,
     /// Packets of new flows not tracked because the table was full.
     pub untracked_table_full: u64,
     /// Later fragments whose first fragment was never seen.
@@ -401,19 +414,29 @@ impl Engine {
         // action delivers to software (mark, mirror). A packet captured
         // before the rule went in, or of a rule without counters, is
         // software's to count.
-        let count = !(stage == Stage::Offloaded
-            && self.offloads.get(&id).is_some_and(|s| {
-                s.placement[pkt.dir.index()].is_some()
+        let d = pkt.dir.index();
+        let tapped = if stage == Stage::Offloaded {
+            let sees_offloaded = self.caps.software_sees_offloaded;
+            self.offloads.get_mut(&id).filter(|s| {
+                s.placement[d].is_some()
                     && s.hw_counters
                     && now_ns >= s.installed_ns
-                    && (self.caps.software_sees_offloaded
-                        || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
-            }));
-        if count {
-            self.stats.sw_packets += 1;
+                    && (sees_offloaded || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
+            })
         } else {
-            self.stats.tap_packets_skipped += 1;
-        }
+            None
+        };
+        let count = match tapped {
+            Some(state) => {
+                state.tapped[d].add(DirCounters { packets: 1, bytes: pkt.wire_len as u64 });
+                self.stats.tap_packets_skipped += 1;
+                false
+            }
+            None => {
+                self.stats.sw_packets += 1;
+                true
+            }
+        };
         self.table.observe(id, pkt, now_ns, count);
         if stage == Stage::Tracking {
             self.classify(id);
@@ -662,6 +685,7 @@ impl Engine {
         };
         *base = *c;
         if dp > 0 {
+            state.rule_counted[dir.index()].add(DirCounters { packets: dp, bytes: db });
             let hw = &mut flow.hw[dir.index()];
             hw.packets += dp;
             hw.bytes += db;
@@ -754,6 +778,7 @@ impl Engine {
     }
 
     fn drop_rule(&mut self, id: FlowId, dir: Direction, now: u64) {
+        self.settle(id, dir);
         if let Some(state) = self.offloads.get_mut(&id) {
             if state.placement[dir.index()].take().is_some() {
                 self.rules_live = self.rules_live.saturating_sub(1);
@@ -762,6 +787,38 @@ impl Engine {
             if state.placement.iter().all(Option::is_none) {
                 state.removed_ns = Some(now);
             }
+        }
+    }
+
+    /// Software left the packets it saw of an offloaded direction to the
+    /// rule's counters, from the moment the install began. But the rule
+    /// takes effect some time after that (a netlink round trip, a PMD
+    /// call), and the packets in between went past it uncounted. Every
+    /// packet the rule counted was seen too (software taps in front of the
+    /// rule), so what was seen beyond what the rule counted slipped past:
+    /// software's to count, settled once the rule's final counters are in.
+    /// Bytes are settled the same way; where the rule counts a frame's
+    /// length differently (a VLAN tag the NIC stripped), they are off by
+    /// that difference.
+    fn settle(&mut self, id: FlowId, dir: Direction) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        if state.placement[d].is_none() {
+            return;
+        }
+        let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
+        state.tapped[d] = DirCounters::default();
+        state.rule_counted[d] = DirCounters::default();
+        let packets = seen.packets.saturating_sub(counted.packets);
+        if packets == 0 {
+            return;
+        }
+        let slipped = DirCounters { packets, bytes: seen.bytes.saturating_sub(counted.bytes) };
+        if let Some(flow) = self.table.get_mut(id) {
+            flow.sw[d].add(slipped);
+            self.stats.sw_packets += packets;
+            self.stats.tap_packets_skipped -= packets;
+            self.stats.slipped_packets += packets;
         }
     }
 

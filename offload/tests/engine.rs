@@ -574,3 +574,75 @@ fn pass_on_an_inline_pair_forwards_each_direction_to_the_other_port() {
     let why = e.flow(refused[0]).unwrap().offload.unwrap().refusal.unwrap().message;
     assert!(why.contains("Forward"), "{why}");
 }
+
+/// A backend whose rules sit behind a software tap, as tc's do behind
+/// AF_PACKET: software sees every packet, and the rule counts (and drops)
+/// it afterwards. A rule takes effect only `late` packets after it is
+/// installed, as a real one does a netlink round trip later.
+struct Tapped {
+    nic: SimNic,
+    caps: Capabilities,
+    late: usize,
+    until_effective: usize,
+}
+
+impl Backend for Tapped {
+    fn name(&self) -> &str {
+        "tapped"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
+        self.until_effective = self.late;
+        self.nic.install(rules)
+    }
+    fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
+        self.nic.remove(cookies)
+    }
+    fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
+        self.nic.read_counters(out)
+    }
+    fn set_clock(&mut self, now_ns: u64) {
+        self.nic.set_clock(now_ns)
+    }
+    fn offer(&mut self, pkt: &PacketInfo) -> bool {
+        if self.until_effective > 0 {
+            self.until_effective -= 1;
+        } else {
+            self.nic.offer(pkt);
+        }
+        // The tap saw it first either way: software handles it too.
+        false
+    }
+}
+
+#[test]
+fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
+    const DROP_AFTER_3: &str = r#"{
+      "classifier": {"rules": [{"name": "udp", "match": {"proto": "udp"},
+         "trigger": {"after_packets": 3}, "result": {"offload": {"type": "drop"}}}]},
+      "offload": {"poll_interval_ms": 100}
+    }"#;
+    for late in [0, 2, 7] {
+        let nic = SimNic::new(SimProfile::full());
+        let caps = Capabilities { software_sees_offloaded: true, ..nic.capabilities().clone() };
+        let backend = Tapped { nic, caps, late, until_effective: 0 };
+        let mut e = Engine::from_config(&parse("test.json", DROP_AFTER_3).unwrap(), Box::new(backend)).unwrap();
+        let mut t = 0;
+        for i in 0..30 {
+            feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100 + i), t);
+            t += 40 * MS;
+            e.poll(t);
+        }
+        assert_eq!(e.flow(only_flow(&e)).unwrap().stage, Stage::Offloaded);
+        e.shutdown(false);
+        let recs = e.drain_records();
+        let orig = &recs[0].orig;
+        assert_eq!(orig.packets, 30, "late {late}: every packet counted once: {orig:?}");
+        assert_eq!(orig.bytes, (0..30).map(|i| 100 + i).sum::<u64>(), "late {late}");
+        assert!(orig.hw_packets > 0 && orig.hw_packets + late as u64 <= 27, "late {late}: {orig:?}");
+        assert_eq!(e.stats().slipped_packets, late as u64, "late {late}");
+        assert_eq!(e.stats().sw_packets, orig.sw_packets, "late {late}");
+    }
+}

@@ -384,6 +384,10 @@ pub struct PacketStats {
     pub software: u64,
     /// Seen by software as a tap of offloaded traffic, left to the rule counters.
     pub tap_skipped: u64,
+    /// Seen as a tap of a rule still going in, which they went past
+    /// uncounted: counted by software once the rule was gone.
+    #[serde(default)]
+    pub slipped: u64,
     /// Per second, over the last few seconds.
     pub rate_pps: f64,
     /// Frames the parser skipped, by reason.

@@ -689,6 +689,7 @@ impl Daemon {
                 nic: self.nic_packets,
                 software: self.sw_packets,
                 tap_skipped: st.tap_packets_skipped,
+                slipped: st.slipped_packets,
                 rate_pps,
                 skipped: self
                     .skipped
