@@ -7,9 +7,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowtable_hw::rule::{PlacementPolicy, RefusalKind};
@@ -19,149 +17,16 @@ use flowtable_hw::tc::{Leftovers, TcBackend, TcConfig};
 use flowtable_hw::{Action, Backend, BackendError, Cookie, InstallOutcome, MatchFields, Placement, RuleSpec};
 use flowtable_sw::{Direction, FlowKey};
 
+// Namespaces, veth pairs and traffic, shared with the root package's
+// real-kernel tests.
+#[path = "../../tests/vmnet/mod.rs"]
+mod vmnet;
+use vmnet::{enter_netns, in_vm, sh, sh_quiet, Pair};
+
 const NETDEVSIM_EXTACK: &str = "netdevsim: only offload of BPF classifiers supported";
 
-fn in_vm(test: &str) -> bool {
-    if std::env::var("FLOWTABLE_VM").as_deref() == Ok("1") {
-        println!("--- {test}");
-        return true;
-    }
-    // Straight to stderr: the test harness captures print! output of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: {test}: needs its own kernel (tests/vm/run.sh runs it with FLOWTABLE_VM=1)"
-    );
-    false
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
-    if !out.status.success() {
-        panic!(
-            "`{cmd}` failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh_quiet(cmd: &str) {
-    let _ = Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status();
-}
-
-/// Two namespaces, each behind a veth pair whose host ends (`host_a`,
-/// `host_b`) sit in the root namespace unconnected: packets cross only
-/// where a tc rule carries them. Neighbours are static, so no ARP is needed.
-struct Pair {
-    ns_a: String,
-    ns_b: String,
-    host_a: String,
-    host_b: String,
-    ip_a: Ipv4Addr,
-    ip_b: Ipv4Addr,
-}
-
-impl Pair {
-    fn new(tag: &str, subnet: u8) -> Pair {
-        let p = Pair {
-            ns_a: format!("ftA{tag}"),
-            ns_b: format!("ftB{tag}"),
-            host_a: format!("hA{tag}"),
-            host_b: format!("hB{tag}"),
-            ip_a: Ipv4Addr::new(10, subnet, 0, 1),
-            ip_b: Ipv4Addr::new(10, subnet, 0, 2),
-        };
-        p.cleanup();
-        for (ns, host, peer, ip) in [(&p.ns_a, &p.host_a, "a0", p.ip_a), (&p.ns_b, &p.host_b, "b0", p.ip_b)] {
-            sh(&format!("ip netns add {ns}"));
-            sh(&format!("ip link add {host} type veth peer name {peer} netns {ns}"));
-            sh(&format!("ip link set {host} up"));
-            sh(&format!("ip -n {ns} link set lo up"));
-            sh(&format!("ip -n {ns} addr add {ip}/24 dev {peer}"));
-            sh(&format!("ip -n {ns} link set {peer} up"));
-            // IPv6 chatter (router and neighbour solicitations) would only add noise.
-            sh_quiet(&format!("ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1"));
-        }
-        let mac_a = sh(&format!("ip netns exec {} cat /sys/class/net/a0/address", p.ns_a)).trim().to_string();
-        let mac_b = sh(&format!("ip netns exec {} cat /sys/class/net/b0/address", p.ns_b)).trim().to_string();
-        sh(&format!("ip -n {} neigh replace {} lladdr {mac_b} dev a0 nud permanent", p.ns_a, p.ip_b));
-        sh(&format!("ip -n {} neigh replace {} lladdr {mac_a} dev b0 nud permanent", p.ns_b, p.ip_a));
-        p
-    }
-
-    fn cleanup(&self) {
-        sh_quiet(&format!("ip netns del {}", self.ns_a));
-        sh_quiet(&format!("ip netns del {}", self.ns_b));
-        sh_quiet(&format!("ip link del {}", self.host_a));
-        sh_quiet(&format!("ip link del {}", self.host_b));
-    }
-
-    fn ping(&self, count: u32) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns_a, "ping", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2"])
-            .arg(self.ip_b.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
-    /// Sends `count` UDP datagrams of `payload` bytes from A to B and
-    /// returns how many B received.
-    fn udp(&self, sport: u16, dport: u16, count: usize, payload: usize) -> usize {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (ns_b, ip_b, ip_a) = (self.ns_b.clone(), self.ip_b, self.ip_a);
-        let receiver = std::thread::spawn(move || {
-            enter_netns(&ns_b);
-            let s = UdpSocket::bind((ip_b, dport)).expect("bind receiver");
-            s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-            ready_tx.send(()).unwrap();
-            let mut buf = [0u8; 4096];
-            let mut n = 0;
-            while s.recv(&mut buf).is_ok() {
-                n += 1;
-            }
-            n
-        });
-        ready_rx.recv().unwrap();
-        let ns_a = self.ns_a.clone();
-        std::thread::spawn(move || {
-            enter_netns(&ns_a);
-            let s = UdpSocket::bind((ip_a, sport)).expect("bind sender");
-            let data = vec![0x5au8; payload];
-            for _ in 0..count {
-                s.send_to(&data, (ip_b, dport)).expect("send");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-        .join()
-        .unwrap();
-        receiver.join().unwrap()
-    }
-
-    fn udp_key(&self, sport: u16, dport: u16, ingress: u8) -> (FlowKey, Direction) {
-        let (mut key, dir) = FlowKey::from_v4(self.ip_a, self.ip_b, sport, dport, 17);
-        key.zone = ingress;
-        (key, dir)
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-/// Moves the calling thread into a named network namespace.
-fn enter_netns(ns: &str) {
-    let f = File::open(format!("/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns on a valid namespace fd affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
+/// Gap between datagrams sent by the tests.
+const GAP: Duration = Duration::from_millis(2);
 
 /// A netdevsim device with one port; removed on drop.
 struct Nsim {
@@ -353,7 +218,7 @@ fn auto_fallback_is_enforced_on_real_traffic() {
         "tc filter add dev {} ingress prio 61000 protocol ip flower action mirred ingress redirect dev {}",
         pair.host_a, nsim.dev
     ));
-    assert_eq!(pair.udp(5000, 6000, 10, 64), 0, "no path to B without our rule");
+    assert_eq!(pair.udp_counted((5000, 6000), 10, 64, GAP), 0, "no path to B without our rule");
 
     let owner = 0x1400;
     let mut be = TcBackend::open(TcConfig::new(vec![nsim.dev.clone(), pair.host_b.clone()], owner)).unwrap();
@@ -362,15 +227,15 @@ fn auto_fallback_is_enforced_on_real_traffic() {
     assert_eq!(installed(&out[0]), Placement::KernelSoftware);
     let st = be.stats();
     assert_eq!((st.hw_attempts, st.hw_refusals, st.fallbacks), (1, 1, 1), "{st:?}");
-    assert_eq!(pair.udp(5000, 6000, 10, 64), 10, "forwarded by the software fallback");
-    assert_eq!(pair.udp(5001, 6000, 10, 64), 0, "another flow is not");
+    assert_eq!(pair.udp_counted((5000, 6000), 10, 64, GAP), 10, "forwarded by the software fallback");
+    assert_eq!(pair.udp_counted((5001, 6000), 10, 64, GAP), 0, "another flow is not");
     let c = counters_of(&mut be, rule.cookie);
     assert_eq!(c.packets, 10);
     assert_eq!(c.bytes, 10 * (64 + 28 + 14));
     assert_eq!(c.hw_packets, 0);
     assert!(c.last_used_ns.is_some());
     be.shutdown().unwrap();
-    assert_eq!(pair.udp(5000, 6000, 10, 64), 0, "gone with our rules");
+    assert_eq!(pair.udp_counted((5000, 6000), 10, 64, GAP), 0, "gone with our rules");
     assert!(tc_show(&pair.host_a).contains("mirred"), "foreign filter untouched");
 }
 
@@ -446,7 +311,7 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
         "tc filter add dev {} ingress prio 61000 protocol ip flower action mirred egress redirect dev {}",
         pair.host_a, pair.host_b
     ));
-    assert_eq!(pair.udp(5001, 6001, 10, 100), 10);
+    assert_eq!(pair.udp_counted((5001, 6001), 10, 100, GAP), 10);
 
     let owner = 0x1600;
     let mut be = TcBackend::open(TcConfig::new(vec![pair.host_a.clone(), pair.host_b.clone()], owner)).unwrap();
@@ -457,9 +322,9 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
     let out = be.install(&[drop, mirror, pass]);
     assert!(out.iter().all(|o| installed(o) == Placement::KernelSoftware), "{out:?}");
 
-    assert_eq!(pair.udp(5001, 6001, 20, 100), 0, "drop rule drops");
-    assert_eq!(pair.udp(5002, 6002, 15, 100), 30, "mirror copies and lets the original go on");
-    assert_eq!(pair.udp(5003, 6003, 7, 100), 0, "pass accepts on hA: nothing redirects it to B");
+    assert_eq!(pair.udp_counted((5001, 6001), 20, 100, GAP), 0, "drop rule drops");
+    assert_eq!(pair.udp_counted((5002, 6002), 15, 100, GAP), 30, "mirror copies and lets the original go on");
+    assert_eq!(pair.udp_counted((5003, 6003), 7, 100, GAP), 0, "pass accepts on hA: nothing redirects it to B");
 
     let mut all = Vec::new();
     be.read_counters(&mut all).unwrap();
@@ -487,7 +352,7 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
     let fin = be.remove(&[drop.cookie]);
     let fin = fin[0].as_ref().expect("removed").expect("final counters from the delete echo");
     assert_eq!(fin.packets, 20);
-    assert_eq!(pair.udp(5001, 6001, 10, 100), 10, "dropping stopped");
+    assert_eq!(pair.udp_counted((5001, 6001), 10, 100, GAP), 10, "dropping stopped");
     assert!(matches!(be.remove(&[drop.cookie])[0], Err(BackendError::UnknownRule { .. })));
 
     be.shutdown().unwrap();
@@ -496,7 +361,7 @@ fn drop_and_mirror_act_on_udp_and_counts_match() {
         show.contains("mirred") && show.matches(" handle ").count() == 1,
         "only the foreign filter is left:\n{show}"
     );
-    assert_eq!(pair.udp(5003, 6003, 5, 100), 5);
+    assert_eq!(pair.udp_counted((5003, 6003), 5, 100, GAP), 5);
 }
 
 #[test]
@@ -532,7 +397,7 @@ fn batch_with_a_refused_rule_in_the_middle() {
     let listed = be.list_filters().unwrap();
     assert_eq!(listed.len(), 8);
     assert!(!listed.iter().any(|f| f.cookie == rules[4].cookie));
-    assert_eq!(pair.udp(7005, 8000, 3, 10), 3, "a neighbour of the refused rule works");
+    assert_eq!(pair.udp_counted((7005, 8000), 3, 10, GAP), 3, "a neighbour of the refused rule works");
 
     // A larger batch, split across sendmsg calls by the cap, still maps
     // every ACK to its rule.

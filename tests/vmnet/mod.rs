@@ -129,6 +129,26 @@ pub fn send_udp_from(
 }
 
 impl Pair {
+    /// Whether `count` pings from A to B are all answered.
+    pub fn ping(&self, count: u32) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns_a, "ping", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2"])
+            .arg(self.ip_b.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// The flow key (and direction) of UDP from A's `sport` to B's `dport`
+    /// arriving on port `ingress`.
+    pub fn udp_key(&self, sport: u16, dport: u16, ingress: u8) -> (flowtable_sw::FlowKey, flowtable_sw::Direction) {
+        let (mut key, dir) = flowtable_sw::FlowKey::from_v4(self.ip_a, self.ip_b, sport, dport, 17);
+        key.zone = ingress;
+        (key, dir)
+    }
+
     /// Sends `count` datagrams from A's address to B's (`ports`: source,
     /// destination) while B listens; returns how many B received.
     pub fn udp_counted(&self, (sport, dport): (u16, u16), count: usize, payload: usize, gap: Duration) -> usize {
