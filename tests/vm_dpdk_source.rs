@@ -87,6 +87,11 @@ fn tap_frames_come_out_as_raw_packets() {
     let expect: Vec<u32> = (0..10).map(|i| 14 + 20 + 8 + 100 + i).collect();
     println!("frames of the UDP flow: {got:?}");
     assert_eq!(got, expect);
+    assert_eq!(
+        src.capture_losses(),
+        Some(flowtable::source::CaptureLosses { dropped: 0, unordered: 0 }),
+        "the port's stats read back, nothing dropped"
+    );
 
     // next_packet blocks while the queue is empty and ends once stopped.
     let stopper = {

@@ -10,13 +10,16 @@ use flowtable_hw::dpdk::rx::RxQueue;
 use flowtable_hw::dpdk::DpdkRuntime;
 use flowtable_sw::LinkType;
 
-use super::{PacketSource, RawPacket, SourceError};
+use super::{CaptureLosses, PacketSource, RawPacket, SourceError};
 
 /// LINKTYPE_ETHERNET: ethdev ports deliver Ethernet frames.
 const LINKTYPE_ETHERNET: u32 = 1;
 
 pub struct DpdkSource {
+    rt: Arc<DpdkRuntime>,
     queues: Vec<RxQueue>,
+    /// A failed stats read is said once, not every poll.
+    stats_failed: bool,
     next: usize,
     stop: Arc<AtomicBool>,
 }
@@ -33,7 +36,7 @@ impl DpdkSource {
             .map(|&(port, q)| RxQueue::new(rt.clone(), port, q))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|message| SourceError::Open { path: "dpdk".into(), message })?;
-        Ok(DpdkSource { queues, next: 0, stop })
+        Ok(DpdkSource { rt: rt.clone(), queues, stats_failed: false, next: 0, stop })
     }
 
     /// Every rx queue of every port of the runtime.
@@ -95,6 +98,20 @@ impl PacketSource for DpdkSource {
 
     fn is_live(&self) -> bool {
         true
+    }
+
+    /// The ports' rx drops; frames are stamped as they are read, so they
+    /// are in order by construction.
+    fn capture_losses(&mut self) -> Option<CaptureLosses> {
+        match self.rt.rx_dropped() {
+            Ok(dropped) => Some(CaptureLosses { dropped, unordered: 0 }),
+            Err(e) => {
+                if !std::mem::replace(&mut self.stats_failed, true) {
+                    tracing::warn!(error = %e, "reading the DPDK ports' rx drops failed");
+                }
+                None
+            }
+        }
     }
 
     /// One pass over the queues: a frame if one is there, `None` if every

@@ -235,6 +235,20 @@ impl DpdkRuntime {
         self.pool
     }
 
+    /// Frames the ports received but could not deliver, summed over the
+    /// ports: no rx descriptor free (`imissed`) or no mbuf (`rx_nombuf`).
+    pub fn rx_dropped(&self) -> Result<u64, String> {
+        let mut total = 0;
+        for p in &self.ports {
+            let mut st = sys::rte_eth_stats::default();
+            // SAFETY: a valid port id and a stats struct to fill.
+            let rc = unsafe { sys::rte_eth_stats_get(p.id, &mut st) };
+            check(rc, || format!("rte_eth_stats_get({})", p.device))?;
+            total += st.imissed + st.rx_nombuf;
+        }
+        Ok(total)
+    }
+
     /// Stops the ports (rules stay unless the backend removed them).
     pub fn stop(&self) {
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
