@@ -901,6 +901,12 @@ impl Engine {
             }
         } else if self.rules_live > 0 {
             self.read_counters(now);
+            // The rules stay, but their flows' records are written now.
+            for &id in &ids {
+                for dir in DIRS {
+                    self.settle(id, dir);
+                }
+            }
         }
         for id in ids {
             self.end(id, EndReason::Shutdown);

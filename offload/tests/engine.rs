@@ -624,7 +624,7 @@ fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
          "trigger": {"after_packets": 3}, "result": {"offload": {"type": "drop"}}}]},
       "offload": {"poll_interval_ms": 100}
     }"#;
-    for late in [0, 2, 7] {
+    for (late, keep_rules) in [(0, false), (2, false), (7, false), (2, true)] {
         let nic = SimNic::new(SimProfile::full());
         let caps = Capabilities { software_sees_offloaded: true, ..nic.capabilities().clone() };
         let backend = Tapped { nic, caps, late, until_effective: 0 };
@@ -636,7 +636,7 @@ fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
             e.poll(t);
         }
         assert_eq!(e.flow(only_flow(&e)).unwrap().stage, Stage::Offloaded);
-        e.shutdown(false);
+        e.shutdown(keep_rules);
         let recs = e.drain_records();
         let orig = &recs[0].orig;
         assert_eq!(orig.packets, 30, "late {late}: every packet counted once: {orig:?}");
