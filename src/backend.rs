@@ -28,9 +28,10 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
         BackendConfig::Sim { profile, max_rules, insert_rate } => {
             Ok(Box::new(SimNic::new(sim_profile(*profile, *max_rules, *insert_rate))))
         }
-        BackendConfig::Tc { keep_rules } => {
+        BackendConfig::Tc { keep_rules, icmp_by_hosts } => {
             let mut tc = TcConfig::new(config.ports.iter().map(|p| p.name.clone()).collect(), config.instance_id);
             tc.keep_rules = *keep_rules;
+            tc.icmp_by_hosts = *icmp_by_hosts;
             let backend = TcBackend::open(tc).map_err(|e| format!("backend: {e}"))?;
             let r = backend.recovery();
             if r.flushed + r.adopted > 0 {

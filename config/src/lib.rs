@@ -149,6 +149,16 @@ mod tests {
     }
 
     #[test]
+    fn tc_backend_options() {
+        let c = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_hosts": true}}"#).unwrap();
+        assert!(matches!(c.backend, BackendConfig::Tc { icmp_by_hosts: true, keep_rules: false }));
+        let c = parse("t.json", r#"{"backend": {"kind": "tc"}}"#).unwrap();
+        assert!(matches!(c.backend, BackendConfig::Tc { icmp_by_hosts: false, .. }));
+        let err = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_host": true}}"#).unwrap_err();
+        assert!(err.to_string().contains("icmp_by_host"), "{err}");
+    }
+
+    #[test]
     fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
         let ok =
             parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();

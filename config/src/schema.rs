@@ -384,6 +384,13 @@ pub enum BackendConfig {
         /// Leave rules in place on shutdown.
         #[serde(default)]
         keep_rules: bool,
+        /// Offload ICMP flows with rules on the two hosts and the protocol
+        /// alone (flower has no key for the echo identifier), which take
+        /// every ICMP packet between the hosts, other flows' included, and
+        /// count them to the flow that got the rule. Off: ICMP stays in
+        /// software.
+        #[serde(default)]
+        icmp_by_hosts: bool,
     },
     /// DPDK rte_flow; the section is read by the DPDK backend.
     Dpdk(serde_json::Map<String, serde_json::Value>),
@@ -395,7 +402,7 @@ impl BackendConfig {
     pub fn keep_rules(&self) -> bool {
         match self {
             BackendConfig::Sim { .. } => false,
-            BackendConfig::Tc { keep_rules } => *keep_rules,
+            BackendConfig::Tc { keep_rules, .. } => *keep_rules,
             BackendConfig::Dpdk(map) => map.get("keep_rules") == Some(&serde_json::Value::Bool(true)),
         }
     }

@@ -246,16 +246,26 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     }
     let pair = Pair::new("rd", 33);
     let owner = 0x1500;
-    let mut be = TcBackend::open(TcConfig::new(vec![pair.host_a.clone(), pair.host_b.clone()], owner)).unwrap();
+    let ports = vec![pair.host_a.clone(), pair.host_b.clone()];
     assert!(!pair.ping(1), "no path between the namespaces before the rules");
 
-    // ICMP: flower can't match the echo id, so the rule covers the host pair.
-    let (mut k_ab, d_ab) = FlowKey::from_v4(pair.ip_a, pair.ip_b, 0, 0, 1);
+    // ICMP: flower can't match the echo id, so a rule covers the host pair,
+    // other echo flows included: refused unless the configuration allows it.
+    let (mut k_ab, d_ab) = FlowKey::from_v4(pair.ip_a, pair.ip_b, 7, 7, 1);
     k_ab.zone = 0;
     let mut k_ba = k_ab;
     k_ba.zone = 1;
     let icmp_ab = spec(owner, 1, (k_ab, d_ab), Action::Forward { port: 1 }, PlacementPolicy::Auto);
     let icmp_ba = spec(owner, 1, (k_ba, d_ab.reverse()), Action::Forward { port: 0 }, PlacementPolicy::Auto);
+    {
+        let mut strict = TcBackend::open(TcConfig::new(ports.clone(), owner)).unwrap();
+        let out = strict.install(&[icmp_ab]);
+        let r = refused(&out[0]);
+        assert_eq!(r.kind, RefusalKind::UnsupportedMatch);
+        assert!(r.message.contains("icmp_by_hosts"), "{r}");
+        assert_eq!(tc_show(&pair.host_a).matches(" handle ").count(), 0, "nothing installed");
+    }
+    let mut be = TcBackend::open(TcConfig { icmp_by_hosts: true, ..TcConfig::new(ports, owner) }).unwrap();
     let out = be.install(&[icmp_ab, icmp_ba]);
     assert!(out.iter().all(|o| installed(o) == Placement::KernelSoftware), "{out:?}");
     assert_eq!(be.stats().hw_attempts, 0, "veth has no tc offload");

@@ -38,6 +38,8 @@ use netlink::{NlError, OutMsg, TcSocket};
 use tcmsg::{TcmsgRepr, PARENT_INGRESS, QDISC_HANDLE_INGRESS, TC_H_CLSACT};
 
 const NAME: &str = "tc";
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// What to do at start with rules a previous run of this owner left behind
 /// (it was killed, or ran with `keep_rules`).
@@ -70,6 +72,10 @@ pub struct TcConfig {
     /// Ask the kernel to echo each deleted filter so removal returns its
     /// final counters.
     pub final_counters: bool,
+    /// Install ICMP rules that match the two hosts and the protocol alone
+    /// (flower has no echo identifier key): such a rule takes every ICMP
+    /// packet between the hosts, other flows' included. Off: refused.
+    pub icmp_by_hosts: bool,
 }
 
 impl TcConfig {
@@ -82,6 +88,7 @@ impl TcConfig {
             keep_rules: false,
             leftovers: Leftovers::Flush,
             final_counters: true,
+            icmp_by_hosts: false,
         }
     }
 }
@@ -516,6 +523,17 @@ impl TcBackend {
         }
         let port = r.matches.port;
         self.port_ifindex(port, "ingress")?;
+        if matches!(r.matches.key.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) && !self.cfg.icmp_by_hosts {
+            // Another echo between the same hosts would be taken by this
+            // rule and counted twice: by its own flow in software and by
+            // this flow's rule.
+            return Err(Refusal {
+                kind: RefusalKind::UnsupportedMatch,
+                message: "flower has no key for the ICMP echo identifier: the rule would take all ICMP between \
+                          these hosts (backend.icmp_by_hosts allows that)"
+                    .into(),
+            });
+        }
         let m = FlowerMatch::from_fields(&r.matches)?;
         self.action_reprs(&r.action)?;
         let dev = &self.ports[port as usize].info;
