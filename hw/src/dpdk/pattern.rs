@@ -128,16 +128,25 @@ impl FlowPattern {
             6 => L4::Tcp,
             17 => L4::Udp,
             132 => L4::Sctp,
-            1 if l3 == L3::V4 => L4::Icmp,
-            58 if l3 == L3::V6 => {
-                // rte_flow's ICMP6 item has no echo identifier, so one echo
-                // conversation can't be told from another between the same hosts.
-                if key.port_lo != 0 || key.port_hi != 0 {
+            // An ICMP rule that isn't pinned to one echo identifier takes
+            // every ICMP packet between the two hosts, other flows' echoes
+            // included, and counts them to the wrong flow.
+            1 if l3 == L3::V4 => {
+                if key.port_lo == 0 {
                     return Err(PatternError(
-                        "icmpv6 echo identifier can't be matched by rte_flow's icmp6 item".into(),
+                        "icmp other than echo has no identifier to match: the rule would take all icmp between \
+                         these hosts"
+                            .into(),
                     ));
                 }
-                L4::Other
+                L4::Icmp
+            }
+            58 if l3 == L3::V6 => {
+                return Err(PatternError(
+                    "icmpv6 echo identifier can't be matched by rte_flow's icmp6 item: the rule would take all \
+                     icmpv6 between these hosts"
+                        .into(),
+                ));
             }
             _ => L4::Other,
         };
@@ -202,12 +211,9 @@ impl FlowPattern {
                 s.sctp_mask.hdr.dst_port = u16::MAX;
             }
             L4::Icmp => {
-                // Echo flows carry their identifier in both port fields;
-                // other ICMP (errors, ...) is matched by addresses alone.
-                if key.port_lo != 0 {
-                    s.icmp.hdr.icmp_ident = be16(key.port_lo);
-                    s.icmp_mask.hdr.icmp_ident = u16::MAX;
-                }
+                // Echo flows carry their identifier in both port fields.
+                s.icmp.hdr.icmp_ident = be16(key.port_lo);
+                s.icmp_mask.hdr.icmp_ident = u16::MAX;
             }
             L4::Other => {}
         }
@@ -225,10 +231,7 @@ impl FlowPattern {
             L4::Tcp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_TCP, Some(&s.tcp), Some(&s.tcp_mask))),
             L4::Udp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_UDP, Some(&s.udp), Some(&s.udp_mask))),
             L4::Sctp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_SCTP, Some(&s.sctp), Some(&s.sctp_mask))),
-            L4::Icmp if key.port_lo != 0 => {
-                items.push(item_of(item::RTE_FLOW_ITEM_TYPE_ICMP, Some(&s.icmp), Some(&s.icmp_mask)))
-            }
-            L4::Icmp => items.push(item_of::<sys::rte_flow_item_icmp>(item::RTE_FLOW_ITEM_TYPE_ICMP, None, None)),
+            L4::Icmp => items.push(item_of(item::RTE_FLOW_ITEM_TYPE_ICMP, Some(&s.icmp), Some(&s.icmp_mask))),
             L4::Other => {}
         }
         items.push(item_of::<u8>(item::RTE_FLOW_ITEM_TYPE_END, None, None));
@@ -435,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn icmp_echo_matches_identifier_icmpv6_echo_refused() {
+    fn icmp_echo_matches_identifier_other_icmp_refused() {
         let (key, dir) = FlowKey::canonical(
             flowtable_sw::key::v4_bytes(Ipv4Addr::new(10, 0, 0, 1)),
             flowtable_sw::key::v4_bytes(Ipv4Addr::new(10, 0, 0, 2)),
@@ -454,9 +457,15 @@ mod tests {
         assert_eq!(&mask.unwrap()[off..off + 2], &[0xff, 0xff]);
 
         let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        let (key6, dir6) = FlowKey::canonical(a.octets(), a.octets(), 9, 9, 58, true, 0, 0, 0);
-        let err = FlowPattern::build_key(&key6, dir6).err().unwrap();
-        assert!(err.0.contains("icmpv6"), "{err:?}");
+        for id in [9, 0] {
+            let (key6, dir6) = FlowKey::canonical(a.octets(), a.octets(), id, id, 58, true, 0, 0, 0);
+            let err = FlowPattern::build_key(&key6, dir6).err().unwrap();
+            assert!(err.0.contains("icmpv6"), "{err:?}");
+        }
+        // ICMP errors have no identifier: a rule would take the echoes too.
+        let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 0, 0, 1);
+        let err = FlowPattern::build_key(&key, dir).err().unwrap();
+        assert!(err.0.contains("all icmp"), "{err:?}");
     }
 
     #[test]
