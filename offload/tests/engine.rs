@@ -489,21 +489,50 @@ fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
     assert_eq!(e.rules_live(), 0, "no flow came in on port 1 first with three packets");
 }
 
-/// The sim NIC, keeping a copy of every rule it is asked to install.
-struct Recording {
+/// The sim NIC as the tests below need it: it keeps a copy of every rule
+/// it is asked to install, and `behind_tap` puts its rules behind a
+/// software tap, as tc's sit behind AF_PACKET.
+struct Wrapped {
     nic: SimNic,
+    caps: Capabilities,
     asked: std::sync::Arc<std::sync::Mutex<Vec<RuleSpec>>>,
+    tap: Option<Tap>,
 }
 
-impl Backend for Recording {
+/// Software sees every packet and the rule counts (and drops) it
+/// afterwards; a rule takes effect only `late` packets after it is
+/// installed, as a real one does a netlink round trip later.
+struct Tap {
+    late: usize,
+    until_effective: usize,
+}
+
+impl Wrapped {
+    fn new(profile: SimProfile) -> Wrapped {
+        let nic = SimNic::new(profile);
+        let caps = nic.capabilities().clone();
+        Wrapped { nic, caps, asked: Default::default(), tap: None }
+    }
+
+    fn behind_tap(mut self, late: usize) -> Wrapped {
+        self.caps.software_sees_offloaded = true;
+        self.tap = Some(Tap { late, until_effective: 0 });
+        self
+    }
+}
+
+impl Backend for Wrapped {
     fn name(&self) -> &str {
         self.nic.name()
     }
     fn capabilities(&self) -> &Capabilities {
-        self.nic.capabilities()
+        &self.caps
     }
     fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
         self.asked.lock().unwrap().extend_from_slice(rules);
+        if let Some(tap) = self.tap.as_mut() {
+            tap.until_effective = tap.late;
+        }
         self.nic.install(rules)
     }
     fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
@@ -516,7 +545,14 @@ impl Backend for Recording {
         self.nic.set_clock(now_ns)
     }
     fn offer(&mut self, pkt: &PacketInfo) -> bool {
-        self.nic.offer(pkt)
+        let Some(tap) = self.tap.as_mut() else { return self.nic.offer(pkt) };
+        if tap.until_effective > 0 {
+            tap.until_effective -= 1;
+        } else {
+            self.nic.offer(pkt);
+        }
+        // The tap saw it first either way: software handles it too.
+        false
     }
 }
 
@@ -529,9 +565,9 @@ fn pass_on_an_inline_pair_forwards_each_direction_to_the_other_port() {
       "offload": {"poll_interval_ms": 100}
     }"#;
     let recording = |profile: SimProfile| {
-        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let c = parse("test.json", PAIRED).unwrap();
-        let backend = Recording { nic: SimNic::new(profile), asked: asked.clone() };
+        let backend = Wrapped::new(profile);
+        let asked = backend.asked.clone();
         (Engine::from_config(&c, Box::new(backend)).unwrap(), asked)
     };
     let (mut e, asked) = recording(SimProfile::full());
@@ -575,48 +611,6 @@ fn pass_on_an_inline_pair_forwards_each_direction_to_the_other_port() {
     assert!(why.contains("Forward"), "{why}");
 }
 
-/// A backend whose rules sit behind a software tap, as tc's do behind
-/// AF_PACKET: software sees every packet, and the rule counts (and drops)
-/// it afterwards. A rule takes effect only `late` packets after it is
-/// installed, as a real one does a netlink round trip later.
-struct Tapped {
-    nic: SimNic,
-    caps: Capabilities,
-    late: usize,
-    until_effective: usize,
-}
-
-impl Backend for Tapped {
-    fn name(&self) -> &str {
-        "tapped"
-    }
-    fn capabilities(&self) -> &Capabilities {
-        &self.caps
-    }
-    fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
-        self.until_effective = self.late;
-        self.nic.install(rules)
-    }
-    fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
-        self.nic.remove(cookies)
-    }
-    fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
-        self.nic.read_counters(out)
-    }
-    fn set_clock(&mut self, now_ns: u64) {
-        self.nic.set_clock(now_ns)
-    }
-    fn offer(&mut self, pkt: &PacketInfo) -> bool {
-        if self.until_effective > 0 {
-            self.until_effective -= 1;
-        } else {
-            self.nic.offer(pkt);
-        }
-        // The tap saw it first either way: software handles it too.
-        false
-    }
-}
-
 #[test]
 fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
     const DROP_AFTER_3: &str = r#"{
@@ -625,9 +619,7 @@ fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
       "offload": {"poll_interval_ms": 100}
     }"#;
     for (late, keep_rules) in [(0, false), (2, false), (7, false), (2, true)] {
-        let nic = SimNic::new(SimProfile::full());
-        let caps = Capabilities { software_sees_offloaded: true, ..nic.capabilities().clone() };
-        let backend = Tapped { nic, caps, late, until_effective: 0 };
+        let backend = Wrapped::new(SimProfile::full()).behind_tap(late);
         let mut e = Engine::from_config(&parse("test.json", DROP_AFTER_3).unwrap(), Box::new(backend)).unwrap();
         let mut t = 0;
         for i in 0..30 {
