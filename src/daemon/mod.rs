@@ -461,9 +461,6 @@ impl Daemon {
     /// The slow path: installs, counters, aging; records out; rates sampled.
     fn tick(&mut self, now: u64) {
         self.engine.poll(now);
-        for slot in self.slots.iter_mut().filter(|s| s.live) {
-            slot.losses = slot.source.capture_losses();
-        }
         self.next_poll = now + POLL_TICK_NS;
         self.write_records();
         if let Some(w) = self.records.as_mut() {
@@ -482,6 +479,11 @@ impl Daemon {
             });
             if self.samples.len() > RATE_SAMPLES {
                 self.samples.pop_front();
+            }
+            // Once a second, like the rates: reading them is a syscall per
+            // ring (AF_PACKET) or a PMD stats call per port (DPDK).
+            for slot in self.slots.iter_mut().filter(|s| s.live) {
+                slot.losses = slot.source.capture_losses();
             }
         }
     }

@@ -42,7 +42,7 @@ pub struct Slot {
     pub pending: Option<Pending>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
-    /// A live capture's losses, as of the last poll tick.
+    /// A live capture's losses, read once a second.
     pub losses: Option<CaptureLosses>,
 }
 
