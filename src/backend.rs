@@ -4,7 +4,7 @@
 
 use flowtable_config::{BackendConfig, Config, SimProfile as ProfileName};
 use flowtable_hw::tc::{TcBackend, TcConfig};
-use flowtable_hw::{Backend, SimNic, SimProfile};
+use flowtable_hw::{Backend, SimLatency, SimNic, SimProfile};
 
 /// The sim NIC profile a configuration names, with its overrides applied.
 pub fn sim_profile(name: ProfileName, max_rules: Option<usize>, insert_rate: Option<u32>) -> SimProfile {
@@ -25,8 +25,11 @@ pub fn sim_profile(name: ProfileName, max_rules: Option<usize>, insert_rate: Opt
 /// Creates the backend a configuration asks for.
 pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
     match &config.backend {
-        BackendConfig::Sim { profile, max_rules, insert_rate } => {
-            Ok(Box::new(SimNic::new(sim_profile(*profile, *max_rules, *insert_rate))))
+        BackendConfig::Sim { profile, max_rules, insert_rate, latency } => {
+            let mut p = sim_profile(*profile, *max_rules, *insert_rate);
+            p.latency =
+                SimLatency { per_rule_ns: latency.per_rule_us * 1_000, per_read_ns: latency.per_read_ms * 1_000_000 };
+            Ok(Box::new(SimNic::new(p)))
         }
         BackendConfig::Tc { keep_rules, icmp_by_hosts } => {
             let mut tc = TcConfig::new(config.ports.iter().map(|p| p.name.clone()).collect(), config.instance_id);

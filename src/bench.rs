@@ -404,13 +404,14 @@ pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Resu
     offload.table.max_flows = 4_194_304;
 
     let one = |c: &flowtable_config::Config| -> Result<(crate::replay::ReplaySummary, u64), String> {
-        let mut engine = flowtable_offload::Engine::from_config(c, crate::backend::build(c)?)?;
         let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-        let s = crate::replay::replay(&mut src, &mut engine, |r| {
+        let r = crate::replay::replay(&mut src, c, c.workers, crate::backend::build(c)?, |r| {
             black_box(r);
-        })
-        .map_err(|e| e.to_string())?;
-        Ok((s, engine.stats().flows_created))
+        })?;
+        if let Some(e) = r.source_error {
+            return Err(e.to_string());
+        }
+        Ok((r.summary, r.stats.flows_created))
     };
     let (first, flows) = one(&software)?;
     let mut mem = vec![first.packets_per_second()];

@@ -5,7 +5,8 @@
 use crate::replay::{replay, ReplaySummary};
 use crate::source::synth::{SynthConfig, SyntheticSource};
 use crate::source::{PacketSource, RawPacket, SourceError};
-use flowtable_offload::{Engine, FlowRecord};
+use flowtable_config::Config;
+use flowtable_offload::{EngineStats, FlowRecord};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 
@@ -72,6 +73,7 @@ impl<S: PacketSource> PacketSource for Progress<S> {
 
 pub struct DemoOutcome {
     pub summary: ReplaySummary,
+    pub stats: EngineStats,
     pub records: Vec<FlowRecord>,
     /// Flows whose counts differ from the generator's.
     pub mismatches: Vec<String>,
@@ -96,11 +98,16 @@ pub const DEMO_RATE_PPS: f64 = 20_000.0;
 /// Runs the generator through `engine`, then compares every record with the
 /// generator's ground truth, summed per conversation (address/port pair,
 /// protocol, VLAN), since a flow may end by timeout and start again.
-pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<DemoOutcome, String> {
+pub fn run(config: &Config, workers: usize, synth: SynthConfig, progress: bool) -> Result<DemoOutcome, String> {
     let source = SyntheticSource::new(synth).map_err(|e| e.to_string())?;
     let mut source = Progress::new(source, progress);
     let mut records = Vec::new();
-    let summary = replay(&mut source, engine, |r| records.push(r.clone())).map_err(|e| e.to_string())?;
+    let backend = crate::backend::build(config)?;
+    let replayed = replay(&mut source, config, workers, backend, |r| records.push(r.clone()))?;
+    if let Some(e) = replayed.source_error {
+        return Err(e.to_string());
+    }
+    let (summary, stats) = (replayed.summary, replayed.stats);
     source.finish();
 
     let mut ours: HashMap<Tuple, (u64, u64)> = HashMap::new();
@@ -132,5 +139,5 @@ pub fn run(engine: &mut Engine, synth: SynthConfig, progress: bool) -> Result<De
     }
     mismatches
         .extend(ours.keys().filter(|k| !truth.contains_key(*k)).map(|k| format!("{k:?}: recorded, never generated")));
-    Ok(DemoOutcome { summary, records, mismatches, flows_checked: truth.len() })
+    Ok(DemoOutcome { summary, stats, records, mismatches, flows_checked: truth.len() })
 }

@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod demo;
 pub mod replay;
 pub mod report;
+pub mod runtime;
 pub mod source;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use flowtable::report;
 use flowtable_config::Config;
-use flowtable_offload::{Engine, FlowRecord};
+use flowtable_offload::{EngineStats, FlowRecord};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +28,9 @@ enum Command {
         /// Rows in the top-flows table.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Worker threads (default: the configuration's `workers`).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Synthetic traffic through the simulated NIC: what offload does to a
     /// realistic mix, checked against the generator's ground truth.
@@ -49,6 +52,9 @@ enum Command {
         /// Rows in the top-flows table.
         #[arg(long, default_value_t = 10)]
         top: usize,
+        /// Worker threads (default: the configuration's `workers`).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Speed and memory figures, each beside a peer measured in the same run.
     Bench {
@@ -137,22 +143,18 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
     }
 }
 
-fn build_engine(config: &Config) -> Result<Engine, String> {
-    let backend = flowtable::backend::build(config)?;
-    Engine::from_config(config, backend)
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Replay { file, config, json, top } => {
+        Command::Replay { file, config, json, top, workers } => {
             let config = load_config(config.as_deref())?;
-            let mut engine = build_engine(&config)?;
+            let workers = workers.unwrap_or(config.workers);
+            let backend = flowtable::backend::build(&config)?;
             let mut source = flowtable::source::pcap::PcapFileSource::open(&file, 0).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut records: Vec<FlowRecord> = Vec::new();
             let mut write_error = None;
-            let result = flowtable::replay::replay(&mut source, &mut engine, |r| {
+            let replayed = flowtable::replay::replay(&mut source, &config, workers, backend, |r| {
                 if json {
                     if let Err(e) = serde_json::to_writer(&mut out, r)
                         .map_err(|e| e.to_string())
@@ -163,26 +165,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 } else {
                     records.push(r.clone());
                 }
-            });
+            })?;
             if let Some(e) = write_error {
                 return Err(format!("writing records: {e}"));
             }
-            let (summary, source_error) = match result {
-                Ok(s) => (s, None),
-                Err(e) => (e.summary, Some(e.source.to_string())),
-            };
+            let summary = &replayed.summary;
             if json {
-                let line = serde_json::json!({"summary": summary, "engine": engine.stats()});
+                let line = serde_json::json!({"summary": summary, "engine": replayed.stats});
                 writeln!(out, "{line}").map_err(|e| e.to_string())?;
             } else {
-                write!(out, "{}", replay_report(&file.display().to_string(), &summary, &engine, &records, top))
+                write!(out, "{}", replay_report(&file.display().to_string(), summary, &replayed.stats, &records, top))
                     .map_err(|e| e.to_string())?;
             }
             out.flush().map_err(|e| e.to_string())?;
             // Records of what was read are out; then the file's fault is told.
-            source_error.map_or(Ok(()), Err)
+            replayed.source_error.map_or(Ok(()), |e| Err(e.to_string()))
         }
-        Command::Demo { flows, seed, profile, config, write_pcap, top } => {
+        Command::Demo { flows, seed, profile, config, write_pcap, top, workers } => {
             let mut config = match &config {
                 Some(p) => flowtable_config::load(p).map_err(|e| e.to_string())?,
                 None => flowtable_config::parse("(demo configuration)", flowtable::demo::DEMO_CONFIG)
@@ -206,15 +205,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 let t = gen.write_pcap(path).map_err(|e| e.to_string())?;
                 eprintln!("wrote {} packets of {} flows to {}", t.packets, t.flows_started, path.display());
             }
-            let mut engine = build_engine(&config)?;
+            let workers = workers.unwrap_or(config.workers);
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let outcome = flowtable::demo::run(&mut engine, synth, progress)?;
+            let outcome = flowtable::demo::run(&config, workers, synth, progress)?;
             print!(
                 "{}",
                 replay_report(
                     &format!("synthetic traffic ({flows} flows, seed {seed})"),
                     &outcome.summary,
-                    &engine,
+                    &outcome.stats,
                     &outcome.records,
                     top
                 )
@@ -305,11 +304,10 @@ fn run(cli: Cli) -> Result<(), String> {
 fn replay_report(
     what: &str,
     s: &flowtable::replay::ReplaySummary,
-    engine: &Engine,
+    st: &EngineStats,
     records: &[FlowRecord],
     top: usize,
 ) -> String {
-    let st = engine.stats();
     let mut o = String::new();
     o.push_str(&format!(
         "{what}: {} packets, {} in {} ({})\n",

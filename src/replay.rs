@@ -1,16 +1,16 @@
 //! The replay driver: packets from a source through the (simulated) NIC,
-//! the parser and the engine, with the engine polled on the source's
-//! clock, so a capture replays as it happened, only faster.
+//! the parser and the workers, polled on the source's clock, so a capture
+//! replays as it happened, only faster.
 
+use crate::runtime::{Clock, FromWorker, Runtime, RuntimeConfig, WorkerTimes, POLL_TICK_NS};
 use crate::source::{PacketSource, SourceError};
-use flowtable_offload::{Engine, FlowRecord, BATCH};
+use flowtable_config::Config;
+use flowtable_hw::Backend;
+use flowtable_offload::{Classifier, EngineStats, FlowRecord};
 use flowtable_sw::parse::parse_packet;
-use flowtable_sw::{PacketInfo, SkipCounters, SkipReason};
+use flowtable_sw::{SkipCounters, SkipReason};
 use serde::Serialize;
 use std::time::Instant;
-
-/// How often, in packet time, the engine's slow path runs during a replay.
-pub const POLL_TICK_NS: u64 = 10_000_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplaySummary {
@@ -42,33 +42,48 @@ impl ReplaySummary {
     }
 }
 
-/// A source that broke off mid-way; what was read before still counts, and
-/// its flows' records were written.
-#[derive(Debug, thiserror::Error)]
-#[error("{source}")]
-pub struct ReplayError {
+/// What a replay did: the packets read, every shard's and the offload
+/// thread's counters, and how the workers' packet paths went.
+pub struct Replayed {
     pub summary: ReplaySummary,
-    pub source: SourceError,
+    pub stats: EngineStats,
+    pub workers: Vec<WorkerTimes>,
+    /// The source broke off here; what it delivered before is in the
+    /// records and the summary.
+    pub source_error: Option<SourceError>,
+    /// Rules the NIC still held at the end (none, unless removals failed).
+    pub rules_left: usize,
 }
 
-/// Replays `source` through `engine` until the source ends, then shuts
-/// the engine down (remaining flows end with reason `shutdown`). Every
-/// record goes to `on_record` as it is made.
-// The error carries the summary of what was read before the source broke
-// off; it is made once per replay, so its size costs nothing.
-#[allow(clippy::result_large_err)]
+/// Replays `source` with `workers` workers and `backend` as the
+/// configuration says, until the source ends, then ends every flow (reason
+/// `shutdown`). Every record goes to `on_record` as it is made. The
+/// replay's clock is the capture's: its workers run in lockstep epochs
+/// (see `crate::runtime`), so the flows are the same for any number of
+/// workers.
 pub fn replay(
     source: &mut dyn PacketSource,
-    engine: &mut Engine,
+    config: &Config,
+    workers: usize,
+    backend: Box<dyn Backend>,
     mut on_record: impl FnMut(&FlowRecord),
-) -> Result<ReplaySummary, ReplayError> {
+) -> Result<Replayed, String> {
+    let classifier = Classifier::new(&config.classifier)?;
+    let ports = config.port_map().unwrap_or_default();
+    let rt_config = RuntimeConfig::from_config(config, workers, true);
+    let mut rt = Runtime::start(rt_config, classifier, backend, Clock::frozen())?;
+    let mut dispatch = rt.dispatcher();
     let started = Instant::now();
     let mut sum = ReplaySummary::default();
-    // Packets for software wait here so their lookups go in one batch.
-    let mut batch: Vec<PacketInfo> = Vec::with_capacity(BATCH);
-    let mut batch_ts: Vec<u64> = Vec::with_capacity(BATCH);
     let mut next_poll = 0u64;
     let mut now = 0u64;
+    let drain = |rt: &Runtime, on_record: &mut dyn FnMut(&FlowRecord)| {
+        while let Ok(out) = rt.output.try_recv() {
+            if let FromWorker::Records(records) = out {
+                records.iter().for_each(&mut *on_record);
+            }
+        }
+    };
     let result = loop {
         let pkt = match source.next_packet() {
             Ok(Some(p)) => p,
@@ -84,55 +99,49 @@ pub fn replay(
         // Captures are not always in time order; time never runs backwards.
         if pkt.ts_ns > now {
             now = pkt.ts_ns;
-            // The NIC stamps rule hits with its own clock, as hardware does.
-            engine.backend_mut().set_clock(now);
         }
         if now >= next_poll {
-            engine.process_batch(&batch, &batch_ts);
-            batch.clear();
-            batch_ts.clear();
-            engine.poll(now);
+            dispatch.tick(now);
             next_poll = now + POLL_TICK_NS;
-            for r in engine.drain_records() {
-                on_record(&r);
-            }
+            drain(&rt, &mut on_record);
         }
         let Some(link) = pkt.link else {
             sum.skipped.add(SkipReason::UnsupportedLinkType);
             continue;
         };
-        let info = match parse_packet(link, pkt.data, pkt.wire_len, engine.ports().ingress(pkt.ingress)) {
+        let info = match parse_packet(link, pkt.data, pkt.wire_len, ports.ingress(pkt.ingress)) {
             Ok(info) => info,
             Err(reason) => {
                 sum.skipped.add(reason);
                 continue;
             }
         };
-        if engine.offer_to_nic(&info) {
+        if dispatch.offer(&info, now) {
             sum.nic_packets += 1;
         } else {
             sum.sw_packets += 1;
-            batch.push(info);
-            batch_ts.push(now);
-            if batch.len() == BATCH {
-                engine.process_batch(&batch, &batch_ts);
-                batch.clear();
-                batch_ts.clear();
-            }
+            dispatch.push(info, now, None);
         }
     };
-    engine.process_batch(&batch, &batch_ts);
     // What was read is kept even when the source broke off: flows end and
     // their records are written before the error is reported.
-    engine.poll(now);
-    engine.shutdown(false);
-    for r in engine.drain_records() {
-        on_record(&r);
+    dispatch.go_free(now);
+    drop(dispatch);
+    let output = rt.output.clone();
+    let finished = rt.shutdown(false);
+    for out in output.try_iter() {
+        if let FromWorker::Records(records) = out {
+            records.iter().for_each(&mut on_record);
+        }
     }
+    let finished = finished?;
     sum.last_ts_ns = now;
     sum.wall_ns = started.elapsed().as_nanos() as u64;
-    match result {
-        Ok(()) => Ok(sum),
-        Err(source) => Err(ReplayError { summary: sum, source }),
-    }
+    Ok(Replayed {
+        summary: sum,
+        stats: finished.stats,
+        workers: finished.times,
+        source_error: result.err(),
+        rules_left: finished.coordinator.rules_live(),
+    })
 }

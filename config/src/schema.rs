@@ -17,6 +17,10 @@ pub struct Config {
     /// someone else's.
     #[serde(default = "default_instance_id")]
     pub instance_id: u32,
+    /// Worker threads, each owning a shard of the flow table; both
+    /// directions of a flow are always handled by the same worker.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// The ports, in index order: flow keys, forward and mirror actions
     /// name ports by their index here.
     #[serde(default = "default_ports")]
@@ -45,6 +49,14 @@ pub struct Config {
 fn default_instance_id() -> u32 {
     1
 }
+
+fn default_workers() -> usize {
+    1
+}
+
+/// Most worker threads (a flow id has 8 bits for its shard; past the
+/// cores of any one NIC's host there is nothing to gain).
+pub const MAX_WORKERS: usize = 64;
 
 fn default_ports() -> Vec<PortConfig> {
     vec![PortConfig { name: "port0".into(), pair: None }, PortConfig { name: "port1".into(), pair: None }]
@@ -378,6 +390,9 @@ pub enum BackendConfig {
         /// Overrides the profile's insertion rate (rules per second).
         #[serde(default)]
         insert_rate: Option<u32>,
+        /// How long its calls take, to stand in for a slow NIC or kernel.
+        #[serde(default)]
+        latency: SimLatencyConfig,
     },
     /// Linux tc-flower on the ports' interfaces.
     Tc {
@@ -410,8 +425,22 @@ impl BackendConfig {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig::Sim { profile: SimProfile::default(), max_rules: None, insert_rate: None }
+        BackendConfig::Sim {
+            profile: SimProfile::default(),
+            max_rules: None,
+            insert_rate: None,
+            latency: SimLatencyConfig::default(),
+        }
     }
+}
+
+/// The sim NIC's call latencies: each install or removal call takes
+/// `per_rule_us` per rule, each counter read `per_read_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimLatencyConfig {
+    pub per_rule_us: u64,
+    pub per_read_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -511,6 +540,9 @@ impl Config {
     /// Checks what serde's types can't: ranges, references between
     /// sections. Returns the offending field's path and the problem.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(("workers".into(), format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers)));
+        }
         if self.table.max_flows == 0 || self.table.max_flows > u32::MAX as usize {
             return Err((
                 "table.max_flows".into(),

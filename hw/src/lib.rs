@@ -14,7 +14,7 @@ pub use rule::{
     Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, MatchSupport, Placement,
     PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
 };
-pub use sim::{SimNic, SimProfile};
+pub use sim::{SimLatency, SimNic, SimPath, SimProfile};
 
 /// A NIC (or kernel path) that takes per-direction flow rules.
 ///
@@ -42,16 +42,26 @@ pub trait Backend: Send {
     /// us, appending `(cookie, counters)` to `out`.
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError>;
 
-    /// Tells the backend the engine's clock (replay time or wall time), for
-    /// backends that keep time themselves (the sim's insertion rate and
-    /// last-use stamps).
+    /// Tells the backend the offload thread's clock (replay time or wall
+    /// time), for backends that keep time themselves (the sim's insertion
+    /// rate).
     fn set_clock(&mut self, _now_ns: u64) {}
 
-    /// For a NIC that sits in this process's packet path (the sim): offers
-    /// a packet to its rule table before software sees it. Returns true when
-    /// a rule took the packet, which software then never sees, as with real
-    /// hardware. Backends outside the process return false.
-    fn offer(&mut self, _pkt: &PacketInfo) -> bool {
-        false
+    /// For a NIC that sits in this process's packet path (the sim): a
+    /// handle on its rule table for whoever hands packets to software, so
+    /// the packets its rules take never reach a worker, as with hardware.
+    /// The backend itself stays with the offload thread. `None` for
+    /// backends outside the process.
+    fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
+        None
     }
+}
+
+/// The packet side of a NIC in this process's packet path (the sim): the
+/// one call made per packet, apart from the backend's control calls.
+pub trait InlineNic: Send {
+    /// Offers a packet, received at `now_ns`, to the rule table before
+    /// software sees it. Returns true when a rule took the packet, which
+    /// software then never sees.
+    fn offer(&mut self, pkt: &PacketInfo, now_ns: u64) -> bool;
 }

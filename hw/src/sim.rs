@@ -5,9 +5,11 @@
 //! and are seen only through the counters, as with real hardware.
 
 use crate::rule::*;
-use crate::Backend;
+use crate::{Backend, InlineNic};
 use flowtable_sw::{Direction, FlowKey, PacketInfo};
 use hashbrown::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the simulated NIC can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +18,18 @@ pub struct SimProfile {
     pub capabilities: Capabilities,
     /// Message given for every refusal, when the profile refuses all.
     pub refuse_all: Option<String>,
+    /// How long its control calls take (none by default).
+    pub latency: SimLatency,
+}
+
+/// How long the simulated NIC's control calls take, to stand in for a
+/// slow NIC or kernel: each call sleeps on the thread that makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SimLatency {
+    /// Per rule installed or removed.
+    pub per_rule_ns: u64,
+    /// Per counter read (a dump of every rule).
+    pub per_read_ns: u64,
 }
 
 impl SimProfile {
@@ -32,6 +46,7 @@ impl SimProfile {
                 software_sees_offloaded: false,
             },
             refuse_all: None,
+            latency: SimLatency::default(),
         }
     }
 
@@ -67,32 +82,52 @@ struct SimRule {
     counters: RuleCounters,
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The rule table, shared by the backend (installs, removals and counter
+/// reads on the offload thread) and its packet path (`SimPath`, on the
+/// thread that hands packets to software), as a NIC's table is shared by
+/// its firmware and its pipeline.
+#[derive(Default)]
+struct SimTable {
+    /// Exact match: flow key and direction to rule.
+    rules: FastMap<(FlowKey, Direction), SimRule>,
+    by_cookie: FastMap<Cookie, (FlowKey, Direction)>,
+    /// Packets per action the NIC applied, for tests and the demo.
+    applied: FastMap<ActionKind, u64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    // A mutex, not a lock-free table: the packet side takes it once per
+    // packet offered, uncontended but for the moments the offload thread
+    // changes rules, and only while rules exist (`rules` is read first).
+    table: Mutex<SimTable>,
+    rules: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SimTable> {
+        // A panic elsewhere while holding the table leaves it consistent
+        // (every change is one insert or remove): go on with it.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The simulated NIC.
 pub struct SimNic {
     profile: SimProfile,
-    /// Exact-match table: flow key and direction to rule.
-    rules: HashMap<(FlowKey, Direction), SimRule, foldhash::fast::RandomState>,
-    by_cookie: HashMap<Cookie, (FlowKey, Direction), foldhash::fast::RandomState>,
+    shared: Arc<Shared>,
     now_ns: u64,
     /// Token bucket for the insertion rate: tokens and when last filled.
     tokens: f64,
     filled_at: u64,
-    /// Packets per action the NIC applied, for tests and the demo.
-    pub applied: HashMap<ActionKind, u64, foldhash::fast::RandomState>,
 }
 
 impl SimNic {
     pub fn new(profile: SimProfile) -> SimNic {
         let burst = profile.capabilities.max_insert_rate as f64;
-        SimNic {
-            profile,
-            rules: HashMap::default(),
-            by_cookie: HashMap::default(),
-            now_ns: 0,
-            tokens: burst,
-            filled_at: 0,
-            applied: HashMap::default(),
-        }
+        SimNic { profile, shared: Arc::default(), now_ns: 0, tokens: burst, filled_at: 0 }
     }
 
     pub fn profile(&self) -> &SimProfile {
@@ -100,7 +135,17 @@ impl SimNic {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.shared.rules.load(Ordering::Relaxed)
+    }
+
+    /// Packets the NIC applied an action of `kind` to.
+    pub fn applied(&self, kind: ActionKind) -> u64 {
+        self.shared.lock().applied.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// The packet side of this NIC (see `InlineNic`).
+    pub fn path(&self) -> SimPath {
+        SimPath { shared: self.shared.clone() }
     }
 
     fn refill(&mut self) {
@@ -113,7 +158,7 @@ impl SimNic {
         self.filled_at = self.now_ns;
     }
 
-    fn check(&self, rule: &RuleSpec) -> Result<(), Refusal> {
+    fn check(&self, table: &SimTable, rule: &RuleSpec) -> Result<(), Refusal> {
         if let Some(msg) = &self.profile.refuse_all {
             return Err(Refusal { kind: RefusalKind::Driver, message: msg.clone() });
         }
@@ -134,19 +179,26 @@ impl SimNic {
                 message: format!("sim NIC ({}): action {:?} not supported", self.profile.name, rule.action.kind()),
             });
         }
-        if self.by_cookie.contains_key(&rule.cookie) || self.rules.contains_key(&(rule.matches.key, rule.matches.dir)) {
+        if table.by_cookie.contains_key(&rule.cookie) || table.rules.contains_key(&(rule.matches.key, rule.matches.dir))
+        {
             return Err(Refusal {
                 kind: RefusalKind::Exists,
                 message: "sim NIC: a rule for this flow direction exists".into(),
             });
         }
-        if caps.max_rules != 0 && self.rules.len() >= caps.max_rules {
+        if caps.max_rules != 0 && table.rules.len() >= caps.max_rules {
             return Err(Refusal {
                 kind: RefusalKind::Capacity,
                 message: format!("sim NIC: table full ({} rules)", caps.max_rules),
             });
         }
         Ok(())
+    }
+
+    fn delay(ns: u64) {
+        if ns > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(ns));
+        }
     }
 }
 
@@ -160,12 +212,15 @@ impl Backend for SimNic {
     }
 
     fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
+        Self::delay(self.profile.latency.per_rule_ns.saturating_mul(rules.len() as u64));
         self.refill();
         let limited = self.profile.capabilities.max_insert_rate != 0;
-        rules
+        let shared = self.shared.clone();
+        let mut table = shared.lock();
+        let out = rules
             .iter()
             .map(|rule| {
-                if let Err(r) = self.check(rule) {
+                if let Err(r) = self.check(&table, rule) {
                     return InstallOutcome::Refused(r);
                 }
                 if limited {
@@ -178,7 +233,7 @@ impl Backend for SimNic {
                     self.tokens -= 1.0;
                 }
                 let at = (rule.matches.key, rule.matches.dir);
-                self.rules.insert(
+                table.rules.insert(
                     at,
                     SimRule {
                         cookie: rule.cookie,
@@ -187,30 +242,37 @@ impl Backend for SimNic {
                         counters: RuleCounters::default(),
                     },
                 );
-                self.by_cookie.insert(rule.cookie, at);
+                table.by_cookie.insert(rule.cookie, at);
                 InstallOutcome::Installed {
                     placement: Placement::Hardware,
                     counters: self.profile.capabilities.counters,
                 }
             })
-            .collect()
+            .collect();
+        shared.rules.store(table.rules.len(), Ordering::Relaxed);
+        out
     }
 
     fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
-        cookies
+        Self::delay(self.profile.latency.per_rule_ns.saturating_mul(cookies.len() as u64));
+        let mut table = self.shared.lock();
+        let out = cookies
             .iter()
             .map(|c| {
-                let at = self
+                let at = table
                     .by_cookie
                     .remove(c)
                     .ok_or_else(|| BackendError::UnknownRule { backend: "sim".into(), cookie: *c })?;
-                Ok(self.rules.remove(&at).map(|r| r.counters))
+                Ok(table.rules.remove(&at).map(|r| r.counters))
             })
-            .collect()
+            .collect();
+        self.shared.rules.store(table.rules.len(), Ordering::Relaxed);
+        out
     }
 
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
-        out.extend(self.rules.values().map(|r| (r.cookie, r.counters)));
+        Self::delay(self.profile.latency.per_read_ns);
+        out.extend(self.shared.lock().rules.values().map(|r| (r.cookie, r.counters)));
         Ok(())
     }
 
@@ -218,12 +280,28 @@ impl Backend for SimNic {
         self.now_ns = self.now_ns.max(now_ns);
     }
 
+    fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
+        Some(Box::new(self.path()))
+    }
+}
+
+/// The packet side of the simulated NIC: its rules take the packets they
+/// match before software sees them, stamping the rule's last use with the
+/// packet's time, as a NIC stamps its own clock.
+#[derive(Clone)]
+pub struct SimPath {
+    shared: Arc<Shared>,
+}
+
+impl InlineNic for SimPath {
     #[inline]
-    fn offer(&mut self, pkt: &PacketInfo) -> bool {
-        if self.rules.is_empty() {
+    fn offer(&mut self, pkt: &PacketInfo, now_ns: u64) -> bool {
+        if self.shared.rules.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let Some(rule) = self.rules.get_mut(&(pkt.key, pkt.dir)).filter(|r| r.port == pkt.port) else {
+        let mut guard = self.shared.lock();
+        let table = &mut *guard;
+        let Some(rule) = table.rules.get_mut(&(pkt.key, pkt.dir)).filter(|r| r.port == pkt.port) else {
             return false;
         };
         let c = &mut rule.counters;
@@ -231,8 +309,8 @@ impl Backend for SimNic {
         c.bytes += pkt.wire_len as u64;
         c.hw_packets += 1;
         c.hw_bytes += pkt.wire_len as u64;
-        c.last_used_ns = Some(self.now_ns);
-        *self.applied.entry(rule.action.kind()).or_insert(0) += 1;
+        c.last_used_ns = Some(c.last_used_ns.map_or(now_ns, |t| t.max(now_ns)));
+        *table.applied.entry(rule.action.kind()).or_insert(0) += 1;
         // Mark and mirror deliver the packet to software too, but the flow's
         // counting is the rule's: software must not count it again, so the
         // packet is reported as taken either way.
@@ -270,15 +348,17 @@ mod tests {
     #[test]
     fn installed_rule_takes_its_direction_and_counts() {
         let mut nic = SimNic::new(SimProfile::full());
+        let mut path = nic.path();
         let (rule, pkt) = spec(1000, Direction::LoToHi, Action::Drop);
         assert!(matches!(nic.install(&[rule])[0], InstallOutcome::Installed { .. }));
-        assert!(nic.offer(&pkt));
+        assert!(path.offer(&pkt, 0));
         let mut rev = pkt;
         rev.dir = rev.dir.reverse();
-        assert!(!nic.offer(&rev), "the other direction has no rule");
+        assert!(!path.offer(&rev, 0), "the other direction has no rule");
         let mut elsewhere = pkt;
         elsewhere.port = 1;
-        assert!(!nic.offer(&elsewhere), "the rule sits on port 0 only");
+        assert!(!path.offer(&elsewhere, 0), "the rule sits on port 0 only");
+        assert_eq!(nic.applied(ActionKind::Drop), 1);
         let mut out = vec![];
         nic.read_counters(&mut out).unwrap();
         assert_eq!(
@@ -290,7 +370,7 @@ mod tests {
         );
         let removed = nic.remove(&[rule.cookie]);
         assert_eq!(removed[0].as_ref().unwrap().unwrap().packets, 1);
-        assert!(!nic.offer(&pkt));
+        assert!(!path.offer(&pkt, 0));
         assert!(nic.remove(&[rule.cookie])[0].is_err());
     }
 

@@ -1,10 +1,17 @@
-//! The offload engine: classifier, offload decisions, counters polling,
-//! aging, and the records and events flows end in.
+//! The offload engine: classifier, shards (a worker's flow table, its
+//! offload decisions and aging), the offload coordinator that owns the
+//! backend, the links between them, and the records and events flows end in.
 
 pub mod classifier;
+pub mod coordinator;
 pub mod engine;
+pub mod link;
 pub mod record;
+pub mod shard;
 
 pub use classifier::{Classifier, Decision};
-pub use engine::{Engine, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, BATCH};
+pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, Gate, OffloadStatus};
+pub use engine::{coordinator_config, Engine};
+pub use link::{link, OffloadLink, Request, Response, ShardLink, QUEUE_DEPTH};
 pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
+pub use shard::{BackendInfo, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, Shard, Then, BATCH};

@@ -2,15 +2,17 @@
 //! limits, refusals and records.
 
 use flowtable_config::parse;
+use flowtable_hw::sim::SimPath;
 use flowtable_hw::{
-    Action, ActionKind, Backend, BackendError, Capabilities, Cookie, InstallOutcome, RuleCounters, RuleSpec, SimNic,
-    SimProfile,
+    Action, ActionKind, Backend, BackendError, Capabilities, Cookie, InlineNic, InstallOutcome, RuleCounters, RuleSpec,
+    SimNic, SimProfile,
 };
 use flowtable_offload::{EndReason, Engine, FlowRecord};
 use flowtable_sw::context::{FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, PortMap, Stage};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -34,8 +36,7 @@ fn pkt(client: u8, cport: u16, sport: u16, proto: u8, to_server: bool, flags: u8
 
 /// What a replay does per packet: the NIC first, then software.
 fn feed(e: &mut Engine, p: &PacketInfo, now: u64) -> bool {
-    e.backend_mut().set_clock(now);
-    if e.offer_to_nic(p) {
+    if e.offer_to_nic(p, now) {
         return true;
     }
     e.process(p, now);
@@ -346,11 +347,11 @@ fn marked_packets_find_their_flow_and_count_once() {
     assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
     let mark = id.index() + 1;
     for i in 0..10 {
-        assert!(e.offer_to_nic(&p), "the rule counts it");
+        assert!(e.offer_to_nic(&p, 3 * MS + i), "the rule counts it");
         e.process_marked(&p, mark, 3 * MS + i);
     }
     // A stale or foreign mark falls back to the hash lookup: same flow.
-    e.offer_to_nic(&p);
+    e.offer_to_nic(&p, 4 * MS);
     e.process_marked(&p, mark + 7, 4 * MS);
     assert_eq!(e.stats().mark_hits, 10);
     assert_eq!(e.stats().mark_misses, 1);
@@ -495,8 +496,8 @@ fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
 struct Wrapped {
     nic: SimNic,
     caps: Capabilities,
-    asked: std::sync::Arc<std::sync::Mutex<Vec<RuleSpec>>>,
-    tap: Option<Tap>,
+    asked: Arc<Mutex<Vec<RuleSpec>>>,
+    tap: Option<Arc<Mutex<Tap>>>,
 }
 
 /// Software sees every packet and the rule counts (and drops) it
@@ -516,7 +517,7 @@ impl Wrapped {
 
     fn behind_tap(mut self, late: usize) -> Wrapped {
         self.caps.software_sees_offloaded = true;
-        self.tap = Some(Tap { late, until_effective: 0 });
+        self.tap = Some(Arc::new(Mutex::new(Tap { late, until_effective: 0 })));
         self
     }
 }
@@ -530,7 +531,8 @@ impl Backend for Wrapped {
     }
     fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
         self.asked.lock().unwrap().extend_from_slice(rules);
-        if let Some(tap) = self.tap.as_mut() {
+        if let Some(tap) = self.tap.as_ref() {
+            let mut tap = tap.lock().unwrap();
             tap.until_effective = tap.late;
         }
         self.nic.install(rules)
@@ -544,12 +546,24 @@ impl Backend for Wrapped {
     fn set_clock(&mut self, now_ns: u64) {
         self.nic.set_clock(now_ns)
     }
-    fn offer(&mut self, pkt: &PacketInfo) -> bool {
-        let Some(tap) = self.tap.as_mut() else { return self.nic.offer(pkt) };
+    fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
+        Some(Box::new(WrappedPath { path: self.nic.path(), tap: self.tap.clone() }))
+    }
+}
+
+struct WrappedPath {
+    path: SimPath,
+    tap: Option<Arc<Mutex<Tap>>>,
+}
+
+impl InlineNic for WrappedPath {
+    fn offer(&mut self, pkt: &PacketInfo, now_ns: u64) -> bool {
+        let Some(tap) = self.tap.as_ref() else { return self.path.offer(pkt, now_ns) };
+        let mut tap = tap.lock().unwrap();
         if tap.until_effective > 0 {
             tap.until_effective -= 1;
         } else {
-            self.nic.offer(pkt);
+            self.path.offer(pkt, now_ns);
         }
         // The tap saw it first either way: software handles it too.
         false

@@ -1,10 +1,13 @@
-//! `flowtable run`: the daemon. One thread owns the engine and runs the
-//! packet loop — sources, the NIC, the flow table, the slow path on a
-//! tick — and between packet batches answers the control requests that
-//! the socket threads hand it over a channel. Records of ended flows go to
-//! a rotated JSON-lines file and to event subscribers. SIGTERM/SIGINT end
-//! every live flow (its record written, its rules removed); SIGHUP reloads
-//! the classifier and timeouts, keeping every flow.
+//! `flowtable run`: the daemon. A reader thread reads the sources, paces
+//! them and hands each packet to its flow's worker (`crate::runtime`); the
+//! workers own the shards of the flow table and the offload thread owns
+//! the backend. This thread answers the control requests the socket
+//! threads hand it, scattering them to the workers between their packet
+//! batches and gathering the answers, writes the records of ended flows to
+//! a rotated JSON-lines file and sends events to subscribers. SIGTERM and
+//! SIGINT end every live flow (its record written, its rules removed);
+//! SIGHUP reloads the classifier and timeouts on every worker, keeping
+//! every flow.
 
 pub mod bench;
 pub mod filter;
@@ -17,31 +20,30 @@ use crate::control::{
     Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats,
     SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
 };
+use crate::runtime::{Clock, Dispatcher, FromWorker, Runtime, RuntimeConfig, ToWorker, WorkerTimes, POLL_TICK_NS};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::Action;
-use flowtable_offload::{Classifier, Engine, EngineError, BATCH};
+use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
 use flowtable_sw::context::{ContextError, FlowContext};
-use flowtable_sw::{FlowId, PacketInfo, SkipCounters, Stage};
+use flowtable_sw::{FlowId, PortMap, SkipCounters, Stage};
 use records::RecordsWriter;
 use serde_json::{json, Value};
 use sources::{Pending, Slot, SlotState};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How often, on the daemon's clock, the engine's slow path runs.
-pub const POLL_TICK_NS: u64 = 10_000_000;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 /// How long the loop rests when a live source has nothing (the capture
 /// ring hands frames over in blocks every 10 ms at most anyway).
 const LIVE_IDLE_NS: u64 = 1_000_000;
 /// Packets read from a source between looks at the control queue.
 pub const READ_BURST: usize = 256;
 /// The stages a live flow can be in.
-const STAGES: [Stage; 5] = [Stage::Tracking, Stage::Software, Stage::Queued, Stage::Offloaded, Stage::Refused];
+const STAGES: [Stage; 7] = Stage::LIVE;
 /// Rates are measured over this many one-second samples.
 const RATE_SAMPLES: usize = 5;
 
@@ -118,47 +120,10 @@ pub struct RunSummary {
     pub records_written: u64,
     pub sources: Vec<SourceStatus>,
     pub control: ControlStats,
-    /// CPU time the engine thread used from start to stop (before shutdown).
+    /// CPU time the workers used from start to stop, all together.
     pub engine_cpu_s: f64,
-}
-
-/// The daemon's clock, in ns since the Unix epoch. It runs with wall time,
-/// except while a source replays as fast as possible: then it is that
-/// source's packet time (frozen between packets), so the capture's flows
-/// age exactly as `flowtable replay` ages them. After, wall time resumes
-/// from there.
-struct Clock {
-    base_ns: u64,
-    base_at: Instant,
-    frozen: bool,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let base_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Clock { base_ns, base_at: Instant::now(), frozen: false }
-    }
-    fn now(&self) -> u64 {
-        if self.frozen {
-            self.base_ns
-        } else {
-            self.base_ns + self.base_at.elapsed().as_nanos() as u64
-        }
-    }
-    /// Moves the clock forward to `t` (never back).
-    fn advance_to(&mut self, t: u64) {
-        if t > self.now() {
-            self.base_ns = t;
-            self.base_at = Instant::now();
-        }
-    }
-    fn set_frozen(&mut self, frozen: bool) {
-        if frozen != self.frozen {
-            self.base_ns = self.now();
-            self.base_at = Instant::now();
-            self.frozen = frozen;
-        }
-    }
+    /// How each worker's packet path went.
+    pub workers: Vec<WorkerTimes>,
 }
 
 struct Sample {
@@ -174,162 +139,68 @@ enum Step {
     Ended,
 }
 
-struct Daemon {
-    engine: Engine,
-    config: Config,
-    config_path: Option<PathBuf>,
-    generation: u64,
-    reloads_refused: u64,
-    slots: Vec<Slot>,
-    clock: Clock,
-    started: Instant,
-    next_poll: u64,
-    records: Option<RecordsWriter>,
-    record_errors: u64,
-    subscribers: Vec<Subscriber>,
-    requests: u64,
-    request_cpu_ns: u64,
-    skipped: SkipCounters,
+/// What the reader thread has read, for statistics; published each tick.
+#[derive(Default, Clone)]
+struct ReaderStatus {
+    sources: Vec<SourceStatus>,
     received: u64,
     received_bytes: u64,
     nic_packets: u64,
     sw_packets: u64,
-    /// Packets for software wait here so their lookups go in one pipelined
-    /// batch (`Engine::process_batch`); emptied before anything reads or
-    /// polls the table, so no query or poll sees a packet half-handled.
-    batch: Vec<PacketInfo>,
-    batch_ts: Vec<u64>,
-    samples: VecDeque<Sample>,
-    /// When the list of largest flows was last rebuilt for a query.
-    last_largest_rebuild: Instant,
+    skipped: SkipCounters,
+    /// Every source has ended (none is live).
+    all_done: bool,
 }
 
-/// Most often a `flows` query may rebuild the table's list of largest flows.
-const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Runs the daemon until `controls.stop` is set, then ends every flow and
-/// returns. The socket is removed on the way out, error or not.
-pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) -> Result<RunSummary, String> {
-    // The backend first: a dpdk source reads the ports the DPDK backend starts.
-    let backend = crate::backend::build(&config)?;
-    let slots = sources::open_all(&config.sources, &controls.stop)?;
-    let engine = Engine::from_config(&config, backend)?;
-    let records = match &config.records.path {
-        Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
-        None => None,
-    };
-    let (jobs_tx, jobs_rx) = server::job_queue();
-    let server = Server::start(Path::new(&config.control.socket), jobs_tx)?;
-    tracing::info!(
-        socket = %server.path().display(),
-        backend = engine.backend().name(),
-        sources = slots.len(),
-        rules = config.classifier.rules.len(),
-        records = config.records.path.as_deref().unwrap_or("-"),
-        "flowtable daemon started"
-    );
-    for s in &slots {
-        tracing::info!(source = %s.name, pace = ?s.pace, "reading packets");
-    }
-    let clock = Clock::new();
-    let mut daemon = Daemon {
-        engine,
-        next_poll: clock.now(),
-        clock,
-        config,
-        config_path,
-        generation: 1,
-        reloads_refused: 0,
-        slots,
-        started: Instant::now(),
-        records,
-        record_errors: 0,
-        subscribers: Vec::new(),
-        requests: 0,
-        request_cpu_ns: 0,
-        skipped: SkipCounters::default(),
-        received: 0,
-        received_bytes: 0,
-        nic_packets: 0,
-        sw_packets: 0,
-        batch: Vec::with_capacity(BATCH),
-        batch_ts: Vec::with_capacity(BATCH),
-        samples: VecDeque::new(),
-        last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
-    };
-    let cpu_at_start = thread_cpu_ns();
-    daemon.run_loop(&jobs_rx, controls);
-    let engine_cpu_s = thread_cpu_ns().saturating_sub(cpu_at_start) as f64 / 1e9;
-    let mut summary = daemon.shutdown();
-    summary.engine_cpu_s = engine_cpu_s;
-    // Requests still queued are answered "shutting down" as their reply
-    // channels close; then the socket goes.
-    drop(jobs_rx);
-    drop(server);
-    Ok(summary)
+/// The reader thread: reads and paces the sources, parses, offers each
+/// packet to an in-process NIC and hands the rest to their workers.
+struct Reader {
+    slots: Vec<Slot>,
+    dispatch: Dispatcher,
+    ports: PortMap,
+    clock: Arc<Clock>,
+    /// Replay's lockstep while fast sources run (see `crate::runtime`).
+    lockstep: bool,
+    next_poll: u64,
+    status: ReaderStatus,
+    shared: Arc<Mutex<ReaderStatus>>,
+    last_losses: Instant,
 }
 
-fn engine_error(e: EngineError) -> ControlError {
-    match e {
-        EngineError::NoSuchFlow(id) => ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}")),
-        EngineError::WrongStage { .. } => ControlError::new(ErrorCode::WrongStage, e.to_string()),
-        EngineError::Unsupported { .. } => ControlError::new(ErrorCode::Unsupported, e.to_string()),
-        EngineError::Context(ContextError::NoSuchFlow(id)) => {
-            ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}"))
-        }
-        EngineError::Context(c) => ControlError::new(ErrorCode::InvalidContext, c.to_string()),
-        EngineError::Backend(b) => ControlError::new(ErrorCode::Backend, b.to_string()),
-    }
-}
-
-fn no_such_flow(id: FlowId) -> ControlError {
-    ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}"))
-}
-
-impl Daemon {
-    fn now(&self) -> u64 {
-        self.clock.now().max(self.engine.now_ns())
-    }
-
-    fn run_loop(&mut self, jobs: &Receiver<Job>, controls: &Controls) {
+impl Reader {
+    fn run(mut self, stop: &AtomicBool) {
+        self.next_poll = self.clock.now();
         loop {
-            if controls.stop.load(Ordering::Relaxed) {
-                tracing::info!("stop requested");
-                return;
-            }
-            if controls.exit_when_done && self.slots.iter().all(|s| !s.running()) {
-                tracing::info!("every source has ended: stopping");
-                return;
-            }
-            if controls.reload.swap(false, Ordering::Relaxed) {
-                self.reload();
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
             let replaying_fast = self.slots.iter().any(|s| s.running() && s.pace == Pace::Fast);
+            if self.lockstep && !replaying_fast {
+                // Fast replay is over: from here the workers and the offload
+                // thread run free on wall time.
+                let now = self.clock.now();
+                self.dispatch.go_free(now);
+                self.lockstep = false;
+            }
             self.clock.set_frozen(replaying_fast);
             let mut now = self.clock.now();
             let (worked, wake_at) = self.pump(&mut now);
             if now >= self.next_poll {
                 self.tick(now);
             }
-            self.publish();
-            // Requests are answered between batches, never inside one.
-            while let Ok(job) = jobs.try_recv() {
-                self.answer(job);
-            }
             if !worked {
                 let until = wake_at.map_or(self.next_poll, |w| w.min(self.next_poll));
-                let wait = Duration::from_nanos(until.saturating_sub(self.clock.now()).min(POLL_TICK_NS));
-                match jobs.recv_timeout(wait) {
-                    Ok(job) => self.answer(job),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-                }
+                let wait = until.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
+                std::thread::sleep(Duration::from_nanos(wait));
             }
         }
+        let now = self.clock.now();
+        self.dispatch.go_free(now);
+        self.publish();
     }
 
-    /// Up to `READ_BURST` packets from each running source. Returns whether any
-    /// source made progress, and when the earliest held packet is due.
+    /// Up to `READ_BURST` packets from each running source. Returns whether
+    /// any source made progress, and when the earliest held packet is due.
     fn pump(&mut self, now: &mut u64) -> (bool, Option<u64>) {
         let mut worked = false;
         let mut wake: Option<u64> = None;
@@ -351,14 +222,15 @@ impl Daemon {
                 }
             }
         }
-        self.flush_batch();
+        // Nothing waits in a half-filled batch while the sources are quiet.
+        self.dispatch.flush();
         // A source replayed fast moves the clock with its packets.
         self.clock.advance_to(*now);
         (worked, wake)
     }
 
     /// One packet of source `i`: read (or taken from the held one), paced,
-    /// offered to the NIC, else to the flow table.
+    /// offered to the NIC, else handed to its worker.
     #[inline]
     fn step(&mut self, i: usize, now: &mut u64) -> Step {
         let slot = &mut self.slots[i];
@@ -378,7 +250,7 @@ impl Daemon {
                     Pending {
                         due_ns: at + raw.ts_ns.saturating_sub(first_ts),
                         wire_len: raw.wire_len,
-                        parsed: raw.parse(self.engine.ports()),
+                        parsed: raw.parse(&self.ports),
                         mark: raw.mark,
                     }
                 }
@@ -405,64 +277,349 @@ impl Daemon {
                     slot.pending = Some(pending);
                     return Step::Wait(due);
                 }
-                Pace::Fast => {
-                    *now = pending.due_ns;
-                    self.engine.backend_mut().set_clock(*now);
-                }
+                Pace::Fast => *now = pending.due_ns,
             }
         }
         slot.packets += 1;
         slot.bytes += pending.wire_len as u64;
-        self.received += 1;
-        self.received_bytes += pending.wire_len as u64;
+        self.status.received += 1;
+        self.status.received_bytes += pending.wire_len as u64;
         if *now >= self.next_poll {
-            self.flush_batch();
             self.tick(*now);
         }
         match pending.parsed {
-            Err(reason) => self.skipped.add(reason),
+            Err(reason) => self.status.skipped.add(reason),
             Ok(info) => {
-                if self.engine.offer_to_nic(&info) {
-                    self.nic_packets += 1;
+                // A live frame counts at its capture time, which places it
+                // before or after its flow's rule went in.
+                let at = if live { pending.due_ns.min(*now) } else { *now };
+                if self.dispatch.offer(&info, at) {
+                    self.status.nic_packets += 1;
                 } else {
-                    self.sw_packets += 1;
-                    // A live frame counts at its capture time, which places
-                    // it before or after its flow's rule went in.
-                    let at = if live { pending.due_ns.min(*now) } else { *now };
-                    match pending.mark {
-                        Some(mark) => {
-                            // In order with the packets before it.
-                            self.flush_batch();
-                            self.engine.process_marked(&info, mark, at);
-                        }
-                        None => {
-                            self.batch.push(info);
-                            self.batch_ts.push(at);
-                            if self.batch.len() == BATCH {
-                                self.flush_batch();
-                            }
-                        }
-                    }
+                    self.status.sw_packets += 1;
+                    self.dispatch.push(info, at, pending.mark);
                 }
             }
         }
         Step::Handled
     }
 
-    #[inline]
-    fn flush_batch(&mut self) {
-        if !self.batch.is_empty() {
-            self.engine.process_batch(&self.batch, &self.batch_ts);
-            self.batch.clear();
-            self.batch_ts.clear();
+    /// A poll tick: the workers poll (in lockstep told so, else on the
+    /// clock), and the status is published.
+    fn tick(&mut self, now: u64) {
+        self.dispatch.tick(now);
+        self.next_poll = now + POLL_TICK_NS;
+        // Once a second: reading them is a syscall per ring (AF_PACKET) or
+        // a PMD stats call per port (DPDK).
+        if self.last_losses.elapsed() >= Duration::from_secs(1) {
+            self.last_losses = Instant::now();
+            for slot in self.slots.iter_mut().filter(|s| s.live) {
+                slot.losses = slot.source.capture_losses();
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.status.sources = source_status(&self.slots);
+        self.status.all_done = self.slots.iter().all(|s| !s.running());
+        if let Ok(mut s) = self.shared.lock() {
+            s.clone_from(&self.status);
+        }
+    }
+}
+
+fn source_status(slots: &[Slot]) -> Vec<SourceStatus> {
+    slots
+        .iter()
+        .map(|s| SourceStatus {
+            name: s.name.clone(),
+            state: match &s.state {
+                SlotState::Running => "running",
+                SlotState::Done => "done",
+                SlotState::Failed(_) => "failed",
+            }
+            .to_string(),
+            packets: s.packets,
+            bytes: s.bytes,
+            wall_s: s.wall_s(),
+            error: match &s.state {
+                SlotState::Failed(m) => Some(m.clone()),
+                _ => None,
+            },
+            dropped: s.losses.map(|l| l.dropped),
+            unordered: s.losses.map(|l| l.unordered),
+        })
+        .collect()
+}
+
+/// One shard's part of the statistics.
+struct ShardFigures {
+    stats: EngineStats,
+    stages: Vec<(Stage, usize)>,
+    placements: [u64; filter::PLACEMENTS.len()],
+    live: usize,
+    capacity: usize,
+    queued: usize,
+}
+
+fn shard_figures(s: &mut flowtable_offload::Shard) -> ShardFigures {
+    // Neither count scans the table: stages are counted as flows move,
+    // and only flows with an offload state can have rules.
+    let mut placements = [0u64; filter::PLACEMENTS.len()];
+    let mut with_state = 0u64;
+    for (_, state) in s.offload_states() {
+        with_state += 1;
+        let p = query::placement_of(Some(state));
+        if let Some(i) = filter::PLACEMENTS.iter().position(|x| *x == p) {
+            placements[i] += 1;
+        }
+    }
+    if let Some(i) = filter::PLACEMENTS.iter().position(|x| *x == "none") {
+        placements[i] += (s.table().len() as u64).saturating_sub(with_state);
+    }
+    ShardFigures {
+        stats: s.stats().clone(),
+        stages: s.table().count_by_stage().collect(),
+        placements,
+        live: s.table().len(),
+        capacity: s.table().capacity(),
+        queued: s.queued(),
+    }
+}
+
+struct Daemon {
+    /// The workers and offload thread; taken at shutdown.
+    rt: Option<Runtime>,
+    config: Config,
+    config_path: Option<PathBuf>,
+    generation: u64,
+    reloads_refused: u64,
+    reader: Option<JoinHandle<()>>,
+    reader_stop: Arc<AtomicBool>,
+    reader_status: Arc<Mutex<ReaderStatus>>,
+    started: Instant,
+    records: Option<RecordsWriter>,
+    record_errors: u64,
+    subscribers: Vec<Subscriber>,
+    events_enabled: bool,
+    requests: u64,
+    request_cpu_ns: u64,
+    samples: VecDeque<Sample>,
+    next_tick: Instant,
+    /// When the shards' lists of largest flows were last rebuilt for a query.
+    last_largest_rebuild: Instant,
+}
+
+/// Most often a `flows` query may rebuild the table's list of largest flows.
+const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the daemon until `controls.stop` is set, then ends every flow and
+/// returns. The socket is removed on the way out, error or not.
+pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) -> Result<RunSummary, String> {
+    // The backend first: a dpdk source reads the ports the DPDK backend starts.
+    let backend = crate::backend::build(&config)?;
+    let classifier = Classifier::new(&config.classifier)?;
+    let records = match &config.records.path {
+        Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
+        None => None,
+    };
+    // Replay's lockstep while every source is a file or the generator read
+    // as fast as possible: their flows then age exactly as in `flowtable
+    // replay`, whatever the number of workers.
+    let lockstep = !config.sources.is_empty() && config.sources.iter().all(source_is_fast);
+    let clock = Clock::new();
+    let backend_name = backend.name().to_string();
+    let mut rt = Runtime::start(
+        RuntimeConfig::from_config(&config, config.workers, lockstep),
+        classifier,
+        backend,
+        clock.clone(),
+    )?;
+    let dispatch = rt.dispatcher();
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let reader_status = Arc::new(Mutex::new(ReaderStatus::default()));
+    let (opened_tx, opened_rx) = crossbeam_channel::bounded::<Result<Vec<(String, Pace)>, String>>(1);
+    let reader = {
+        let sources = config.sources.clone();
+        let stop = reader_stop.clone();
+        let outer_stop = controls.stop.clone();
+        let shared = reader_status.clone();
+        let ports = config.port_map().unwrap_or_default();
+        let clock = clock.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                // Sources are opened on the thread that reads them: a
+                // capture ring's mapping never crosses threads.
+                let slots = match sources::open_all(&sources, &outer_stop) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = opened_tx.send(Ok(slots.iter().map(|s| (s.name.clone(), s.pace)).collect()));
+                let reader = Reader {
+                    status: ReaderStatus { sources: source_status(&slots), ..ReaderStatus::default() },
+                    slots,
+                    dispatch,
+                    ports,
+                    clock,
+                    lockstep,
+                    next_poll: 0,
+                    shared,
+                    last_losses: Instant::now(),
+                };
+                reader.run(&stop);
+            })
+            .map_err(|e| format!("starting the reader thread: {e}"))?
+    };
+    let opened = opened_rx.recv().map_err(|_| "the reader thread failed".to_string()).and_then(|r| r);
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = reader.join();
+            let _ = rt.shutdown(false);
+            return Err(e);
+        }
+    };
+    let (jobs_tx, jobs_rx) = server::job_queue();
+    let server = match Server::start(Path::new(&config.control.socket), jobs_tx) {
+        Ok(s) => s,
+        Err(e) => {
+            reader_stop.store(true, Ordering::SeqCst);
+            let _ = reader.join();
+            let _ = rt.shutdown(false);
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        socket = %server.path().display(),
+        backend = backend_name,
+        workers = rt.workers(),
+        sources = opened.len(),
+        rules = config.classifier.rules.len(),
+        records = config.records.path.as_deref().unwrap_or("-"),
+        "flowtable daemon started"
+    );
+    for (name, pace) in &opened {
+        tracing::info!(source = %name, pace = ?pace, "reading packets");
+    }
+    let mut daemon = Daemon {
+        rt: Some(rt),
+        config,
+        config_path,
+        generation: 1,
+        reloads_refused: 0,
+        reader: Some(reader),
+        reader_stop,
+        reader_status,
+        started: Instant::now(),
+        records,
+        record_errors: 0,
+        subscribers: Vec::new(),
+        events_enabled: false,
+        requests: 0,
+        request_cpu_ns: 0,
+        samples: VecDeque::new(),
+        next_tick: Instant::now(),
+        last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
+    };
+    daemon.run_loop(&jobs_rx, controls);
+    let summary = daemon.shutdown();
+    // Requests still queued are answered "shutting down" as their reply
+    // channels close; then the socket goes.
+    drop(jobs_rx);
+    drop(server);
+    summary
+}
+
+fn source_is_fast(s: &flowtable_config::SourceConfig) -> bool {
+    use flowtable_config::SourceConfig;
+    match s {
+        SourceConfig::Pcap { pace, .. } => *pace == Pace::Fast,
+        SourceConfig::Synthetic(map) => map.get("pace").and_then(|v| v.as_str()) == Some("fast"),
+        _ => false,
+    }
+}
+
+fn engine_error(e: EngineError) -> ControlError {
+    match e {
+        EngineError::NoSuchFlow(id) => ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}")),
+        EngineError::WrongStage { .. } => ControlError::new(ErrorCode::WrongStage, e.to_string()),
+        EngineError::Unsupported { .. } => ControlError::new(ErrorCode::Unsupported, e.to_string()),
+        EngineError::Context(ContextError::NoSuchFlow(id)) => {
+            ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}"))
+        }
+        EngineError::Context(c) => ControlError::new(ErrorCode::InvalidContext, c.to_string()),
+        EngineError::Backend(b) => ControlError::new(ErrorCode::Backend, b.to_string()),
+    }
+}
+
+fn no_such_flow(id: FlowId) -> ControlError {
+    ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}"))
+}
+
+fn workers_gone() -> ControlError {
+    ControlError::new(ErrorCode::Backend, "the workers are not answering (shutting down?)".to_string())
+}
+
+impl Daemon {
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().expect("the runtime lives until shutdown")
+    }
+
+    fn now(&self) -> u64 {
+        self.rt().clock.now()
+    }
+
+    fn run_loop(&mut self, jobs: &Receiver<Job>, controls: &Controls) {
+        loop {
+            if controls.stop.load(Ordering::Relaxed) {
+                tracing::info!("stop requested");
+                return;
+            }
+            if controls.exit_when_done && self.reader_status.lock().is_ok_and(|s| s.all_done) {
+                tracing::info!("every source has ended: stopping");
+                return;
+            }
+            if controls.reload.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
+            self.take_output();
+            if Instant::now() >= self.next_tick {
+                self.tick();
+            }
+            let wait = self.next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
+            match jobs.recv_timeout(wait) {
+                Ok(job) => {
+                    self.answer(job);
+                    while let Ok(job) = jobs.try_recv() {
+                        self.answer(job);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            }
         }
     }
 
-    /// The slow path: installs, counters, aging; records out; rates sampled.
-    fn tick(&mut self, now: u64) {
-        self.engine.poll(now);
-        self.next_poll = now + POLL_TICK_NS;
-        self.write_records();
+    /// Records and events the workers handed back: to the file and to
+    /// subscribers.
+    fn take_output(&mut self) {
+        let output = self.rt().output.clone();
+        for out in output.try_iter() {
+            match out {
+                FromWorker::Records(records) => self.write_records(&records),
+                FromWorker::Events(events) => self.publish(&events),
+            }
+        }
+    }
+
+    /// Every 10 ms: records flushed; once a second, rates sampled.
+    fn tick(&mut self) {
+        self.next_tick = Instant::now() + Duration::from_nanos(POLL_TICK_NS);
         if let Some(w) = self.records.as_mut() {
             if let Err(e) = w.flush() {
                 self.record_errors += 1;
@@ -470,28 +627,23 @@ impl Daemon {
             }
         }
         if self.samples.back().is_none_or(|s| s.at.elapsed() >= Duration::from_secs(1)) {
-            let st = self.engine.stats();
+            let st = self.rt().offload_status().stats;
+            let received = self.reader_status.lock().map_or(0, |s| s.received);
             self.samples.push_back(Sample {
                 at: Instant::now(),
                 installed: st.rules_installed,
                 removed: st.rules_removed,
-                packets: self.received,
+                packets: received,
             });
             if self.samples.len() > RATE_SAMPLES {
                 self.samples.pop_front();
             }
-            // Once a second, like the rates: reading them is a syscall per
-            // ring (AF_PACKET) or a PMD stats call per port (DPDK).
-            for slot in self.slots.iter_mut().filter(|s| s.live) {
-                slot.losses = slot.source.capture_losses();
-            }
         }
     }
 
-    fn write_records(&mut self) {
-        let records = self.engine.drain_records();
+    fn write_records(&mut self, records: &[FlowRecord]) {
         let Some(w) = self.records.as_mut() else { return };
-        for r in &records {
+        for r in records {
             if let Err(e) = w.write(r) {
                 self.record_errors += 1;
                 if self.record_errors == 1 || self.record_errors.is_power_of_two() {
@@ -502,13 +654,12 @@ impl Daemon {
     }
 
     /// Sends new events to subscribers; one that can't keep up is cut off
-    /// rather than slowing the packet loop.
-    fn publish(&mut self) {
-        let events = self.engine.drain_events();
-        if events.is_empty() || self.subscribers.is_empty() {
+    /// rather than slowing anything down.
+    fn publish(&mut self, events: &[Event]) {
+        if self.subscribers.is_empty() {
             return;
         }
-        for ev in &events {
+        for ev in events {
             let Ok(line) = serde_json::to_string(ev) else { continue };
             let line: Arc<str> = line.into();
             self.subscribers.retain(|s| match s.events.try_send(line.clone()) {
@@ -532,6 +683,14 @@ impl Daemon {
         let _ = job.reply.send(result);
     }
 
+    fn shard_of(&self, id: FlowId) -> Result<usize, ControlError> {
+        let shard = id.shard() as usize;
+        if shard >= self.rt().workers() {
+            return Err(no_such_flow(id));
+        }
+        Ok(shard)
+    }
+
     fn handle(&mut self, cmd: Command) -> Result<Answer, ControlError> {
         let now = self.now();
         let value = match cmd {
@@ -547,26 +706,49 @@ impl Daemon {
                     ));
                 }
                 let keep = offset.saturating_add(limit);
-                if sort == crate::control::SortKey::Bytes
-                    && filter.is_empty()
-                    && keep > 0
-                    && self.last_largest_rebuild.elapsed() >= LARGEST_REBUILD_EVERY
-                    && self.engine.table().largest_by_bytes().1.count() < keep
-                {
-                    // Too few listed to answer: one rebuild (two scans) sets the
-                    // bar so the next such queries need no scan. At most once
-                    // a second, so flows that all tie can't make every query pay.
-                    self.engine.rebuild_largest_flows(keep.max(1024));
-                    self.last_largest_rebuild = std::time::Instant::now();
+                let may_rebuild = self.last_largest_rebuild.elapsed() >= LARGEST_REBUILD_EVERY;
+                if may_rebuild {
+                    self.last_largest_rebuild = Instant::now();
                 }
-                to_value(&query::list(&self.engine, &filter, sort, offset, limit, now))?
+                let filter = Arc::new(filter);
+                let pages = self.rt().ask_all(move |shard| {
+                    if sort == crate::control::SortKey::Bytes
+                        && filter.is_empty()
+                        && keep > 0
+                        && may_rebuild
+                        && shard.table().largest_by_bytes().1.count() < keep
+                    {
+                        // Too few listed to answer: one rebuild (two scans) sets
+                        // the bar so the next such queries need no scan. At most
+                        // once a second, so flows that all tie can't make every
+                        // query pay.
+                        shard.rebuild_largest_flows(keep.max(1024));
+                    }
+                    query::list(shard, &filter, sort, 0, keep, now)
+                });
+                if pages.len() < self.rt().workers() {
+                    return Err(workers_gone());
+                }
+                to_value(&query::merge(pages, sort, offset, limit, now))?
             }
-            Command::Flow { flow } => query::detail(&self.engine, flow, now).ok_or_else(|| no_such_flow(flow))?,
-            Command::Stats {} => to_value(&self.stats(now))?,
+            Command::Flow { flow } => {
+                let shard = self.shard_of(flow)?;
+                self.rt()
+                    .ask_one(shard, move |s| query::detail(s, flow, now))
+                    .ok_or_else(workers_gone)?
+                    .ok_or_else(|| no_such_flow(flow))?
+            }
+            Command::Stats {} => to_value(&self.stats(now)?)?,
             Command::SetContext { flow, label, verdict, metadata } => {
-                let ctx =
-                    self.engine.set_context(flow, FlowContext { label, verdict, metadata }).map_err(engine_error)?;
-                let stage = self.engine.table().get(flow).map_or(Stage::Free, |f| f.stage());
+                let shard = self.shard_of(flow)?;
+                let (ctx, stage) = self
+                    .rt()
+                    .ask_one(shard, move |s| {
+                        let ctx = s.set_context(flow, FlowContext { label, verdict, metadata })?;
+                        Ok::<_, EngineError>((ctx, s.table().get(flow).map_or(Stage::Free, |f| f.stage())))
+                    })
+                    .ok_or_else(workers_gone)?
+                    .map_err(engine_error)?;
                 tracing::info!(flow = %flow, "context set");
                 json!({"flow": flow, "context": ctx, "stage": stage})
             }
@@ -579,18 +761,33 @@ impl Daemon {
                         ));
                     }
                 }
-                self.engine.request_offload(flow, action).map_err(engine_error)?;
-                let stage = self.engine.table().get(flow).map_or(Stage::Free, |f| f.stage());
+                let shard = self.shard_of(flow)?;
+                let stage = self
+                    .rt()
+                    .ask_one(shard, move |s| {
+                        s.request_offload(flow, action)?;
+                        Ok::<_, EngineError>(s.table().get(flow).map_or(Stage::Free, |f| f.stage()))
+                    })
+                    .ok_or_else(workers_gone)?
+                    .map_err(engine_error)?;
                 tracing::info!(flow = %flow, ?action, stage = stage.as_str(), "offload requested");
                 json!({"flow": flow, "action": action, "stage": stage})
             }
             Command::Unoffload { flow } => {
-                self.engine.request_unoffload(flow).map_err(engine_error)?;
-                tracing::info!(flow = %flow, "taken back to software");
-                json!({"flow": flow, "stage": Stage::Software})
+                let shard = self.shard_of(flow)?;
+                let stage = self
+                    .rt()
+                    .ask_one(shard, move |s| s.request_unoffload(flow))
+                    .ok_or_else(workers_gone)?
+                    .map_err(engine_error)?;
+                tracing::info!(flow = %flow, stage = stage.as_str(), "taken back to software");
+                json!({"flow": flow, "stage": stage})
             }
             Command::Subscribe {} => {
-                self.engine.enable_events();
+                if !self.events_enabled {
+                    self.events_enabled = true;
+                    self.rt().tell_all(|| ToWorker::EnableEvents);
+                }
                 let (subscriber, subscription) = server::subscription();
                 self.subscribers.push(subscriber);
                 return Ok(Answer::Events(subscription));
@@ -599,42 +796,43 @@ impl Daemon {
         Ok(Answer::Value(value))
     }
 
-    fn rates(&self) -> (f64, f64, f64) {
+    fn rates(&self, installed: u64, removed: u64, received: u64) -> (f64, f64, f64) {
         let Some(first) = self.samples.front() else { return (0.0, 0.0, 0.0) };
         let dt = first.at.elapsed().as_secs_f64();
         if dt < 0.05 {
             return (0.0, 0.0, 0.0);
         }
-        let st = self.engine.stats();
         (
-            (st.rules_installed - first.installed) as f64 / dt,
-            (st.rules_removed - first.removed) as f64 / dt,
-            (self.received - first.packets) as f64 / dt,
+            installed.saturating_sub(first.installed) as f64 / dt,
+            removed.saturating_sub(first.removed) as f64 / dt,
+            received.saturating_sub(first.packets) as f64 / dt,
         )
     }
 
-    fn stats(&self, now: u64) -> Stats {
-        let e = &self.engine;
-        let st = e.stats();
-        // Neither count scans the table: stages are counted as flows move,
-        // and only flows with an offload state can have rules.
+    fn stats(&self, now: u64) -> Result<Stats, ControlError> {
+        let figures = self.rt().ask_all(shard_figures);
+        if figures.len() < self.rt().workers() {
+            return Err(workers_gone());
+        }
+        let offload = self.rt().offload_status();
+        let reader = self.reader_status.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut st = EngineStats::from_coordinator(&offload.stats);
         let mut stages = [0u64; STAGES.len()];
-        for (stage, n) in e.table().count_by_stage() {
-            if let Some(i) = STAGES.iter().position(|s| *s == stage) {
-                stages[i] += n as u64;
-            }
-        }
         let mut placements = [0u64; filter::PLACEMENTS.len()];
-        let mut with_state = 0u64;
-        for (_, state) in e.offload_states() {
-            with_state += 1;
-            let p = query::placement_of(Some(state));
-            if let Some(i) = filter::PLACEMENTS.iter().position(|x| *x == p) {
-                placements[i] += 1;
+        let (mut live, mut capacity, mut queued) = (0usize, 0usize, offload.queued);
+        for f in &figures {
+            st.add(&f.stats);
+            for (stage, n) in &f.stages {
+                if let Some(i) = STAGES.iter().position(|s| s == stage) {
+                    stages[i] += *n as u64;
+                }
             }
-        }
-        if let Some(i) = filter::PLACEMENTS.iter().position(|x| *x == "none") {
-            placements[i] += (e.table().len() as u64).saturating_sub(with_state);
+            for (total, n) in placements.iter_mut().zip(f.placements) {
+                *total += n;
+            }
+            live += f.live;
+            capacity += f.capacity;
+            queued += f.queued;
         }
         let named = |names: &mut dyn Iterator<Item = &'static str>, counts: &[u64]| -> BTreeMap<String, u64> {
             names.zip(counts).filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), *n)).collect()
@@ -643,13 +841,11 @@ impl Daemon {
         // Flows with no rule in place are handled by software.
         let by_placement =
             named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
-        let (install_rate, remove_rate, rate_pps) = self.rates();
-        let live = e.table().len();
-        let capacity = e.table().capacity();
+        let (install_rate, remove_rate, rate_pps) = self.rates(st.rules_installed, st.rules_removed, reader.received);
         let mut untracked = BTreeMap::new();
         untracked.insert("table-full".to_string(), st.untracked_table_full);
         untracked.insert("orphan-fragment".to_string(), st.orphan_fragments);
-        Stats {
+        Ok(Stats {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             now_ns: now,
@@ -672,10 +868,10 @@ impl Daemon {
                 refused_total: st.flows_refused,
             },
             rules: RuleStats {
-                backend: e.backend().name().to_string(),
-                live: e.rules_live(),
-                capacity: e.backend().capabilities().max_rules,
-                queued: e.queued(),
+                backend: offload.backend.clone(),
+                live: offload.rules_live,
+                capacity: offload.capacity,
+                queued,
                 installed: st.rules_installed,
                 removed: st.rules_removed,
                 install_rate,
@@ -686,14 +882,14 @@ impl Daemon {
             },
             refusals: st.refusals.clone(),
             packets: PacketStats {
-                received: self.received,
-                bytes: self.received_bytes,
-                nic: self.nic_packets,
-                software: self.sw_packets,
+                received: reader.received,
+                bytes: reader.received_bytes,
+                nic: reader.nic_packets,
+                software: reader.sw_packets,
                 tap_skipped: st.tap_packets_skipped,
                 slipped: st.slipped_packets,
                 rate_pps,
-                skipped: self
+                skipped: reader
                     .skipped
                     .iter()
                     .filter(|(_, n)| *n > 0)
@@ -702,7 +898,7 @@ impl Daemon {
                 untracked,
             },
             ended: st.ended_by.clone(),
-            sources: self.source_status(),
+            sources: reader.sources.clone(),
             records: RecordsStatus {
                 path: self.records.as_ref().map(|w| w.path().display().to_string()),
                 written: self.records.as_ref().map_or(0, |w| w.written),
@@ -711,35 +907,11 @@ impl Daemon {
             },
             subscribers: self.subscribers.len(),
             control: self.control_stats(),
-        }
+        })
     }
 
     fn control_stats(&self) -> ControlStats {
         ControlStats { requests: self.requests, cpu_s: self.request_cpu_ns as f64 / 1e9 }
-    }
-
-    fn source_status(&self) -> Vec<SourceStatus> {
-        self.slots
-            .iter()
-            .map(|s| SourceStatus {
-                name: s.name.clone(),
-                state: match &s.state {
-                    SlotState::Running => "running",
-                    SlotState::Done => "done",
-                    SlotState::Failed(_) => "failed",
-                }
-                .to_string(),
-                packets: s.packets,
-                bytes: s.bytes,
-                wall_s: s.wall_s(),
-                error: match &s.state {
-                    SlotState::Failed(m) => Some(m.clone()),
-                    _ => None,
-                },
-                dropped: s.losses.map(|l| l.dropped),
-                unordered: s.losses.map(|l| l.unordered),
-            })
-            .collect()
     }
 
     /// SIGHUP: the classifier and timeouts from the file, or, if the file is
@@ -758,16 +930,18 @@ impl Daemon {
             }
         };
         let classifier = match Classifier::new(&new.classifier) {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(e) => {
                 self.reloads_refused += 1;
                 tracing::error!(field = "classifier", error = %e, "reload refused; the running configuration stays");
                 return;
             }
         };
-        self.engine.reload(classifier, new.timeouts.to_timeouts());
+        let timeouts = new.timeouts.to_timeouts();
+        self.rt().tell_all(|| ToWorker::Reload(classifier.clone(), timeouts));
         let at_restart: Vec<&str> = [
             ("instance_id", json!(self.config.instance_id), json!(new.instance_id)),
+            ("workers", json!(self.config.workers), json!(new.workers)),
             ("ports", json!(self.config.ports), json!(new.ports)),
             ("table", json!(self.config.table), json!(new.table)),
             ("offload", json!(self.config.offload), json!(new.offload)),
@@ -787,56 +961,67 @@ impl Daemon {
         self.config.classifier = new.classifier;
         self.config.timeouts = new.timeouts;
         self.generation += 1;
+        let flows: usize = self.rt().ask_all(|s| s.table().len()).into_iter().sum();
         tracing::info!(
             generation = self.generation,
             rules = self.config.classifier.rules.len(),
-            flows = self.engine.table().len(),
+            flows,
             "configuration reloaded: classifier and timeouts"
         );
     }
 
     /// Ends every live flow: rules removed (unless the backend is told to
     /// keep them), final counters folded in, records written.
-    fn shutdown(mut self) -> RunSummary {
-        let now = self.now();
-        self.engine.poll(now);
-        let flows_at_exit = self.engine.table().len();
-        let rules_before = self.engine.rules_live();
+    fn shutdown(mut self) -> Result<RunSummary, String> {
+        self.reader_stop.store(true, Ordering::SeqCst);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let flows_at_exit: usize = self.rt().ask_all(|s| s.table().len()).into_iter().sum();
+        let rules_before = self.rt().offload_status().rules_live;
         let keep = self.config.backend.keep_rules();
-        self.engine.shutdown(keep);
-        self.write_records();
-        self.publish();
+        let output = self.rt().output.clone();
+        let sources = self.reader_status.lock().map(|s| s.sources.clone()).unwrap_or_default();
+        let rt = self.rt.take().expect("running until here");
+        let finished = rt.shutdown(keep);
+        for out in output.try_iter() {
+            match out {
+                FromWorker::Records(records) => self.write_records(&records),
+                FromWorker::Events(events) => self.publish(&events),
+            }
+        }
+        let finished = finished?;
         if let Some(w) = self.records.as_mut() {
             if let Err(e) = w.flush() {
                 self.record_errors += 1;
                 tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
             }
         }
-        let rules_left = self.engine.rules_live();
+        let rules_left = finished.coordinator.rules_live();
         let records_written = self.records.as_ref().map_or(0, |w| w.written);
         if rules_left > 0 && !keep {
             tracing::error!(rules_left, "rules could not be removed at shutdown");
         }
         tracing::info!(
             flows = flows_at_exit,
-            rules_removed = rules_before - rules_left,
+            rules_removed = rules_before.saturating_sub(rules_left),
             rules_left,
             records_written,
             record_errors = self.record_errors,
             "stopped: every live flow ended with its record"
         );
-        RunSummary {
+        Ok(RunSummary {
             flows_at_exit,
-            rules_removed_at_exit: rules_before - rules_left,
+            rules_removed_at_exit: rules_before.saturating_sub(rules_left),
             rules_left,
             records_written,
-            sources: self.source_status(),
+            sources,
             control: self.control_stats(),
-            engine_cpu_s: 0.0,
-        }
+            engine_cpu_s: finished.times.iter().map(|t| t.cpu_ns).sum::<u64>() as f64 / 1e9,
+            workers: finished.times,
+        })
     }
 }
-
 /// Where on the daemon's clock a source's first packet lands. A source
 /// replayed fast keeps its timestamps' phase within the second, so timers
 /// (whose slots are aligned to absolute time) fire for its flows exactly as
@@ -849,16 +1034,7 @@ fn start_for(pace: Pace, now: u64, first_ts: u64) -> u64 {
     }
 }
 
-/// CPU time of the calling thread, in ns: what a piece of work cost the
-/// engine thread, whatever else the machine runs.
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::runtime::thread_cpu_ns;
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ControlError> {
     serde_json::to_value(v).map_err(|e| ControlError::new(ErrorCode::Backend, format!("encoding the answer: {e}")))

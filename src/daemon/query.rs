@@ -1,11 +1,12 @@
-//! Answers to the read-only control requests, computed on the engine
-//! thread from the engine's own state: flow listings (filtered, sorted,
-//! paged) and one flow in full.
+//! Answers to the read-only control requests, computed by each worker
+//! from its shard's own state and merged: flow listings (filtered, sorted,
+//! paged: each shard offers its best `offset + limit`, the merge keeps the
+//! page) and one flow in full (from the shard its id names).
 
 use super::filter::{Filter, FlowFacts};
 use crate::control::{FlowSummary, FlowsPage, SortKey};
 use flowtable_hw::Placement;
-use flowtable_offload::{Engine, FlowView, OffloadState};
+use flowtable_offload::{FlowView, OffloadState, Shard};
 use flowtable_sw::{Flow, FlowId, Stage};
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -30,8 +31,8 @@ pub fn placement_of(state: Option<&OffloadState>) -> &'static str {
     }
 }
 
-/// The filter's view of the engine.
-pub struct EngineFacts<'a>(pub &'a Engine);
+/// The filter's view of a shard.
+pub struct EngineFacts<'a>(pub &'a Shard);
 
 impl FlowFacts for EngineFacts<'_> {
     fn placement(&self, id: FlowId, flow: &Flow) -> &'static str {
@@ -65,9 +66,11 @@ fn sort_value(sort: SortKey, flow: &Flow, now_ns: u64) -> u64 {
     }
 }
 
-pub fn summary(view: &FlowView, engine: &Engine, now_ns: u64) -> FlowSummary {
+pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
     let action = match view.stage {
-        Stage::Queued | Stage::Offloaded => view.offload.as_ref().map(|o| o.action),
+        Stage::Queued | Stage::Installing | Stage::Offloaded | Stage::Removing => {
+            view.offload.as_ref().map(|o| o.action)
+        }
         _ => None,
     };
     FlowSummary {
@@ -103,7 +106,7 @@ pub fn summary(view: &FlowView, engine: &Engine, now_ns: u64) -> FlowSummary {
 /// (ties by id). Keeps only `offset + limit` candidates while scanning,
 /// so a page of the top 100 of a million flows costs one pass and a
 /// small heap.
-pub fn list(engine: &Engine, filter: &Filter, sort: SortKey, offset: usize, limit: usize, now_ns: u64) -> FlowsPage {
+pub fn list(engine: &Shard, filter: &Filter, sort: SortKey, offset: usize, limit: usize, now_ns: u64) -> FlowsPage {
     let keep = offset.saturating_add(limit);
     let facts = EngineFacts(engine);
     let mut heap: Ranked = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
@@ -150,7 +153,7 @@ fn push_bounded(heap: &mut Ranked, keep: usize, item: Reverse<(u64, Reverse<Flow
     }
 }
 
-fn page(engine: &Engine, heap: Ranked, total: usize, offset: usize, sort: SortKey, now_ns: u64) -> FlowsPage {
+fn page(engine: &Shard, heap: Ranked, total: usize, offset: usize, sort: SortKey, now_ns: u64) -> FlowsPage {
     // Ascending order of Reverse(..) is best first.
     let flows = heap
         .into_sorted_vec()
@@ -162,17 +165,33 @@ fn page(engine: &Engine, heap: Ranked, total: usize, offset: usize, sort: SortKe
     FlowsPage { total, offset, sort, now_ns, flows }
 }
 
+/// Merges the shards' pages (each the best `offset + limit` of its own
+/// flows, best first) into the page asked for.
+pub fn merge(pages: Vec<FlowsPage>, sort: SortKey, offset: usize, limit: usize, now_ns: u64) -> FlowsPage {
+    let total = pages.iter().map(|p| p.total).sum();
+    let mut flows: Vec<FlowSummary> = pages.into_iter().flat_map(|p| p.flows).collect();
+    let value = |f: &FlowSummary| match sort {
+        SortKey::Bytes => f.bytes,
+        SortKey::Packets => f.packets,
+        SortKey::Rate => (f.rate_bps * 1e3) as u64,
+        SortKey::Age => f.age_ns,
+    };
+    flows.sort_by(|a, b| value(b).cmp(&value(a)).then(a.id.cmp(&b.id)));
+    let flows = flows.into_iter().skip(offset).take(limit).collect();
+    FlowsPage { total, offset, sort, now_ns, flows }
+}
+
 /// Everything about one flow: the engine's view (counters split by
 /// software and hardware, offload state with the backend's refusal,
 /// rule cookies, context) plus the backend's name, placement, age and rate.
-pub fn detail(engine: &Engine, id: FlowId, now_ns: u64) -> Option<Value> {
+pub fn detail(engine: &Shard, id: FlowId, now_ns: u64) -> Option<Value> {
     let view = engine.flow(id)?;
     let placement = placement_of(view.offload.as_ref());
     let age_ns = now_ns.saturating_sub(view.start_ns);
     let rate = rate_bps(view.bytes, view.start_ns, now_ns);
     let mut v = serde_json::to_value(&view).ok()?;
     if let Value::Object(m) = &mut v {
-        m.insert("backend".into(), Value::from(engine.backend().name()));
+        m.insert("backend".into(), Value::from(engine.backend().name.as_str()));
         m.insert("placement".into(), Value::from(placement));
         m.insert("now_ns".into(), Value::from(now_ns));
         m.insert("age_ns".into(), Value::from(age_ns));
@@ -184,6 +203,7 @@ pub fn detail(engine: &Engine, id: FlowId, now_ns: u64) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowtable_offload::Engine;
     use flowtable_sw::{FlowKey, Fragment, PacketInfo};
     use rand::{Rng, SeedableRng};
 
@@ -213,7 +233,7 @@ mod tests {
         assert!(largest.count() >= 150, "the list is long enough for the fast path (bar {bar})");
         let all = Filter::parse("").unwrap();
         for (offset, limit) in [(0, 100), (50, 100), (0, 1)] {
-            let fast = list(&engine, &all, SortKey::Bytes, offset, limit, 0);
+            let fast = list(engine.shard(), &all, SortKey::Bytes, offset, limit, 0);
             let mut every: Vec<(u64, FlowId)> = engine.flows().map(|(id, f)| (f.bytes(), id)).collect();
             every.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             let expected: Vec<FlowId> = every.iter().skip(offset).take(limit).map(|(_, id)| *id).collect();
@@ -222,7 +242,7 @@ mod tests {
             assert_eq!(fast.total, engine.table().len());
         }
         // Past what the list holds, the scan answers, and agrees too.
-        let deep = list(&engine, &all, SortKey::Bytes, 0, 20_000, 0);
+        let deep = list(engine.shard(), &all, SortKey::Bytes, 0, 20_000, 0);
         assert_eq!(deep.flows.len(), 20_000.min(engine.table().len()));
     }
 }

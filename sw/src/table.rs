@@ -16,8 +16,10 @@ use crate::timer::{TimerEntry, TimerWheel};
 use core::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
 
-/// A flow's identity: slot index and the slot's generation, so an id held
-/// by an application never names a later flow that reused the slot.
+/// A flow's identity: the shard (worker) whose table holds it, the slot
+/// index and the slot's generation, so an id held by an application never
+/// names a later flow that reused the slot, and names the worker to ask.
+/// Bits 0-31 index, 32-47 generation, 48-55 shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct FlowId(pub u64);
@@ -31,6 +33,13 @@ impl FlowId {
     }
     pub fn generation(self) -> u16 {
         (self.0 >> 32) as u16
+    }
+    /// The shard whose table holds the flow.
+    pub fn shard(self) -> u8 {
+        (self.0 >> 48) as u8
+    }
+    pub fn with_shard(self, shard: u8) -> FlowId {
+        FlowId(self.0 & !(0xff << 48) | (shard as u64) << 48)
     }
 }
 
@@ -67,12 +76,19 @@ pub enum Stage {
     Tracking,
     /// Classified to stay in software.
     Software,
-    /// Classified for offload, waiting for its batch.
+    /// Classified for offload; its request waits to be handed to the
+    /// offload thread (whose queue is full).
     Queued,
     /// Rules installed; later packets handled by the NIC or kernel.
     Offloaded,
     /// The backend refused; the flow stays in software.
     Refused,
+    /// Its install request is with the offload thread: waiting for its
+    /// batch, or being installed.
+    Installing,
+    /// Its rules are being removed; the flow ends (or goes on in
+    /// software) once the final counters are in.
+    Removing,
 }
 
 impl Stage {
@@ -84,8 +100,20 @@ impl Stage {
             Stage::Queued => "queued",
             Stage::Offloaded => "offloaded",
             Stage::Refused => "refused",
+            Stage::Installing => "installing",
+            Stage::Removing => "removing",
         }
     }
+    /// Every stage a live flow can be in.
+    pub const LIVE: [Stage; 7] = [
+        Stage::Tracking,
+        Stage::Software,
+        Stage::Queued,
+        Stage::Installing,
+        Stage::Offloaded,
+        Stage::Removing,
+        Stage::Refused,
+    ];
     fn evictable(self) -> bool {
         matches!(self, Stage::Tracking | Stage::Software | Stage::Refused)
     }
@@ -329,6 +357,8 @@ pub struct TableConfig {
     pub max_fragments: usize,
     /// How long a first fragment's id is remembered.
     pub fragment_timeout_ns: u64,
+    /// The shard this table is, put in every id it hands out.
+    pub shard: u8,
 }
 
 impl Default for TableConfig {
@@ -341,6 +371,7 @@ impl Default for TableConfig {
             wheel_slots: 4096,
             max_fragments: 1 << 14,
             fragment_timeout_ns: 30_000_000_000,
+            shard: 0,
         }
     }
 }
@@ -442,7 +473,7 @@ pub struct FlowTable {
     stats: TableStats,
 }
 
-const STAGE_COUNT: usize = Stage::Refused as usize + 1;
+const STAGE_COUNT: usize = Stage::Removing as usize + 1;
 
 impl FlowTable {
     pub fn new(config: TableConfig) -> FlowTable {
@@ -521,7 +552,7 @@ impl FlowTable {
     #[inline]
     pub fn find_in_slot(&self, slot: u32, key: &FlowKey) -> Option<FlowId> {
         let f = self.flows.get(slot as usize)?;
-        (f.stage != Stage::Free && f.key == *key).then(|| FlowId::new(slot, f.generation))
+        (f.stage != Stage::Free && f.key == *key).then(|| self.id(slot, f.generation))
     }
 
     /// Finds a flow by key.
@@ -533,16 +564,28 @@ impl FlowTable {
     #[inline]
     fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<FlowId> {
         let flows = &self.flows;
-        self.index.find(hash, |i| flows[i as usize].key == *key).map(|i| FlowId::new(i, flows[i as usize].generation))
+        self.index.find(hash, |i| flows[i as usize].key == *key).map(|i| self.id(i, flows[i as usize].generation))
     }
 
     #[inline]
     pub fn get(&self, id: FlowId) -> Option<&Flow> {
+        if id.shard() != self.config.shard {
+            return None;
+        }
         self.flows.get(id.index() as usize).filter(|f| f.stage != Stage::Free && f.generation == id.generation())
+    }
+
+    /// The id of slot `index` at `generation`, in this table's shard.
+    #[inline]
+    fn id(&self, index: u32, generation: u16) -> FlowId {
+        FlowId::new(index, generation).with_shard(self.config.shard)
     }
 
     #[inline]
     pub fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        if id.shard() != self.config.shard {
+            return None;
+        }
         self.flows.get_mut(id.index() as usize).filter(|f| f.stage != Stage::Free && f.generation == id.generation())
     }
 
@@ -637,7 +680,7 @@ impl FlowTable {
         self.live += 1;
         self.by_stage[Stage::Tracking as usize] += 1;
         self.stats.inserted += 1;
-        Lookup::Inserted { id: FlowId::new(index, generation), evicted }
+        Lookup::Inserted { id: self.id(index, generation), evicted }
     }
 
     /// The software flow nearest to its deadline, looking at a bounded
@@ -648,7 +691,7 @@ impl FlowTable {
             .find_next(256, |e| {
                 flows.get(e.index as usize).is_some_and(|f| f.generation == e.generation && f.stage.evictable())
             })
-            .map(|e| FlowId::new(e.index, e.generation))
+            .map(|e| self.id(e.index, e.generation))
     }
 
     /// Accounts a packet to its flow: TCP state, last activity and, when
@@ -769,7 +812,7 @@ impl FlowTable {
         for (i, f) in self.flows.iter_mut().enumerate() {
             if f.stage != Stage::Free && f.bytes() >= bar {
                 f.flags |= FLAG_HEAVY;
-                self.heavy.push(FlowId::new(i as u32, f.generation));
+                self.heavy.push(FlowId::new(i as u32, f.generation).with_shard(self.config.shard));
             } else {
                 f.flags &= !FLAG_HEAVY;
             }
@@ -799,9 +842,7 @@ impl FlowTable {
 
     /// How many live flows are in each stage, without a scan.
     pub fn count_by_stage(&self) -> impl Iterator<Item = (Stage, usize)> + '_ {
-        [Stage::Tracking, Stage::Software, Stage::Queued, Stage::Offloaded, Stage::Refused]
-            .into_iter()
-            .map(|s| (s, self.by_stage[s as usize]))
+        Stage::LIVE.into_iter().map(|s| (s, self.by_stage[s as usize]))
     }
 
     /// The moment a flow becomes idle, given its current state.
@@ -815,6 +856,7 @@ impl FlowTable {
     pub fn expire(&mut self, now_ns: u64, due: &mut Vec<FlowId>) {
         let flows = &self.flows;
         let timeouts = self.config.timeouts;
+        let shard = self.config.shard;
         self.wheel.advance(now_ns, |e| {
             let f = flows.get(e.index as usize)?;
             if f.stage == Stage::Free || f.generation != e.generation {
@@ -822,7 +864,7 @@ impl FlowTable {
             }
             let deadline = f.last_ns() + timeouts.for_flow(f);
             if deadline <= now_ns {
-                due.push(FlowId::new(e.index, e.generation));
+                due.push(FlowId::new(e.index, e.generation).with_shard(shard));
                 None
             } else {
                 Some(deadline)
@@ -854,11 +896,12 @@ impl FlowTable {
 
     /// Every live flow.
     pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow)> + '_ {
+        let shard = self.config.shard;
         self.flows
             .iter()
             .enumerate()
             .filter(|(_, f)| f.stage != Stage::Free)
-            .map(|(i, f)| (FlowId::new(i as u32, f.generation), f))
+            .map(move |(i, f)| (FlowId::new(i as u32, f.generation).with_shard(shard), f))
     }
 
     /// Ids of every live flow.

@@ -1,0 +1,1354 @@
+//! A shard: what one worker owns. It takes parsed packets into its own
+//! flow table, runs the (shared, read-only) classifier, asks the offload
+//! thread to install and remove the per-direction rules of its flows,
+//! folds the counters and outcomes that come back into them, ages flows
+//! out (software ones by their packets, offloaded ones by their counters)
+//! and emits one record per flow. It never calls the NIC itself.
+//!
+//! A flow whose rules are on their way in is `installing`, on their way
+//! out `removing`; it stays in the table until the offload thread answers,
+//! so whatever its rules counted meanwhile reaches its record.
+//!
+//! Counting rule: a packet is counted once, by whoever handled it. Before
+//! the rule is in place software counts it; after, the rule's counters do,
+//! and software skips packets it sees only as a tap of offloaded traffic,
+//! from the moment it asks for the rule; what it skipped beyond what the
+//! rule counted is software's again once the rule is gone (`settle`).
+
+use crate::classifier::{Classifier, Decision};
+use crate::link::{Request, Response, ShardLink};
+use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
+use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
+use flowtable_config::Config;
+use flowtable_hw::{
+    Action, BackendError, Capabilities, Cookie, MatchFields, Placement, PlacementPolicy, Refusal, RefusalKind,
+    RuleCounters, RuleSpec,
+};
+use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
+use flowtable_sw::pipeline::Schedule;
+use flowtable_sw::{DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DIRS: [Direction; 2] = [Direction::LoToHi, Direction::HiToLo];
+
+/// Most packets `process_batch` takes at once.
+pub const BATCH: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    pub instance_id: u32,
+    pub poll_interval_ns: u64,
+    pub batch_size: usize,
+    pub placement: PlacementPolicy,
+    pub hard_timeout_ns: u64,
+    pub max_queued: usize,
+    /// Inline pairs: where a direction not seen yet will arrive.
+    pub ports: PortMap,
+}
+
+impl EngineConfig {
+    pub fn from_config(c: &Config) -> EngineConfig {
+        EngineConfig {
+            instance_id: c.instance_id,
+            poll_interval_ns: c.offload.poll_interval_ms * 1_000_000,
+            batch_size: c.offload.batch_size,
+            placement: c.offload.placement,
+            hard_timeout_ns: (c.offload.hard_timeout_s * 1e9) as u64,
+            max_queued: c.offload.max_queued,
+            ports: c.port_map().unwrap_or_default(),
+        }
+    }
+}
+
+/// The offload side of a flow that was ever queued, offloaded or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OffloadState {
+    pub action: Action,
+    /// Where each direction's rule lives (index: `Direction::index`).
+    pub placement: [Option<Placement>; 2],
+    /// Where each direction's rule was installed, kept after removal for
+    /// the flow's record.
+    #[serde(skip)]
+    pub installed_placement: [Option<Placement>; 2],
+    pub hw_counters: bool,
+    pub installed_ns: u64,
+    pub removed_ns: Option<u64>,
+    /// Last cumulative counters read per rule, to turn reads into deltas.
+    pub baseline: [RuleCounters; 2],
+    /// Per direction, packets software saw while the rule was in and left
+    /// to its counters, and what those counters added in that time: the
+    /// difference, settled when the rule goes, is what slipped past while
+    /// the rule was going in (see `settle`).
+    #[serde(skip)]
+    pub tapped: [DirCounters; 2],
+    #[serde(skip)]
+    pub rule_counted: [DirCounters; 2],
+    pub refusal: Option<Refusal>,
+    /// Taken back to software on request: the classifier won't offload it again.
+    pub pinned_software: bool,
+    /// What becomes of the flow once its rules are gone (or its install
+    /// withdrawn): set while it is `removing`, or when it must go while
+    /// `installing`.
+    #[serde(skip)]
+    pub then: Option<Then>,
+    /// A withdrawal of its install was asked for and not answered yet.
+    #[serde(skip)]
+    pub cancel_sent: bool,
+}
+
+/// What becomes of a flow once its rules are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Found idle: it ends, unless the final counters show it went on.
+    Idle,
+    /// Taken back to software on request.
+    Software,
+    /// Ends with this reason.
+    End(EndReason),
+}
+
+impl OffloadState {
+    fn queued(action: Action) -> OffloadState {
+        OffloadState {
+            action,
+            placement: [None, None],
+            installed_placement: [None, None],
+            hw_counters: false,
+            installed_ns: 0,
+            removed_ns: None,
+            baseline: [RuleCounters::default(); 2],
+            tapped: [DirCounters::default(); 2],
+            rule_counted: [DirCounters::default(); 2],
+            refusal: None,
+            pinned_software: false,
+            then: None,
+            cancel_sent: false,
+        }
+    }
+}
+
+/// A shard's counters (with the offload thread's, the engine's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Packets that reached software.
+    pub sw_packets: u64,
+    /// Packets software saw of offloaded flows and left to the rule's counters.
+    pub tap_packets_skipped: u64,
+    /// Of the packets software left to a rule, those that went past it
+    /// while it was going in, counted by software once the rule was gone.
+    pub slipped_packets: u64,
+    /// Packets of new flows not tracked because the table was full.
+    pub untracked_table_full: u64,
+    /// Later fragments whose first fragment was never seen.
+    pub orphan_fragments: u64,
+    pub flows_created: u64,
+    pub flows_ended: u64,
+    pub rules_installed: u64,
+    pub rules_removed: u64,
+    pub flows_offloaded: u64,
+    pub flows_refused: u64,
+    /// Refusals by kind ("capacity", "driver", ...).
+    pub refusals: BTreeMap<String, u64>,
+    pub remove_errors: u64,
+    pub counter_reads: u64,
+    pub counter_errors: u64,
+    /// Counter entries whose cookie names no live offloaded flow.
+    pub unknown_rules: u64,
+    /// Marked packets whose mark led straight to their flow, and those
+    /// whose mark didn't (looked up by hash instead).
+    pub mark_hits: u64,
+    pub mark_misses: u64,
+    pub ended_by: BTreeMap<String, u64>,
+}
+
+impl EngineStats {
+    /// Adds another shard's (or the offload thread's) counters to these.
+    pub fn add(&mut self, o: &EngineStats) {
+        self.sw_packets += o.sw_packets;
+        self.tap_packets_skipped += o.tap_packets_skipped;
+        self.slipped_packets += o.slipped_packets;
+        self.untracked_table_full += o.untracked_table_full;
+        self.orphan_fragments += o.orphan_fragments;
+        self.flows_created += o.flows_created;
+        self.flows_ended += o.flows_ended;
+        self.rules_installed += o.rules_installed;
+        self.rules_removed += o.rules_removed;
+        self.flows_offloaded += o.flows_offloaded;
+        self.flows_refused += o.flows_refused;
+        for (k, v) in &o.refusals {
+            *self.refusals.entry(k.clone()).or_insert(0) += v;
+        }
+        self.remove_errors += o.remove_errors;
+        self.counter_reads += o.counter_reads;
+        self.counter_errors += o.counter_errors;
+        self.unknown_rules += o.unknown_rules;
+        self.mark_hits += o.mark_hits;
+        self.mark_misses += o.mark_misses;
+        for (k, v) in &o.ended_by {
+            *self.ended_by.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+
+    /// The offload thread's part of the counters.
+    pub fn from_coordinator(c: &crate::coordinator::CoordinatorStats) -> EngineStats {
+        EngineStats {
+            rules_installed: c.rules_installed,
+            rules_removed: c.rules_removed,
+            remove_errors: c.remove_errors,
+            counter_reads: c.counter_reads,
+            counter_errors: c.counter_errors,
+            unknown_rules: c.unknown_rules,
+            refusals: c.retried.clone(),
+            ..EngineStats::default()
+        }
+    }
+}
+
+/// A snapshot of one flow for queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowView {
+    pub id: FlowId,
+    pub key: String,
+    pub proto: u8,
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+    pub vlan: u16,
+    pub ingress: u8,
+    pub stage: Stage,
+    pub tcp_state: flowtable_sw::TcpState,
+    pub class: Option<String>,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    pub orig: DirRecord,
+    pub reply: DirRecord,
+    pub packets: u64,
+    pub bytes: u64,
+    pub offload: Option<OffloadState>,
+    /// Cookies of the flow's rules, one per direction that has one.
+    pub rules: Vec<String>,
+    pub context: Option<FlowContext>,
+    pub idle_deadline_ns: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no flow with id {0}")]
+    NoSuchFlow(FlowId),
+    #[error("flow {id} is {stage}: {what}")]
+    WrongStage { id: FlowId, stage: &'static str, what: &'static str },
+    #[error("backend {backend} does not support action {action:?}")]
+    Unsupported { backend: String, action: Action },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// What the backend is, as a shard needs to know it without holding it.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub name: String,
+    pub capabilities: Capabilities,
+}
+
+pub struct Shard {
+    table: FlowTable,
+    contexts: ContextStore,
+    classifier: Arc<Classifier>,
+    backend: BackendInfo,
+    link: ShardLink,
+    /// Requests the full queue did not take yet, in order.
+    outbox: VecDeque<Request>,
+    /// Answers still owed by the offload thread (installs, removals,
+    /// withdrawals and asked-for reads).
+    outstanding: usize,
+    /// The offload thread is gone: nothing more will be answered.
+    orphaned: bool,
+    offloads: HashMap<FlowId, OffloadState>,
+    /// Flows waiting in `stage` queued (the outbox holds their install).
+    queued: usize,
+    /// Flows whose rule removal failed, asked again at the next poll.
+    retry_removal: Vec<FlowId>,
+    cfg: EngineConfig,
+    now_ns: u64,
+    epoch_done: Option<u64>,
+    stats: EngineStats,
+    records: Vec<FlowRecord>,
+    events: Option<Vec<Event>>,
+    due_buf: Vec<FlowId>,
+}
+
+impl Shard {
+    pub fn new(
+        table: TableConfig,
+        classifier: Arc<Classifier>,
+        backend: BackendInfo,
+        link: ShardLink,
+        cfg: EngineConfig,
+    ) -> Shard {
+        Shard {
+            table: FlowTable::new(table),
+            contexts: ContextStore::default(),
+            classifier,
+            backend,
+            link,
+            outbox: VecDeque::new(),
+            outstanding: 0,
+            orphaned: false,
+            offloads: HashMap::new(),
+            queued: 0,
+            retry_removal: Vec::new(),
+            cfg,
+            now_ns: 0,
+            epoch_done: None,
+            stats: EngineStats::default(),
+            records: Vec::new(),
+            events: None,
+            due_buf: Vec::new(),
+        }
+    }
+
+    pub fn index(&self) -> u8 {
+        self.table.config().shard
+    }
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    pub fn backend(&self) -> &BackendInfo {
+        &self.backend
+    }
+    /// The ports' zones, for parsing: `parse_packet(.., ports().ingress(port))`.
+    pub fn ports(&self) -> &PortMap {
+        &self.cfg.ports
+    }
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+    /// Flows whose install waits in this shard for room in the queue.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Replaces the classifier and timeouts (configuration reload). Flows
+    /// already decided keep their decision; undecided ones are matched anew.
+    pub fn reload(&mut self, classifier: Arc<Classifier>, timeouts: flowtable_sw::Timeouts) {
+        self.table.set_timeouts(timeouts);
+        for id in self.table.ids() {
+            if let Some(f) = self.table.get_mut(id) {
+                f.class =
+                    if f.stage() == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
+            }
+        }
+        self.classifier = classifier;
+    }
+
+    /// Starts keeping events for `drain_events`.
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Records of flows that ended since the last call.
+    pub fn drain_records(&mut self) -> Vec<FlowRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Puts a record (taken by `drain_records`) back to be drained again.
+    pub fn push_record(&mut self, record: FlowRecord) {
+        self.records.push(record);
+    }
+
+    fn emit(&mut self, event: impl FnOnce() -> Event) {
+        if let Some(ev) = self.events.as_mut() {
+            ev.push(event());
+        }
+    }
+
+    /// The packet path: finds or creates the flow, counts the packet once,
+    /// and classifies flows that are still undecided.
+    #[inline]
+    pub fn process(&mut self, pkt: &PacketInfo, now_ns: u64) {
+        let hash = self.table.hash(&pkt.key);
+        self.process_hashed(pkt, hash, now_ns);
+    }
+
+    /// `process` for a batch of packets, with `ts_ns[i]` the time of
+    /// `pkts[i]`. The memory each lookup needs is requested a few packets
+    /// ahead (`flowtable_sw::pipeline`), so the loads overlap; the packets
+    /// are handled in order, exactly as one `process` call each. Batches
+    /// longer than `BATCH` are taken `BATCH` at a time.
+    pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
+        debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
+        for (pkts, ts_ns) in pkts.chunks(BATCH).zip(ts_ns.chunks(BATCH)) {
+            let n = pkts.len().min(ts_ns.len());
+            let mut hashes = [0u64; BATCH];
+            for step in Schedule::new(n) {
+                if let Some(i) = step.hash {
+                    hashes[i] = self.table.prefetch_index(&pkts[i].key);
+                }
+                if let Some(i) = step.prefetch {
+                    self.table.prefetch_flow(hashes[i]);
+                }
+                if let Some(i) = step.lookup {
+                    self.process_hashed(&pkts[i], hashes[i], ts_ns[i]);
+                }
+            }
+        }
+    }
+
+    /// `process` for a packet a NIC rule marked with `mark`: a rule
+    /// installed with `mark: 0` marks its flow's packets with the flow's
+    /// slot plus one, so the flow is found without hashing. Any other mark
+    /// (an operator's own, or a stale one) falls back to the hash lookup.
+    #[inline]
+    pub fn process_marked(&mut self, pkt: &PacketInfo, mark: u32, now_ns: u64) {
+        match mark.checked_sub(1).and_then(|slot| self.table.find_in_slot(slot, &pkt.key)) {
+            Some(id) => {
+                self.stats.mark_hits += 1;
+                if now_ns > self.now_ns {
+                    self.now_ns = now_ns;
+                }
+                self.account(id, pkt, now_ns);
+            }
+            None => {
+                self.stats.mark_misses += 1;
+                self.process(pkt, now_ns);
+            }
+        }
+    }
+
+    /// What the rule on `port` for one direction of flow `id` does: `pass`
+    /// on a port of an inline pair goes on to the partner port in hardware,
+    /// as the pair would have carried it; `mark: 0` marks packets with the
+    /// flow's slot plus one, so software finds the flow without hashing.
+    fn rule_action(&self, action: Action, id: FlowId, port: u8) -> Action {
+        match action {
+            Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
+            Action::Pass => self.cfg.ports.partner(port).map_or(Action::Pass, |to| Action::Forward { port: to }),
+            a => a,
+        }
+    }
+
+    /// The port a rule for `dir` goes on: where that direction's packets
+    /// arrive. One not seen yet is expected on the inline partner of the
+    /// port the other direction uses, or, unpaired, on that same port.
+    fn rule_port(&self, flow: &Flow, dir: Direction) -> u8 {
+        if flow.port_known(dir) {
+            return flow.port(dir);
+        }
+        let other = flow.port(dir.reverse());
+        self.cfg.ports.partner(other).unwrap_or(other)
+    }
+
+    #[inline]
+    fn process_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) {
+        if now_ns > self.now_ns {
+            self.now_ns = now_ns;
+        }
+        let id = match self.table.lookup_or_insert_hashed(pkt, hash, now_ns) {
+            Lookup::Found(id) => id,
+            Lookup::Inserted { id, evicted } => {
+                self.stats.flows_created += 1;
+                if let Some((old, flow)) = evicted {
+                    self.end_removed(old, &flow, EndReason::TableFull);
+                }
+                if self.events.is_some() {
+                    let key = pkt.key.to_string();
+                    self.emit(|| Event::New { id, key, ts_ns: now_ns });
+                }
+                id
+            }
+            Lookup::Full => {
+                self.stats.untracked_table_full += 1;
+                return;
+            }
+            Lookup::OrphanFragment => {
+                self.stats.orphan_fragments += 1;
+                return;
+            }
+        };
+        self.account(id, pkt, now_ns);
+    }
+
+    /// Counts a packet of a known flow once and classifies undecided flows.
+    #[inline]
+    fn account(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64) {
+        let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
+        // Software skips a packet its flow's rule counts: one that reached
+        // software although a rule with counters took it, because software
+        // taps everything (AF_PACKET before tc) or because the action
+        // delivers to software (mark, mirror). From the moment the rule is
+        // asked for, as it may take effect before its answer comes back;
+        // what it then did not count is settled to software (`settle`). A
+        // packet of a rule without counters is software's to count.
+        let d = pkt.dir.index();
+        let tapped = if matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
+            let sees_offloaded = self.backend.capabilities.software_sees_offloaded;
+            let counters = self.backend.capabilities.counters;
+            self.offloads.get_mut(&id).filter(|s| {
+                let rule_counts = match stage {
+                    Stage::Installing => counters,
+                    _ => s.placement[d].is_some() && s.hw_counters,
+                };
+                rule_counts && (sees_offloaded || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
+            })
+        } else {
+            None
+        };
+        let count = match tapped {
+            Some(state) => {
+                state.tapped[d].add(DirCounters { packets: 1, bytes: pkt.wire_len as u64 });
+                self.stats.tap_packets_skipped += 1;
+                false
+            }
+            None => {
+                self.stats.sw_packets += 1;
+                true
+            }
+        };
+        self.table.observe(id, pkt, now_ns, count);
+        if stage == Stage::Tracking {
+            self.classify(id);
+        }
+    }
+
+    fn classify(&mut self, id: FlowId) {
+        let verdict_action;
+        let decision = {
+            let Some(flow) = self.table.get(id) else { return };
+            verdict_action = self.classifier.action_for(flow);
+            let ctx = if flow.has_context() { self.contexts.get(id) } else { None };
+            let flow = self.table.get_mut(id).expect("flow exists");
+            self.classifier.decide(flow, ctx, verdict_action)
+        };
+        match decision {
+            Decision::Wait => {}
+            Decision::Software => {
+                self.table.set_stage(id, Stage::Software);
+                self.emit_classified(id, "software".into());
+            }
+            Decision::Offload(action) => {
+                if self.in_flight() >= self.cfg.max_queued {
+                    // Stays undecided and asks again on its next packet.
+                    return;
+                }
+                self.emit_classified(id, format!("offload {:?}", action.kind()).to_lowercase());
+                self.enqueue(id, action);
+            }
+        }
+    }
+
+    /// Flows whose install is asked for and not answered.
+    fn in_flight(&self) -> usize {
+        self.table
+            .count_by_stage()
+            .filter(|(s, _)| matches!(s, Stage::Queued | Stage::Installing))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn emit_classified(&mut self, id: FlowId, decision: String) {
+        if self.events.is_some() {
+            let class = self.table.get(id).and_then(|f| self.classifier.class_name(f.class)).map(str::to_string);
+            let ts_ns = self.now_ns;
+            self.emit(|| Event::Classified { id, class, decision, ts_ns });
+        }
+    }
+
+    /// Asks the offload thread for the flow's rules, or refuses at once
+    /// what the backend says it can't do.
+    fn enqueue(&mut self, id: FlowId, action: Action) {
+        let Some(flow) = self.table.get(id) else { return };
+        let name = &self.backend.name;
+        let caps = &self.backend.capabilities;
+        let rule_actions = DIRS.map(|dir| self.rule_action(action, id, self.rule_port(flow, dir)));
+        let unsupported = if let Some(a) = rule_actions.iter().find(|a| !caps.supports_action(a)) {
+            Some(Refusal {
+                kind: RefusalKind::UnsupportedAction,
+                message: format!("{name} does not support action {:?}", a.kind()),
+            })
+        } else {
+            caps.matches
+                .check(&flow.key)
+                .err()
+                .map(|m| Refusal { kind: RefusalKind::UnsupportedMatch, message: format!("{name}: {m}") })
+        };
+        let mut state = OffloadState::queued(action);
+        if let Some(refusal) = unsupported {
+            self.refuse(id, &mut state, refusal);
+            self.offloads.insert(id, state);
+            return;
+        }
+        for dir in DIRS {
+            let port = self.table.get(id).map(|f| self.rule_port(f, dir));
+            if let Some(port) = port {
+                self.table.expect_port(id, dir, port);
+            }
+        }
+        let flow = self.table.get(id).expect("checked above");
+        let spec = |dir: Direction| {
+            let port = flow.port(dir);
+            RuleSpec {
+                cookie: Cookie::new(self.cfg.instance_id, id.0, dir),
+                matches: MatchFields { key: flow.key, dir, port },
+                action: self.rule_action(action, id, port),
+                policy: self.cfg.placement,
+            }
+        };
+        let rules = Box::new(DIRS.map(spec));
+        let bytes = flow.bytes();
+        self.offloads.insert(id, state);
+        self.table.set_stage(id, Stage::Queued);
+        self.queued += 1;
+        self.outstanding += 1;
+        self.send(Request::Install { id, rules, bytes });
+    }
+
+    /// Hands a request to the offload thread, or keeps it in order for
+    /// when its queue has room.
+    fn send(&mut self, req: Request) {
+        self.outbox.push_back(req);
+        self.flush_outbox();
+    }
+
+    fn flush_outbox(&mut self) {
+        while let Some(req) = self.outbox.pop_front() {
+            let install = match &req {
+                Request::Install { id, .. } => Some(*id),
+                _ => None,
+            };
+            match self.link.to_offload.try_send(req) {
+                Ok(()) => {
+                    if let Some(id) = install {
+                        if self.table.get(id).is_some_and(|f| f.stage() == Stage::Queued) {
+                            self.queued -= 1;
+                            self.table.set_stage(id, Stage::Installing);
+                        }
+                    }
+                }
+                Err(TrySendError::Full(req)) => {
+                    self.outbox.push_front(req);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.orphan();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The offload thread is gone (it ended or failed): nothing we asked
+    /// will be answered. Flows keep what they counted; those on their way
+    /// in go on in software.
+    fn orphan(&mut self) {
+        if self.orphaned {
+            return;
+        }
+        self.orphaned = true;
+        self.outbox.clear();
+        self.outstanding = 0;
+        tracing::error!(shard = self.index(), "the offload thread is gone; flows stay in software");
+        for id in self.table.ids() {
+            let stage = self.table.get(id).map(|f| f.stage());
+            if matches!(stage, Some(Stage::Queued | Stage::Installing)) {
+                self.settle_all(id);
+                self.table.set_stage(id, Stage::Software);
+            }
+        }
+        self.queued = 0;
+    }
+
+    fn refuse(&mut self, id: FlowId, state: &mut OffloadState, refusal: Refusal) {
+        *self.stats.refusals.entry(refusal.kind.as_str().to_string()).or_insert(0) += 1;
+        self.stats.flows_refused += 1;
+        self.table.set_stage(id, Stage::Refused);
+        let reason = refusal.to_string();
+        state.refusal = Some(refusal);
+        let ts_ns = self.now_ns;
+        self.emit(|| Event::Refused { id, reason, ts_ns });
+    }
+
+    /// Moves the shard's clock to `now_ns` (never back).
+    pub fn advance(&mut self, now_ns: u64) {
+        if now_ns > self.now_ns {
+            self.now_ns = now_ns;
+        }
+    }
+
+    /// The slow path, called often (every few ms of packet or wall time):
+    /// takes the offload thread's answers, ages flows, sends what it asks.
+    pub fn poll(&mut self, now_ns: u64) {
+        self.advance(now_ns);
+        self.take_responses();
+        self.expire(self.now_ns);
+        self.flush_outbox();
+    }
+
+    /// Takes every answer waiting from the offload thread, without blocking.
+    pub fn take_responses(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.link.from_offload.try_recv() {
+                Ok(resp) => {
+                    n += 1;
+                    self.apply(resp);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.orphan();
+                    break;
+                }
+            }
+        }
+        self.flush_outbox();
+        n
+    }
+
+    /// Waits at most `timeout` for one answer and takes it with any others
+    /// waiting. False when none came.
+    pub fn wait_response(&mut self, timeout: Duration) -> bool {
+        self.flush_outbox();
+        match self.link.from_offload.recv_timeout(timeout) {
+            Ok(resp) => {
+                self.apply(resp);
+                self.take_responses();
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.orphan();
+                false
+            }
+        }
+    }
+
+    /// Replay's lockstep (see `Coordinator`): waits until the offload
+    /// thread has answered everything up to `epoch`.
+    pub fn wait_epoch(&mut self, epoch: u64) {
+        while !self.orphaned && self.epoch_done.is_none_or(|e| e < epoch) {
+            self.wait_response(Duration::from_millis(100));
+        }
+    }
+
+    /// Replay's lockstep: tells the offload thread this shard has asked
+    /// all it will ask up to `epoch`. Blocks while the queue is full: the
+    /// offload thread is then reading it.
+    pub fn end_epoch(&mut self, epoch: u64) {
+        while !self.outbox.is_empty() && !self.orphaned {
+            self.flush_outbox();
+            if !self.outbox.is_empty() {
+                self.take_responses();
+                std::thread::yield_now();
+            }
+        }
+        if self.link.to_offload.send(Request::EpochDone { epoch, now_ns: self.now_ns }).is_err() {
+            self.orphan();
+        }
+    }
+
+    fn apply(&mut self, resp: Response) {
+        let now = self.now_ns;
+        match resp {
+            Response::Installed { id, placement, hw_counters, installed_ns } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                state.placement = placement.map(Some);
+                state.installed_placement = placement.map(Some);
+                state.hw_counters = hw_counters;
+                state.installed_ns = installed_ns;
+                state.cancel_sent = false;
+                let (action, then) = (state.action, state.then);
+                self.stats.flows_offloaded += 1;
+                self.table.set_stage(id, Stage::Offloaded);
+                let placement = placement.map(Some);
+                self.emit(|| Event::Offloaded { id, action, placement, ts_ns: now });
+                if !hw_counters {
+                    // The rule counts nothing: what software set aside is its own.
+                    self.settle_all(id);
+                }
+                if let Some(then) = then.filter(|t| *t != Then::Idle) {
+                    self.request_removal(id, then);
+                }
+            }
+            Response::Refused { id, refusal } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.settle_all(id);
+                let Some(mut state) = self.offloads.remove(&id) else { return };
+                let then = state.then.take();
+                self.refuse(id, &mut state, refusal);
+                self.offloads.insert(id, state);
+                self.after_rules_gone(id, then);
+            }
+            Response::Leftover { id, counters } => {
+                for dir in DIRS {
+                    if let Some(c) = counters[dir.index()] {
+                        self.fold_rule_counts(id, dir, c.packets, c.bytes, c.last_used_ns, now);
+                    }
+                }
+            }
+            Response::Removed { id, results } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let mut failed = false;
+                for (dir, result) in results {
+                    match result {
+                        Ok(final_counters) => {
+                            if let Some(c) = final_counters {
+                                self.apply_counters(id, dir, &c, now);
+                            }
+                            self.drop_rule(id, dir, now);
+                        }
+                        // Already gone (removed behind our back): nothing to keep.
+                        Err(BackendError::UnknownRule { .. }) => self.drop_rule(id, dir, now),
+                        Err(e) => {
+                            tracing::warn!(flow = %id, error = %e, "removing a rule failed; will retry");
+                            failed = true;
+                        }
+                    }
+                }
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                let then = state.then;
+                if failed {
+                    // The flow keeps its rule and its record; asked again
+                    // next poll, unless the shard is stopping.
+                    self.table.set_stage(id, Stage::Offloaded);
+                    if then != Some(Then::End(EndReason::Shutdown)) {
+                        self.retry_removal.push(id);
+                    }
+                    return;
+                }
+                state.then = None;
+                self.after_rules_gone(id, then);
+            }
+            Response::Cancelled { id, cancelled } => {
+                self.outstanding = self.outstanding.saturating_sub(if cancelled { 2 } else { 1 });
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                state.cancel_sent = false;
+                if !cancelled {
+                    // Its outcome came first and was handled.
+                    return;
+                }
+                let then = state.then.take();
+                self.settle_all(id);
+                if self.table.get(id).is_some_and(|f| f.stage() == Stage::Installing) {
+                    self.table.set_stage(id, Stage::Tracking);
+                }
+                self.after_rules_gone(id, then.or(Some(Then::Idle)));
+            }
+            Response::Counters { counters, asked } => {
+                if asked {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                for (cookie, c) in &counters {
+                    if !self.apply_counters(FlowId(cookie.flow), cookie.direction(), c, now) {
+                        self.stats.unknown_rules += 1;
+                    }
+                }
+            }
+            Response::EpochDone(e) => self.epoch_done = Some(e),
+        }
+    }
+
+    /// A flow's rules are gone (or never went in): end it, or let it go
+    /// on in software, as `then` says.
+    fn after_rules_gone(&mut self, id: FlowId, then: Option<Then>) {
+        let Some(flow) = self.table.get(id) else { return };
+        let now = self.now_ns;
+        match then {
+            None => {
+                if flow.stage() == Stage::Removing {
+                    self.table.set_stage(id, Stage::Software);
+                }
+            }
+            Some(Then::Idle) => {
+                if self.table.deadline(flow) > now {
+                    // The final counters show it went on after it was found
+                    // idle: it goes on, in software, and may be offloaded again.
+                    if matches!(flow.stage(), Stage::Removing | Stage::Offloaded) {
+                        self.offloads.remove(&id);
+                        self.table.set_stage(id, Stage::Tracking);
+                    }
+                    let deadline = self.table.deadline(self.table.get(id).expect("live"));
+                    self.table.reschedule(id, deadline);
+                } else {
+                    let reason = reason_for(flow);
+                    self.end(id, reason);
+                }
+            }
+            Some(Then::Software) => {
+                if let Some(state) = self.offloads.get_mut(&id) {
+                    state.pinned_software = true;
+                }
+                self.table.set_stage(id, Stage::Software);
+                self.emit(|| Event::Unoffloaded { id, ts_ns: now });
+            }
+            // Shutdown ends every flow at once when the answers are in.
+            Some(Then::End(EndReason::Shutdown)) => {
+                if flow.stage() == Stage::Removing {
+                    self.table.set_stage(id, Stage::Software);
+                }
+            }
+            Some(Then::End(reason)) => self.end(id, reason),
+        }
+    }
+
+    /// Asks for a flow's rules to go; `then` says what becomes of it.
+    fn request_removal(&mut self, id: FlowId, then: Then) {
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let cookies: Vec<Cookie> = DIRS
+            .iter()
+            .filter(|d| state.placement[d.index()].is_some())
+            .map(|d| Cookie::new(self.cfg.instance_id, id.0, *d))
+            .collect();
+        state.then = Some(then);
+        if cookies.is_empty() {
+            state.then = None;
+            self.after_rules_gone(id, Some(then));
+            return;
+        }
+        self.table.set_stage(id, Stage::Removing);
+        self.outstanding += 1;
+        self.send(Request::Remove { id, cookies });
+    }
+
+    /// Asks for an install not yet made to be withdrawn; `then` says what
+    /// becomes of the flow if it was (if not, its outcome says).
+    fn request_cancel(&mut self, id: FlowId, then: Then) {
+        let stage = self.table.get(id).map(|f| f.stage());
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        state.then = Some(then);
+        if stage == Some(Stage::Queued) {
+            // Still here: never sent, nothing to ask.
+            let before = self.outbox.len();
+            self.outbox.retain(|r| !matches!(r, Request::Install { id: i, .. } if *i == id));
+            if self.outbox.len() < before {
+                self.queued -= 1;
+                self.outstanding = self.outstanding.saturating_sub(1);
+                state.then = None;
+                self.settle_all(id);
+                self.table.set_stage(id, Stage::Tracking);
+                self.after_rules_gone(id, Some(then));
+                return;
+            }
+        }
+        if state.cancel_sent {
+            return;
+        }
+        state.cancel_sent = true;
+        self.outstanding += 1;
+        self.send(Request::Cancel { id });
+    }
+
+    /// Merges a rule's cumulative counters into its flow as a delta.
+    fn apply_counters(&mut self, id: FlowId, dir: Direction, c: &RuleCounters, now: u64) -> bool {
+        let Some(state) = self.offloads.get_mut(&id) else { return false };
+        if state.placement[dir.index()].is_none() || self.table.get(id).is_none() {
+            return false;
+        }
+        let base = &mut state.baseline[dir.index()];
+        // Counters that went backwards mean the rule was replaced: what it
+        // shows now is all new.
+        let (dp, db) = if c.packets >= base.packets {
+            (c.packets - base.packets, c.bytes.saturating_sub(base.bytes))
+        } else {
+            (c.packets, c.bytes)
+        };
+        *base = *c;
+        self.fold_rule_counts(id, dir, dp, db, c.last_used_ns, now);
+        true
+    }
+
+    fn fold_rule_counts(&mut self, id: FlowId, dir: Direction, dp: u64, db: u64, last_used: Option<u64>, now: u64) {
+        if dp == 0 {
+            return;
+        }
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let Some(flow) = self.table.get_mut(id) else { return };
+        state.rule_counted[dir.index()].add(DirCounters { packets: dp, bytes: db });
+        let hw = &mut flow.hw[dir.index()];
+        hw.packets += dp;
+        hw.bytes += db;
+        flow.touch(last_used.map_or(now, |t| t.min(now)));
+        self.table.note_counted(id);
+    }
+
+    fn expire(&mut self, now: u64) {
+        for id in std::mem::take(&mut self.retry_removal) {
+            if let Some(then) = self.offloads.get(&id).and_then(|s| s.then) {
+                if self.table.get(id).is_some_and(|f| f.stage() == Stage::Offloaded) {
+                    self.request_removal(id, then);
+                }
+            }
+        }
+        let mut due = std::mem::take(&mut self.due_buf);
+        due.clear();
+        self.table.expire(now, &mut due);
+        for &id in &due {
+            let Some(flow) = self.table.get(id) else { continue };
+            match flow.stage() {
+                Stage::Offloaded => {
+                    let state = &self.offloads[&id];
+                    // Without counters a rule that hides packets from software
+                    // would look idle at once: it lives its hard timeout instead.
+                    if !state.hw_counters && matches!(state.action, Action::Drop | Action::Forward { .. }) {
+                        let hard = state.installed_ns + self.cfg.hard_timeout_ns;
+                        if now < hard {
+                            self.table.reschedule(id, hard);
+                            continue;
+                        }
+                    }
+                    self.table.reschedule(id, now + self.cfg.poll_interval_ns);
+                    self.request_removal(id, Then::Idle);
+                }
+                Stage::Queued | Stage::Installing => {
+                    // Idle before its rules went in: withdrawn, it ends;
+                    // if they went in meanwhile, their counters age it.
+                    self.table.reschedule(id, now + self.cfg.poll_interval_ns);
+                    self.request_cancel(id, Then::Idle);
+                }
+                Stage::Removing => self.table.reschedule(id, now + self.cfg.poll_interval_ns),
+                _ => self.end(id, reason_for(flow)),
+            }
+        }
+        self.due_buf = due;
+    }
+
+    fn drop_rule(&mut self, id: FlowId, dir: Direction, now: u64) {
+        self.settle(id, dir);
+        if let Some(state) = self.offloads.get_mut(&id) {
+            state.placement[dir.index()] = None;
+            if state.placement.iter().all(Option::is_none) {
+                state.removed_ns = Some(now);
+            }
+        }
+    }
+
+    /// Software left the packets it saw of an offloaded direction to the
+    /// rule's counters, from the moment the rule was asked for. But the
+    /// rule takes effect some time after that (the offload thread's queue,
+    /// a netlink round trip, a PMD call), and the packets in between went
+    /// past it uncounted. Every packet the rule counted was seen too
+    /// (software taps in front of the rule), so what was seen beyond what
+    /// the rule counted slipped past: software's to count, settled once the
+    /// rule's final counters are in, or once it is clear the rule never
+    /// went in or counts nothing. Bytes are settled the same way; where the
+    /// rule counts a frame's length differently (a VLAN tag the NIC
+    /// stripped), they are off by that difference.
+    fn settle(&mut self, id: FlowId, dir: Direction) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
+        state.tapped[d] = DirCounters::default();
+        state.rule_counted[d] = DirCounters::default();
+        let packets = seen.packets.saturating_sub(counted.packets);
+        if packets == 0 {
+            return;
+        }
+        let slipped = DirCounters { packets, bytes: seen.bytes.saturating_sub(counted.bytes) };
+        if let Some(flow) = self.table.get_mut(id) {
+            flow.sw[d].add(slipped);
+            self.stats.sw_packets += packets;
+            self.stats.tap_packets_skipped -= packets;
+            self.stats.slipped_packets += packets;
+        }
+    }
+
+    fn settle_all(&mut self, id: FlowId) {
+        for dir in DIRS {
+            self.settle(id, dir);
+        }
+    }
+
+    fn end(&mut self, id: FlowId, reason: EndReason) {
+        if let Some(flow) = self.table.remove(id) {
+            self.end_removed(id, &flow, reason);
+        }
+    }
+
+    fn end_removed(&mut self, id: FlowId, flow: &Flow, reason: EndReason) {
+        let state = self.offloads.remove(&id);
+        let context = self.contexts.remove(id);
+        let record = self.build_record(id, flow, state.as_ref(), context, reason);
+        self.stats.flows_ended += 1;
+        *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
+        if self.events.is_some() {
+            let boxed = Box::new(record.clone());
+            self.emit(|| Event::Expired { record: boxed });
+        }
+        self.records.push(record);
+    }
+
+    fn build_record(
+        &self,
+        id: FlowId,
+        flow: &Flow,
+        state: Option<&OffloadState>,
+        context: Option<FlowContext>,
+        end_reason: EndReason,
+    ) -> FlowRecord {
+        let (src, dst, sport, dport) = endpoints_of(flow);
+        let init = flow.initiator();
+        let offload = state.filter(|s| s.installed_ns != 0).map(|s| OffloadRecord {
+            backend: self.backend.name.clone(),
+            action: s.action,
+            placement: [s.placement_or_last(init), s.placement_or_last(init.reverse())],
+            hw_counters: s.hw_counters,
+            installed_ns: s.installed_ns,
+            removed_ns: s.removed_ns.filter(|_| end_reason != EndReason::Shutdown || s.removed_ns.is_some()),
+        });
+        FlowRecord {
+            id,
+            proto: flow.key.proto,
+            src,
+            dst,
+            sport,
+            dport,
+            vlan: flow.key.vlan_outer,
+            vlan_inner: flow.key.vlan_inner,
+            ingress: flow.port(init),
+            start_ns: flow.first_ns,
+            end_ns: flow.last_ns(),
+            orig: DirRecord::of(flow, init),
+            reply: DirRecord::of(flow, init.reverse()),
+            tcp_state: flow.tcp,
+            class: self.classifier.class_name(flow.class).map(str::to_string),
+            offload,
+            refused: state.and_then(|s| s.refusal.as_ref()).map(|r| r.to_string()),
+            context,
+            end_reason,
+        }
+    }
+
+    /// Starts ending every flow: withdraws installs not yet made, asks for
+    /// every rule to go (unless `keep_rules`: then for a last read of their
+    /// counters). Then `take_responses`/`wait_response` until
+    /// `shutdown_waiting` is false, and `finish_shutdown`.
+    pub fn begin_shutdown(&mut self, keep_rules: bool) {
+        let ids: Vec<FlowId> = self.offloads.keys().copied().collect();
+        for id in ids {
+            let Some(stage) = self.table.get(id).map(|f| f.stage()) else { continue };
+            match stage {
+                Stage::Queued | Stage::Installing => self.request_cancel(id, Then::End(EndReason::Shutdown)),
+                Stage::Offloaded if !keep_rules => self.request_removal(id, Then::End(EndReason::Shutdown)),
+                Stage::Removing => {
+                    if let Some(s) = self.offloads.get_mut(&id) {
+                        s.then = Some(Then::End(EndReason::Shutdown));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if keep_rules && !self.orphaned && self.offloads.values().any(|s| s.placement.iter().any(Option::is_some)) {
+            self.outstanding += 1;
+            self.send(Request::ReadCounters);
+        }
+        self.retry_removal.clear();
+    }
+
+    /// Answers still owed for the shutdown under way.
+    pub fn shutdown_waiting(&self) -> bool {
+        !self.orphaned && self.outstanding > 0
+    }
+
+    /// Ends every flow with reason `shutdown`, its record written.
+    pub fn finish_shutdown(&mut self, keep_rules: bool) {
+        if keep_rules {
+            // The rules stay, but their flows' records are written now.
+            for id in self.offloads.keys().copied().collect::<Vec<_>>() {
+                self.settle_all(id);
+            }
+        }
+        for id in self.table.ids() {
+            self.end(id, EndReason::Shutdown);
+        }
+        self.outbox.clear();
+        self.queued = 0;
+    }
+
+    // ---- the control API: what an external application asks ----
+
+    pub fn flow(&self, id: FlowId) -> Option<FlowView> {
+        let flow = self.table.get(id)?;
+        Some(self.view(id, flow))
+    }
+
+    fn view(&self, id: FlowId, flow: &Flow) -> FlowView {
+        let (src, dst, sport, dport) = endpoints_of(flow);
+        let init = flow.initiator();
+        let offload = self.offloads.get(&id).cloned();
+        let rules = offload
+            .as_ref()
+            .map(|s| {
+                DIRS.iter()
+                    .filter(|d| s.placement[d.index()].is_some())
+                    .map(|d| hex(&Cookie::new(self.cfg.instance_id, id.0, *d).to_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        FlowView {
+            id,
+            key: flow.key.to_string(),
+            proto: flow.key.proto,
+            src,
+            dst,
+            sport,
+            dport,
+            vlan: flow.key.vlan_outer,
+            ingress: flow.port(init),
+            stage: flow.stage(),
+            tcp_state: flow.tcp,
+            class: self.classifier.class_name(flow.class).map(str::to_string),
+            start_ns: flow.first_ns,
+            last_ns: flow.last_ns(),
+            orig: DirRecord::of(flow, init),
+            reply: DirRecord::of(flow, init.reverse()),
+            packets: flow.packets(),
+            bytes: flow.bytes(),
+            offload,
+            rules,
+            context: self.contexts.get(id).cloned(),
+            idle_deadline_ns: self.table.deadline(flow),
+        }
+    }
+
+    /// Every live flow as (id, flow), for listing and sorting.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowId, &Flow)> + '_ {
+        self.table.iter()
+    }
+
+    /// Merges an application's context into a flow; a verdict on a flow
+    /// still undecided takes effect at once.
+    pub fn set_context(&mut self, id: FlowId, update: FlowContext) -> Result<FlowContext, EngineError> {
+        if self.table.get(id).is_none() {
+            return Err(EngineError::NoSuchFlow(id));
+        }
+        let ctx = self.contexts.update(id, update)?.clone();
+        let flow = self.table.get_mut(id).expect("checked above");
+        flow.set_has_context(true);
+        if flow.stage() == Stage::Tracking && ctx.verdict.is_some() {
+            self.classify(id);
+        }
+        self.flush_outbox();
+        Ok(ctx)
+    }
+
+    pub fn context(&self, id: FlowId) -> Option<&FlowContext> {
+        self.contexts.get(id)
+    }
+
+    /// The offload side of a flow, without building a whole `FlowView`
+    /// (for scans over every flow: counting placements, filtering).
+    pub fn offload_state(&self, id: FlowId) -> Option<&OffloadState> {
+        self.offloads.get(&id)
+    }
+
+    /// See `FlowTable::rebuild_largest`.
+    pub fn rebuild_largest_flows(&mut self, want: usize) {
+        self.table.rebuild_largest(want);
+    }
+
+    /// The offload side of every live flow that has one (queued, offloaded,
+    /// refused or taken back): far fewer than all flows, so statistics over
+    /// placements read these instead of scanning the table.
+    pub fn offload_states(&self) -> impl Iterator<Item = (FlowId, &OffloadState)> + '_ {
+        self.offloads.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// Rules of this shard's flows in place now.
+    pub fn rules_live(&self) -> usize {
+        self.offloads.values().map(|s| s.placement.iter().filter(|p| p.is_some()).count()).sum()
+    }
+
+    /// Asks for a flow to be offloaded with `action` (installed by the
+    /// offload thread, with the usual limits).
+    pub fn request_offload(&mut self, id: FlowId, action: Action) -> Result<(), EngineError> {
+        let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
+        match flow.stage() {
+            Stage::Offloaded | Stage::Queued | Stage::Installing | Stage::Removing => {
+                return Err(EngineError::WrongStage {
+                    id,
+                    stage: flow.stage().as_str(),
+                    what: "already offloaded, or its rules are on their way in or out",
+                })
+            }
+            _ => {}
+        }
+        if !self.backend.capabilities.supports_action(&action) {
+            return Err(EngineError::Unsupported { backend: self.backend.name.clone(), action });
+        }
+        // Counters already folded in stay; a new rule starts from zero.
+        self.offloads.remove(&id);
+        self.enqueue(id, action);
+        Ok(())
+    }
+
+    /// Takes a flow back to software: its rules are asked to go (final
+    /// counters folded in when they are) and the classifier won't offload
+    /// it again. Returns the flow's stage after the call: `removing` while
+    /// the offload thread takes the rules out, else `software`.
+    pub fn request_unoffload(&mut self, id: FlowId) -> Result<Stage, EngineError> {
+        let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
+        match flow.stage() {
+            Stage::Offloaded => self.request_removal(id, Then::Software),
+            Stage::Queued | Stage::Installing => self.request_cancel(id, Then::Software),
+            s => return Err(EngineError::WrongStage { id, stage: s.as_str(), what: "not offloaded" }),
+        }
+        Ok(self.table.get(id).map_or(Stage::Software, |f| f.stage()))
+    }
+
+    /// Ends a flow now, with reason `evicted`; one with rules ends once
+    /// they are gone. Returns its record when it ended at once.
+    pub fn evict(&mut self, id: FlowId) -> Result<Option<FlowRecord>, EngineError> {
+        let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
+        match flow.stage() {
+            Stage::Offloaded | Stage::Removing => {
+                self.request_removal(id, Then::End(EndReason::Evicted));
+                Ok(None)
+            }
+            Stage::Queued | Stage::Installing => {
+                self.request_cancel(id, Then::End(EndReason::Evicted));
+                Ok(self.records.last().filter(|r| r.id == id).cloned())
+            }
+            _ => {
+                self.end(id, EndReason::Evicted);
+                Ok(self.records.last().cloned())
+            }
+        }
+    }
+}
+
+impl OffloadState {
+    /// Where a direction's rule is, or was before it was removed.
+    fn placement_or_last(&self, dir: Direction) -> Option<Placement> {
+        self.placement[dir.index()].or(self.installed_placement[dir.index()])
+    }
+}
+
+fn reason_for(flow: &Flow) -> EndReason {
+    if flow.tcp.is_closed() {
+        EndReason::TcpClose
+    } else {
+        EndReason::Idle
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

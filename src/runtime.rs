@@ -1,0 +1,631 @@
+//! The threads a replay or the daemon runs on: N workers, each owning a
+//! shard (its own flow table, contexts, timers, statistics and records),
+//! one offload thread owning the backend, and a dispatcher that hands each
+//! packet to the worker its flow belongs to.
+//!
+//! ```text
+//!  sources ─► dispatcher ──(bounded, batches)──► worker 0 ─┐ requests (bounded)
+//!   parse,     inline NIC (sim) takes its           ...     ├──────────────► offload thread
+//!   hash the   packets first                      worker N ─┘ ◄──────────────  owns the backend
+//!   canonical key                                    │        outcomes, counters
+//!                                                    └──► records, events ──► replay / daemon
+//! ```
+//!
+//! Both directions of a flow hash to the same worker: the dispatcher hashes
+//! the canonical key (both directions share it) with a fixed seed.
+//!
+//! Replay's time is the capture's, so a replay runs in lockstep epochs (one
+//! per poll tick of packet time, see `flowtable_offload::Coordinator`): a
+//! rule decided at one tick meets exactly the packets from two ticks on,
+//! whatever the number of workers or how fast each runs, and every worker
+//! count gives the same flows. A live run is free: workers poll on the
+//! clock and the offload thread works as requests come.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use flowtable_config::Config;
+use flowtable_hw::{Backend, InlineNic};
+use flowtable_offload::{
+    coordinator_config, link, BackendInfo, Classifier, Coordinator, EngineConfig, EngineStats, Event, FlowRecord, Gate,
+    OffloadStatus, Shard, BATCH, QUEUE_DEPTH,
+};
+use flowtable_sw::{FlowKey, PacketInfo, TableConfig, Timeouts};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often, on the clock, a worker's slow path runs.
+pub const POLL_TICK_NS: u64 = 10_000_000;
+/// Batches of packets waiting for one worker, at most.
+const INBOX_DEPTH: usize = 64;
+/// Most workers (the shard number is 8 bits of a flow id).
+pub const MAX_WORKERS: usize = 64;
+
+/// The worker a flow belongs to: a hash of its canonical key with a fixed
+/// seed, so both directions, every run and every source agree.
+#[inline]
+pub fn worker_of(key: &FlowKey, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    let h = foldhash::fast::FixedState::with_seed(0x6d5a_6d5a_6d5a_6d5a).hash_one(key);
+    // Multiply-shift: the high bits are the well-mixed ones.
+    ((h as u128 * workers as u128) >> 64) as usize
+}
+
+/// The run's clock, in ns since the Unix epoch, shared by every thread.
+/// It runs with wall time, except while packets replay as fast as
+/// possible: then it is their time (frozen between packets), so flows age
+/// as they did in the capture. Set by one thread (the dispatcher), read by
+/// all.
+pub struct Clock {
+    start: Instant,
+    start_ns: u64,
+    /// Added to wall time: how far fast replay moved the clock ahead.
+    skew_ns: AtomicU64,
+    frozen: AtomicBool,
+    frozen_ns: AtomicU64,
+}
+
+impl Clock {
+    pub fn new() -> Arc<Clock> {
+        let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Arc::new(Clock {
+            start: Instant::now(),
+            start_ns,
+            skew_ns: AtomicU64::new(0),
+            frozen: AtomicBool::new(false),
+            frozen_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// A clock frozen at 0, moved only by `advance_to` (replay).
+    pub fn frozen() -> Arc<Clock> {
+        let c = Clock::new();
+        c.frozen.store(true, Ordering::SeqCst);
+        c
+    }
+
+    fn wall(&self) -> u64 {
+        self.start_ns + self.start.elapsed().as_nanos() as u64 + self.skew_ns.load(Ordering::Relaxed)
+    }
+
+    pub fn now(&self) -> u64 {
+        if self.frozen.load(Ordering::Acquire) {
+            self.frozen_ns.load(Ordering::Acquire)
+        } else {
+            self.wall()
+        }
+    }
+
+    /// Moves the clock forward to `t` (never back).
+    pub fn advance_to(&self, t: u64) {
+        let now = self.now();
+        if t <= now {
+            return;
+        }
+        if self.frozen.load(Ordering::Acquire) {
+            self.frozen_ns.store(t, Ordering::Release);
+        } else {
+            self.skew_ns.fetch_add(t - now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_frozen(&self, frozen: bool) {
+        if frozen == self.frozen.load(Ordering::Acquire) {
+            return;
+        }
+        if frozen {
+            self.frozen_ns.store(self.wall(), Ordering::Release);
+            self.frozen.store(true, Ordering::Release);
+        } else {
+            // Wall time resumes from where packet time left it.
+            let at = self.frozen_ns.load(Ordering::Acquire);
+            let wall = self.wall();
+            if at > wall {
+                self.skew_ns.fetch_add(at - wall, Ordering::Relaxed);
+            }
+            self.frozen.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Packets for one worker, with their times and marks; recycled, so the
+/// packet path allocates nothing once every worker has its few.
+pub struct Batch {
+    pub pkts: Vec<PacketInfo>,
+    pub ts_ns: Vec<u64>,
+    /// A NIC rule's mark per packet (DPDK), in step with `pkts`.
+    pub marks: Vec<Option<u32>>,
+}
+
+impl Batch {
+    fn new() -> Box<Batch> {
+        Box::new(Batch {
+            pkts: Vec::with_capacity(BATCH),
+            ts_ns: Vec::with_capacity(BATCH),
+            marks: Vec::with_capacity(BATCH),
+        })
+    }
+    fn clear(&mut self) {
+        self.pkts.clear();
+        self.ts_ns.clear();
+        self.marks.clear();
+    }
+}
+
+/// Work a worker runs on its shard between packet batches.
+pub type ShardJob = Box<dyn FnOnce(&mut Shard) + Send>;
+
+/// What a worker is told.
+pub enum ToWorker {
+    Packets(Box<Batch>),
+    /// Replay's lockstep: poll at `now_ns` as epoch `epoch`.
+    Tick {
+        epoch: u64,
+        now_ns: u64,
+    },
+    /// Lockstep ends after `last_epoch`: poll on the clock from now on.
+    Free {
+        last_epoch: u64,
+    },
+    Job(ShardJob),
+    Reload(Arc<Classifier>, Timeouts),
+    EnableEvents,
+    /// End every flow (its record written, its rules removed unless
+    /// `keep_rules`) and stop.
+    Shutdown {
+        keep_rules: bool,
+    },
+}
+
+/// What workers hand back, on one channel for all.
+pub enum FromWorker {
+    Records(Vec<FlowRecord>),
+    Events(Vec<Event>),
+}
+
+/// How a worker's packet path went, for the no-stall benchmark.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct WorkerTimes {
+    pub batches: u64,
+    /// Longest wall time between the end of one packet batch and the start
+    /// of the next while packets were waiting, in ns.
+    pub longest_gap_ns: u64,
+    /// CPU time the worker used, in ns.
+    pub cpu_ns: u64,
+}
+
+/// CPU time of the calling thread, in ns: what a piece of work cost the
+/// thread, whatever else the machine runs.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct WorkerHandle {
+    inbox: Sender<ToWorker>,
+    thread: JoinHandle<(EngineStats, WorkerTimes)>,
+}
+
+/// A run's threads: workers and the offload thread.
+pub struct Runtime {
+    workers: Vec<WorkerHandle>,
+    offload: JoinHandle<Coordinator>,
+    status: Arc<Mutex<OffloadStatus>>,
+    pub output: Receiver<FromWorker>,
+    nic: Option<Box<dyn InlineNic>>,
+    lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
+    free: Vec<Receiver<Box<Batch>>>,
+    pub clock: Arc<Clock>,
+    pub backend: BackendInfo,
+    pub classifier: Arc<Classifier>,
+}
+
+/// How to start a runtime.
+pub struct RuntimeConfig {
+    pub workers: usize,
+    pub table: TableConfig,
+    pub engine: EngineConfig,
+    /// Start in replay's lockstep (see the module's comment).
+    pub lockstep: bool,
+    /// Room in each shard's queues to and from the offload thread.
+    pub queue_depth: usize,
+}
+
+impl RuntimeConfig {
+    pub fn from_config(config: &Config, workers: usize, lockstep: bool) -> RuntimeConfig {
+        RuntimeConfig {
+            workers: workers.clamp(1, MAX_WORKERS),
+            table: config.table_config(),
+            engine: EngineConfig::from_config(config),
+            lockstep,
+            queue_depth: QUEUE_DEPTH,
+        }
+    }
+}
+
+/// The final state of a run's threads.
+pub struct Finished {
+    /// Every shard's counters and the offload thread's, added up.
+    pub stats: EngineStats,
+    pub times: Vec<WorkerTimes>,
+    /// The offload thread, its backend still held (for a last look).
+    pub coordinator: Coordinator,
+}
+
+impl Runtime {
+    /// Starts the workers and the offload thread.
+    pub fn start(
+        cfg: RuntimeConfig,
+        classifier: Classifier,
+        backend: Box<dyn Backend>,
+        clock: Arc<Clock>,
+    ) -> Result<Runtime, String> {
+        let n = cfg.workers.clamp(1, MAX_WORKERS);
+        let info = BackendInfo { name: backend.name().to_string(), capabilities: backend.capabilities().clone() };
+        let nic = backend.inline_nic();
+        let classifier = Arc::new(classifier);
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let mut offload_ends = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        let mut free = Vec::with_capacity(n);
+        // Each shard holds its part of the table: the configured maximum
+        // is for the whole run.
+        let per_shard = cfg.table.max_flows.div_ceil(n).max(1);
+        for i in 0..n {
+            let (shard_end, offload_end) = link(cfg.queue_depth);
+            offload_ends.push(offload_end);
+            let table = TableConfig { max_flows: per_shard, shard: i as u8, ..cfg.table };
+            let shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, cfg.engine);
+            let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
+            let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
+            let worker = Worker {
+                shard,
+                inbox: inbox_rx,
+                free: ftx,
+                out: out_tx.clone(),
+                clock: clock.clone(),
+                lockstep: cfg.lockstep,
+                times: WorkerTimes::default(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| format!("starting worker thread {i}: {e}"))?;
+            workers.push(WorkerHandle { inbox: inbox_tx, thread });
+            free.push(frx);
+        }
+        let coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
+        let status = coordinator.status();
+        let (lockstep, gate) = if cfg.lockstep {
+            let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            (Some((gate_tx, done_rx)), Some((gate_rx, done_tx)))
+        } else {
+            (None, None)
+        };
+        let oclock = clock.clone();
+        let offload = std::thread::Builder::new()
+            .name("offload".into())
+            .spawn(move || {
+                let now = || oclock.now();
+                match gate {
+                    Some((gate_rx, done_tx)) => coordinator.run_lockstep(&gate_rx, &done_tx, &now),
+                    None => coordinator.run(&now),
+                }
+            })
+            .map_err(|e| format!("starting the offload thread: {e}"))?;
+        Ok(Runtime { workers, offload, status, output: out_rx, nic, lockstep, free, clock, backend: info, classifier })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The offload thread's latest snapshot.
+    pub fn offload_status(&self) -> OffloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// A dispatcher feeding these workers; one per run.
+    pub fn dispatcher(&mut self) -> Dispatcher {
+        Dispatcher {
+            inboxes: self.workers.iter().map(|w| w.inbox.clone()).collect(),
+            free: self.free.clone(),
+            filling: (0..self.workers.len()).map(|_| None).collect(),
+            nic: self.nic.take(),
+            lockstep: self.lockstep.take(),
+            epoch: 0,
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// Sends every worker a message made by `make`; false if one is gone.
+    pub fn tell_all(&self, make: impl Fn() -> ToWorker) -> bool {
+        self.workers.iter().all(|w| w.inbox.send(make()).is_ok())
+    }
+
+    /// Runs `job` on every shard and gathers the answers, in shard order.
+    /// The workers run it between packet batches.
+    pub fn ask_all<T: Send + 'static>(&self, job: impl Fn(&mut Shard) -> T + Send + Sync + 'static) -> Vec<T> {
+        let job = Arc::new(job);
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let job = job.clone();
+            let sent = w.inbox.send(ToWorker::Job(Box::new(move |s: &mut Shard| {
+                let _ = tx.send(job(s));
+            })));
+            if sent.is_ok() {
+                replies.push(rx);
+            }
+        }
+        replies.into_iter().filter_map(|rx| rx.recv().ok()).collect()
+    }
+
+    /// Runs `job` on the shard `shard` and returns its answer.
+    pub fn ask_one<T: Send + 'static>(
+        &self,
+        shard: usize,
+        job: impl FnOnce(&mut Shard) -> T + Send + 'static,
+    ) -> Option<T> {
+        let w = self.workers.get(shard)?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        w.inbox
+            .send(ToWorker::Job(Box::new(move |s: &mut Shard| {
+                let _ = tx.send(job(s));
+            })))
+            .ok()?;
+        rx.recv().ok()
+    }
+
+    /// Ends every flow on every worker and stops the threads; records and
+    /// events still come out of `output` until it is drained.
+    pub fn shutdown(self, keep_rules: bool) -> Result<Finished, String> {
+        for w in &self.workers {
+            let _ = w.inbox.send(ToWorker::Shutdown { keep_rules });
+        }
+        let mut stats = EngineStats::default();
+        let mut times = Vec::new();
+        for (i, w) in self.workers.into_iter().enumerate() {
+            drop(w.inbox);
+            let (s, t) = w.thread.join().map_err(|_| format!("worker {i} failed"))?;
+            stats.add(&s);
+            times.push(t);
+        }
+        let coordinator = self.offload.join().map_err(|_| "the offload thread failed".to_string())?;
+        stats.add(&EngineStats::from_coordinator(coordinator.stats()));
+        Ok(Finished { stats, times, coordinator })
+    }
+}
+
+struct Worker {
+    shard: Shard,
+    inbox: Receiver<ToWorker>,
+    free: Sender<Box<Batch>>,
+    out: Sender<FromWorker>,
+    clock: Arc<Clock>,
+    lockstep: bool,
+    times: WorkerTimes,
+}
+
+impl Worker {
+    /// The one packet loop, for replay and the daemon alike.
+    fn run(mut self) -> (EngineStats, WorkerTimes) {
+        let mut next_poll = self.clock.now();
+        let mut last_epoch: Option<u64> = None;
+        let mut batch_done: Option<Instant> = None;
+        loop {
+            let msg = if self.lockstep {
+                self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                let wait = next_poll.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
+                self.inbox.recv_timeout(Duration::from_nanos(wait))
+            };
+            match msg {
+                Ok(ToWorker::Packets(mut b)) => {
+                    let started = Instant::now();
+                    if let Some(done) = batch_done {
+                        // Only a gap with packets waiting is a stall.
+                        let gap = started.duration_since(done).as_nanos() as u64;
+                        self.times.longest_gap_ns = self.times.longest_gap_ns.max(gap);
+                    }
+                    self.process(&b);
+                    self.times.batches += 1;
+                    b.clear();
+                    let _ = self.free.try_send(b);
+                    batch_done = if self.inbox.is_empty() { None } else { Some(Instant::now()) };
+                }
+                Ok(ToWorker::Tick { epoch, now_ns }) => {
+                    if epoch > 0 {
+                        self.shard.wait_epoch(epoch - 1);
+                    }
+                    self.shard.poll(now_ns);
+                    self.shard.end_epoch(epoch);
+                    last_epoch = Some(epoch);
+                    self.forward();
+                }
+                Ok(ToWorker::Free { last_epoch: last }) => {
+                    self.shard.wait_epoch(last);
+                    self.lockstep = false;
+                    last_epoch = None;
+                    next_poll = self.clock.now();
+                }
+                Ok(ToWorker::Job(job)) => {
+                    job(&mut self.shard);
+                    self.forward();
+                }
+                Ok(ToWorker::Reload(classifier, timeouts)) => self.shard.reload(classifier, timeouts),
+                Ok(ToWorker::EnableEvents) => self.shard.enable_events(),
+                Ok(ToWorker::Shutdown { keep_rules }) => {
+                    if let Some(e) = last_epoch {
+                        self.shard.wait_epoch(e);
+                    }
+                    self.stop(keep_rules);
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => batch_done = None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop(false);
+                    break;
+                }
+            }
+            if !self.lockstep {
+                let now = self.clock.now();
+                if now >= next_poll {
+                    self.shard.poll(now);
+                    next_poll = now + POLL_TICK_NS;
+                    self.forward();
+                }
+            }
+        }
+        self.times.cpu_ns = thread_cpu_ns();
+        (self.shard.stats().clone(), self.times)
+    }
+
+    #[inline]
+    fn process(&mut self, b: &Batch) {
+        if b.marks.iter().all(Option::is_none) {
+            self.shard.process_batch(&b.pkts, &b.ts_ns);
+            return;
+        }
+        // Marked packets in order with the others around them.
+        let mut from = 0;
+        for (i, mark) in b.marks.iter().enumerate() {
+            if let Some(mark) = mark {
+                self.shard.process_batch(&b.pkts[from..i], &b.ts_ns[from..i]);
+                self.shard.process_marked(&b.pkts[i], *mark, b.ts_ns[i]);
+                from = i + 1;
+            }
+        }
+        self.shard.process_batch(&b.pkts[from..], &b.ts_ns[from..]);
+    }
+
+    fn stop(&mut self, keep_rules: bool) {
+        let now = self.clock.now();
+        self.shard.poll(now);
+        self.shard.begin_shutdown(keep_rules);
+        while self.shard.shutdown_waiting() {
+            self.shard.wait_response(Duration::from_millis(100));
+        }
+        self.shard.finish_shutdown(keep_rules);
+        self.forward();
+    }
+
+    /// Hands ended flows' records and new events to the run.
+    fn forward(&mut self) {
+        let records = self.shard.drain_records();
+        if !records.is_empty() {
+            let _ = self.out.send(FromWorker::Records(records));
+        }
+        let events = self.shard.drain_events();
+        if !events.is_empty() {
+            let _ = self.out.send(FromWorker::Events(events));
+        }
+    }
+}
+
+/// Hands packets to their workers in batches; in replay, keeps the
+/// lockstep epochs. The in-process NIC (sim) sits here, in front of the
+/// workers, as a NIC sits in front of the host.
+pub struct Dispatcher {
+    inboxes: Vec<Sender<ToWorker>>,
+    free: Vec<Receiver<Box<Batch>>>,
+    filling: Vec<Option<Box<Batch>>>,
+    nic: Option<Box<dyn InlineNic>>,
+    lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
+    epoch: u64,
+    clock: Arc<Clock>,
+}
+
+impl Dispatcher {
+    /// Offers a packet to the in-process NIC; true when a rule took it.
+    #[inline]
+    pub fn offer(&mut self, pkt: &PacketInfo, now_ns: u64) -> bool {
+        match self.nic.as_mut() {
+            Some(nic) => nic.offer(pkt, now_ns),
+            None => false,
+        }
+    }
+
+    /// Queues a packet for its flow's worker.
+    #[inline]
+    pub fn push(&mut self, pkt: PacketInfo, ts_ns: u64, mark: Option<u32>) {
+        let w = worker_of(&pkt.key, self.inboxes.len());
+        let b = self.filling[w].get_or_insert_with(|| self.free[w].try_recv().unwrap_or_else(|_| Batch::new()));
+        b.pkts.push(pkt);
+        b.ts_ns.push(ts_ns);
+        b.marks.push(mark);
+        if b.pkts.len() == BATCH {
+            self.send_batch(w);
+        }
+    }
+
+    fn send_batch(&mut self, w: usize) {
+        if let Some(b) = self.filling[w].take() {
+            if self.inboxes[w].send(ToWorker::Packets(b)).is_err() {
+                tracing::error!(worker = w, "a worker is gone; its packets are lost");
+            }
+        }
+    }
+
+    /// Hands over every batch being filled.
+    pub fn flush(&mut self) {
+        for w in 0..self.filling.len() {
+            if self.filling[w].as_ref().is_some_and(|b| !b.pkts.is_empty()) {
+                self.send_batch(w);
+            }
+        }
+    }
+
+    /// A poll tick at `now_ns`. In lockstep: every worker polls as this
+    /// epoch, and the packets after it wait until the offload thread has
+    /// done the epoch before (see the module's comment). Free: only hands
+    /// over what is waiting (the workers poll on the clock).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.clock.advance_to(now_ns);
+        self.flush();
+        let Some((gate, done)) = self.lockstep.as_ref() else { return };
+        let epoch = self.epoch;
+        for inbox in &self.inboxes {
+            let _ = inbox.send(ToWorker::Tick { epoch, now_ns });
+        }
+        let _ = gate.send(Gate::Offered(epoch));
+        if epoch > 0 {
+            while let Ok(e) = done.recv() {
+                if e + 1 >= epoch {
+                    break;
+                }
+            }
+        }
+        self.epoch += 1;
+    }
+
+    /// Ends the lockstep (after a last tick at `now_ns`): the workers and
+    /// the offload thread run free on the clock from here. Nothing for a
+    /// free run but handing over what is waiting.
+    pub fn go_free(&mut self, now_ns: u64) {
+        if self.lockstep.is_none() {
+            self.flush();
+            return;
+        }
+        self.tick(now_ns);
+        let last = self.epoch - 1;
+        let (gate, done) = self.lockstep.take().expect("checked above");
+        let _ = gate.send(Gate::Finished(last));
+        while let Ok(e) = done.recv() {
+            if e >= last {
+                break;
+            }
+        }
+        for inbox in &self.inboxes {
+            let _ = inbox.send(ToWorker::Free { last_epoch: last });
+        }
+    }
+}
