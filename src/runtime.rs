@@ -28,7 +28,8 @@ use flowtable_offload::{
     coordinator_config, link, BackendInfo, Classifier, Coordinator, EngineConfig, EngineStats, Event, FlowRecord, Gate,
     OffloadStatus, Shard, BATCH, QUEUE_DEPTH,
 };
-use flowtable_sw::{FlowKey, PacketInfo, TableConfig, Timeouts};
+use flowtable_sw::table::{FragKey, FragTracker};
+use flowtable_sw::{FlowKey, Fragment, PacketInfo, TableConfig, Timeouts};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,6 +224,8 @@ pub struct Runtime {
     lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
     free: Vec<Receiver<Box<Batch>>>,
     pub clock: Arc<Clock>,
+    /// The table's fragment memory (entries, timeout), for the dispatcher.
+    frag_config: (usize, u64),
     pub backend: BackendInfo,
     pub classifier: Arc<Classifier>,
 }
@@ -321,7 +324,20 @@ impl Runtime {
                 }
             })
             .map_err(|e| format!("starting the offload thread: {e}"))?;
-        Ok(Runtime { workers, offload, status, output: out_rx, nic, lockstep, free, clock, backend: info, classifier })
+        let frag_config = (cfg.table.max_fragments, cfg.table.fragment_timeout_ns);
+        Ok(Runtime {
+            workers,
+            offload,
+            status,
+            output: out_rx,
+            nic,
+            lockstep,
+            free,
+            clock,
+            frag_config,
+            backend: info,
+            classifier,
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -343,6 +359,7 @@ impl Runtime {
             lockstep: self.lockstep.take(),
             epoch: 0,
             clock: self.clock.clone(),
+            frags: FragTracker::new(self.frag_config.0, self.frag_config.1),
         }
     }
 
@@ -443,6 +460,10 @@ impl Worker {
                     batch_done = if self.inbox.is_empty() { None } else { Some(Instant::now()) };
                 }
                 Ok(ToWorker::Tick { epoch, now_ns }) => {
+                    // The tick's time, not this shard's last packet's: what
+                    // the answers below stamp must not depend on which
+                    // packets this shard happened to get.
+                    self.shard.advance(now_ns);
                     if epoch > 0 {
                         self.shard.wait_epoch(epoch - 1);
                     }
@@ -542,6 +563,8 @@ pub struct Dispatcher {
     lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
     epoch: u64,
     clock: Arc<Clock>,
+    /// Later fragments carry no ports: they go where their first went.
+    frags: FragTracker<u8>,
 }
 
 impl Dispatcher {
@@ -557,7 +580,19 @@ impl Dispatcher {
     /// Queues a packet for its flow's worker.
     #[inline]
     pub fn push(&mut self, pkt: PacketInfo, ts_ns: u64, mark: Option<u32>) {
-        let w = worker_of(&pkt.key, self.inboxes.len());
+        let n = self.inboxes.len();
+        let w = match pkt.fragment {
+            Fragment::Whole => worker_of(&pkt.key, n),
+            Fragment::First { id } => {
+                let w = worker_of(&pkt.key, n);
+                if n > 1 {
+                    self.frags.remember(FragKey::of(&pkt, id), w as u8, ts_ns);
+                }
+                w
+            }
+            // One whose first was never seen is an orphan on any worker.
+            Fragment::Later { id } => self.frags.find(&FragKey::of(&pkt, id), ts_ns).map_or(0, usize::from),
+        };
         let b = self.filling[w].get_or_insert_with(|| self.free[w].try_recv().unwrap_or_else(|_| Batch::new()));
         b.pkts.push(pkt);
         b.ts_ns.push(ts_ns);

@@ -4,8 +4,8 @@
 //! counted it.
 
 use flowtable::source::pcap::PcapFileSource;
-use flowtable_offload::{Engine, FlowRecord};
-use std::path::Path;
+use flowtable_offload::FlowRecord;
+use std::path::{Path, PathBuf};
 
 const OFFLOAD_AFTER_TWO: &str = r#"{
   "classifier": {"rules": [
@@ -20,25 +20,30 @@ fn replay_one(
     path: &Path,
     config: &str,
 ) -> (flowtable::replay::ReplaySummary, flowtable_offload::EngineStats, Vec<FlowRecord>) {
-    let c = flowtable_config::parse("test", config).unwrap();
-    let mut engine = Engine::from_config(&c, flowtable::backend::build(&c).unwrap()).unwrap();
-    let mut source = PcapFileSource::open(path, 0).unwrap_or_else(|e| panic!("{e}"));
-    let mut records = Vec::new();
-    let summary = match flowtable::replay::replay(&mut source, &mut engine, |r| records.push(r.clone())) {
-        Ok(s) => s,
-        // A capture cut or corrupt part-way: the error names the file and
-        // the offset, and what came before is still accounted below.
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("offset"), "{msg}");
-            e.summary
-        }
-    };
-    (summary, engine.stats().clone(), records)
+    replay_with(path, config, 1)
 }
 
-#[test]
-fn every_capture_replays_and_every_packet_is_accounted_once() {
+fn replay_with(
+    path: &Path,
+    config: &str,
+    workers: usize,
+) -> (flowtable::replay::ReplaySummary, flowtable_offload::EngineStats, Vec<FlowRecord>) {
+    let c = flowtable_config::parse("test", config).unwrap();
+    let mut source = PcapFileSource::open(path, 0).unwrap_or_else(|e| panic!("{e}"));
+    let mut records = Vec::new();
+    let backend = flowtable::backend::build(&c).unwrap();
+    let r = flowtable::replay::replay(&mut source, &c, workers, backend, |r| records.push(r.clone())).unwrap();
+    // A capture cut or corrupt part-way: the error names the file and the
+    // offset, and what came before is still accounted.
+    if let Some(e) = &r.source_error {
+        let msg = e.to_string();
+        assert!(msg.contains(&*path.to_string_lossy()) && msg.contains("offset"), "{msg}");
+    }
+    assert_eq!(r.rules_left, 0, "{}: every rule removed at the end", path.display());
+    (r.summary, r.stats, records)
+}
+
+fn captures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
     assert!(dir.is_dir(), "captures not found at {}", dir.display());
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -48,6 +53,66 @@ fn every_capture_replays_and_every_packet_is_accounted_once() {
         .collect();
     files.sort();
     assert!(files.len() >= 540, "expected the 544 captures, found {}", files.len());
+    files
+}
+
+/// A flow as the comparison across worker counts sees it: who, when, and
+/// per direction how many packets and bytes, whoever counted them.
+type FlowFacts = (String, u16, String, u16, u8, u16, u16, u8, u64, u64, [u64; 4], String);
+
+fn facts(records: &[FlowRecord]) -> Vec<FlowFacts> {
+    let mut v: Vec<FlowFacts> = records
+        .iter()
+        .map(|r| {
+            (
+                r.src.clone(),
+                r.sport,
+                r.dst.clone(),
+                r.dport,
+                r.proto,
+                r.vlan,
+                r.vlan_inner,
+                r.ingress,
+                r.start_ns,
+                r.end_ns,
+                [r.orig.packets, r.orig.bytes, r.reply.packets, r.reply.bytes],
+                r.end_reason.as_str().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_capture_gives_the_same_flows_with_one_two_or_four_workers() {
+    let software = r#"{"classifier": {"default": "software"}}"#;
+    let (mut flows, mut offloaded) = (0usize, 0u64);
+    for path in &captures() {
+        for config in [software, OFFLOAD_AFTER_TWO] {
+            let (_, stats, one) = replay_with(path, config, 1);
+            let one = facts(&one);
+            for workers in [2, 4] {
+                let (_, _, many) = replay_with(path, config, workers);
+                assert!(
+                    facts(&many) == one,
+                    "{}: {workers} workers give other flows than one ({} against {} records)",
+                    path.display(),
+                    many.len(),
+                    one.len()
+                );
+            }
+            flows += one.len();
+            offloaded += stats.flows_offloaded;
+        }
+    }
+    assert!(offloaded > 1000, "offload took part: {offloaded} flows offloaded");
+    eprintln!("{flows} flows the same with 1, 2 and 4 workers, {offloaded} of them offloaded");
+}
+
+#[test]
+fn every_capture_replays_and_every_packet_is_accounted_once() {
+    let files = captures();
     let (mut total, mut in_hw, mut offloaded) = (0u64, 0u64, 0u64);
     for path in &files {
         let (s, stats, records) = replay_one(path, OFFLOAD_AFTER_TWO);

@@ -21,7 +21,7 @@
 //! where tshark gives them exactly, else to its rounding.
 
 use flowtable::source::pcap::PcapFileSource;
-use flowtable_offload::{Engine, FlowRecord};
+use flowtable_offload::FlowRecord;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,10 +104,10 @@ fn flowtable_totals(path: &Path) -> BTreeMap<Pair, Totals> {
              "tcp_closed_s": 86400, "udp_s": 86400, "icmp_s": 86400, "other_s": 86400}}"#,
     )
     .unwrap();
-    let mut engine = Engine::from_config(&config, flowtable::backend::build(&config).unwrap()).unwrap();
     let mut source = PcapFileSource::open(path, 0).unwrap();
     let mut records: Vec<FlowRecord> = Vec::new();
-    flowtable::replay::replay(&mut source, &mut engine, |r| records.push(r.clone())).unwrap();
+    let backend = flowtable::backend::build(&config).unwrap();
+    flowtable::replay::replay(&mut source, &config, 1, backend, |r| records.push(r.clone())).unwrap();
     let mut totals = BTreeMap::new();
     for r in records.iter().filter(|r| r.proto == 6 || r.proto == 17) {
         let t: &mut Totals =

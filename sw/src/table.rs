@@ -401,8 +401,10 @@ pub struct TableStats {
     pub fragments_attributed: u64,
 }
 
+/// What the fragments of one datagram share: its addresses, protocol, IP
+/// id, VLAN and zone (later fragments have no ports).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct FragKey {
+pub struct FragKey {
     src: [u8; 16],
     dst: [u8; 16],
     id: u32,
@@ -412,7 +414,7 @@ struct FragKey {
 }
 
 impl FragKey {
-    fn of(pkt: &PacketInfo, id: u32) -> FragKey {
+    pub fn of(pkt: &PacketInfo, id: u32) -> FragKey {
         let k = &pkt.key;
         let (src, dst) = match pkt.dir {
             Direction::LoToHi => (k.addr_lo, k.addr_hi),
@@ -422,20 +424,21 @@ impl FragKey {
     }
 }
 
-/// Remembers first fragments so later ones find their flow. Bounded: it
-/// never grows past its capacity, so it never allocates after creation.
-struct FragTracker {
-    map: hashbrown::HashMap<FragKey, (FlowId, u64), foldhash::fast::RandomState>,
+/// Remembers first fragments so later ones find their flow (or, for the
+/// dispatcher in front of the workers, their worker). Bounded: it never
+/// grows past its capacity, so it never allocates after creation.
+pub struct FragTracker<V = FlowId> {
+    map: hashbrown::HashMap<FragKey, (V, u64), foldhash::fast::RandomState>,
     cap: usize,
     timeout_ns: u64,
 }
 
-impl FragTracker {
-    fn new(cap: usize, timeout_ns: u64) -> FragTracker {
+impl<V: Copy> FragTracker<V> {
+    pub fn new(cap: usize, timeout_ns: u64) -> FragTracker<V> {
         FragTracker { map: hashbrown::HashMap::with_capacity_and_hasher(cap, Default::default()), cap, timeout_ns }
     }
 
-    fn remember(&mut self, key: FragKey, id: FlowId, now: u64) {
+    pub fn remember(&mut self, key: FragKey, id: V, now: u64) {
         if self.map.len() >= self.cap && !self.map.contains_key(&key) {
             self.map.retain(|_, (_, expiry)| *expiry > now);
             if self.map.len() >= self.cap {
@@ -445,7 +448,7 @@ impl FragTracker {
         self.map.insert(key, (id, now + self.timeout_ns));
     }
 
-    fn find(&self, key: &FragKey, now: u64) -> Option<FlowId> {
+    pub fn find(&self, key: &FragKey, now: u64) -> Option<V> {
         match self.map.get(key) {
             Some((id, expiry)) if *expiry > now => Some(*id),
             _ => None,
