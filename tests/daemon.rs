@@ -444,9 +444,9 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("wrong-stage"));
 
-    // Offload with an action of our choosing: installed at the next poll.
+    // Offload with an action of our choosing: handed to the offload thread.
     let out = d.json(&["offload", &id, "--action", "mark:7"]);
-    assert_eq!(out["stage"], "queued");
+    assert!(out["stage"] == "installing" || out["stage"] == "offloaded", "{out}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let v = d.json(&["flow", &id]);

@@ -411,6 +411,10 @@ struct Daemon {
     last_largest_rebuild: Instant,
 }
 
+/// Longest an `unoffload` answer waits for the offload thread to take the
+/// rules out; past it, the answer says `removing`.
+const UNOFFLOAD_WAIT: Duration = Duration::from_secs(5);
+
 /// Most often a `flows` query may rebuild the table's list of largest flows.
 const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -775,11 +779,27 @@ impl Daemon {
             }
             Command::Unoffload { flow } => {
                 let shard = self.shard_of(flow)?;
-                let stage = self
+                let mut stage = self
                     .rt()
                     .ask_one(shard, move |s| s.request_unoffload(flow))
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
+                // The offload thread takes the rules out; the answer waits
+                // for it (here, not on the worker, whose packets go on).
+                let deadline = Instant::now() + UNOFFLOAD_WAIT;
+                while matches!(stage, Stage::Removing | Stage::Installing) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                    stage = self
+                        .rt()
+                        .ask_one(shard, move |s| s.table().get(flow).map_or(Stage::Free, |f| f.stage()))
+                        .ok_or_else(workers_gone)?;
+                }
+                if stage == Stage::Offloaded {
+                    return Err(ControlError::new(
+                        ErrorCode::Backend,
+                        format!("flow {flow}: removing its rules failed; it stays offloaded (retried)"),
+                    ));
+                }
                 tracing::info!(flow = %flow, stage = stage.as_str(), "taken back to software");
                 json!({"flow": flow, "stage": stage})
             }
