@@ -1,0 +1,242 @@
+//! The count-once rule across threads: workers, the offload thread and a
+//! backend that takes random time over every call, with many flows starting
+//! and ending, queues so small they fill, capacity and rate limits, flows
+//! taken back to software, offloaded by hand and evicted while their rules
+//! come and go, and a shutdown in the middle of it all. Every packet sent
+//! must be in exactly one record, per direction, to the byte.
+
+use flowtable::runtime::{Clock, FromWorker, Runtime, RuntimeConfig};
+use flowtable_hw::{
+    Backend, BackendError, Capabilities, Cookie, InlineNic, InstallOutcome, RuleCounters, RuleSpec, SimNic, SimPath,
+    SimProfile,
+};
+use flowtable_offload::{Classifier, FlowRecord};
+use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, Stage};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The sim NIC, each call taking a random 0 to `max_delay`; `tapped`
+/// puts software in front of its rules (AF_PACKET before tc): software
+/// sees every packet, and a rule counts it too once in effect.
+struct Jittery {
+    nic: SimNic,
+    caps: Capabilities,
+    rng: Mutex<rand_xoshiro::Xoshiro256PlusPlus>,
+    max_delay: Duration,
+    tapped: bool,
+}
+
+impl Jittery {
+    fn new(profile: SimProfile, seed: u64, max_delay: Duration, tapped: bool) -> Jittery {
+        let nic = SimNic::new(profile);
+        let mut caps = nic.capabilities().clone();
+        caps.software_sees_offloaded = tapped;
+        Jittery { nic, caps, rng: Mutex::new(SeedableRng::seed_from_u64(seed)), max_delay, tapped }
+    }
+    fn pause(&self) {
+        let ns = self.rng.lock().unwrap().gen_range(0..=self.max_delay.as_nanos() as u64);
+        std::thread::sleep(Duration::from_nanos(ns));
+    }
+}
+
+impl Backend for Jittery {
+    fn name(&self) -> &str {
+        "jittery-sim"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
+        self.pause();
+        self.nic.install(rules)
+    }
+    fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
+        self.pause();
+        self.nic.remove(cookies)
+    }
+    fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
+        self.pause();
+        self.nic.read_counters(out)
+    }
+    fn set_clock(&mut self, now_ns: u64) {
+        self.nic.set_clock(now_ns);
+    }
+    fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
+        Some(Box::new(TapPath { path: self.nic.path(), tapped: self.tapped }))
+    }
+}
+
+struct TapPath {
+    path: SimPath,
+    tapped: bool,
+}
+
+impl InlineNic for TapPath {
+    fn offer(&mut self, pkt: &PacketInfo, now_ns: u64) -> bool {
+        let taken = self.path.offer(pkt, now_ns);
+        // Behind a tap, software sees the packet whether or not a rule took it.
+        taken && !self.tapped
+    }
+}
+
+const CONFIG: &str = r#"{
+  "table": {"max_flows": 4000},
+  "classifier": {"rules": [
+    {"name": "some-udp", "match": {"proto": "udp", "server_ports": ["1000-1199"]},
+     "trigger": {"after_packets": 3}, "result": {"offload": {"type": "drop"}}},
+    {"name": "tcp", "match": {"proto": "tcp"}, "trigger": {"after_packets": 2},
+     "result": {"offload": {"type": "pass"}}}
+  ]},
+  "timeouts": {"udp_s": 0.15, "tcp_handshake_s": 0.3, "tcp_established_s": 0.3, "tcp_closing_s": 0.1,
+               "tcp_closed_s": 0.05},
+  "offload": {"poll_interval_ms": 7, "batch_size": 16, "max_queued": 64}
+}"#;
+
+/// Packets per ordered endpoint pair (src, sport, dst, dport, proto).
+type Dirs = HashMap<(String, u16, String, u16, u8), (u64, u64)>;
+
+fn run(workers: usize, tapped: bool, seed: u64) {
+    let config = flowtable_config::parse("stress", CONFIG).unwrap();
+    let mut profile = SimProfile::full();
+    profile.capabilities.max_rules = 120;
+    profile.capabilities.max_insert_rate = 3000;
+    let backend = Jittery::new(profile, seed, Duration::from_millis(4), tapped);
+    let mut rt_config = RuntimeConfig::from_config(&config, workers, false);
+    // So small that they fill: requests and answers must wait, not vanish.
+    rt_config.queue_depth = 3;
+    let classifier = Classifier::new(&config.classifier).unwrap();
+    let clock = Clock::new();
+    let mut rt = Runtime::start(rt_config, classifier, Box::new(backend), clock.clone()).unwrap();
+    let mut dispatch = rt.dispatcher();
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut sent: Dirs = HashMap::new();
+    let (mut total, mut by_nic) = (0u64, 0u64);
+    let conversations = 500u16;
+    let started = Instant::now();
+    let mut controls = 0;
+    let mut round = 0u64;
+    while started.elapsed() < Duration::from_millis(1500) {
+        round += 1;
+        for _ in 0..200 {
+            let c = rng.gen_range(0..conversations);
+            let client = Ipv4Addr::new(10, 1, (c >> 8) as u8, c as u8);
+            let server = Ipv4Addr::new(192, 0, 2, 1 + (c % 7) as u8);
+            let tcp = c % 3 == 0;
+            let (sport, dport, proto) = (20_000 + c, 1000 + (c % 400), if tcp { 6 } else { 17 });
+            let to_server = rng.gen_bool(0.6);
+            let (src, dst, sp, dp) =
+                if to_server { (client, server, sport, dport) } else { (server, client, dport, sport) };
+            let (key, dir) = FlowKey::from_v4(src, dst, sp, dp, proto);
+            // Some TCP conversations close with FIN both ways, some reset.
+            let flags = if tcp {
+                match rng.gen_range(0..40) {
+                    0 => 0x11,
+                    1 => 0x04,
+                    _ => 0x10,
+                }
+            } else {
+                0
+            };
+            let len = rng.gen_range(60..1500);
+            let pkt = PacketInfo {
+                key,
+                dir,
+                port: 0,
+                wire_len: len,
+                tcp_flags: flags,
+                fragment: Fragment::Whole,
+                payload_offset: 0,
+            };
+            let now = clock.now();
+            total += 1;
+            let e = sent.entry((src.to_string(), sp, dst.to_string(), dp, proto)).or_default();
+            e.0 += 1;
+            e.1 += len as u64;
+            if dispatch.offer(&pkt, now) {
+                by_nic += 1;
+            } else {
+                dispatch.push(pkt, now, None);
+            }
+        }
+        dispatch.tick(clock.now());
+        std::thread::sleep(Duration::from_micros(300));
+        if round % 40 == 0 {
+            // The operator at work: some offloaded flows taken back, some
+            // flows offloaded by hand, some evicted, wherever their rules are.
+            let picked: Vec<Vec<(FlowId, Stage)>> =
+                rt.ask_all(|s| s.flows().map(|(id, f)| (id, f.stage())).take(6).collect());
+            for (id, stage) in picked.into_iter().flatten() {
+                let shard = id.shard() as usize;
+                controls += 1;
+                match (stage, controls % 3) {
+                    (Stage::Offloaded | Stage::Installing, 0) => {
+                        let _ = rt.ask_one(shard, move |s| s.request_unoffload(id).map(|_| ()));
+                    }
+                    (Stage::Software | Stage::Tracking | Stage::Refused, 1) => {
+                        let _ = rt.ask_one(shard, move |s| s.request_offload(id, flowtable_hw::Action::Drop));
+                    }
+                    _ => {
+                        let _ = rt.ask_one(shard, move |s| s.evict(id).map(|_| ()));
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown in the middle: rules going in and out, counters unread.
+    drop(dispatch);
+    let output = rt.output.clone();
+    let finished = rt.shutdown(false).unwrap();
+    let mut records: Vec<FlowRecord> = Vec::new();
+    for out in output.try_iter() {
+        if let FromWorker::Records(r) = out {
+            records.extend(r);
+        }
+    }
+    let mut got: Dirs = HashMap::new();
+    for r in &records {
+        let o = got.entry((r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto)).or_default();
+        o.0 += r.orig.packets;
+        o.1 += r.orig.bytes;
+        let b = got.entry((r.dst.clone(), r.dport, r.src.clone(), r.sport, r.proto)).or_default();
+        b.0 += r.reply.packets;
+        b.1 += r.reply.bytes;
+        assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets, "{r:?}");
+    }
+    got.retain(|_, v| v.0 > 0);
+    let st = &finished.stats;
+    let what = format!(
+        "workers {workers}, tapped {tapped}: {total} packets ({by_nic} taken by rules), {} records, {} flows \
+         offloaded, {} refused, {} slipped, {} installs retried, {controls} operator actions",
+        records.len(),
+        st.flows_offloaded,
+        st.flows_refused,
+        st.slipped_packets,
+        st.refusals.values().sum::<u64>()
+    );
+    eprintln!("{what}");
+    assert_eq!(finished.coordinator.rules_live(), 0, "{what}: every rule removed");
+    assert_eq!(records.len() as u64, st.flows_created, "{what}: one record per flow");
+    let mut wrong: Vec<_> = sent.iter().filter(|(k, v)| got.get(*k) != Some(v)).collect();
+    wrong.sort();
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} of {} directions counted wrong, e.g. {:?} sent, {:?} recorded",
+        wrong.len(),
+        sent.len(),
+        wrong[0],
+        got.get(wrong[0].0)
+    );
+    assert_eq!(got.len(), sent.len(), "{what}: no direction recorded that was never sent");
+    assert!(st.flows_offloaded > 50, "{what}: offload took part");
+    assert!(st.flows_ended > st.flows_offloaded, "{what}: flows ended and started again");
+}
+
+#[test]
+fn every_packet_counted_once_across_workers_and_a_slow_random_backend() {
+    for (workers, tapped, seed) in [(1, false, 1), (3, false, 2), (2, true, 3), (4, true, 4)] {
+        run(workers, tapped, seed);
+    }
+}
