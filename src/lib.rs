@@ -11,3 +11,4 @@ pub mod replay;
 pub mod report;
 pub mod runtime;
 pub mod source;
+pub mod stall;

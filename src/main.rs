@@ -126,6 +126,9 @@ enum BenchCommand {
     /// Control socket requests/s with a million live flows, and the packet
     /// loop's rate with and without a client polling every 100 ms.
     Control(flowtable::daemon::bench::ControlBenchArgs),
+    /// How long packets wait on a slow NIC: one thread doing everything
+    /// against workers and an offload thread, same traffic, same run.
+    Stall(flowtable::stall::StallArgs),
 }
 
 #[derive(Subcommand)]
@@ -286,6 +289,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", flowtable::daemon::bench::report(&b, &a));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Stall(a) } => {
+            let b = flowtable::stall::run(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::stall::report(&b));
             }
             Ok(())
         }

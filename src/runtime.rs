@@ -194,6 +194,10 @@ pub struct WorkerTimes {
     /// Longest wall time between the end of one packet batch and the start
     /// of the next while packets were waiting, in ns.
     pub longest_gap_ns: u64,
+    /// Longest single stretch of anything but packets (a poll, the
+    /// offload thread's answers, a control job), in ns: how long packets
+    /// can wait on the slow path.
+    pub longest_pause_ns: u64,
     /// CPU time the worker used, in ns.
     pub cpu_ns: u64,
 }
@@ -445,6 +449,8 @@ impl Worker {
                 let wait = next_poll.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
                 self.inbox.recv_timeout(Duration::from_nanos(wait))
             };
+            let pause_started = Instant::now();
+            let was_packets = matches!(msg, Ok(ToWorker::Packets(_)));
             match msg {
                 Ok(ToWorker::Packets(mut b)) => {
                     let started = Instant::now();
@@ -504,6 +510,10 @@ impl Worker {
                     next_poll = now + POLL_TICK_NS;
                     self.forward();
                 }
+            }
+            if !was_packets {
+                let pause = pause_started.elapsed().as_nanos() as u64;
+                self.times.longest_pause_ns = self.times.longest_pause_ns.max(pause);
             }
         }
         self.times.cpu_ns = thread_cpu_ns();
