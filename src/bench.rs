@@ -344,6 +344,18 @@ pub struct ReplayBench {
     pub ratio_memory: f64,
     /// softflowd_s / process_s.
     pub ratio_process: f64,
+    /// In memory, all in software, with each number of workers asked for.
+    pub scaling: Vec<WorkersRun>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkersRun {
+    pub workers: usize,
+    pub pps: f64,
+    /// pps over the first worker count's.
+    pub ratio: f64,
+    /// The same flows, packets and bytes as with the first worker count.
+    pub records_identical: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -379,7 +391,12 @@ fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> 
 
 /// Replays `file` (or synthetic traffic written to a temporary pcap) in
 /// memory through the flow table, and times softflowd on the same file.
-pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Result<ReplayBench, String> {
+pub fn replay(
+    file: Option<&std::path::Path>,
+    packets: u64,
+    runs: usize,
+    workers: &[usize],
+) -> Result<ReplayBench, String> {
     use crate::source::pcap::PcapFileSource;
     let tmp;
     let path = match file {
@@ -413,6 +430,36 @@ pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Resu
         }
         Ok((r.summary, r.stats.flows_created))
     };
+    // The same replay with each number of workers, rounds alternating, and
+    // each worker count's records compared with the first's.
+    let with_workers = |c: &flowtable_config::Config, n: usize| -> Result<(f64, Vec<RecordFacts>), String> {
+        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let mut facts = Vec::new();
+        let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| facts.push(record_facts(r)))?;
+        facts.sort_unstable();
+        Ok((r.summary.packets_per_second(), facts))
+    };
+    let mut scaling: Vec<WorkersRun> = Vec::new();
+    if !workers.is_empty() {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+        let mut first_facts: Option<Vec<RecordFacts>> = None;
+        let mut same = vec![true; workers.len()];
+        for _ in 0..runs {
+            for (i, &n) in workers.iter().enumerate() {
+                let (pps, facts) = with_workers(&software, n)?;
+                rates[i].push(pps);
+                match &first_facts {
+                    None => first_facts = Some(facts),
+                    Some(f) => same[i] &= *f == facts,
+                }
+            }
+        }
+        let base = median(rates[0].clone());
+        for (i, &n) in workers.iter().enumerate() {
+            let pps = median(rates[i].clone());
+            scaling.push(WorkersRun { workers: n, pps, ratio: pps / base, records_identical: same[i] });
+        }
+    }
     let (first, flows) = one(&software)?;
     let mut mem = vec![first.packets_per_second()];
     let mut mem_off = Vec::new();
@@ -461,11 +508,30 @@ pub fn replay(file: Option<&std::path::Path>, packets: u64, runs: usize) -> Resu
         softflowd_pps,
         ratio_memory: memory_pps / softflowd_pps,
         ratio_process: softflowd_s / process_s,
+        scaling,
     })
 }
 
+/// A replay's flow, for comparing the records of two runs.
+type RecordFacts = (String, u16, String, u16, u8, u16, u64, u64, [u64; 4]);
+
+fn record_facts(r: &flowtable_offload::FlowRecord) -> RecordFacts {
+    (
+        r.src.clone(),
+        r.sport,
+        r.dst.clone(),
+        r.dport,
+        r.proto,
+        r.vlan,
+        r.start_ns,
+        r.end_ns,
+        [r.orig.packets, r.orig.bytes, r.reply.packets, r.reply.bytes],
+    )
+}
+
+
 pub fn replay_report(b: &ReplayBench) -> String {
-    format!(
+    let mut o = format!(
         "replay of {} ({} packets, {} flows), median of {} runs (peer: softflowd -r on the same file)\n\
          \x20 flowtable, file in memory, all in software: {:>12.0} packets/s   ratio {:.2}x softflowd\n\
          \x20 flowtable, file in memory, offload to sim:  {:>12.0} packets/s\n\
@@ -481,5 +547,16 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.softflowd_s,
         b.softflowd_pps,
         b.ratio_process,
-    )
+    );
+    for w in &b.scaling {
+        o.push_str(&format!(
+            "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}\n",
+            w.workers,
+            if w.workers == 1 { " " } else { "s" },
+            w.pps,
+            w.ratio,
+            if w.records_identical { "identical" } else { "DIFFER" }
+        ));
+    }
+    o
 }

@@ -120,6 +120,10 @@ enum BenchCommand {
         /// Runs of each side; the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also replay in memory with each of these worker counts (e.g.
+        /// `1,2`), rounds alternating, records compared with the first's.
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -247,8 +251,8 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Replay { file, packets, runs, json } } => {
-            let b = flowtable::bench::replay(file.as_deref(), packets, runs.max(1))?;
+        Command::Bench { command: BenchCommand::Replay { file, packets, runs, workers, json } } => {
+            let b = flowtable::bench::replay(file.as_deref(), packets, runs.max(1), &workers)?;
             if json {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
             } else {
