@@ -90,3 +90,35 @@ fn refusing_nic_leaves_every_flow_in_software_with_the_same_counts() {
     assert!(refused.iter().all(|r| r.offload.is_none()));
     assert!(refused.iter().any(|r| r.refused.is_some()));
 }
+
+/// Flows that came through PPPoE (discord_mid_flow.pcap: every packet,
+/// behind two VLAN tags), Cisco HDLC framing (BGP_Cisco_hdlc_slarp.pcap)
+/// or FabricPath (ajp.pcap: 12 of 38 packets) can't be matched
+/// by the sim NIC any more than by the real backends: they stay in
+/// software, refused as unsupported matches naming the encapsulation, and
+/// the plain flows beside them are still offloaded.
+#[test]
+fn encapsulated_flows_stay_in_software_refused_by_name() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
+    for (name, encap, all_encapsulated) in [
+        ("discord_mid_flow.pcap", "pppoe", true),
+        ("BGP_Cisco_hdlc_slarp.pcap", "cisco-hdlc", true),
+        ("ajp.pcap", "fabricpath", false),
+    ] {
+        let (s, stats, records) = replay_one(&dir.join(name), OFFLOAD_AFTER_TWO);
+        assert!(!records.is_empty(), "{name}");
+        let refused: Vec<&FlowRecord> = records.iter().filter(|r| r.refused.is_some()).collect();
+        assert!(!refused.is_empty(), "{name}: no flow refused");
+        for r in &refused {
+            let why = r.refused.as_deref().unwrap();
+            assert!(why.starts_with("unsupported-match") && why.contains(encap), "{name}: {why}");
+            assert!(r.offload.is_none(), "{name}");
+            assert_eq!(r.orig.hw_packets + r.reply.hw_packets, 0, "{name}");
+        }
+        if all_encapsulated {
+            assert_eq!((s.nic_packets, stats.flows_offloaded), (0, 0), "{name}");
+        } else {
+            assert!(stats.flows_offloaded > 0 && s.nic_packets > 0, "{name}: the plain flows offload");
+        }
+    }
+}
