@@ -122,3 +122,34 @@ fn encapsulated_flows_stay_in_software_refused_by_name() {
         }
     }
 }
+
+/// fuzz-2021-06-07-c6c72a0a56.pcap: its one record claims 4 093 509 168
+/// bytes on the wire with 48 captured, in a file of 88 bytes. Through the
+/// real binary, the packet and its flow count the 48 bytes the capture
+/// holds, not 4 GB.
+#[test]
+fn absurd_original_length_counts_the_captured_length() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps/fuzz-2021-06-07-c6c72a0a56.pcap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowtable"))
+        .args(["replay", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (summary, records) = lines.split_last().unwrap();
+    let summary = &summary["summary"];
+    assert_eq!((summary["packets"].as_u64(), summary["bytes"].as_u64()), (Some(1), Some(48)), "{summary}");
+    let flow_bytes: u64 =
+        records.iter().map(|r| r["orig"]["bytes"].as_u64().unwrap() + r["reply"]["bytes"].as_u64().unwrap()).sum();
+    assert_eq!((records.len(), flow_bytes), (1, 48), "{records:?}");
+
+    // The source counts what it clamped.
+    use flowtable::source::PacketSource;
+    let mut source = PcapFileSource::open(&path, 0).unwrap();
+    let first = source.next_packet().unwrap().unwrap();
+    assert_eq!((first.data.len(), first.wire_len), (48, 48));
+    assert!(source.next_packet().unwrap().is_none());
+    assert_eq!(source.clamped_wire_lengths(), 1);
+}
