@@ -834,3 +834,67 @@ fn exit_when_done_ends_after_the_capture_with_every_record_written() {
     let (want, _) = replay(&capture("netflix.pcap"), &config);
     assert_counts_equal(&counts_of_records(&written), &counts_of_records(&want));
 }
+
+#[test]
+fn sigterm_stops_the_daemon_after_its_socket_file_was_removed() {
+    let mut d = Daemon::start(LONG_TIMEOUTS);
+    std::fs::remove_file(&d.socket).unwrap();
+    // Nobody can connect now, which is how the accept thread used to be woken.
+    assert!(UnixStream::connect(&d.socket).is_err());
+    d.terminate();
+    assert!(d.log_text().contains("stopped"), "{}", d.log_text());
+}
+
+/// 64 clients that connect and say nothing don't lock others out: a new
+/// client closes the longest idle one and is served at once. Subscribers
+/// are bounded, and a refused one is told why.
+#[test]
+fn idle_clients_make_room_and_subscribers_are_bounded() {
+    let d = Daemon::start(LONG_TIMEOUTS);
+    let mut idle: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert!(d.stats()["flows"]["live"].is_u64());
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "served at once: {:?}", started.elapsed());
+    // The oldest idle ones were closed, each told why.
+    let first = idle.remove(0);
+    let mut first = first;
+    let (text, waited) = read_to_end_within(&mut first, Duration::from_secs(3));
+    assert!(waited < Duration::from_secs(2), "closed, not left to time out");
+    let a: Value = serde_json::from_str(text.lines().next().expect("an answer before the close")).unwrap();
+    assert_eq!(a["error"]["code"], "timeout");
+    assert!(a["error"]["message"].as_str().unwrap().contains("idle"), "{a}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let subscribe = |n: usize| -> (UnixStream, Value) {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let a = raw_answer(&mut s, format!("{{\"v\":1,\"id\":{n},\"cmd\":\"subscribe\"}}\n").as_bytes());
+        (s, a)
+    };
+    let subscribers: Vec<(UnixStream, Value)> = (0..16).map(subscribe).collect();
+    assert!(
+        subscribers.iter().all(|(_, a)| a["ok"] == true),
+        "{:?}",
+        subscribers.iter().map(|s| &s.1).collect::<Vec<_>>()
+    );
+    let (_, refused) = subscribe(16);
+    assert_eq!(refused["error"]["code"], "busy", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("16 subscribers"), "{refused}");
+    // Other requests are still served.
+    assert!(d.stats()["flows"]["live"].is_u64());
+    // A subscriber that leaves frees its slot.
+    drop(subscribers);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, a) = subscribe(17);
+        if a["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {a}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
