@@ -835,6 +835,34 @@ fn exit_when_done_ends_after_the_capture_with_every_record_written() {
     assert_counts_equal(&counts_of_records(&written), &counts_of_records(&want));
 }
 
+/// Starts `flowtable run` on `config` and waits up to `limit` for it to
+/// end by itself; its exit status and stderr, or a panic if it didn't end.
+fn run_until_exit(config: &Path, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flowtable run did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, err)
+}
+
 #[test]
 fn sigterm_stops_the_daemon_after_its_socket_file_was_removed() {
     let mut d = Daemon::start(LONG_TIMEOUTS);
@@ -843,6 +871,64 @@ fn sigterm_stops_the_daemon_after_its_socket_file_was_removed() {
     assert!(UnixStream::connect(&d.socket).is_err());
     d.terminate();
     assert!(d.log_text().contains("stopped"), "{}", d.log_text());
+}
+
+#[test]
+fn records_path_naming_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("records.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let cfg = dir.path().join("fifo.json");
+    std::fs::write(&cfg, Daemon::config_text(LONG_TIMEOUTS, &dir.path().join("f.sock"), &fifo)).unwrap();
+    let (status, err) = run_until_exit(&cfg, Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(err.contains("records.path") && err.contains("FIFO") && err.contains(fifo.to_str().unwrap()), "{err}");
+    assert!(!dir.path().join("f.sock").exists(), "refused before serving");
+}
+
+/// /dev/full as the records file fails every write with ENOSPC, as a full
+/// disk does: the failure is logged once, not on every flush, and the
+/// records counted as written are those that were (none).
+#[test]
+fn a_full_records_disk_is_reported_once_and_nothing_counted_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("full.sock");
+    // Short timeouts: flows end, and their records are written, all along.
+    let sections = format!(
+        r#""timeouts": {{"udp_s": 0.2, "tcp_established_s": 0.2, "tcp_handshake_s": 0.2, "tcp_closing_s": 0.2,
+            "tcp_closed_s": 0.2, "icmp_s": 0.2, "other_s": 0.2}}, {}"#,
+        pcap_source("teams.pcap", "fast")
+    );
+    let log = dir.path().join("daemon.log");
+    let cfg = dir.path().join("full.json");
+    std::fs::write(&cfg, Daemon::config_text(&sections, &socket, Path::new("/dev/full"))).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let records = dir.path().join("unused");
+    let mut d = Daemon { child: Some(child), dir, socket, config: cfg, records, log };
+    d.wait_ready();
+    d.wait_sources_done();
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = d.stats();
+    assert!(stats["flows"]["ended"].as_u64().unwrap() > 10, "{stats}");
+    assert_eq!(stats["records"]["written"], 0, "{stats}");
+    d.terminate();
+    let text = d.log_text();
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("writing flow records failed") || l.contains("writing a flow record failed"))
+        .count();
+    assert!((1..=2).contains(&failures), "{failures} failure lines:\n{text}");
+    assert!(text.contains("records lost so far"), "{text}");
+    assert!(text.contains("records_written=0"), "{text}");
 }
 
 /// 64 clients that connect and say nothing don't lock others out: a new
