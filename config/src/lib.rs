@@ -2,6 +2,7 @@
 //! name the file, the field and what is wrong.
 
 pub mod schema;
+pub mod synth;
 
 pub use schema::*;
 
