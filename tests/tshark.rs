@@ -30,7 +30,7 @@ use std::process::Command;
 /// and UDP, with Ethernet, Linux SLL, raw IP, BSD loopback, PPP, Cisco HDLC
 /// and PPI framing, PPPoE, MPLS and FabricPath between link and IP, a
 /// port scan (thousands of flows) and truncated packets, without tunnels or
-/// fragments. (`FLOWTABLE_TSHARK_SURVEY=1` lists the whole corpus: 508 of
+/// fragments. (`FLOWTABLE_TSHARK_SURVEY=1` lists the whole corpus: 514 of
 /// 540 readable captures agree; the rest are tunnels, fragments, or
 /// packets malformed in ways the two decoders read apart.)
 const CAPTURES: &[&str] = &[
