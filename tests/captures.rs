@@ -263,12 +263,19 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
 
     // Facts about particular captures, each checked with tshark.
     let get = |name: &str| tallies.get(name).unwrap_or_else(|| panic!("{name} missing from the corpus"));
-    // Link types the parser doesn't know are delivered and counted, all of
-    // them.
-    for name in ["dlt_ppp.pcap", "BGP_Cisco_hdlc_slarp.pcap", "BGP_redist.pcap", "someip_sd_sample.pcap"] {
+    // PPP, Cisco HDLC stored as PPP, Cisco HDLC with MPLS, and PPI before
+    // Ethernet: every packet is IP (tshark: 1, 14, 2 and 6 of them).
+    for (name, packets) in
+        [("dlt_ppp.pcap", 1), ("BGP_Cisco_hdlc_slarp.pcap", 14), ("BGP_redist.pcap", 2), ("someip_sd_sample.pcap", 6)]
+    {
         let t = get(name);
-        assert!(t.packets > 0, "{name}");
-        assert_eq!(t.skipped.get(SkipReason::UnsupportedLinkType), t.packets, "{name}");
+        assert_eq!((t.packets, t.parsed), (packets, packets), "{name}");
+    }
+    // PPPoE behind two VLAN tags (dns.pcap: 2 of 5; discord_mid_flow.pcap:
+    // all 40) and FabricPath (ajp.pcap: 12 of 38) parse like the rest.
+    for (name, packets) in [("dns.pcap", 5), ("discord_mid_flow.pcap", 40), ("ajp.pcap", 38)] {
+        let t = get(name);
+        assert_eq!((t.packets, t.parsed), (packets, packets), "{name}");
     }
     // badpackets.pcap: DNS responses cut by a 43-59 byte snap length; the
     // DNS is broken, the Ethernet/IP/UDP headers are whole (tshark decodes
@@ -278,7 +285,7 @@ fn every_capture_reads_and_every_packet_is_parsed_or_counted() {
     assert!(bad.snapped > 0);
     // The corpus covers every framing the parser knows, and each of them
     // yields flows.
-    for link in ["ethernet", "raw-ip", "raw-ipv4", "linux-sll", "null"] {
+    for link in ["ethernet", "raw-ip", "raw-ipv4", "linux-sll", "null", "ppp", "chdlc", "ppi"] {
         let sum = &by_link[link];
         assert!(sum.parsed > 0 && sum.parsed * 2 > sum.packets, "{link}: {} of {} parsed", sum.parsed, sum.packets);
     }

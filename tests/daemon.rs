@@ -834,3 +834,153 @@ fn exit_when_done_ends_after_the_capture_with_every_record_written() {
     let (want, _) = replay(&capture("netflix.pcap"), &config);
     assert_counts_equal(&counts_of_records(&written), &counts_of_records(&want));
 }
+
+/// Starts `flowtable run` on `config` and waits up to `limit` for it to
+/// end by itself; its exit status and stderr, or a panic if it didn't end.
+fn run_until_exit(config: &Path, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flowtable run did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn sigterm_stops_the_daemon_after_its_socket_file_was_removed() {
+    let mut d = Daemon::start(LONG_TIMEOUTS);
+    std::fs::remove_file(&d.socket).unwrap();
+    // Nobody can connect now, which is how the accept thread used to be woken.
+    assert!(UnixStream::connect(&d.socket).is_err());
+    d.terminate();
+    assert!(d.log_text().contains("stopped"), "{}", d.log_text());
+}
+
+#[test]
+fn records_path_naming_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("records.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let cfg = dir.path().join("fifo.json");
+    std::fs::write(&cfg, Daemon::config_text(LONG_TIMEOUTS, &dir.path().join("f.sock"), &fifo)).unwrap();
+    let (status, err) = run_until_exit(&cfg, Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(err.contains("records.path") && err.contains("FIFO") && err.contains(fifo.to_str().unwrap()), "{err}");
+    assert!(!dir.path().join("f.sock").exists(), "refused before serving");
+}
+
+/// /dev/full as the records file fails every write with ENOSPC, as a full
+/// disk does: the failure is logged once, not on every flush, and the
+/// records counted as written are those that were (none).
+#[test]
+fn a_full_records_disk_is_reported_once_and_nothing_counted_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("full.sock");
+    // Short timeouts: flows end, and their records are written, all along.
+    let sections = format!(
+        r#""timeouts": {{"udp_s": 0.2, "tcp_established_s": 0.2, "tcp_handshake_s": 0.2, "tcp_closing_s": 0.2,
+            "tcp_closed_s": 0.2, "icmp_s": 0.2, "other_s": 0.2}}, {}"#,
+        pcap_source("teams.pcap", "fast")
+    );
+    let log = dir.path().join("daemon.log");
+    let cfg = dir.path().join("full.json");
+    std::fs::write(&cfg, Daemon::config_text(&sections, &socket, Path::new("/dev/full"))).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let records = dir.path().join("unused");
+    let mut d = Daemon { child: Some(child), dir, socket, config: cfg, records, log };
+    d.wait_ready();
+    d.wait_sources_done();
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = d.stats();
+    assert!(stats["flows"]["ended"].as_u64().unwrap() > 10, "{stats}");
+    assert_eq!(stats["records"]["written"], 0, "{stats}");
+    d.terminate();
+    let text = d.log_text();
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("writing flow records failed") || l.contains("writing a flow record failed"))
+        .count();
+    assert!((1..=2).contains(&failures), "{failures} failure lines:\n{text}");
+    assert!(text.contains("records lost so far"), "{text}");
+    assert!(text.contains("records_written=0"), "{text}");
+}
+
+/// 64 clients that connect and say nothing don't lock others out: a new
+/// client closes the longest idle one and is served at once. Subscribers
+/// are bounded, and a refused one is told why.
+#[test]
+fn idle_clients_make_room_and_subscribers_are_bounded() {
+    let d = Daemon::start(LONG_TIMEOUTS);
+    let mut idle: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert!(d.stats()["flows"]["live"].is_u64());
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "served at once: {:?}", started.elapsed());
+    // The oldest idle ones were closed, each told why.
+    let first = idle.remove(0);
+    let mut first = first;
+    let (text, waited) = read_to_end_within(&mut first, Duration::from_secs(3));
+    assert!(waited < Duration::from_secs(2), "closed, not left to time out");
+    let a: Value = serde_json::from_str(text.lines().next().expect("an answer before the close")).unwrap();
+    assert_eq!(a["error"]["code"], "timeout");
+    assert!(a["error"]["message"].as_str().unwrap().contains("idle"), "{a}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let subscribe = |n: usize| -> (UnixStream, Value) {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let a = raw_answer(&mut s, format!("{{\"v\":1,\"id\":{n},\"cmd\":\"subscribe\"}}\n").as_bytes());
+        (s, a)
+    };
+    let subscribers: Vec<(UnixStream, Value)> = (0..16).map(subscribe).collect();
+    assert!(
+        subscribers.iter().all(|(_, a)| a["ok"] == true),
+        "{:?}",
+        subscribers.iter().map(|s| &s.1).collect::<Vec<_>>()
+    );
+    let (_, refused) = subscribe(16);
+    assert_eq!(refused["error"]["code"], "busy", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("16 subscribers"), "{refused}");
+    // Other requests are still served.
+    assert!(d.stats()["flows"]["live"].is_u64());
+    // A subscriber that leaves frees its slot.
+    drop(subscribers);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, a) = subscribe(17);
+        if a["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed: {a}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -2,6 +2,7 @@
 //! name the file, the field and what is wrong.
 
 pub mod schema;
+pub mod synth;
 
 pub use schema::*;
 
@@ -38,8 +39,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and checks configuration text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = match e.path().to_string() {
             p if p == "." => "(top level)".to_string(),
             p => p,
@@ -52,6 +53,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             column: inner.column(),
             message: strip_position(&inner.to_string()),
         }
+    })?;
+    // A second document, or anything else after the first, is not ignored.
+    de.end().map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        field: "(after the configuration)".to_string(),
+        line: e.line(),
+        column: e.column(),
+        message: "text after the end of the configuration object; a file holds one JSON object".to_string(),
     })?;
     config.validate().map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
     Ok(config)
@@ -193,5 +202,93 @@ mod tests {
     fn missing_file_names_it() {
         let err = load(Path::new("/nonexistent/flowtable.json")).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/flowtable.json: cannot read"));
+    }
+
+    /// Refused with its field named; the message, without the file and
+    /// field, is returned for checks on its wording.
+    fn refused(text: &str, field: &str) -> String {
+        let err = parse("h.json", text).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("h.json: at `{field}`")), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn text_after_the_configuration_is_refused() {
+        for text in [r#"{} {"table": {"max_flows": 0}}"#, "{}\n{", "{} trailing", "{}}", "{}\n\n  x"] {
+            let msg = refused(text, "(after the configuration)");
+            assert!(msg.contains("one JSON object"), "{msg}");
+        }
+        let err = parse("h.json", "{}\n\n  x").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err}");
+        // Whitespace after it is fine.
+        parse("h.json", "{}\n\n \t\n").unwrap();
+    }
+
+    #[test]
+    fn sizes_the_machine_cannot_hold_are_refused() {
+        let memory = physical_memory().expect("sysconf gives the memory size");
+        let msg = refused(r#"{"table": {"max_flows": 4294967295}}"#, "table.max_flows");
+        assert!(msg.contains("4294967295 flows need about") && msg.contains("memory this machine has"), "{msg}");
+        let msg = refused(r#"{"table": {"max_fragments": 18446744073709551615}}"#, "table.max_fragments");
+        assert!(msg.contains("fragments need about"), "{msg}");
+        // The largest table that fits is taken.
+        let fits = memory / 2 / BYTES_PER_FLOW;
+        parse("h.json", &format!(r#"{{"table": {{"max_flows": {fits}}}}}"#)).unwrap();
+        let too_many = memory / BYTES_PER_FLOW + 1;
+        refused(&format!(r#"{{"table": {{"max_flows": {too_many}}}}}"#), "table.max_flows");
+    }
+
+    #[test]
+    fn log_level_must_be_a_level_or_a_filter() {
+        for ok in ["info", "DEBUG", "warn,flowtable=trace", "flowtable::daemon=debug", "off", " error "] {
+            parse("h.json", &format!(r#"{{"log": {{"level": {ok:?}}}}}"#)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let msg = refused(r#"{"log": {"level": "verbose"}}"#, "log.level");
+        assert!(msg.contains("\"verbose\" is not a log level: give one of error, warn, info"), "{msg}");
+        let msg = refused(r#"{"log": {"level": "info,flowtable=loud"}}"#, "log.level");
+        assert!(msg.contains("\"flowtable=loud\" is not a log level"), "{msg}");
+        refused(r#"{"log": {"level": ""}}"#, "log.level");
+        refused(r#"{"log": {"level": "info,[{"}}"#, "log.level");
+    }
+
+    #[test]
+    fn synthetic_source_settings_are_checked_as_the_generator_reads_them() {
+        parse("h.json", r#"{"sources": [{"synthetic": {"flows": 10, "rate_pps": 1000, "pace": "fast"}}]}"#).unwrap();
+        let msg = refused(r#"{"sources": [{"synthetic": {"bogus": 1}}]}"#, "sources[0].synthetic.bogus");
+        assert!(msg.contains("unknown field `bogus`"), "{msg}");
+        let msg = refused(r#"{"sources": [{"synthetic": {"rate_pps": 1e300}}]}"#, "sources[0].synthetic.rate_pps");
+        assert!(msg.contains("out of range"), "{msg}");
+        refused(r#"{"sources": [{"synthetic": {"mix": {"tcp_long": 1}}}]}"#, "sources[0].synthetic.mix.tcp_long");
+        refused(r#"{"sources": [{"synthetic": {"flows": "many"}}]}"#, "sources[0].synthetic.flows");
+        refused(r#"{"sources": [{"synthetic": {"pace": "slow"}}]}"#, "sources[0].synthetic.pace");
+        refused(
+            r#"{"sources": [{"synthetic": {}}, {"synthetic": {"concurrency": 0}}]}"#,
+            "sources[1].synthetic.concurrency",
+        );
+    }
+
+    #[test]
+    fn control_socket_path_must_fit_a_unix_address() {
+        let fits = format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        parse("h.json", &format!(r#"{{"control": {{"socket": {fits:?}}}}}"#)).unwrap();
+        let long = format!("/{}", "s".repeat(MAX_SOCKET_PATH));
+        let msg = refused(&format!(r#"{{"control": {{"socket": {long:?}}}}}"#), "control.socket");
+        assert!(msg.contains("108 bytes long; a Unix socket path can be at most 107"), "{msg}");
+    }
+
+    #[test]
+    fn settings_that_can_never_offload_are_refused() {
+        let msg = refused(r#"{"offload": {"max_queued": 0}}"#, "offload.max_queued");
+        assert!(msg.contains("no flow would ever be offloaded"), "{msg}");
+        let msg = refused(r#"{"backend": {"kind": "sim", "max_rules": 1}}"#, "backend.max_rules");
+        assert!(msg.contains("each offloaded flow takes 2"), "{msg}");
+        let msg = refused(r#"{"backend": {"kind": "sim", "insert_rate": 1}}"#, "backend.insert_rate");
+        assert!(msg.contains("its 2 rules go in together"), "{msg}");
+        for ok in [r#""max_rules": 0"#, r#""max_rules": 2"#, r#""insert_rate": 0"#, r#""insert_rate": 2"#] {
+            parse("h.json", &format!(r#"{{"backend": {{"kind": "sim", {ok}}}}}"#)).unwrap();
+        }
+        parse("h.json", r#"{"offload": {"max_queued": 1}}"#).unwrap();
     }
 }

@@ -10,6 +10,52 @@ use serde::{Deserialize, Serialize};
 
 type Invalid = (String, String);
 
+/// Bytes one flow slot may take: the 128-byte flow, its share of the
+/// index (at most 32 bytes: buckets at most half full, rounded up to a
+/// power of two), the free list and the engine's per-flow state.
+pub const BYTES_PER_FLOW: u64 = 192;
+/// Bytes one remembered first fragment may take in its hash table.
+pub const BYTES_PER_FRAGMENT: u64 = 160;
+/// The longest path a Unix socket address holds (`sun_path` is 108
+/// bytes, with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Physical memory of this machine in bytes, when the system tells.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && size > 0).then(|| (pages as u64).saturating_mul(size as u64))
+}
+
+fn gib(bytes: u128) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// Checks `log.level` the way the daemon reads it (a tracing filter), and
+/// refuses a bare word that isn't a level: `"verbose"` would otherwise be
+/// taken as the name of a module and silence everything else.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const HINT: &str =
+        "give one of error, warn, info, debug, trace or off, or directives such as \"info,flowtable=debug\"";
+    let is_level = |s: &str| s.trim().parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+    if level.trim().is_empty() {
+        return Err(format!("is empty: {HINT}"));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.rsplit_once('=') {
+            Some((_, lvl)) => is_level(lvl),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!("{directive:?} is not a log level: {HINT}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(drop)
+        .map_err(|e| format!("{level:?} is not a log filter ({e}): {HINT}"))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -552,6 +598,37 @@ impl Config {
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
         }
+        // Sizes the machine can hold: the table is allocated for its
+        // maximum when it starts.
+        if let Some(memory) = physical_memory() {
+            let flows = self.table.max_flows as u128 * u128::from(BYTES_PER_FLOW);
+            if flows > u128::from(memory) {
+                return Err((
+                    "table.max_flows".into(),
+                    format!(
+                        "{} flows need about {} ({BYTES_PER_FLOW} bytes each), more than the {} of memory this \
+                         machine has",
+                        self.table.max_flows,
+                        gib(flows),
+                        gib(memory.into())
+                    ),
+                ));
+            }
+            let frags = self.table.max_fragments as u128 * u128::from(BYTES_PER_FRAGMENT);
+            if flows + frags > u128::from(memory) {
+                return Err((
+                    "table.max_fragments".into(),
+                    format!(
+                        "{} fragments need about {} ({BYTES_PER_FRAGMENT} bytes each), which with the flow table's \
+                         {} is more than the {} of memory this machine has",
+                        self.table.max_fragments,
+                        gib(frags),
+                        gib(flows),
+                        gib(memory.into())
+                    ),
+                ));
+            }
+        }
         if !positive(self.table.fragment_timeout_s) {
             return Err(("table.fragment_timeout_s".into(), "must be more than 0".into()));
         }
@@ -573,6 +650,34 @@ impl Config {
         }
         if !positive(self.offload.hard_timeout_s) {
             return Err(("offload.hard_timeout_s".into(), "must be more than 0".into()));
+        }
+        if self.offload.max_queued == 0 {
+            return Err((
+                "offload.max_queued".into(),
+                "must be at least 1: with no room to wait for its rules, no flow would ever be offloaded".into(),
+            ));
+        }
+        if let BackendConfig::Sim { max_rules, insert_rate, .. } = &self.backend {
+            // Every offloaded flow takes two rules (one per direction),
+            // installed together.
+            if let Some(n @ 1) = max_rules {
+                return Err((
+                    "backend.max_rules".into(),
+                    format!(
+                        "{n} rule can't hold a flow: each offloaded flow takes 2 (one per direction); \
+                         give 0 for no limit, or at least 2"
+                    ),
+                ));
+            }
+            if let Some(r @ 1) = insert_rate {
+                return Err((
+                    "backend.insert_rate".into(),
+                    format!(
+                        "{r} rule per second can't install a flow: its 2 rules go in together; give 0 for no \
+                         limit, or at least 2"
+                    ),
+                ));
+            }
         }
         let check_action = |path: String, action: &Action| -> Result<(), Invalid> {
             if let Action::Forward { port } | Action::Mirror { port } = action {
@@ -633,6 +738,24 @@ impl Config {
         if self.control.socket.is_empty() {
             return Err(("control.socket".into(), "must not be empty".into()));
         }
+        if self.control.socket.len() > MAX_SOCKET_PATH {
+            return Err((
+                "control.socket".into(),
+                format!(
+                    "the path is {} bytes long; a Unix socket path can be at most {MAX_SOCKET_PATH}",
+                    self.control.socket.len()
+                ),
+            ));
+        }
+        if self.control.socket.contains('\0') {
+            return Err(("control.socket".into(), "must not contain a NUL byte".into()));
+        }
+        check_log_level(&self.log.level).map_err(|m| ("log.level".to_string(), m))?;
+        for (i, source) in self.sources.iter().enumerate() {
+            if let SourceConfig::Synthetic(map) = source {
+                check_synthetic(&format!("sources[{i}].synthetic"), map)?;
+            }
+        }
         let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
         if let Some((i, _)) = dpdk_sources.next() {
             if !matches!(self.backend, BackendConfig::Dpdk(_)) {
@@ -650,6 +773,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a synthetic source's settings as the generator will read them:
+/// `pace` is the source's, the rest the generator's.
+fn check_synthetic(at: &str, map: &serde_json::Map<String, serde_json::Value>) -> Result<(), Invalid> {
+    let mut map = map.clone();
+    if let Some(pace) = map.remove("pace") {
+        serde_json::from_value::<Pace>(pace)
+            .map_err(|_| (format!("{at}.pace"), "give \"timestamps\" or \"fast\"".to_string()))?;
+    }
+    let cfg: crate::synth::SynthConfig =
+        serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+            let field = match e.path().to_string() {
+                p if p == "." => at.to_string(),
+                p => format!("{at}.{p}"),
+            };
+            (field, e.into_inner().to_string())
+        })?;
+    cfg.validate().map_err(|e| (format!("{at}.{}", e.field), e.message))
 }
 
 /// What `flowtable config example` prints.

@@ -135,9 +135,17 @@ pub struct MatchSupport {
     pub other_ip: bool,
     pub vlan: bool,
     pub qinq: bool,
+    /// Bits of `flowtable_sw::key::encap` (PPPoE, MPLS, FabricPath, PPP or
+    /// Cisco HDLC framing) the backend matches through. None of the
+    /// backends builds such matches, so flows that came through one stay in
+    /// software, refused with the encapsulation named.
+    #[serde(default)]
+    pub encap: u8,
 }
 
 impl MatchSupport {
+    /// Every field of an IP packet in Ethernet with VLAN tags; no
+    /// encapsulation (see `encap`).
     pub const ALL: MatchSupport = MatchSupport {
         ipv4: true,
         ipv6: true,
@@ -148,10 +156,14 @@ impl MatchSupport {
         other_ip: true,
         vlan: true,
         qinq: true,
+        encap: 0,
     };
 
     /// Why this key can't be matched, if it can't.
     pub fn check(&self, key: &FlowKey) -> Result<(), String> {
+        if let Some(name) = flowtable_sw::key::encap::first_name(key.encap & !self.encap) {
+            return Err(format!("{name} encapsulation match not supported"));
+        }
         let ok_l3 = if key.is_ipv6() { self.ipv6 } else { self.ipv4 };
         if !ok_l3 {
             return Err(format!("{} match not supported", if key.is_ipv6() { "ipv6" } else { "ipv4" }));
@@ -309,6 +321,26 @@ pub enum BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowtable_sw::key::encap;
+
+    #[test]
+    fn encapsulated_keys_are_refused_with_the_encapsulation_named() {
+        let (mut key, _) =
+            FlowKey::from_v4(core::net::Ipv4Addr::new(10, 0, 0, 1), core::net::Ipv4Addr::new(10, 0, 0, 2), 1, 2, 6);
+        assert_eq!(MatchSupport::ALL.check(&key), Ok(()));
+        for (bit, name) in encap::NAMES {
+            key.encap = bit;
+            assert_eq!(MatchSupport::ALL.check(&key), Err(format!("{name} encapsulation match not supported")));
+        }
+        key.encap = encap::MPLS | encap::PPPOE;
+        assert_eq!(MatchSupport::ALL.check(&key), Err("pppoe encapsulation match not supported".into()));
+        // A backend that declares an encapsulation takes it.
+        let through_mpls = MatchSupport { encap: encap::MPLS, ..MatchSupport::ALL };
+        key.encap = encap::MPLS;
+        assert_eq!(through_mpls.check(&key), Ok(()));
+        key.encap = encap::MPLS | encap::FABRICPATH;
+        assert_eq!(through_mpls.check(&key), Err("fabricpath encapsulation match not supported".into()));
+    }
 
     #[test]
     fn cookie_round_trips_and_rejects_foreign() {

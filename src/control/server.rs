@@ -5,21 +5,41 @@
 //!
 //! Each client has a thread of its own, so one that stalls holds nothing
 //! but its thread, and only until `REQUEST_TIMEOUT` cuts it off.
+//!
+//! Clients that connect and send nothing can't lock others out: once more
+//! than `MAX_CLIENTS - RESERVE` are connected, every new client makes room
+//! by closing the connection idle the longest (idle: waiting for a
+//! request), so `RESERVE` slots stay for clients with something to ask.
+//! Subscribers are never idle in that sense and hold their connection as
+//! long as they read, so at most `MAX_SUBSCRIBERS` of them are taken.
+//!
+//! The accept thread waits in poll(2) on the listening socket and on a
+//! wake-up socket that dropping the [`Server`] closes, so it stops even
+//! when the socket file has been removed and nobody can connect to it.
 
 use super::{parse_request, Command, ControlError, ErrorCode, Response, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, VERSION};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Most clients served at once; past it a new client is told `busy`.
+/// Most clients served at once; past it, with no idle one to close, a new
+/// client is told `busy`.
 pub const MAX_CLIENTS: usize = 64;
+/// Slots kept for new clients: past `MAX_CLIENTS - RESERVE` connections,
+/// each new one closes the longest idle one.
+pub const RESERVE: usize = 8;
+/// Most event subscribers at once; past it `subscribe` is answered `busy`.
+pub const MAX_SUBSCRIBERS: usize = 16;
 /// How long a client thread waits for the engine thread's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests waiting for the engine thread before senders wait.
@@ -73,6 +93,8 @@ pub struct Server {
     /// Identifies our socket file, so we never remove another's.
     ino: u64,
     stop: Arc<AtomicBool>,
+    /// Closing it wakes the accept thread.
+    wake: Option<UnixStream>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -105,15 +127,17 @@ impl Server {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(|e| format!("{shown}: setting mode {SOCKET_MODE:o}: {e}"))?;
         let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        listener.set_nonblocking(true).map_err(|e| format!("{shown}: {e}"))?;
+        let (wake, woken) = UnixStream::pair().map_err(|e| format!("control socket wake-up: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("control-accept".into())
-                .spawn(move || accept_loop(listener, jobs, stop))
+                .spawn(move || accept_loop(listener, woken, jobs, stop))
                 .map_err(|e| format!("starting the control thread: {e}"))?
         };
-        Ok(Server { path: path.to_path_buf(), ino, stop, accept: Some(accept) })
+        Ok(Server { path: path.to_path_buf(), ino, stop, wake: Some(wake), accept: Some(accept) })
     }
 
     pub fn path(&self) -> &Path {
@@ -124,8 +148,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept call so the thread sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the accept thread's poll, whether or not the socket file
+        // is still there to connect to.
+        if let Some(wake) = self.wake.take() {
+            let _ = wake.shutdown(Shutdown::Both);
+        }
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -137,14 +164,131 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: UnixListener, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
+/// One connected client, as the accept thread sees it.
+struct Client {
+    /// A handle on its connection, to close it to make room.
+    stream: UnixStream,
+    /// Since when it has been waiting for a request; `None` while a request
+    /// is being answered or events streamed.
+    idle_since: Option<Instant>,
+    subscriber: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    clients: HashMap<u64, Client>,
+}
+
+type Clients = Arc<Mutex<Registry>>;
+
+fn lock(clients: &Clients) -> std::sync::MutexGuard<'_, Registry> {
+    // A client thread that panicked leaves the registry consistent.
+    clients.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A client thread's entry in the registry, removed when the thread ends.
+struct Entry {
+    id: u64,
+    clients: Clients,
+}
+
+impl Entry {
+    fn set_idle(&self, idle: bool) {
+        if let Some(c) = lock(&self.clients).clients.get_mut(&self.id) {
+            c.idle_since = if idle { Some(Instant::now()) } else { None };
+        }
+    }
+
+    /// Takes a subscriber slot, if one is free.
+    fn take_subscriber_slot(&self) -> bool {
+        let mut reg = lock(&self.clients);
+        if reg.clients.values().filter(|c| c.subscriber).count() >= MAX_SUBSCRIBERS {
+            return false;
+        }
+        if let Some(c) = reg.clients.get_mut(&self.id) {
+            c.subscriber = true;
+        }
+        true
+    }
+
+    fn release_subscriber_slot(&self) {
+        if let Some(c) = lock(&self.clients).clients.get_mut(&self.id) {
+            c.subscriber = false;
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        lock(&self.clients).clients.remove(&self.id);
+    }
+}
+
+/// Waits until the listener has a connection (true) or the wake-up socket
+/// is closed (false).
+fn wait_readable(listener: &UnixListener, woken: &UnixStream) -> bool {
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: woken.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfd entries whose descriptors outlive the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(error = %io::Error::last_os_error(), "waiting for control clients failed");
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents != 0 {
+            return true;
+        }
+    }
+}
+
+fn refuse(stream: &mut UnixStream, err: ControlError) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = write_response(stream, &Response::err(Value::Null, err));
+}
+
+/// Makes room for a new client when the reserve is reached, by closing the
+/// connection idle the longest. Whether the new client may be served.
+fn make_room(reg: &mut Registry) -> bool {
+    if reg.clients.len() < MAX_CLIENTS - RESERVE {
+        return true;
+    }
+    let oldest = reg.clients.iter().filter_map(|(id, c)| c.idle_since.map(|t| (t, *id))).min().map(|(_, id)| id);
+    if let Some(mut idle) = oldest.and_then(|id| reg.clients.remove(&id)) {
+        refuse(
+            &mut idle.stream,
+            ControlError::new(
+                ErrorCode::Timeout,
+                format!("{} clients connected: closing this idle connection to make room", reg.clients.len() + 1),
+            ),
+        );
+        // Its thread, waiting for a request, reads the end of the stream.
+        let _ = idle.stream.shutdown(Shutdown::Both);
+        tracing::debug!("closed an idle control client to make room for a new one");
+        return true;
+    }
+    reg.clients.len() < MAX_CLIENTS
+}
+
+fn accept_loop(listener: UnixListener, woken: UnixStream, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
+    let clients: Clients = Arc::default();
+    while wait_readable(&listener, &woken) {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let mut stream = match conn {
-            Ok(s) => s,
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a control client failed");
                 // Out of descriptors and the like: don't spin on it.
@@ -152,21 +296,32 @@ fn accept_loop(listener: UnixListener, jobs: Sender<Job>, stop: Arc<AtomicBool>)
                 continue;
             }
         };
-        if clients.load(Ordering::SeqCst) >= MAX_CLIENTS {
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let err =
-                ControlError::new(ErrorCode::Busy, format!("{MAX_CLIENTS} clients are connected; try again later"));
-            let _ = write_response(&mut stream, &Response::err(Value::Null, err));
+        // The listener is non-blocking; its clients are served blocking.
+        let registered = stream.set_nonblocking(false).and_then(|()| stream.try_clone());
+        let Ok(handle) = registered else { continue };
+        let mut reg = lock(&clients);
+        if !make_room(&mut reg) {
+            drop(reg);
+            refuse(
+                &mut stream,
+                ControlError::new(
+                    ErrorCode::Busy,
+                    format!("{MAX_CLIENTS} clients are connected and none is idle; try again later"),
+                ),
+            );
             continue;
         }
-        clients.fetch_add(1, Ordering::SeqCst);
-        let (jobs, clients2) = (jobs.clone(), clients.clone());
+        let id = reg.next_id;
+        reg.next_id += 1;
+        reg.clients.insert(id, Client { stream: handle, idle_since: Some(Instant::now()), subscriber: false });
+        drop(reg);
+        let entry = Entry { id, clients: clients.clone() };
+        let jobs = jobs.clone();
         let spawned = std::thread::Builder::new().name("control-client".into()).spawn(move || {
-            serve_client(stream, &jobs);
-            clients2.fetch_sub(1, Ordering::SeqCst);
+            serve_client(stream, &jobs, &entry);
         });
         if let Err(e) = spawned {
-            clients.fetch_sub(1, Ordering::SeqCst);
+            // The closure, and the entry in it, were dropped.
             tracing::warn!(error = %e, "could not start a thread for a control client");
         }
     }
@@ -228,14 +383,17 @@ fn write_response(w: &mut impl Write, r: &Response) -> io::Result<()> {
     w.flush()
 }
 
-fn serve_client(stream: UnixStream, jobs: &Sender<Job>) {
+fn serve_client(stream: UnixStream, jobs: &Sender<Job>, entry: &Entry) {
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
     let Ok(read_half) = stream.try_clone() else { return };
     let mut reader = BufReader::with_capacity(16 * 1024, read_half);
     let mut writer = stream;
     let mut line = Vec::new();
     loop {
-        match read_line_bounded(&mut reader, &mut line, MAX_REQUEST_BYTES, REQUEST_TIMEOUT) {
+        entry.set_idle(true);
+        let read = read_line_bounded(&mut reader, &mut line, MAX_REQUEST_BYTES, REQUEST_TIMEOUT);
+        entry.set_idle(false);
+        match read {
             Ok(true) => {}
             Ok(false) => return,
             Err(ReadError::TooLarge) => {
@@ -261,7 +419,21 @@ fn serve_client(stream: UnixStream, jobs: &Sender<Job>) {
             continue;
         }
         let (id, cmd) = parse_request(&line);
+        let subscribing = matches!(cmd, Ok(Command::Subscribe {}));
+        if subscribing && !entry.take_subscriber_slot() {
+            let err = ControlError::new(
+                ErrorCode::Busy,
+                format!("{MAX_SUBSCRIBERS} subscribers are connected; try again later"),
+            );
+            if write_response(&mut writer, &Response::err(id, err)).is_err() {
+                return;
+            }
+            continue;
+        }
         let answer = cmd.and_then(|cmd| dispatch(jobs, cmd));
+        if subscribing && !matches!(answer, Ok(Answer::Events(_))) {
+            entry.release_subscriber_slot();
+        }
         let written = match answer {
             Ok(Answer::Value(v)) => write_response(&mut writer, &Response::ok(id, v)),
             Ok(Answer::Events(sub)) => {

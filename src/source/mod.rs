@@ -72,6 +72,13 @@ pub trait PacketSource {
         self.next_packet()
     }
 
+    /// Frames so far whose recorded length on the wire was implausible and
+    /// was clamped to the captured length (capture files: see
+    /// [`pcap::wire_len`]); 0 for sources that measure lengths themselves.
+    fn clamped_wire_lengths(&self) -> u64 {
+        0
+    }
+
     /// What a live capture lost or could not order, since it opened;
     /// `None` for sources that lose nothing (files, the generator).
     fn capture_losses(&mut self) -> Option<CaptureLosses> {

@@ -10,6 +10,12 @@
 //! so the caller counts them as `SkipReason::UnsupportedLinkType` instead of
 //! losing them or failing the whole file.
 //!
+//! A record's original length is believed only as far as the capture can
+//! back it up ([`wire_len`]): below the captured length it is the captured
+//! length, and above [`MAX_WIRE_LEN`] (a corrupt or fuzzed file: a record
+//! claiming 4 GB in a file of 88 bytes) it is clamped to the captured
+//! length, and counted ([`PcapFileSource::clamped_wire_lengths`]).
+//!
 //! The file is read in chunks into one buffer that every frame borrows
 //! from, so large captures stream and reading costs no allocation per
 //! packet. A capture in memory is the same buffer, filled once.
@@ -37,6 +43,26 @@ use std::path::Path;
 /// Largest pcap record accepted: libpcap's maximum snap length. A larger
 /// length field means a corrupt file, not a packet worth buffering.
 pub const MAX_RECORD_LEN: u32 = 262_144;
+
+/// Largest original (wire) length believed: libpcap's maximum snap
+/// length. No link carries frames this long (jumbo frames stop near 9 kB,
+/// GRO/GSO super-packets at 64 kB, BIG TCP at 512 kB only with a captured
+/// length to match), so a record claiming more, with fewer bytes captured,
+/// lies about the frame.
+pub const MAX_WIRE_LEN: u32 = MAX_RECORD_LEN;
+
+/// A record's length on the wire from its original and captured lengths,
+/// and whether the original length was disbelieved: a frame is never
+/// shorter on the wire than in the file, and an original length above
+/// [`MAX_WIRE_LEN`] beyond what was captured is clamped to the captured
+/// length rather than counted as gigabytes on its flow.
+pub fn wire_len(original: u32, captured: u32) -> (u32, bool) {
+    if original > MAX_WIRE_LEN && original > captured {
+        (captured, true)
+    } else {
+        (original.max(captured), false)
+    }
+}
 
 /// Largest pcapng block accepted (a packet block of `MAX_RECORD_LEN` plus
 /// generous room for options, or a large name-resolution block).
@@ -68,6 +94,8 @@ pub struct PcapFileSource {
     format: Format,
     ingress: u8,
     packets: u64,
+    /// Records whose original length was clamped by [`wire_len`].
+    clamped: u64,
 }
 
 enum Format {
@@ -144,6 +172,8 @@ enum Step {
         data: Range<usize>,
         ts_ns: u64,
         wire_len: u32,
+        /// The original length was disbelieved and clamped.
+        clamped: bool,
         linktype: u32,
         link: Option<LinkType>,
     },
@@ -185,8 +215,18 @@ impl PcapFileSource {
         end: usize,
         ingress: u8,
     ) -> Result<Self, SourceError> {
-        let mut source =
-            PcapFileSource { name, reader, buf, start: 0, end, base: 0, format: Format::Unknown, ingress, packets: 0 };
+        let mut source = PcapFileSource {
+            name,
+            reader,
+            buf,
+            start: 0,
+            end,
+            base: 0,
+            format: Format::Unknown,
+            ingress,
+            packets: 0,
+            clamped: 0,
+        };
         source.read_file_header()?;
         Ok(source)
     }
@@ -199,6 +239,12 @@ impl PcapFileSource {
     /// Frames delivered so far.
     pub fn packets_read(&self) -> u64 {
         self.packets
+    }
+
+    /// Frames delivered so far whose original length [`wire_len`] clamped
+    /// to the captured length.
+    pub fn clamped_wire_lengths(&self) -> u64 {
+        self.clamped
     }
 
     fn corrupt(&self, message: impl Into<String>) -> SourceError {
@@ -298,13 +344,18 @@ impl PcapFileSource {
 }
 
 impl PacketSource for PcapFileSource {
+    fn clamped_wire_lengths(&self) -> u64 {
+        self.clamped
+    }
+
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
         loop {
             match self.step() {
-                Step::Packet { consumed, data, ts_ns, wire_len, linktype, link } => {
+                Step::Packet { consumed, data, ts_ns, wire_len, clamped, linktype, link } => {
                     let at = self.start;
                     self.start += consumed;
                     self.packets += 1;
+                    self.clamped += u64::from(clamped);
                     return Ok(Some(RawPacket {
                         ts_ns,
                         data: &self.buf[at + data.start..at + data.end],
@@ -371,12 +422,13 @@ fn pcap_record(parser: &PcapParser, avail: &[u8]) -> Step {
         TsResolution::NanoSecond => ts_frac,
     };
     let linktype = u32::from(header.datalink);
+    let (wire_len, clamped) = wire_len(record.orig_len, incl_len);
     Step::Packet {
         consumed: avail.len() - rem.len(),
         data: PCAP_RECORD_HEADER_LEN..PCAP_RECORD_HEADER_LEN + incl_len as usize,
         ts_ns: u64::from(record.ts_sec) * 1_000_000_000 + frac_ns,
-        // A frame is never shorter on the wire than in the file.
-        wire_len: record.orig_len.max(incl_len),
+        wire_len,
+        clamped,
         linktype,
         link: LinkType::from_pcap(linktype),
     }
@@ -483,11 +535,13 @@ fn pcapng_block(parser: &mut PcapNgParser, interfaces: &mut Vec<Interface>, avai
             body.len()
         ));
     }
+    let (wire_len, clamped) = wire_len(packet.original, packet.captured);
     Step::Packet {
         consumed,
         data: body_at + packet.data_at..body_at + data_end,
         ts_ns: packet.ticks.map_or(0, |t| iface.to_ns(t)),
-        wire_len: packet.original.max(packet.captured),
+        wire_len,
+        clamped,
         linktype: iface.linktype,
         link: iface.link,
     }
@@ -615,6 +669,46 @@ mod tests {
     }
 
     #[test]
+    fn original_length_the_capture_cant_back_up_is_clamped_and_counted() {
+        // As in fuzz-2021-06-07-c6c72a0a56.pcap: 4 093 509 168 bytes claimed,
+        // 60 captured.
+        let bytes = pcap(
+            false,
+            false,
+            65535,
+            1,
+            &[(1, 0, 4_093_509_168, FRAME_A), (2, 0, MAX_WIRE_LEN, FRAME_A), (3, 0, MAX_WIRE_LEN + 1, FRAME_A)],
+        );
+        let mut src = PcapFileSource::from_bytes(bytes, 0).unwrap();
+        let (frames, err) = drain(&mut src);
+        assert!(err.is_none());
+        let lens: Vec<u32> = frames.iter().map(|f| f.wire_len).collect();
+        assert_eq!(lens, [FRAME_A.len() as u32, MAX_WIRE_LEN, FRAME_A.len() as u32]);
+        assert_eq!(src.clamped_wire_lengths(), 2);
+        assert_eq!(PacketSource::clamped_wire_lengths(&src), 2);
+
+        // pcapng Enhanced Packet Blocks follow the same rule.
+        let mut bytes = shb(false);
+        bytes.extend(idb(false, 1, 0, None, None));
+        bytes.extend(epb(false, 0, 1, u32::MAX, FRAME_A));
+        bytes.extend(epb(false, 0, 2, 1514, FRAME_A));
+        let mut src = PcapFileSource::from_bytes(bytes, 0).unwrap();
+        let (frames, err) = drain(&mut src);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!((frames[0].wire_len, frames[1].wire_len), (FRAME_A.len() as u32, 1514));
+        assert_eq!(src.clamped_wire_lengths(), 1);
+    }
+
+    #[test]
+    fn wire_length_rule() {
+        assert_eq!(wire_len(1514, 60), (1514, false));
+        assert_eq!(wire_len(40, 60), (60, false));
+        assert_eq!(wire_len(MAX_WIRE_LEN, 60), (MAX_WIRE_LEN, false));
+        assert_eq!(wire_len(MAX_WIRE_LEN + 1, 60), (60, true));
+        assert_eq!(wire_len(u32::MAX, 0), (0, true));
+    }
+
+    #[test]
     fn wire_length_never_below_captured_length() {
         let bytes = pcap(false, false, 65535, 1, &[(0, 0, 10, FRAME_A)]);
         let (frames, _) = drain(&mut PcapFileSource::from_bytes(bytes, 0).unwrap());
@@ -631,10 +725,11 @@ mod tests {
 
     #[test]
     fn unsupported_link_type_is_delivered_without_link() {
-        let bytes = pcap(false, false, 65535, 9, &[(0, 0, 60, FRAME_A)]);
+        // 802.11, which the parser doesn't read.
+        let bytes = pcap(false, false, 65535, 105, &[(0, 0, 60, FRAME_A)]);
         let (frames, err) = drain(&mut PcapFileSource::from_bytes(bytes, 0).unwrap());
         assert!(err.is_none());
-        assert_eq!((frames[0].link, frames[0].linktype), (None, 9));
+        assert_eq!((frames[0].link, frames[0].linktype), (None, 105));
     }
 
     #[test]
@@ -757,7 +852,7 @@ mod tests {
             bytes.extend(idb(big, 1, 0, None, None)); // Ethernet, µs
             bytes.extend(idb(big, 101, 65535, Some(9), None)); // raw IP, ns
             bytes.extend(idb(big, 113, 65535, Some(0x80 | 10), Some(-5))); // SLL, 2^-10 s, -5 s
-            bytes.extend(idb(big, 9, 65535, Some(3), None)); // PPP, ms
+            bytes.extend(idb(big, 105, 65535, Some(3), None)); // 802.11, ms
             bytes.extend(block(big, 4, &[0; 8])); // name resolution: skipped
             bytes.extend(epb(big, 0, 1_700_000_000_123_456, 1514, FRAME_A));
             bytes.extend(epb(big, 1, 1_700_000_000_123_456_789, 42, FRAME_B));
@@ -772,7 +867,7 @@ mod tests {
                     frame(1_700_000_000_123_456_000, FRAME_A, 1514, Some(LinkType::Ethernet), 1),
                     frame(1_700_000_000_123_456_789, FRAME_B, 42, Some(LinkType::RawIp), 101),
                     frame(95_500_000_000, FRAME_B, 42, Some(LinkType::LinuxSll), 113),
-                    frame(1_500_000_000, &FRAME_A[..3], 60, None, 9),
+                    frame(1_500_000_000, &FRAME_A[..3], 60, None, 105),
                 ],
                 "big {big}"
             );

@@ -35,6 +35,32 @@ impl Direction {
 
 pub const FLAG_IPV6: u8 = 1;
 
+/// Encapsulations between the link header and IP that a flow's packets
+/// came through, as bits of [`FlowKey::encap`]. A NIC matching the flow
+/// must match through them, which most can't; the backends say which they
+/// take in `MatchSupport`.
+pub mod encap {
+    /// PPPoE session (and the PPP inside it).
+    pub const PPPOE: u8 = 1;
+    /// An MPLS label stack.
+    pub const MPLS: u8 = 2;
+    /// Cisco FabricPath around the Ethernet frame.
+    pub const FABRICPATH: u8 = 4;
+    /// PPP link framing (LINKTYPE_PPP).
+    pub const PPP: u8 = 8;
+    /// Cisco HDLC link framing.
+    pub const CISCO_HDLC: u8 = 16;
+
+    /// Every bit with its name, in the order names are given.
+    pub const NAMES: [(u8, &str); 5] =
+        [(PPPOE, "pppoe"), (MPLS, "mpls"), (FABRICPATH, "fabricpath"), (PPP, "ppp"), (CISCO_HDLC, "cisco-hdlc")];
+
+    /// The name of the first encapsulation set in `bits`, if any.
+    pub fn first_name(bits: u8) -> Option<&'static str> {
+        NAMES.iter().find(|(bit, _)| bits & bit != 0).map(|(_, name)| *name)
+    }
+}
+
 /// The canonical key of a flow: 5-tuple, VLANs and ingress zone.
 ///
 /// Addresses are 16 bytes; IPv4 addresses sit in the first four bytes with
@@ -58,7 +84,11 @@ pub struct FlowKey {
     /// both directions of a bump-in-the-wire are one flow (`ports.rs`).
     pub zone: u8,
     pub flags: u8,
-    _pad: u8,
+    /// Bits of [`encap`]: what the packets were carried in (0: plain
+    /// Ethernet, VLAN tags, cooked or raw IP). Packets of one 5-tuple with
+    /// and without an encapsulation are different flows, as they are
+    /// different matches on a NIC.
+    pub encap: u8,
 }
 
 /// One direction of a flow as the packet carried it.
@@ -100,7 +130,7 @@ impl FlowKey {
                 proto,
                 zone,
                 flags: if ipv6 { FLAG_IPV6 } else { 0 },
-                _pad: 0,
+                encap: 0,
             },
             dir,
         )
@@ -193,6 +223,11 @@ impl fmt::Display for FlowKey {
                 write!(f, ".{}", self.vlan_inner)?;
             }
         }
+        for (bit, name) in encap::NAMES {
+            if self.encap & bit != 0 {
+                write!(f, " {name}")?;
+            }
+        }
         if self.zone != 0 {
             write!(f, " port {}", self.zone)?;
         }
@@ -232,6 +267,17 @@ mod tests {
         assert_eq!(k1, k2);
         assert_ne!(d1, d2);
         assert_eq!(k1.port_lo, 22);
+    }
+
+    #[test]
+    fn encapsulation_names_in_display() {
+        let (mut k, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2, 17);
+        assert_eq!(k.to_string(), "udp 10.0.0.1:1 <-> 10.0.0.2:2");
+        k.encap = encap::PPPOE | encap::MPLS;
+        assert_eq!(k.to_string(), "udp 10.0.0.1:1 <-> 10.0.0.2:2 pppoe mpls");
+        assert_eq!(encap::first_name(k.encap), Some("pppoe"));
+        assert_eq!(encap::first_name(encap::CISCO_HDLC), Some("cisco-hdlc"));
+        assert_eq!(encap::first_name(0), None);
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub enum LinkType {
     Null,
     /// OpenBSD loopback: a 4-byte address family in network order.
     Loop,
+    /// PPP, with or without address and control (pcap PPP). Frames that
+    /// start with a Cisco HDLC address are read as Cisco HDLC.
+    Ppp,
+    /// Cisco HDLC (pcap C_HDLC).
+    CiscoHdlc,
+    /// Per-Packet Information header, then a frame of the link type it names.
+    Ppi,
 }
 
 impl LinkType {
@@ -29,6 +36,9 @@ impl LinkType {
             12 | 14 | 101 | 228 | 229 => LinkType::RawIp,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,
+            9 => LinkType::Ppp,
+            104 => LinkType::CiscoHdlc,
+            192 => LinkType::Ppi,
             _ => return None,
         })
     }
@@ -73,7 +83,7 @@ pub const TCP_ACK: u8 = 0x10;
 pub enum SkipReason {
     UnsupportedLinkType,
     TruncatedLink,
-    /// Not IPv4/IPv6 (ARP, LLDP, MPLS, ...).
+    /// Not IPv4/IPv6 (ARP, LLDP, PPP control, MPLS pseudowires, ...).
     NonIp,
     TruncatedIp,
     BadIpVersion,

@@ -3,7 +3,11 @@
 //!
 //! Walks link layer (Ethernet with up to any number of 802.1Q / 802.1ad /
 //! 0x9100 tags, of which the first two are kept; Linux SLL and SLL2; BSD
-//! loopback; raw IP), then IPv4 or IPv6 (extension headers skipped, IPsec
+//! loopback; raw IP; PPP; Cisco HDLC; PPI before any of these), then the
+//! shims between link and network layer (PPPoE session, an MPLS label stack
+//! with IPv4 or IPv6 under it as its first nibble says, Cisco FabricPath
+//! with the inner Ethernet frame, VLAN tags inside any of these), recorded
+//! in the key's `encap` bits; then IPv4 or IPv6 (extension headers skipped, IPsec
 //! AH skipped after either), then the transport header. TCP, UDP, UDP-Lite
 //! and SCTP give ports; ICMP and ICMPv6 follow the rule in
 //! [`crate::wire::icmp`]; every other IP protocol (GRE, ESP, OSPF, ...) is a
@@ -23,14 +27,21 @@
 //! goes through a checked [`crate::wire`] view, and the result is a plain
 //! value.
 
+use crate::key::encap;
 use crate::key::FlowKey;
 use crate::packet::{Fragment, LinkType, PacketInfo, SkipReason};
 use crate::ports::Ingress;
+use crate::wire::cisco_hdlc::CiscoHdlcHeader;
+use crate::wire::fabricpath::FabricPathHeader;
 use crate::wire::icmp::{IcmpPacket, IcmpVersion};
 use crate::wire::ipv4::Ipv4Packet;
 use crate::wire::ipv6::{self, AuthHeader, Ipv6Packet};
 use crate::wire::linux_sll::{Sll2Header, SllHeader};
+use crate::wire::mpls;
 use crate::wire::null::{Family, LoopbackHeader};
+use crate::wire::ppi::PpiHeader;
+use crate::wire::ppp::{self, PppFrame};
+use crate::wire::pppoe::PppoeSession;
 use crate::wire::sctp::{self, SctpPacket};
 use crate::wire::tcp::TcpPacket;
 use crate::wire::udp::{self, UdpPacket};
@@ -51,7 +62,7 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingres
         Fragment::Later { .. } => Transport::NONE,
         _ => transport(network.protocol, network.l4)?,
     };
-    let (key, dir) = FlowKey::canonical(
+    let (mut key, dir) = FlowKey::canonical(
         network.src,
         network.dst,
         transport.src_port,
@@ -62,6 +73,7 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingres
         l3.vlan_inner,
         ingress.zone,
     );
+    key.encap = l3.encap;
     Ok(PacketInfo {
         key,
         dir,
@@ -87,22 +99,65 @@ struct LinkInfo {
     version: IpVersion,
     vlan_outer: u16,
     vlan_inner: u16,
+    /// Bits of [`encap`] met on the way.
+    encap: u8,
+}
+
+/// A link-layer header that doesn't parse: too short is a truncated link
+/// layer; a contradicting field (a PPP address without its control byte, a
+/// PPPoE version other than 1) means the frame isn't one that carries IP.
+fn link_error(e: Error) -> SkipReason {
+    match e {
+        Error::Truncated => SkipReason::TruncatedLink,
+        Error::Malformed => SkipReason::NonIp,
+    }
 }
 
 fn link_layer(link: LinkType, frame: &[u8]) -> Result<LinkInfo, SkipReason> {
-    let truncated = |_: Error| SkipReason::TruncatedLink;
+    let truncated = link_error;
     match link {
         LinkType::Ethernet => {
             let eth = ethernet::EthernetFrame::new_checked(frame).map_err(truncated)?;
-            after_ethertype(frame, ethernet::HEADER_LEN, eth.ethertype())
+            if eth.ethertype() != ethertype::FABRICPATH {
+                return after_ethertype(frame, ethernet::HEADER_LEN, eth.ethertype(), 0);
+            }
+            // FabricPath: its header replaces the outer Ethernet header and
+            // the host's whole Ethernet frame follows.
+            let fp = FabricPathHeader::new_checked(frame).map_err(truncated)?;
+            let inner = ethernet::EthernetFrame::new_checked(fp.payload()).map_err(truncated)?;
+            let offset = crate::wire::fabricpath::HEADER_LEN + ethernet::HEADER_LEN;
+            after_ethertype(frame, offset, inner.ethertype(), encap::FABRICPATH)
         }
         LinkType::LinuxSll => {
             let sll = SllHeader::new_checked(frame).map_err(truncated)?;
-            after_ethertype(frame, crate::wire::linux_sll::SLL_HEADER_LEN, sll.protocol())
+            after_ethertype(frame, crate::wire::linux_sll::SLL_HEADER_LEN, sll.protocol(), 0)
         }
         LinkType::LinuxSll2 => {
             let sll = Sll2Header::new_checked(frame).map_err(truncated)?;
-            after_ethertype(frame, crate::wire::linux_sll::SLL2_HEADER_LEN, sll.protocol())
+            after_ethertype(frame, crate::wire::linux_sll::SLL2_HEADER_LEN, sll.protocol(), 0)
+        }
+        LinkType::Ppp if ppp::is_cisco_hdlc(frame) => link_layer(LinkType::CiscoHdlc, frame),
+        LinkType::Ppp => {
+            let ppp = PppFrame::new_checked(frame).map_err(truncated)?;
+            let kind = ppp::ethertype_of(ppp.protocol()).ok_or(SkipReason::NonIp)?;
+            after_ethertype(frame, ppp.header_len(), kind, encap::PPP)
+        }
+        LinkType::CiscoHdlc => {
+            let hdlc = CiscoHdlcHeader::new_checked(frame).map_err(truncated)?;
+            after_ethertype(frame, crate::wire::cisco_hdlc::HEADER_LEN, hdlc.protocol(), encap::CISCO_HDLC)
+        }
+        LinkType::Ppi => {
+            let ppi = PpiHeader::new_checked(frame).map_err(truncated)?;
+            // The metadata never was on the wire: the inner frame is read
+            // under its own link type. 802.11 and the rest aren't parsed;
+            // PPI in PPI would be nonsense.
+            let inner = match LinkType::from_pcap(ppi.link_type()) {
+                Some(LinkType::Ppi) | None => return Err(SkipReason::UnsupportedLinkType),
+                Some(inner) => inner,
+            };
+            let mut info = link_layer(inner, ppi.payload())?;
+            info.offset += ppi.header_len();
+            Ok(info)
         }
         LinkType::Null | LinkType::Loop => {
             let header = LoopbackHeader::new_checked(frame).map_err(truncated)?;
@@ -127,30 +182,47 @@ fn link_layer(link: LinkType, frame: &[u8]) -> Result<LinkInfo, SkipReason> {
 }
 
 fn untagged(offset: usize, version: IpVersion) -> LinkInfo {
-    LinkInfo { offset, version, vlan_outer: 0, vlan_inner: 0 }
+    LinkInfo { offset, version, vlan_outer: 0, vlan_inner: 0, encap: 0 }
 }
 
-/// Follows VLAN tags from an EtherType at `offset` to the network header.
-/// Every tag is stepped over; the outermost two are kept for the key.
-fn after_ethertype(frame: &[u8], mut offset: usize, mut kind: u16) -> Result<LinkInfo, SkipReason> {
+/// Follows an EtherType at `offset` through VLAN tags, PPPoE and MPLS to the network header. Every tag is stepped over; the outermost
+/// two are kept for the key. Each step consumes bytes, so the walk ends.
+fn after_ethertype(frame: &[u8], mut offset: usize, mut kind: u16, mut encaps: u8) -> Result<LinkInfo, SkipReason> {
     let mut vlans = [0u16; 2];
     let mut depth = 0;
-    while vlan::is_tag(kind) {
-        let tag = vlan::VlanTag::new_checked(frame.get(offset..).unwrap_or_default())
-            .map_err(|_| SkipReason::TruncatedLink)?;
-        if let Some(slot) = vlans.get_mut(depth) {
-            *slot = tag.vlan_id();
+    let rest = |offset: usize| frame.get(offset..).unwrap_or_default();
+    let version = loop {
+        match kind {
+            ethertype::IPV4 => break IpVersion::V4,
+            ethertype::IPV6 => break IpVersion::V6,
+            k if vlan::is_tag(k) => {
+                let tag = vlan::VlanTag::new_checked(rest(offset)).map_err(link_error)?;
+                if let Some(slot) = vlans.get_mut(depth) {
+                    *slot = tag.vlan_id();
+                }
+                depth += 1;
+                kind = tag.ethertype();
+                offset += vlan::TAG_LEN;
+            }
+            ethertype::PPPOE_SESSION => {
+                let session = PppoeSession::new_checked(rest(offset)).map_err(link_error)?;
+                encaps |= encap::PPPOE;
+                kind = ppp::ethertype_of(session.protocol()).ok_or(SkipReason::NonIp)?;
+                offset += crate::wire::pppoe::SESSION_LEN;
+            }
+            ethertype::MPLS_UNICAST | ethertype::MPLS_MULTICAST => {
+                offset += mpls::stack_len(rest(offset)).map_err(link_error)?;
+                encaps |= encap::MPLS;
+                break match mpls::under_stack(rest(offset)).map_err(|_| SkipReason::TruncatedIp)? {
+                    mpls::Payload::Ipv4 => IpVersion::V4,
+                    mpls::Payload::Ipv6 => IpVersion::V6,
+                    mpls::Payload::Other => return Err(SkipReason::NonIp),
+                };
+            }
+            _ => return Err(SkipReason::NonIp),
         }
-        depth += 1;
-        kind = tag.ethertype();
-        offset += vlan::TAG_LEN;
-    }
-    let version = match kind {
-        ethertype::IPV4 => IpVersion::V4,
-        ethertype::IPV6 => IpVersion::V6,
-        _ => return Err(SkipReason::NonIp),
     };
-    Ok(LinkInfo { offset, version, vlan_outer: vlans[0], vlan_inner: vlans[1] })
+    Ok(LinkInfo { offset, version, vlan_outer: vlans[0], vlan_inner: vlans[1], encap: encaps })
 }
 
 /// The network layer's contribution: addresses, the protocol of what
@@ -583,6 +655,141 @@ mod tests {
         assert_eq!(parse(LinkType::Ethernet, &cut), Err(SkipReason::TruncatedTransport));
     }
 
+    fn pppoe(protocol: u16, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() + 2) as u16;
+        cat(&[&[0x11, 0x00, 0x00, 0x2a], &len.to_be_bytes(), &protocol.to_be_bytes(), payload])
+    }
+
+    #[test]
+    fn pppoe_sessions_plain_and_behind_vlan_tags() {
+        let ip = ip4(17, A4, B4, 1, 0, &udp(53, 5353, b"q"));
+        let plain = parse(LinkType::Ethernet, &eth(0x0800, &ip)).unwrap();
+        let info = parse(LinkType::Ethernet, &eth(0x8864, &pppoe(0x0021, &ip))).unwrap();
+        assert_eq!(info.key.encap, encap::PPPOE);
+        assert_eq!((info.key.port_lo, info.key.port_hi), (53, 5353));
+        assert_eq!(info.payload_offset, 14 + 8 + 20 + 8);
+        // The same 5-tuple without PPPoE is another flow.
+        assert_ne!(info.key, plain.key);
+        assert_eq!(FlowKey { encap: 0, ..info.key }, plain.key);
+
+        // Two VLAN tags, then PPPoE (as in dns.pcap), IPv6 inside.
+        let ip6_pkt = ip6(6, a6(), b6(), &tcp(1, 2, 0, b"x"));
+        let qinq = eth(0x8100, &cat(&[&tag(10, 0x8100), &tag(20, 0x8864), &pppoe(0x0057, &ip6_pkt)]));
+        let info = parse(LinkType::Ethernet, &qinq).unwrap();
+        assert_eq!((info.key.vlan_outer, info.key.vlan_inner, info.key.encap), (10, 20, encap::PPPOE));
+        assert!(info.key.is_ipv6());
+        assert_eq!(&qinq[usize::from(info.payload_offset)..], b"x");
+
+        // PPP control traffic (LCP) and discovery carry no IP.
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x8864, &pppoe(0xc021, &[1, 1, 0, 4]))), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x8863, &[0x11, 0x09, 0, 0, 0, 0])), Err(SkipReason::NonIp));
+        // MPLS inside PPPoE.
+        let labelled = pppoe(0x0281, &cat(&[&[0, 0, 0x11, 64], &ip]));
+        let info = parse(LinkType::Ethernet, &eth(0x8864, &labelled)).unwrap();
+        assert_eq!(info.key.encap, encap::PPPOE | encap::MPLS);
+        let frame = eth(0x8864, &pppoe(0x0021, &ip));
+        assert_eq!(parse(LinkType::Ethernet, &frame[..14 + 7]), Err(SkipReason::TruncatedLink));
+        assert_eq!(parse(LinkType::Ethernet, &frame[..14 + 8]), Err(SkipReason::TruncatedIp));
+    }
+
+    #[test]
+    fn mpls_label_stacks() {
+        let ip = ip4(6, A4, B4, 1, 0, &tcp(179, 40000, 0, b""));
+        let one = eth(0x8847, &cat(&[&[0x00, 0x01, 0x21, 0xfe], &ip]));
+        let info = parse(LinkType::Ethernet, &one).unwrap();
+        assert_eq!((info.key.encap, info.key.port_lo), (encap::MPLS, 179));
+        assert_eq!(info.payload_offset, 14 + 4 + 20 + 20);
+
+        // Three labels, multicast EtherType, behind a VLAN tag, IPv6 under.
+        let ip6_pkt = ip6(17, a6(), b6(), &udp(1, 2, b""));
+        let stack = [0, 0x01, 0x20, 64, 0, 0x02, 0x20, 64, 0, 0x03, 0x21, 64];
+        let three = eth(0x8100, &cat(&[&tag(7, 0x8848), &stack, &ip6_pkt]));
+        let info = parse(LinkType::Ethernet, &three).unwrap();
+        assert_eq!((info.key.vlan_outer, info.key.encap), (7, encap::MPLS));
+        assert!(info.key.is_ipv6());
+        assert_eq!(info.payload_offset as usize, 18 + 12 + 40 + 8);
+
+        // A pseudowire control word under the stack is not IP.
+        let pw = eth(0x8847, &cat(&[&[0, 0x01, 0x21, 64], &[0; 4], &ip]));
+        assert_eq!(parse(LinkType::Ethernet, &pw), Err(SkipReason::NonIp));
+        // A stack without its bottom runs off the frame.
+        assert_eq!(parse(LinkType::Ethernet, &eth(0x8847, &[0, 0x01, 0x20, 64])), Err(SkipReason::TruncatedLink));
+        assert_eq!(parse(LinkType::Ethernet, &one[..18]), Err(SkipReason::TruncatedIp));
+    }
+
+    #[test]
+    fn fabricpath_inner_frame() {
+        let ip = ip4(6, A4, B4, 1, 0, &tcp(8009, 38856, 0, b""));
+        let inner = eth(0x8100, &cat(&[&tag(7, 0x0800), &ip]));
+        let outer = cat(&[&[2, 0x0a, 0xbd, 0, 0, 0, 2, 0x0a, 0xbc, 0, 0, 0, 0x89, 0x03, 0x40, 0x20], &inner]);
+        let info = parse(LinkType::Ethernet, &outer).unwrap();
+        assert_eq!((info.key.encap, info.key.vlan_outer, info.key.port_lo), (encap::FABRICPATH, 7, 8009));
+        assert_eq!(info.payload_offset as usize, 16 + 18 + 20 + 20);
+        // The same packet without FabricPath keys alike but for the bit.
+        let plain = parse(LinkType::Ethernet, &inner).unwrap();
+        assert_eq!(FlowKey { encap: 0, ..info.key }, plain.key);
+        for cut in 14..16 + 14 {
+            assert_eq!(parse(LinkType::Ethernet, &outer[..cut]), Err(SkipReason::TruncatedLink), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn ppp_and_cisco_hdlc_links() {
+        let ip = ip4(17, A4, B4, 1, 0, &udp(443, 44083, b""));
+        for header in [&[0x00, 0x21][..], &[0xff, 0x03, 0x00, 0x21], &[0x21]] {
+            let info = parse(LinkType::Ppp, &cat(&[header, &ip])).unwrap();
+            assert_eq!((info.key.encap, info.key.port_lo), (encap::PPP, 443), "{header:?}");
+            assert_eq!(info.payload_offset as usize, header.len() + 28);
+        }
+        let v6 = ip6(6, a6(), b6(), &tcp(1, 2, 0, b""));
+        assert!(parse(LinkType::Ppp, &cat(&[&[0xff, 0x03, 0x00, 0x57], &v6])).unwrap().key.is_ipv6());
+        // LCP, and an address without control.
+        assert_eq!(parse(LinkType::Ppp, &[0xff, 0x03, 0xc0, 0x21, 1, 1, 0, 4]), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::Ppp, &cat(&[&[0xff, 0x00, 0x00, 0x21], &ip])), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::Ppp, &[0xff, 0x03, 0x00]), Err(SkipReason::TruncatedLink));
+
+        let hdlc = cat(&[&[0x0f, 0x00, 0x08, 0x00], &ip]);
+        let info = parse(LinkType::CiscoHdlc, &hdlc).unwrap();
+        assert_eq!((info.key.encap, info.payload_offset), (encap::CISCO_HDLC, 32));
+        // Cisco HDLC frames stored as PPP (BGP_Cisco_hdlc_slarp.pcap).
+        assert_eq!(parse(LinkType::Ppp, &hdlc).unwrap().key, info.key);
+        // MPLS over Cisco HDLC (BGP_redist.pcap).
+        let labelled = cat(&[&[0x0f, 0x00, 0x88, 0x47, 0x00, 0x01, 0x2d, 0xfe], &ip]);
+        assert_eq!(parse(LinkType::CiscoHdlc, &labelled).unwrap().key.encap, encap::CISCO_HDLC | encap::MPLS);
+        // SLARP keepalives.
+        assert_eq!(parse(LinkType::CiscoHdlc, &[0x8f, 0, 0x80, 0x35, 0, 0, 0, 2]), Err(SkipReason::NonIp));
+        assert_eq!(parse(LinkType::CiscoHdlc, &hdlc[..3]), Err(SkipReason::TruncatedLink));
+    }
+
+    #[test]
+    fn ppi_then_inner_link_type() {
+        let frame = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(5353, 5353, b"")));
+        let plain = parse(LinkType::Ethernet, &frame).unwrap();
+        // 8 fixed bytes and one 8-byte field, inner Ethernet (as in someip_sd_sample.pcap).
+        let ppi = cat(&[&[0, 0, 16, 0, 1, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0], &frame]);
+        let info = parse(LinkType::Ppi, &ppi).unwrap();
+        assert_eq!(info.key, plain.key);
+        assert_eq!(info.payload_offset, plain.payload_offset + 16);
+        // Raw IP inside.
+        let raw = cat(&[&[0, 0, 8, 0, 101, 0, 0, 0], &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))]);
+        assert_eq!(parse(LinkType::Ppi, &raw).unwrap().payload_offset, 8 + 40);
+        // 802.11 (105) is not parsed; neither is PPI in PPI.
+        let wifi = cat(&[&[0, 0, 8, 0, 105, 0, 0, 0], &[0; 40]]);
+        assert_eq!(parse(LinkType::Ppi, &wifi), Err(SkipReason::UnsupportedLinkType));
+        let nested = cat(&[&[0, 0, 8, 0, 192, 0, 0, 0], &ppi]);
+        assert_eq!(parse(LinkType::Ppi, &nested), Err(SkipReason::UnsupportedLinkType));
+        // A header length beyond the frame.
+        assert_eq!(parse(LinkType::Ppi, &[0, 0, 64, 0, 1, 0, 0, 0, 0]), Err(SkipReason::TruncatedLink));
+        assert_eq!(parse(LinkType::Ppi, &ppi[..16 + 13]), Err(SkipReason::TruncatedLink));
+    }
+
+    #[test]
+    fn new_link_types_from_pcap() {
+        assert_eq!(LinkType::from_pcap(9), Some(LinkType::Ppp));
+        assert_eq!(LinkType::from_pcap(104), Some(LinkType::CiscoHdlc));
+        assert_eq!(LinkType::from_pcap(192), Some(LinkType::Ppi));
+    }
+
     #[test]
     fn linux_cooked_captures() {
         let ip = ip4(17, A4, B4, 1, 0, &udp(1, 2, b""));
@@ -726,12 +933,22 @@ mod tests {
             info.key.vlan_inner,
             ingress.zone,
         );
-        assert_eq!((k, d), (info.key, info.dir));
+        assert_eq!((FlowKey { encap: info.key.encap, ..k }, d), (info.key, info.dir));
+        assert_eq!(info.key.encap & !0x1f, 0, "unknown encapsulation bits");
         assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
     }
 
-    const LINKS: [LinkType; 6] =
-        [LinkType::Ethernet, LinkType::RawIp, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Loop];
+    const LINKS: [LinkType; 9] = [
+        LinkType::Ethernet,
+        LinkType::RawIp,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Null,
+        LinkType::Loop,
+        LinkType::Ppp,
+        LinkType::CiscoHdlc,
+        LinkType::Ppi,
+    ];
 
     /// Random buffers of every length up to 200 bytes, under every link
     /// type: no panic, and every success satisfies the invariants.
@@ -804,6 +1021,29 @@ mod tests {
                 ]),
             ),
             (LinkType::Loop, cat(&[&2u32.to_be_bytes(), &ip4(136, A4, B4, 1, 0, &[0; 8])])),
+            (
+                LinkType::Ethernet,
+                eth(
+                    0x8100,
+                    &cat(&[
+                        &tag(3, 0x8864),
+                        &pppoe(0x0281, &cat(&[&[0, 1, 0x21, 9], &ip4(17, A4, B4, 1, 0, &udp(1, 2, b""))])),
+                    ]),
+                ),
+            ),
+            (
+                LinkType::Ethernet,
+                cat(&[
+                    &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x89, 0x03, 0x40, 0x20],
+                    &eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))),
+                ]),
+            ),
+            (LinkType::Ppp, cat(&[&[0xff, 0x03, 0x00, 0x57], &ip6(17, a6(), b6(), &udp(1, 2, b""))])),
+            (
+                LinkType::CiscoHdlc,
+                cat(&[&[0x0f, 0x00, 0x88, 0x47, 0, 1, 0x21, 9], &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))]),
+            ),
+            (LinkType::Ppi, cat(&[&[0, 0, 8, 0, 1, 0, 0, 0], &eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(1, 2, b"")))])),
         ];
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(42);
         let mut seen = std::collections::HashSet::new();

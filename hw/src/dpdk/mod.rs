@@ -139,6 +139,7 @@ impl DpdkBackend {
                     other_ip: false,
                     vlan: false,
                     qinq: false,
+                    encap: 0,
                 },
                 actions: Vec::new(),
                 max_rules: 0,

@@ -70,6 +70,12 @@ impl FlowerMatch {
     /// key for the echo identifier that the flow key stores as its ports.
     pub fn from_fields(fields: &MatchFields) -> Result<FlowerMatch, Refusal> {
         let key = &fields.key;
+        if let Some(name) = flowtable_sw::key::encap::first_name(key.encap) {
+            return Err(Refusal {
+                kind: RefusalKind::UnsupportedMatch,
+                message: format!("flower can't match through {name} encapsulation"),
+            });
+        }
         let ends = key.endpoints(fields.dir);
         let ip_ethertype = if key.is_ipv6() { ETH_P_IPV6 } else { ETH_P_IP };
         let (protocol, vlan, cvlan) = match (key.vlan_outer, key.vlan_inner) {
@@ -392,6 +398,11 @@ mod tests {
         assert!(r.message.contains("udplite"), "{r}");
         let (key, dir) = FlowKey::canonical([1; 16], [2; 16], 0, 0, 6, false, 0, 5, 0);
         assert!(FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).is_err());
+        let (mut key, dir) = FlowKey::from_v4(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2), 1, 2, 6);
+        key.encap = flowtable_sw::key::encap::PPPOE;
+        let r = FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::UnsupportedMatch);
+        assert!(r.message.contains("pppoe"), "{r}");
     }
 
     #[test]

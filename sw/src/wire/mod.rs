@@ -7,12 +7,18 @@
 //! callers that have already done it. The views are read-only: the
 //! flowtable classifies packets, it never rewrites them.
 
+pub mod cisco_hdlc;
 pub mod ethernet;
+pub mod fabricpath;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
 pub mod linux_sll;
+pub mod mpls;
 pub mod null;
+pub mod ppi;
+pub mod ppp;
+pub mod pppoe;
 pub mod sctp;
 pub mod tcp;
 pub mod udp;
@@ -54,6 +60,12 @@ pub mod ethertype {
     pub const QINQ: u16 = 0x88a8;
     /// Pre-standard QinQ outer tag, still sent by some switches.
     pub const QINQ_LEGACY: u16 = 0x9100;
+    pub const MPLS_UNICAST: u16 = 0x8847;
+    pub const MPLS_MULTICAST: u16 = 0x8848;
+    pub const PPPOE_DISCOVERY: u16 = 0x8863;
+    pub const PPPOE_SESSION: u16 = 0x8864;
+    /// Cisco FabricPath: an inner Ethernet frame follows.
+    pub const FABRICPATH: u16 = 0x8903;
 }
 
 /// IP protocol numbers the parser dispatches on.

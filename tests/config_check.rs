@@ -1,0 +1,44 @@
+//! `flowtable config check` refuses what the program could not run, naming
+//! the field, before anything starts.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowtable");
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flowtable.json");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(&file).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), said)
+}
+
+#[test]
+fn config_check_refuses_what_run_could_not_start_with() {
+    let (ok, said) = check(r#"{"table": {"max_flows": 1000}}"#);
+    assert!(ok && said.contains(": ok"), "{said}");
+
+    for (text, field, words) in [
+        (
+            r#"{"table": {"max_flows": 1000}} {"table": {"max_flows": 0}}"#,
+            "(after the configuration)",
+            "one JSON object",
+        ),
+        (r#"{"table": {"max_flows": 4294967295}}"#, "table.max_flows", "memory this machine has"),
+        (r#"{"table": {"max_fragments": 18446744073709551615}}"#, "table.max_fragments", "memory this machine has"),
+        (r#"{"log": {"level": "verbose"}}"#, "log.level", "is not a log level"),
+        (r#"{"sources": [{"synthetic": {"bogus": 1}}]}"#, "sources[0].synthetic.bogus", "unknown field"),
+        (r#"{"sources": [{"synthetic": {"rate_pps": 1e300}}]}"#, "sources[0].synthetic.rate_pps", "out of range"),
+        (r#"{"offload": {"max_queued": 0}}"#, "offload.max_queued", "would ever be offloaded"),
+        (r#"{"backend": {"kind": "sim", "max_rules": 1}}"#, "backend.max_rules", "takes 2"),
+    ] {
+        let (ok, said) = check(text);
+        assert!(!ok, "accepted {text}: {said}");
+        assert!(said.contains(&format!("at `{field}`")) && said.contains(words), "{text}: {said}");
+        assert!(!said.contains("panicked") && !said.contains("memory allocation"), "{said}");
+    }
+    let long = format!(r#"{{"control": {{"socket": "/tmp/{}"}}}}"#, "s".repeat(120));
+    let (ok, said) = check(&long);
+    assert!(!ok && said.contains("at `control.socket`") && said.contains("at most 107"), "{said}");
+}
