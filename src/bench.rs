@@ -529,7 +529,6 @@ fn record_facts(r: &flowtable_offload::FlowRecord) -> RecordFacts {
     )
 }
 
-
 pub fn replay_report(b: &ReplayBench) -> String {
     let mut o = format!(
         "replay of {} ({} packets, {} flows), median of {} runs (peer: softflowd -r on the same file)\n\

@@ -22,6 +22,9 @@ pub struct ReplaySummary {
     pub sw_packets: u64,
     #[serde(serialize_with = "skips_as_map")]
     pub skipped: SkipCounters,
+    /// Records whose length on the wire the capture could not back up,
+    /// counted at the length captured (see `source::pcap::wire_len`).
+    pub clamped_wire_lengths: u64,
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
     pub wall_ns: u64,
@@ -136,6 +139,7 @@ pub fn replay(
     }
     let finished = finished?;
     sum.last_ts_ns = now;
+    sum.clamped_wire_lengths = source.clamped_wire_lengths();
     sum.wall_ns = started.elapsed().as_nanos() as u64;
     Ok(Replayed {
         summary: sum,

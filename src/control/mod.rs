@@ -419,9 +419,14 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordsStatus {
     pub path: Option<String>,
+    /// Records that reached the file.
     pub written: u64,
     pub rotations: u64,
+    /// Write attempts that failed.
     pub errors: u64,
+    /// Records dropped because the file could not take them.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 #[cfg(test)]

@@ -400,7 +400,6 @@ struct Daemon {
     reader_status: Arc<Mutex<ReaderStatus>>,
     started: Instant,
     records: Option<RecordsWriter>,
-    record_errors: u64,
     subscribers: Vec<Subscriber>,
     events_enabled: bool,
     requests: u64,
@@ -521,7 +520,6 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         reader_status,
         started: Instant::now(),
         records,
-        record_errors: 0,
         subscribers: Vec::new(),
         events_enabled: false,
         requests: 0,
@@ -624,12 +622,7 @@ impl Daemon {
     /// Every 10 ms: records flushed; once a second, rates sampled.
     fn tick(&mut self) {
         self.next_tick = Instant::now() + Duration::from_nanos(POLL_TICK_NS);
-        if let Some(w) = self.records.as_mut() {
-            if let Err(e) = w.flush() {
-                self.record_errors += 1;
-                tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
-            }
-        }
+        self.flush_records();
         if self.samples.back().is_none_or(|s| s.at.elapsed() >= Duration::from_secs(1)) {
             let st = self.rt().offload_status().stats;
             let received = self.reader_status.lock().map_or(0, |s| s.received);
@@ -648,11 +641,18 @@ impl Daemon {
     fn write_records(&mut self, records: &[FlowRecord]) {
         let Some(w) = self.records.as_mut() else { return };
         for r in records {
+            // The writer counts every failure and what it lost, and returns
+            // an error only when one is due to be told (rate-limited).
             if let Err(e) = w.write(r) {
-                self.record_errors += 1;
-                if self.record_errors == 1 || self.record_errors.is_power_of_two() {
-                    tracing::error!(file = %w.path().display(), error = %e, failures = self.record_errors, "writing a flow record failed");
-                }
+                tracing::error!(file = %w.path().display(), error = %e, "writing a flow record failed");
+            }
+        }
+    }
+
+    fn flush_records(&mut self) {
+        if let Some(w) = self.records.as_mut() {
+            if let Err(e) = w.flush() {
+                tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
             }
         }
     }
@@ -923,7 +923,8 @@ impl Daemon {
                 path: self.records.as_ref().map(|w| w.path().display().to_string()),
                 written: self.records.as_ref().map_or(0, |w| w.written),
                 rotations: self.records.as_ref().map_or(0, |w| w.rotations),
-                errors: self.record_errors,
+                errors: self.records.as_ref().map_or(0, |w| w.failures),
+                lost: self.records.as_ref().map_or(0, |w| w.lost),
             },
             subscribers: self.subscribers.len(),
             control: self.control_stats(),
@@ -1011,25 +1012,33 @@ impl Daemon {
             }
         }
         let finished = finished?;
-        if let Some(w) = self.records.as_mut() {
-            if let Err(e) = w.flush() {
-                self.record_errors += 1;
-                tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
-            }
-        }
+        self.flush_records();
         let rules_left = finished.coordinator.rules_live();
         let records_written = self.records.as_ref().map_or(0, |w| w.written);
+        let (records_lost, record_failures) = self.records.as_ref().map_or((0, 0), |w| (w.lost, w.failures));
         if rules_left > 0 && !keep {
             tracing::error!(rules_left, "rules could not be removed at shutdown");
         }
-        tracing::info!(
-            flows = flows_at_exit,
-            rules_removed = rules_before.saturating_sub(rules_left),
-            rules_left,
-            records_written,
-            record_errors = self.record_errors,
-            "stopped: every live flow ended with its record"
-        );
+        let rules_removed = rules_before.saturating_sub(rules_left);
+        if records_lost == 0 {
+            tracing::info!(
+                flows = flows_at_exit,
+                rules_removed,
+                rules_left,
+                records_written,
+                "stopped: every live flow ended with its record"
+            );
+        } else {
+            tracing::error!(
+                flows = flows_at_exit,
+                rules_removed,
+                rules_left,
+                records_written,
+                records_lost,
+                record_failures,
+                "stopped: {records_lost} flow records could not be written"
+            );
+        }
         Ok(RunSummary {
             flows_at_exit,
             rules_removed_at_exit: rules_before.saturating_sub(rules_left),
