@@ -14,12 +14,13 @@
 //! Both directions of a flow hash to the same worker: the dispatcher hashes
 //! the canonical key (both directions share it) with a fixed seed.
 //!
-//! Replay's time is the capture's, so a replay runs in lockstep epochs (one
-//! per poll tick of packet time, see `flowtable_offload::Coordinator`): a
-//! rule decided at one tick meets exactly the packets from two ticks on,
-//! whatever the number of workers or how fast each runs, and every worker
-//! count gives the same flows. A live run is free: workers poll on the
-//! clock and the offload thread works as requests come.
+//! Replay's time is the capture's, so a replay runs in lockstep epochs
+//! (`EPOCH_NS` of packet time, see `flowtable_offload::Coordinator`): the
+//! workers poll every tick as the packets' time passes, and a rule asked
+//! for in one epoch meets exactly the packets from two epochs on, whatever
+//! the number of workers or how fast each runs, so every worker count
+//! gives the same flows. A live run is free: workers poll on the clock and
+//! the offload thread works as requests come.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use flowtable_config::Config;
@@ -38,6 +39,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often, on the clock, a worker's slow path runs.
 pub const POLL_TICK_NS: u64 = 10_000_000;
+/// How long a lockstep epoch lasts, in packet time: the workers poll every
+/// tick, but meet the offload thread once an epoch. Longer epochs cost
+/// less meeting; a rule then goes in up to two epochs after its flow was
+/// classified (a NIC's own insertion latency is of that order).
+pub const EPOCH_NS: u64 = 50_000_000;
 /// Batches of packets waiting for one worker, at most.
 const INBOX_DEPTH: usize = 64;
 /// Most workers (the shard number is 8 bits of a flow id).
@@ -162,9 +168,10 @@ pub type ShardJob = Box<dyn FnOnce(&mut Shard) + Send>;
 /// What a worker is told.
 pub enum ToWorker {
     Packets(Box<Batch>),
-    /// Replay's lockstep: poll at `now_ns` as epoch `epoch`.
+    /// Replay's lockstep: poll at `now_ns`; at the end of an epoch, as
+    /// that epoch.
     Tick {
-        epoch: u64,
+        epoch: Option<u64>,
         now_ns: u64,
     },
     /// Lockstep ends after `last_epoch`: poll on the clock from now on.
@@ -362,6 +369,7 @@ impl Runtime {
             nic: self.nic.take(),
             lockstep: self.lockstep.take(),
             epoch: 0,
+            epoch_ends_ns: 0,
             clock: self.clock.clone(),
             frags: FragTracker::new(self.frag_config.0, self.frag_config.1),
         }
@@ -439,6 +447,7 @@ struct Worker {
 impl Worker {
     /// The one packet loop, for replay and the daemon alike.
     fn run(mut self) -> (EngineStats, WorkerTimes) {
+        self.shard.set_lockstep(self.lockstep);
         let mut next_poll = self.clock.now();
         let mut last_epoch: Option<u64> = None;
         let mut batch_done: Option<Instant> = None;
@@ -470,17 +479,20 @@ impl Worker {
                     // the answers below stamp must not depend on which
                     // packets this shard happened to get.
                     self.shard.advance(now_ns);
-                    if epoch > 0 {
-                        self.shard.wait_epoch(epoch - 1);
+                    if let Some(e) = epoch.and_then(|e| e.checked_sub(1)) {
+                        self.shard.wait_epoch(e);
                     }
                     self.shard.poll(now_ns);
-                    self.shard.end_epoch(epoch);
-                    last_epoch = Some(epoch);
+                    if let Some(e) = epoch {
+                        self.shard.end_epoch(e);
+                        last_epoch = Some(e);
+                    }
                     self.forward();
                 }
                 Ok(ToWorker::Free { last_epoch: last }) => {
                     self.shard.wait_epoch(last);
                     self.lockstep = false;
+                    self.shard.set_lockstep(false);
                     last_epoch = None;
                     next_poll = self.clock.now();
                 }
@@ -539,6 +551,7 @@ impl Worker {
     }
 
     fn stop(&mut self, keep_rules: bool) {
+        self.shard.set_lockstep(false);
         let now = self.clock.now();
         self.shard.poll(now);
         self.shard.begin_shutdown(keep_rules);
@@ -572,6 +585,8 @@ pub struct Dispatcher {
     nic: Option<Box<dyn InlineNic>>,
     lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
     epoch: u64,
+    /// Packet time at which the current lockstep epoch ends.
+    epoch_ends_ns: u64,
     clock: Arc<Clock>,
     /// Later fragments carry no ports: they go where their first went.
     frags: FragTracker<u8>,
@@ -634,12 +649,24 @@ impl Dispatcher {
     /// done the epoch before (see the module's comment). Free: only hands
     /// over what is waiting (the workers poll on the clock).
     pub fn tick(&mut self, now_ns: u64) {
+        self.tick_as(now_ns, false);
+    }
+
+    fn tick_as(&mut self, now_ns: u64, end_epoch: bool) {
         self.clock.advance_to(now_ns);
         self.flush();
         let Some((gate, done)) = self.lockstep.as_ref() else { return };
+        if !end_epoch && now_ns < self.epoch_ends_ns {
+            // Within an epoch: the workers poll (their flows age on the
+            // tick), and what they ask waits for the epoch's end.
+            for inbox in &self.inboxes {
+                let _ = inbox.send(ToWorker::Tick { epoch: None, now_ns });
+            }
+            return;
+        }
         let epoch = self.epoch;
         for inbox in &self.inboxes {
-            let _ = inbox.send(ToWorker::Tick { epoch, now_ns });
+            let _ = inbox.send(ToWorker::Tick { epoch: Some(epoch), now_ns });
         }
         let _ = gate.send(Gate::Offered(epoch));
         if epoch > 0 {
@@ -650,6 +677,7 @@ impl Dispatcher {
             }
         }
         self.epoch += 1;
+        self.epoch_ends_ns = now_ns.saturating_add(EPOCH_NS);
     }
 
     /// Ends the lockstep (after a last tick at `now_ns`): the workers and
@@ -660,7 +688,7 @@ impl Dispatcher {
             self.flush();
             return;
         }
-        self.tick(now_ns);
+        self.tick_as(now_ns, true);
         let last = self.epoch - 1;
         let (gate, done) = self.lockstep.take().expect("checked above");
         let _ = gate.send(Gate::Finished(last));

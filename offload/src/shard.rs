@@ -269,6 +269,8 @@ pub struct Shard {
     outstanding: usize,
     /// The offload thread is gone: nothing more will be answered.
     orphaned: bool,
+    /// Replay's lockstep: answers are taken only at the end of an epoch.
+    lockstep: bool,
     offloads: HashMap<FlowId, OffloadState>,
     /// Flows waiting in `stage` queued (the outbox holds their install).
     queued: usize,
@@ -300,6 +302,7 @@ impl Shard {
             outbox: VecDeque::new(),
             outstanding: 0,
             orphaned: false,
+            lockstep: false,
             offloads: HashMap::new(),
             queued: 0,
             retry_removal: Vec::new(),
@@ -695,11 +698,20 @@ impl Shard {
 
     /// The slow path, called often (every few ms of packet or wall time):
     /// takes the offload thread's answers, ages flows, sends what it asks.
+    /// In lockstep the answers are taken only by `wait_epoch`, at the end
+    /// of an epoch, so when they land never depends on thread timing.
     pub fn poll(&mut self, now_ns: u64) {
         self.advance(now_ns);
-        self.take_responses();
+        if !self.lockstep {
+            self.take_responses();
+        }
         self.expire(self.now_ns);
         self.flush_outbox();
+    }
+
+    /// Replay's lockstep on or off (see `Coordinator`).
+    pub fn set_lockstep(&mut self, on: bool) {
+        self.lockstep = on;
     }
 
     /// Takes every answer waiting from the offload thread, without blocking.
@@ -740,23 +752,27 @@ impl Shard {
         }
     }
 
-    /// Replay's lockstep (see `Coordinator`): waits until the offload
-    /// thread has answered everything up to `epoch`.
+    /// Replay's lockstep (see `Coordinator`): takes the offload thread's
+    /// answers up to its end of `epoch`, and not one past it.
     pub fn wait_epoch(&mut self, epoch: u64) {
         while !self.orphaned && self.epoch_done.is_none_or(|e| e < epoch) {
-            self.wait_response(Duration::from_millis(100));
+            match self.link.from_offload.recv_timeout(Duration::from_millis(100)) {
+                Ok(resp) => self.apply(resp),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.orphan(),
+            }
         }
     }
 
     /// Replay's lockstep: tells the offload thread this shard has asked
-    /// all it will ask up to `epoch`. Blocks while the queue is full: the
-    /// offload thread is then reading it.
+    /// all it will ask up to `epoch`. Waits while the queue is full: the
+    /// offload thread is then reading it (or will once the shards before
+    /// this one are done).
     pub fn end_epoch(&mut self, epoch: u64) {
         while !self.outbox.is_empty() && !self.orphaned {
             self.flush_outbox();
             if !self.outbox.is_empty() {
-                self.take_responses();
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_micros(50));
             }
         }
         if self.link.to_offload.send(Request::EpochDone { epoch, now_ns: self.now_ns }).is_err() {
