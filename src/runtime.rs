@@ -22,15 +22,16 @@
 //! gives the same flows. A live run is free: workers poll on the clock and
 //! the offload thread works as requests come.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crate::source::{CaptureLosses, PacketSource};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use flowtable_config::Config;
 use flowtable_hw::{Backend, InlineNic};
 use flowtable_offload::{
     coordinator_config, link, BackendInfo, Classifier, Coordinator, EngineConfig, EngineStats, Event, FlowRecord, Gate,
-    OffloadStatus, Shard, BATCH, QUEUE_DEPTH,
+    OffloadStatus, Shard, QUEUE_DEPTH,
 };
 use flowtable_sw::table::{FragKey, FragTracker};
-use flowtable_sw::{FlowKey, Fragment, PacketInfo, TableConfig, Timeouts};
+use flowtable_sw::{FlowKey, Fragment, PacketInfo, SkipCounters, TableConfig, Timeouts};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,9 @@ pub const POLL_TICK_NS: u64 = 10_000_000;
 pub const EPOCH_NS: u64 = 50_000_000;
 /// Batches of packets waiting for one worker, at most.
 const INBOX_DEPTH: usize = 64;
+/// Packets handed to a worker at once (it takes them `BATCH` at a time):
+/// larger than that, so a worker wakes less often per packet.
+pub const DISPATCH_BATCH: usize = 256;
 /// Most workers (the shard number is 8 bits of a flow id).
 pub const MAX_WORKERS: usize = 64;
 
@@ -150,9 +154,9 @@ pub struct Batch {
 impl Batch {
     fn new() -> Box<Batch> {
         Box::new(Batch {
-            pkts: Vec::with_capacity(BATCH),
-            ts_ns: Vec::with_capacity(BATCH),
-            marks: Vec::with_capacity(BATCH),
+            pkts: Vec::with_capacity(DISPATCH_BATCH),
+            ts_ns: Vec::with_capacity(DISPATCH_BATCH),
+            marks: Vec::with_capacity(DISPATCH_BATCH),
         })
     }
     fn clear(&mut self) {
@@ -239,6 +243,7 @@ pub struct Runtime {
     frag_config: (usize, u64),
     pub backend: BackendInfo,
     pub classifier: Arc<Classifier>,
+    live_status: Vec<Arc<Mutex<LiveStatus>>>,
 }
 
 /// How to start a runtime.
@@ -250,7 +255,32 @@ pub struct RuntimeConfig {
     pub lockstep: bool,
     /// Room in each shard's queues to and from the offload thread.
     pub queue_depth: usize,
+    /// Each worker reads its own live source (its share of the interfaces,
+    /// by the kernel's fanout), opened by this on its own thread.
+    pub live: Option<LiveOpener>,
 }
+
+/// Opens worker `i`'s own live source: a name for statistics and the source.
+pub type LiveOpener = Arc<dyn Fn(usize) -> Result<(String, Box<dyn PacketSource>), String> + Send + Sync>;
+
+/// What a worker's own live source has read, for statistics.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStatus {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Parsed and handed to the shard.
+    pub sw_packets: u64,
+    pub skipped: SkipCounters,
+    pub losses: Option<CaptureLosses>,
+    /// The source failed with this; what it delivered before is kept.
+    pub failed: Option<String>,
+}
+
+/// Packets a worker reads from its live source between looks at its inbox.
+const LIVE_BURST: usize = 256;
+/// How long a worker with a live source waits when nothing came.
+const LIVE_IDLE: Duration = Duration::from_millis(1);
 
 impl RuntimeConfig {
     pub fn from_config(config: &Config, workers: usize, lockstep: bool) -> RuntimeConfig {
@@ -260,6 +290,7 @@ impl RuntimeConfig {
             engine: EngineConfig::from_config(config),
             lockstep,
             queue_depth: QUEUE_DEPTH,
+            live: None,
         }
     }
 }
@@ -289,6 +320,11 @@ impl Runtime {
         let mut offload_ends = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         let mut free = Vec::with_capacity(n);
+        let mut live_status = Vec::with_capacity(n);
+        // Workers open their live sources one after the other, in order
+        // (see `AfPacketConfig::fanout_base`), each telling how it went.
+        let turn = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let (opened_tx, opened_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
         // Each shard holds its part of the table: the configured maximum
         // is for the whole run.
         let per_shard = cfg.table.max_flows.div_ceil(n).max(1);
@@ -299,6 +335,8 @@ impl Runtime {
             let shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, cfg.engine);
             let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
             let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
+            let status = Arc::new(Mutex::new(LiveStatus::default()));
+            live_status.push(status.clone());
             let worker = Worker {
                 shard,
                 inbox: inbox_rx,
@@ -307,10 +345,14 @@ impl Runtime {
                 clock: clock.clone(),
                 lockstep: cfg.lockstep,
                 times: WorkerTimes::default(),
+                live_status: status,
+                live_batch: Batch::new(),
+                live_published: Instant::now(),
             };
+            let opener = cfg.live.clone().map(|open| (open, turn.clone(), opened_tx.clone()));
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || worker.run(i, opener))
                 .map_err(|e| format!("starting worker thread {i}: {e}"))?;
             workers.push(WorkerHandle { inbox: inbox_tx, thread });
             free.push(frx);
@@ -336,7 +378,7 @@ impl Runtime {
             })
             .map_err(|e| format!("starting the offload thread: {e}"))?;
         let frag_config = (cfg.table.max_fragments, cfg.table.fragment_timeout_ns);
-        Ok(Runtime {
+        let rt = Runtime {
             workers,
             offload,
             status,
@@ -348,9 +390,30 @@ impl Runtime {
             frag_config,
             backend: info,
             classifier,
-        })
+            live_status,
+        };
+        if cfg.live.is_some() {
+            drop(opened_tx);
+            let mut failure = None;
+            for _ in 0..n {
+                match opened_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failure = failure.or(Some(e)),
+                    Err(_) => failure = failure.or(Some("a worker failed while opening its source".into())),
+                }
+            }
+            if let Some(e) = failure {
+                let _ = rt.shutdown(false);
+                return Err(e);
+            }
+        }
+        Ok(rt)
     }
 
+    /// What each worker's own live source has read.
+    pub fn live_status(&self) -> Vec<LiveStatus> {
+        self.live_status.iter().map(|s| s.lock().map(|s| s.clone()).unwrap_or_default()).collect()
+    }
     pub fn workers(&self) -> usize {
         self.workers.len()
     }
@@ -442,11 +505,44 @@ struct Worker {
     clock: Arc<Clock>,
     lockstep: bool,
     times: WorkerTimes,
+    live_status: Arc<Mutex<LiveStatus>>,
+    live_batch: Box<Batch>,
+    live_published: Instant,
 }
 
+type Opener = (LiveOpener, Arc<(Mutex<usize>, std::sync::Condvar)>, Sender<Result<(), String>>);
+
 impl Worker {
+    /// Opens this worker's live source on its own thread, when its turn
+    /// comes (the workers join each port's fanout group in order).
+    fn open_live(&mut self, index: usize, opener: Opener) -> Option<Box<dyn PacketSource>> {
+        let (open, turn, opened) = opener;
+        let (lock, cv) = &*turn;
+        let mut next = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *next != index {
+            next = cv.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
+        let (result, live) = match open(index) {
+            Ok((name, src)) => {
+                if let Ok(mut st) = self.live_status.lock() {
+                    st.name = name;
+                }
+                (Ok(()), Some(src))
+            }
+            Err(e) => (Err(e), None),
+        };
+        *next += 1;
+        cv.notify_all();
+        drop(next);
+        let _ = opened.send(result);
+        live
+    }
+
     /// The one packet loop, for replay and the daemon alike.
-    fn run(mut self) -> (EngineStats, WorkerTimes) {
+    fn run(mut self, index: usize, opener: Option<Opener>) -> (EngineStats, WorkerTimes) {
+        // This worker's own live source, if it reads one; opened here, so
+        // a capture ring's mapping never crosses threads.
+        let mut live = opener.and_then(|o| self.open_live(index, o));
         self.shard.set_lockstep(self.lockstep);
         let mut next_poll = self.clock.now();
         let mut last_epoch: Option<u64> = None;
@@ -454,12 +550,26 @@ impl Worker {
         loop {
             let msg = if self.lockstep {
                 self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else if live.is_some() {
+                // Messages first, without waiting; then this worker's own
+                // packets; a short wait only when neither came.
+                match self.inbox.try_recv() {
+                    Ok(m) => Ok(m),
+                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                    Err(TryRecvError::Empty) => {
+                        if self.read_live(&mut live) == 0 {
+                            self.inbox.recv_timeout(LIVE_IDLE)
+                        } else {
+                            Err(RecvTimeoutError::Timeout)
+                        }
+                    }
+                }
             } else {
                 let wait = next_poll.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
                 self.inbox.recv_timeout(Duration::from_nanos(wait))
             };
             let pause_started = Instant::now();
-            let was_packets = matches!(msg, Ok(ToWorker::Packets(_)));
+            let slow = matches!(msg, Ok(ref m) if !matches!(m, ToWorker::Packets(_)));
             match msg {
                 Ok(ToWorker::Packets(mut b)) => {
                     let started = Instant::now();
@@ -515,21 +625,75 @@ impl Worker {
                     break;
                 }
             }
+            if slow {
+                let pause = pause_started.elapsed().as_nanos() as u64;
+                self.times.longest_pause_ns = self.times.longest_pause_ns.max(pause);
+            }
             if !self.lockstep {
                 let now = self.clock.now();
                 if now >= next_poll {
+                    let t = Instant::now();
                     self.shard.poll(now);
                     next_poll = now + POLL_TICK_NS;
                     self.forward();
+                    self.times.longest_pause_ns = self.times.longest_pause_ns.max(t.elapsed().as_nanos() as u64);
                 }
-            }
-            if !was_packets {
-                let pause = pause_started.elapsed().as_nanos() as u64;
-                self.times.longest_pause_ns = self.times.longest_pause_ns.max(pause);
             }
         }
         self.times.cpu_ns = thread_cpu_ns();
         (self.shard.stats().clone(), self.times)
+    }
+
+    /// Up to `LIVE_BURST` frames of this worker's own live source into its
+    /// shard. Returns how many were read.
+    fn read_live(&mut self, live: &mut Option<Box<dyn PacketSource>>) -> usize {
+        let Some(src) = live.as_mut() else { return 0 };
+        let ports = *self.shard.ports();
+        let now = self.clock.now();
+        let mut status = self.live_status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        let mut failed = None;
+        while n < LIVE_BURST {
+            match src.poll_packet() {
+                Ok(Some(raw)) => {
+                    n += 1;
+                    status.packets += 1;
+                    status.bytes += raw.wire_len as u64;
+                    match raw.parse(&ports) {
+                        Ok(info) => {
+                            status.sw_packets += 1;
+                            // A live frame counts at its capture time, which
+                            // places it before or after its flow's rule went in.
+                            self.live_batch.pkts.push(info);
+                            self.live_batch.ts_ns.push(raw.ts_ns.min(now));
+                        }
+                        Err(reason) => status.skipped.add(reason),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if self.live_published.elapsed() >= Duration::from_secs(1) {
+            // Once a second: a syscall per ring.
+            self.live_published = Instant::now();
+            status.losses = src.capture_losses();
+        }
+        if let Some(e) = failed {
+            tracing::error!(source = %status.name, error = %e, "live source failed; what it delivered is kept");
+            status.failed = Some(e);
+            *live = None;
+        }
+        drop(status);
+        if !self.live_batch.pkts.is_empty() {
+            self.shard.process_batch(&self.live_batch.pkts, &self.live_batch.ts_ns);
+            self.times.batches += 1;
+            self.live_batch.clear();
+        }
+        n
     }
 
     #[inline]
@@ -622,7 +786,7 @@ impl Dispatcher {
         b.pkts.push(pkt);
         b.ts_ns.push(ts_ns);
         b.marks.push(mark);
-        if b.pkts.len() == BATCH {
+        if b.pkts.len() == DISPATCH_BATCH {
             self.send_batch(w);
         }
     }

@@ -313,6 +313,12 @@ struct InlinePair {
 
 impl InlinePair {
     fn start(tag: &str, subnet: u8, dir: &'static Path, action: &str) -> InlinePair {
+        Self::start_with(tag, subnet, dir, action, "")
+    }
+
+    /// `start`, with `extra` (top-level configuration fields, each followed
+    /// by a comma) added to the configuration.
+    fn start_with(tag: &str, subnet: u8, dir: &'static Path, action: &str, extra: &str) -> InlinePair {
         let pair = Pair::new(tag, subnet);
         for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
             sh(&format!("tc qdisc add dev {from} clsact"));
@@ -324,7 +330,7 @@ impl InlinePair {
         std::fs::create_dir_all(dir).unwrap();
         let config = format!(
             r#"{{
-  "instance_id": 3635,
+  "instance_id": 3635,{extra}
   "ports": [{{ "name": "{a}" }}, {{ "name": "{b}", "pair": "{a}" }}],
   "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
   "classifier": {{
@@ -369,10 +375,15 @@ impl InlinePair {
     /// Sends `count` requests from A's 5400 to B's echo, each waiting for
     /// its answer; returns how many were answered.
     fn ask(&self, count: usize) -> usize {
+        self.ask_from(5400, count)
+    }
+
+    /// `ask` from A's port `port`.
+    fn ask_from(&self, port: u16, count: usize) -> usize {
         let (ns_a, ip_a, ip_b) = (self.pair.ns_a.clone(), self.pair.ip_a, self.pair.ip_b);
         std::thread::spawn(move || {
             enter_netns(&ns_a);
-            let s = UdpSocket::bind((ip_a, 5400)).expect("bind client");
+            let s = UdpSocket::bind((ip_a, port)).expect("bind client");
             s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
             let mut answered = 0;
             for _ in 0..count {
@@ -520,4 +531,54 @@ fn pass_on_an_inline_pair_carries_the_conversation_port_to_port() {
     assert_eq!(r["offload"]["action"]["type"], "pass");
     assert_eq!((&r["orig"]["packets"], &r["reply"]["packets"]), (&8.into(), &8.into()));
     assert_eq!((&r["orig"]["hw_packets"], &r["reply"]["hw_packets"]), (&5.into(), &5.into()));
+}
+
+/// Two workers, each reading its own share of both ports of an inline
+/// pair by the kernel's fanout hash: requests arrive on one port and their
+/// echoes on the other, yet every conversation is one flow on one worker
+/// (the hash is symmetric and picks the same worker on both ports), both
+/// workers get conversations, and each conversation's rules (one per port,
+/// put in by the one offload thread) count exactly what they dropped.
+#[test]
+fn two_workers_share_an_inline_pair_by_fanout_and_split_no_conversation() {
+    if !in_vm("two_workers_share_an_inline_pair_by_fanout_and_split_no_conversation") {
+        return;
+    }
+    const CONVERSATIONS: u16 = 16;
+    let mut t =
+        InlinePair::start_with("fo", 47, Path::new("/tmp/ft-fanout"), r#"{ "type": "drop" }"#, r#" "workers": 2,"#);
+    for c in 0..CONVERSATIONS {
+        assert_eq!(t.ask_from(5400 + c, 3), 3, "conversation {c}: forwarded both ways before any rule");
+    }
+    // Each conversation's two rules, one on each port.
+    let (a, b) = (t.pair.host_a.clone(), t.pair.host_b.clone());
+    let start = Instant::now();
+    while t.ours(&a) + t.ours(&b) < 2 * CONVERSATIONS as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rules never all appeared ({} on {a}, {} on {b}); log:\n{}",
+            t.ours(&a),
+            t.ours(&b),
+            std::fs::read_to_string(t.dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!((t.ours(&a), t.ours(&b)), (CONVERSATIONS as usize, CONVERSATIONS as usize));
+    for c in 0..CONVERSATIONS {
+        assert_eq!(t.ask_from(5400 + c, 2), 0, "conversation {c}: requests dropped on the first port");
+    }
+    let (echoed, recs) = t.finish();
+    assert_eq!(echoed, 3 * CONVERSATIONS as usize);
+    assert_eq!(recs.len(), CONVERSATIONS as usize, "one flow per conversation, none split: {recs:#?}");
+    let mut shards = std::collections::BTreeSet::new();
+    for r in &recs {
+        let c = r["sport"].as_u64().unwrap();
+        assert_eq!(r["dport"], 6400, "{r}");
+        assert_eq!((&r["orig"]["ingress"], &r["reply"]["ingress"]), (&0.into(), &1.into()), "{r}");
+        assert_eq!(r["orig"]["packets"], 5, "port {c}: 3 answered and 2 dropped requests: {r}");
+        assert_eq!(r["orig"]["hw_packets"], 2, "port {c}: the first port's rule counted the dropped: {r}");
+        assert_eq!(r["reply"]["packets"], 3, "port {c}: the 3 answers: {r}");
+        shards.insert(r["id"].as_u64().unwrap() >> 48);
+    }
+    assert_eq!(shards.len(), 2, "both workers had conversations: {shards:?}");
 }

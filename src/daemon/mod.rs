@@ -21,6 +21,7 @@ use crate::control::{
     SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
 };
 use crate::runtime::{Clock, Dispatcher, FromWorker, Runtime, RuntimeConfig, ToWorker, WorkerTimes, POLL_TICK_NS};
+use crate::source::afpacket::AfPacketConfig;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
@@ -398,6 +399,8 @@ struct Daemon {
     reader: Option<JoinHandle<()>>,
     reader_stop: Arc<AtomicBool>,
     reader_status: Arc<Mutex<ReaderStatus>>,
+    /// The workers read the interfaces themselves.
+    live: bool,
     started: Instant,
     records: Option<RecordsWriter>,
     subscribers: Vec<Subscriber>,
@@ -433,12 +436,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     let lockstep = !config.sources.is_empty() && config.sources.iter().all(source_is_fast);
     let clock = Clock::new();
     let backend_name = backend.name().to_string();
-    let mut rt = Runtime::start(
-        RuntimeConfig::from_config(&config, config.workers, lockstep),
-        classifier,
-        backend,
-        clock.clone(),
-    )?;
+    let mut rt_config = RuntimeConfig::from_config(&config, config.workers, lockstep);
+    let live = sources::has_interfaces(&config.sources);
+    if live {
+        // Each worker reads the interfaces itself, sharing each port's
+        // frames with the others by the kernel's symmetric flow hash.
+        let sources = config.sources.clone();
+        let fanout = (config.workers > 1).then(|| (std::process::id() as u16).rotate_left(5));
+        rt_config.live = Some(Arc::new(move |_worker| {
+            let cfg = AfPacketConfig { fanout_base: fanout, ..AfPacketConfig::default() };
+            sources::open_interfaces(&sources, cfg).map(|slot| (slot.name, slot.source))
+        }));
+    }
+    let mut rt = Runtime::start(rt_config, classifier, backend, clock.clone())?;
     let dispatch = rt.dispatcher();
     let reader_stop = Arc::new(AtomicBool::new(false));
     let reader_status = Arc::new(Mutex::new(ReaderStatus::default()));
@@ -455,7 +465,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
             .spawn(move || {
                 // Sources are opened on the thread that reads them: a
                 // capture ring's mapping never crosses threads.
-                let slots = match sources::open_all(&sources, &outer_stop) {
+                let slots = match sources::open_sources(&sources, &outer_stop, !live) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
@@ -518,6 +528,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         reader: Some(reader),
         reader_stop,
         reader_status,
+        live,
         started: Instant::now(),
         records,
         subscribers: Vec::new(),
@@ -582,7 +593,7 @@ impl Daemon {
                 tracing::info!("stop requested");
                 return;
             }
-            if controls.exit_when_done && self.reader_status.lock().is_ok_and(|s| s.all_done) {
+            if controls.exit_when_done && !self.live && self.reader_status.lock().is_ok_and(|s| s.all_done) {
                 tracing::info!("every source has ended: stopping");
                 return;
             }
@@ -625,7 +636,7 @@ impl Daemon {
         self.flush_records();
         if self.samples.back().is_none_or(|s| s.at.elapsed() >= Duration::from_secs(1)) {
             let st = self.rt().offload_status().stats;
-            let received = self.reader_status.lock().map_or(0, |s| s.received);
+            let received = self.read_status().received;
             self.samples.push_back(Sample {
                 at: Instant::now(),
                 installed: st.rules_installed,
@@ -835,7 +846,7 @@ impl Daemon {
             return Err(workers_gone());
         }
         let offload = self.rt().offload_status();
-        let reader = self.reader_status.lock().map(|s| s.clone()).unwrap_or_default();
+        let reader = self.read_status();
         let mut st = EngineStats::from_coordinator(&offload.stats);
         let mut stages = [0u64; STAGES.len()];
         let mut placements = [0u64; filter::PLACEMENTS.len()];
@@ -931,6 +942,45 @@ impl Daemon {
         })
     }
 
+    /// What the reader and the workers' own live sources have read.
+    fn read_status(&self) -> ReaderStatus {
+        let mut st = self.reader_status.lock().map(|s| s.clone()).unwrap_or_default();
+        if !self.live {
+            return st;
+        }
+        let live = self.rt().live_status();
+        let mut merged = SourceStatus {
+            name: live.first().map(|l| l.name.clone()).unwrap_or_default(),
+            state: "running".into(),
+            packets: 0,
+            bytes: 0,
+            wall_s: self.started.elapsed().as_secs_f64(),
+            error: None,
+            dropped: Some(0),
+            unordered: Some(0),
+        };
+        for l in &live {
+            st.received += l.packets;
+            st.received_bytes += l.bytes;
+            st.sw_packets += l.sw_packets;
+            for (total, n) in st.skipped.counts.iter_mut().zip(l.skipped.counts) {
+                *total += n;
+            }
+            merged.packets += l.packets;
+            merged.bytes += l.bytes;
+            if let Some(losses) = l.losses {
+                *merged.dropped.get_or_insert(0) += losses.dropped;
+                *merged.unordered.get_or_insert(0) += losses.unordered;
+            }
+            if let Some(e) = &l.failed {
+                merged.state = "failed".into();
+                merged.error.get_or_insert_with(|| e.clone());
+            }
+        }
+        st.sources.push(merged);
+        st
+    }
+
     fn control_stats(&self) -> ControlStats {
         ControlStats { requests: self.requests, cpu_s: self.request_cpu_ns as f64 / 1e9 }
     }
@@ -1002,7 +1052,7 @@ impl Daemon {
         let rules_before = self.rt().offload_status().rules_live;
         let keep = self.config.backend.keep_rules();
         let output = self.rt().output.clone();
-        let sources = self.reader_status.lock().map(|s| s.sources.clone()).unwrap_or_default();
+        let sources = self.read_status().sources;
         let rt = self.rt.take().expect("running until here");
         let finished = rt.shutdown(keep);
         for out in output.try_iter() {

@@ -82,8 +82,14 @@ impl Slot {
 /// make one source, in the place of the first. A `dpdk` source reads the ports of
 /// the DPDK backend, which must be built first. `stop` ends blocking reads.
 pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<Slot>, String> {
+    open_sources(sources, stop, true)
+}
+
+/// `open_all`, leaving out the `interface` sources when `interfaces` is
+/// false (the workers open those themselves, see `open_interfaces`).
+pub fn open_sources(sources: &[SourceConfig], stop: &Arc<AtomicBool>, interfaces: bool) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
-    let mut interfaces_opened = false;
+    let mut interfaces_opened = !interfaces;
     for (i, s) in sources.iter().enumerate() {
         let at = format!("sources[{i}]");
         match s {
@@ -109,35 +115,46 @@ pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<
             }
             SourceConfig::Interface { .. } if interfaces_opened => {}
             SourceConfig::Interface { .. } => {
-                // All interfaces are one source, so that their frames are
-                // merged in capture order: an inline pair's reply must not
-                // overtake its request because another ring was read first.
                 interfaces_opened = true;
-                let ports: Vec<(String, u8)> = sources
-                    .iter()
-                    .filter_map(|s| match s {
-                        SourceConfig::Interface { name, ingress } => Some((name.clone(), *ingress)),
-                        _ => None,
-                    })
-                    .collect();
-                let src = AfPacketSource::open_ports(&ports, AfPacketConfig::default()).map_err(|e| {
-                    let failed = match &e {
-                        SourceError::Open { path, .. } => sources
-                            .iter()
-                            .position(|s| matches!(s, SourceConfig::Interface { name, .. } if name == path)),
-                        _ => None,
-                    };
-                    format!("sources[{}].interface: {e}", failed.unwrap_or(i))
-                })?;
-                let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
-                let name = format!("interface{} {}", if names.len() > 1 { "s" } else { "" }, names.join(", "));
-                // Live frames are due when they arrive.
-                slots.push(Slot::new(name, Box::new(src), Pace::Timestamps));
+                slots.push(open_interfaces(sources, AfPacketConfig::default())?);
             }
             SourceConfig::Dpdk {} => slots.push(open_dpdk(&at, stop)?),
         }
     }
     Ok(slots)
+}
+
+/// Whether the configuration reads any interface.
+pub fn has_interfaces(sources: &[SourceConfig]) -> bool {
+    sources.iter().any(|s| matches!(s, SourceConfig::Interface { .. }))
+}
+
+/// The `interface` sources as one source: all interfaces together, so that
+/// their frames are merged in capture order (an inline pair's reply must
+/// not overtake its request because another ring was read first). With
+/// `cfg.fanout_base`, a worker's share of them.
+pub fn open_interfaces(sources: &[SourceConfig], cfg: AfPacketConfig) -> Result<Slot, String> {
+    let ports: Vec<(String, u8)> = sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceConfig::Interface { name, ingress } => Some((name.clone(), *ingress)),
+            _ => None,
+        })
+        .collect();
+    let first = sources.iter().position(|s| matches!(s, SourceConfig::Interface { .. })).unwrap_or(0);
+    let src = AfPacketSource::open_ports(&ports, cfg).map_err(|e| {
+        let failed = match &e {
+            SourceError::Open { path, .. } => {
+                sources.iter().position(|s| matches!(s, SourceConfig::Interface { name, .. } if name == path))
+            }
+            _ => None,
+        };
+        format!("sources[{}].interface: {e}", failed.unwrap_or(first))
+    })?;
+    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
+    let name = format!("interface{} {}", if names.len() > 1 { "s" } else { "" }, names.join(", "));
+    // Live frames are due when they arrive.
+    Ok(Slot::new(name, Box::new(src), Pace::Timestamps))
 }
 
 #[cfg(feature = "dpdk")]

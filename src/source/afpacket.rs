@@ -21,6 +21,14 @@ const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_FANOUT: libc::c_int = 18;
+/// Fanout by the kernel's flow hash, which is symmetric
+/// (`__skb_get_hash_symmetric`): both directions of a flow, on any port,
+/// go to the same member.
+const PACKET_FANOUT_HASH: u32 = 0;
+/// Reassemble IP fragments before the fanout hashes them, so a datagram's
+/// later fragments (which carry no ports) go where its first goes.
+const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -43,6 +51,9 @@ pub struct AfPacketConfig {
     pub include_outgoing: bool,
     /// How long one wait for packets lasts before the stop flag is checked.
     pub poll_interval: Duration,
+    /// Join each port's socket to fanout group `base + port index`, so
+    /// several sockets (one per worker) share a port's frames by flow.
+    pub fanout_base: Option<u16>,
 }
 
 impl Default for AfPacketConfig {
@@ -54,6 +65,7 @@ impl Default for AfPacketConfig {
             block_timeout_ms: 10,
             include_outgoing: false,
             poll_interval: Duration::from_millis(50),
+            fanout_base: None,
         }
     }
 }
@@ -360,8 +372,18 @@ impl AfPacketSource {
             });
         }
         let mut rings = Vec::with_capacity(ports.len());
-        for (name, ingress) in ports {
-            rings.push(Self::open_ring(name, *ingress, &cfg)?);
+        for (i, (name, ingress)) in ports.iter().enumerate() {
+            let ring = Self::open_ring(name, *ingress, &cfg)?;
+            if let Some(base) = cfg.fanout_base {
+                // Members of a group are numbered in the order they join:
+                // the caller joins every port's group in the same worker
+                // order, so a flow's hash picks the same worker on each port.
+                let arg = (base.wrapping_add(i as u16) as u32) | (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16;
+                if !setsockopt(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT, &arg) {
+                    return Err(os_err("PACKET_FANOUT", name));
+                }
+            }
+            rings.push(ring);
         }
         let pollfds = rings
             .iter()
