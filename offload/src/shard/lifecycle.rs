@@ -1,0 +1,288 @@
+//! A flow's offload lifecycle in its shard: the offload thread's answers
+//! (installed, refused, removed, withdrawn, counters) folded in, what
+//! becomes of a flow once its rules are gone, and the settling that keeps
+//! every packet counted once across a rule going in or out.
+
+use super::aging::reason_for;
+use super::*;
+
+impl Shard {
+    pub(super) fn apply(&mut self, resp: Response) {
+        let now = self.now_ns;
+        match resp {
+            Response::Installed { id, placement, hw_counters, installed_ns } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                state.placement = placement.map(Some);
+                state.installed_placement = placement.map(Some);
+                state.hw_counters = hw_counters;
+                state.installed_ns = installed_ns;
+                state.cancel_sent = false;
+                let (action, then) = (state.action, state.then);
+                self.stats.flows_offloaded += 1;
+                self.table.set_stage(id, Stage::Offloaded);
+                let placement = placement.map(Some);
+                self.emit(|| Event::Offloaded { id, action, placement, ts_ns: now });
+                if !hw_counters {
+                    // The rule counts nothing: what software set aside is its own.
+                    self.settle_all(id);
+                }
+                if let Some(then) = then.filter(|t| *t != Then::Idle) {
+                    self.request_removal(id, then);
+                }
+            }
+            Response::Refused { id, refusal } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.settle_all(id);
+                let Some(mut state) = self.offloads.remove(&id) else { return };
+                let then = state.then.take();
+                self.refuse(id, &mut state, refusal);
+                self.offloads.insert(id, state);
+                self.after_rules_gone(id, then);
+            }
+            Response::Leftover { id, counters } => {
+                for dir in DIRS {
+                    if let Some(c) = counters[dir.index()] {
+                        self.fold_rule_counts(id, dir, c.packets, c.bytes, c.last_used_ns, now);
+                    }
+                }
+            }
+            Response::Removed { id, results } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let mut failed = false;
+                for (dir, result) in results {
+                    match result {
+                        Ok(final_counters) => {
+                            if let Some(c) = final_counters {
+                                self.apply_counters(id, dir, &c, now);
+                            }
+                            self.drop_rule(id, dir, now);
+                        }
+                        // Already gone (removed behind our back): nothing to keep.
+                        Err(BackendError::UnknownRule { .. }) => self.drop_rule(id, dir, now),
+                        Err(e) => {
+                            tracing::warn!(flow = %id, error = %e, "removing a rule failed; will retry");
+                            failed = true;
+                        }
+                    }
+                }
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                let then = state.then;
+                if failed {
+                    // The flow keeps its rule and its record; asked again
+                    // next poll, unless the shard is stopping.
+                    self.table.set_stage(id, Stage::Offloaded);
+                    if then != Some(Then::End(EndReason::Shutdown)) {
+                        self.retry_removal.push(id);
+                    }
+                    return;
+                }
+                state.then = None;
+                self.after_rules_gone(id, then);
+            }
+            Response::Cancelled { id, cancelled } => {
+                self.outstanding = self.outstanding.saturating_sub(if cancelled { 2 } else { 1 });
+                let Some(state) = self.offloads.get_mut(&id) else { return };
+                state.cancel_sent = false;
+                if !cancelled {
+                    // Its outcome came first and was handled.
+                    return;
+                }
+                let then = state.then.take();
+                self.settle_all(id);
+                if self.table.get(id).is_some_and(|f| f.stage() == Stage::Installing) {
+                    self.table.set_stage(id, Stage::Tracking);
+                }
+                self.after_rules_gone(id, then.or(Some(Then::Idle)));
+            }
+            Response::Counters { counters, asked } => {
+                if asked {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                for (cookie, c) in &counters {
+                    if !self.apply_counters(FlowId(cookie.flow), cookie.direction(), c, now) {
+                        self.stats.unknown_rules += 1;
+                    }
+                }
+            }
+            Response::EpochDone(e) => self.epoch_done = Some(e),
+        }
+    }
+
+    /// A flow's rules are gone (or never went in): end it, or let it go
+    /// on in software, as `then` says.
+    pub(super) fn after_rules_gone(&mut self, id: FlowId, then: Option<Then>) {
+        let Some(flow) = self.table.get(id) else { return };
+        let now = self.now_ns;
+        match then {
+            None => {
+                if flow.stage() == Stage::Removing {
+                    self.table.set_stage(id, Stage::Software);
+                }
+            }
+            Some(Then::Idle) => {
+                if self.table.deadline(flow) > now {
+                    // The final counters show it went on after it was found
+                    // idle: it goes on, in software, and may be offloaded again.
+                    if matches!(flow.stage(), Stage::Removing | Stage::Offloaded) {
+                        self.offloads.remove(&id);
+                        self.table.set_stage(id, Stage::Tracking);
+                    }
+                    let deadline = self.table.deadline(self.table.get(id).expect("live"));
+                    self.table.reschedule(id, deadline);
+                } else {
+                    let reason = reason_for(flow);
+                    self.end(id, reason);
+                }
+            }
+            Some(Then::Software) => {
+                if let Some(state) = self.offloads.get_mut(&id) {
+                    state.pinned_software = true;
+                }
+                self.table.set_stage(id, Stage::Software);
+                self.emit(|| Event::Unoffloaded { id, ts_ns: now });
+            }
+            // Shutdown ends every flow at once when the answers are in.
+            Some(Then::End(EndReason::Shutdown)) => {
+                if flow.stage() == Stage::Removing {
+                    self.table.set_stage(id, Stage::Software);
+                }
+            }
+            Some(Then::End(reason)) => self.end(id, reason),
+        }
+    }
+
+    /// Asks for a flow's rules to go; `then` says what becomes of it.
+    pub(super) fn request_removal(&mut self, id: FlowId, then: Then) {
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let cookies: Vec<Cookie> = DIRS
+            .iter()
+            .filter(|d| state.placement[d.index()].is_some())
+            .map(|d| Cookie::new(self.cfg.instance_id, id.0, *d))
+            .collect();
+        state.then = Some(then);
+        if cookies.is_empty() {
+            state.then = None;
+            self.after_rules_gone(id, Some(then));
+            return;
+        }
+        self.table.set_stage(id, Stage::Removing);
+        self.outstanding += 1;
+        self.send(Request::Remove { id, cookies });
+    }
+
+    /// Asks for an install not yet made to be withdrawn; `then` says what
+    /// becomes of the flow if it was (if not, its outcome says).
+    pub(super) fn request_cancel(&mut self, id: FlowId, then: Then) {
+        let stage = self.table.get(id).map(|f| f.stage());
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        state.then = Some(then);
+        if stage == Some(Stage::Queued) {
+            // Still here: never sent, nothing to ask.
+            let before = self.outbox.len();
+            self.outbox.retain(|r| !matches!(r, Request::Install { id: i, .. } if *i == id));
+            if self.outbox.len() < before {
+                self.queued -= 1;
+                self.outstanding = self.outstanding.saturating_sub(1);
+                state.then = None;
+                self.settle_all(id);
+                self.table.set_stage(id, Stage::Tracking);
+                self.after_rules_gone(id, Some(then));
+                return;
+            }
+        }
+        if state.cancel_sent {
+            return;
+        }
+        state.cancel_sent = true;
+        self.outstanding += 1;
+        self.send(Request::Cancel { id });
+    }
+
+    /// Merges a rule's cumulative counters into its flow as a delta.
+    pub(super) fn apply_counters(&mut self, id: FlowId, dir: Direction, c: &RuleCounters, now: u64) -> bool {
+        let Some(state) = self.offloads.get_mut(&id) else { return false };
+        if state.placement[dir.index()].is_none() || self.table.get(id).is_none() {
+            return false;
+        }
+        let base = &mut state.baseline[dir.index()];
+        // Counters that went backwards mean the rule was replaced: what it
+        // shows now is all new.
+        let (dp, db) = if c.packets >= base.packets {
+            (c.packets - base.packets, c.bytes.saturating_sub(base.bytes))
+        } else {
+            (c.packets, c.bytes)
+        };
+        *base = *c;
+        self.fold_rule_counts(id, dir, dp, db, c.last_used_ns, now);
+        true
+    }
+
+    pub(super) fn fold_rule_counts(
+        &mut self,
+        id: FlowId,
+        dir: Direction,
+        dp: u64,
+        db: u64,
+        last_used: Option<u64>,
+        now: u64,
+    ) {
+        if dp == 0 {
+            return;
+        }
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let Some(flow) = self.table.get_mut(id) else { return };
+        state.rule_counted[dir.index()].add(DirCounters { packets: dp, bytes: db });
+        let hw = &mut flow.hw[dir.index()];
+        hw.packets += dp;
+        hw.bytes += db;
+        flow.touch(last_used.map_or(now, |t| t.min(now)));
+        self.table.note_counted(id);
+    }
+
+    pub(super) fn drop_rule(&mut self, id: FlowId, dir: Direction, now: u64) {
+        self.settle(id, dir);
+        if let Some(state) = self.offloads.get_mut(&id) {
+            state.placement[dir.index()] = None;
+            if state.placement.iter().all(Option::is_none) {
+                state.removed_ns = Some(now);
+            }
+        }
+    }
+
+    /// Software left the packets it saw of an offloaded direction to the
+    /// rule's counters, from the moment the rule was asked for. But the
+    /// rule takes effect some time after that (the offload thread's queue,
+    /// a netlink round trip, a PMD call), and the packets in between went
+    /// past it uncounted. Every packet the rule counted was seen too
+    /// (software taps in front of the rule), so what was seen beyond what
+    /// the rule counted slipped past: software's to count, settled once the
+    /// rule's final counters are in, or once it is clear the rule never
+    /// went in or counts nothing. Bytes are settled the same way; where the
+    /// rule counts a frame's length differently (a VLAN tag the NIC
+    /// stripped), they are off by that difference.
+    pub(super) fn settle(&mut self, id: FlowId, dir: Direction) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
+        state.tapped[d] = DirCounters::default();
+        state.rule_counted[d] = DirCounters::default();
+        let packets = seen.packets.saturating_sub(counted.packets);
+        if packets == 0 {
+            return;
+        }
+        let slipped = DirCounters { packets, bytes: seen.bytes.saturating_sub(counted.bytes) };
+        if let Some(flow) = self.table.get_mut(id) {
+            flow.sw[d].add(slipped);
+            self.stats.sw_packets += packets;
+            self.stats.tap_packets_skipped -= packets;
+            self.stats.slipped_packets += packets;
+        }
+    }
+
+    pub(super) fn settle_all(&mut self, id: FlowId) {
+        for dir in DIRS {
+            self.settle(id, dir);
+        }
+    }
+}
