@@ -29,6 +29,9 @@ const PACKET_FANOUT_HASH: u32 = 0;
 /// Reassemble IP fragments before the fanout hashes them, so a datagram's
 /// later fragments (which carry no ports) go where its first goes.
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
+/// A fanout group has one hook for all its sockets: a socket's own
+/// PACKET_IGNORE_OUTGOING does not reach it, the group's flag does.
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -378,7 +381,11 @@ impl AfPacketSource {
                 // Members of a group are numbered in the order they join:
                 // the caller joins every port's group in the same worker
                 // order, so a flow's hash picks the same worker on each port.
-                let arg = (base.wrapping_add(i as u16) as u32) | (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16;
+                let mut kind = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG;
+                if !cfg.include_outgoing {
+                    kind |= PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+                }
+                let arg = (base.wrapping_add(i as u16) as u32) | kind << 16;
                 if !setsockopt(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT, &arg) {
                     return Err(os_err("PACKET_FANOUT", name));
                 }
