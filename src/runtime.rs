@@ -578,7 +578,7 @@ impl Worker {
                         let gap = started.duration_since(done).as_nanos() as u64;
                         self.times.longest_gap_ns = self.times.longest_gap_ns.max(gap);
                     }
-                    self.process(&b);
+                    process_into(&mut self.shard, &b);
                     self.times.batches += 1;
                     b.clear();
                     let _ = self.free.try_send(b);
@@ -666,6 +666,7 @@ impl Worker {
                             // places it before or after its flow's rule went in.
                             self.live_batch.pkts.push(info);
                             self.live_batch.ts_ns.push(raw.ts_ns.min(now));
+                            self.live_batch.marks.push(raw.mark);
                         }
                         Err(reason) => status.skipped.add(reason),
                     }
@@ -689,29 +690,11 @@ impl Worker {
         }
         drop(status);
         if !self.live_batch.pkts.is_empty() {
-            self.shard.process_batch(&self.live_batch.pkts, &self.live_batch.ts_ns);
+            process_into(&mut self.shard, &self.live_batch);
             self.times.batches += 1;
             self.live_batch.clear();
         }
         n
-    }
-
-    #[inline]
-    fn process(&mut self, b: &Batch) {
-        if b.marks.iter().all(Option::is_none) {
-            self.shard.process_batch(&b.pkts, &b.ts_ns);
-            return;
-        }
-        // Marked packets in order with the others around them.
-        let mut from = 0;
-        for (i, mark) in b.marks.iter().enumerate() {
-            if let Some(mark) = mark {
-                self.shard.process_batch(&b.pkts[from..i], &b.ts_ns[from..i]);
-                self.shard.process_marked(&b.pkts[i], *mark, b.ts_ns[i]);
-                from = i + 1;
-            }
-        }
-        self.shard.process_batch(&b.pkts[from..], &b.ts_ns[from..]);
     }
 
     fn stop(&mut self, keep_rules: bool) {
@@ -737,6 +720,24 @@ impl Worker {
             let _ = self.out.send(FromWorker::Events(events));
         }
     }
+}
+
+/// A batch into a shard, marked packets (DPDK MARK) in order with the rest.
+#[inline]
+fn process_into(shard: &mut Shard, b: &Batch) {
+    if b.marks.iter().all(Option::is_none) {
+        shard.process_batch(&b.pkts, &b.ts_ns);
+        return;
+    }
+    let mut from = 0;
+    for (i, mark) in b.marks.iter().enumerate() {
+        if let Some(mark) = mark {
+            shard.process_batch(&b.pkts[from..i], &b.ts_ns[from..i]);
+            shard.process_marked(&b.pkts[i], *mark, b.ts_ns[i]);
+            from = i + 1;
+        }
+    }
+    shard.process_batch(&b.pkts[from..], &b.ts_ns[from..]);
 }
 
 /// Hands packets to their workers in batches; in replay, keeps the

@@ -57,12 +57,18 @@ impl Daemon {
     /// Starts `flowtable run` on a dpdk backend and source; `persist` keeps
     /// dtap0 after the process ends, so its filters can be read then.
     fn start(name: &str, keep_rules: bool) -> Daemon {
+        Self::start_with(name, keep_rules, 1)
+    }
+
+    /// `start` with `workers` workers, each reading its own rx queue.
+    fn start_with(name: &str, keep_rules: bool, workers: usize) -> Daemon {
         let dir = Path::new("/tmp").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("ft.sock");
         let config = serde_json::json!({
             "instance_id": 3790,
+            "workers": workers,
             "ports": [{ "name": "tap0" }],
             "sources": [{ "dpdk": {} }],
             "classifier": {
@@ -80,7 +86,9 @@ impl Daemon {
                 "ports": [{ "device": "net_tap0" }],
                 "rx_descriptors": 256,
                 "tx_descriptors": 256,
-                "mbufs": 2047,
+                "rx_queues": workers,
+                "tx_queues": workers,
+                "mbufs": 4095,
                 "mbuf_cache": 64,
                 "api": "sync",
                 "keep_rules": keep_rules
@@ -244,5 +252,52 @@ fn daemon_offloads_tap_flows_through_rte_flow() {
     let kept = flower_filters();
     println!("tc filters after SIGTERM with keep_rules: {kept:?}");
     assert_eq!(kept.len(), 2, "{kept:?}");
+    sh(&format!("ip link del {IFACE}"));
+}
+
+/// Two workers, each reading its own rx queue of the tap PMD (the kernel
+/// spreads what it sends into a multi-queue tap by its symmetric flow
+/// hash): every conversation is one flow with all its packets, on one
+/// worker, and both workers get some.
+#[test]
+fn two_workers_each_read_their_own_rx_queue() {
+    if std::env::var("FLOWTABLE_VM").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: DPDK daemon test runs only in the test VM (FLOWTABLE_VM=1)");
+        return;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        sh("mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
+    }
+    let _ = Command::new("ip").args(["link", "del", IFACE]).output();
+    let d = Daemon::start_with("ft-dpdk-workers", false, 2);
+    const FLOWS: u16 = 24;
+    for i in 0..FLOWS {
+        send_udp(43000 + i, SOFT_PORT, 4);
+    }
+    let start = Instant::now();
+    let rows = loop {
+        let page = d.cli(&["flows", "--top", "1000"]);
+        let rows: Vec<Value> = page["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["dport"] == SOFT_PORT && f["proto"] == 17)
+            .cloned()
+            .collect();
+        if rows.len() >= FLOWS as usize && rows.iter().all(|f| f["packets"] == 4) {
+            break rows;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "flows: {rows:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rows.len(), FLOWS as usize, "one flow per conversation: {rows:?}");
+    let sports: std::collections::BTreeSet<u64> = rows.iter().map(|f| f["sport"].as_u64().unwrap()).collect();
+    assert_eq!(sports.len(), FLOWS as usize, "no conversation split in two: {rows:?}");
+    let shards: std::collections::BTreeSet<u64> = rows.iter().map(|f| f["id"].as_u64().unwrap() >> 48).collect();
+    println!("flows by worker: {shards:?}");
+    assert_eq!(shards.len(), 2, "both workers read flows: {rows:?}");
+    let stats = d.cli(&["stats"]);
+    assert_eq!(stats["sources"][0]["packets"].as_u64(), Some(4 * FLOWS as u64), "{}", stats["sources"]);
+    d.terminate();
     sh(&format!("ip link del {IFACE}"));
 }

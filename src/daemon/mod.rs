@@ -437,8 +437,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     let clock = Clock::new();
     let backend_name = backend.name().to_string();
     let mut rt_config = RuntimeConfig::from_config(&config, config.workers, lockstep);
-    let live = sources::has_interfaces(&config.sources);
-    if live {
+    let interfaces = sources::has_interfaces(&config.sources);
+    // With several workers, each reads its own share of the DPDK rx queues
+    // (unless it reads interfaces: one live source a worker).
+    let dpdk_share = !interfaces && config.workers > 1 && sources::has_dpdk(&config.sources);
+    let live = interfaces || dpdk_share;
+    if interfaces {
         // Each worker reads the interfaces itself, sharing each port's
         // frames with the others by the kernel's symmetric flow hash.
         let sources = config.sources.clone();
@@ -446,6 +450,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         rt_config.live = Some(Arc::new(move |_worker| {
             let cfg = AfPacketConfig { fanout_base: fanout, ..AfPacketConfig::default() };
             sources::open_interfaces(&sources, cfg).map(|slot| (slot.name, slot.source))
+        }));
+    } else if dpdk_share {
+        let (workers, stop) = (config.workers, controls.stop.clone());
+        rt_config.live = Some(Arc::new(move |worker| {
+            sources::open_dpdk_share(worker, workers, &stop).map(|slot| (slot.name, slot.source))
         }));
     }
     let mut rt = Runtime::start(rt_config, classifier, backend, clock.clone())?;
@@ -465,7 +474,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
             .spawn(move || {
                 // Sources are opened on the thread that reads them: a
                 // capture ring's mapping never crosses threads.
-                let slots = match sources::open_sources(&sources, &outer_stop, !live) {
+                let slots = match sources::open_sources(&sources, &outer_stop, !interfaces, !dpdk_share) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));

@@ -82,12 +82,18 @@ impl Slot {
 /// make one source, in the place of the first. A `dpdk` source reads the ports of
 /// the DPDK backend, which must be built first. `stop` ends blocking reads.
 pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<Slot>, String> {
-    open_sources(sources, stop, true)
+    open_sources(sources, stop, true, true)
 }
 
 /// `open_all`, leaving out the `interface` sources when `interfaces` is
-/// false (the workers open those themselves, see `open_interfaces`).
-pub fn open_sources(sources: &[SourceConfig], stop: &Arc<AtomicBool>, interfaces: bool) -> Result<Vec<Slot>, String> {
+/// false and the `dpdk` one when `dpdk` is (the workers then open those
+/// themselves, see `open_interfaces` and `open_dpdk_share`).
+pub fn open_sources(
+    sources: &[SourceConfig],
+    stop: &Arc<AtomicBool>,
+    interfaces: bool,
+    dpdk: bool,
+) -> Result<Vec<Slot>, String> {
     let mut slots = Vec::new();
     let mut interfaces_opened = !interfaces;
     for (i, s) in sources.iter().enumerate() {
@@ -118,6 +124,7 @@ pub fn open_sources(sources: &[SourceConfig], stop: &Arc<AtomicBool>, interfaces
                 interfaces_opened = true;
                 slots.push(open_interfaces(sources, AfPacketConfig::default())?);
             }
+            SourceConfig::Dpdk {} if !dpdk => {}
             SourceConfig::Dpdk {} => slots.push(open_dpdk(&at, stop)?),
         }
     }
@@ -172,6 +179,43 @@ fn open_dpdk(at: &str, stop: &Arc<AtomicBool>) -> Result<Slot, String> {
 #[cfg(not(feature = "dpdk"))]
 fn open_dpdk(at: &str, _stop: &Arc<AtomicBool>) -> Result<Slot, String> {
     Err(format!("{at}.dpdk: this build of flowtable has no DPDK support; build it with `--features dpdk`"))
+}
+
+/// Whether the configuration reads DPDK ports.
+pub fn has_dpdk(sources: &[SourceConfig]) -> bool {
+    sources.iter().any(|s| matches!(s, SourceConfig::Dpdk {}))
+}
+
+/// Worker `worker`'s share of the DPDK ports' rx queues: queue `q` of
+/// every port where `q % workers == worker`. The ports spread flows over
+/// their queues by a symmetric RSS hash (or, on the tap PMD, the kernel's
+/// symmetric flow hash), so a flow is read by one worker only.
+#[cfg(feature = "dpdk")]
+pub fn open_dpdk_share(worker: usize, workers: usize, stop: &Arc<AtomicBool>) -> Result<Slot, String> {
+    use crate::source::dpdk::DpdkSource;
+    let rt = crate::backend::dpdk_runtime().ok_or_else(|| {
+        "sources.dpdk: no DPDK backend is running (backend kind \"dpdk\" starts the ports this source reads)"
+            .to_string()
+    })?;
+    if let Some(p) = rt.ports.iter().find(|p| (p.rx_queues as usize) < workers) {
+        return Err(format!(
+            "backend.rx_queues: {} has {} rx queue(s) for {workers} workers; give at least one per worker",
+            p.device, p.rx_queues
+        ));
+    }
+    let queues: Vec<(u8, u16)> = rt
+        .ports
+        .iter()
+        .flat_map(|p| (0..p.rx_queues).filter(|q| *q as usize % workers == worker).map(move |q| (p.index, q)))
+        .collect();
+    let src = DpdkSource::new(&rt, &queues, stop.clone()).map_err(|e| format!("sources.dpdk: {e}"))?;
+    let devices: Vec<&str> = rt.ports.iter().map(|p| p.device.as_str()).collect();
+    Ok(Slot::new(format!("dpdk {}", devices.join(",")), Box::new(src), Pace::Timestamps))
+}
+
+#[cfg(not(feature = "dpdk"))]
+pub fn open_dpdk_share(_worker: usize, _workers: usize, _stop: &Arc<AtomicBool>) -> Result<Slot, String> {
+    Err("sources.dpdk: this build of flowtable has no DPDK support; build it with `--features dpdk`".into())
 }
 
 #[cfg(test)]

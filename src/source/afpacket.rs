@@ -30,8 +30,11 @@ const PACKET_FANOUT_HASH: u32 = 0;
 /// later fragments (which carry no ports) go where its first goes.
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
 /// A fanout group has one hook for all its sockets: a socket's own
-/// PACKET_IGNORE_OUTGOING does not reach it, the group's flag does.
+/// PACKET_IGNORE_OUTGOING does not reach it, the group's flag does (on
+/// kernels that know it; older ones ignore it, see `Ring::skip_outgoing`).
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
+/// `sll_pkttype` of a frame this host sent.
+const PACKET_OUTGOING: u8 = 4;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -135,10 +138,14 @@ struct FrameDesc {
     mac: u16,
     vlan_tci: u16,
     vlan_tpid: u16,
+    /// From the `sockaddr_ll` the kernel writes after the header.
+    pkttype: u8,
 }
 
 impl FrameDesc {
-    const LEN: usize = 48;
+    /// `struct tpacket3_hdr` (48 bytes), then `struct sockaddr_ll` up to
+    /// its `sll_pkttype` (offset 10).
+    const LEN: usize = 48 + 11;
 
     fn read(h: &[u8]) -> FrameDesc {
         let u32_at = |o: usize| u32::from_ne_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
@@ -152,6 +159,7 @@ impl FrameDesc {
             mac: u16_at(24),
             vlan_tci: u32_at(32) as u16,
             vlan_tpid: u16_at(36),
+            pkttype: h[48 + 10],
         }
     }
 }
@@ -173,6 +181,10 @@ struct Ring {
     link: Option<LinkType>,
     linktype: u32,
     ingress: u8,
+    /// Frames this host sent are passed over here: a socket in a fanout
+    /// group gets them even with PACKET_IGNORE_OUTGOING, on kernels older
+    /// than the group's own flag (Debian 12's 6.1 among them).
+    skip_outgoing: bool,
 }
 
 // SAFETY: the mapping is owned by the ring and only touched through &mut.
@@ -232,6 +244,9 @@ impl Ring {
             self.next_pkt += f.next_offset as usize;
             if f.mac as usize + f.snaplen as usize > self.block_size - (at - base) {
                 continue; // a frame reaching past its block: skip it
+            }
+            if self.skip_outgoing && f.pkttype == PACKET_OUTGOING {
+                continue;
             }
             return Some((f, at));
         }
@@ -478,6 +493,7 @@ impl AfPacketSource {
             link,
             linktype,
             ingress,
+            skip_outgoing: !cfg.include_outgoing,
         };
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

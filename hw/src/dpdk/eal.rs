@@ -90,6 +90,23 @@ pub struct PortInfo {
     pub tx_queues: u16,
     pub peer: Option<u8>,
     pub template: TemplateState,
+    /// Flows are spread over the rx queues by a symmetric RSS hash.
+    pub rss: bool,
+}
+
+/// The RSS hash types to spread by: IPv4 and IPv6, TCP and UDP
+/// (`RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP`; bindgen does not
+/// carry these 64-bit macros, so their values are written out here).
+const RSS_IP_TCP_UDP: u64 = 41868 | 66576 | 133152;
+
+/// A Toeplitz key of `0x6d5a` repeated: with it the hash of (src, dst,
+/// sport, dport) equals that of (dst, src, dport, sport), as Woo and Park
+/// showed ("Scalable TCP Session Monitoring with Symmetric Receive-side
+/// Scaling"), so both directions of a flow land on one queue. `len` is the
+/// device's key size (40 bytes when it says none).
+pub fn symmetric_rss_key(len: u8) -> Vec<u8> {
+    let len = if len == 0 { 40 } else { len as usize };
+    (0..len).map(|i| if i % 2 == 0 { 0x6d } else { 0x5a }).collect()
 }
 
 /// The EAL, the mbuf pool and the started ports.
@@ -175,7 +192,21 @@ impl DpdkRuntime {
             unsafe { sys::rte_eth_dev_stop(id) };
             mark_started(id, false);
         }
-        let conf: sys::rte_eth_conf = Default::default();
+        let mut conf: sys::rte_eth_conf = Default::default();
+        // Several rx queues (one per worker): spread flows by a symmetric
+        // RSS hash, so both directions of a flow reach the same queue.
+        let rss_hf = RSS_IP_TCP_UDP & info.flow_type_rss_offloads;
+        let mut key = symmetric_rss_key(info.hash_key_size);
+        let rss = cfg.rx_queues > 1 && rss_hf != 0;
+        if rss {
+            conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf =
+                sys::rte_eth_rss_conf { rss_key: key.as_mut_ptr(), rss_key_len: key.len() as u8, rss_hf };
+        } else if cfg.rx_queues > 1 {
+            tracing::info!(port = %device, driver = %driver, "no RSS offload: the device spreads flows over its queues itself");
+        }
+        // SAFETY: `conf` and the key it points to live across the call,
+        // which copies what it keeps; `id` is a valid port id.
         check(unsafe { sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) }, || {
             format!("{device} ({driver}): rte_eth_dev_configure")
         })?;
@@ -224,6 +255,7 @@ impl DpdkRuntime {
             tx_queues: cfg.tx_queues,
             peer: cfg.ports[index as usize].peer,
             template,
+            rss,
         })
     }
 
@@ -270,5 +302,60 @@ impl Drop for DpdkRuntime {
         // The pool is left allocated: a stopped port's queues may still hold
         // its mbufs until the port is reconfigured.
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::symmetric_rss_key;
+
+    /// The Toeplitz hash NICs compute for RSS, over `input` with `key`.
+    fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+        let mut hash = 0u32;
+        let bit = |i: usize| key.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0) as u32;
+        // The 32-bit window of the key starting at bit `i`.
+        let window = |i: usize| (0..32).fold(0u32, |w, j| w << 1 | bit(i + j));
+        for (byte_at, b) in input.iter().enumerate() {
+            for k in 0..8 {
+                if b & (0x80 >> k) != 0 {
+                    hash ^= window(byte_at * 8 + k);
+                }
+            }
+        }
+        hash
+    }
+
+    #[test]
+    fn the_rss_key_hashes_both_directions_of_a_flow_alike() {
+        for len in [0u8, 40, 52] {
+            let key = symmetric_rss_key(len);
+            assert_eq!(key.len(), if len == 0 { 40 } else { len as usize });
+            let mut x = 0x1234_5678_9abc_def1u64;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut bad = key.clone();
+            bad[3] ^= 0x10;
+            let mut bad_split = 0;
+            for _ in 0..1000 {
+                let (a, b, r) = (next().to_be_bytes(), next().to_be_bytes(), next());
+                let (sp, dp) = ((r as u16).to_be_bytes(), ((r >> 16) as u16).to_be_bytes());
+                // IPv4 + ports, as the NIC lays them out: src, dst, sport, dport.
+                let fwd = [&a[..4], &b[..4], &sp, &dp].concat();
+                let rev = [&b[..4], &a[..4], &dp, &sp].concat();
+                assert_eq!(toeplitz(&key, &fwd), toeplitz(&key, &rev));
+                // IPv6 addresses too.
+                let (a6, b6) = ([a, b].concat(), [b, a, a].concat()[..16].to_vec());
+                let fwd6 = [&a6[..], &b6[..], &sp, &dp].concat();
+                let rev6 = [&b6[..], &a6[..], &dp, &sp].concat();
+                assert_eq!(toeplitz(&key, &fwd6), toeplitz(&key, &rev6));
+                // A key that isn't symmetric is caught by the same check.
+                bad_split += (toeplitz(&bad, &fwd) != toeplitz(&bad, &rev)) as u32;
+            }
+            assert!(bad_split > 100, "the check tells a broken key: {bad_split} of 1000 split");
+        }
     }
 }
