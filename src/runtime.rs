@@ -244,6 +244,7 @@ pub struct Runtime {
     pub backend: BackendInfo,
     pub classifier: Arc<Classifier>,
     live_status: Vec<Arc<Mutex<LiveStatus>>>,
+    jobs_cpu: Vec<Arc<AtomicU64>>,
 }
 
 /// How to start a runtime.
@@ -321,6 +322,7 @@ impl Runtime {
         let mut workers = Vec::with_capacity(n);
         let mut free = Vec::with_capacity(n);
         let mut live_status = Vec::with_capacity(n);
+        let mut jobs_cpu = Vec::with_capacity(n);
         // Workers open their live sources one after the other, in order
         // (see `AfPacketConfig::fanout_base`), each telling how it went.
         let turn = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
@@ -337,6 +339,8 @@ impl Runtime {
             let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
             let status = Arc::new(Mutex::new(LiveStatus::default()));
             live_status.push(status.clone());
+            let job_cpu = Arc::new(AtomicU64::new(0));
+            jobs_cpu.push(job_cpu.clone());
             let worker = Worker {
                 shard,
                 inbox: inbox_rx,
@@ -348,6 +352,7 @@ impl Runtime {
                 live_status: status,
                 live_batch: Batch::new(),
                 live_published: Instant::now(),
+                job_cpu: job_cpu.clone(),
             };
             let opener = cfg.live.clone().map(|open| (open, turn.clone(), opened_tx.clone()));
             let thread = std::thread::Builder::new()
@@ -391,6 +396,7 @@ impl Runtime {
             backend: info,
             classifier,
             live_status,
+            jobs_cpu,
         };
         if cfg.live.is_some() {
             drop(opened_tx);
@@ -408,6 +414,11 @@ impl Runtime {
             }
         }
         Ok(rt)
+    }
+
+    /// CPU time the workers spent on control jobs, in ns, all together.
+    pub fn job_cpu_ns(&self) -> u64 {
+        self.jobs_cpu.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// What each worker's own live source has read.
@@ -508,6 +519,8 @@ struct Worker {
     live_status: Arc<Mutex<LiveStatus>>,
     live_batch: Box<Batch>,
     live_published: Instant,
+    /// CPU time spent on control jobs, in ns.
+    job_cpu: Arc<AtomicU64>,
 }
 
 type Opener = (LiveOpener, Arc<(Mutex<usize>, std::sync::Condvar)>, Sender<Result<(), String>>);
@@ -607,7 +620,9 @@ impl Worker {
                     next_poll = self.clock.now();
                 }
                 Ok(ToWorker::Job(job)) => {
+                    let cpu = thread_cpu_ns();
                     job(&mut self.shard);
+                    self.job_cpu.fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
                     self.forward();
                 }
                 Ok(ToWorker::Reload(classifier, timeouts)) => self.shard.reload(classifier, timeouts),

@@ -320,12 +320,13 @@ pub struct Stats {
     pub control: ControlStats,
 }
 
-/// What answering control requests has cost the engine thread.
+/// What answering control requests has cost the packet path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControlStats {
     /// Requests answered.
     pub requests: u64,
-    /// Engine-thread CPU time spent answering them, in seconds.
+    /// CPU time the workers spent on them (between their packet batches),
+    /// all together, in seconds.
     pub cpu_s: f64,
 }
 

@@ -406,7 +406,8 @@ struct Daemon {
     subscribers: Vec<Subscriber>,
     events_enabled: bool,
     requests: u64,
-    request_cpu_ns: u64,
+    /// The workers' CPU on control jobs, kept once the runtime is gone.
+    workers_job_cpu_ns: u64,
     samples: VecDeque<Sample>,
     next_tick: Instant,
     /// When the shards' lists of largest flows were last rebuilt for a query.
@@ -543,7 +544,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         subscribers: Vec::new(),
         events_enabled: false,
         requests: 0,
-        request_cpu_ns: 0,
+        workers_job_cpu_ns: 0,
         samples: VecDeque::new(),
         next_tick: Instant::now(),
         last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
@@ -699,10 +700,8 @@ impl Daemon {
     }
 
     fn answer(&mut self, job: Job) {
-        let started = thread_cpu_ns();
         let result = self.handle(job.cmd);
         self.requests += 1;
-        self.request_cpu_ns += thread_cpu_ns().saturating_sub(started);
         // A client that gave up waiting is simply gone.
         let _ = job.reply.send(result);
     }
@@ -991,7 +990,8 @@ impl Daemon {
     }
 
     fn control_stats(&self) -> ControlStats {
-        ControlStats { requests: self.requests, cpu_s: self.request_cpu_ns as f64 / 1e9 }
+        let workers = self.rt.as_ref().map_or(self.workers_job_cpu_ns, |rt| rt.job_cpu_ns());
+        ControlStats { requests: self.requests, cpu_s: workers as f64 / 1e9 }
     }
 
     /// SIGHUP: the classifier and timeouts from the file, or, if the file is
@@ -1063,6 +1063,7 @@ impl Daemon {
         let output = self.rt().output.clone();
         let sources = self.read_status().sources;
         let rt = self.rt.take().expect("running until here");
+        self.workers_job_cpu_ns = rt.job_cpu_ns();
         let finished = rt.shutdown(keep);
         for out in output.try_iter() {
             match out {
