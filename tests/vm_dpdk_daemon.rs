@@ -297,7 +297,10 @@ fn two_workers_each_read_their_own_rx_queue() {
     println!("flows by worker: {shards:?}");
     assert_eq!(shards.len(), 2, "both workers read flows: {rows:?}");
     let stats = d.cli(&["stats"]);
-    assert_eq!(stats["sources"][0]["packets"].as_u64(), Some(4 * FLOWS as u64), "{}", stats["sources"]);
+    // The kernel sends the odd frame of its own out of dtap0 too (router
+    // solicitations, ARP): at least the conversations' packets.
+    let delivered = stats["sources"][0]["packets"].as_u64().unwrap();
+    assert!(delivered >= 4 * FLOWS as u64, "both workers' queues add up: {}", stats["sources"]);
     d.terminate();
     sh(&format!("ip link del {IFACE}"));
 }
