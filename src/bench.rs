@@ -432,17 +432,20 @@ pub fn replay(
     };
     // The same replay with each number of workers, rounds alternating, and
     // each worker count's records compared with the first's.
-    let with_workers = |c: &flowtable_config::Config, n: usize| -> Result<(f64, Vec<RecordFacts>), String> {
-        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-        let mut facts = Vec::new();
-        let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| facts.push(record_facts(r)))?;
-        facts.sort_unstable();
-        Ok((r.summary.packets_per_second(), facts))
-    };
+    let with_workers =
+        |c: &flowtable_config::Config, n: usize| -> Result<(f64, Vec<crate::replay::RecordFacts>), String> {
+            let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+            let mut facts = Vec::new();
+            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
+                facts.push(crate::replay::record_facts(r))
+            })?;
+            facts.sort_unstable();
+            Ok((r.summary.packets_per_second(), facts))
+        };
     let mut scaling: Vec<WorkersRun> = Vec::new();
     if !workers.is_empty() {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
-        let mut first_facts: Option<Vec<RecordFacts>> = None;
+        let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
         let mut same = vec![true; workers.len()];
         for _ in 0..runs {
             for (i, &n) in workers.iter().enumerate() {
@@ -510,23 +513,6 @@ pub fn replay(
         ratio_process: softflowd_s / process_s,
         scaling,
     })
-}
-
-/// A replay's flow, for comparing the records of two runs.
-type RecordFacts = (String, u16, String, u16, u8, u16, u64, u64, [u64; 4]);
-
-fn record_facts(r: &flowtable_offload::FlowRecord) -> RecordFacts {
-    (
-        r.src.clone(),
-        r.sport,
-        r.dst.clone(),
-        r.dport,
-        r.proto,
-        r.vlan,
-        r.start_ns,
-        r.end_ns,
-        [r.orig.packets, r.orig.bytes, r.reply.packets, r.reply.bytes],
-    )
 }
 
 pub fn replay_report(b: &ReplayBench) -> String {

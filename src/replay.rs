@@ -149,3 +149,25 @@ pub fn replay(
         rules_left: finished.coordinator.rules_live(),
     })
 }
+
+/// A flow as two replays of the same capture must agree on it, whatever
+/// their number of workers: who, when, how it ended, and per direction
+/// how many packets and bytes, whoever counted them.
+pub type RecordFacts = (String, u16, String, u16, u8, u16, u16, u8, u64, u64, [u64; 4], &'static str);
+
+pub fn record_facts(r: &FlowRecord) -> RecordFacts {
+    (
+        r.src.clone(),
+        r.sport,
+        r.dst.clone(),
+        r.dport,
+        r.proto,
+        r.vlan,
+        r.vlan_inner,
+        r.ingress,
+        r.start_ns,
+        r.end_ns,
+        [r.orig.packets, r.orig.bytes, r.reply.packets, r.reply.bytes],
+        r.end_reason.as_str(),
+    )
+}

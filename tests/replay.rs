@@ -56,30 +56,8 @@ fn captures() -> Vec<PathBuf> {
     files
 }
 
-/// A flow as the comparison across worker counts sees it: who, when, and
-/// per direction how many packets and bytes, whoever counted them.
-type FlowFacts = (String, u16, String, u16, u8, u16, u16, u8, u64, u64, [u64; 4], String);
-
-fn facts(records: &[FlowRecord]) -> Vec<FlowFacts> {
-    let mut v: Vec<FlowFacts> = records
-        .iter()
-        .map(|r| {
-            (
-                r.src.clone(),
-                r.sport,
-                r.dst.clone(),
-                r.dport,
-                r.proto,
-                r.vlan,
-                r.vlan_inner,
-                r.ingress,
-                r.start_ns,
-                r.end_ns,
-                [r.orig.packets, r.orig.bytes, r.reply.packets, r.reply.bytes],
-                r.end_reason.as_str().to_string(),
-            )
-        })
-        .collect();
+fn facts(records: &[FlowRecord]) -> Vec<flowtable::replay::RecordFacts> {
+    let mut v: Vec<_> = records.iter().map(flowtable::replay::record_facts).collect();
     v.sort();
     v
 }

@@ -153,6 +153,20 @@ impl Daemon {
     }
 }
 
+/// In the test VM (else says it skips), with /dev/net/tun and no dtap0
+/// left by an earlier test.
+fn in_vm_with_tun() -> bool {
+    if std::env::var("FLOWTABLE_VM").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: DPDK daemon test runs only in the test VM (FLOWTABLE_VM=1)");
+        return false;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        sh("mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
+    }
+    let _ = Command::new("ip").args(["link", "del", IFACE]).output();
+    true
+}
+
 /// Sends a few packets of the blocked flow until the daemon reports its
 /// rule in hardware; returns that flow row.
 fn offload_blocked_flow(d: &Daemon) -> Value {
@@ -176,14 +190,9 @@ fn offload_blocked_flow(d: &Daemon) -> Value {
 
 #[test]
 fn daemon_offloads_tap_flows_through_rte_flow() {
-    if std::env::var("FLOWTABLE_VM").as_deref() != Ok("1") {
-        eprintln!("SKIPPED: DPDK daemon test runs only in the test VM (FLOWTABLE_VM=1)");
+    if !in_vm_with_tun() {
         return;
     }
-    if !Path::new("/dev/net/tun").exists() {
-        sh("mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
-    }
-    let _ = Command::new("ip").args(["link", "del", IFACE]).output();
 
     let d = Daemon::start("ft-dpdk-daemon", false);
     let row = offload_blocked_flow(&d);
@@ -261,14 +270,9 @@ fn daemon_offloads_tap_flows_through_rte_flow() {
 /// worker, and both workers get some.
 #[test]
 fn two_workers_each_read_their_own_rx_queue() {
-    if std::env::var("FLOWTABLE_VM").as_deref() != Ok("1") {
-        eprintln!("SKIPPED: DPDK daemon test runs only in the test VM (FLOWTABLE_VM=1)");
+    if !in_vm_with_tun() {
         return;
     }
-    if !Path::new("/dev/net/tun").exists() {
-        sh("mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
-    }
-    let _ = Command::new("ip").args(["link", "del", IFACE]).output();
     let d = Daemon::start_with("ft-dpdk-workers", false, 2);
     const FLOWS: u16 = 24;
     for i in 0..FLOWS {
