@@ -25,6 +25,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Most rules' counters in one answer to a shard.
+pub const COUNTERS_PER_ANSWER: usize = 1024;
+
 /// Longest the free-running coordinator sleeps between looks at its clock.
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 
@@ -397,8 +400,15 @@ impl Coordinator {
         }
         for (shard, counters) in per_shard.into_iter().enumerate() {
             let asked = std::mem::take(&mut self.read_asked[shard]);
-            if !counters.is_empty() || asked {
-                self.send(shard, Response::Counters { counters, asked });
+            // In pieces, so a shard folds a dump of many rules in over a
+            // few polls, never holding its packets for all of it at once.
+            let mut pieces = counters.chunks(COUNTERS_PER_ANSWER).peekable();
+            if pieces.peek().is_none() && asked {
+                self.send(shard, Response::Counters { counters: Vec::new(), asked });
+            }
+            while let Some(piece) = pieces.next() {
+                let last = pieces.peek().is_none();
+                self.send(shard, Response::Counters { counters: piece.to_vec(), asked: asked && last });
             }
         }
         self.counters_buf = buf;

@@ -40,6 +40,11 @@ pub use view::{hex, FlowView};
 
 const DIRS: [Direction; 2] = [Direction::LoToHi, Direction::HiToLo];
 
+/// How long a free-running poll spends on the offload thread's answers at
+/// most (one answer past it: each holds at most `COUNTERS_PER_ANSWER`
+/// rules' counters); the rest wait for the next poll.
+const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
+
 /// Most packets `process_batch` takes at once.
 pub const BATCH: usize = 32;
 
@@ -681,7 +686,9 @@ impl Shard {
     pub fn poll(&mut self, now_ns: u64) {
         self.advance(now_ns);
         if !self.lockstep {
-            self.take_responses();
+            // A bounded share a poll: answers left over wait, in order, for
+            // the next one, and packets never wait for a whole backlog.
+            self.take_some_responses(Some(std::time::Instant::now() + ANSWERS_TIME_PER_POLL));
         }
         self.expire(self.now_ns);
         self.flush_outbox();
@@ -694,8 +701,13 @@ impl Shard {
 
     /// Takes every answer waiting from the offload thread, without blocking.
     pub fn take_responses(&mut self) -> usize {
+        self.take_some_responses(None)
+    }
+
+    /// Takes the answers waiting, without blocking, until `until` if given.
+    fn take_some_responses(&mut self, until: Option<std::time::Instant>) -> usize {
         let mut n = 0;
-        loop {
+        while until.is_none_or(|t| n == 0 || std::time::Instant::now() < t) {
             match self.link.from_offload.try_recv() {
                 Ok(resp) => {
                     n += 1;
