@@ -209,6 +209,9 @@ pub struct WorkerTimes {
     /// offload thread's answers, a control job), in ns: how long packets
     /// can wait on the slow path.
     pub longest_pause_ns: u64,
+    /// The CPU time of the worker's longest poll, in ns: a pause much
+    /// longer than this was the thread waiting for a core, not for work.
+    pub longest_poll_cpu_ns: u64,
     /// CPU time the worker used, in ns.
     pub cpu_ns: u64,
 }
@@ -647,11 +650,13 @@ impl Worker {
             if !self.lockstep {
                 let now = self.clock.now();
                 if now >= next_poll {
-                    let t = Instant::now();
+                    let (t, cpu) = (Instant::now(), thread_cpu_ns());
                     self.shard.poll(now);
                     next_poll = now + POLL_TICK_NS;
                     self.forward();
                     self.times.longest_pause_ns = self.times.longest_pause_ns.max(t.elapsed().as_nanos() as u64);
+                    let cpu = thread_cpu_ns().saturating_sub(cpu);
+                    self.times.longest_poll_cpu_ns = self.times.longest_poll_cpu_ns.max(cpu);
                 }
             }
         }

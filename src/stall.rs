@@ -49,6 +49,8 @@ pub struct StallBench {
     pub rate_pps: u64,
     /// One thread doing everything: the longest poll, in ms.
     pub one_thread_longest_ms: f64,
+    /// The CPU time of its longest poll (the rest was waiting on the NIC).
+    pub one_thread_longest_cpu_ms: f64,
     pub one_thread_packets: u64,
     /// Workers and an offload thread: the longest pause of any worker, ms.
     pub workers_longest_ms: f64,
@@ -110,7 +112,7 @@ pub fn run(a: &StallArgs) -> Result<StallBench, String> {
     let mut engine = Engine::from_config(&cfg, crate::backend::build(&cfg)?)?;
     let backend = engine.backend().name().to_string();
     let mut traffic = Traffic { flows: a.flows, next: 0 };
-    let (mut sent, mut longest) = (0u64, Duration::ZERO);
+    let (mut sent, mut longest, mut longest_cpu) = (0u64, Duration::ZERO, 0u64);
     let start = Instant::now();
     let mut next_poll = clock.now();
     let mut pkts = Vec::with_capacity(BATCH);
@@ -129,9 +131,10 @@ pub fn run(a: &StallArgs) -> Result<StallBench, String> {
         engine.process_batch(&pkts, &ts);
         sent += BATCH as u64;
         if now >= next_poll {
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), crate::runtime::thread_cpu_ns());
             engine.poll(now);
             longest = longest.max(t.elapsed());
+            longest_cpu = longest_cpu.max(crate::runtime::thread_cpu_ns().saturating_sub(cpu));
             next_poll = now + crate::runtime::POLL_TICK_NS;
         }
         pace(start, sent, a.rate);
@@ -175,6 +178,7 @@ pub fn run(a: &StallArgs) -> Result<StallBench, String> {
         flows: a.flows,
         rate_pps: a.rate,
         one_thread_longest_ms: one_thread.0.as_secs_f64() * 1e3,
+        one_thread_longest_cpu_ms: longest_cpu as f64 / 1e6,
         one_thread_packets: one_thread.1,
         workers_longest_ms: workers_longest as f64 / 1e6,
         workers_packets: sent,
@@ -187,22 +191,25 @@ pub fn run(a: &StallArgs) -> Result<StallBench, String> {
 pub fn report(b: &StallBench) -> String {
     let mut o = format!(
         "packet path against a slow backend ({}), {} flows at {} packets/s, all offloaded\n\
-         \x20 one thread doing everything:     longest stretch away from packets {:>9.2} ms ({} rules installed)\n\
+         \x20 one thread doing everything:     longest stretch away from packets {:>9.2} ms, {:.2} ms of it on the CPU ({} rules installed)\n\
          \x20 workers and an offload thread:   longest stretch away from packets {:>9.2} ms ({} rules installed)\n",
         b.backend,
         b.flows,
         b.rate_pps,
         b.one_thread_longest_ms,
+        b.one_thread_longest_cpu_ms,
         b.rules_installed_one_thread,
         b.workers_longest_ms,
         b.rules_installed_workers,
     );
     for (i, w) in b.workers.iter().enumerate() {
         o.push_str(&format!(
-            "    worker {i}: {} batches, longest pause {:.2} ms, longest gap with packets waiting {:.2} ms\n",
+            "    worker {i}: {} batches, longest pause {:.2} ms, longest gap with packets waiting {:.2} ms, \
+             longest poll on the CPU {:.2} ms\n",
             w.batches,
             w.longest_pause_ns as f64 / 1e6,
-            w.longest_gap_ns as f64 / 1e6
+            w.longest_gap_ns as f64 / 1e6,
+            w.longest_poll_cpu_ns as f64 / 1e6
         ));
     }
     o
