@@ -146,6 +146,7 @@ impl DpdkBackend {
                 max_insert_rate: 0,
                 counters: false,
                 software_sees_offloaded: false,
+                tcp_teardown_to_software: false,
             },
             cache: HashMap::new(),
             rules: HashMap::new(),
