@@ -88,6 +88,9 @@ mod tests {
     fn example_parses_and_defaults_apply() {
         let c = parse("example.json", &example()).unwrap();
         assert!(!c.classifier.rules.is_empty());
+        let t = &c.classifier.rules[1].trigger;
+        assert!(t.tcp_established && t.after_packets == Some(8), "{t:?}");
+        assert!(t.comment.as_deref().is_some_and(|s| s.contains("all conditions must hold")), "{t:?}");
         let empty = parse("empty.json", "{}").unwrap();
         assert_eq!(empty.table.max_flows, 1 << 20);
         assert_eq!(empty.timeouts.udp_s, 60.0);

@@ -373,14 +373,18 @@ impl PortSpec {
     }
 }
 
-/// When a rule decides: the first condition reached fires. With none
-/// given, it decides on the first packet.
+/// When a rule decides: once all the conditions given hold (after this
+/// many packets, and this many bytes, and the TCP handshake completed).
+/// With none given, it decides on the first packet.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TriggerConfig {
     pub after_packets: Option<u64>,
     pub after_bytes: Option<u64>,
     pub tcp_established: bool,
+    /// An explanation for the reader (JSON has no comments); ignored.
+    #[serde(rename = "_comment", skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// A classification result.
@@ -808,7 +812,8 @@ pub const EXAMPLE: &str = r#"{
       { "name": "block-telnet", "match": { "proto": "tcp", "server_ports": [23] },
         "result": { "offload": { "type": "drop" } } },
       { "name": "bypass-established-tls", "match": { "proto": "tcp", "server_ports": [443] },
-        "trigger": { "tcp_established": true, "after_packets": 8 },
+        "trigger": { "_comment": "all conditions must hold: handshake done and 8 packets seen",
+                     "tcp_established": true, "after_packets": 8 },
         "result": { "offload": { "type": "pass" } } },
       { "name": "elephants", "match": {}, "trigger": { "after_bytes": 1000000 },
         "result": { "offload": { "type": "forward", "port": 1 } } },

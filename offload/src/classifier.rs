@@ -75,12 +75,13 @@ impl CompiledRule {
             && in_prefixes(&self.client_prefixes, ends.src)
     }
 
-    /// Whether the trigger has fired; with no condition, at once.
+    /// Whether the trigger has fired: every condition it has holds (with
+    /// no condition, at once). `{"tcp_established": true, "after_packets":
+    /// 8}` waits for both the handshake and the 8th packet.
     fn triggered(&self, flow: &Flow) -> bool {
-        let none = self.after_packets.is_none() && self.after_bytes.is_none() && !self.tcp_established;
-        none || self.after_packets.is_some_and(|n| flow.packets() >= n)
-            || self.after_bytes.is_some_and(|n| flow.bytes() >= n)
-            || (self.tcp_established && flow.tcp == TcpState::Established)
+        self.after_packets.is_none_or(|n| flow.packets() >= n)
+            && self.after_bytes.is_none_or(|n| flow.bytes() >= n)
+            && (!self.tcp_established || flow.tcp == TcpState::Established)
     }
 }
 
@@ -206,5 +207,80 @@ impl Classifier {
             ClassResult::Software => None,
         })
         .unwrap_or(Action::Pass)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+    use flowtable_sw::{FlowTable, Fragment, Lookup, PacketInfo, TableConfig};
+
+    fn classifier(trigger: &str) -> Classifier {
+        let section: ClassifierSection = serde_json::from_str(&format!(
+            r#"{{"rules": [{{"name": "r", "match": {{"proto": "tcp"}}, "trigger": {trigger},
+                "result": {{"offload": {{"type": "pass"}}}}}}]}}"#
+        ))
+        .unwrap();
+        Classifier::new(&section).unwrap()
+    }
+
+    /// A TCP flow in `tcp` state having seen `packets` packets of 100 bytes.
+    fn flow(tcp: TcpState, packets: u64) -> Flow {
+        let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 443, 6);
+        let pkt = PacketInfo {
+            key,
+            dir,
+            port: 0,
+            wire_len: 100,
+            tcp_flags: 0x02,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+        };
+        let mut table = FlowTable::new(TableConfig::default());
+        let Lookup::Inserted { id, .. } = table.lookup_or_insert(&pkt, 0) else { panic!("a new flow") };
+        let mut f = *table.get(id).unwrap();
+        f.tcp = tcp;
+        f.sw[dir.index()].packets = packets;
+        f.sw[dir.index()].bytes = packets * 100;
+        f
+    }
+
+    fn decide(c: &Classifier, mut f: Flow) -> Decision {
+        c.decide(&mut f, None, Action::Pass)
+    }
+
+    const OFFLOAD: Decision = Decision::Offload(Action::Pass);
+
+    #[test]
+    fn a_trigger_fires_when_all_its_conditions_hold() {
+        let c = classifier(r#"{"tcp_established": true, "after_packets": 8}"#);
+        // The 8th packet of a connection that never completed its handshake.
+        assert_eq!(decide(&c, flow(TcpState::SynSent, 8)), Decision::Wait);
+        assert_eq!(decide(&c, flow(TcpState::Midstream, 20)), Decision::Wait);
+        // Established, but only 3 packets in.
+        assert_eq!(decide(&c, flow(TcpState::Established, 3)), Decision::Wait);
+        // Both.
+        assert_eq!(decide(&c, flow(TcpState::Established, 8)), OFFLOAD);
+
+        let c = classifier(r#"{"tcp_established": true, "after_packets": 8, "after_bytes": 1500}"#);
+        assert_eq!(decide(&c, flow(TcpState::Established, 8)), Decision::Wait, "800 bytes of 1500");
+        assert_eq!(decide(&c, flow(TcpState::SynReceived, 15)), Decision::Wait);
+        assert_eq!(decide(&c, flow(TcpState::Established, 15)), OFFLOAD);
+    }
+
+    #[test]
+    fn single_conditions_and_none_decide_as_before() {
+        let c = classifier("{}");
+        assert_eq!(decide(&c, flow(TcpState::SynSent, 1)), OFFLOAD, "no condition: the first packet");
+        let c = classifier(r#"{"after_packets": 8}"#);
+        assert_eq!(decide(&c, flow(TcpState::SynSent, 7)), Decision::Wait);
+        assert_eq!(decide(&c, flow(TcpState::SynSent, 8)), OFFLOAD);
+        let c = classifier(r#"{"after_bytes": 1000}"#);
+        assert_eq!(decide(&c, flow(TcpState::Established, 9)), Decision::Wait);
+        assert_eq!(decide(&c, flow(TcpState::SynSent, 10)), OFFLOAD);
+        let c = classifier(r#"{"tcp_established": true}"#);
+        assert_eq!(decide(&c, flow(TcpState::SynReceived, 50)), Decision::Wait);
+        assert_eq!(decide(&c, flow(TcpState::Established, 3)), OFFLOAD);
     }
 }
