@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most rules' counters in one answer to a shard.
-pub const COUNTERS_PER_ANSWER: usize = 1024;
+pub const COUNTERS_PER_ANSWER: usize = 256;
 
 /// Longest the free-running coordinator sleeps between looks at its clock.
 const IDLE_WAIT: Duration = Duration::from_millis(5);

@@ -40,6 +40,9 @@ pub use view::{hex, FlowView};
 
 const DIRS: [Direction; 2] = [Direction::LoToHi, Direction::HiToLo];
 
+/// Most held-back requests one call hands to the offload thread.
+const OUTBOX_PER_CALL: usize = 256;
+
 /// How long a free-running poll spends on the offload thread's answers at
 /// most (one answer past it: each holds at most `COUNTERS_PER_ANSWER`
 /// rules' counters); the rest wait for the next poll.
@@ -615,7 +618,11 @@ impl Shard {
     }
 
     fn flush_outbox(&mut self) {
-        while let Some(req) = self.outbox.pop_front() {
+        // A bounded number a call: a long backlog (thousands of installs
+        // held back by a full queue) goes out over a few calls, never
+        // holding the packet path for all of it.
+        for _ in 0..OUTBOX_PER_CALL {
+            let Some(req) = self.outbox.pop_front() else { return };
             let install = match &req {
                 Request::Install { id, .. } => Some(*id),
                 _ => None,
@@ -760,8 +767,9 @@ impl Shard {
     /// this one are done).
     pub fn end_epoch(&mut self, epoch: u64) {
         while !self.outbox.is_empty() && !self.orphaned {
+            let before = self.outbox.len();
             self.flush_outbox();
-            if !self.outbox.is_empty() {
+            if self.outbox.len() == before {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
