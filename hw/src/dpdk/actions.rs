@@ -139,6 +139,8 @@ pub struct FlowActions {
 }
 
 // The raw pointers point into `confs` and `sample_actions`, owned here.
+// SAFETY: `confs` and the `sample_actions` buffer are heap memory that moves with the value and is
+// read only through `actions`; nothing else points into it, so the value can go to another thread.
 unsafe impl Send for FlowActions {}
 
 fn action(ty: act::Type, conf: *const c_void) -> sys::rte_flow_action {
@@ -260,6 +262,7 @@ mod tests {
                 act::RTE_FLOW_ACTION_TYPE_END
             ]
         );
+        // SAFETY: actions()[1] is AGE, whose conf points at the rte_flow_action_age in `a`'s boxed confs.
         let age = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_age) };
         assert_eq!(age.timeout(), 30);
         assert!(a.actions()[2].conf.is_null());
@@ -269,6 +272,7 @@ mod tests {
     #[test]
     fn age_timeout_clamped_to_its_24_bits() {
         let a = FlowActions::build(ActionPlan { fate: Fate::Drop, count: false, age_s: Some(u32::MAX) });
+        // SAFETY: actions()[0] is AGE, whose conf points at the rte_flow_action_age in `a`'s boxed confs.
         let age = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_age) };
         assert_eq!(age.timeout(), 0x00ff_ffff);
     }
@@ -281,11 +285,14 @@ mod tests {
             types(&a),
             vec![act::RTE_FLOW_ACTION_TYPE_MARK, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]
         );
+        // SAFETY: actions()[0] is MARK, whose conf points at the rte_flow_action_mark in `a`'s boxed confs.
         let mark = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_mark) };
+        // SAFETY: actions()[1] is QUEUE, whose conf points at the rte_flow_action_queue in `a`'s boxed confs.
         let queue = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_queue) };
         assert_eq!(mark.id, 0xabcdef);
         assert_eq!(queue.index, 3);
         // Raw bytes as the PMD reads them: host-order u32 / u16.
+        // SAFETY: the MARK conf is an rte_flow_action_mark, whose first field is the 4-byte `id`.
         let raw = unsafe { core::slice::from_raw_parts(a.actions()[0].conf as *const u8, 4) };
         assert_eq!(raw, &0xabcdefu32.to_ne_bytes());
     }
@@ -301,6 +308,7 @@ mod tests {
             types(&a),
             vec![act::RTE_FLOW_ACTION_TYPE_COUNT, act::RTE_FLOW_ACTION_TYPE_PORT_ID, act::RTE_FLOW_ACTION_TYPE_END]
         );
+        // SAFETY: actions()[1] is PORT_ID, whose conf points at the rte_flow_action_port_id in `a`'s confs.
         let pid = unsafe { &*(a.actions()[1].conf as *const sys::rte_flow_action_port_id) };
         assert_eq!(pid.id, 5);
         assert_eq!(pid.original(), 0);
@@ -310,6 +318,8 @@ mod tests {
             age_s: None,
         });
         assert_eq!(b.actions()[0].type_, act::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT);
+        // SAFETY: actions()[0] is REPRESENTED_PORT, whose conf points at the rte_flow_action_ethdev in `b`'s
+        // boxed confs.
         let e = unsafe { &*(b.actions()[0].conf as *const sys::rte_flow_action_ethdev) };
         assert_eq!(e.port_id, 2);
     }
@@ -327,11 +337,14 @@ mod tests {
             types(a),
             vec![act::RTE_FLOW_ACTION_TYPE_SAMPLE, act::RTE_FLOW_ACTION_TYPE_QUEUE, act::RTE_FLOW_ACTION_TYPE_END]
         );
+        // SAFETY: actions()[0] is SAMPLE, whose conf points at the rte_flow_action_sample in `a`'s boxed confs.
         let sample = unsafe { &*(a.actions()[0].conf as *const sys::rte_flow_action_sample) };
         assert_eq!(sample.ratio, 1);
+        // SAFETY: `sample.actions` points at `a`'s `sample_actions` buffer, which holds 2 actions.
         let sub = unsafe { core::slice::from_raw_parts(sample.actions, 2) };
         assert_eq!(sub[0].type_, act::RTE_FLOW_ACTION_TYPE_PORT_ID);
         assert_eq!(sub[1].type_, act::RTE_FLOW_ACTION_TYPE_END);
+        // SAFETY: sub[0] is PORT_ID, whose conf points at the rte_flow_action_port_id in `a`'s boxed confs.
         assert_eq!(unsafe { &*(sub[0].conf as *const sys::rte_flow_action_port_id) }.id, 1);
         assert_eq!(a.sample_len(), 2);
     }

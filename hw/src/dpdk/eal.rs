@@ -54,8 +54,12 @@ pub fn eal_init(args: &[String]) -> Result<(), String> {
     let owned: &'static mut [CString] = Box::leak(owned.into_boxed_slice());
     let argv: &'static mut [*mut core::ffi::c_char] =
         Box::leak(owned.iter().map(|c| c.as_ptr() as *mut core::ffi::c_char).collect::<Vec<_>>().into_boxed_slice());
+    // SAFETY: `argv` holds `argv.len()` pointers to NUL-terminated strings, all leaked so they outlive the
+    // EAL that may keep them; it only reorders the (mutable) pointer array. The `EAL` lock held here makes
+    // this the process's one rte_eal_init call, as DPDK requires.
     let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
     let outcome = if rc < 0 {
+        // SAFETY: reads this thread's rte_errno, which the failed rte_eal_init just set; no pointers involved.
         let errno = unsafe { sys::ft_rte_errno() };
         Err(format!("rte_eal_init({args:?}) failed: {} (errno {errno})", strerror(errno)))
     } else {
@@ -118,7 +122,11 @@ pub struct DpdkRuntime {
 
 // The pool pointer is only handed to DPDK calls, which are thread-safe for
 // pools; ports are driven by one thread per queue.
+// SAFETY: the only field that isn't Send is the pool pointer; the mbuf pool (ring_mp_mc ops) may be
+// used from any thread, and ethdev ports are identified by id, so nothing is tied to this thread.
 unsafe impl Send for DpdkRuntime {}
+// SAFETY: &self only reads `ports`, copies the pool pointer out (never dereferenced here), reads port
+// stats and stops the ports under the `started` lock: no Rust-side state changes without a lock.
 unsafe impl Sync for DpdkRuntime {}
 
 fn check(rc: i32, what: impl Fn() -> String) -> Result<(), String> {
@@ -136,7 +144,10 @@ impl DpdkRuntime {
         eal_init(&cfg.eal_args)?;
         let seq = POOL_SEQ.fetch_add(1, Ordering::Relaxed);
         let pool_name = CString::new(format!("ft_mbufs{seq}")).expect("no NUL");
+        // SAFETY: no arguments; the EAL was initialised above, and this returns the calling thread's socket.
         let socket = unsafe { sys::rte_socket_id() } as i32;
+        // SAFETY: `pool_name` is a NUL-terminated CString that lives across the call (DPDK copies the name);
+        // the rest are plain values, and the EAL is initialised, which pool creation requires.
         let pool = unsafe {
             sys::rte_pktmbuf_pool_create(
                 pool_name.as_ptr(),
@@ -148,6 +159,7 @@ impl DpdkRuntime {
             )
         };
         if pool.is_null() {
+            // SAFETY: reads this thread's rte_errno, set by the failed rte_pktmbuf_pool_create just above.
             let errno = unsafe { sys::ft_rte_errno() };
             return Err(format!("rte_pktmbuf_pool_create({} mbufs): {} (errno {errno})", cfg.mbufs, strerror(errno)));
         }
@@ -156,12 +168,14 @@ impl DpdkRuntime {
             let name =
                 CString::new(pc.device.as_str()).map_err(|_| format!("backend.ports[{index}].device: NUL byte"))?;
             let mut id = 0u16;
+            // SAFETY: `name` is a NUL-terminated CString alive across the call; `id` is a live u16 it writes.
             let rc = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut id) };
             if rc < 0 {
                 return Err(format!(
                     "backend.ports[{index}].device: no ethdev named {:?} (EAL arguments {:?}; {} ports available)",
                     pc.device,
                     cfg.eal_args,
+                    // SAFETY: no arguments; it only counts the ethdevs the initialised EAL probed.
                     unsafe { sys::rte_eth_dev_count_avail() }
                 ));
             }
@@ -174,10 +188,13 @@ impl DpdkRuntime {
     fn setup_port(cfg: &DpdkConfig, index: u8, id: u16, pool: *mut sys::rte_mempool) -> Result<PortInfo, String> {
         let device = &cfg.ports[index as usize].device;
         let mut info: sys::rte_eth_dev_info = Default::default();
+        // SAFETY: `info` is a live, default-initialised struct the call fills; `id` came from
+        // rte_eth_dev_get_port_by_name (an invalid id would only get -ENODEV).
         check(unsafe { sys::rte_eth_dev_info_get(id, &mut info) }, || format!("{device}: rte_eth_dev_info_get"))?;
         let driver = if info.driver_name.is_null() {
             String::new()
         } else {
+            // SAFETY: non-null (checked above), it points to the driver's static NUL-terminated name, copied here.
             unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
         };
         if cfg.rx_queues > info.max_rx_queues || cfg.tx_queues > info.max_tx_queues {
@@ -189,6 +206,8 @@ impl DpdkRuntime {
         // Only a stopped port can be reconfigured: one an earlier runtime of
         // this process started is stopped first.
         if was_started(id) {
+            // SAFETY: `id` is a valid port id, which is all the call needs; it runs on the control thread before
+            // any queue of this runtime exists, to let the port be reconfigured.
             unsafe { sys::rte_eth_dev_stop(id) };
             mark_started(id, false);
         }
@@ -224,23 +243,30 @@ impl DpdkRuntime {
                 }
             }
         };
+        // SAFETY: takes only the port id; an invalid id gives a negative socket, handled below.
         let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
         let socket = if socket < 0 { 0 } else { socket as u32 };
         for q in 0..cfg.rx_queues {
+            // SAFETY: port `id` is configured with `cfg.rx_queues` queues and stopped, `q` is below that; a null
+            // rx_conf asks for the PMD's defaults; `pool` is a live pool that is never freed, so the PMD may keep it.
             check(
                 unsafe { sys::rte_eth_rx_queue_setup(id, q, cfg.rx_descriptors, socket, core::ptr::null(), pool) },
                 || format!("{device} ({driver}): rx queue {q} setup"),
             )?;
         }
         for q in 0..cfg.tx_queues {
+            // SAFETY: port `id` is configured with `cfg.tx_queues` queues and stopped, `q` is below that; a null
+            // tx_conf asks for the PMD's defaults, as rte_eth_tx_queue_setup allows.
             check(
                 unsafe { sys::rte_eth_tx_queue_setup(id, q, cfg.tx_descriptors, socket, core::ptr::null()) },
                 || format!("{device} ({driver}): tx queue {q} setup"),
             )?;
         }
+        // SAFETY: `id` is a valid port, configured and with every rx and tx queue set up just above.
         check(unsafe { sys::rte_eth_dev_start(id) }, || format!("{device} ({driver}): rte_eth_dev_start"))?;
         mark_started(id, true);
         if cfg.promiscuous {
+            // SAFETY: takes only the id of the port just started.
             let rc = unsafe { sys::rte_eth_promiscuous_enable(id) };
             if rc < 0 {
                 tracing::warn!(port = %device, error = %strerror(-rc), "promiscuous mode refused");
@@ -286,6 +312,8 @@ impl DpdkRuntime {
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
         if *started {
             for p in &self.ports {
+                // SAFETY: `p.id` is a port this runtime configured and started; the `started` lock held here makes
+                // this its one stop per start.
                 let rc = unsafe { sys::rte_eth_dev_stop(p.id) };
                 mark_started(p.id, false);
                 if rc < 0 {

@@ -23,10 +23,13 @@ impl FlowError {
     /// Reads an error the PMD filled in. `rc` is the call's return value
     /// (negative errno) or 0 for calls that return a pointer and set rte_errno.
     pub fn from_raw(rc: i32, err: &sys::rte_flow_error) -> FlowError {
+        // SAFETY: reads this thread's rte_errno, which the failed call (made on this thread) set.
         let errno = if rc < 0 { -rc } else { unsafe { sys::ft_rte_errno() } };
         let message = if err.message.is_null() {
             strerror(errno)
         } else {
+            // SAFETY: non-null (checked above); a PMD sets `message` to a NUL-terminated string that outlives the
+            // error it filled in, and it is copied out here at once.
             unsafe { CStr::from_ptr(err.message) }.to_string_lossy().into_owned()
         };
         FlowError { errno, cause: err.type_, message }
@@ -104,10 +107,13 @@ impl core::fmt::Display for FlowError {
 }
 
 pub fn strerror(errno: i32) -> String {
+    // SAFETY: takes any errno value and returns a NUL-terminated string (static or in a per-thread buffer).
     let p = unsafe { sys::rte_strerror(errno) };
     if p.is_null() {
         format!("errno {errno}")
     } else {
+        // SAFETY: non-null (checked above) and NUL-terminated; a per-thread buffer it may point into is
+        // only rewritten by a later strerror call on this thread, and the text is copied out before any.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 }

@@ -47,6 +47,8 @@ pub struct RawFlow(pub NonNull<sys::rte_flow>);
 
 // A handle is an opaque token the PMD hands back; it is only passed to
 // rte_flow calls made through &mut DpdkBackend.
+// SAFETY: the handle is never dereferenced in Rust, and rte_flow calls on it may come from any
+// thread; the backend makes them through &mut DpdkBackend, one at a time.
 unsafe impl Send for RawFlow {}
 
 /// Remembers a rule the PMD created (sync or template) and reports it.
@@ -211,6 +213,8 @@ impl DpdkBackend {
     fn validate(&self, port: u16, p: &FlowPattern, a: &FlowActions) -> Result<(), FlowError> {
         let attr = self.attr();
         let mut err = no_error();
+        // SAFETY: `attr`, `err` and the END-terminated arrays of `p` and `a` (whose spec, mask and conf
+        // pointers point into their boxed storage) live across the call; an invalid port gets -ENODEV.
         let rc = unsafe { sys::rte_flow_validate(port, &attr, p.as_ptr(), a.as_ptr(), &mut err) };
         if rc < 0 {
             Err(FlowError::from_raw(rc, &err))
@@ -398,6 +402,8 @@ impl DpdkBackend {
     fn create_sync(&self, port: u16, p: &FlowPattern, a: &FlowActions) -> Result<RawFlow, FlowError> {
         let attr = self.attr();
         let mut err = no_error();
+        // SAFETY: `attr`, `err` and the END-terminated arrays of `p` and `a`, with the storage their
+        // pointers point into, live across the call; the PMD keeps its own form of the rule, not pointers.
         let f = unsafe { sys::rte_flow_create(port, &attr, p.as_ptr(), a.as_ptr(), &mut err) };
         NonNull::new(f).map(RawFlow).ok_or_else(|| FlowError::from_raw(0, &err))
     }
@@ -425,6 +431,8 @@ impl DpdkBackend {
             }
             let port = self.rt.port(r.port).map(|p| p.id).unwrap_or(u16::MAX);
             let mut err = no_error();
+            // SAFETY: `r.flow` came from rte_flow_create on this port and is destroyed once (the rule left
+            // `rules`); `err` is a live local; an unknown port (u16::MAX) only gets -ENODEV.
             let rc = unsafe { sys::rte_flow_destroy(port, r.flow.0.as_ptr(), &mut err) };
             out[i] = Some(if rc < 0 { Err(FlowError::from_raw(rc, &err)) } else { Ok(()) });
         }
@@ -438,6 +446,8 @@ impl DpdkBackend {
             let mut q = sys::rte_flow_query_count::default();
             let action = FlowActions::count_query_action();
             let mut err = no_error();
+            // SAFETY: `r.flow` is a live rule of this port (still in `rules`); `action` is the COUNT action, so
+            // the PMD writes an rte_flow_query_count, which `q` is, living across the call like `err`.
             let rc = unsafe {
                 sys::rte_flow_query(
                     port,
@@ -463,6 +473,8 @@ impl DpdkBackend {
             let mut q = sys::rte_flow_query_age::default();
             let action = FlowActions::age_query_action();
             let mut err = no_error();
+            // SAFETY: `r.flow` is a live rule of this port (still in `rules`); `action` is the AGE action, so
+            // the PMD writes an rte_flow_query_age, which `q` is, living across the call like `err`.
             let rc = unsafe {
                 sys::rte_flow_query(
                     port,

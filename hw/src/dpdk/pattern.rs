@@ -95,6 +95,8 @@ pub struct FlowPattern {
 }
 
 // The raw pointers in `items` point into `specs`, which this value owns.
+// SAFETY: `specs` is heap memory moving with the value and read only through `items`; nothing else
+// points into it, so the value can go to another thread whole.
 unsafe impl Send for FlowPattern {}
 
 fn be16(v: u16) -> sys::rte_be16_t {
@@ -337,6 +339,8 @@ mod tests {
 
     fn bytes(it: &sys::rte_flow_item) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         let n = spec_size(it.type_);
+        // SAFETY: `it` is an item of a live FlowPattern: spec and mask are null or point to the boxed struct
+        // of its type, which is `spec_size(it.type_)` bytes (0 for types without one).
         unsafe { (raw_bytes(it.spec, n).map(|b| b.to_vec()), raw_bytes(it.mask, n).map(|b| b.to_vec())) }
     }
 

@@ -38,6 +38,8 @@ pub struct RxQueue {
 }
 
 // The mbufs are owned by this queue until freed; one thread polls a queue.
+// SAFETY: the mbufs come from this queue's bursts and are freed only by it, and mbufs go back to their
+// (multi-thread) pool from any thread; RxQueue isn't Sync, so one thread at a time polls the queue.
 unsafe impl Send for RxQueue {}
 
 impl RxQueue {
@@ -62,6 +64,8 @@ impl RxQueue {
 
     fn release_current(&mut self) {
         if !self.current.is_null() {
+            // SAFETY: `current` is non-null, an mbuf of the last burst handed out by `advance` and freed only here
+            // (then nulled); its pool stays alive, never freed and held by `_rt`.
             unsafe { sys::ft_pktmbuf_free(self.current) };
             self.current = core::ptr::null_mut();
         }
@@ -74,6 +78,8 @@ impl RxQueue {
     pub fn advance(&mut self) -> bool {
         self.release_current();
         if self.next == self.len {
+            // SAFETY: port and queue were checked in `new` (a started port's rx queue) and only this RxQueue (via
+            // &mut self) polls it; `mbufs` has room for BURST pointers, and the last burst's were all handed out.
             self.len =
                 unsafe { sys::ft_rx_burst(self.port_id, self.queue, self.mbufs.as_mut_ptr(), BURST as u16) } as usize;
             self.next = 0;
@@ -93,6 +99,8 @@ impl RxQueue {
         if m.is_null() {
             return None;
         }
+        // SAFETY: `m` is a non-null mbuf of the last burst, owned until the next `advance` (&mut self), so the
+        // slice of its first segment's `data_len` bytes at mtod can borrow &self; `mark` is a live local.
         unsafe {
             let data = core::slice::from_raw_parts(sys::ft_mbuf_data(m), sys::ft_mbuf_data_len(m) as usize);
             let mut mark = 0u32;
@@ -116,6 +124,7 @@ impl Drop for RxQueue {
     fn drop(&mut self) {
         self.release_current();
         for m in &self.mbufs[self.next..self.len] {
+            // SAFETY: mbufs[next..len] are the burst's mbufs not yet handed out: owned here, each freed once.
             unsafe { sys::ft_pktmbuf_free(*m) };
         }
     }

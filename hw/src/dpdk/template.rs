@@ -37,6 +37,7 @@ pub fn configure_port(port: u16, cfg: &TemplateConfig) -> Result<u32, FlowError>
     let mut pinfo = sys::rte_flow_port_info::default();
     let mut qinfo = sys::rte_flow_queue_info::default();
     let mut err = no_error();
+    // SAFETY: `pinfo`, `qinfo` and `err` are live locals the call fills; an invalid port gets -ENODEV.
     let rc = unsafe { sys::rte_flow_info_get(port, &mut pinfo, &mut qinfo, &mut err) };
     if rc < 0 {
         return Err(FlowError::from_raw(rc, &err));
@@ -56,6 +57,8 @@ pub fn configure_port(port: u16, cfg: &TemplateConfig) -> Result<u32, FlowError>
     };
     let qattr = sys::rte_flow_queue_attr { size };
     let mut qattrs = [&qattr as *const sys::rte_flow_queue_attr];
+    // SAFETY: `qattrs` holds 1 pointer (nb_queue 1) to `qattr`; it, `port_attr` and `err` live across
+    // the call; this runs after rte_eth_dev_configure and before the port is started, as required.
     let rc = unsafe { sys::rte_flow_configure(port, &port_attr, 1, qattrs.as_mut_ptr(), &mut err) };
     if rc < 0 {
         return Err(FlowError::from_raw(rc, &err));
@@ -81,6 +84,8 @@ pub struct TemplateFlows {
 }
 
 // Raw template handles are only used through &mut self.
+// SAFETY: template handles are never dereferenced in Rust; flow queue calls aren't thread-safe, and
+// all of them go through &mut self, so one thread at a time makes them, whichever thread that is.
 unsafe impl Send for TemplateFlows {}
 
 impl TemplateFlows {
@@ -145,17 +150,22 @@ impl TemplateFlows {
         let mut err = no_error();
         let mut pattr = sys::rte_flow_pattern_template_attr::default();
         pattr.set_ingress(1);
+        // SAFETY: `pattr`, `err` and the END-terminated `items` (and what their pointers point at) live
+        // across the call; `self.port` has its flow queues configured.
         let pt = unsafe { sys::rte_flow_pattern_template_create(self.port, &pattr, items.as_ptr(), &mut err) };
         if pt.is_null() {
             return Err(FlowError::from_raw(0, &err));
         }
         let mut aattr = sys::rte_flow_actions_template_attr::default();
         aattr.set_ingress(1);
+        // SAFETY: `aattr`, `err` and the END-terminated `actions` and `masks`, of the same length, with what
+        // their conf pointers point at, live across the call.
         let at = unsafe {
             sys::rte_flow_actions_template_create(self.port, &aattr, actions.as_ptr(), masks.as_ptr(), &mut err)
         };
         if at.is_null() {
             let e = FlowError::from_raw(0, &err);
+            // SAFETY: `pt` was created just above on this port and is destroyed once, without having been used.
             unsafe { sys::rte_flow_pattern_template_destroy(self.port, pt, &mut err) };
             return Err(e);
         }
@@ -164,11 +174,15 @@ impl TemplateFlows {
         tattr.flow_attr.set_ingress(1);
         let mut pts = [pt];
         let mut ats = [at];
+        // SAFETY: `pts` and `ats` each hold the 1 template passed as count, both just created on this port;
+        // `tattr` and `err` live across the call.
         let table = unsafe {
             sys::rte_flow_template_table_create(self.port, &tattr, pts.as_mut_ptr(), 1, ats.as_mut_ptr(), 1, &mut err)
         };
         if table.is_null() {
             let e = FlowError::from_raw(0, &err);
+            // SAFETY: `at` and `pt` were created just above on this port, are used by no table (creating it
+            // failed) and are destroyed once.
             unsafe {
                 sys::rte_flow_actions_template_destroy(self.port, at, &mut err);
                 sys::rte_flow_pattern_template_destroy(self.port, pt, &mut err);
@@ -180,6 +194,8 @@ impl TemplateFlows {
 
     fn destroy_table(&self, t: Table) {
         let mut err = no_error();
+        // SAFETY: `t` (taken by value) holds handles made by make_table on this port; the table goes first,
+        // then the templates it used, each once.
         unsafe {
             sys::rte_flow_template_table_destroy(self.port, t.table, &mut err);
             sys::rte_flow_actions_template_destroy(self.port, t.actions, &mut err);
@@ -217,6 +233,8 @@ impl TemplateFlows {
         let mut op = sys::rte_flow_op_attr::default();
         op.set_postpone(1);
         let mut err = no_error();
+        // SAFETY: `table` is a live table of this port; `items` and `actions` are END-terminated arrays the
+        // callers keep alive across this call and flush_queue's push and pull; `tag` is never dereferenced.
         let f = unsafe {
             sys::rte_flow_async_create(self.port, QUEUE, &op, table, items, 0, actions, 0, tag as *mut c_void, &mut err)
         };
@@ -231,6 +249,7 @@ impl TemplateFlows {
     {
         let mut err = no_error();
         let mut out: Vec<(usize, Result<T, FlowError>)> = ops.iter().map(|(i, r)| (*i, r.clone())).collect();
+        // SAFETY: QUEUE was configured on this port and is used only through &mut self; `err` is a live local.
         let rc = unsafe { sys::rte_flow_push(self.port, QUEUE, &mut err) };
         if rc < 0 {
             let e = FlowError::from_raw(rc, &err);
@@ -243,6 +262,8 @@ impl TemplateFlows {
         let mut results = vec![sys::rte_flow_op_result { status: 0, user_data: ptr::null_mut() }; waiting.max(1)];
         let deadline = Instant::now() + PULL_TIMEOUT;
         while waiting > 0 {
+            // SAFETY: `results` has `results.len()` entries and the count passed is at most that (the u16 cast
+            // can only lower it); QUEUE is used only through &mut self; `err` is a live local.
             let n =
                 unsafe { sys::rte_flow_pull(self.port, QUEUE, results.as_mut_ptr(), results.len() as u16, &mut err) };
             if n < 0 {
@@ -300,6 +321,8 @@ impl TemplateFlows {
                 let mut op = sys::rte_flow_op_attr::default();
                 op.set_postpone(1);
                 let mut err = no_error();
+                // SAFETY: `f` is a live rule created on this port's table and is destroyed once; `op` and `err` live
+                // across the call; `i` is a tag, never dereferenced; QUEUE is used only through &mut self.
                 let rc = unsafe {
                     sys::rte_flow_async_destroy(self.port, QUEUE, &op, f.0.as_ptr(), i as *mut c_void, &mut err)
                 };
