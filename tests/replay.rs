@@ -104,6 +104,14 @@ fn every_capture_replays_and_every_packet_is_accounted_once() {
         );
         assert_eq!(hw, s.nic_packets, "{}: hardware counts vs packets the NIC took", path.display());
         assert_eq!(records.len() as u64, stats.flows_created, "{}: one record per flow", path.display());
+        // Every rule removed was one the NIC held: no removal of a rule it
+        // never had, or had lost (the sim once reported half of them so).
+        assert_eq!(
+            (stats.remove_errors, stats.unknown_rules),
+            (0, 0),
+            "{}: removals and counters all matched rules the NIC held",
+            path.display()
+        );
         total += s.packets;
         in_hw += hw;
         offloaded += stats.flows_offloaded;
