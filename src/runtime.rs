@@ -337,7 +337,9 @@ impl Runtime {
             let (shard_end, offload_end) = link(cfg.queue_depth);
             offload_ends.push(offload_end);
             let table = TableConfig { max_flows: per_shard, shard: i as u8, ..cfg.table };
-            let shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, cfg.engine);
+            // Contexts are shared out the same way.
+            let engine = EngineConfig { max_context_bytes: cfg.engine.max_context_bytes.div_ceil(n), ..cfg.engine };
+            let shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, engine);
             let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
             let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
             let status = Arc::new(Mutex::new(LiveStatus::default()));

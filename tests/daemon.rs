@@ -986,3 +986,44 @@ fn idle_clients_make_room_and_subscribers_are_bounded() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Each flow's context is bounded (64 entries of 1 KiB), and so is what
+/// all of them hold together (`table.max_context_bytes`): filling flows'
+/// contexts one after the other is refused, through the real binary, once
+/// the total would pass the limit, with the limit named; flows already
+/// holding context keep it, and a smaller update still goes in.
+#[test]
+fn flow_contexts_together_are_bounded() {
+    let d = Daemon::start(&format!(
+        r#""table": {{"max_context_bytes": 40000}}, {LONG_TIMEOUTS}, {}"#,
+        pcap_source("netflix.pcap", "fast")
+    ));
+    d.wait_sources_done();
+    let flows = d.all_flows();
+    let ids: Vec<String> =
+        flows["flows"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap().to_string()).collect();
+    assert!(ids.len() > 20, "enough flows to fill: {}", ids.len());
+    let value = "v".repeat(900);
+    let entries: Vec<String> = (0..4).map(|i| format!("k{i}={value}")).collect();
+    let mut labelled = Vec::new();
+    let refusal = ids
+        .iter()
+        .find_map(|id| {
+            let mut args = vec!["label", id.as_str()];
+            args.extend(entries.iter().map(String::as_str));
+            let out = d.cli(&args);
+            if out.status.success() {
+                labelled.push(id.clone());
+                None
+            } else {
+                Some(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        })
+        .expect("some update is refused before every flow holds 3.9 kB");
+    assert!(refusal.contains("invalid-context") && refusal.contains("table.max_context_bytes"), "{refusal}");
+    assert!((5..=10).contains(&labelled.len()), "about 40 kB of contexts went in: {}", labelled.len());
+    let first = d.json(&["flow", &labelled[0]]);
+    assert_eq!(first["context"]["metadata"]["k0"].as_str().map(str::len), Some(900), "kept: {first}");
+    let small = d.cli(&["label", &ids[ids.len() - 1], "--label", "x"]);
+    assert!(small.status.success(), "a small update still fits: {}", String::from_utf8_lossy(&small.stderr));
+}

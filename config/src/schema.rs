@@ -128,6 +128,9 @@ pub struct TableSection {
     pub full_policy: FullPolicy,
     pub fragment_timeout_s: f64,
     pub max_fragments: usize,
+    /// Most bytes all flows' application context may hold together
+    /// (labels and metadata); an update past it is refused.
+    pub max_context_bytes: usize,
 }
 
 impl Default for TableSection {
@@ -138,6 +141,7 @@ impl Default for TableSection {
             full_policy: t.full_policy,
             fragment_timeout_s: t.fragment_timeout_ns as f64 / 1e9,
             max_fragments: t.max_fragments,
+            max_context_bytes: flowtable_sw::context::DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 }

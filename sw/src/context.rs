@@ -50,6 +50,13 @@ impl FlowContext {
 pub const MAX_LABEL_LEN: usize = 256;
 pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_LEN: usize = 1024;
+/// What all contexts may hold together, by default (per run: shared out
+/// among the workers' shards).
+pub const DEFAULT_MAX_TOTAL_BYTES: usize = 64 << 20;
+/// What a context and each metadata entry cost beside their text (the
+/// map entries and string headers), counted toward the total.
+const CONTEXT_OVERHEAD: usize = 96;
+const ENTRY_OVERHEAD: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContextError {
@@ -61,15 +68,46 @@ pub enum ContextError {
     TooManyEntries(usize),
     #[error("metadata entry {0:?} is longer than {MAX_METADATA_LEN} bytes")]
     EntryTooLong(String),
+    #[error(
+        "flow contexts would hold {would} bytes; the limit is {limit} (table.max_context_bytes, shared by the \
+         workers): remove context from other flows or raise the limit"
+    )]
+    StoreFull { would: usize, limit: usize },
 }
 
-/// Context by flow id.
-#[derive(Debug, Default)]
+/// Context by flow id, bounded in total.
+#[derive(Debug)]
 pub struct ContextStore {
     map: HashMap<FlowId, FlowContext>,
+    /// What the contexts hold, by `cost`.
+    bytes: usize,
+    limit: usize,
+}
+
+impl Default for ContextStore {
+    fn default() -> Self {
+        ContextStore::with_limit(DEFAULT_MAX_TOTAL_BYTES)
+    }
+}
+
+/// What a context holds, for the total bound.
+fn cost(c: &FlowContext) -> usize {
+    CONTEXT_OVERHEAD
+        + c.label.as_ref().map_or(0, String::len)
+        + c.metadata.iter().map(|(k, v)| ENTRY_OVERHEAD + k.len() + v.len()).sum::<usize>()
 }
 
 impl ContextStore {
+    /// A store whose contexts hold at most `limit` bytes together.
+    pub fn with_limit(limit: usize) -> ContextStore {
+        ContextStore { map: HashMap::new(), bytes: 0, limit }
+    }
+
+    /// Bytes the contexts hold now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn get(&self, id: FlowId) -> Option<&FlowContext> {
         self.map.get(&id)
     }
@@ -87,17 +125,26 @@ impl ContextStore {
                 return Err(ContextError::EntryTooLong(k.clone()));
             }
         }
-        let mut merged = self.map.get(&id).cloned().unwrap_or_default();
+        let old = self.map.get(&id);
+        let old_cost = old.map_or(0, cost);
+        let mut merged = old.cloned().unwrap_or_default();
         merged.merge(update);
         if merged.metadata.len() > MAX_METADATA_ENTRIES {
             return Err(ContextError::TooManyEntries(merged.metadata.len()));
         }
+        let would = self.bytes - old_cost + cost(&merged);
+        if would > self.limit && would > self.bytes {
+            return Err(ContextError::StoreFull { would, limit: self.limit });
+        }
+        self.bytes = would;
         self.map.insert(id, merged);
         Ok(&self.map[&id])
     }
 
     pub fn remove(&mut self, id: FlowId) -> Option<FlowContext> {
-        self.map.remove(&id)
+        let c = self.map.remove(&id)?;
+        self.bytes -= cost(&c);
+        Some(c)
     }
 
     pub fn len(&self) -> usize {
@@ -112,6 +159,33 @@ impl ContextStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contexts_together_are_bounded_and_removal_frees_room() {
+        let mut store = ContextStore::with_limit(20_000);
+        let big = |n: usize| FlowContext {
+            metadata: (0..n).map(|i| (format!("k{i}"), "v".repeat(900))).collect(),
+            ..FlowContext::default()
+        };
+        let mut fitted = 0;
+        let err = loop {
+            match store.update(FlowId::new(fitted, 1), big(4)) {
+                Ok(_) => fitted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(fitted, 5, "each context holds about 3.9 kB");
+        assert!(matches!(err, ContextError::StoreFull { limit: 20_000, .. }), "{err}");
+        assert!(err.to_string().contains("table.max_context_bytes"), "{err}");
+        assert!(store.bytes() <= 20_000);
+        assert!(store.get(FlowId::new(fitted, 1)).is_none(), "a refused update changes nothing");
+        // Shrinking a context is always allowed; removing one frees its room.
+        store.remove(FlowId::new(0, 1));
+        assert!(store.update(FlowId::new(fitted, 1), big(4)).is_ok());
+        let before = store.bytes();
+        store.update(FlowId::new(1, 1), FlowContext { label: Some("x".into()), ..FlowContext::default() }).unwrap();
+        assert!(store.bytes() > before);
+    }
 
     #[test]
     fn updates_merge_and_limits_leave_context_unchanged() {

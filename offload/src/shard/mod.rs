@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub placement: PlacementPolicy,
     pub hard_timeout_ns: u64,
     pub max_queued: usize,
+    /// Most bytes this shard's flow contexts may hold together.
+    pub max_context_bytes: usize,
     /// Inline pairs: where a direction not seen yet will arrive.
     pub ports: PortMap,
 }
@@ -72,6 +74,7 @@ impl EngineConfig {
             placement: c.offload.placement,
             hard_timeout_ns: (c.offload.hard_timeout_s * 1e9) as u64,
             max_queued: c.offload.max_queued,
+            max_context_bytes: c.table.max_context_bytes,
             ports: c.port_map().unwrap_or_default(),
         }
     }
@@ -281,7 +284,7 @@ impl Shard {
     ) -> Shard {
         Shard {
             table: FlowTable::new(table),
-            contexts: ContextStore::default(),
+            contexts: ContextStore::with_limit(cfg.max_context_bytes),
             classifier,
             backend,
             link,
