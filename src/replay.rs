@@ -2,7 +2,7 @@
 //! the parser and the workers, polled on the source's clock, so a capture
 //! replays as it happened, only faster.
 
-use crate::runtime::{Clock, FromWorker, Runtime, RuntimeConfig, WorkerTimes, POLL_TICK_NS};
+use crate::runtime::{Clock, Runtime, RuntimeConfig, WorkerTimes, POLL_TICK_NS};
 use crate::source::{PacketSource, SourceError};
 use flowtable_config::Config;
 use flowtable_hw::Backend;
@@ -80,13 +80,6 @@ pub fn replay(
     let mut sum = ReplaySummary::default();
     let mut next_poll = 0u64;
     let mut now = 0u64;
-    let drain = |rt: &Runtime, on_record: &mut dyn FnMut(&FlowRecord)| {
-        while let Ok(out) = rt.output.try_recv() {
-            if let FromWorker::Records(records) = out {
-                records.iter().for_each(&mut *on_record);
-            }
-        }
-    };
     let result = loop {
         let pkt = match source.next_packet() {
             Ok(Some(p)) => p,
@@ -106,7 +99,7 @@ pub fn replay(
         if now >= next_poll {
             dispatch.tick(now);
             next_poll = now + POLL_TICK_NS;
-            drain(&rt, &mut on_record);
+            Runtime::take_output(&rt.output, &mut on_record, |_| {});
         }
         let Some(link) = pkt.link else {
             sum.skipped.add(SkipReason::UnsupportedLinkType);
@@ -132,11 +125,7 @@ pub fn replay(
     drop(dispatch);
     let output = rt.output.clone();
     let finished = rt.shutdown(false);
-    for out in output.try_iter() {
-        if let FromWorker::Records(records) = out {
-            records.iter().for_each(&mut on_record);
-        }
-    }
+    Runtime::take_output(&output, &mut on_record, |_| {});
     let finished = finished?;
     sum.last_ts_ns = now;
     sum.clamped_wire_lengths = source.clamped_wire_lengths();

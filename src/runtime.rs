@@ -244,8 +244,6 @@ pub struct Runtime {
     pub clock: Arc<Clock>,
     /// The table's fragment memory (entries, timeout), for the dispatcher.
     frag_config: (usize, u64),
-    pub backend: BackendInfo,
-    pub classifier: Arc<Classifier>,
     live_status: Vec<Arc<Mutex<LiveStatus>>>,
     jobs_cpu: Vec<Arc<AtomicU64>>,
 }
@@ -398,8 +396,6 @@ impl Runtime {
             free,
             clock,
             frag_config,
-            backend: info,
-            classifier,
             live_status,
             jobs_cpu,
         };
@@ -451,6 +447,21 @@ impl Runtime {
             epoch_ends_ns: 0,
             clock: self.clock.clone(),
             frags: FragTracker::new(self.frag_config.0, self.frag_config.1),
+        }
+    }
+
+    /// Hands every record the workers made so far to `on_record` (events
+    /// to `on_event`), in the order they came.
+    pub fn take_output(
+        output: &Receiver<FromWorker>,
+        mut on_record: impl FnMut(&FlowRecord),
+        mut on_event: impl FnMut(&[Event]),
+    ) {
+        for out in output.try_iter() {
+            match out {
+                FromWorker::Records(records) => records.iter().for_each(&mut on_record),
+                FromWorker::Events(events) => on_event(&events),
+            }
         }
     }
 

@@ -143,9 +143,6 @@ impl Coordinator {
     pub fn backend_mut(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()
     }
-    pub fn capabilities(&self) -> &Capabilities {
-        &self.caps
-    }
     pub fn rules_live(&self) -> usize {
         self.rules_live
     }

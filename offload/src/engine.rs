@@ -39,9 +39,6 @@ impl Engine {
     pub fn shard(&self) -> &Shard {
         &self.shard
     }
-    pub fn shard_mut(&mut self) -> &mut Shard {
-        &mut self.shard
-    }
     pub fn table(&self) -> &FlowTable {
         self.shard.table()
     }
@@ -193,13 +190,7 @@ impl Engine {
         }
         let now = self.shard.now_ns();
         self.settle_offload(now);
-        let records = self.shard.drain_records();
-        let found = records.iter().find(|r| r.id == id).cloned();
-        // Put them back for `drain_records`, in order.
-        for r in records {
-            self.shard.push_record(r);
-        }
-        found.ok_or_else(|| {
+        self.shard.records().iter().rev().find(|r| r.id == id).cloned().ok_or_else(|| {
             EngineError::Backend(flowtable_hw::BackendError::Io {
                 backend: self.coordinator.backend().name().into(),
                 message: "rule removal failed; the flow is kept".into(),

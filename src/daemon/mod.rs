@@ -632,6 +632,10 @@ impl Daemon {
     /// subscribers.
     fn take_output(&mut self) {
         let output = self.rt().output.clone();
+        self.take_from(&output);
+    }
+
+    fn take_from(&mut self, output: &Receiver<FromWorker>) {
         for out in output.try_iter() {
             match out {
                 FromWorker::Records(records) => self.write_records(&records),
@@ -1065,12 +1069,7 @@ impl Daemon {
         let rt = self.rt.take().expect("running until here");
         self.workers_job_cpu_ns = rt.job_cpu_ns();
         let finished = rt.shutdown(keep);
-        for out in output.try_iter() {
-            match out {
-                FromWorker::Records(records) => self.write_records(&records),
-                FromWorker::Events(events) => self.publish(&events),
-            }
-        }
+        self.take_from(&output);
         let finished = finished?;
         self.flush_records();
         let rules_left = finished.coordinator.rules_live();

@@ -362,9 +362,9 @@ impl Shard {
         std::mem::take(&mut self.records)
     }
 
-    /// Puts a record (taken by `drain_records`) back to be drained again.
-    pub fn push_record(&mut self, record: FlowRecord) {
-        self.records.push(record);
+    /// Records of flows that ended since the last `drain_records`.
+    pub fn records(&self) -> &[FlowRecord] {
+        &self.records
     }
 
     fn emit(&mut self, event: impl FnOnce() -> Event) {
@@ -889,11 +889,6 @@ impl Shard {
     /// placements read these instead of scanning the table.
     pub fn offload_states(&self) -> impl Iterator<Item = (FlowId, &OffloadState)> + '_ {
         self.offloads.iter().map(|(id, s)| (*id, s))
-    }
-
-    /// Rules of this shard's flows in place now.
-    pub fn rules_live(&self) -> usize {
-        self.offloads.values().map(|s| s.placement.iter().filter(|p| p.is_some()).count()).sum()
     }
 
     /// Asks for a flow to be offloaded with `action` (installed by the
