@@ -273,6 +273,7 @@ pub struct LiveStatus {
     pub bytes: u64,
     /// Parsed and handed to the shard.
     pub sw_packets: u64,
+    pub sw_bytes: u64,
     pub skipped: SkipCounters,
     pub losses: Option<CaptureLosses>,
     /// The source failed with this; what it delivered before is kept.
@@ -695,6 +696,7 @@ impl Worker {
                     match raw.parse(&ports) {
                         Ok(info) => {
                             status.sw_packets += 1;
+                            status.sw_bytes += raw.wire_len as u64;
                             // A live frame counts at its capture time, which
                             // places it before or after its flow's rule went in.
                             self.live_batch.pkts.push(info);

@@ -17,8 +17,8 @@ pub mod sources;
 
 use crate::control::server::{self, Answer, Job, Server, Subscriber};
 use crate::control::{
-    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats,
-    SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
+    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleCounted,
+    RuleStats, SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
 };
 use crate::runtime::{Clock, Dispatcher, FromWorker, Runtime, RuntimeConfig, ToWorker, WorkerTimes, POLL_TICK_NS};
 use crate::source::afpacket::AfPacketConfig;
@@ -147,7 +147,9 @@ struct ReaderStatus {
     received: u64,
     received_bytes: u64,
     nic_packets: u64,
+    nic_bytes: u64,
     sw_packets: u64,
+    sw_bytes: u64,
     skipped: SkipCounters,
     /// Every source has ended (none is live).
     all_done: bool,
@@ -296,8 +298,10 @@ impl Reader {
                 let at = if live { pending.due_ns.min(*now) } else { *now };
                 if self.dispatch.offer(&info, at) {
                     self.status.nic_packets += 1;
+                    self.status.nic_bytes += pending.wire_len as u64;
                 } else {
                     self.status.sw_packets += 1;
+                    self.status.sw_bytes += pending.wire_len as u64;
                     self.dispatch.push(info, at, pending.mark);
                 }
             }
@@ -922,13 +926,22 @@ impl Daemon {
                 remove_errors: st.remove_errors,
                 counter_reads: st.counter_reads,
                 counter_errors: st.counter_errors,
+                by_device: offload.rules_by_port.iter().map(|(port, n)| (self.port_name(*port), *n)).collect(),
+                counted: RuleCounted {
+                    packets: offload.stats.rule_counted.packets,
+                    bytes: offload.stats.rule_counted.bytes,
+                    hw_packets: offload.stats.rule_counted.hw_packets,
+                    hw_bytes: offload.stats.rule_counted.hw_bytes,
+                },
             },
             refusals: st.refusals.clone(),
             packets: PacketStats {
                 received: reader.received,
                 bytes: reader.received_bytes,
                 nic: reader.nic_packets,
+                nic_bytes: reader.nic_bytes,
                 software: reader.sw_packets,
+                software_bytes: reader.sw_bytes,
                 tap_skipped: st.tap_packets_skipped,
                 slipped: st.slipped_packets,
                 rate_pps,
@@ -954,6 +967,11 @@ impl Daemon {
         })
     }
 
+    /// A port's name from the configuration, or its index where it has none.
+    fn port_name(&self, port: u8) -> String {
+        self.config.ports.get(port as usize).map_or_else(|| format!("port{port}"), |p| p.name.clone())
+    }
+
     /// What the reader and the workers' own live sources have read.
     fn read_status(&self) -> ReaderStatus {
         let mut st = self.reader_status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -975,6 +993,7 @@ impl Daemon {
             st.received += l.packets;
             st.received_bytes += l.bytes;
             st.sw_packets += l.sw_packets;
+            st.sw_bytes += l.sw_bytes;
             for (total, n) in st.skipped.counts.iter_mut().zip(l.skipped.counts) {
                 *total += n;
             }
