@@ -32,6 +32,8 @@ fn config_check_refuses_what_run_could_not_start_with() {
         (r#"{"sources": [{"synthetic": {"rate_pps": 1e300}}]}"#, "sources[0].synthetic.rate_pps", "out of range"),
         (r#"{"offload": {"max_queued": 0}}"#, "offload.max_queued", "would ever be offloaded"),
         (r#"{"backend": {"kind": "sim", "max_rules": 1}}"#, "backend.max_rules", "takes 2"),
+        (r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen", "is not an IP address and port"),
+        (r#"{"metrics": {"listen": "[::1]:0"}}"#, "metrics.listen", "port 0"),
     ] {
         let (ok, said) = check(text);
         assert!(!ok, "accepted {text}: {said}");

@@ -282,6 +282,26 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_an_ip_address_and_a_real_port() {
+        assert_eq!(parse("h.json", "{}").unwrap().metrics.address(), Ok(None));
+        for (text, want) in
+            [("127.0.0.1:9464", "127.0.0.1:9464"), ("[::1]:9100", "[::1]:9100"), ("0.0.0.0:80", "0.0.0.0:80")]
+        {
+            let c = parse("h.json", &format!(r#"{{"metrics": {{"listen": {text:?}}}}}"#)).unwrap();
+            assert_eq!(c.metrics.address().unwrap().unwrap().to_string(), want);
+        }
+        let msg = refused(r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen");
+        assert!(msg.contains("\"localhost:9464\" is not an IP address and port: give e.g."), "{msg}");
+        let msg = refused(r#"{"metrics": {"listen": "127.0.0.1"}}"#, "metrics.listen");
+        assert!(msg.contains("is not an IP address and port"), "{msg}");
+        let msg = refused(r#"{"metrics": {"listen": "127.0.0.1:0"}}"#, "metrics.listen");
+        assert!(msg.contains("port 0 would be a different port at every start"), "{msg}");
+        refused(r#"{"metrics": {"listen": "127.0.0.1:70000"}}"#, "metrics.listen");
+        refused(r#"{"metrics": {"listen": 9464}}"#, "metrics.listen");
+        refused(r#"{"metrics": {"address": "127.0.0.1:9464"}}"#, "metrics.address");
+    }
+
+    #[test]
     fn settings_that_can_never_offload_are_refused() {
         let msg = refused(r#"{"offload": {"max_queued": 0}}"#, "offload.max_queued");
         assert!(msg.contains("no flow would ever be offloaded"), "{msg}");
