@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod filter;
+pub mod metrics;
 pub mod query;
 pub mod records;
 pub mod sources;
@@ -47,6 +48,9 @@ pub const READ_BURST: usize = 256;
 const STAGES: [Stage; 7] = Stage::LIVE;
 /// Rates are measured over this many one-second samples.
 const RATE_SAMPLES: usize = 5;
+/// How often the statistics are gathered for the metrics server: each
+/// time costs every worker a control job, as a `flowtable stats` does.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// `flowtable run` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -416,6 +420,9 @@ struct Daemon {
     next_tick: Instant,
     /// When the shards' lists of largest flows were last rebuilt for a query.
     last_largest_rebuild: Instant,
+    /// Where the metrics server finds the statistics; `None` when off.
+    metrics: Option<metrics::Slot>,
+    last_metrics: Option<Instant>,
 }
 
 /// Longest an `unoffload` answer waits for the offload thread to take the
@@ -521,6 +528,23 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
             return Err(e);
         }
     };
+    let metrics_slot = metrics::Slot::default();
+    // Checked by the configuration's validation; a bind error (the port in
+    // use) stops the start as a taken control socket does.
+    let metrics_server =
+        match config.metrics.address().map(|a| a.map(|a| metrics::MetricsServer::start(a, metrics_slot.clone()))) {
+            Ok(None) => None,
+            Ok(Some(Ok(m))) => Some(m),
+            Err(e) | Ok(Some(Err(e))) => {
+                reader_stop.store(true, Ordering::SeqCst);
+                let _ = reader.join();
+                let _ = rt.shutdown(false);
+                return Err(e);
+            }
+        };
+    if let Some(m) = &metrics_server {
+        tracing::info!(url = %format!("http://{}/metrics", m.addr()), "serving Prometheus metrics");
+    }
     tracing::info!(
         socket = %server.path().display(),
         backend = backend_name,
@@ -552,9 +576,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         samples: VecDeque::new(),
         next_tick: Instant::now(),
         last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
+        metrics: metrics_server.is_some().then_some(metrics_slot),
+        last_metrics: None,
     };
     daemon.run_loop(&jobs_rx, controls);
     let summary = daemon.shutdown();
+    // Scrapes are answered (with the last figures) until the very end.
+    drop(metrics_server);
     // Requests still queued are answered "shutting down" as their reply
     // channels close; then the socket goes.
     drop(jobs_rx);
@@ -663,6 +691,19 @@ impl Daemon {
             });
             if self.samples.len() > RATE_SAMPLES {
                 self.samples.pop_front();
+            }
+        }
+        if self.metrics.is_some() && self.last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
+            self.last_metrics = Some(Instant::now());
+            // Gathered here, on the main thread's own schedule: a scrape
+            // only reads what was put in the slot.
+            match self.stats(self.now()) {
+                Ok(st) => {
+                    if let Some(slot) = &self.metrics {
+                        slot.publish(st);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e.message, "statistics for the metrics not gathered"),
             }
         }
     }
@@ -1052,6 +1093,7 @@ impl Daemon {
             ("records", json!(self.config.records), json!(new.records)),
             ("control", json!(self.config.control), json!(new.control)),
             ("log", json!(self.config.log), json!(new.log)),
+            ("metrics", json!(self.config.metrics), json!(new.metrics)),
             ("sources", json!(self.config.sources), json!(new.sources)),
         ]
         .into_iter()
