@@ -650,6 +650,17 @@ pub fn stats_report(s: &Stats) -> String {
             String::new()
         }
     ));
+    let by_device: std::collections::BTreeMap<String, u64> =
+        r.by_device.iter().map(|(d, n)| (d.clone(), *n as u64)).collect();
+    o.push_str(&format!("  by device     {}\n", map_text(&by_device)));
+    let c = &r.counted;
+    o.push_str(&format!(
+        "  counted       {} packets ({}) by hardware, {} ({}) by the kernel's software path\n",
+        report::count(c.hw_packets),
+        report::bytes(c.hw_bytes),
+        report::count(c.packets.saturating_sub(c.hw_packets)),
+        report::bytes(c.bytes.saturating_sub(c.hw_bytes))
+    ));
     o.push_str(&format!("refusals  {}\n", map_text(&s.refusals)));
     let p = &s.packets;
     o.push_str(&format!(
