@@ -59,6 +59,7 @@ struct Daemon {
     socket: PathBuf,
     log: PathBuf,
     metrics: SocketAddr,
+    config: PathBuf,
 }
 
 impl Daemon {
@@ -94,7 +95,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child), _dir: dir, socket, log, metrics };
+        let d = Daemon { child: Some(child), _dir: dir, socket, log, metrics, config };
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&d.socket).is_err() {
             assert!(Instant::now() < deadline, "daemon did not come up; log:\n{}", d.log_text());
@@ -413,6 +414,30 @@ fn a_taken_metrics_port_stops_the_start_naming_the_field() {
     );
     assert!(!said.contains("panicked"), "{said}");
     assert!(!socket.exists(), "the control socket was left behind");
+}
+
+#[test]
+fn a_reload_keeps_the_metrics_server_and_says_its_change_waits_for_a_restart() {
+    let d = Daemon::start("443-curl.pcap", 1);
+    let other = free_port();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let changed = text.replace(&d.metrics.to_string(), &format!("127.0.0.1:{other}"));
+    assert_ne!(text, changed);
+    std::fs::write(&d.config, changed).unwrap();
+    let pid = d.child.as_ref().unwrap().id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.stats()["config"]["generation"] != 2 {
+        assert!(Instant::now() < deadline, "the reload did not apply; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log_text();
+    let warned = log.lines().find(|l| l.contains("take effect at the next start")).unwrap_or("");
+    assert!(warned.contains("metrics"), "no word that metrics waits for a restart:\n{log}");
+    assert!(d.scrape().contains("flowtable_config_generation "), "the old address stopped serving");
+    let addr: SocketAddr = format!("127.0.0.1:{other}").parse().unwrap();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(), "a second server started");
 }
 
 /// Debian's Prometheus server, on a free port with its own storage,
