@@ -175,6 +175,10 @@ impl Coordinator {
     pub fn stats(&self) -> &CoordinatorStats {
         &self.stats
     }
+    /// Rules in place, by the port each is on.
+    pub fn rules_by_port(&self) -> &BTreeMap<u8, usize> {
+        &self.rules_by_port
+    }
     /// A snapshot kept up to date after every step, for other threads.
     pub fn status(&self) -> Arc<Mutex<OffloadStatus>> {
         self.status.clone()

@@ -84,6 +84,10 @@ fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
     assert_eq!(view.packets, 100);
     assert_eq!(view.bytes, (0..100u64).map(|i| 100 + i).sum::<u64>());
     assert!(view.orig.hw_packets > 0 && view.reply.hw_packets > 0);
+    // The offload thread's own tally of what the rules counted agrees.
+    let counted = e.coordinator().stats().rule_counted;
+    assert_eq!(counted.packets, view.orig.hw_packets + view.reply.hw_packets);
+    assert_eq!((counted.hw_packets, counted.hw_bytes), (counted.packets, counted.bytes), "the sim counts in hardware");
 
     // Idle in hardware: the rule is removed after the UDP timeout and the
     // record carries every packet.
@@ -93,6 +97,8 @@ fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
     e.poll(last_activity + 61 * S);
     assert_eq!(e.rules_live(), 0);
     assert_eq!(e.backend_mut().capabilities().max_rules, 65536);
+    assert!(e.coordinator().rules_by_port().is_empty(), "{:?}", e.coordinator().rules_by_port());
+    assert_eq!(e.coordinator().stats().rule_counted.packets, taken_by_nic, "final counters taken at the removal");
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
@@ -467,7 +473,11 @@ fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
     assert!(feed(&mut e, &back(&ports, wan), 15 * MS));
     e.poll(200 * MS);
     assert_eq!(only_flow(&e), id, "all of it one flow");
+    let by_port: Vec<(u8, usize)> = e.coordinator().rules_by_port().iter().map(|(p, n)| (*p, *n)).collect();
+    assert_eq!(by_port, [(wan, 1), (lan, 1)], "one rule on each port");
     e.shutdown(false);
+    assert!(e.coordinator().rules_by_port().is_empty());
+    assert_eq!(e.coordinator().stats().rule_counted.packets, 3, "what the two rules took");
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
