@@ -105,7 +105,7 @@ fn serve(server: &tiny_http::Server, slot: &Slot) {
                 .with_header(text_plain.clone())
                 .with_header(header("Allow", "GET, HEAD")),
             (true, "/metrics") => match slot.latest() {
-                Some(stats) => tiny_http::Response::from_string(render(&stats))
+                Some(stats) => tiny_http::Response::from_string(render(stats))
                     .with_header(header("Content-Type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)),
                 // Only in the first second after the start.
                 None => tiny_http::Response::from_string("no statistics yet: the daemon is starting\n")
@@ -130,9 +130,9 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 
 /// The Prometheus text format (0.0.4) of `stats`, every name prefixed
 /// `flowtable_`.
-pub fn render(stats: &Stats) -> String {
+pub fn render(stats: Arc<Stats>) -> String {
     let mut registry = Registry::with_prefix("flowtable");
-    registry.register_collector(Box::new(StatsCollector(Arc::new(stats.clone()))));
+    registry.register_collector(Box::new(StatsCollector(stats)));
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
