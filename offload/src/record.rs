@@ -62,6 +62,19 @@ impl DirRecord {
     }
 }
 
+/// How the close of an offloaded TCP connection is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Teardown {
+    /// The rules leave FIN and RST to software, which removes them when
+    /// the connection closes.
+    FinRst,
+    /// The rules take FIN and RST too (the backend can't match TCP
+    /// flags): the close is not seen, and the flow ends by its idle
+    /// timeout.
+    IdleOnly,
+}
+
 /// What offload a flow had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OffloadRecord {
@@ -72,9 +85,13 @@ pub struct OffloadRecord {
     /// Whether the rules' counters could be read.
     pub hw_counters: bool,
     pub installed_ns: u64,
-    /// Set when the rules were removed before the flow ended (unoffload).
+    /// Set when the rules were removed before the flow ended (unoffload,
+    /// the connection's close).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_ns: Option<u64>,
+    /// TCP flows: whether the close could be seen while offloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teardown: Option<Teardown>,
 }
 
 /// The record a flow ends in. Directions are the flow's own: `orig` is

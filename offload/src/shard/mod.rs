@@ -17,7 +17,7 @@
 
 use crate::classifier::{Classifier, Decision};
 use crate::link::{Request, Response, ShardLink};
-use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
+use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, Teardown};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
 use flowtable_config::Config;
 use flowtable_hw::{
@@ -25,8 +25,11 @@ use flowtable_hw::{
     RuleCounters, RuleSpec,
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
+use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::Schedule;
-use flowtable_sw::{DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
+use flowtable_sw::{
+    DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -125,6 +128,10 @@ pub enum Then {
     Software,
     /// Ends with this reason.
     End(EndReason),
+    /// The connection closed (RST, or FIN from both sides) while its rules
+    /// were in: it goes on in software, never offloaded again, and ends
+    /// `tcp-close` once its closing timeout passes.
+    Close,
 }
 
 impl OffloadState {
@@ -491,7 +498,10 @@ impl Shard {
         // what it then did not count is settled to software (`settle`). A
         // packet of a rule without counters is software's to count.
         let d = pkt.dir.index();
-        let tapped = if matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
+        let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && pkt.key.proto == 6;
+        // Rules that leave FIN and RST to software never count them.
+        let rule_skips = closing && self.backend.capabilities.tcp_teardown_to_software;
+        let tapped = if !rule_skips && matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
             let sees_offloaded = self.backend.capabilities.software_sees_offloaded;
             let counters = self.backend.capabilities.counters;
             self.offloads.get_mut(&id).filter(|s| {
@@ -518,6 +528,29 @@ impl Shard {
         self.table.observe(id, pkt, now_ns, count);
         if stage == Stage::Tracking {
             self.classify(id);
+        } else if closing && stage != Stage::Software {
+            self.tear_down_if_closed(id);
+        }
+    }
+
+    /// A connection that closed (RST, or FIN from both sides) while it had
+    /// or was getting rules: the rules go, their final counters are folded
+    /// in, and the flow ends `tcp-close` after its closing timeout, as the
+    /// kernel flowtable tears a flow down when FIN or RST reaches software.
+    #[cold]
+    fn tear_down_if_closed(&mut self, id: FlowId) {
+        let Some(flow) = self.table.get(id) else { return };
+        if !flow.tcp.is_closed() {
+            return;
+        }
+        let stage = flow.stage();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        match (stage, state.then) {
+            (Stage::Offloaded, None | Some(Then::Idle)) => self.request_removal(id, Then::Close),
+            (Stage::Queued | Stage::Installing, None | Some(Then::Idle)) => self.request_cancel(id, Then::Close),
+            // Already going for being idle: what follows is the close's.
+            (Stage::Removing, Some(Then::Idle)) => state.then = Some(Then::Close),
+            _ => {}
         }
     }
 
