@@ -825,3 +825,61 @@ fn a_flow_offloaded_before_its_handshake_is_established_once_both_rules_count() 
     assert_eq!(recs[0].tcp_state, flowtable_sw::TcpState::SynSent);
     assert_eq!(recs[0].packets(), 3);
 }
+
+fn engine_with_active_timeout(config: &str, profile: SimProfile, active_s: u64) -> Engine {
+    let c = parse("test.json", config).unwrap();
+    let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
+    let cfg = flowtable_offload::EngineConfig {
+        active_timeout_ns: active_s * S,
+        ..flowtable_offload::EngineConfig::from_config(&c)
+    };
+    Engine::new(c.table_config(), classifier, Box::new(SimNic::new(profile)), cfg)
+}
+
+/// A flow lasting 10 minutes with a 60 s active timeout: an interim record
+/// a minute, each with what came since the previous one, and a final
+/// record with the rest; over them all, the flow's packets and bytes, in
+/// software and hardware, exactly. A short flow gets only its final one.
+#[test]
+fn a_long_flow_gives_interim_records_that_add_up_to_it() {
+    let config = OFFLOAD_UDP_AFTER_3.replace(r#""offload": {"poll"#, r#""timeouts": {"udp_s": 30}, "offload": {"poll"#);
+    let mut e = engine_with_active_timeout(&config, SimProfile::full(), 60);
+    let mut t = 0;
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for i in 0..600u64 {
+        let p = pkt(1, 5000, 53, 17, i % 4 != 3, 0, 100 + (i % 50) as u32);
+        feed(&mut e, &p, t);
+        packets += 1;
+        bytes += p.wire_len as u64;
+        // A short flow beside it, ended idle long before.
+        if i < 3 {
+            feed(&mut e, &pkt(2, 6000, 53, 17, true, 0, 80), t);
+        }
+        t += S;
+        e.poll(t);
+    }
+    e.poll(t + 31 * S);
+    e.poll(t + 32 * S);
+    let recs = e.drain_records();
+    let (long, short): (Vec<&FlowRecord>, Vec<&FlowRecord>) = recs.iter().partition(|r| r.src == "10.0.0.1");
+    assert_eq!(short.len(), 1);
+    assert_eq!(short[0].kind, flowtable_offload::RecordKind::Final);
+    assert_eq!(short[0].packets(), 3);
+    let interim: Vec<_> = long.iter().filter(|r| r.kind == flowtable_offload::RecordKind::Interim).collect();
+    assert!((9..=10).contains(&interim.len()), "one a minute for 10 minutes: {}", interim.len());
+    assert!(interim.iter().all(|r| r.end_reason == EndReason::Active));
+    let last = long.last().unwrap();
+    assert_eq!(last.kind, flowtable_offload::RecordKind::Final);
+    assert_eq!(last.end_reason, EndReason::Idle);
+    assert!(long.iter().all(|r| r.id == last.id && r.start_ns == last.start_ns));
+    assert_eq!(long.iter().map(|r| r.packets()).sum::<u64>(), packets);
+    assert_eq!(long.iter().map(|r| r.bytes()).sum::<u64>(), bytes);
+    let sum = |f: fn(&FlowRecord) -> u64| long.iter().map(|r| f(r)).sum::<u64>();
+    assert!(sum(|r| r.orig.hw_packets) > 0, "mostly counted by the rule");
+    assert_eq!(sum(|r| r.orig.sw_packets + r.orig.hw_packets), sum(|r| r.orig.packets));
+    assert_eq!(e.stats().interim_records, interim.len() as u64);
+    // Each interim record carries about a minute of packets (one a second).
+    for r in &interim[1..] {
+        assert!((55..=65).contains(&r.packets()), "{}", r.packets());
+    }
+}

@@ -17,7 +17,7 @@
 
 use crate::classifier::{Classifier, Decision};
 use crate::link::{Request, Response, ShardLink};
-use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, Teardown};
+use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
 use flowtable_config::Config;
 use flowtable_hw::{
@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod active;
 mod aging;
 mod lifecycle;
 mod view;
@@ -66,6 +67,9 @@ pub struct EngineConfig {
     pub max_context_bytes: usize,
     /// Inline pairs: where a direction not seen yet will arrive.
     pub ports: PortMap,
+    /// A flow lasting longer than this gives an interim record every
+    /// period (0: never; one record per flow, at its end).
+    pub active_timeout_ns: u64,
 }
 
 impl EngineConfig {
@@ -79,6 +83,7 @@ impl EngineConfig {
             max_queued: c.offload.max_queued,
             max_context_bytes: c.table.max_context_bytes,
             ports: c.port_map().unwrap_or_default(),
+            active_timeout_ns: 0,
         }
     }
 }
@@ -186,6 +191,8 @@ pub struct EngineStats {
     pub mark_hits: u64,
     pub mark_misses: u64,
     pub ended_by: BTreeMap<String, u64>,
+    /// Interim records of flows past the active timeout.
+    pub interim_records: u64,
 }
 
 impl EngineStats {
@@ -197,6 +204,7 @@ impl EngineStats {
         self.untracked_table_full += o.untracked_table_full;
         self.orphan_fragments += o.orphan_fragments;
         self.flows_created += o.flows_created;
+        self.interim_records += o.interim_records;
         self.flows_ended += o.flows_ended;
         self.rules_installed += o.rules_installed;
         self.rules_removed += o.rules_removed;
@@ -279,6 +287,7 @@ pub struct Shard {
     records: Vec<FlowRecord>,
     events: Option<Vec<Event>>,
     due_buf: Vec<FlowId>,
+    active: active::ActiveTimeout,
 }
 
 impl Shard {
@@ -309,6 +318,7 @@ impl Shard {
             records: Vec::new(),
             events: None,
             due_buf: Vec::new(),
+            active: active::ActiveTimeout::new(cfg.active_timeout_ns),
         }
     }
 
@@ -465,6 +475,7 @@ impl Shard {
             Lookup::Found(id) => id,
             Lookup::Inserted { id, evicted } => {
                 self.stats.flows_created += 1;
+                self.active.start(id, now_ns);
                 if let Some((old, flow)) = evicted {
                     self.end_removed(old, &flow, EndReason::TableFull);
                 }
@@ -823,7 +834,8 @@ impl Shard {
     fn end_removed(&mut self, id: FlowId, flow: &Flow, reason: EndReason) {
         let state = self.offloads.remove(&id);
         let context = self.contexts.remove(id);
-        let record = self.build_record(id, flow, state.as_ref(), context, reason);
+        let mut record = self.build_record(id, flow, state.as_ref(), context, reason);
+        self.active.finish(id, &mut record);
         self.stats.flows_ended += 1;
         *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
         if self.events.is_some() {

@@ -75,6 +75,7 @@ impl Shard {
             refused: state.and_then(|s| s.refusal.as_ref()).map(|r| r.to_string()),
             context,
             end_reason,
+            kind: RecordKind::Final,
         }
     }
 
