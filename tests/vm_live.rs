@@ -679,18 +679,14 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
             .filter(|l| l.contains(" handle ") && !l.contains(" pref 61000 "))
             .count()
     };
-    let (ns_a, (ha, hb)) = (pair.ns_a.clone(), (pair.host_a.clone(), pair.host_b.clone()));
+    let ns_a = pair.ns_a.clone();
     let client = std::thread::spawn(move || {
         enter_netns(&ns_a);
         let mut c = TcpStream::connect((ip_b, 7000)).expect("connect");
         c.set_nodelay(true).unwrap();
-        let mut rules_seen = false;
-        for i in 0..150 {
+        for _ in 0..150 {
             c.write_all(&[0x5a; 1000]).unwrap();
             std::thread::sleep(Duration::from_millis(20));
-            if i % 10 == 9 && !rules_seen {
-                rules_seen = ours(&ha) + ours(&hb) == 2;
-            }
         }
         match close {
             Close::Clean => {
@@ -713,9 +709,15 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
                 assert_eq!(rc, 0);
             }
         }
-        rules_seen
     });
-    let rules_seen = client.join().unwrap();
+    // The rules, from this thread (in the root namespace), while the
+    // client sends.
+    let mut rules_seen = false;
+    while !client.is_finished() {
+        rules_seen |= ours(&pair.host_a) + ours(&pair.host_b) == 2;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.join().unwrap();
     let closed_at = Instant::now();
     let received = server.join().unwrap();
     assert!(rules_seen, "the connection was offloaded while it carried data");
