@@ -236,6 +236,8 @@ mod tests {
         assert!(msg.contains("4294967295 flows need about") && msg.contains("memory this machine has"), "{msg}");
         let msg = refused(r#"{"table": {"max_fragments": 18446744073709551615}}"#, "table.max_fragments");
         assert!(msg.contains("fragments need about"), "{msg}");
+        let msg = refused(r#"{"table": {"max_context_bytes": 0}}"#, "table.max_context_bytes");
+        assert!(msg.contains("at least 1"), "{msg}");
         // The largest table that fits is taken.
         let fits = memory / 2 / BYTES_PER_FLOW;
         parse("h.json", &format!(r#"{{"table": {{"max_flows": {fits}}}}}"#)).unwrap();

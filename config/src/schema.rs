@@ -639,6 +639,12 @@ impl Config {
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
         }
+        if self.table.max_context_bytes == 0 {
+            return Err((
+                "table.max_context_bytes".into(),
+                "must be at least 1: 0 would refuse every flow context an application sets".into(),
+            ));
+        }
         // Sizes the machine can hold: the table is allocated for its
         // maximum when it starts.
         if let Some(memory) = physical_memory() {

@@ -244,7 +244,7 @@ impl RecordsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable_offload::{DirRecord, EndReason};
+    use flowtable_offload::{DirRecord, EndReason, RecordKind};
     use flowtable_sw::{FlowId, TcpState};
 
     fn record(id: u64) -> FlowRecord {
@@ -268,6 +268,7 @@ mod tests {
             refused: None,
             context: None,
             end_reason: EndReason::Idle,
+            kind: RecordKind::Final,
         }
     }
 
