@@ -834,7 +834,7 @@ impl Daemon {
                     }
                 }
                 let shard = self.shard_of(flow)?;
-                let stage = self
+                let mut stage = self
                     .rt()
                     .ask_one(shard, move |s| {
                         s.request_offload(flow, action)?;
@@ -843,6 +843,30 @@ impl Daemon {
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
                 tracing::info!(flow = %flow, ?action, stage = stage.as_str(), "offload requested");
+                // The answer says how it went: it waits (here, not on the
+                // worker) for the offload thread's outcome, as unoffload does.
+                let deadline = Instant::now() + UNOFFLOAD_WAIT;
+                let refusal = loop {
+                    let refusal;
+                    (stage, refusal) = self
+                        .rt()
+                        .ask_one(shard, move |s| {
+                            let stage = s.table().get(flow).map_or(Stage::Free, |f| f.stage());
+                            (stage, s.offload_state(flow).and_then(|o| o.refusal.clone()))
+                        })
+                        .ok_or_else(workers_gone)?;
+                    let waiting = matches!(stage, Stage::Queued | Stage::Installing);
+                    if refusal.is_some() || !waiting || Instant::now() >= deadline {
+                        break refusal;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                };
+                if let Some(r) = refusal {
+                    return Err(ControlError::new(
+                        ErrorCode::Backend,
+                        format!("flow {flow}: the offload was refused: {r}"),
+                    ));
+                }
                 json!({"flow": flow, "action": action, "stage": stage})
             }
             Command::Unoffload { flow } => {

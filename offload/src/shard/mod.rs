@@ -24,7 +24,7 @@ use flowtable_hw::{
     Action, BackendError, Capabilities, Cookie, MatchFields, Placement, PlacementPolicy, Refusal, RefusalKind,
     RuleCounters, RuleSpec,
 };
-use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
+use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::Schedule;
 use flowtable_sw::{
@@ -899,7 +899,8 @@ impl Shard {
     }
 
     /// Merges an application's context into a flow; a verdict on a flow
-    /// still undecided takes effect at once.
+    /// still undecided takes effect at once, and `software` on one with
+    /// rules (or getting them) takes it back to software.
     pub fn set_context(&mut self, id: FlowId, update: FlowContext) -> Result<FlowContext, EngineError> {
         if self.table.get(id).is_none() {
             return Err(EngineError::NoSuchFlow(id));
@@ -907,8 +908,14 @@ impl Shard {
         let ctx = self.contexts.update(id, update)?.clone();
         let flow = self.table.get_mut(id).expect("checked above");
         flow.set_has_context(true);
-        if flow.stage() == Stage::Tracking && ctx.verdict.is_some() {
-            self.classify(id);
+        match flow.stage() {
+            Stage::Tracking if ctx.verdict.is_some() => self.classify(id),
+            // The application wants it in software: take it back, as
+            // `unoffload` does, rather than leave it in hardware.
+            Stage::Offloaded | Stage::Queued | Stage::Installing if ctx.verdict == Some(Verdict::Software) => {
+                self.request_unoffload(id)?;
+            }
+            _ => {}
         }
         self.flush_outbox();
         Ok(ctx)
