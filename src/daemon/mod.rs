@@ -649,8 +649,13 @@ impl Daemon {
             let wait = self.next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
+                    // A few more waiting ones, not all: clients asking back
+                    // to back must not keep records, ticks and a stop
+                    // waiting behind them.
                     self.answer(job);
-                    while let Ok(job) = jobs.try_recv() {
+                    let until = Instant::now() + Duration::from_millis(10);
+                    while Instant::now() < until {
+                        let Ok(job) = jobs.try_recv() else { break };
                         self.answer(job);
                     }
                 }
