@@ -33,6 +33,8 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
                 tcp_flags: 0x10,
                 fragment: Fragment::Whole,
                 payload_offset: 0,
+                l2_len: 0,
+                trailer: 0,
             });
         }
     }

@@ -63,6 +63,49 @@ impl DirCounters {
     }
 }
 
+/// What a flow's frames said beyond its counters, per direction
+/// (`Direction::index`), kept beside the table because the 128-byte
+/// `Flow` has no byte to spare: the link header's length (from the
+/// direction's first packet software saw), the bytes its counted frames
+/// carried past their IP packets (Ethernet padding, a captured FCS), and
+/// the TCP flags of the packets that moved the flow's TCP state (its
+/// first packet, SYN, SYN-ACK, FIN, RST, the closing ACK).
+///
+/// IP octets (header and payload, as IPFIX counts them) follow from the
+/// frame bytes: a direction's link header is the same for every packet of
+/// it, so `bytes - packets * l2_len - trailer`. Hardware counts frames
+/// without saying whether they were padded, so its part is
+/// `hw_bytes - hw_packets * l2_len`. Written only at a flow's insert, at
+/// each direction's first packet and for padded frames, so a packet of an
+/// established flow never touches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framing {
+    generation: u16,
+    l2_len: [Option<u8>; 2],
+    /// TCP flags of the packets that moved the state, by direction.
+    pub tcp_flags: [u8; 2],
+    /// Bytes past the IP packets in the frames software counted.
+    pub trailer: [u64; 2],
+}
+
+impl Framing {
+    /// The link header's length of `dir`'s frames: as its first software
+    /// packet had it, else as the other direction's (a direction only the
+    /// NIC counted crossed the same link), else 0.
+    pub fn l2_len(&self, dir: Direction) -> u8 {
+        self.l2_len[dir.index()].or(self.l2_len[dir.reverse().index()]).unwrap_or(0)
+    }
+
+    /// IP octets of `dir`'s software-counted part (`sw`) and hardware-counted
+    /// part (`hw`) of frame bytes.
+    pub fn ip_bytes(&self, dir: Direction, sw: DirCounters, hw: DirCounters) -> (u64, u64) {
+        let l2 = u64::from(self.l2_len(dir));
+        let sw_ip = sw.bytes.saturating_sub(sw.packets.saturating_mul(l2)).saturating_sub(self.trailer[dir.index()]);
+        let hw_ip = hw.bytes.saturating_sub(hw.packets.saturating_mul(l2));
+        (sw_ip, hw_ip)
+    }
+}
+
 /// Where a flow is in its offload lifecycle. The engine moves it along;
 /// the table only needs to know which slots are free and which flows may
 /// be evicted (those held in software alone).
@@ -458,6 +501,11 @@ impl<V: Copy> FragTracker<V> {
 
 pub struct FlowTable {
     flows: Vec<Flow>,
+    /// Beside `flows`, slot for slot.
+    framing: Vec<Framing>,
+    /// The framing of the flow the last insert evicted, whose slot the new
+    /// flow took: its record is made after the insert.
+    evicted_framing: Option<(u32, Framing)>,
     free: Vec<u32>,
     index: FlowIndex,
     hasher: foldhash::fast::RandomState,
@@ -486,6 +534,8 @@ impl FlowTable {
         crate::memory::advise_huge_pages(flows.as_mut_ptr() as *mut u8, max * core::mem::size_of::<Flow>());
         FlowTable {
             flows,
+            framing: Vec::with_capacity(max),
+            evicted_framing: None,
             free: Vec::new(),
             index: FlowIndex::with_capacity(max),
             hasher: Default::default(),
@@ -654,6 +704,7 @@ impl FlowTable {
             None => {
                 let i = self.flows.len() as u32;
                 self.flows.push(Flow::vacant());
+                self.framing.push(Framing::default());
                 i
             }
         };
@@ -665,8 +716,12 @@ impl FlowTable {
                 None => Lookup::Full,
             };
         }
+        if let Some((victim, _)) = &evicted {
+            self.evicted_framing = Some((victim.index(), self.framing[victim.index() as usize]));
+        }
         let slot = &mut self.flows[index as usize];
         let generation = slot.generation.wrapping_add(1).max(1);
+        self.framing[index as usize] = Framing { generation, ..Framing::default() };
         *slot = Flow {
             key: pkt.key,
             generation,
@@ -712,6 +767,7 @@ impl FlowTable {
         if now_ns < flow.first_ns {
             flow.start_earlier(pkt.dir, now_ns);
         }
+        let first = flow.sw[pkt.dir.index()].packets == 0;
         if count {
             let c = &mut flow.sw[pkt.dir.index()];
             c.packets += 1;
@@ -719,7 +775,9 @@ impl FlowTable {
         }
         flow.touch(now_ns);
         let heavy = count && flow.flags & FLAG_HEAVY == 0 && flow.bytes() >= heavy_bar;
-        if flow.observe_tcp(pkt.dir, pkt.tcp_flags) {
+        let first_of_flow = first && flow.sw[pkt.dir.reverse().index()].packets == 0;
+        let tcp_moved = flow.observe_tcp(pkt.dir, pkt.tcp_flags);
+        if tcp_moved {
             let after = timeouts.for_flow(flow);
             if after < before {
                 let deadline = flow.last_ns() + after;
@@ -727,8 +785,41 @@ impl FlowTable {
                 self.wheel.schedule(entry, deadline);
             }
         }
+        if first || tcp_moved || (count && pkt.trailer != 0) {
+            self.note_framing(id, pkt, first, tcp_moved || first_of_flow, count);
+        }
         if heavy {
             self.add_heavy(id);
+        }
+    }
+
+    /// The framing facts of a packet (see `Framing`): off the common path.
+    #[cold]
+    fn note_framing(&mut self, id: FlowId, pkt: &PacketInfo, first: bool, flags: bool, count: bool) {
+        let Some(f) = self.framing.get_mut(id.index() as usize) else { return };
+        let d = pkt.dir.index();
+        if first && f.l2_len[d].is_none() {
+            f.l2_len[d] = Some(pkt.l2_len);
+        }
+        if flags {
+            f.tcp_flags[d] |= pkt.tcp_flags;
+        }
+        if count {
+            f.trailer[d] += u64::from(pkt.trailer);
+        }
+    }
+
+    /// The framing facts of a flow (see `Framing`), live or just removed
+    /// (until its slot is taken again; the flow an insert evicted keeps
+    /// them until the next insert that evicts).
+    pub fn framing(&self, id: FlowId) -> Framing {
+        let index = id.index();
+        match self.framing.get(index as usize) {
+            Some(f) if f.generation == id.generation() => *f,
+            _ => match self.evicted_framing {
+                Some((i, f)) if i == index && f.generation == id.generation() => f,
+                _ => Framing::default(),
+            },
         }
     }
 
@@ -917,6 +1008,7 @@ impl FlowTable {
     /// Heap bytes held, for the per-flow memory figure.
     pub fn heap_bytes(&self) -> usize {
         self.flows.capacity() * core::mem::size_of::<Flow>()
+            + self.framing.capacity() * core::mem::size_of::<Framing>()
             + self.free.capacity() * 4
             + self.index.heap_bytes()
             + self.wheel.heap_bytes()
@@ -939,7 +1031,17 @@ mod tests {
         } else {
             FlowKey::from_v4(b, a, sport, dport, proto)
         };
-        PacketInfo { key, dir, port: 0, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+        PacketInfo {
+            key,
+            dir,
+            port: 0,
+            wire_len: len,
+            tcp_flags: flags,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+            l2_len: 0,
+            trailer: 0,
+        }
     }
 
     fn table(max: usize, policy: FullPolicy) -> FlowTable {
