@@ -692,6 +692,26 @@ pub fn stats_report(s: &Stats) -> String {
         )),
         None => o.push_str("records   not written to a file (records.path unset)\n"),
     }
+    for e in &s.export {
+        let connected = match e.connected {
+            Some(false) => ", not connected",
+            _ => "",
+        };
+        o.push_str(&format!(
+            "export    {}: {} exported in {} messages, {} dropped ({} queue full, {} unsent, {} unencodable), {} \
+             pending, {} errors{connected}{}\n",
+            e.name,
+            report::count(e.exported),
+            report::count(e.messages),
+            report::count(e.dropped),
+            report::count(e.dropped_queue_full),
+            report::count(e.dropped_unsent),
+            report::count(e.dropped_unencodable),
+            report::count(e.pending),
+            e.errors,
+            e.last_error.as_ref().map(|m| format!("; last: {m}")).unwrap_or_default()
+        ));
+    }
     o.push_str(&format!("clients   {} event subscribers\n", s.subscribers));
     o
 }

@@ -174,6 +174,11 @@ impl Sinks {
         Ok(Sinks { sinks, mode })
     }
 
+    /// No sinks at all.
+    pub fn none() -> Sinks {
+        Sinks { sinks: Vec::new(), mode: QueueMode::Drop }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()
     }

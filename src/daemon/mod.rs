@@ -125,6 +125,8 @@ pub struct RunSummary {
     pub engine_cpu_s: f64,
     /// How each worker's packet path went.
     pub workers: Vec<WorkerTimes>,
+    /// What each flow export sink did.
+    pub export: Vec<flowtable_export::SinkStatus>,
 }
 
 struct Sample {
@@ -403,6 +405,8 @@ struct Daemon {
     live: bool,
     started: Instant,
     records: Option<RecordsWriter>,
+    /// Flow export (IPFIX collectors), each sink on its own thread.
+    sinks: flowtable_export::Sinks,
     subscribers: Vec<Subscriber>,
     events_enabled: bool,
     requests: u64,
@@ -431,6 +435,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
         None => None,
     };
+    let collectors = crate::export::ipfix_configs(&config.export)?;
+    let sinks = crate::export::start(&collectors, flowtable_export::QueueMode::Drop)?;
     // Replay's lockstep while every source is a file or the generator read
     // as fast as possible: their flows then age exactly as in `flowtable
     // replay`, whatever the number of workers.
@@ -524,6 +530,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         sources = opened.len(),
         rules = config.classifier.rules.len(),
         records = config.records.path.as_deref().unwrap_or("-"),
+        export = %collectors.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
         "flowtable daemon started"
     );
     for (name, pace) in &opened {
@@ -541,6 +548,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         live,
         started: Instant::now(),
         records,
+        sinks,
         subscribers: Vec::new(),
         events_enabled: false,
         requests: 0,
@@ -638,7 +646,14 @@ impl Daemon {
     fn take_from(&mut self, output: &Receiver<FromWorker>) {
         for out in output.try_iter() {
             match out {
-                FromWorker::Records(records) => self.write_records(&records),
+                FromWorker::Records(records) => {
+                    self.write_records(&records);
+                    if !self.sinks.is_empty() {
+                        // Never blocks: a sink whose queue is full drops
+                        // (and counts) the batch.
+                        self.sinks.send(&Arc::new(records));
+                    }
+                }
                 FromWorker::Events(events) => self.publish(&events),
             }
         }
@@ -949,6 +964,7 @@ impl Daemon {
                 errors: self.records.as_ref().map_or(0, |w| w.failures),
                 lost: self.records.as_ref().map_or(0, |w| w.lost),
             },
+            export: self.sinks.status().into_iter().map(Into::into).collect(),
             subscribers: self.subscribers.len(),
             control: self.control_stats(),
         })
@@ -1031,6 +1047,7 @@ impl Daemon {
             ("offload", json!(self.config.offload), json!(new.offload)),
             ("backend", json!(self.config.backend), json!(new.backend)),
             ("records", json!(self.config.records), json!(new.records)),
+            ("export", json!(self.config.export), json!(new.export)),
             ("control", json!(self.config.control), json!(new.control)),
             ("log", json!(self.config.log), json!(new.log)),
             ("sources", json!(self.config.sources), json!(new.sources)),
@@ -1072,6 +1089,24 @@ impl Daemon {
         self.take_from(&output);
         let finished = finished?;
         self.flush_records();
+        // What the sinks hold goes out before they stop.
+        let sinks = std::mem::replace(&mut self.sinks, flowtable_export::Sinks::none());
+        let export = sinks.close();
+        for s in &export {
+            if s.dropped == 0 {
+                tracing::info!(sink = %s.name, exported = s.exported, messages = s.messages, "flow export stopped");
+            } else {
+                tracing::warn!(
+                    sink = %s.name,
+                    exported = s.exported,
+                    dropped = s.dropped,
+                    queue_full = s.dropped_queue_full,
+                    unsent = s.dropped_unsent,
+                    last_error = s.last_error.as_deref().unwrap_or("-"),
+                    "flow export stopped; {} records were dropped", s.dropped
+                );
+            }
+        }
         let rules_left = finished.coordinator.rules_live();
         let records_written = self.records.as_ref().map_or(0, |w| w.written);
         let (records_lost, record_failures) = self.records.as_ref().map_or((0, 0), |w| (w.lost, w.failures));
@@ -1107,6 +1142,7 @@ impl Daemon {
             control: self.control_stats(),
             engine_cpu_s: finished.times.iter().map(|t| t.cpu_ns).sum::<u64>() as f64 / 1e9,
             workers: finished.times,
+            export,
         })
     }
 }
