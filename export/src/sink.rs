@@ -22,7 +22,7 @@ use flowtable_offload::FlowRecord;
 use serde::Serialize;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,19 +99,39 @@ pub enum QueueMode {
     Wait,
 }
 
+/// A sink's counts, changed together under one lock (once a batch or a
+/// message, never a packet), so a snapshot always adds up.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    records: u64,
+    /// Taken and neither exported nor dropped: queued, or in the message
+    /// being filled.
+    pending: u64,
+    exported: u64,
+    dropped_queue_full: u64,
+    dropped_unsent: u64,
+    dropped_unencodable: u64,
+    messages: u64,
+    template_sets: u64,
+    errors: u64,
+}
+
 #[derive(Default)]
 struct Counters {
-    records: AtomicU64,
-    pending: AtomicU64,
-    exported: AtomicU64,
-    dropped_queue_full: AtomicU64,
-    dropped_unsent: AtomicU64,
-    dropped_unencodable: AtomicU64,
-    messages: AtomicU64,
-    template_sets: AtomicU64,
-    errors: AtomicU64,
+    counts: Mutex<Counts>,
     connected: AtomicBool,
     last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn update(&self, f: impl FnOnce(&mut Counts)) {
+        if let Ok(mut c) = self.counts.lock() {
+            f(&mut c);
+        }
+    }
+    fn get(&self) -> Counts {
+        self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
 }
 
 /// What a sink did, for `flowtable stats`.
@@ -193,11 +213,15 @@ impl Sinks {
         for s in &self.sinks {
             let Some(tx) = &s.tx else { continue };
             let c = &s.counters;
-            if self.mode == QueueMode::Drop && c.pending.load(Relaxed) + n > s.config.queue_records as u64 {
-                c.dropped_queue_full.fetch_add(n, Relaxed);
+            if self.mode == QueueMode::Drop && c.get().pending + n > s.config.queue_records as u64 {
+                c.update(|c| c.dropped_queue_full += n);
                 continue;
             }
-            c.pending.fetch_add(n, Relaxed);
+            // Counted taken before the sink thread can see them.
+            c.update(|c| {
+                c.records += n;
+                c.pending += n;
+            });
             let sent = match self.mode {
                 QueueMode::Drop => match tx.try_send(batch.clone()) {
                     Ok(()) => true,
@@ -205,11 +229,12 @@ impl Sinks {
                 },
                 QueueMode::Wait => tx.send(batch.clone()).is_ok(),
             };
-            if sent {
-                c.records.fetch_add(n, Relaxed);
-            } else {
-                c.pending.fetch_sub(n, Relaxed);
-                c.dropped_queue_full.fetch_add(n, Relaxed);
+            if !sent {
+                c.update(|c| {
+                    c.records -= n;
+                    c.pending -= n;
+                    c.dropped_queue_full += n;
+                });
             }
         }
     }
@@ -242,26 +267,26 @@ impl Drop for Sinks {
     }
 }
 
-fn status(cfg: &IpfixConfig, c: &Counters) -> SinkStatus {
-    let (full, unsent, bad) =
-        (c.dropped_queue_full.load(Relaxed), c.dropped_unsent.load(Relaxed), c.dropped_unencodable.load(Relaxed));
+fn status(cfg: &IpfixConfig, counters: &Counters) -> SinkStatus {
+    let c = counters.get();
+    let (full, unsent, bad) = (c.dropped_queue_full, c.dropped_unsent, c.dropped_unencodable);
     SinkStatus {
         name: cfg.name(),
         kind: "ipfix",
         address: cfg.address.to_string(),
         transport: cfg.transport,
-        records: c.records.load(Relaxed),
-        exported: c.exported.load(Relaxed),
+        records: c.records,
+        exported: c.exported,
         dropped: full + unsent + bad,
         dropped_queue_full: full,
         dropped_unsent: unsent,
         dropped_unencodable: bad,
-        pending: c.pending.load(Relaxed),
-        messages: c.messages.load(Relaxed),
-        template_sets: c.template_sets.load(Relaxed),
-        errors: c.errors.load(Relaxed),
-        connected: (cfg.transport == Transport::Tcp).then(|| c.connected.load(Relaxed)),
-        last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
+        pending: c.pending,
+        messages: c.messages,
+        template_sets: c.template_sets,
+        errors: c.errors,
+        connected: (cfg.transport == Transport::Tcp).then(|| counters.connected.load(Relaxed)),
+        last_error: counters.last_error.lock().ok().and_then(|e| e.clone()),
     }
 }
 
@@ -342,7 +367,6 @@ impl Exporter {
     fn take(&mut self, batch: &[FlowRecord]) {
         for r in batch {
             self.add(r);
-            self.c.pending.fetch_sub(1, Relaxed);
         }
     }
 
@@ -398,7 +422,7 @@ impl Exporter {
         };
         if due && self.msg.is_empty() && self.msg.add_templates(&self.encoder).is_ok() {
             self.templates_at = Some(Instant::now());
-            self.c.template_sets.fetch_add(1, Relaxed);
+            self.c.update(|c| c.template_sets += 1);
         }
     }
 
@@ -406,13 +430,19 @@ impl Exporter {
         let facts = match ExportFacts::of(r) {
             Ok(f) => f,
             Err(e) => {
-                self.c.dropped_unencodable.fetch_add(1, Relaxed);
+                self.c.update(|c| {
+                    c.pending -= 1;
+                    c.dropped_unencodable += 1;
+                });
                 self.failed(e.to_string());
                 return;
             }
         };
         if self.msg.is_empty() && !self.connected() {
-            self.c.dropped_unsent.fetch_add(1, Relaxed);
+            self.c.update(|c| {
+                c.pending -= 1;
+                c.dropped_unsent += 1;
+            });
             return;
         }
         if self.msg.is_empty() {
@@ -421,13 +451,19 @@ impl Exporter {
         if self.msg.add_record(&self.encoder, &facts).is_err() {
             self.send();
             if !self.connected() {
-                self.c.dropped_unsent.fetch_add(1, Relaxed);
+                self.c.update(|c| {
+                    c.pending -= 1;
+                    c.dropped_unsent += 1;
+                });
                 return;
             }
             self.start_message();
             if self.msg.add_record(&self.encoder, &facts).is_err() {
                 // Can't happen for MTUs config allows (texts are capped).
-                self.c.dropped_unencodable.fetch_add(1, Relaxed);
+                self.c.update(|c| {
+                    c.pending -= 1;
+                    c.dropped_unencodable += 1;
+                });
                 return;
             }
         }
@@ -452,12 +488,18 @@ impl Exporter {
         match result {
             Ok(()) => {
                 self.sequence = self.sequence.wrapping_add(records);
-                self.c.exported.fetch_add(u64::from(records), Relaxed);
-                self.c.messages.fetch_add(1, Relaxed);
+                self.c.update(|c| {
+                    c.pending -= u64::from(records);
+                    c.exported += u64::from(records);
+                    c.messages += 1;
+                });
                 self.recovered();
             }
             Err(e) => {
-                self.c.dropped_unsent.fetch_add(u64::from(records), Relaxed);
+                self.c.update(|c| {
+                    c.pending -= u64::from(records);
+                    c.dropped_unsent += u64::from(records);
+                });
                 if let Socket::Tcp(stream) = &mut self.socket {
                     // Broken: reconnect, with its own stream and templates.
                     *stream = None;
@@ -474,10 +516,10 @@ impl Exporter {
     }
 
     fn failed(&mut self, error: String) {
-        self.c.errors.fetch_add(1, Relaxed);
+        self.c.update(|c| c.errors += 1);
         if self.reported_at.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
             self.reported_at = Some(Instant::now());
-            tracing::warn!(sink = %self.cfg.name(), error = %error, dropped = self.c.dropped_unsent.load(Relaxed), "flow export failing; its records are dropped and counted");
+            tracing::warn!(sink = %self.cfg.name(), error = %error, dropped = self.c.get().dropped_unsent, "flow export failing; its records are dropped and counted");
         }
         if let Ok(mut e) = self.c.last_error.lock() {
             *e = Some(error);
