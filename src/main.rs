@@ -179,33 +179,30 @@ fn run(cli: Cli) -> Result<(), String> {
             let collectors: Vec<_> =
                 ipfix.iter().map(|a| flowtable::export::ipfix_config(&config.export, *a, transport)).collect();
             let sinks = flowtable::export::start(&collectors, flowtable_export::QueueMode::Wait)?;
-            let mut batch: Vec<FlowRecord> = Vec::new();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut records: Vec<FlowRecord> = Vec::new();
             let mut write_error = None;
-            let replayed = flowtable::replay::replay(&mut source, &config, workers, backend, |r| {
-                if !sinks.is_empty() {
-                    batch.push(r.clone());
-                    if batch.len() >= 256 {
-                        sinks.send(&std::sync::Arc::new(std::mem::take(&mut batch)));
+            let replayed = flowtable::replay::replay_batches(&mut source, &config, workers, backend, |batch| {
+                for r in &batch {
+                    if json {
+                        if let Err(e) = serde_json::to_writer(&mut out, r)
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
+                        {
+                            write_error.get_or_insert(e);
+                        }
+                    } else {
+                        records.push(r.clone());
                     }
                 }
-                if json {
-                    if let Err(e) = serde_json::to_writer(&mut out, r)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
-                    {
-                        write_error.get_or_insert(e);
-                    }
-                } else {
-                    records.push(r.clone());
+                if !sinks.is_empty() {
+                    sinks.send(&std::sync::Arc::new(batch));
                 }
             })?;
             if let Some(e) = write_error {
                 return Err(format!("writing records: {e}"));
             }
-            sinks.send(&std::sync::Arc::new(batch));
             let exported = sinks.close();
             for s in &exported {
                 let said = format!(

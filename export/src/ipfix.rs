@@ -324,12 +324,15 @@ impl Encoder {
 
     /// Bytes the record of `facts` takes in a data set.
     pub fn record_len(&self, facts: &ExportFacts) -> usize {
-        let strings = self.strings(facts);
+        self.record_len_with(facts, &Strings::of(facts))
+    }
+
+    fn record_len_with(&self, facts: &ExportFacts, strings: &Strings) -> usize {
         self.list(facts.template_id())
             .iter()
             .map(|(f, src)| match f.len {
                 VARIABLE => {
-                    let n = string_of(&strings, *src).len();
+                    let n = string_of(strings, *src).len();
                     n + if n < 255 { 1 } else { 3 }
                 }
                 n => n as usize,
@@ -337,28 +340,9 @@ impl Encoder {
             .sum()
     }
 
-    fn strings(&self, facts: &ExportFacts) -> Strings {
-        let r = facts.record;
-        let placement = |i: usize| -> &'static str {
-            match r.offload.as_ref().and_then(|o| o.placement[i]) {
-                Some(Placement::Hardware) => "hardware",
-                Some(Placement::KernelSoftware) => "kernel-software",
-                None => "",
-            }
-        };
-        Strings {
-            action: r.offload.as_ref().map(|o| action_text(&o.action)).unwrap_or_default(),
-            placement: [placement(0), placement(1)],
-            rule: r.class.clone().unwrap_or_default(),
-            label: r.context.as_ref().and_then(|c| c.label.clone()).unwrap_or_default(),
-            refusal: r.refused.clone().unwrap_or_default(),
-        }
-    }
-
     /// Appends the record of `facts` (without a set header).
-    fn write_record(&self, facts: &ExportFacts, out: &mut Vec<u8>) {
+    fn write_record(&self, facts: &ExportFacts, strings: &Strings, out: &mut Vec<u8>) {
         let r = facts.record;
-        let strings = self.strings(facts);
         let dir = |d: Dir| if d == Dir::Fwd { &r.orig } else { &r.reply };
         for (f, src) in self.list(facts.template_id()) {
             match *src {
@@ -383,7 +367,7 @@ impl Encoder {
                 Src::HwPackets(d) => put64(out, dir(d).hw_packets),
                 Src::HwOctets(d) => put64(out, dir(d).hw_ip_bytes),
                 Src::Action | Src::Placement(_) | Src::Rule | Src::Label | Src::Refusal => {
-                    let s = string_of(&strings, *src);
+                    let s = string_of(strings, *src);
                     if s.len() < 255 {
                         out.push(s.len() as u8);
                     } else {
@@ -398,22 +382,50 @@ impl Encoder {
     }
 }
 
-struct Strings {
-    action: String,
+/// A record's texts, borrowed from it (only an action with a port is
+/// written out).
+struct Strings<'a> {
+    action: std::borrow::Cow<'a, str>,
     placement: [&'static str; 2],
-    rule: String,
-    label: String,
-    refusal: String,
+    rule: &'a str,
+    label: &'a str,
+    refusal: &'a str,
 }
 
-fn string_of(s: &Strings, src: Src) -> &[u8] {
+impl<'a> Strings<'a> {
+    fn of(facts: &ExportFacts<'a>) -> Strings<'a> {
+        let r = facts.record;
+        let placement = |i: usize| -> &'static str {
+            match r.offload.as_ref().and_then(|o| o.placement[i]) {
+                Some(Placement::Hardware) => "hardware",
+                Some(Placement::KernelSoftware) => "kernel-software",
+                None => "",
+            }
+        };
+        let action = match r.offload.as_ref().map(|o| &o.action) {
+            None => "".into(),
+            Some(Action::Drop) => "drop".into(),
+            Some(Action::Pass) => "pass".into(),
+            Some(a) => action_text(a).into(),
+        };
+        Strings {
+            action,
+            placement: [placement(0), placement(1)],
+            rule: r.class.as_deref().unwrap_or(""),
+            label: r.context.as_ref().and_then(|c| c.label.as_deref()).unwrap_or(""),
+            refusal: r.refused.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+fn string_of<'s>(s: &'s Strings, src: Src) -> &'s [u8] {
     match src {
         Src::Action => text(&s.action),
         Src::Placement(Dir::Fwd) => text(s.placement[0]),
         Src::Placement(Dir::Rev) => text(s.placement[1]),
-        Src::Rule => text(&s.rule),
-        Src::Label => text(&s.label),
-        Src::Refusal => text(&s.refusal),
+        Src::Rule => text(s.rule),
+        Src::Label => text(s.label),
+        Src::Refusal => text(s.refusal),
         _ => &[],
     }
 }
@@ -510,7 +522,8 @@ impl MessageBuilder {
     pub fn add_record(&mut self, enc: &Encoder, facts: &ExportFacts) -> Result<(), Full> {
         let template = facts.template_id();
         let new_set = self.open.is_none_or(|(id, _)| id != template);
-        let need = enc.record_len(facts) + if new_set { SET_HEADER_LEN } else { 0 };
+        let strings = Strings::of(facts);
+        let need = enc.record_len_with(facts, &strings) + if new_set { SET_HEADER_LEN } else { 0 };
         if self.buf.len() + need > self.max_len {
             return Err(Full);
         }
@@ -520,7 +533,7 @@ impl MessageBuilder {
             put16(&mut self.buf, template);
             put16(&mut self.buf, 0);
         }
-        enc.write_record(facts, &mut self.buf);
+        enc.write_record(facts, &strings, &mut self.buf);
         self.records += 1;
         Ok(())
     }
