@@ -685,10 +685,13 @@ pub fn stats_report(s: &Stats) -> String {
     }
     match &s.records.path {
         Some(path) => o.push_str(&format!(
-            "records   {path}: {} written, {} rotations, {} errors\n",
+            "records   {path}: {} written, {} rotations, {} errors, {} lost ({} queue full), {} pending\n",
             report::count(s.records.written),
             s.records.rotations,
-            s.records.errors
+            s.records.errors,
+            report::count(s.records.lost),
+            report::count(s.records.queue_full),
+            report::count(s.records.pending)
         )),
         None => o.push_str("records   not written to a file (records.path unset)\n"),
     }

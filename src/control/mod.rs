@@ -476,9 +476,15 @@ pub struct RecordsStatus {
     pub rotations: u64,
     /// Write attempts that failed.
     pub errors: u64,
-    /// Records dropped because the file could not take them.
+    /// Records dropped because the file could not take them (failed
+    /// writes, and a queue the file fell behind on: `queue_full`).
     #[serde(default)]
     pub lost: u64,
+    #[serde(default)]
+    pub queue_full: u64,
+    /// Queued for the file's thread or buffered, not yet written.
+    #[serde(default)]
+    pub pending: u64,
 }
 
 #[cfg(test)]
