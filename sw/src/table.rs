@@ -1177,6 +1177,47 @@ mod tests {
     }
 
     #[test]
+    fn framing_gives_ip_octets_and_the_state_moving_flags_and_outlives_eviction() {
+        let mut t = table(2, FullPolicy::EvictIdle);
+        let framed = |mut p: PacketInfo, l2: u8, trailer: u16| {
+            p.l2_len = l2;
+            p.trailer = trailer;
+            p
+        };
+        // 14 bytes of Ethernet; the SYN padded by 6, the rest not.
+        let syn = framed(pkt(40000, 80, 6, TCP_SYN, 60), 14, 6);
+        let id = track(&mut t, &syn, 0);
+        track(&mut t, &framed(pkt(80, 40000, 6, TCP_SYN | TCP_ACK, 74), 18, 0), 1);
+        track(&mut t, &framed(pkt(40000, 80, 6, TCP_ACK | 0x08, 1514), 14, 0), 2);
+        // Established already: this one moves nothing, its URG is not kept.
+        track(&mut t, &framed(pkt(40000, 80, 6, TCP_ACK | 0x20, 54), 14, 0), 2);
+        let flow = *t.get(id).unwrap();
+        let f = t.framing(id);
+        let (c, s) = (syn.dir, syn.dir.reverse());
+        assert_eq!((f.l2_len(c), f.l2_len(s)), (14, 18));
+        // Client: 60 + 1514 + 54 frame bytes, less 3 x 14 of header and 6 of padding.
+        assert_eq!(f.ip_bytes(c, flow.sw[c.index()], flow.hw[c.index()]), (60 + 1514 + 54 - 42 - 6, 0));
+        // The NIC's part: its frames less the direction's header.
+        let hw = DirCounters { packets: 3, bytes: 300 };
+        assert_eq!(f.ip_bytes(s, flow.sw[s.index()], hw), (74 - 18, 300 - 3 * 18));
+        // The packets that moved the state: SYN and the handshake's ACK (with
+        // its PSH), SYN-ACK; not the later URG.
+        assert_eq!((f.tcp_flags[c.index()], f.tcp_flags[s.index()]), (TCP_SYN | TCP_ACK | 0x08, TCP_SYN | TCP_ACK));
+        // A direction never seen by software takes the other's header.
+        let only = track(&mut t, &framed(pkt(1000, 53, 17, 0, 80), 14, 0), 3);
+        let g = t.framing(only);
+        assert_eq!(g.l2_len(Direction::LoToHi), g.l2_len(Direction::HiToLo));
+        // Evicted to make room: its framing is there for its record.
+        match t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), 4) {
+            Lookup::Inserted { evicted: Some((victim, _)), .. } => {
+                let want = if victim == id { f } else { g };
+                assert_eq!(t.framing(victim), want);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn full_table_evicts_the_flow_nearest_expiry() {
         let mut t = table(2, FullPolicy::EvictIdle);
         let first = track(&mut t, &pkt(1000, 53, 17, 0, 80), 0);
