@@ -615,6 +615,29 @@ mod tests {
     }
 
     #[test]
+    fn udp_templates_are_sent_again_on_their_period_records_or_not() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut cfg = config(rx.local_addr().unwrap(), Transport::Udp);
+        cfg.template_refresh = Duration::from_millis(150);
+        let sinks = Sinks::start(&[cfg], QueueMode::Wait).unwrap();
+        sinks.send(&batch(0..3));
+        let mut buf = [0u8; 65536];
+        let mut sets = |rx: &UdpSocket| {
+            let n = rx.recv(&mut buf).unwrap();
+            let m = Message::new_checked(&buf[..n]).unwrap();
+            (m.sequence(), m.sets().map(|s| s.0).collect::<Vec<_>>())
+        };
+        // Templates and the records (sent after FLUSH_AFTER).
+        assert_eq!(sets(&rx), (0, vec![TEMPLATE_SET_ID, TEMPLATE_V4]));
+        // With nothing to send, the templates alone, on their period.
+        assert_eq!(sets(&rx), (3, vec![TEMPLATE_SET_ID]));
+        assert_eq!(sets(&rx), (3, vec![TEMPLATE_SET_ID]));
+        let st = sinks.close();
+        assert!(st[0].template_sets >= 3 && st[0].exported == 3, "{st:?}");
+    }
+
+    #[test]
     fn no_tcp_collector_drops_and_counts_without_blocking() {
         // A port nothing listens on.
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
