@@ -180,10 +180,14 @@ pub fn parse_action(s: &str) -> Result<Action, String> {
         Some((k, a)) => (k, Some(a)),
         None => (s, None),
     };
+    // Decimal, or hex as tc and iptables users write marks (0xff).
     let num = |what: &str| -> Result<u32, String> {
-        arg.ok_or_else(|| format!("action {s:?}: write {kind}:{what}"))?
-            .parse::<u32>()
-            .map_err(|_| format!("action {s:?}: {what} must be a number"))
+        let a = arg.ok_or_else(|| format!("action {s:?}: write {kind}:{what}"))?;
+        match a.strip_prefix("0x").or_else(|| a.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => a.parse::<u32>(),
+        }
+        .map_err(|_| format!("action {s:?}: {what} must be a number (decimal, or hex as 0xff) of at most 32 bits"))
     };
     let port = || -> Result<u8, String> {
         u8::try_from(num("PORT")?).map_err(|_| format!("action {s:?}: port index must be 0-255"))
@@ -397,7 +401,9 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
     let mut seen = 0u64;
     let mut out = io::stdout().lock();
     while a.count.is_none_or(|n| seen < n) {
-        let Some(ev) = c.next_event()? else { return Ok(()) };
+        let Some(ev) = c.next_event()? else {
+            return Err(format!("the daemon stopped: no more events (after {seen})"));
+        };
         seen += 1;
         let line = if a.json { ev.to_string() } else { event_text(&ev) };
         if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -650,6 +656,17 @@ pub fn stats_report(s: &Stats) -> String {
             String::new()
         }
     ));
+    let by_device: std::collections::BTreeMap<String, u64> =
+        r.by_device.iter().map(|(d, n)| (d.clone(), *n as u64)).collect();
+    o.push_str(&format!("  by device     {}\n", map_text(&by_device)));
+    let c = &r.counted;
+    o.push_str(&format!(
+        "  counted       {} packets ({}) by hardware, {} ({}) by the kernel's software path\n",
+        report::count(c.hw_packets),
+        report::bytes(c.hw_bytes),
+        report::count(c.packets.saturating_sub(c.hw_packets)),
+        report::bytes(c.bytes.saturating_sub(c.hw_bytes))
+    ));
     o.push_str(&format!("refusals  {}\n", map_text(&s.refusals)));
     let p = &s.packets;
     o.push_str(&format!(
@@ -766,6 +783,11 @@ mod tests {
         assert_eq!(parse_action("forward:1"), Ok(Action::Forward { port: 1 }));
         assert_eq!(parse_action("mirror:0"), Ok(Action::Mirror { port: 0 }));
         assert_eq!(parse_action("mark:77"), Ok(Action::Mark { mark: 77 }));
+        assert_eq!(parse_action("mark:0xff"), Ok(Action::Mark { mark: 255 }));
+        assert_eq!(parse_action("mark:0XFF"), Ok(Action::Mark { mark: 255 }));
+        assert_eq!(parse_action("forward:0x1"), Ok(Action::Forward { port: 1 }));
+        assert!(parse_action("mark:0xfffffffff").unwrap_err().contains("at most 32 bits"));
+        assert!(parse_action("mark:0xzz").is_err());
         assert!(parse_action("forward").unwrap_err().contains("forward:PORT"));
         assert!(parse_action("forward:300").unwrap_err().contains("0-255"));
         assert!(parse_action("drop:1").unwrap_err().contains("no argument"));

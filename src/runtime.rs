@@ -32,6 +32,7 @@ use flowtable_offload::{
 };
 use flowtable_sw::table::{FragKey, FragTracker};
 use flowtable_sw::{FlowKey, Fragment, PacketInfo, SkipCounters, TableConfig, Timeouts};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -273,6 +274,7 @@ pub struct LiveStatus {
     pub bytes: u64,
     /// Parsed and handed to the shard.
     pub sw_packets: u64,
+    pub sw_bytes: u64,
     pub skipped: SkipCounters,
     pub losses: Option<CaptureLosses>,
     /// The source failed with this; what it delivered before is kept.
@@ -356,6 +358,8 @@ impl Runtime {
                 live_batch: Batch::new(),
                 live_published: Instant::now(),
                 job_cpu: job_cpu.clone(),
+                control: ControlBudget::new(),
+                deferred: VecDeque::new(),
             };
             let opener = cfg.live.clone().map(|open| (open, turn.clone(), opened_tx.clone()));
             let thread = std::thread::Builder::new()
@@ -551,6 +555,43 @@ struct Worker {
     live_published: Instant,
     /// CPU time spent on control jobs, in ns.
     job_cpu: Arc<AtomicU64>,
+    control: ControlBudget,
+    /// Control jobs held back while the budget is spent, in order.
+    deferred: VecDeque<ShardJob>,
+}
+
+/// Share of a worker's time control jobs may take while packets wait:
+/// clients asking for large, sorted pages back to back (each a scan of the
+/// shard) get slower answers, and the packet rate holds. An idle worker
+/// answers at once.
+const CONTROL_SHARE: f64 = 0.05;
+/// CPU a worker may spend on control in one go before the share applies
+/// (one scan of a full shard fits, so a lone query is never held back).
+const CONTROL_BURST_NS: f64 = 50_000_000.0;
+
+/// A token bucket of CPU time for control jobs, filled at `CONTROL_SHARE`
+/// of wall time up to `CONTROL_BURST_NS`.
+struct ControlBudget {
+    tokens_ns: f64,
+    filled: Instant,
+}
+
+impl ControlBudget {
+    fn new() -> ControlBudget {
+        ControlBudget { tokens_ns: CONTROL_BURST_NS, filled: Instant::now() }
+    }
+
+    fn allows(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.filled).as_nanos() as f64 * CONTROL_SHARE;
+        self.tokens_ns = (self.tokens_ns + earned).min(CONTROL_BURST_NS);
+        self.filled = now;
+        self.tokens_ns > 0.0
+    }
+
+    fn spend(&mut self, cpu_ns: u64) {
+        self.tokens_ns -= cpu_ns as f64;
+    }
 }
 
 type Opener = (LiveOpener, Arc<(Mutex<usize>, std::sync::Condvar)>, Sender<Result<(), String>>);
@@ -591,6 +632,8 @@ impl Worker {
         let mut last_epoch: Option<u64> = None;
         let mut batch_done: Option<Instant> = None;
         loop {
+            // Whether the wait below was a real one (no packets to read).
+            let mut waited = false;
             let msg = if self.lockstep {
                 self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
             } else if live.is_some() {
@@ -601,6 +644,7 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
                     Err(TryRecvError::Empty) => {
                         if self.read_live(&mut live) == 0 {
+                            waited = true;
                             self.inbox.recv_timeout(LIVE_IDLE)
                         } else {
                             Err(RecvTimeoutError::Timeout)
@@ -609,6 +653,7 @@ impl Worker {
                 }
             } else {
                 let wait = next_poll.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
+                waited = true;
                 self.inbox.recv_timeout(Duration::from_nanos(wait))
             };
             let pause_started = Instant::now();
@@ -650,25 +695,44 @@ impl Worker {
                     next_poll = self.clock.now();
                 }
                 Ok(ToWorker::Job(job)) => {
-                    let cpu = thread_cpu_ns();
-                    job(&mut self.shard);
-                    self.job_cpu.fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
-                    self.forward();
+                    // Lockstep (replay) runs every job at once: its results
+                    // must not depend on timing.
+                    if self.lockstep || (self.deferred.is_empty() && self.control.allows()) {
+                        self.run_job(job);
+                    } else {
+                        self.deferred.push_back(job);
+                    }
                 }
                 Ok(ToWorker::Reload(classifier, timeouts)) => self.shard.reload(classifier, timeouts),
                 Ok(ToWorker::EnableEvents) => self.shard.enable_events(),
                 Ok(ToWorker::Shutdown { keep_rules }) => {
+                    while let Some(job) = self.deferred.pop_front() {
+                        self.run_job(job);
+                    }
                     if let Some(e) = last_epoch {
                         self.shard.wait_epoch(e);
                     }
                     self.stop(keep_rules);
                     break;
                 }
-                Err(RecvTimeoutError::Timeout) => batch_done = None,
+                Err(RecvTimeoutError::Timeout) => {
+                    batch_done = None;
+                    // Nothing came while waiting: no packet is held up by
+                    // answering now.
+                    if waited {
+                        while let Some(job) = self.deferred.pop_front() {
+                            self.run_job(job);
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.stop(false);
                     break;
                 }
+            }
+            while !self.deferred.is_empty() && self.control.allows() {
+                let job = self.deferred.pop_front().expect("not empty");
+                self.run_job(job);
             }
             if slow {
                 let pause = pause_started.elapsed().as_nanos() as u64;
@@ -691,6 +755,15 @@ impl Worker {
         (self.shard.stats().clone(), self.times)
     }
 
+    fn run_job(&mut self, job: ShardJob) {
+        let cpu = thread_cpu_ns();
+        job(&mut self.shard);
+        let spent = thread_cpu_ns().saturating_sub(cpu);
+        self.job_cpu.fetch_add(spent, Ordering::Relaxed);
+        self.control.spend(spent);
+        self.forward();
+    }
+
     /// Up to `LIVE_BURST` frames of this worker's own live source into its
     /// shard. Returns how many were read.
     fn read_live(&mut self, live: &mut Option<Box<dyn PacketSource>>) -> usize {
@@ -709,6 +782,7 @@ impl Worker {
                     match raw.parse(&ports) {
                         Ok(info) => {
                             status.sw_packets += 1;
+                            status.sw_bytes += raw.wire_len as u64;
                             // A live frame counts at its capture time, which
                             // places it before or after its flow's rule went in.
                             self.live_batch.pkts.push(info);

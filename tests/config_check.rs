@@ -44,6 +44,8 @@ fn config_check_refuses_what_run_could_not_start_with() {
         ),
         (r#"{"export": {"mtu": 576}}"#, "export.mtu", "give 1100 to 65535"),
         (r#"{"export": {"template_refresh_s": 0}}"#, "export.template_refresh_s", "more than 0"),
+        (r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen", "is not an IP address and port"),
+        (r#"{"metrics": {"listen": "[::1]:0"}}"#, "metrics.listen", "port 0"),
     ] {
         let (ok, said) = check(text);
         assert!(!ok, "accepted {text}: {said}");

@@ -433,11 +433,15 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Take back to software: rules removed now.
-    let rules_before = d.stats()["rules"]["live"].as_u64().unwrap();
-    d.ok(&["unoffload", &id]);
+    // The verdict `software` took the offloaded flow back to software:
+    // its rules go, as with unoffload.
+    let rules_before = d.stats()["rules"]["live"].as_u64().unwrap() + 2;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.json(&["flow", &id])["stage"] != "software" {
+        assert!(Instant::now() < deadline, "still not in software: {}", d.json(&["flow", &id]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let v = d.json(&["flow", &id]);
-    assert_eq!(v["stage"], "software");
     assert_eq!(v["rules"].as_array().unwrap().len(), 0);
     assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before - 2);
     let again = d.cli(&["unoffload", &id]);
@@ -445,8 +449,8 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("wrong-stage"));
 
     // Offload with an action of our choosing: handed to the offload thread.
-    let out = d.json(&["offload", &id, "--action", "mark:7"]);
-    assert!(out["stage"] == "installing" || out["stage"] == "offloaded", "{out}");
+    let out = d.json(&["offload", &id, "--action", "mark:0x7"]);
+    assert_eq!(out["stage"], "offloaded", "the answer waits for the outcome: {out}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let v = d.json(&["flow", &id]);
@@ -607,8 +611,13 @@ fn sigterm_removes_every_rule_and_writes_every_live_flows_record() {
     // Every packet of the capture is in exactly one record, hardware ones included.
     assert_counts_equal(&counts_of_records(&written), &counts_of_records(&records));
     // Offloaded flows' rules were removed: their records say when.
-    let offloaded_at_stop = shutdown.iter().filter(|r| r["offload"].is_object()).count() as u64;
+    // (Connections that closed while offloaded had theirs removed at the
+    // close, and live on in software until their closing timeout.)
+    let offloaded_at_stop =
+        listing["flows"].as_array().unwrap().iter().filter(|f| f["stage"] == "offloaded").count() as u64;
     assert_eq!(offloaded_at_stop * 2, rules, "every rule belonged to a live offloaded flow");
+    let torn_down = listing["flows"].as_array().unwrap().iter().filter(|f| f["offload"]["removed_ns"].is_u64()).count();
+    println!("{offloaded_at_stop} flows offloaded at the stop, {torn_down} torn down at their close before it");
     assert!(shutdown
         .iter()
         .filter(|r| r["offload"].is_object())
@@ -1133,4 +1142,37 @@ fn export_to_absent_and_stopping_collectors_counts_drops_and_holds_nothing_up() 
     d.terminate();
     assert!(stopping.elapsed() < Duration::from_secs(5), "stopping took {:?}", stopping.elapsed());
     assert!(d.log_text().contains("flow export stopped"), "{}", d.log_text());
+}
+
+/// Commands that did not do what was asked say so and exit non-zero: an
+/// offload the backend refuses prints its reason; `events` says when the
+/// daemon stopped.
+#[test]
+fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
+    let mut d = Daemon::start(&format!(
+        r#"{LONG_TIMEOUTS}, "backend": {{"kind": "sim", "profile": "refuse-all"}}, {}"#,
+        pcap_source("teams.pcap", "fast")
+    ));
+    d.wait_sources_done();
+    let top = d.json(&["flows", "--top", "1"]);
+    let id = top["flows"][0]["id"].as_u64().unwrap().to_string();
+    let out = d.cli(&["offload", &id, "--action", "mark:0xff"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refusal is a failure: {err}");
+    assert!(err.contains("refused") && err.contains(&id), "{err}");
+    assert_eq!(d.json(&["flow", &id])["stage"], "refused");
+
+    let mut events = std::process::Command::new(BIN)
+        .args(["events", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.terminate();
+    let out = events.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "events must fail when the daemon goes: {err}");
+    assert!(err.contains("the daemon stopped"), "{err}");
 }

@@ -582,3 +582,212 @@ fn two_workers_share_an_inline_pair_by_fanout_and_split_no_conversation() {
     }
     assert_eq!(shards.len(), 2, "both workers had conversations: {shards:?}");
 }
+
+/// How a test's TCP connection ends.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Close {
+    /// FIN from both sides.
+    Clean,
+    /// The client aborts: SO_LINGER 0, then close, sends RST.
+    Reset,
+}
+
+/// A real TCP connection across an inline pair whose software path is a
+/// catch-all redirect each way: offloaded (`pass`) mid-connection, then
+/// closed as `close` says. The FINs or the RST miss the flow's rules and
+/// reach software (the rules match FIN and RST clear), which removes the
+/// rules and ends the flow `tcp-close` within the closing timeout plus a
+/// poll; each direction's packets equal a capture taken in B.
+fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    let pair = Pair::new(tag, subnet);
+    // One packet per segment everywhere, so the tap, the rules and the
+    // capture count the same packets (tc counts a GSO packet as its segments).
+    for (ns, dev) in [(Some(&pair.ns_a), "a0"), (Some(&pair.ns_b), "b0"), (None, &*pair.host_a), (None, &*pair.host_b)]
+    {
+        let exec = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+        sh(&format!("{exec}ethtool -K {dev} tso off gso off gro off"));
+    }
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!("tc qdisc add dev {from} clsact"));
+        sh(&format!(
+            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+        ));
+    }
+    let dir = std::path::PathBuf::from(format!("/tmp/ft-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (closing_s, poll_ms) = (2.0, 100);
+    let config = format!(
+        r#"{{
+  "instance_id": 3636,
+  "ports": [{{ "name": "{a}" }}, {{ "name": "{b}", "pair": "{a}" }}],
+  "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
+  "classifier": {{
+    "rules": [{{ "name": "bulk", "match": {{ "proto": "tcp", "server_ports": [7000] }},
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "pass" }} }} }}],
+    "default": "software"
+  }},
+  "timeouts": {{ "tcp_closing_s": {closing_s}, "tcp_closed_s": {closing_s} }},
+  "offload": {{ "poll_interval_ms": {poll_ms}, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{dir}/records.jsonl" }},
+  "control": {{ "socket": "{dir}/ft.sock" }}
+}}"#,
+        a = pair.host_a,
+        b = pair.host_b,
+        dir = dir.display(),
+    );
+    let daemon = start_daemon(&dir, &config, &dir.join("ft.sock"));
+    let capture = dir.join("b.pcap");
+    let mut dumpcap = Command::new("ip")
+        .args(["netns", "exec", &pair.ns_b, "dumpcap", "-q", "-P", "-i", "b0", "-f", "tcp port 7000", "-w"])
+        .arg(&capture)
+        .stderr(std::fs::File::create(dir.join("dumpcap.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(dir.join("dumpcap.log")).unwrap_or_default().contains("Capturing on") {
+        assert!(started.elapsed() < Duration::from_secs(60), "dumpcap never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (ns_b, ip_b) = (pair.ns_b.clone(), pair.ip_b);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        enter_netns(&ns_b);
+        let l = TcpListener::bind((ip_b, 7000)).expect("bind server");
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got // dropped: the server's FIN (after a clean close)
+    });
+    ready_rx.recv().unwrap();
+    let ours = |dev: &str| {
+        sh(&format!("tc filter show dev {dev} ingress"))
+            .lines()
+            .filter(|l| l.contains(" handle ") && !l.contains(" pref 61000 "))
+            .count()
+    };
+    let ns_a = pair.ns_a.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&ns_a);
+        let mut c = TcpStream::connect((ip_b, 7000)).expect("connect");
+        c.set_nodelay(true).unwrap();
+        for _ in 0..150 {
+            c.write_all(&[0x5a; 1000]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match close {
+            Close::Clean => {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut rest = vec![];
+                let _ = c.read_to_end(&mut rest);
+            }
+            Close::Reset => {
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: a valid socket and a linger struct of the size given.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        c.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        &linger as *const libc::linger as *const libc::c_void,
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+            }
+        }
+    });
+    // The rules, from this thread (in the root namespace), while the
+    // client sends.
+    let mut rules_seen = false;
+    while !client.is_finished() {
+        rules_seen |= ours(&pair.host_a) + ours(&pair.host_b) == 2;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.join().unwrap();
+    let closed_at = Instant::now();
+    let received = server.join().unwrap();
+    assert!(rules_seen, "the connection was offloaded while it carried data");
+    if close == Close::Clean {
+        assert_eq!(received, 150_000, "every byte crossed, through the rules and the software path");
+    }
+
+    // The record comes within the closing timeout plus a poll (and the
+    // emulated machine's slack), and the rules are gone by then.
+    let records = dir.join("records.jsonl");
+    let record = loop {
+        let mine: Vec<serde_json::Value> = records_in(&records).into_iter().filter(|r| r["dport"] == 7000).collect();
+        if let Some(r) = mine.first() {
+            assert_eq!(mine.len(), 1, "one flow: {mine:#?}");
+            break r.clone();
+        }
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(30),
+            "no record after the close; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = closed_at.elapsed();
+    println!("{close:?}: record after {waited:?}: {record}");
+    assert_eq!(record["end_reason"], "tcp-close", "{record}");
+    assert_eq!((ours(&pair.host_a), ours(&pair.host_b)), (0, 0), "the rules went at the close");
+    let bound = Duration::from_secs_f64(closing_s) + Duration::from_millis(poll_ms) + Duration::from_millis(1500);
+    assert!(waited < bound, "ended {waited:?} after the close, bound {bound:?}");
+    assert_eq!(record["offload"]["teardown"], "fin-rst", "{record}");
+    assert!(record["offload"]["removed_ns"].is_u64(), "{record}");
+    assert!(record["orig"]["hw_packets"].as_u64() > Some(0) && record["reply"]["hw_packets"].as_u64() > Some(0));
+
+    // Against the capture in B: each direction's packets, exactly.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child (ip, which exec'd dumpcap).
+    unsafe { libc::kill(dumpcap.id() as i32, libc::SIGINT) };
+    dumpcap.wait().unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&capture).unwrap()).unwrap();
+    let (mut from_a, mut from_b) = (0u64, 0u64);
+    while let Some(p) = reader.next_packet() {
+        let p = p.unwrap();
+        // Ethernet, then IPv4: the source address at offset 14 + 12.
+        match p.data.get(26..30) {
+            Some(src) if src == pair.ip_a.octets() => from_a += 1,
+            Some(src) if src == pair.ip_b.octets() => from_b += 1,
+            _ => {}
+        }
+    }
+    println!("capture in B: {from_a} packets from A, {from_b} from B");
+    assert_eq!(
+        (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()),
+        (Some(from_a), Some(from_b)),
+        "{record}"
+    );
+    stop_daemon(daemon, &dir);
+}
+
+#[test]
+fn offloaded_tcp_connection_closed_by_fin_is_torn_down_and_counted_exactly() {
+    if !in_vm("offloaded_tcp_connection_closed_by_fin_is_torn_down_and_counted_exactly") {
+        return;
+    }
+    offloaded_connection_is_torn_down("tf", 48, Close::Clean);
+}
+
+#[test]
+fn offloaded_tcp_connection_reset_is_torn_down_and_counted_exactly() {
+    if !in_vm("offloaded_tcp_connection_reset_is_torn_down_and_counted_exactly") {
+        return;
+    }
+    offloaded_connection_is_torn_down("tr", 49, Close::Reset);
+}

@@ -240,6 +240,8 @@ mod tests {
         assert!(msg.contains("4294967295 flows need about") && msg.contains("memory this machine has"), "{msg}");
         let msg = refused(r#"{"table": {"max_fragments": 18446744073709551615}}"#, "table.max_fragments");
         assert!(msg.contains("fragments need about"), "{msg}");
+        let msg = refused(r#"{"table": {"max_context_bytes": 0}}"#, "table.max_context_bytes");
+        assert!(msg.contains("at least 1"), "{msg}");
         // The largest table that fits is taken.
         let fits = memory / 2 / BYTES_PER_FLOW;
         parse("h.json", &format!(r#"{{"table": {{"max_flows": {fits}}}}}"#)).unwrap();
@@ -283,6 +285,26 @@ mod tests {
         let long = format!("/{}", "s".repeat(MAX_SOCKET_PATH));
         let msg = refused(&format!(r#"{{"control": {{"socket": {long:?}}}}}"#), "control.socket");
         assert!(msg.contains("108 bytes long; a Unix socket path can be at most 107"), "{msg}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_ip_address_and_a_real_port() {
+        assert_eq!(parse("h.json", "{}").unwrap().metrics.address(), Ok(None));
+        for (text, want) in
+            [("127.0.0.1:9464", "127.0.0.1:9464"), ("[::1]:9100", "[::1]:9100"), ("0.0.0.0:80", "0.0.0.0:80")]
+        {
+            let c = parse("h.json", &format!(r#"{{"metrics": {{"listen": {text:?}}}}}"#)).unwrap();
+            assert_eq!(c.metrics.address().unwrap().unwrap().to_string(), want);
+        }
+        let msg = refused(r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen");
+        assert!(msg.contains("\"localhost:9464\" is not an IP address and port: give e.g."), "{msg}");
+        let msg = refused(r#"{"metrics": {"listen": "127.0.0.1"}}"#, "metrics.listen");
+        assert!(msg.contains("is not an IP address and port"), "{msg}");
+        let msg = refused(r#"{"metrics": {"listen": "127.0.0.1:0"}}"#, "metrics.listen");
+        assert!(msg.contains("port 0 would be a different port at every start"), "{msg}");
+        refused(r#"{"metrics": {"listen": "127.0.0.1:70000"}}"#, "metrics.listen");
+        refused(r#"{"metrics": {"listen": 9464}}"#, "metrics.listen");
+        refused(r#"{"metrics": {"address": "127.0.0.1:9464"}}"#, "metrics.address");
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct Config {
     pub control: ControlSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// Packet sources for `flowtable run`.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -631,6 +633,37 @@ impl Default for ControlSection {
     }
 }
 
+/// Prometheus metrics over HTTP (`GET /metrics`); off unless `listen`
+/// is given. Taken at start only: a reload leaves the server as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `address:port` to serve on, e.g. `"127.0.0.1:9464"` or `"[::]:9464"`.
+    pub listen: Option<String>,
+    /// An explanation for the reader (JSON has no comments); ignored.
+    #[serde(rename = "_comment", skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl MetricsSection {
+    /// The address to serve on, if any; an error in the operator's words
+    /// if `listen` is not one.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(text) = &self.listen else { return Ok(None) };
+        let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+            format!(
+                "{text:?} is not an IP address and port: give e.g. \"127.0.0.1:9464\", \"0.0.0.0:9464\" or \"[::1]:9464\" (host names are not looked up)"
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(format!(
+                "{text:?}: port 0 would be a different port at every start; give the port Prometheus scrapes, e.g. 9464"
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -704,6 +737,12 @@ impl Config {
         }
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
+        }
+        if self.table.max_context_bytes == 0 {
+            return Err((
+                "table.max_context_bytes".into(),
+                "must be at least 1: 0 would refuse every flow context an application sets".into(),
+            ));
         }
         // Sizes the machine can hold: the table is allocated for its
         // maximum when it starts.
@@ -859,6 +898,7 @@ impl Config {
             return Err(("control.socket".into(), "must not contain a NUL byte".into()));
         }
         check_log_level(&self.log.level).map_err(|m| ("log.level".to_string(), m))?;
+        self.metrics.address().map_err(|m| ("metrics.listen".to_string(), m))?;
         for (i, source) in self.sources.iter().enumerate() {
             if let SourceConfig::Synthetic(map) = source {
                 check_synthetic(&format!("sources[{i}].synthetic"), map)?;
@@ -936,6 +976,8 @@ pub const EXAMPLE: &str = r#"{
     "queue_records": 65536, "enterprise_number": 32473
   },
   "control": { "socket": "/run/flowtable.sock" },
-  "log": { "format": "human", "level": "info" }
+  "log": { "format": "human", "level": "info" },
+  "metrics": { "_comment": "e.g. \"127.0.0.1:9464\": Prometheus scrapes http://127.0.0.1:9464/metrics; null: off",
+               "listen": null }
 }
 "#;

@@ -106,10 +106,8 @@ pub enum IpfixError {
 pub fn flow_end_reason(reason: EndReason) -> u8 {
     match reason {
         EndReason::Idle => end_reason::IDLE_TIMEOUT,
-        // Active timeout (issue 11, item 2): an interim record's reason
-        // maps to end_reason::ACTIVE_TIMEOUT (2) once `EndReason::Active`
-        // exists:
-        // EndReason::Active => end_reason::ACTIVE_TIMEOUT,
+        // An interim record of a flow past the active timeout.
+        EndReason::Active => end_reason::ACTIVE_TIMEOUT,
         EndReason::TcpClose => end_reason::END_OF_FLOW,
         // Ended on request through the control socket: an external event,
         // RFC 7012's "forced end", as is the process stopping.
@@ -646,7 +644,7 @@ impl<'a> Message<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable_offload::{DirRecord, OffloadRecord};
+    use flowtable_offload::{DirRecord, OffloadRecord, RecordKind};
     use flowtable_sw::context::FlowContext;
     use flowtable_sw::{FlowId, TcpState};
 
@@ -696,10 +694,12 @@ mod tests {
                 hw_counters: true,
                 installed_ns: 1,
                 removed_ns: None,
+                teardown: None,
             }),
             refused: None,
             context: Some(FlowContext { label: Some("é".repeat(100)), ..FlowContext::default() }),
             end_reason: EndReason::TcpClose,
+            kind: RecordKind::Final,
         }
     }
 
@@ -824,6 +824,7 @@ mod tests {
     #[test]
     fn end_reasons_map_to_the_registry() {
         assert_eq!(flow_end_reason(EndReason::Idle), 1);
+        assert_eq!(flow_end_reason(EndReason::Active), 2);
         assert_eq!(flow_end_reason(EndReason::TcpClose), 3);
         assert_eq!(flow_end_reason(EndReason::Shutdown), 4);
         assert_eq!(flow_end_reason(EndReason::Evicted), 4);

@@ -537,7 +537,7 @@ impl Exporter {
 mod tests {
     use super::*;
     use crate::ipfix::{Message, DOCUMENTATION_PEN, TEMPLATE_SET_ID, TEMPLATE_V4};
-    use flowtable_offload::{DirRecord, EndReason};
+    use flowtable_offload::{DirRecord, EndReason, RecordKind};
     use flowtable_sw::{FlowId, TcpState};
     use std::net::TcpListener;
 
@@ -562,6 +562,7 @@ mod tests {
             refused: None,
             context: None,
             end_reason: EndReason::Idle,
+            kind: RecordKind::Final,
         }
     }
 

@@ -203,6 +203,14 @@ pub struct Capabilities {
     /// installed (tc software path, AF_PACKET taps before tc ingress). When
     /// true the engine must not count those packets a second time.
     pub software_sees_offloaded: bool,
+    /// Whether the backend's rules of a TCP flow leave packets with FIN or
+    /// RST set to software (a match on the TCP flags, FIN|RST clear, as the
+    /// kernel's flowtable offload puts on its rules), so software sees a
+    /// connection close while its flow is offloaded. When false the rule
+    /// takes those packets too and only counters and idle time tell of
+    /// the close.
+    #[serde(default)]
+    pub tcp_teardown_to_software: bool,
 }
 
 impl Capabilities {
@@ -340,6 +348,28 @@ mod tests {
         assert_eq!(through_mpls.check(&key), Ok(()));
         key.encap = encap::MPLS | encap::FABRICPATH;
         assert_eq!(through_mpls.check(&key), Err("fabricpath encapsulation match not supported".into()));
+    }
+
+    #[test]
+    fn capabilities_report_tcp_teardown_and_default_it_off() {
+        let caps = Capabilities {
+            matches: MatchSupport::ALL,
+            actions: ActionKind::ALL.to_vec(),
+            max_rules: 0,
+            max_insert_rate: 0,
+            counters: true,
+            software_sees_offloaded: false,
+            tcp_teardown_to_software: true,
+        };
+        let v = serde_json::to_value(&caps).unwrap();
+        assert_eq!(v["tcp_teardown_to_software"], serde_json::Value::Bool(true));
+        let back: Capabilities = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, caps);
+        // A report from before the field: no claim that FIN/RST reach software.
+        let mut old = v;
+        old.as_object_mut().unwrap().remove("tcp_teardown_to_software");
+        let back: Capabilities = serde_json::from_value(old).unwrap();
+        assert!(!back.tcp_teardown_to_software);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::rule::*;
 use crate::{Backend, InlineNic};
+use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::{Direction, FlowKey, PacketInfo};
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +45,7 @@ impl SimProfile {
                 max_insert_rate: 100_000,
                 counters: true,
                 software_sees_offloaded: false,
+                tcp_teardown_to_software: true,
             },
             refuse_all: None,
             latency: SimLatency::default(),
@@ -97,13 +99,15 @@ struct SimTable {
     applied: FastMap<ActionKind, u64>,
 }
 
-#[derive(Default)]
 struct Shared {
     // A mutex, not a lock-free table: the packet side takes it once per
     // packet offered, uncontended but for the moments the offload thread
     // changes rules, and only while rules exist (`rules` is read first).
     table: Mutex<SimTable>,
     rules: AtomicUsize,
+    /// The profile's `tcp_teardown_to_software`: rules of TCP flows pass
+    /// packets with FIN or RST set by, to software.
+    tcp_teardown: bool,
 }
 
 impl Shared {
@@ -127,7 +131,12 @@ pub struct SimNic {
 impl SimNic {
     pub fn new(profile: SimProfile) -> SimNic {
         let burst = profile.capabilities.max_insert_rate as f64;
-        SimNic { profile, shared: Arc::default(), now_ns: 0, tokens: burst, filled_at: 0 }
+        let shared = Arc::new(Shared {
+            table: Mutex::default(),
+            rules: AtomicUsize::new(0),
+            tcp_teardown: profile.capabilities.tcp_teardown_to_software,
+        });
+        SimNic { profile, shared, now_ns: 0, tokens: burst, filled_at: 0 }
     }
 
     pub fn profile(&self) -> &SimProfile {
@@ -299,6 +308,12 @@ impl InlineNic for SimPath {
         if self.shared.rules.load(Ordering::Relaxed) == 0 {
             return false;
         }
+        // Rules of TCP flows match FIN and RST clear, as tc and rte_flow
+        // rules do (the kernel flowtable's match): a close or reset misses
+        // the rule and goes to software.
+        if self.shared.tcp_teardown && pkt.key.proto == 6 && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            return false;
+        }
         let mut guard = self.shared.lock();
         let table = &mut *guard;
         let Some(rule) = table.rules.get_mut(&(pkt.key, pkt.dir)).filter(|r| r.port == pkt.port) else {
@@ -374,6 +389,48 @@ mod tests {
         assert_eq!(removed[0].as_ref().unwrap().unwrap().packets, 1);
         assert!(!path.offer(&pkt, 0));
         assert!(nic.remove(&[rule.cookie])[0].is_err());
+    }
+
+    #[test]
+    fn fin_and_rst_of_a_tcp_flow_go_to_software() {
+        let mut nic = SimNic::new(SimProfile::full());
+        assert!(nic.capabilities().tcp_teardown_to_software);
+        let mut path = nic.path();
+        let (rule, pkt) = spec(1000, Direction::LoToHi, Action::Drop);
+        assert!(matches!(nic.install(&[rule])[0], InstallOutcome::Installed { .. }));
+        let with = |flags: u8| PacketInfo { tcp_flags: flags, ..pkt };
+        // ACK, PSH|ACK, SYN: taken by the rule.
+        for flags in [0x10, 0x18, 0x02] {
+            assert!(path.offer(&with(flags), 0), "flags {flags:#04x}");
+        }
+        // FIN, FIN|ACK, RST, RST|ACK: missed, software gets them.
+        for flags in [0x01, 0x11, 0x04, 0x14] {
+            assert!(!path.offer(&with(flags), 0), "flags {flags:#04x}");
+        }
+        let mut out = vec![];
+        nic.read_counters(&mut out).unwrap();
+        assert_eq!(out[0].1.packets, 3, "only the packets the rule took are counted");
+        assert_eq!(nic.applied(ActionKind::Drop), 3);
+
+        // A UDP rule knows nothing of TCP flags (a UDP packet's are 0 anyway).
+        let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 5000, 53, 17);
+        let udp = RuleSpec {
+            cookie: Cookie::new(1, 5000, dir),
+            matches: MatchFields { key, dir, port: 0 },
+            action: Action::Drop,
+            policy: PlacementPolicy::Auto,
+        };
+        assert!(matches!(nic.install(&[udp])[0], InstallOutcome::Installed { .. }));
+        assert!(path.offer(&PacketInfo { key, dir, tcp_flags: 0, ..pkt }, 0));
+
+        // A profile whose rules don't match the flags takes them all.
+        let mut p = SimProfile::full();
+        p.capabilities.tcp_teardown_to_software = false;
+        let mut nic = SimNic::new(p);
+        let mut path = nic.path();
+        assert!(matches!(nic.install(&[rule])[0], InstallOutcome::Installed { .. }));
+        assert!(path.offer(&with(0x11), 0));
+        assert!(path.offer(&with(0x04), 0));
     }
 
     #[test]

@@ -101,6 +101,16 @@ fn counters_of(be: &mut TcBackend, cookie: Cookie) -> flowtable_hw::RuleCounters
     out.into_iter().find(|(c, _)| *c == cookie).map(|(_, s)| s).unwrap_or_else(|| panic!("no counters for {cookie:?}"))
 }
 
+/// Packets counted by the (foreign) filters at priority `prio` on `dev`'s ingress.
+fn foreign_packets(dev: &str, prio: u32) -> u64 {
+    let out = sh(&format!("tc -s filter show dev {dev} ingress prio {prio}"));
+    // "Sent 1234 bytes 5 pkt (dropped 0, overlimits 0 requeues 0)", once per action.
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Sent "))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
 fn tc_show(dev: &str) -> String {
     sh(&format!("tc filter show dev {dev} ingress"))
 }
@@ -277,7 +287,16 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     // Frames on the wire: 56 bytes of ping data + ICMP 8 + IPv4 20 + Ethernet 14.
     assert_eq!((req.bytes, rep.bytes), (5 * 98, 5 * 98));
 
-    // TCP with nc over fixed ports, both directions redirected.
+    // TCP with nc over fixed ports, both directions redirected. A rule of
+    // a TCP flow leaves FIN and RST to the path the packets take without
+    // it (the kernel flowtable's match): here a catch-all redirect of
+    // someone else's at a later priority, the software path the rules
+    // short-cut.
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!(
+            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+        ));
+    }
     let (tk, td) = tcp_key(pair.ip_a, pair.ip_b, 40000, 7000);
     let mut tk_b = tk;
     tk_b.zone = 1;
@@ -285,6 +304,12 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     let tcp_ba = spec(owner, 2, (tk_b, td.reverse()), Action::Forward { port: 0 }, PlacementPolicy::Software);
     let out = be.install(&[tcp_ab, tcp_ba]);
     assert!(out.iter().all(|o| installed(o) == Placement::KernelSoftware), "{out:?}");
+    let shown = tc_show(&pair.host_a);
+    println!("{shown}");
+    // iproute2 prints the key and mask in hex ("tcp_flags 0x0/0x5" or alike).
+    let flags = shown.split("tcp_flags ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("");
+    let mask = flags.rsplit('/').next().map(|m| m.trim_start_matches("0x"));
+    assert!(flags.contains('/') && mask == Some("5"), "FIN|RST clear: {shown}");
     sh("head -c 300000 /dev/urandom > /tmp/ft-tcp-send");
     let mut listener = Command::new("ip")
         .args(["netns", "exec", &pair.ns_b, "sh", "-c"])
@@ -303,8 +328,15 @@ fn redirect_carries_icmp_and_tcp_and_counts_them() {
     println!("tcp a->b {up:?} b->a {down:?}");
     assert!(up.bytes >= 300_000 && up.packets >= 300_000 / 65_536, "{up:?}");
     assert!(down.packets > 0);
+    // The two FINs went by the software path, all else by our rules.
+    let software_path: u64 = [&pair.host_a, &pair.host_b].iter().map(|d| foreign_packets(d, 61000)).sum();
+    println!("software path: {software_path} packets");
+    assert!((2..=4).contains(&software_path), "the FINs, and at most their retransmissions: {software_path}");
     // The ICMP rules saw nothing of the TCP flow.
     assert_eq!(counters_of(&mut be, icmp_ab.cookie).packets, 5);
+    for dev in [&pair.host_a, &pair.host_b] {
+        sh(&format!("tc filter del dev {dev} ingress prio 61000"));
+    }
     be.shutdown().unwrap();
     assert!(!pair.ping(1), "no path once our rules are flushed");
 }

@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError
 use flowtable_hw::{Backend, BackendError, Capabilities, Cookie, InstallOutcome, Refusal, RefusalKind, RuleCounters};
 use flowtable_sw::FlowId;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub struct CoordinatorStats {
     pub retried: BTreeMap<String, u64>,
     pub install_calls: u64,
     pub remove_calls: u64,
+    /// What our rules counted, all rules ever installed together (each
+    /// rule's cumulative counters as last read, or as it was removed).
+    pub rule_counted: RuleCounters,
 }
 
 /// A snapshot for other threads (statistics, the control socket).
@@ -63,7 +66,20 @@ pub struct OffloadStatus {
     pub rules_live: usize,
     /// Installs waiting for their batch.
     pub queued: usize,
+    /// Rules in place, by the port (device) each is on.
+    pub rules_by_port: BTreeMap<u8, usize>,
     pub stats: CoordinatorStats,
+}
+
+/// Adds what a rule counted since `seen` to `total`, and remembers `now`.
+/// A counter that went back (a rule replaced under us) is taken from zero.
+fn add_counted(total: &mut RuleCounters, seen: &mut RuleCounters, now: &RuleCounters) {
+    let delta = |now: u64, seen: u64| if now >= seen { now - seen } else { now };
+    total.packets += delta(now.packets, seen.packets);
+    total.bytes += delta(now.bytes, seen.bytes);
+    total.hw_packets += delta(now.hw_packets, seen.hw_packets);
+    total.hw_bytes += delta(now.hw_bytes, seen.hw_bytes);
+    *seen = *now;
 }
 
 /// What the packet reader tells a coordinator in lockstep.
@@ -105,6 +121,10 @@ pub struct Coordinator {
     seq: u64,
     stats: CoordinatorStats,
     counters_buf: Vec<(Cookie, RuleCounters)>,
+    /// Each rule in place: its port and its counters as last read, so
+    /// what it counted since adds to `stats.rule_counted` once.
+    rules: HashMap<Cookie, (u8, RuleCounters)>,
+    rules_by_port: BTreeMap<u8, usize>,
     status: Arc<Mutex<OffloadStatus>>,
 }
 
@@ -133,6 +153,8 @@ impl Coordinator {
             seq: 0,
             stats: CoordinatorStats::default(),
             counters_buf: Vec::new(),
+            rules: HashMap::new(),
+            rules_by_port: BTreeMap::new(),
             status: Arc::new(Mutex::new(status)),
         }
     }
@@ -152,6 +174,10 @@ impl Coordinator {
     }
     pub fn stats(&self) -> &CoordinatorStats {
         &self.stats
+    }
+    /// Rules in place, by the port each is on.
+    pub fn rules_by_port(&self) -> &BTreeMap<u8, usize> {
+        &self.rules_by_port
     }
     /// A snapshot kept up to date after every step, for other threads.
     pub fn status(&self) -> Arc<Mutex<OffloadStatus>> {
@@ -224,6 +250,7 @@ impl Coordinator {
         if let Ok(mut s) = self.status.lock() {
             s.rules_live = self.rules_live;
             s.queued = self.pending.len();
+            s.rules_by_port.clone_from(&self.rules_by_port);
             s.stats.clone_from(&self.stats);
         }
     }
@@ -281,6 +308,8 @@ impl Coordinator {
                         hw_counters &= *counters;
                         self.rules_live += 1;
                         self.stats.rules_installed += 1;
+                        let rule = &p.rules[d];
+                        self.rule_in(rule.cookie, rule.matches.port);
                     }
                     Some(InstallOutcome::Refused(r)) => refusal = refusal.or(Some(r.clone())),
                     None => {
@@ -314,8 +343,9 @@ impl Coordinator {
         if !rollback.is_empty() {
             let cookies: Vec<Cookie> = rollback.iter().map(|(_, _, c)| *c).collect();
             self.stats.remove_calls += 1;
-            for ((i, d, _), result) in rollback.iter().zip(self.backend.remove(&cookies)) {
+            for ((i, d, cookie), result) in rollback.iter().zip(self.backend.remove(&cookies)) {
                 self.rules_live = self.rules_live.saturating_sub(1);
+                self.rule_out(cookie, result.as_ref().ok().copied().flatten());
                 match result {
                     Ok(c) => leftover[*i][*d] = c,
                     Err(e) => {
@@ -360,14 +390,16 @@ impl Coordinator {
                     })
                 });
                 match &result {
-                    Ok(_) => {
+                    Ok(last) => {
                         self.rules_live = self.rules_live.saturating_sub(1);
                         self.stats.rules_removed += 1;
+                        self.rule_out(&cookie, *last);
                     }
                     Err(BackendError::UnknownRule { .. }) => {
                         // Already gone (removed behind our back).
                         self.rules_live = self.rules_live.saturating_sub(1);
                         self.stats.remove_errors += 1;
+                        self.rule_out(&cookie, None);
                     }
                     Err(_) => self.stats.remove_errors += 1,
                 }
@@ -393,6 +425,9 @@ impl Coordinator {
                 self.stats.unknown_rules += 1;
                 continue;
             }
+            if let Some((_, last)) = self.rules.get_mut(cookie) {
+                add_counted(&mut self.stats.rule_counted, last, counters);
+            }
             per_shard[shard].push((*cookie, *counters));
         }
         for (shard, counters) in per_shard.into_iter().enumerate() {
@@ -409,6 +444,26 @@ impl Coordinator {
             }
         }
         self.counters_buf = buf;
+    }
+
+    fn rule_in(&mut self, cookie: Cookie, port: u8) {
+        if self.rules.insert(cookie, (port, RuleCounters::default())).is_none() {
+            *self.rules_by_port.entry(port).or_insert(0) += 1;
+        }
+    }
+
+    /// A rule is gone; `last`, its final counters where the backend gave them.
+    fn rule_out(&mut self, cookie: &Cookie, last: Option<RuleCounters>) {
+        let Some((port, mut seen)) = self.rules.remove(cookie) else { return };
+        if let Some(last) = last {
+            add_counted(&mut self.stats.rule_counted, &mut seen, &last);
+        }
+        if let Some(n) = self.rules_by_port.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.rules_by_port.remove(&port);
+            }
+        }
     }
 
     fn send(&mut self, shard: usize, resp: Response) {

@@ -63,6 +63,9 @@ impl Engine {
     pub fn now_ns(&self) -> u64 {
         self.shard.now_ns()
     }
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
     pub fn rules_live(&self) -> usize {
         self.coordinator.rules_live()
     }

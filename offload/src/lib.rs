@@ -13,5 +13,5 @@ pub use classifier::{Classifier, Decision};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, Gate, OffloadStatus};
 pub use engine::{coordinator_config, Engine};
 pub use link::{link, OffloadLink, Request, Response, ShardLink, QUEUE_DEPTH};
-pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
+pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
 pub use shard::{BackendInfo, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, Shard, Then, BATCH};

@@ -20,6 +20,9 @@ pub enum EndReason {
     TableFull,
     /// Still live when the process stopped.
     Shutdown,
+    /// Not an end: an interim record of a flow that lasts past the active
+    /// timeout, with what it carried since its previous record.
+    Active,
 }
 
 impl EndReason {
@@ -30,6 +33,7 @@ impl EndReason {
             EndReason::Evicted => "evicted",
             EndReason::TableFull => "table-full",
             EndReason::Shutdown => "shutdown",
+            EndReason::Active => "active",
         }
     }
 }
@@ -62,6 +66,24 @@ fn is_zero_u8(v: &u8) -> bool {
 }
 
 impl DirRecord {
+    /// What this direction carried beyond `before` (an earlier record of
+    /// the same flow). TCP flags are the flow's so far, not a delta.
+    pub fn since(&self, before: &DirRecord) -> DirRecord {
+        DirRecord {
+            ingress: self.ingress,
+            packets: self.packets - before.packets,
+            bytes: self.bytes - before.bytes,
+            ip_bytes: self.ip_bytes - before.ip_bytes,
+            sw_packets: self.sw_packets - before.sw_packets,
+            sw_bytes: self.sw_bytes - before.sw_bytes,
+            sw_ip_bytes: self.sw_ip_bytes - before.sw_ip_bytes,
+            hw_packets: self.hw_packets - before.hw_packets,
+            hw_bytes: self.hw_bytes - before.hw_bytes,
+            hw_ip_bytes: self.hw_ip_bytes - before.hw_ip_bytes,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+
     pub fn of(flow: &Flow, dir: Direction, framing: &Framing) -> DirRecord {
         let (sw, hw) = (flow.sw[dir.index()], flow.hw[dir.index()]);
         let (sw_ip, hw_ip) = framing.ip_bytes(dir, sw, hw);
@@ -81,6 +103,19 @@ impl DirRecord {
     }
 }
 
+/// How the close of an offloaded TCP connection is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Teardown {
+    /// The rules leave FIN and RST to software, which removes them when
+    /// the connection closes.
+    FinRst,
+    /// The rules take FIN and RST too (the backend can't match TCP
+    /// flags): the close is not seen, and the flow ends by its idle
+    /// timeout.
+    IdleOnly,
+}
+
 /// What offload a flow had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OffloadRecord {
@@ -91,12 +126,29 @@ pub struct OffloadRecord {
     /// Whether the rules' counters could be read.
     pub hw_counters: bool,
     pub installed_ns: u64,
-    /// Set when the rules were removed before the flow ended (unoffload).
+    /// Set when the rules were removed before the flow ended (unoffload,
+    /// the connection's close).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_ns: Option<u64>,
+    /// TCP flows: whether the close could be seen while offloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teardown: Option<Teardown>,
 }
 
-/// The record a flow ends in. Directions are the flow's own: `orig` is
+/// Whether a record is a flow's last, or one of the interim records of a
+/// flow that outlasted the active timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordKind {
+    /// The flow ended; with interim records before it, its counts are
+    /// what came after the last of them.
+    Final,
+    /// The flow goes on; its counts are those since its previous record.
+    Interim,
+}
+
+/// The record a flow ends in (or, past the active timeout, one of its
+/// interim records: `kind` says which). Directions are the flow's own: `orig` is
 /// what its first packet's sender sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowRecord {
@@ -126,6 +178,7 @@ pub struct FlowRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<FlowContext>,
     pub end_reason: EndReason,
+    pub kind: RecordKind,
 }
 
 fn is_zero(v: &u16) -> bool {

@@ -94,6 +94,10 @@ fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
     assert_eq!(view.packets, 100);
     assert_eq!(view.bytes, (0..100u64).map(|i| 100 + i).sum::<u64>());
     assert!(view.orig.hw_packets > 0 && view.reply.hw_packets > 0);
+    // The offload thread's own tally of what the rules counted agrees.
+    let counted = e.coordinator().stats().rule_counted;
+    assert_eq!(counted.packets, view.orig.hw_packets + view.reply.hw_packets);
+    assert_eq!((counted.hw_packets, counted.hw_bytes), (counted.packets, counted.bytes), "the sim counts in hardware");
 
     // Idle in hardware: the rule is removed after the UDP timeout and the
     // record carries every packet.
@@ -103,6 +107,8 @@ fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
     e.poll(last_activity + 61 * S);
     assert_eq!(e.rules_live(), 0);
     assert_eq!(e.backend_mut().capabilities().max_rules, 65536);
+    assert!(e.coordinator().rules_by_port().is_empty(), "{:?}", e.coordinator().rules_by_port());
+    assert_eq!(e.coordinator().stats().rule_counted.packets, taken_by_nic, "final counters taken at the removal");
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
@@ -477,7 +483,11 @@ fn inline_pair_is_one_flow_with_each_rule_on_its_arrival_port() {
     assert!(feed(&mut e, &back(&ports, wan), 15 * MS));
     e.poll(200 * MS);
     assert_eq!(only_flow(&e), id, "all of it one flow");
+    let by_port: Vec<(u8, usize)> = e.coordinator().rules_by_port().iter().map(|(p, n)| (*p, *n)).collect();
+    assert_eq!(by_port, [(wan, 1), (lan, 1)], "one rule on each port");
     e.shutdown(false);
+    assert!(e.coordinator().rules_by_port().is_empty());
+    assert_eq!(e.coordinator().stats().rule_counted.packets, 3, "what the two rules took");
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
@@ -660,5 +670,236 @@ fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
         assert!(orig.hw_packets > 0 && orig.hw_packets + late as u64 <= 27, "late {late}: {orig:?}");
         assert_eq!(e.stats().slipped_packets, late as u64, "late {late}");
         assert_eq!(e.stats().sw_packets, orig.sw_packets, "late {late}");
+    }
+}
+
+const OFFLOAD_TCP_AFTER: &str = r#"{
+  "classifier": {"rules": [{"name": "web", "match": {"proto": "tcp"},
+     "trigger": {"after_packets": AFTER}, "result": {"offload": {"type": "pass"}}}]},
+  "timeouts": {"tcp_closing_s": 10, "tcp_closed_s": 5},
+  "offload": {"poll_interval_ms": 100}
+}"#;
+
+fn tcp_engine(after: u64, profile: SimProfile) -> Engine {
+    engine(&OFFLOAD_TCP_AFTER.replace("AFTER", &after.to_string()), profile)
+}
+
+/// Feeds one packet of the 10.0.0.1:4000 -> :80 connection at `t` and
+/// polls; counts it into `sent` by direction ([to client, to server]).
+fn step(e: &mut Engine, t: &mut u64, sent: &mut [u64; 2], to_server: bool, flags: u8) -> bool {
+    sent[to_server as usize] += 1;
+    let taken = feed(e, &pkt(1, 4000, 80, 6, to_server, flags, 100), *t);
+    *t += 10 * MS;
+    e.poll(*t);
+    taken
+}
+
+fn open_and_offload(e: &mut Engine, t: &mut u64, sent: &mut [u64; 2]) {
+    for (to_server, flags) in [(true, TCP_SYN), (false, TCP_SYN | TCP_ACK), (true, TCP_ACK)] {
+        step(e, t, sent, to_server, flags);
+    }
+    for i in 0..20 {
+        step(e, t, sent, i % 2 == 0, TCP_ACK);
+    }
+    assert_eq!(e.rules_live(), 2, "offloaded mid-connection");
+    assert!(step(e, t, sent, true, TCP_ACK) && step(e, t, sent, false, TCP_ACK), "the NIC takes the data");
+}
+
+#[test]
+fn fin_both_ways_tears_an_offloaded_connection_down_and_it_ends_tcp_close() {
+    let mut e = tcp_engine(4, SimProfile::full());
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    open_and_offload(&mut e, &mut t, &mut sent);
+    // The client's FIN misses the rule: software sees it, the rules stay
+    // for the data still coming back.
+    assert!(!step(&mut e, &mut t, &mut sent, true, TCP_FIN | TCP_ACK), "FIN reaches software");
+    assert_eq!(e.rules_live(), 2, "half closed: the rules stay");
+    assert!(step(&mut e, &mut t, &mut sent, false, TCP_ACK), "the reply direction still goes by its rule");
+    // The server's FIN: closed both ways, the rules go.
+    assert!(!step(&mut e, &mut t, &mut sent, false, TCP_FIN | TCP_ACK));
+    assert_eq!(e.rules_live(), 0, "torn down on the second FIN");
+    let id = only_flow(&e);
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Software);
+    // The last ACK: no rule left, software's.
+    assert!(!step(&mut e, &mut t, &mut sent, true, TCP_ACK));
+    let last = t - 10 * MS;
+    // Ended by the closed timeout (5 s), not the established one (300 s).
+    e.poll(last + 4 * S);
+    assert!(e.drain_records().is_empty(), "not before its timeout");
+    e.poll(last + 5 * S + 100 * MS);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r.end_reason, EndReason::TcpClose);
+    assert_eq!((r.orig.packets, r.reply.packets), (sent[1], sent[0]), "every packet once: {r:?}");
+    assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets);
+    assert!(r.orig.hw_packets > 0 && r.reply.hw_packets > 0);
+    // FIN, FIN and the last ACK at least went by software after offload.
+    assert!(r.orig.sw_packets >= 2 + 2 && r.reply.sw_packets >= 1 + 1, "{r:?}");
+    let off = r.offload.as_ref().unwrap();
+    assert!(off.removed_ns.is_some(), "the rules went before the end");
+    assert_eq!(off.teardown, Some(flowtable_offload::Teardown::FinRst));
+    let mut counters = vec![];
+    e.backend_mut().read_counters(&mut counters).unwrap();
+    assert!(counters.is_empty());
+}
+
+#[test]
+fn rst_tears_an_offloaded_connection_down_at_once() {
+    let mut e = tcp_engine(4, SimProfile::full());
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    open_and_offload(&mut e, &mut t, &mut sent);
+    assert!(!step(&mut e, &mut t, &mut sent, false, TCP_RST | TCP_ACK), "RST reaches software");
+    assert_eq!(e.rules_live(), 0);
+    let last = t - 10 * MS;
+    e.poll(last + 5 * S + 100 * MS);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, EndReason::TcpClose);
+    assert_eq!((recs[0].orig.packets, recs[0].reply.packets), (sent[1], sent[0]));
+}
+
+#[test]
+fn a_close_while_the_install_is_queued_withdraws_it() {
+    let mut p = SimProfile::full();
+    p.capabilities.max_insert_rate = 1;
+    let mut e = tcp_engine(4, p);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    for (to_server, flags) in [(true, TCP_SYN), (false, TCP_SYN | TCP_ACK), (true, TCP_ACK), (true, TCP_ACK)] {
+        step(&mut e, &mut t, &mut sent, to_server, flags);
+    }
+    step(&mut e, &mut t, &mut sent, true, TCP_RST);
+    let last = t - 10 * MS;
+    e.poll(last + 6 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1, "ended, whether its rules went in or not");
+    assert_eq!(recs[0].end_reason, EndReason::TcpClose);
+    assert_eq!(recs[0].packets(), 5);
+    assert_eq!(e.rules_live(), 0);
+}
+
+#[test]
+fn a_backend_without_the_flags_match_sees_no_close_and_says_so() {
+    let mut p = SimProfile::full();
+    p.capabilities.tcp_teardown_to_software = false;
+    let mut e = tcp_engine(4, p);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    open_and_offload(&mut e, &mut t, &mut sent);
+    assert!(step(&mut e, &mut t, &mut sent, true, TCP_FIN | TCP_ACK), "the rule takes the FIN");
+    assert!(step(&mut e, &mut t, &mut sent, false, TCP_FIN | TCP_ACK));
+    assert_eq!(e.rules_live(), 2, "nothing to see: the rules stay");
+    let last = t - 10 * MS;
+    e.poll(last + 299 * S);
+    assert!(e.drain_records().is_empty(), "aged as established");
+    e.poll(last + 301 * S);
+    e.poll(last + 302 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, EndReason::Idle);
+    assert_eq!(recs[0].packets(), sent[0] + sent[1]);
+    assert_eq!(recs[0].offload.as_ref().unwrap().teardown, Some(flowtable_offload::Teardown::IdleOnly));
+}
+
+/// Offloaded at its SYN: software never sees the handshake complete, but
+/// counters moving both ways mean a connection carrying traffic, aged as
+/// established; counters moving one way only (a SYN sent again and again)
+/// leave it a handshake.
+#[test]
+fn a_flow_offloaded_before_its_handshake_is_established_once_both_rules_count() {
+    let mut e = tcp_engine(1, SimProfile::full());
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    step(&mut e, &mut t, &mut sent, true, TCP_SYN);
+    assert_eq!(e.rules_live(), 2);
+    let id = only_flow(&e);
+    assert!(step(&mut e, &mut t, &mut sent, true, TCP_SYN), "a second SYN, by the rule");
+    t += 200 * MS;
+    e.poll(t);
+    assert_eq!(e.flow(id).unwrap().tcp_state, flowtable_sw::TcpState::SynSent, "one way only: a handshake yet");
+    for (to_server, flags) in [(false, TCP_SYN | TCP_ACK), (true, TCP_ACK), (true, TCP_ACK), (false, TCP_ACK)] {
+        assert!(step(&mut e, &mut t, &mut sent, to_server, flags));
+    }
+    e.poll(t + 200 * MS);
+    assert_eq!(e.flow(id).unwrap().tcp_state, flowtable_sw::TcpState::Established);
+    let last = t - 10 * MS;
+    e.poll(last + 31 * S);
+    assert!(e.drain_records().is_empty(), "not aged on the 30 s handshake timeout");
+    assert_eq!(e.rules_live(), 2);
+    e.poll(last + 301 * S);
+    e.poll(last + 302 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, EndReason::Idle);
+    assert_eq!(recs[0].packets(), sent[0] + sent[1]);
+
+    // One way only, to the end: aged as a handshake.
+    let mut e = tcp_engine(1, SimProfile::full());
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    for _ in 0..3 {
+        step(&mut e, &mut t, &mut sent, true, TCP_SYN);
+    }
+    let last = t - 10 * MS;
+    e.poll(last + 31 * S);
+    e.poll(last + 32 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1, "aged on the handshake timeout");
+    assert_eq!(recs[0].tcp_state, flowtable_sw::TcpState::SynSent);
+    assert_eq!(recs[0].packets(), 3);
+}
+
+fn engine_with_active_timeout(config: &str, profile: SimProfile, active_s: u64) -> Engine {
+    let c = parse("test.json", config).unwrap();
+    let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
+    let cfg = flowtable_offload::EngineConfig {
+        active_timeout_ns: active_s * S,
+        ..flowtable_offload::EngineConfig::from_config(&c)
+    };
+    Engine::new(c.table_config(), classifier, Box::new(SimNic::new(profile)), cfg)
+}
+
+/// A flow lasting 10 minutes with a 60 s active timeout: an interim record
+/// a minute, each with what came since the previous one, and a final
+/// record with the rest; over them all, the flow's packets and bytes, in
+/// software and hardware, exactly. A short flow gets only its final one.
+#[test]
+fn a_long_flow_gives_interim_records_that_add_up_to_it() {
+    let config = OFFLOAD_UDP_AFTER_3.replace(r#""offload": {"poll"#, r#""timeouts": {"udp_s": 30}, "offload": {"poll"#);
+    let mut e = engine_with_active_timeout(&config, SimProfile::full(), 60);
+    let mut t = 0;
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for i in 0..600u64 {
+        let p = pkt(1, 5000, 53, 17, i % 4 != 3, 0, 100 + (i % 50) as u32);
+        feed(&mut e, &p, t);
+        packets += 1;
+        bytes += p.wire_len as u64;
+        // A short flow beside it, ended idle long before.
+        if i < 3 {
+            feed(&mut e, &pkt(2, 6000, 53, 17, true, 0, 80), t);
+        }
+        t += S;
+        e.poll(t);
+    }
+    e.poll(t + 31 * S);
+    e.poll(t + 32 * S);
+    let recs = e.drain_records();
+    let (long, short): (Vec<&FlowRecord>, Vec<&FlowRecord>) = recs.iter().partition(|r| r.src == "10.0.0.1");
+    assert_eq!(short.len(), 1);
+    assert_eq!(short[0].kind, flowtable_offload::RecordKind::Final);
+    assert_eq!(short[0].packets(), 3);
+    let interim: Vec<_> = long.iter().filter(|r| r.kind == flowtable_offload::RecordKind::Interim).collect();
+    assert!((9..=10).contains(&interim.len()), "one a minute for 10 minutes: {}", interim.len());
+    assert!(interim.iter().all(|r| r.end_reason == EndReason::Active));
+    let last = long.last().unwrap();
+    assert_eq!(last.kind, flowtable_offload::RecordKind::Final);
+    assert_eq!(last.end_reason, EndReason::Idle);
+    assert!(long.iter().all(|r| r.id == last.id && r.start_ns == last.start_ns));
+    assert_eq!(long.iter().map(|r| r.packets()).sum::<u64>(), packets);
+    assert_eq!(long.iter().map(|r| r.bytes()).sum::<u64>(), bytes);
+    let sum = |f: fn(&FlowRecord) -> u64| long.iter().map(|r| f(r)).sum::<u64>();
+    assert!(sum(|r| r.orig.hw_packets) > 0, "mostly counted by the rule");
+    assert_eq!(sum(|r| r.orig.sw_packets + r.orig.hw_packets), sum(|r| r.orig.packets));
+    assert_eq!(e.stats().interim_records, interim.len() as u64);
+    // Each interim record carries about a minute of packets (one a second).
+    for r in &interim[1..] {
+        assert!((55..=65).contains(&r.packets()), "{}", r.packets());
     }
 }

@@ -423,6 +423,22 @@ pub struct RuleStats {
     pub remove_errors: u64,
     pub counter_reads: u64,
     pub counter_errors: u64,
+    /// Rules in place by device (the port each is on).
+    #[serde(default)]
+    pub by_device: BTreeMap<String, usize>,
+    /// What our rules have counted, all rules ever installed together:
+    /// `packets` and `bytes` in all, `hw_` the part the hardware counted
+    /// (the rest went through the kernel's software path).
+    #[serde(default)]
+    pub counted: RuleCounted,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleCounted {
+    pub packets: u64,
+    pub bytes: u64,
+    pub hw_packets: u64,
+    pub hw_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,8 +448,13 @@ pub struct PacketStats {
     pub bytes: u64,
     /// Taken by a NIC rule before software saw them.
     pub nic: u64,
+    /// Taken by a NIC rule before software saw them: their bytes.
+    #[serde(default)]
+    pub nic_bytes: u64,
     /// Reached the flow table and were counted there.
     pub software: u64,
+    #[serde(default)]
+    pub software_bytes: u64,
     /// Seen by software as a tap of offloaded traffic, left to the rule counters.
     pub tap_skipped: u64,
     /// Seen as a tap of a rule still going in, which they went past

@@ -35,6 +35,11 @@ pub struct ControlBenchArgs {
     /// The polling client's period.
     #[arg(long, default_value_t = 100)]
     pub poll_ms: u64,
+    /// Clients asking for the top 10,000 flows by rate back to back, in
+    /// the runs measuring what heavy queries cost the packet loop (0: no
+    /// such runs).
+    #[arg(long, default_value_t = 8)]
+    pub hammer_clients: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -75,6 +80,24 @@ pub struct ControlBench {
     pub engine_cpu_per_poll_ms: f64,
     /// Live flows when a packet run ended (what each poll scanned, at most).
     pub flows_at_end_of_run: usize,
+    /// With `hammer_clients` clients asking for the top 10,000 by rate back
+    /// to back: the rates, each run, and what they keep of the undisturbed
+    /// ones (medians), in %.
+    pub pps_hammered: Vec<f64>,
+    pub cpu_pps_hammered: Vec<f64>,
+    pub hammer_answers: Vec<u64>,
+    pub hammered_kept_pct: f64,
+    pub hammered_kept_cpu_pct: f64,
+}
+
+/// What talks to the daemon during a packet run.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Quiet,
+    /// `stats` and the top 20 by bytes every period, as `watch` does.
+    Poll(Duration),
+    /// This many clients asking for the top 10,000 by rate back to back.
+    Hammer(usize),
 }
 
 struct InProcess {
@@ -229,7 +252,7 @@ struct PacketRun {
     flows_at_end: usize,
 }
 
-fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String> {
+fn packet_run(packets: u64, load: Load) -> Result<PacketRun, String> {
     let sections = format!(
         r#""classifier": {{"rules": [{{"name": "bypass", "match": {{}}, "trigger": {{"after_packets": 16}},
             "result": {{"offload": {{"type": "pass"}}}}}}]}},
@@ -240,29 +263,43 @@ fn packet_run(packets: u64, poll: Option<Duration>) -> Result<PacketRun, String>
     let thread = daemon.thread.take().expect("running");
     let stop = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicU64::new(0));
-    let poller = poll.map(|period| {
+    let client = |work: Box<dyn Fn(&mut Client) -> bool + Send>| {
         let (stop, polls, socket) = (stop.clone(), polls.clone(), daemon.socket.clone());
         std::thread::spawn(move || {
             let Ok(mut c) = Client::connect(Path::new(&socket)) else { return };
-            let mut next = Instant::now();
-            while !stop.load(Ordering::SeqCst) {
-                // The daemon going away at the end of its source ends the run.
-                if c.call(&Command::Stats {}).is_err()
-                    || c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) })
-                        .is_err()
-                {
-                    return;
-                }
+            // The daemon going away at the end of its source ends the run.
+            while !stop.load(Ordering::SeqCst) && work(&mut c) {
                 polls.fetch_add(1, Ordering::SeqCst);
-                next += period;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         })
-    });
+    };
+    let clients: Vec<JoinHandle<()>> = match load {
+        Load::Quiet => vec![],
+        Load::Poll(period) => {
+            let next = std::sync::Mutex::new(Instant::now());
+            vec![client(Box::new(move |c| {
+                let ok = c.call(&Command::Stats {}).is_ok()
+                    && c.call(&Command::Flows { filter: None, sort: SortKey::Bytes, offset: 0, limit: Some(20) })
+                        .is_ok();
+                let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                *next += period;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                ok
+            }))]
+        }
+        Load::Hammer(n) => (0..n)
+            .map(|_| {
+                client(Box::new(|c| {
+                    c.call(&Command::Flows { filter: None, sort: SortKey::Rate, offset: 0, limit: Some(10_000) })
+                        .is_ok()
+                }))
+            })
+            .collect(),
+    };
     let summary = thread.join().map_err(|_| "the daemon thread panicked".to_string())??;
     stop.store(true, Ordering::SeqCst);
-    if let Some(p) = poller {
-        let _ = p.join();
+    for c in clients {
+        let _ = c.join();
     }
     let src = summary.sources.first().ok_or("no source")?;
     if let Some(e) = &src.error {
@@ -288,11 +325,18 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
     let mut answering = Vec::new();
     let mut per_poll = Vec::new();
     let mut flows_at_end = 0;
+    let (mut hammered, mut hammered_cpu, mut answers) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs.max(1) {
-        let r = packet_run(a.packets, None)?;
+        let r = packet_run(a.packets, Load::Quiet)?;
         idle.push(r.pps);
         idle_cpu.push(r.pps_cpu);
-        let r = packet_run(a.packets, Some(Duration::from_millis(a.poll_ms.max(1))))?;
+        if a.hammer_clients > 0 {
+            let r = packet_run(a.packets, Load::Hammer(a.hammer_clients))?;
+            hammered.push(r.pps);
+            hammered_cpu.push(r.pps_cpu);
+            answers.push(r.polls);
+        }
+        let r = packet_run(a.packets, Load::Poll(Duration::from_millis(a.poll_ms.max(1))))?;
         polled.push(r.pps);
         polled_cpu.push(r.pps_cpu);
         polls.push(r.polls);
@@ -321,6 +365,11 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
         engine_cpu_answering_pct: median(&answering),
         engine_cpu_per_poll_ms: median(&per_poll),
         flows_at_end_of_run: flows_at_end,
+        hammered_kept_pct: 100.0 * median(&hammered) / mi.max(1e-9),
+        hammered_kept_cpu_pct: 100.0 * median(&hammered_cpu) / ci.max(1e-9),
+        pps_hammered: hammered,
+        cpu_pps_hammered: hammered_cpu,
+        hammer_answers: answers,
     })
 }
 
@@ -366,6 +415,23 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
             format!("{:.1}%", b.polling_cost_cpu_pct),
         ],
     ];
+    let mut rows = rows;
+    if !b.pps_hammered.is_empty() {
+        rows.push(vec![
+            format!(
+                "{} clients, top 10,000 by rate back to back ({:.0} answers a run)",
+                a.hammer_clients,
+                b.hammer_answers.iter().sum::<u64>() as f64 / b.hammer_answers.len().max(1) as f64
+            ),
+            rate(median(&b.pps_hammered), "pkt"),
+            rate(median(&b.cpu_pps_hammered), "pkt"),
+        ]);
+        rows.push(vec![
+            "kept under them".to_string(),
+            format!("{:.1}%", b.hammered_kept_pct),
+            format!("{:.1}%", b.hammered_kept_cpu_pct),
+        ]);
+    }
     o.push_str(&crate::report::table(&["", "wall-clock rate", "engine-CPU rate"], &rows, &[1, 2]));
     o.push_str(&format!(
         "engine thread CPU spent answering the poller: {:.2}% of its time; {:.2} ms a poll (stats + top 20 of up to {} flows)\n",

@@ -11,14 +11,15 @@
 
 pub mod bench;
 pub mod filter;
+pub mod metrics;
 pub mod query;
 pub mod records;
 pub mod sources;
 
 use crate::control::server::{self, Answer, Job, Server, Subscriber};
 use crate::control::{
-    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleStats,
-    SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
+    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleCounted,
+    RuleStats, SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
 };
 use crate::runtime::{Clock, Dispatcher, FromWorker, Runtime, RuntimeConfig, ToWorker, WorkerTimes, POLL_TICK_NS};
 use crate::source::afpacket::AfPacketConfig;
@@ -47,6 +48,9 @@ pub const READ_BURST: usize = 256;
 const STAGES: [Stage; 7] = Stage::LIVE;
 /// Rates are measured over this many one-second samples.
 const RATE_SAMPLES: usize = 5;
+/// How often the statistics are gathered for the metrics server: each
+/// time costs every worker a control job, as a `flowtable stats` does.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// `flowtable run` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -149,7 +153,9 @@ struct ReaderStatus {
     received: u64,
     received_bytes: u64,
     nic_packets: u64,
+    nic_bytes: u64,
     sw_packets: u64,
+    sw_bytes: u64,
     skipped: SkipCounters,
     /// Every source has ended (none is live).
     all_done: bool,
@@ -298,8 +304,10 @@ impl Reader {
                 let at = if live { pending.due_ns.min(*now) } else { *now };
                 if self.dispatch.offer(&info, at) {
                     self.status.nic_packets += 1;
+                    self.status.nic_bytes += pending.wire_len as u64;
                 } else {
                     self.status.sw_packets += 1;
+                    self.status.sw_bytes += pending.wire_len as u64;
                     self.dispatch.push(info, at, pending.mark);
                 }
             }
@@ -417,6 +425,9 @@ struct Daemon {
     next_tick: Instant,
     /// When the shards' lists of largest flows were last rebuilt for a query.
     last_largest_rebuild: Instant,
+    /// Where the metrics server finds the statistics; `None` when off.
+    metrics: Option<metrics::Slot>,
+    last_metrics: Option<Instant>,
 }
 
 /// Longest an `unoffload` answer waits for the offload thread to take the
@@ -524,6 +535,23 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
             return Err(e);
         }
     };
+    let metrics_slot = metrics::Slot::default();
+    // Checked by the configuration's validation; a bind error (the port in
+    // use) stops the start as a taken control socket does.
+    let metrics_server =
+        match config.metrics.address().map(|a| a.map(|a| metrics::MetricsServer::start(a, metrics_slot.clone()))) {
+            Ok(None) => None,
+            Ok(Some(Ok(m))) => Some(m),
+            Err(e) | Ok(Some(Err(e))) => {
+                reader_stop.store(true, Ordering::SeqCst);
+                let _ = reader.join();
+                let _ = rt.shutdown(false);
+                return Err(e);
+            }
+        };
+    if let Some(m) = &metrics_server {
+        tracing::info!(url = %format!("http://{}/metrics", m.addr()), "serving Prometheus metrics");
+    }
     tracing::info!(
         socket = %server.path().display(),
         backend = backend_name,
@@ -557,9 +585,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         samples: VecDeque::new(),
         next_tick: Instant::now(),
         last_largest_rebuild: Instant::now() - LARGEST_REBUILD_EVERY,
+        metrics: metrics_server.is_some().then_some(metrics_slot),
+        last_metrics: None,
     };
     daemon.run_loop(&jobs_rx, controls);
     let summary = daemon.shutdown();
+    // Scrapes are answered (with the last figures) until the very end.
+    drop(metrics_server);
     // Requests still queued are answered "shutting down" as their reply
     // channels close; then the socket goes.
     drop(jobs_rx);
@@ -667,6 +699,19 @@ impl Daemon {
             });
             if self.samples.len() > RATE_SAMPLES {
                 self.samples.pop_front();
+            }
+        }
+        if self.metrics.is_some() && self.last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY) {
+            self.last_metrics = Some(Instant::now());
+            // Gathered here, on the main thread's own schedule: a scrape
+            // only reads what was put in the slot.
+            match self.stats(self.now()) {
+                Ok(st) => {
+                    if let Some(slot) = &self.metrics {
+                        slot.publish(st);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e.message, "statistics for the metrics not gathered"),
             }
         }
     }
@@ -791,7 +836,7 @@ impl Daemon {
                     }
                 }
                 let shard = self.shard_of(flow)?;
-                let stage = self
+                let mut stage = self
                     .rt()
                     .ask_one(shard, move |s| {
                         s.request_offload(flow, action)?;
@@ -800,6 +845,30 @@ impl Daemon {
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
                 tracing::info!(flow = %flow, ?action, stage = stage.as_str(), "offload requested");
+                // The answer says how it went: it waits (here, not on the
+                // worker) for the offload thread's outcome, as unoffload does.
+                let deadline = Instant::now() + UNOFFLOAD_WAIT;
+                let refusal = loop {
+                    let refusal;
+                    (stage, refusal) = self
+                        .rt()
+                        .ask_one(shard, move |s| {
+                            let stage = s.table().get(flow).map_or(Stage::Free, |f| f.stage());
+                            (stage, s.offload_state(flow).and_then(|o| o.refusal.clone()))
+                        })
+                        .ok_or_else(workers_gone)?;
+                    let waiting = matches!(stage, Stage::Queued | Stage::Installing);
+                    if refusal.is_some() || !waiting || Instant::now() >= deadline {
+                        break refusal;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                };
+                if let Some(r) = refusal {
+                    return Err(ControlError::new(
+                        ErrorCode::Backend,
+                        format!("flow {flow}: the offload was refused: {r}"),
+                    ));
+                }
                 json!({"flow": flow, "action": action, "stage": stage})
             }
             Command::Unoffload { flow } => {
@@ -925,13 +994,22 @@ impl Daemon {
                 remove_errors: st.remove_errors,
                 counter_reads: st.counter_reads,
                 counter_errors: st.counter_errors,
+                by_device: offload.rules_by_port.iter().map(|(port, n)| (self.port_name(*port), *n)).collect(),
+                counted: RuleCounted {
+                    packets: offload.stats.rule_counted.packets,
+                    bytes: offload.stats.rule_counted.bytes,
+                    hw_packets: offload.stats.rule_counted.hw_packets,
+                    hw_bytes: offload.stats.rule_counted.hw_bytes,
+                },
             },
             refusals: st.refusals.clone(),
             packets: PacketStats {
                 received: reader.received,
                 bytes: reader.received_bytes,
                 nic: reader.nic_packets,
+                nic_bytes: reader.nic_bytes,
                 software: reader.sw_packets,
+                software_bytes: reader.sw_bytes,
                 tap_skipped: st.tap_packets_skipped,
                 slipped: st.slipped_packets,
                 rate_pps,
@@ -960,6 +1038,11 @@ impl Daemon {
         })
     }
 
+    /// A port's name from the configuration, or its index where it has none.
+    fn port_name(&self, port: u8) -> String {
+        self.config.ports.get(port as usize).map_or_else(|| format!("port{port}"), |p| p.name.clone())
+    }
+
     /// What the reader and the workers' own live sources have read.
     fn read_status(&self) -> ReaderStatus {
         let mut st = self.reader_status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -981,6 +1064,7 @@ impl Daemon {
             st.received += l.packets;
             st.received_bytes += l.bytes;
             st.sw_packets += l.sw_packets;
+            st.sw_bytes += l.sw_bytes;
             for (total, n) in st.skipped.counts.iter_mut().zip(l.skipped.counts) {
                 *total += n;
             }
@@ -1040,6 +1124,7 @@ impl Daemon {
             ("export", json!(self.config.export), json!(new.export)),
             ("control", json!(self.config.control), json!(new.control)),
             ("log", json!(self.config.log), json!(new.log)),
+            ("metrics", json!(self.config.metrics), json!(new.metrics)),
             ("sources", json!(self.config.sources), json!(new.sources)),
         ]
         .into_iter()

@@ -378,7 +378,7 @@ fn file_thread(mut w: RecordsWriter, rx: Receiver<Arc<Vec<FlowRecord>>>, counts:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable_offload::{DirRecord, EndReason};
+    use flowtable_offload::{DirRecord, EndReason, RecordKind};
     use flowtable_sw::{FlowId, TcpState};
 
     fn record(id: u64) -> FlowRecord {
@@ -402,6 +402,7 @@ mod tests {
             refused: None,
             context: None,
             end_reason: EndReason::Idle,
+            kind: RecordKind::Final,
         }
     }
 

@@ -10,6 +10,12 @@
 //! `age_timeout_s` is set), `read_counters` reports the rule's last hit as
 //! `last_used_ns` even without COUNT. Refusals carry the PMD's
 //! rte_flow_error message.
+//!
+//! Rules of TCP flows require FIN and RST clear (`pattern::TCP_TEARDOWN_FLAGS`)
+//! on the ports whose PMD takes that match, probed with rte_flow_validate
+//! like the other shapes; `Capabilities::tcp_teardown_to_software` is true
+//! when every port does. Where a PMD refuses it, that port's TCP rules match
+//! the ports only and take the close and reset packets too.
 
 pub mod actions;
 pub mod config;
@@ -92,6 +98,8 @@ pub struct DpdkBackend {
     rules: HashMap<Cookie, Installed>,
     /// Per port: the template API state when it is in use.
     templates: Vec<Option<TemplateFlows>>,
+    /// Per port: whether its TCP rules carry the FIN/RST flags match.
+    tcp_flags: Vec<bool>,
     /// The engine's clock, for AGE-derived last-use times.
     clock_ns: Option<u64>,
 }
@@ -127,6 +135,7 @@ impl DpdkBackend {
                 _ => None,
             });
         }
+        let nports = rt.ports.len();
         let mut b = DpdkBackend {
             rt,
             cfg,
@@ -148,9 +157,11 @@ impl DpdkBackend {
                 max_insert_rate: 0,
                 counters: false,
                 software_sees_offloaded: false,
+                tcp_teardown_to_software: false,
             },
             cache: HashMap::new(),
             rules: HashMap::new(),
+            tcp_flags: vec![false; nports],
             templates,
             clock_ns: None,
         };
@@ -270,7 +281,7 @@ impl DpdkBackend {
         let mut m = self.caps.matches;
         let mut kinds: Vec<ActionKind> = Vec::new();
         let mut counters = false;
-        let shape = |l3, l4, vlans| PatternShape { l3, l4, vlans };
+        let shape = |l3, l4, vlans| PatternShape { l3, l4, vlans, tcp_flags: false };
         let v4tcp = shape(L3::V4, L4::Tcp, 0);
         let add = |kinds: &mut Vec<ActionKind>, k: ActionKind, ok: bool| {
             if ok && !kinds.contains(&k) {
@@ -286,9 +297,24 @@ impl DpdkBackend {
                     add(&mut kinds, k, true);
                 }
                 counters = true;
+                // Taken to include the TCP flags match, with the rest of the
+                // set: not probed here, since a template table is only built
+                // for a shape when its first rule comes. A NIC refusing that
+                // table refuses the flow's rules (no fallback to a
+                // ports-only TCP template).
+                if let Some(f) = self.tcp_flags.get_mut(port.index as usize) {
+                    *f = true;
+                }
                 continue;
             }
             let tcp = self.probe_match(port, v4tcp);
+            // The FIN/RST match on the TCP item: rte_flow_validate judges
+            // the whole item, so a PMD whose TCP item masks only the ports
+            // (tap) refuses it, and this port's TCP rules go without it.
+            let flags = tcp && self.probe_match(port, PatternShape { tcp_flags: true, ..v4tcp });
+            if let Some(f) = self.tcp_flags.get_mut(port.index as usize) {
+                *f = flags;
+            }
             let udp = self.probe_match(port, shape(L3::V4, L4::Udp, 0));
             m.tcp |= tcp;
             m.udp |= udp;
@@ -324,6 +350,7 @@ impl DpdkBackend {
             }
         }
         self.caps.matches = m;
+        self.caps.tcp_teardown_to_software = !ports.is_empty() && self.tcp_flags.iter().all(|&f| f);
         self.caps.actions = kinds;
         self.caps.counters = counters;
         self.caps.max_rules = self.cfg.max_rules;
@@ -363,7 +390,8 @@ impl DpdkBackend {
                 self.rt.ports.len()
             ),
         })?;
-        let pattern = FlowPattern::build(&spec.matches)
+        let flags = self.tcp_flags.get(port.index as usize).copied().unwrap_or(false);
+        let pattern = FlowPattern::build(&spec.matches, flags)
             .map_err(|e| Refusal { kind: RefusalKind::UnsupportedMatch, message: e.0 })?;
         let fate = self.fate(&port, &spec.action)?;
         let mut first_err: Option<(String, FlowError)> = None;

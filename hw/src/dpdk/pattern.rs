@@ -1,6 +1,10 @@
 //! rte_flow match patterns built from one direction of a flow key: the
 //! item chain ETH / VLAN* / IPV4|IPV6 / TCP|UDP|SCTP|ICMP with specs in
 //! network byte order and masks covering exactly the fields the key pins.
+//!
+//! A TCP item can also require FIN and RST clear (`hdr.tcp_flags` 0 under
+//! the mask FIN|RST), as the kernel's flowtable offload does on its rules:
+//! a connection's close and reset then miss the rule and reach software.
 
 use core::ffi::c_void;
 use core::mem::size_of;
@@ -37,7 +41,14 @@ pub struct PatternShape {
     pub l4: L4,
     /// 0, 1 (802.1Q) or 2 (QinQ) VLAN items.
     pub vlans: u8,
+    /// The TCP item requires FIN and RST clear ([`TCP_TEARDOWN_FLAGS`]).
+    /// Only with `l4` TCP.
+    pub tcp_flags: bool,
 }
+
+/// The TCP flags a TCP item with the flags match requires clear: FIN|RST
+/// (`RTE_TCP_FIN_FLAG | RTE_TCP_RST_FLAG`).
+pub const TCP_TEARDOWN_FLAGS: u8 = 0x01 | 0x04;
 
 impl PatternShape {
     pub fn name(&self) -> String {
@@ -56,6 +67,9 @@ impl PatternShape {
             L4::Icmp => "/icmp",
             L4::Other => "",
         });
+        if self.tcp_flags && self.l4 == L4::Tcp {
+            s.push_str("/flags");
+        }
         s
     }
 }
@@ -119,12 +133,19 @@ fn item_of<T>(ty: item::Type, spec: Option<&T>, mask: Option<&T>) -> sys::rte_fl
 }
 
 impl FlowPattern {
-    /// The pattern matching packets of `m.key` travelling in `m.dir`.
-    pub fn build(m: &MatchFields) -> Result<FlowPattern, PatternError> {
-        Self::build_key(&m.key, m.dir)
+    /// The pattern matching packets of `m.key` travelling in `m.dir`; with
+    /// `tcp_flags`, a TCP flow's item requires FIN and RST clear.
+    pub fn build(m: &MatchFields, tcp_flags: bool) -> Result<FlowPattern, PatternError> {
+        Self::build_key_with(&m.key, m.dir, tcp_flags)
     }
 
+    /// The pattern of one direction of `key`, a TCP item requiring FIN and
+    /// RST clear.
     pub fn build_key(key: &FlowKey, dir: Direction) -> Result<FlowPattern, PatternError> {
+        Self::build_key_with(key, dir, true)
+    }
+
+    pub fn build_key_with(key: &FlowKey, dir: Direction, tcp_flags: bool) -> Result<FlowPattern, PatternError> {
         let l3 = if key.is_ipv6() { L3::V6 } else { L3::V4 };
         let l4 = match key.proto {
             6 => L4::Tcp,
@@ -159,7 +180,7 @@ impl FlowPattern {
         } else {
             0
         };
-        let shape = PatternShape { l3, l4, vlans };
+        let shape = PatternShape { l3, l4, vlans, tcp_flags: tcp_flags && l4 == L4::Tcp };
         let ep = key.endpoints(dir);
         let (src, _) = flowtable_sw::key::ip_bytes(ep.src);
         let (dst, _) = flowtable_sw::key::ip_bytes(ep.dst);
@@ -199,6 +220,10 @@ impl FlowPattern {
                 s.tcp.hdr.dst_port = be16(ep.dport);
                 s.tcp_mask.hdr.src_port = u16::MAX;
                 s.tcp_mask.hdr.dst_port = u16::MAX;
+                if shape.tcp_flags {
+                    s.tcp.hdr.tcp_flags = 0;
+                    s.tcp_mask.hdr.tcp_flags = TCP_TEARDOWN_FLAGS;
+                }
             }
             L4::Udp => {
                 s.udp.hdr.src_port = be16(ep.sport);
@@ -276,7 +301,7 @@ impl FlowPattern {
             _ => (100, 200),
         };
         let (key, dir) = FlowKey::canonical(src, dst, ports.0, ports.1, proto, shape.l3 == L3::V6, vo, vi, 0);
-        FlowPattern::build_key(&key, dir).expect("sample shapes are all expressible")
+        FlowPattern::build_key_with(&key, dir, shape.tcp_flags).expect("sample shapes are all expressible")
     }
 
     pub fn shape(&self) -> PatternShape {
@@ -393,14 +418,55 @@ mod tests {
         let (spec, mask) = (spec.unwrap(), mask.unwrap());
         assert_eq!(&spec[0..4], &[0x9c, 0x40, 0x01, 0xbb], "40000 -> 443 big-endian");
         assert_eq!(&mask[0..4], &[0xff; 4]);
+        let flags = offset_of!(sys::rte_tcp_hdr, tcp_flags);
+        assert!(mask[4..].iter().enumerate().all(|(i, &b)| b == 0 || i + 4 == flags), "{mask:?}");
+    }
+
+    #[test]
+    fn tcp_item_requires_fin_and_rst_clear() {
+        let flags = offset_of!(sys::rte_tcp_hdr, tcp_flags);
+        assert_eq!(flags, 13, "the flags byte of the TCP header");
+        let (key, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 443, 6);
+        for dir in [Direction::LoToHi, Direction::HiToLo] {
+            let p = FlowPattern::build_key(&key, dir).unwrap();
+            assert_eq!(p.shape(), PatternShape { l3: L3::V4, l4: L4::Tcp, vlans: 0, tcp_flags: true });
+            assert_eq!(p.shape().name(), "eth/ipv4/tcp/flags");
+            let it = &p.items()[2];
+            assert_eq!(it.type_, item::RTE_FLOW_ITEM_TYPE_TCP);
+            let (spec, mask) = bytes(it);
+            let (spec, mask) = (spec.unwrap(), mask.unwrap());
+            assert_eq!(spec[flags], 0, "FIN and RST clear");
+            assert_eq!(mask[flags], 0x05, "FIN|RST");
+            // The ports are matched as without the flags, nothing else is.
+            let ports: [u8; 4] =
+                if dir == Direction::LoToHi { [0x9c, 0x40, 0x01, 0xbb] } else { [0x01, 0xbb, 0x9c, 0x40] };
+            assert_eq!(&spec[0..4], &ports);
+            assert_eq!(&mask[0..4], &[0xff; 4]);
+            assert!(mask[4..flags].iter().chain(&mask[flags + 1..]).all(|&b| b == 0), "{mask:?}");
+            // Templates carry the flags mask too.
+            let t = p.template_items();
+            assert_eq!(unsafe { raw_bytes(t[2].spec, spec_size(t[2].type_)) }.unwrap()[flags], 0x05);
+        }
+        // Without the flags match: ports only, as for PMDs that refuse it.
+        let p = FlowPattern::build_key_with(&key, Direction::LoToHi, false).unwrap();
+        assert_eq!(p.shape().name(), "eth/ipv4/tcp");
+        let (spec, mask) = bytes(&p.items()[2]);
+        assert_eq!(spec.unwrap()[flags], 0);
+        let mask = mask.unwrap();
+        assert_eq!(&mask[0..4], &[0xff; 4]);
         assert!(mask[4..].iter().all(|&b| b == 0));
+        // Other protocols have no flags match, asked for or not.
+        let (udp, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 53, 17);
+        let p = FlowPattern::build_key_with(&udp, Direction::LoToHi, true).unwrap();
+        assert!(!p.shape().tcp_flags);
+        assert_eq!(p.shape().name(), "eth/ipv4/udp");
     }
 
     #[test]
     fn reverse_direction_swaps_endpoints() {
         let (key, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 53, 17);
         let p = FlowPattern::build_key(&key, Direction::HiToLo).unwrap();
-        assert_eq!(p.shape(), PatternShape { l3: L3::V4, l4: L4::Udp, vlans: 0 });
+        assert_eq!(p.shape(), PatternShape { l3: L3::V4, l4: L4::Udp, vlans: 0, tcp_flags: false });
         let (spec, _) = bytes(&p.items()[1]);
         let spec = spec.unwrap();
         assert_eq!(&spec[12..16], &[10, 0, 0, 2]);
@@ -494,8 +560,13 @@ mod tests {
                     continue;
                 }
                 for vlans in 0..3 {
-                    let shape = PatternShape { l3, l4, vlans };
-                    assert_eq!(FlowPattern::sample(shape).shape(), shape);
+                    for tcp_flags in [false, true] {
+                        if tcp_flags && l4 != L4::Tcp {
+                            continue;
+                        }
+                        let shape = PatternShape { l3, l4, vlans, tcp_flags };
+                        assert_eq!(FlowPattern::sample(shape).shape(), shape);
+                    }
                 }
             }
         }

@@ -29,6 +29,8 @@ pub const TCA_FLOWER_KEY_VLAN_ID: u16 = 23;
 pub const TCA_FLOWER_KEY_VLAN_ETH_TYPE: u16 = 25;
 pub const TCA_FLOWER_KEY_SCTP_SRC: u16 = 41;
 pub const TCA_FLOWER_KEY_SCTP_DST: u16 = 42;
+pub const TCA_FLOWER_KEY_TCP_FLAGS: u16 = 71;
+pub const TCA_FLOWER_KEY_TCP_FLAGS_MASK: u16 = 72;
 pub const TCA_FLOWER_KEY_CVLAN_ID: u16 = 77;
 pub const TCA_FLOWER_KEY_CVLAN_ETH_TYPE: u16 = 79;
 pub const TCA_FLOWER_IN_HW_COUNT: u16 = 86;
@@ -38,6 +40,12 @@ pub const FLAG_SKIP_HW: u32 = 1 << 0;
 pub const FLAG_SKIP_SW: u32 = 1 << 1;
 pub const FLAG_IN_HW: u32 = 1 << 2;
 pub const FLAG_NOT_IN_HW: u32 = 1 << 3;
+
+/// The TCP flags every rule of a TCP flow requires clear: FIN and RST
+/// (`TCP_FIN | TCP_RST`). Packets with either set miss the rule and reach
+/// software, which can then tear the offload down, as the kernel's own
+/// flowtable offload does (nf_flow_rule_match).
+pub const TCP_TEARDOWN_FLAGS: u16 = 0x0005;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -151,6 +159,12 @@ impl FlowerMatch {
             w.put_u16_be(ks, sp);
             w.put_u16_be(kd, dp);
         }
+        if self.ip_proto == 6 {
+            // Key 0 under the FIN|RST mask: the rule takes only packets
+            // with both clear; the others go on to software.
+            w.put_u16_be(TCA_FLOWER_KEY_TCP_FLAGS, 0);
+            w.put_u16_be(TCA_FLOWER_KEY_TCP_FLAGS_MASK, TCP_TEARDOWN_FLAGS);
+        }
     }
 }
 
@@ -258,6 +272,9 @@ pub struct FlowerView<'a> {
     pub dport: Option<u16>,
     pub vlan: Option<u16>,
     pub cvlan: Option<u16>,
+    /// `TCA_FLOWER_KEY_TCP_FLAGS` and its mask.
+    pub tcp_flags: Option<u16>,
+    pub tcp_flags_mask: Option<u16>,
     actions: &'a [u8],
 }
 
@@ -301,6 +318,8 @@ impl<'a> FlowerView<'a> {
                 }
                 TCA_FLOWER_KEY_VLAN_ID => v.vlan = Some(a.u16_ne()?),
                 TCA_FLOWER_KEY_CVLAN_ID => v.cvlan = Some(a.u16_ne()?),
+                TCA_FLOWER_KEY_TCP_FLAGS => v.tcp_flags = Some(a.u16_be()?),
+                TCA_FLOWER_KEY_TCP_FLAGS_MASK => v.tcp_flags_mask = Some(a.u16_be()?),
                 _ => {}
             }
         }
@@ -388,6 +407,50 @@ mod tests {
         assert_eq!(v.src, Some(IpAddr::V6(a)));
         let vlan_next = AttrIter::new(&buf).find(TCA_FLOWER_KEY_VLAN_ETH_TYPE).unwrap().unwrap();
         assert_eq!(vlan_next.u16_be().unwrap(), ETH_P_8021Q);
+    }
+
+    #[test]
+    fn tcp_rules_require_fin_and_rst_clear() {
+        let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2), 40000, 443, 6);
+        let m = FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).unwrap();
+        let mut buf = Vec::new();
+        m.emit_keys(&mut AttrWriter::new(&mut buf));
+        // Each attribute: length 6 (header 4 + be16), type, value in network
+        // order, padded to 8.
+        let raw = |kind: u16| {
+            let mut at = 0;
+            while at < buf.len() {
+                let len = u16::from_ne_bytes([buf[at], buf[at + 1]]) as usize;
+                if u16::from_ne_bytes([buf[at + 2], buf[at + 3]]) == kind {
+                    return buf[at..at + len].to_vec();
+                }
+                at += (len + 3) & !3;
+            }
+            panic!("attribute {kind} missing from {buf:?}");
+        };
+        let mut flags = 6u16.to_ne_bytes().to_vec();
+        flags.extend_from_slice(&71u16.to_ne_bytes());
+        flags.extend_from_slice(&[0x00, 0x00]);
+        assert_eq!(raw(TCA_FLOWER_KEY_TCP_FLAGS), flags);
+        let mut mask = 6u16.to_ne_bytes().to_vec();
+        mask.extend_from_slice(&72u16.to_ne_bytes());
+        mask.extend_from_slice(&[0x00, 0x05]);
+        assert_eq!(raw(TCA_FLOWER_KEY_TCP_FLAGS_MASK), mask);
+        assert_eq!(buf.len() % 4, 0);
+        // The ports are still matched, and the view reads the flags back.
+        let v = FlowerView::parse(&buf).unwrap();
+        assert_eq!((v.sport, v.dport), (Some(40000), Some(443)));
+        assert_eq!((v.tcp_flags, v.tcp_flags_mask), (Some(0), Some(0x0005)));
+
+        // UDP, ICMP and port-less protocols carry no flags match.
+        for proto in [17, 1, 47] {
+            let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2), 7, 7, proto);
+            let m = FlowerMatch::from_fields(&MatchFields { key, dir, port: key.zone }).unwrap();
+            let mut buf = Vec::new();
+            m.emit_keys(&mut AttrWriter::new(&mut buf));
+            assert!(AttrIter::new(&buf).find(TCA_FLOWER_KEY_TCP_FLAGS).unwrap().is_none(), "proto {proto}");
+            assert!(AttrIter::new(&buf).find(TCA_FLOWER_KEY_TCP_FLAGS_MASK).unwrap().is_none(), "proto {proto}");
+        }
     }
 
     #[test]

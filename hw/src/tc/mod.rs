@@ -214,6 +214,10 @@ impl TcBackend {
             // AF_PACKET taps and the software flower path both see packets
             // before (or instead of) any hardware.
             software_sees_offloaded: true,
+            // Every flower rule of a TCP flow requires FIN and RST clear
+            // (flower::TCP_TEARDOWN_FLAGS), in hardware and in the software
+            // fallback alike.
+            tcp_teardown_to_software: true,
         };
         let mut be = TcBackend {
             cfg,

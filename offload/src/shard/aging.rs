@@ -5,6 +5,7 @@ use super::*;
 
 impl Shard {
     pub(super) fn expire(&mut self, now: u64) {
+        self.report_active(now);
         for id in std::mem::take(&mut self.retry_removal) {
             if let Some(then) = self.offloads.get(&id).and_then(|s| s.then) {
                 if self.table.get(id).is_some_and(|f| f.stage() == Stage::Offloaded) {

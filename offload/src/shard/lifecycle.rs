@@ -120,6 +120,10 @@ impl Shard {
                     self.table.set_stage(id, Stage::Software);
                 }
             }
+            Some(Then::Close) => self.close_in_software(id),
+            // A closed connection found idle: never revived, it ends by
+            // its closing timeout.
+            Some(Then::Idle) if flow.tcp.is_closed() => self.close_in_software(id),
             Some(Then::Idle) => {
                 if self.table.deadline(flow) > now {
                     // The final counters show it went on after it was found
@@ -150,6 +154,21 @@ impl Shard {
             }
             Some(Then::End(reason)) => self.end(id, reason),
         }
+    }
+
+    /// A closed connection without rules: it stays in software (what is
+    /// left of it, a last ACK, is software's) until its closing timeout,
+    /// then ends `tcp-close`.
+    fn close_in_software(&mut self, id: FlowId) {
+        let Some(flow) = self.table.get(id) else { return };
+        let deadline = self.table.deadline(flow);
+        if deadline <= self.now_ns {
+            let reason = reason_for(flow);
+            self.end(id, reason);
+            return;
+        }
+        self.table.set_stage(id, Stage::Software);
+        self.table.reschedule(id, deadline);
     }
 
     /// Asks for a flow's rules to go; `then` says what becomes of it.
@@ -236,6 +255,13 @@ impl Shard {
         let hw = &mut flow.hw[dir.index()];
         hw.packets += dp;
         hw.bytes += db;
+        // Offloaded before its handshake completed, software can't see it
+        // complete: rules counting both directions mean the connection
+        // carries traffic, so it is aged as established, not as a
+        // handshake (and is not cut, then found again mid-stream).
+        if matches!(flow.tcp, TcpState::SynSent | TcpState::SynReceived) && flow.hw.iter().all(|c| c.packets > 0) {
+            flow.tcp = TcpState::Established;
+        }
         flow.touch(last_used.map_or(now, |t| t.min(now)));
         self.table.note_counted(id);
     }

@@ -17,21 +17,25 @@
 
 use crate::classifier::{Classifier, Decision};
 use crate::link::{Request, Response, ShardLink};
-use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord};
+use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
 use flowtable_config::Config;
 use flowtable_hw::{
     Action, BackendError, Capabilities, Cookie, MatchFields, Placement, PlacementPolicy, Refusal, RefusalKind,
     RuleCounters, RuleSpec,
 };
-use flowtable_sw::context::{ContextError, ContextStore, FlowContext};
+use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
+use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::Schedule;
-use flowtable_sw::{DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig};
+use flowtable_sw::{
+    DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod active;
 mod aging;
 mod lifecycle;
 mod view;
@@ -63,6 +67,9 @@ pub struct EngineConfig {
     pub max_context_bytes: usize,
     /// Inline pairs: where a direction not seen yet will arrive.
     pub ports: PortMap,
+    /// A flow lasting longer than this gives an interim record every
+    /// period (0: never; one record per flow, at its end).
+    pub active_timeout_ns: u64,
 }
 
 impl EngineConfig {
@@ -76,6 +83,7 @@ impl EngineConfig {
             max_queued: c.offload.max_queued,
             max_context_bytes: c.table.max_context_bytes,
             ports: c.port_map().unwrap_or_default(),
+            active_timeout_ns: 0,
         }
     }
 }
@@ -125,6 +133,10 @@ pub enum Then {
     Software,
     /// Ends with this reason.
     End(EndReason),
+    /// The connection closed (RST, or FIN from both sides) while its rules
+    /// were in: it goes on in software, never offloaded again, and ends
+    /// `tcp-close` once its closing timeout passes.
+    Close,
 }
 
 impl OffloadState {
@@ -179,6 +191,8 @@ pub struct EngineStats {
     pub mark_hits: u64,
     pub mark_misses: u64,
     pub ended_by: BTreeMap<String, u64>,
+    /// Interim records of flows past the active timeout.
+    pub interim_records: u64,
 }
 
 impl EngineStats {
@@ -190,6 +204,7 @@ impl EngineStats {
         self.untracked_table_full += o.untracked_table_full;
         self.orphan_fragments += o.orphan_fragments;
         self.flows_created += o.flows_created;
+        self.interim_records += o.interim_records;
         self.flows_ended += o.flows_ended;
         self.rules_installed += o.rules_installed;
         self.rules_removed += o.rules_removed;
@@ -272,6 +287,7 @@ pub struct Shard {
     records: Vec<FlowRecord>,
     events: Option<Vec<Event>>,
     due_buf: Vec<FlowId>,
+    active: active::ActiveTimeout,
 }
 
 impl Shard {
@@ -302,6 +318,7 @@ impl Shard {
             records: Vec::new(),
             events: None,
             due_buf: Vec::new(),
+            active: active::ActiveTimeout::new(cfg.active_timeout_ns),
         }
     }
 
@@ -458,6 +475,7 @@ impl Shard {
             Lookup::Found(id) => id,
             Lookup::Inserted { id, evicted } => {
                 self.stats.flows_created += 1;
+                self.active.start(id, now_ns);
                 if let Some((old, flow)) = evicted {
                     self.end_removed(old, &flow, EndReason::TableFull);
                 }
@@ -491,7 +509,10 @@ impl Shard {
         // what it then did not count is settled to software (`settle`). A
         // packet of a rule without counters is software's to count.
         let d = pkt.dir.index();
-        let tapped = if matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
+        let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && pkt.key.proto == 6;
+        // Rules that leave FIN and RST to software never count them.
+        let rule_skips = closing && self.backend.capabilities.tcp_teardown_to_software;
+        let tapped = if !rule_skips && matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
             let sees_offloaded = self.backend.capabilities.software_sees_offloaded;
             let counters = self.backend.capabilities.counters;
             self.offloads.get_mut(&id).filter(|s| {
@@ -518,6 +539,29 @@ impl Shard {
         self.table.observe(id, pkt, now_ns, count);
         if stage == Stage::Tracking {
             self.classify(id);
+        } else if closing && stage != Stage::Software {
+            self.tear_down_if_closed(id);
+        }
+    }
+
+    /// A connection that closed (RST, or FIN from both sides) while it had
+    /// or was getting rules: the rules go, their final counters are folded
+    /// in, and the flow ends `tcp-close` after its closing timeout, as the
+    /// kernel flowtable tears a flow down when FIN or RST reaches software.
+    #[cold]
+    fn tear_down_if_closed(&mut self, id: FlowId) {
+        let Some(flow) = self.table.get(id) else { return };
+        if !flow.tcp.is_closed() {
+            return;
+        }
+        let stage = flow.stage();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        match (stage, state.then) {
+            (Stage::Offloaded, None | Some(Then::Idle)) => self.request_removal(id, Then::Close),
+            (Stage::Queued | Stage::Installing, None | Some(Then::Idle)) => self.request_cancel(id, Then::Close),
+            // Already going for being idle: what follows is the close's.
+            (Stage::Removing, Some(Then::Idle)) => state.then = Some(Then::Close),
+            _ => {}
         }
     }
 
@@ -790,7 +834,8 @@ impl Shard {
     fn end_removed(&mut self, id: FlowId, flow: &Flow, reason: EndReason) {
         let state = self.offloads.remove(&id);
         let context = self.contexts.remove(id);
-        let record = self.build_record(id, flow, state.as_ref(), context, reason);
+        let mut record = self.build_record(id, flow, state.as_ref(), context, reason);
+        self.active.finish(id, &mut record);
         self.stats.flows_ended += 1;
         *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
         if self.events.is_some() {
@@ -854,7 +899,8 @@ impl Shard {
     }
 
     /// Merges an application's context into a flow; a verdict on a flow
-    /// still undecided takes effect at once.
+    /// still undecided takes effect at once, and `software` on one with
+    /// rules (or getting them) takes it back to software.
     pub fn set_context(&mut self, id: FlowId, update: FlowContext) -> Result<FlowContext, EngineError> {
         if self.table.get(id).is_none() {
             return Err(EngineError::NoSuchFlow(id));
@@ -862,8 +908,14 @@ impl Shard {
         let ctx = self.contexts.update(id, update)?.clone();
         let flow = self.table.get_mut(id).expect("checked above");
         flow.set_has_context(true);
-        if flow.stage() == Stage::Tracking && ctx.verdict.is_some() {
-            self.classify(id);
+        match flow.stage() {
+            Stage::Tracking if ctx.verdict.is_some() => self.classify(id),
+            // The application wants it in software: take it back, as
+            // `unoffload` does, rather than leave it in hardware.
+            Stage::Offloaded | Stage::Queued | Stage::Installing if ctx.verdict == Some(Verdict::Software) => {
+                self.request_unoffload(id)?;
+            }
+            _ => {}
         }
         self.flush_outbox();
         Ok(ctx)

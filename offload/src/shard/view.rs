@@ -50,6 +50,11 @@ impl Shard {
             hw_counters: s.hw_counters,
             installed_ns: s.installed_ns,
             removed_ns: s.removed_ns.filter(|_| end_reason != EndReason::Shutdown || s.removed_ns.is_some()),
+            teardown: (flow.key.proto == 6).then_some(if self.backend.capabilities.tcp_teardown_to_software {
+                Teardown::FinRst
+            } else {
+                Teardown::IdleOnly
+            }),
         });
         FlowRecord {
             id,
@@ -71,6 +76,7 @@ impl Shard {
             refused: state.and_then(|s| s.refusal.as_ref()).map(|r| r.to_string()),
             context,
             end_reason,
+            kind: RecordKind::Final,
         }
     }
 
