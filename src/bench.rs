@@ -33,6 +33,8 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
                 tcp_flags: 0x10,
                 fragment: Fragment::Whole,
                 payload_offset: 0,
+                l2_len: 0,
+                trailer: 0,
             });
         }
     }
@@ -346,6 +348,55 @@ pub struct ReplayBench {
     pub ratio_process: f64,
     /// In memory, all in software, with each number of workers asked for.
     pub scaling: Vec<WorkersRun>,
+    /// In memory, all in software, every record exported as IPFIX over UDP
+    /// to a local socket (as `replay --ipfix`), in the same rounds as
+    /// `memory_pps`.
+    pub memory_ipfix_pps: f64,
+    /// memory_ipfix_pps / memory_pps, median of the rounds' own ratios.
+    pub ratio_ipfix: f64,
+    /// Records and messages the last exporting run sent.
+    pub ipfix_records: u64,
+    pub ipfix_messages: u64,
+    /// softflowd -r exporting IPFIX (`-v 10 -n`) to a local socket.
+    pub softflowd_ipfix_s: f64,
+    /// softflowd_s / softflowd_ipfix_s: its own cost of exporting.
+    pub ratio_softflowd_ipfix: f64,
+}
+
+/// A UDP socket standing in for a collector on another host: the kernel
+/// takes each datagram into its queue, as it would hand it to a NIC, and
+/// nothing on this machine spends time reading them (past its queue's
+/// size they are dropped, which the exporter can't see, as on a network).
+struct Sink {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start() -> Result<Sink, String> {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("a local UDP socket: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(20))).map_err(|e| e.to_string())?;
+        let addr = s.local_addr().map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            drop(s);
+        });
+        Ok(Sink { addr, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,6 +481,23 @@ pub fn replay(
         }
         Ok((r.summary, r.stats.flows_created))
     };
+    // The same, every record exported as `replay --ipfix` does (each batch
+    // of records as the workers made it to the exporter's thread, which
+    // waits rather than drops).
+    let collector = Sink::start()?;
+    let exporting = |c: &flowtable_config::Config| -> Result<(f64, flowtable_export::SinkStatus), String> {
+        let ipfix = crate::export::ipfix_config(&c.export, collector.addr, flowtable_config::ExportTransport::Udp);
+        let sinks = crate::export::start(&[ipfix], flowtable_export::QueueMode::Wait)?;
+        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let r = crate::replay::replay_batches(&mut src, c, c.workers, crate::backend::build(c)?, |batch| {
+            sinks.send(&std::sync::Arc::new(batch));
+        })?;
+        // Until the last message is out: the export is part of the run.
+        let status = sinks.close().remove(0);
+        let wall = started.elapsed().as_secs_f64();
+        Ok((r.summary.packets as f64 / wall, status))
+    };
     // The same replay with each number of workers, rounds alternating, and
     // each worker count's records compared with the first's.
     let with_workers =
@@ -465,6 +533,10 @@ pub fn replay(
     }
     let (first, flows) = one(&software)?;
     let mut mem = vec![first.packets_per_second()];
+    let mut mem_ipfix = Vec::new();
+    let mut ipfix_ratios = Vec::new();
+    let mut last_export = None;
+    let mut sf_ipfix_s = Vec::new();
     let mut mem_off = Vec::new();
     let mut proc_s = Vec::new();
     let mut sf_s = Vec::new();
@@ -476,6 +548,14 @@ pub fn replay(
         if run > 0 {
             mem.push(one(&software)?.0.packets_per_second());
         }
+        // Export on, right after export off: the same moment of a noisy machine.
+        let (pps, status) = exporting(&software)?;
+        if status.dropped > 0 || status.exported != flows {
+            return Err(format!("the IPFIX export lost records: {status:?}"));
+        }
+        ipfix_ratios.push(pps / mem[mem.len() - 1]);
+        mem_ipfix.push(pps);
+        last_export = Some(status);
         mem_off.push(one(&offload)?.0.packets_per_second());
         proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path), limit)?);
         sf_s.push(
@@ -484,6 +564,20 @@ pub fn replay(
                 // waits on it forever after the file ends.
                 std::process::Command::new("softflowd")
                     .args(["-d", "-6", "-m", "4194304", "-c", "none", "-r"])
+                    .arg(&path)
+                    .arg("-p")
+                    .arg(&pid),
+                limit,
+            )
+            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
+        );
+        let _ = std::fs::remove_file(&pid);
+        sf_ipfix_s.push(
+            time_command(
+                std::process::Command::new("softflowd")
+                    .args(["-d", "-6", "-m", "4194304", "-c", "none", "-v", "10", "-n"])
+                    .arg(collector.addr.to_string())
+                    .arg("-r")
                     .arg(&path)
                     .arg("-p")
                     .arg(&pid),
@@ -512,6 +606,12 @@ pub fn replay(
         ratio_memory: memory_pps / softflowd_pps,
         ratio_process: softflowd_s / process_s,
         scaling,
+        memory_ipfix_pps: median(mem_ipfix),
+        ratio_ipfix: median(ipfix_ratios),
+        ipfix_records: last_export.as_ref().map_or(0, |s| s.exported),
+        ipfix_messages: last_export.as_ref().map_or(0, |s| s.messages),
+        softflowd_ipfix_s: median(sf_ipfix_s.clone()),
+        ratio_softflowd_ipfix: softflowd_s / median(sf_ipfix_s),
     })
 }
 
@@ -520,7 +620,9 @@ pub fn replay_report(b: &ReplayBench) -> String {
         "replay of {} ({} packets, {} flows), median of {} runs (peer: softflowd -r on the same file)\n\
          \x20 flowtable, file in memory, all in software: {:>12.0} packets/s   ratio {:.2}x softflowd\n\
          \x20 flowtable, file in memory, offload to sim:  {:>12.0} packets/s\n\
-         \x20 whole process, reading the file: flowtable {:.3} s, softflowd {:.3} s ({:.0} packets/s)   ratio {:.2}x\n",
+         \x20 whole process, reading the file: flowtable {:.3} s, softflowd {:.3} s ({:.0} packets/s)   ratio {:.2}x\n\
+         \x20 flowtable, file in memory, IPFIX export on: {:>12.0} packets/s   {:.3}x export off ({} records, {} messages)\n\
+         \x20 softflowd -r with IPFIX export (-v 10 -n): {:.3} s   {:.3}x export off\n",
         b.file,
         b.packets,
         b.flows,
@@ -532,6 +634,12 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.softflowd_s,
         b.softflowd_pps,
         b.ratio_process,
+        b.memory_ipfix_pps,
+        b.ratio_ipfix,
+        b.ipfix_records,
+        b.ipfix_messages,
+        b.softflowd_ipfix_s,
+        b.ratio_softflowd_ipfix,
     );
     for w in &b.scaling {
         o.push_str(&format!(

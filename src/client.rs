@@ -702,12 +702,35 @@ pub fn stats_report(s: &Stats) -> String {
     }
     match &s.records.path {
         Some(path) => o.push_str(&format!(
-            "records   {path}: {} written, {} rotations, {} errors\n",
+            "records   {path}: {} written, {} rotations, {} errors, {} lost ({} queue full), {} pending\n",
             report::count(s.records.written),
             s.records.rotations,
-            s.records.errors
+            s.records.errors,
+            report::count(s.records.lost),
+            report::count(s.records.queue_full),
+            report::count(s.records.pending)
         )),
         None => o.push_str("records   not written to a file (records.path unset)\n"),
+    }
+    for e in &s.export {
+        let connected = match e.connected {
+            Some(false) => ", not connected",
+            _ => "",
+        };
+        o.push_str(&format!(
+            "export    {}: {} exported in {} messages, {} dropped ({} queue full, {} unsent, {} unencodable), {} \
+             pending, {} errors{connected}{}\n",
+            e.name,
+            report::count(e.exported),
+            report::count(e.messages),
+            report::count(e.dropped),
+            report::count(e.dropped_queue_full),
+            report::count(e.dropped_unsent),
+            report::count(e.dropped_unencodable),
+            report::count(e.pending),
+            e.errors,
+            e.last_error.as_ref().map(|m| format!("; last: {m}")).unwrap_or_default()
+        ));
     }
     o.push_str(&format!("clients   {} event subscribers\n", s.subscribers));
     o

@@ -7,6 +7,7 @@ pub mod client;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod export;
 pub mod replay;
 pub mod report;
 pub mod runtime;

@@ -31,6 +31,15 @@ enum Command {
         /// Worker threads (default: the configuration's `workers`).
         #[arg(long)]
         workers: Option<usize>,
+        /// Export the records as IPFIX to this collector (IP:PORT; may be
+        /// given more than once), as `softflowd -r` does; the rest of the
+        /// settings (observation domain, MTU, ...) from the configuration's
+        /// `export` section.
+        #[arg(long, value_name = "ADDR")]
+        ipfix: Vec<std::net::SocketAddr>,
+        /// Transport to the `--ipfix` collectors.
+        #[arg(long, value_enum, default_value = "udp")]
+        ipfix_transport: IpfixTransportArg,
     },
     /// Synthetic traffic through the simulated NIC: what offload does to a
     /// realistic mix, checked against the generator's ground truth.
@@ -135,6 +144,12 @@ enum BenchCommand {
     Stall(flowtable::stall::StallArgs),
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IpfixTransportArg {
+    Udp,
+    Tcp,
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a configuration file; errors name the field and the line.
@@ -152,33 +167,60 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Replay { file, config, json, top, workers } => {
+        Command::Replay { file, config, json, top, workers, ipfix, ipfix_transport } => {
             let config = load_config(config.as_deref())?;
             let workers = workers.unwrap_or(config.workers);
             let backend = flowtable::backend::build(&config)?;
             let mut source = flowtable::source::pcap::PcapFileSource::open(&file, 0).map_err(|e| e.to_string())?;
+            let transport = match ipfix_transport {
+                IpfixTransportArg::Udp => flowtable_config::ExportTransport::Udp,
+                IpfixTransportArg::Tcp => flowtable_config::ExportTransport::Tcp,
+            };
+            let collectors: Vec<_> =
+                ipfix.iter().map(|a| flowtable::export::ipfix_config(&config.export, *a, transport)).collect();
+            let sinks = flowtable::export::start(&collectors, flowtable_export::QueueMode::Wait)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut records: Vec<FlowRecord> = Vec::new();
             let mut write_error = None;
-            let replayed = flowtable::replay::replay(&mut source, &config, workers, backend, |r| {
-                if json {
-                    if let Err(e) = serde_json::to_writer(&mut out, r)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
-                    {
-                        write_error.get_or_insert(e);
+            let replayed = flowtable::replay::replay_batches(&mut source, &config, workers, backend, |batch| {
+                for r in &batch {
+                    if json {
+                        if let Err(e) = serde_json::to_writer(&mut out, r)
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| writeln!(out).map_err(|e| e.to_string()))
+                        {
+                            write_error.get_or_insert(e);
+                        }
+                    } else {
+                        records.push(r.clone());
                     }
-                } else {
-                    records.push(r.clone());
+                }
+                if !sinks.is_empty() {
+                    sinks.send(&std::sync::Arc::new(batch));
                 }
             })?;
             if let Some(e) = write_error {
                 return Err(format!("writing records: {e}"));
             }
+            let exported = sinks.close();
+            for s in &exported {
+                let said = format!(
+                    "flowtable: {}: {} records exported in {} messages, {} dropped{}",
+                    s.name,
+                    s.exported,
+                    s.messages,
+                    s.dropped,
+                    s.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                );
+                eprintln!("{said}");
+            }
             let summary = &replayed.summary;
             if json {
-                let line = serde_json::json!({"summary": summary, "engine": replayed.stats});
+                let mut line = serde_json::json!({"summary": summary, "engine": replayed.stats});
+                if !exported.is_empty() {
+                    line["export"] = serde_json::to_value(&exported).map_err(|e| e.to_string())?;
+                }
                 writeln!(out, "{line}").map_err(|e| e.to_string())?;
             } else {
                 write!(out, "{}", replay_report(&file.display().to_string(), summary, &replayed.stats, &records, top))

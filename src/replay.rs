@@ -71,6 +71,18 @@ pub fn replay(
     backend: Box<dyn Backend>,
     mut on_record: impl FnMut(&FlowRecord),
 ) -> Result<Replayed, String> {
+    replay_batches(source, config, workers, backend, |records| records.iter().for_each(&mut on_record))
+}
+
+/// As `replay`, the records handed over in the batches the workers made
+/// them in, owned (so an exporter takes them without a copy).
+pub fn replay_batches(
+    source: &mut dyn PacketSource,
+    config: &Config,
+    workers: usize,
+    backend: Box<dyn Backend>,
+    mut on_records: impl FnMut(Vec<FlowRecord>),
+) -> Result<Replayed, String> {
     let classifier = Classifier::new(&config.classifier)?;
     let ports = config.port_map().unwrap_or_default();
     let rt_config = RuntimeConfig::from_config(config, workers, true);
@@ -99,7 +111,7 @@ pub fn replay(
         if now >= next_poll {
             dispatch.tick(now);
             next_poll = now + POLL_TICK_NS;
-            Runtime::take_output(&rt.output, &mut on_record, |_| {});
+            Runtime::take_output_batches(&rt.output, &mut on_records, |_| {});
         }
         let Some(link) = pkt.link else {
             sum.skipped.add(SkipReason::UnsupportedLinkType);
@@ -125,7 +137,7 @@ pub fn replay(
     drop(dispatch);
     let output = rt.output.clone();
     let finished = rt.shutdown(false);
-    Runtime::take_output(&output, &mut on_record, |_| {});
+    Runtime::take_output_batches(&output, &mut on_records, |_| {});
     let finished = finished?;
     sum.last_ts_ns = now;
     sum.clamped_wire_lengths = source.clamped_wire_lengths();

@@ -469,6 +469,20 @@ impl Runtime {
         }
     }
 
+    /// As `take_output`, each batch of records handed over whole.
+    pub fn take_output_batches(
+        output: &Receiver<FromWorker>,
+        mut on_records: impl FnMut(Vec<FlowRecord>),
+        mut on_event: impl FnMut(&[Event]),
+    ) {
+        for out in output.try_iter() {
+            match out {
+                FromWorker::Records(records) => on_records(records),
+                FromWorker::Events(events) => on_event(&events),
+            }
+        }
+    }
+
     /// Sends every worker a message made by `make`; false if one is gone.
     pub fn tell_all(&self, make: impl Fn() -> ToWorker) -> bool {
         self.workers.iter().all(|w| w.inbox.send(make()).is_ok())

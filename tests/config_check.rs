@@ -32,6 +32,18 @@ fn config_check_refuses_what_run_could_not_start_with() {
         (r#"{"sources": [{"synthetic": {"rate_pps": 1e300}}]}"#, "sources[0].synthetic.rate_pps", "out of range"),
         (r#"{"offload": {"max_queued": 0}}"#, "offload.max_queued", "would ever be offloaded"),
         (r#"{"backend": {"kind": "sim", "max_rules": 1}}"#, "backend.max_rules", "takes 2"),
+        (
+            r#"{"export": {"ipfix": [{"address": "127.0.0.1:4739"}, {"address": "collector:4739"}]}}"#,
+            "export.ipfix[1].address",
+            "is not an IP address and port",
+        ),
+        (
+            r#"{"export": {"ipfix": [{"address": "127.0.0.1:4739", "transport": "sctp"}]}}"#,
+            "export.ipfix[0].transport",
+            "unknown variant",
+        ),
+        (r#"{"export": {"mtu": 576}}"#, "export.mtu", "give 1100 to 65535"),
+        (r#"{"export": {"template_refresh_s": 0}}"#, "export.template_refresh_s", "more than 0"),
         (r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen", "is not an IP address and port"),
         (r#"{"metrics": {"listen": "[::1]:0"}}"#, "metrics.listen", "port 0"),
     ] {

@@ -1037,6 +1037,113 @@ fn flow_contexts_together_are_bounded() {
     assert!(small.status.success(), "a small update still fits: {}", String::from_utf8_lossy(&small.stderr));
 }
 
+/// One export sink of the daemon's statistics, by its address.
+fn sink<'a>(stats: &'a Value, address: &std::net::SocketAddr) -> &'a Value {
+    let want = address.to_string();
+    stats["export"].as_array().unwrap().iter().find(|s| s["address"] == want.as_str()).unwrap()
+}
+
+/// Every record a sink took is exported, dropped or still pending.
+fn assert_sink_accounts(s: &Value) {
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!(n("records"), n("exported") + n("dropped_unsent") + n("dropped_unencodable") + n("pending"), "{s}");
+    assert_eq!(n("dropped"), n("dropped_queue_full") + n("dropped_unsent") + n("dropped_unencodable"), "{s}");
+}
+
+#[test]
+fn export_to_absent_and_stopping_collectors_counts_drops_and_holds_nothing_up() {
+    use std::net::{TcpListener, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    // Ports nothing listens on, TCP and UDP.
+    let absent_tcp = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let absent_udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A TCP collector that reads for a while, then stops.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let live = listener.local_addr().unwrap();
+    let (stop, bytes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let collector = {
+        let (stop, bytes) = (stop.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = s.read(&mut buf) {
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+            // Listener and connection go: the collector is gone.
+        })
+    };
+    let rate = 4000.0;
+    let sections = format!(
+        r#""timeouts": {{"udp_s": 0.2, "icmp_s": 0.2, "tcp_established_s": 0.2, "tcp_handshake_s": 0.2, "tcp_closing_s": 0.2, "tcp_closed_s": 0.2, "other_s": 0.2}},
+        "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": {rate}, "concurrency": 100, "seed": 11}}}}],
+        "export": {{"ipfix": [
+            {{"address": "{absent_tcp}", "transport": "tcp"}},
+            {{"address": "{absent_udp}", "transport": "udp"}},
+            {{"address": "{live}", "transport": "tcp"}}]}}"#
+    );
+    let mut d = Daemon::start(&sections);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = loop {
+        let s = d.stats();
+        if sink(&s, &live)["exported"].as_u64().unwrap() > 100 && sink(&s, &absent_udp)["errors"].as_u64().unwrap() > 0
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the live collector got no records: {s}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let t0 = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    collector.join().unwrap();
+    assert!(bytes.load(Ordering::Relaxed) > 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let after = d.stats();
+    assert!(asked.elapsed() < Duration::from_secs(1), "stats took {:?}", asked.elapsed());
+    // The packet rate held while every collector was failing.
+    let received = |s: &Value| s["packets"]["received"].as_u64().unwrap();
+    let pps = (received(&after) - received(&before)) as f64 / t0.elapsed().as_secs_f64();
+    assert!(pps > 0.8 * rate, "{pps:.0} packets/s with the collectors gone, {rate} offered");
+    // Nothing listens: every record dropped and counted, none exported.
+    let tcp = sink(&after, &absent_tcp);
+    assert_eq!(tcp["exported"], 0, "{tcp}");
+    assert!(tcp["dropped"].as_u64().unwrap() > 100 && tcp["connected"] == false, "{tcp}");
+    assert!(tcp["last_error"].as_str().unwrap().contains("connecting to"), "{tcp}");
+    // Over UDP the closed port comes back as send errors, each message's records dropped.
+    let udp = sink(&after, &absent_udp);
+    assert!(udp["errors"].as_u64().unwrap() > 0 && udp["dropped_unsent"].as_u64().unwrap() > 0, "{udp}");
+    // The collector that stopped: what came before was exported, what came
+    // after is dropped while the sink tries again.
+    let (was, now) = (sink(&before, &live), sink(&after, &live));
+    assert!(now["dropped_unsent"].as_u64() > was["dropped_unsent"].as_u64(), "{was}\n{now}");
+    assert!(now["exported"].as_u64() >= was["exported"].as_u64() && now["connected"] == false, "{now}");
+    for s in after["export"].as_array().unwrap() {
+        assert_sink_accounts(s);
+        // Each sink was offered every record the main thread had.
+        assert_eq!(
+            s["records"].as_u64().unwrap() + s["dropped_queue_full"].as_u64().unwrap(),
+            sink(&after, &live)["records"].as_u64().unwrap()
+                + sink(&after, &live)["dropped_queue_full"].as_u64().unwrap(),
+            "{s}"
+        );
+    }
+    assert!(after["flows"]["ended"].as_u64().unwrap() >= tcp["records"].as_u64().unwrap());
+    let text = d.ok(&["stats"]);
+    assert!(
+        text.contains(&format!("export    ipfix {absent_tcp}/tcp: 0 exported")) && text.contains("not connected"),
+        "{text}"
+    );
+    // It stops as promptly as ever, the sinks closed.
+    let stopping = Instant::now();
+    d.terminate();
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopping took {:?}", stopping.elapsed());
+    assert!(d.log_text().contains("flow export stopped"), "{}", d.log_text());
+}
+
 /// Commands that did not do what was asked say so and exit non-zero: an
 /// offload the backend refuses prints its reason; `events` says when the
 /// daemon stopped.

@@ -149,6 +149,8 @@ fn run(workers: usize, tapped: bool, seed: u64) {
                 tcp_flags: flags,
                 fragment: Fragment::Whole,
                 payload_offset: 0,
+                l2_len: 0,
+                trailer: 0,
             };
             let now = clock.now();
             total += 1;

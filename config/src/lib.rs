@@ -91,7 +91,11 @@ mod tests {
         let t = &c.classifier.rules[1].trigger;
         assert!(t.tcp_established && t.after_packets == Some(8), "{t:?}");
         assert!(t.comment.as_deref().is_some_and(|s| s.contains("all conditions must hold")), "{t:?}");
+        assert_eq!(c.export.addresses().unwrap(), vec!["127.0.0.1:4739".parse().unwrap()]);
+        assert_eq!(c.export.ipfix[0].transport, ExportTransport::Udp);
         let empty = parse("empty.json", "{}").unwrap();
+        assert!(empty.export.ipfix.is_empty(), "no export unless asked for");
+        assert_eq!((empty.export.mtu, empty.export.enterprise_number), (1500, 32473));
         assert_eq!(empty.table.max_flows, 1 << 20);
         assert_eq!(empty.timeouts.udp_s, 60.0);
     }

@@ -12,8 +12,10 @@ type Invalid = (String, String);
 
 /// Bytes one flow slot may take: the 128-byte flow, its share of the
 /// index (at most 32 bytes: buckets at most half full, rounded up to a
-/// power of two), the free list and the engine's per-flow state.
-pub const BYTES_PER_FLOW: u64 = 192;
+/// power of two), the free list, the framing kept beside the table (24
+/// bytes: link header lengths, padding, TCP flags) and the engine's
+/// per-flow state.
+pub const BYTES_PER_FLOW: u64 = 216;
 /// Bytes one remembered first fragment may take in its hash table.
 pub const BYTES_PER_FRAGMENT: u64 = 160;
 /// The longest path a Unix socket address holds (`sun_path` is 108
@@ -83,6 +85,9 @@ pub struct Config {
     pub backend: BackendConfig,
     #[serde(default)]
     pub records: RecordsSection,
+    /// Records to flow collectors (IPFIX).
+    #[serde(default)]
+    pub export: ExportSection,
     #[serde(default)]
     pub control: ControlSection,
     #[serde(default)]
@@ -522,6 +527,100 @@ pub struct RecordsSection {
     pub keep: u32,
 }
 
+/// Where ended flows' records go besides the records file: IPFIX
+/// collectors (nfcapd, pmacct, goflow2, ...), each with its own queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    #[serde(rename = "_comment", skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// IPFIX collectors (none: no export).
+    pub ipfix: Vec<IpfixCollector>,
+    /// The observation domain id every message carries.
+    pub observation_domain: u32,
+    /// Over UDP, templates are sent again this often (and at the start).
+    pub template_refresh_s: f64,
+    /// The path MTU to the collectors: messages are filled up to it, less
+    /// the IP and UDP or TCP headers.
+    pub mtu: u32,
+    /// Records each collector's queue holds; past it, records are dropped
+    /// and counted (`flowtable stats`).
+    pub queue_records: usize,
+    /// The private enterprise number of flowtable's own elements (32473,
+    /// the number RFC 5612 sets aside for documentation, unless yours).
+    pub enterprise_number: u32,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            comment: None,
+            ipfix: Vec::new(),
+            observation_domain: 1,
+            template_refresh_s: 60.0,
+            mtu: 1500,
+            queue_records: 65536,
+            enterprise_number: 32473,
+        }
+    }
+}
+
+/// One IPFIX collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpfixCollector {
+    /// IP address and port, e.g. "127.0.0.1:4739" or "[2001:db8::1]:4739".
+    pub address: String,
+    #[serde(default)]
+    pub transport: ExportTransport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportTransport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+/// Smallest `export.mtu`: a message must hold the templates and a record.
+pub const MIN_EXPORT_MTU: u32 = 1100;
+
+impl ExportSection {
+    /// Each collector's address, parsed.
+    pub fn addresses(&self) -> Result<Vec<std::net::SocketAddr>, Invalid> {
+        self.ipfix
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.address.parse().map_err(|_| {
+                    (
+                        format!("export.ipfix[{i}].address"),
+                        format!("{:?} is not an IP address and port: give e.g. \"127.0.0.1:4739\"", c.address),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        self.addresses()?;
+        if !(MIN_EXPORT_MTU..=65535).contains(&self.mtu) {
+            return Err((
+                "export.mtu".into(),
+                format!("{} is out of range: give {MIN_EXPORT_MTU} to 65535 bytes", self.mtu),
+            ));
+        }
+        if !positive(self.template_refresh_s) {
+            return Err(("export.template_refresh_s".into(), "must be more than 0".into()));
+        }
+        if self.queue_records == 0 {
+            return Err(("export.queue_records".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
@@ -680,6 +779,7 @@ impl Config {
             return Err(("table.fragment_timeout_s".into(), "must be more than 0".into()));
         }
         self.timeouts.validate()?;
+        self.export.validate()?;
         if self.ports.is_empty() || self.ports.len() > 256 {
             return Err(("ports".into(), "give 1 to 256 ports".into()));
         }
@@ -869,6 +969,12 @@ pub const EXAMPLE: &str = r#"{
   "offload": { "poll_interval_ms": 1000, "batch_size": 256, "placement": "auto" },
   "backend": { "kind": "sim", "profile": "full" },
   "records": { "path": null, "rotate_bytes": 104857600, "keep": 5 },
+  "export": {
+    "_comment": "IPFIX to collectors such as nfcapd; none listed: no export",
+    "ipfix": [{ "address": "127.0.0.1:4739", "transport": "udp" }],
+    "observation_domain": 1, "template_refresh_s": 60, "mtu": 1500,
+    "queue_records": 65536, "enterprise_number": 32473
+  },
   "control": { "socket": "/run/flowtable.sock" },
   "log": { "format": "human", "level": "info" },
   "metrics": { "_comment": "e.g. \"127.0.0.1:9464\": Prometheus scrapes http://127.0.0.1:9464/metrics; null: off",

@@ -236,6 +236,8 @@ mod tests {
             tcp_flags: 0x02,
             fragment: Fragment::Whole,
             payload_offset: 0,
+            l2_len: 0,
+            trailer: 0,
         };
         let mut table = FlowTable::new(TableConfig::default());
         let Lookup::Inserted { id, .. } = table.lookup_or_insert(&pkt, 0) else { panic!("a new flow") };

@@ -3,7 +3,7 @@
 
 use flowtable_hw::{Action, Placement};
 use flowtable_sw::context::FlowContext;
-use flowtable_sw::{Direction, Flow, FlowId, TcpState};
+use flowtable_sw::{Direction, Flow, FlowId, Framing, TcpState};
 use serde::Serialize;
 
 /// Why a flow ended.
@@ -38,44 +38,67 @@ impl EndReason {
     }
 }
 
-/// One direction's packets and bytes, split by who counted them.
+/// One direction's packets and bytes, split by who counted them. `bytes`
+/// are frame bytes (the link header included, as the NIC counts them);
+/// `ip_bytes` are IP octets, header and payload, as IPFIX's
+/// octetDeltaCount counts them (see `flowtable_sw::Framing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct DirRecord {
     /// The port this direction's first packet arrived on.
     pub ingress: u8,
     pub packets: u64,
     pub bytes: u64,
+    pub ip_bytes: u64,
     pub sw_packets: u64,
     pub sw_bytes: u64,
+    pub sw_ip_bytes: u64,
     pub hw_packets: u64,
     pub hw_bytes: u64,
+    pub hw_ip_bytes: u64,
+    /// TCP flags of the packets software saw move the flow's TCP state
+    /// (its first, SYN, SYN-ACK, FIN, RST); 0 for other protocols.
+    #[serde(skip_serializing_if = "is_zero_u8")]
+    pub tcp_flags: u8,
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
 }
 
 impl DirRecord {
     /// What this direction carried beyond `before` (an earlier record of
-    /// the same flow).
+    /// the same flow). TCP flags are the flow's so far, not a delta.
     pub fn since(&self, before: &DirRecord) -> DirRecord {
         DirRecord {
             ingress: self.ingress,
             packets: self.packets - before.packets,
             bytes: self.bytes - before.bytes,
+            ip_bytes: self.ip_bytes - before.ip_bytes,
             sw_packets: self.sw_packets - before.sw_packets,
             sw_bytes: self.sw_bytes - before.sw_bytes,
+            sw_ip_bytes: self.sw_ip_bytes - before.sw_ip_bytes,
             hw_packets: self.hw_packets - before.hw_packets,
             hw_bytes: self.hw_bytes - before.hw_bytes,
+            hw_ip_bytes: self.hw_ip_bytes - before.hw_ip_bytes,
+            tcp_flags: self.tcp_flags,
         }
     }
 
-    pub fn of(flow: &Flow, dir: Direction) -> DirRecord {
+    pub fn of(flow: &Flow, dir: Direction, framing: &Framing) -> DirRecord {
         let (sw, hw) = (flow.sw[dir.index()], flow.hw[dir.index()]);
+        let (sw_ip, hw_ip) = framing.ip_bytes(dir, sw, hw);
         DirRecord {
             ingress: flow.port(dir),
             packets: sw.packets + hw.packets,
             bytes: sw.bytes + hw.bytes,
+            ip_bytes: sw_ip + hw_ip,
             sw_packets: sw.packets,
             sw_bytes: sw.bytes,
+            sw_ip_bytes: sw_ip,
             hw_packets: hw.packets,
             hw_bytes: hw.bytes,
+            hw_ip_bytes: hw_ip,
+            tcp_flags: framing.tcp_flags[dir.index()],
         }
     }
 }

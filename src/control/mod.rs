@@ -315,9 +315,60 @@ pub struct Stats {
     pub ended: BTreeMap<String, u64>,
     pub sources: Vec<SourceStatus>,
     pub records: RecordsStatus,
+    /// Each flow export sink (IPFIX collector): what it exported, dropped
+    /// and why.
+    #[serde(default)]
+    pub export: Vec<SinkStats>,
     pub subscribers: usize,
     #[serde(default)]
     pub control: ControlStats,
+}
+
+/// One export sink's counts (see `flowtable_export::sink`): every record
+/// taken is exported, dropped or pending; `dropped` adds up the causes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStats {
+    pub name: String,
+    pub kind: String,
+    pub address: String,
+    pub transport: String,
+    pub records: u64,
+    pub exported: u64,
+    pub dropped: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_unsent: u64,
+    pub dropped_unencodable: u64,
+    pub pending: u64,
+    pub messages: u64,
+    pub template_sets: u64,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<flowtable_export::SinkStatus> for SinkStats {
+    fn from(s: flowtable_export::SinkStatus) -> SinkStats {
+        SinkStats {
+            name: s.name,
+            kind: s.kind.to_string(),
+            address: s.address,
+            transport: s.transport.as_str().to_string(),
+            records: s.records,
+            exported: s.exported,
+            dropped: s.dropped,
+            dropped_queue_full: s.dropped_queue_full,
+            dropped_unsent: s.dropped_unsent,
+            dropped_unencodable: s.dropped_unencodable,
+            pending: s.pending,
+            messages: s.messages,
+            template_sets: s.template_sets,
+            errors: s.errors,
+            connected: s.connected,
+            last_error: s.last_error,
+        }
+    }
 }
 
 /// What answering control requests has cost the packet path.
@@ -446,9 +497,15 @@ pub struct RecordsStatus {
     pub rotations: u64,
     /// Write attempts that failed.
     pub errors: u64,
-    /// Records dropped because the file could not take them.
+    /// Records dropped because the file could not take them (failed
+    /// writes, and a queue the file fell behind on: `queue_full`).
     #[serde(default)]
     pub lost: u64,
+    #[serde(default)]
+    pub queue_full: u64,
+    /// Queued for the file's thread or buffered, not yet written.
+    #[serde(default)]
+    pub pending: u64,
 }
 
 #[cfg(test)]

@@ -195,6 +195,8 @@ mod tests {
             tcp_flags: 0x02,
             fragment: Fragment::Whole,
             payload_offset: 0,
+            l2_len: 0,
+            trailer: 0,
         };
         let Lookup::Inserted { id, .. } = t.lookup_or_insert(&p, 1) else { panic!() };
         t.observe(id, &p, 1, true);

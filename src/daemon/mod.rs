@@ -30,7 +30,7 @@ use flowtable_hw::Action;
 use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
 use flowtable_sw::context::{ContextError, FlowContext};
 use flowtable_sw::{FlowId, PortMap, SkipCounters, Stage};
-use records::RecordsWriter;
+use records::RecordsFile;
 use serde_json::{json, Value};
 use sources::{Pending, Slot, SlotState};
 use std::collections::{BTreeMap, VecDeque};
@@ -129,6 +129,8 @@ pub struct RunSummary {
     pub engine_cpu_s: f64,
     /// How each worker's packet path went.
     pub workers: Vec<WorkerTimes>,
+    /// What each flow export sink did.
+    pub export: Vec<flowtable_export::SinkStatus>,
 }
 
 struct Sample {
@@ -410,7 +412,10 @@ struct Daemon {
     /// The workers read the interfaces themselves.
     live: bool,
     started: Instant,
-    records: Option<RecordsWriter>,
+    /// The records file, on its own thread.
+    records: Option<RecordsFile>,
+    /// Flow export (IPFIX collectors), each sink on its own thread.
+    sinks: flowtable_export::Sinks,
     subscribers: Vec<Subscriber>,
     events_enabled: bool,
     requests: u64,
@@ -439,9 +444,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     let backend = crate::backend::build(&config)?;
     let classifier = Classifier::new(&config.classifier)?;
     let records = match &config.records.path {
-        Some(p) => Some(RecordsWriter::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
+        Some(p) => Some(RecordsFile::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
         None => None,
     };
+    let collectors = crate::export::ipfix_configs(&config.export)?;
+    let sinks = crate::export::start(&collectors, flowtable_export::QueueMode::Drop)?;
     // Replay's lockstep while every source is a file or the generator read
     // as fast as possible: their flows then age exactly as in `flowtable
     // replay`, whatever the number of workers.
@@ -552,6 +559,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         sources = opened.len(),
         rules = config.classifier.rules.len(),
         records = config.records.path.as_deref().unwrap_or("-"),
+        export = %collectors.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
         "flowtable daemon started"
     );
     for (name, pace) in &opened {
@@ -569,6 +577,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         live,
         started: Instant::now(),
         records,
+        sinks,
         subscribers: Vec::new(),
         events_enabled: false,
         requests: 0,
@@ -675,7 +684,7 @@ impl Daemon {
     fn take_from(&mut self, output: &Receiver<FromWorker>) {
         for out in output.try_iter() {
             match out {
-                FromWorker::Records(records) => self.write_records(&records),
+                FromWorker::Records(records) => self.write_records(records),
                 FromWorker::Events(events) => self.publish(&events),
             }
         }
@@ -684,7 +693,6 @@ impl Daemon {
     /// Every 10 ms: records flushed; once a second, rates sampled.
     fn tick(&mut self) {
         self.next_tick = Instant::now() + Duration::from_nanos(POLL_TICK_NS);
-        self.flush_records();
         if self.samples.back().is_none_or(|s| s.at.elapsed() >= Duration::from_secs(1)) {
             let st = self.rt().offload_status().stats;
             let received = self.read_status().received;
@@ -713,23 +721,17 @@ impl Daemon {
         }
     }
 
-    fn write_records(&mut self, records: &[FlowRecord]) {
-        let Some(w) = self.records.as_mut() else { return };
-        for r in records {
-            // The writer counts every failure and what it lost, and returns
-            // an error only when one is due to be told (rate-limited).
-            if let Err(e) = w.write(r) {
-                tracing::error!(file = %w.path().display(), error = %e, "writing a flow record failed");
-            }
+    /// Ended flows' records to every sink: the file and the IPFIX
+    /// collectors, each on its own thread and queue; none blocks here.
+    fn write_records(&mut self, records: Vec<FlowRecord>) {
+        if records.is_empty() || (self.records.is_none() && self.sinks.is_empty()) {
+            return;
         }
-    }
-
-    fn flush_records(&mut self) {
-        if let Some(w) = self.records.as_mut() {
-            if let Err(e) = w.flush() {
-                tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
-            }
+        let batch = Arc::new(records);
+        if let Some(f) = &self.records {
+            f.send(&batch);
         }
+        self.sinks.send(&batch);
     }
 
     /// Sends new events to subscribers; one that can't keep up is cut off
@@ -937,6 +939,7 @@ impl Daemon {
         let mut stages = [0u64; STAGES.len()];
         let mut placements = [0u64; filter::PLACEMENTS.len()];
         let (mut live, mut capacity, mut queued) = (0usize, 0usize, offload.queued);
+        let file = self.records.as_ref().map(|f| f.counts()).unwrap_or_default();
         for f in &figures {
             st.add(&f.stats);
             for (stage, n) in &f.stages {
@@ -1027,11 +1030,14 @@ impl Daemon {
             sources: reader.sources.clone(),
             records: RecordsStatus {
                 path: self.records.as_ref().map(|w| w.path().display().to_string()),
-                written: self.records.as_ref().map_or(0, |w| w.written),
-                rotations: self.records.as_ref().map_or(0, |w| w.rotations),
-                errors: self.records.as_ref().map_or(0, |w| w.failures),
-                lost: self.records.as_ref().map_or(0, |w| w.lost),
+                written: file.written,
+                rotations: file.rotations,
+                errors: file.failures,
+                lost: file.lost,
+                queue_full: file.queue_full,
+                pending: file.pending,
             },
+            export: self.sinks.status().into_iter().map(Into::into).collect(),
             subscribers: self.subscribers.len(),
             control: self.control_stats(),
         })
@@ -1120,6 +1126,7 @@ impl Daemon {
             ("offload", json!(self.config.offload), json!(new.offload)),
             ("backend", json!(self.config.backend), json!(new.backend)),
             ("records", json!(self.config.records), json!(new.records)),
+            ("export", json!(self.config.export), json!(new.export)),
             ("control", json!(self.config.control), json!(new.control)),
             ("log", json!(self.config.log), json!(new.log)),
             ("metrics", json!(self.config.metrics), json!(new.metrics)),
@@ -1161,10 +1168,28 @@ impl Daemon {
         let finished = rt.shutdown(keep);
         self.take_from(&output);
         let finished = finished?;
-        self.flush_records();
+        let file = self.records.take().map(|f| f.close()).unwrap_or_default();
+        // What the sinks hold goes out before they stop.
+        let sinks = std::mem::replace(&mut self.sinks, flowtable_export::Sinks::none());
+        let export = sinks.close();
+        for s in &export {
+            if s.dropped == 0 {
+                tracing::info!(sink = %s.name, exported = s.exported, messages = s.messages, "flow export stopped");
+            } else {
+                tracing::warn!(
+                    sink = %s.name,
+                    exported = s.exported,
+                    dropped = s.dropped,
+                    queue_full = s.dropped_queue_full,
+                    unsent = s.dropped_unsent,
+                    last_error = s.last_error.as_deref().unwrap_or("-"),
+                    "flow export stopped; {} records were dropped", s.dropped
+                );
+            }
+        }
         let rules_left = finished.coordinator.rules_live();
-        let records_written = self.records.as_ref().map_or(0, |w| w.written);
-        let (records_lost, record_failures) = self.records.as_ref().map_or((0, 0), |w| (w.lost, w.failures));
+        let records_written = file.written;
+        let (records_lost, record_failures) = (file.lost, file.failures);
         if rules_left > 0 && !keep {
             tracing::error!(rules_left, "rules could not be removed at shutdown");
         }
@@ -1197,6 +1222,7 @@ impl Daemon {
             control: self.control_stats(),
             engine_cpu_s: finished.times.iter().map(|t| t.cpu_ns).sum::<u64>() as f64 / 1e9,
             workers: finished.times,
+            export,
         })
     }
 }

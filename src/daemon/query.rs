@@ -226,6 +226,8 @@ mod tests {
                 tcp_flags: 0,
                 fragment: Fragment::Whole,
                 payload_offset: 0,
+                l2_len: 0,
+                trailer: 0,
             };
             engine.process(&p, i);
         }

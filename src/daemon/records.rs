@@ -15,12 +15,21 @@
 //! file is reported to the caller once when it starts failing and then at
 //! most once every `REPORT_EVERY`, not on every attempt; `failures` counts
 //! every attempt that failed.
+//!
+//! In the daemon the file is a sink like the IPFIX collectors
+//! ([`RecordsFile`]): its own thread and bounded queue, so a slow disk
+//! holds up neither the main loop (control answers, the other sinks) nor
+//! the packet path. Records the queue can't take are counted lost, with
+//! `queue_full` saying how many of them.
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use flowtable_offload::FlowRecord;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Buffered bytes that make a write go to the file at once.
@@ -241,6 +250,131 @@ impl RecordsWriter {
     }
 }
 
+/// Records the file's queue holds before it drops (counted lost).
+pub const QUEUE_RECORDS: u64 = 262_144;
+/// How often the file's thread writes out what it buffered.
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+
+/// What the records file did, as the main thread reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileCounts {
+    pub written: u64,
+    /// Dropped: the file failed, or its queue was full (`queue_full`).
+    pub lost: u64,
+    pub queue_full: u64,
+    pub failures: u64,
+    pub rotations: u64,
+    /// Queued or buffered, neither written nor lost yet.
+    pub pending: u64,
+}
+
+/// The records file on its own thread.
+pub struct RecordsFile {
+    path: PathBuf,
+    tx: Option<Sender<Arc<Vec<FlowRecord>>>>,
+    counts: Arc<Mutex<FileCounts>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RecordsFile {
+    /// Opens the file here (so a bad path fails the start) and hands it to
+    /// its thread.
+    pub fn open(path: &Path, rotate_bytes: u64, keep: u32) -> Result<RecordsFile, String> {
+        let writer = RecordsWriter::open(path, rotate_bytes, keep)?;
+        let counts = Arc::new(Mutex::new(FileCounts::default()));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = counts.clone();
+        let thread = std::thread::Builder::new()
+            .name("records".into())
+            .spawn(move || file_thread(writer, rx, shared))
+            .map_err(|e| format!("records.path: {}: starting its thread: {e}", path.display()))?;
+        Ok(RecordsFile { path: path.to_path_buf(), tx: Some(tx), counts, thread: Some(thread) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn counts(&self) -> FileCounts {
+        self.counts.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// Queues a batch; never blocks. Past `QUEUE_RECORDS` waiting, the
+    /// batch is dropped and counted lost.
+    pub fn send(&self, batch: &Arc<Vec<FlowRecord>>) {
+        let n = batch.len() as u64;
+        let (Some(tx), Ok(mut c)) = (&self.tx, self.counts.lock()) else { return };
+        if c.pending + n > QUEUE_RECORDS || tx.send(batch.clone()).is_err() {
+            c.lost += n;
+            c.queue_full += n;
+            return;
+        }
+        c.pending += n;
+    }
+
+    /// Writes out what is queued and buffered, stops the thread, and
+    /// returns the final counts.
+    pub fn close(mut self) -> FileCounts {
+        self.stop();
+        self.counts()
+    }
+
+    fn stop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RecordsFile {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn file_thread(mut w: RecordsWriter, rx: Receiver<Arc<Vec<FlowRecord>>>, counts: Arc<Mutex<FileCounts>>) {
+    let mut last_flush = Instant::now();
+    let publish = |w: &RecordsWriter, taken: u64| {
+        if let Ok(mut c) = counts.lock() {
+            c.pending -= taken;
+            c.pending += w.pending();
+            c.written = w.written;
+            c.lost = w.lost + c.queue_full;
+            c.failures = w.failures;
+            c.rotations = w.rotations;
+        }
+    };
+    let mut buffered = 0u64;
+    loop {
+        let got = rx.recv_timeout(FLUSH_EVERY);
+        let done = matches!(got, Err(RecvTimeoutError::Disconnected));
+        let mut taken = 0;
+        for batch in got.ok().into_iter().chain(rx.try_iter()) {
+            for r in batch.iter() {
+                // The writer counts every failure and what it lost, and
+                // returns an error only when one is due to be told.
+                if let Err(e) = w.write(r) {
+                    tracing::error!(file = %w.path().display(), error = %e, "writing a flow record failed");
+                }
+            }
+            taken += batch.len() as u64;
+        }
+        if done || last_flush.elapsed() >= FLUSH_EVERY {
+            last_flush = Instant::now();
+            if let Err(e) = w.flush() {
+                tracing::error!(file = %w.path().display(), error = %e, "writing flow records failed");
+            }
+        }
+        // What was buffered before is in the writer's counts now.
+        publish(&w, taken + buffered);
+        buffered = w.pending();
+        if done {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +507,24 @@ mod tests {
         }
         assert_eq!(w.lost - before, n);
         assert_eq!(w.written, 0);
+    }
+
+    #[test]
+    fn the_file_thread_writes_every_batch_and_counts_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.jsonl");
+        let f = RecordsFile::open(&path, 0, 3).unwrap();
+        for b in 0..10 {
+            f.send(&Arc::new((b * 10..b * 10 + 10).map(record).collect()));
+        }
+        let c = f.close();
+        assert_eq!(c, FileCounts { written: 100, ..FileCounts::default() });
+        assert_eq!(ids_in(&path), (0..100).collect::<Vec<_>>());
+        // A full disk: lost, counted, and nothing pending at the end.
+        let f = RecordsFile::open(Path::new("/dev/full"), 0, 3).unwrap();
+        f.send(&Arc::new((0..5).map(record).collect()));
+        let c = f.close();
+        assert_eq!((c.written, c.lost, c.pending), (0, 5, 0));
     }
 
     #[test]

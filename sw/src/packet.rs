@@ -70,6 +70,22 @@ pub struct PacketInfo {
     pub fragment: Fragment,
     /// Offset of the L4 payload in the frame (0 when unknown), for DPI hooks.
     pub payload_offset: u16,
+    /// Bytes of the frame before the (outer) IP header: the link layer with
+    /// its VLAN tags and encapsulations (saturating at 255). With
+    /// `trailer`, what turns frame bytes into IP octets (header and
+    /// payload, as IPFIX's octetDeltaCount counts them).
+    pub l2_len: u8,
+    /// Bytes after the IP packet's own length (Ethernet padding of short
+    /// frames, a captured FCS), saturating; 0 when the IP length covers
+    /// the frame's rest.
+    pub trailer: u16,
+}
+
+impl PacketInfo {
+    /// IP octets (header and payload) of this packet.
+    pub fn ip_len(&self) -> u32 {
+        self.wire_len.saturating_sub(u32::from(self.l2_len) + u32::from(self.trailer))
+    }
 }
 
 pub const TCP_FIN: u8 = 0x01;

@@ -84,7 +84,18 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingres
         // Frames longer than 64 KiB (possible only with odd captures) leave
         // the payload offset unknown rather than wrapped.
         payload_offset: u16::try_from(network.l4_offset + transport.header_len).unwrap_or(0),
+        l2_len: u8::try_from(l3.offset).unwrap_or(u8::MAX),
+        trailer: trailer_len(wire_len, l3.offset, network.ip_len),
     })
+}
+
+/// Bytes of the frame on the wire past the IP packet's own length (padding,
+/// a captured FCS): what it holds beyond its link header and IP packet; 0
+/// when the IP header does not say its length (an IPv6 jumbogram).
+fn trailer_len(wire_len: u32, l3_offset: usize, ip_len: Option<usize>) -> u16 {
+    let Some(ip_len) = ip_len else { return 0 };
+    let after = (wire_len as usize).saturating_sub(l3_offset).saturating_sub(ip_len);
+    u16::try_from(after).unwrap_or(u16::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +247,9 @@ struct Network<'a> {
     l4: &'a [u8],
     /// Offset of `l4` in the frame.
     l4_offset: usize,
+    /// The IP packet's length as its header says (IPv4 total length, IPv6
+    /// payload length plus the fixed header); None for a jumbogram.
+    ip_len: Option<usize>,
 }
 
 fn ip_error(e: Error) -> SkipReason {
@@ -279,7 +293,8 @@ fn ipv4(frame: &[u8], offset: usize) -> Result<Network<'_>, SkipReason> {
         l4 = ah.payload();
         l4_offset += ah.header_len();
     }
-    Ok(Network { src, dst, protocol, fragment, l4, l4_offset })
+    let ip_len = Some(usize::from(ip.total_len()));
+    Ok(Network { src, dst, protocol, fragment, l4, l4_offset, ip_len })
 }
 
 fn ipv6(frame: &[u8], offset: usize) -> Result<Network<'_>, SkipReason> {
@@ -298,6 +313,10 @@ fn ipv6(frame: &[u8], offset: usize) -> Result<Network<'_>, SkipReason> {
         fragment,
         l4: upper.payload,
         l4_offset: offset + ipv6::HEADER_LEN + upper.offset,
+        ip_len: match ip.payload_len() {
+            0 => None,
+            n => Some(ipv6::HEADER_LEN + usize::from(n)),
+        },
     })
 }
 
@@ -478,6 +497,22 @@ mod tests {
         let info = parse(LinkType::Ethernet, &frame).unwrap();
         assert_eq!(info.key.proto, 17);
         assert_eq!(info.payload_offset, 14 + 20 + 8);
+        // 14 bytes of link header, 28 of IP, 18 of padding.
+        assert_eq!((info.l2_len, info.trailer, info.ip_len()), (14, 18, 28));
+    }
+
+    #[test]
+    fn ip_octets_from_link_header_and_ip_length() {
+        let ip = ip4(17, A4, B4, 1, 0, &udp(1000, 2000, b"abcd"));
+        let tagged = eth(0x8100, &cat(&[&tag(100, 0x0800), &ip]));
+        let info = parse(LinkType::Ethernet, &tagged).unwrap();
+        assert_eq!((info.l2_len, info.trailer, info.ip_len()), (18, 0, 32));
+        // A snap-cut frame: the IP length still counts, from the wire length.
+        let long = eth(0x8100, &cat(&[&tag(100, 0x0800), &ip4(17, A4, B4, 1, 0, &udp(1000, 2000, &[7; 200]))]));
+        let info = parse_packet(LinkType::Ethernet, &long[..64], long.len() as u32, Ingress::default()).unwrap();
+        assert_eq!((info.l2_len, info.trailer, info.ip_len()), (18, 0, 228));
+        let raw = parse(LinkType::RawIp, &ip).unwrap();
+        assert_eq!((raw.l2_len, raw.trailer, raw.ip_len()), (0, 0, 32));
     }
 
     #[test]

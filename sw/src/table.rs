@@ -63,6 +63,49 @@ impl DirCounters {
     }
 }
 
+/// What a flow's frames said beyond its counters, per direction
+/// (`Direction::index`), kept beside the table because the 128-byte
+/// `Flow` has no byte to spare: the link header's length (from the
+/// direction's first packet software saw), the bytes its counted frames
+/// carried past their IP packets (Ethernet padding, a captured FCS), and
+/// the TCP flags of the packets that moved the flow's TCP state (its
+/// first packet, SYN, SYN-ACK, FIN, RST, the closing ACK).
+///
+/// IP octets (header and payload, as IPFIX counts them) follow from the
+/// frame bytes: a direction's link header is the same for every packet of
+/// it, so `bytes - packets * l2_len - trailer`. Hardware counts frames
+/// without saying whether they were padded, so its part is
+/// `hw_bytes - hw_packets * l2_len`. Written only at a flow's insert, at
+/// each direction's first packet and for padded frames, so a packet of an
+/// established flow never touches it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framing {
+    generation: u16,
+    l2_len: [Option<u8>; 2],
+    /// TCP flags of the packets that moved the state, by direction.
+    pub tcp_flags: [u8; 2],
+    /// Bytes past the IP packets in the frames software counted.
+    pub trailer: [u64; 2],
+}
+
+impl Framing {
+    /// The link header's length of `dir`'s frames: as its first software
+    /// packet had it, else as the other direction's (a direction only the
+    /// NIC counted crossed the same link), else 0.
+    pub fn l2_len(&self, dir: Direction) -> u8 {
+        self.l2_len[dir.index()].or(self.l2_len[dir.reverse().index()]).unwrap_or(0)
+    }
+
+    /// IP octets of `dir`'s software-counted part (`sw`) and hardware-counted
+    /// part (`hw`) of frame bytes.
+    pub fn ip_bytes(&self, dir: Direction, sw: DirCounters, hw: DirCounters) -> (u64, u64) {
+        let l2 = u64::from(self.l2_len(dir));
+        let sw_ip = sw.bytes.saturating_sub(sw.packets.saturating_mul(l2)).saturating_sub(self.trailer[dir.index()]);
+        let hw_ip = hw.bytes.saturating_sub(hw.packets.saturating_mul(l2));
+        (sw_ip, hw_ip)
+    }
+}
+
 /// Where a flow is in its offload lifecycle. The engine moves it along;
 /// the table only needs to know which slots are free and which flows may
 /// be evicted (those held in software alone).
@@ -458,6 +501,11 @@ impl<V: Copy> FragTracker<V> {
 
 pub struct FlowTable {
     flows: Vec<Flow>,
+    /// Beside `flows`, slot for slot.
+    framing: Vec<Framing>,
+    /// The framing of the flow the last insert evicted, whose slot the new
+    /// flow took: its record is made after the insert.
+    evicted_framing: Option<(u32, Framing)>,
     free: Vec<u32>,
     index: FlowIndex,
     hasher: foldhash::fast::RandomState,
@@ -486,6 +534,8 @@ impl FlowTable {
         crate::memory::advise_huge_pages(flows.as_mut_ptr() as *mut u8, max * core::mem::size_of::<Flow>());
         FlowTable {
             flows,
+            framing: Vec::with_capacity(max),
+            evicted_framing: None,
             free: Vec::new(),
             index: FlowIndex::with_capacity(max),
             hasher: Default::default(),
@@ -654,6 +704,7 @@ impl FlowTable {
             None => {
                 let i = self.flows.len() as u32;
                 self.flows.push(Flow::vacant());
+                self.framing.push(Framing::default());
                 i
             }
         };
@@ -665,8 +716,12 @@ impl FlowTable {
                 None => Lookup::Full,
             };
         }
+        if let Some((victim, _)) = &evicted {
+            self.evicted_framing = Some((victim.index(), self.framing[victim.index() as usize]));
+        }
         let slot = &mut self.flows[index as usize];
         let generation = slot.generation.wrapping_add(1).max(1);
+        self.framing[index as usize] = Framing { generation, ..Framing::default() };
         *slot = Flow {
             key: pkt.key,
             generation,
@@ -712,6 +767,7 @@ impl FlowTable {
         if now_ns < flow.first_ns {
             flow.start_earlier(pkt.dir, now_ns);
         }
+        let first = flow.sw[pkt.dir.index()].packets == 0;
         if count {
             let c = &mut flow.sw[pkt.dir.index()];
             c.packets += 1;
@@ -719,7 +775,9 @@ impl FlowTable {
         }
         flow.touch(now_ns);
         let heavy = count && flow.flags & FLAG_HEAVY == 0 && flow.bytes() >= heavy_bar;
-        if flow.observe_tcp(pkt.dir, pkt.tcp_flags) {
+        let first_of_flow = first && flow.sw[pkt.dir.reverse().index()].packets == 0;
+        let tcp_moved = flow.observe_tcp(pkt.dir, pkt.tcp_flags);
+        if tcp_moved {
             let after = timeouts.for_flow(flow);
             if after < before {
                 let deadline = flow.last_ns() + after;
@@ -727,8 +785,41 @@ impl FlowTable {
                 self.wheel.schedule(entry, deadline);
             }
         }
+        if first || tcp_moved || (count && pkt.trailer != 0) {
+            self.note_framing(id, pkt, first, tcp_moved || first_of_flow, count);
+        }
         if heavy {
             self.add_heavy(id);
+        }
+    }
+
+    /// The framing facts of a packet (see `Framing`): off the common path.
+    #[cold]
+    fn note_framing(&mut self, id: FlowId, pkt: &PacketInfo, first: bool, flags: bool, count: bool) {
+        let Some(f) = self.framing.get_mut(id.index() as usize) else { return };
+        let d = pkt.dir.index();
+        if first && f.l2_len[d].is_none() {
+            f.l2_len[d] = Some(pkt.l2_len);
+        }
+        if flags {
+            f.tcp_flags[d] |= pkt.tcp_flags;
+        }
+        if count {
+            f.trailer[d] += u64::from(pkt.trailer);
+        }
+    }
+
+    /// The framing facts of a flow (see `Framing`), live or just removed
+    /// (until its slot is taken again; the flow an insert evicted keeps
+    /// them until the next insert that evicts).
+    pub fn framing(&self, id: FlowId) -> Framing {
+        let index = id.index();
+        match self.framing.get(index as usize) {
+            Some(f) if f.generation == id.generation() => *f,
+            _ => match self.evicted_framing {
+                Some((i, f)) if i == index && f.generation == id.generation() => f,
+                _ => Framing::default(),
+            },
         }
     }
 
@@ -917,6 +1008,7 @@ impl FlowTable {
     /// Heap bytes held, for the per-flow memory figure.
     pub fn heap_bytes(&self) -> usize {
         self.flows.capacity() * core::mem::size_of::<Flow>()
+            + self.framing.capacity() * core::mem::size_of::<Framing>()
             + self.free.capacity() * 4
             + self.index.heap_bytes()
             + self.wheel.heap_bytes()
@@ -939,7 +1031,17 @@ mod tests {
         } else {
             FlowKey::from_v4(b, a, sport, dport, proto)
         };
-        PacketInfo { key, dir, port: 0, wire_len: len, tcp_flags: flags, fragment: Fragment::Whole, payload_offset: 0 }
+        PacketInfo {
+            key,
+            dir,
+            port: 0,
+            wire_len: len,
+            tcp_flags: flags,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+            l2_len: 0,
+            trailer: 0,
+        }
     }
 
     fn table(max: usize, policy: FullPolicy) -> FlowTable {
@@ -1072,6 +1174,47 @@ mod tests {
         let mut due = vec![];
         t.expire(S + 6 * S, &mut due);
         assert_eq!(due, vec![id]);
+    }
+
+    #[test]
+    fn framing_gives_ip_octets_and_the_state_moving_flags_and_outlives_eviction() {
+        let mut t = table(2, FullPolicy::EvictIdle);
+        let framed = |mut p: PacketInfo, l2: u8, trailer: u16| {
+            p.l2_len = l2;
+            p.trailer = trailer;
+            p
+        };
+        // 14 bytes of Ethernet; the SYN padded by 6, the rest not.
+        let syn = framed(pkt(40000, 80, 6, TCP_SYN, 60), 14, 6);
+        let id = track(&mut t, &syn, 0);
+        track(&mut t, &framed(pkt(80, 40000, 6, TCP_SYN | TCP_ACK, 74), 18, 0), 1);
+        track(&mut t, &framed(pkt(40000, 80, 6, TCP_ACK | 0x08, 1514), 14, 0), 2);
+        // Established already: this one moves nothing, its URG is not kept.
+        track(&mut t, &framed(pkt(40000, 80, 6, TCP_ACK | 0x20, 54), 14, 0), 2);
+        let flow = *t.get(id).unwrap();
+        let f = t.framing(id);
+        let (c, s) = (syn.dir, syn.dir.reverse());
+        assert_eq!((f.l2_len(c), f.l2_len(s)), (14, 18));
+        // Client: 60 + 1514 + 54 frame bytes, less 3 x 14 of header and 6 of padding.
+        assert_eq!(f.ip_bytes(c, flow.sw[c.index()], flow.hw[c.index()]), (60 + 1514 + 54 - 42 - 6, 0));
+        // The NIC's part: its frames less the direction's header.
+        let hw = DirCounters { packets: 3, bytes: 300 };
+        assert_eq!(f.ip_bytes(s, flow.sw[s.index()], hw), (74 - 18, 300 - 3 * 18));
+        // The packets that moved the state: SYN and the handshake's ACK (with
+        // its PSH), SYN-ACK; not the later URG.
+        assert_eq!((f.tcp_flags[c.index()], f.tcp_flags[s.index()]), (TCP_SYN | TCP_ACK | 0x08, TCP_SYN | TCP_ACK));
+        // A direction never seen by software takes the other's header.
+        let only = track(&mut t, &framed(pkt(1000, 53, 17, 0, 80), 14, 0), 3);
+        let g = t.framing(only);
+        assert_eq!(g.l2_len(Direction::LoToHi), g.l2_len(Direction::HiToLo));
+        // Evicted to make room: its framing is there for its record.
+        match t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), 4) {
+            Lookup::Inserted { evicted: Some((victim, _)), .. } => {
+                let want = if victim == id { f } else { g };
+                assert_eq!(t.framing(victim), want);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

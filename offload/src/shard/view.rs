@@ -42,6 +42,7 @@ impl Shard {
     ) -> FlowRecord {
         let (src, dst, sport, dport) = endpoints_of(flow);
         let init = flow.initiator();
+        let framing = self.table.framing(id);
         let offload = state.filter(|s| s.installed_ns != 0).map(|s| OffloadRecord {
             backend: self.backend.name.clone(),
             action: s.action,
@@ -67,8 +68,8 @@ impl Shard {
             ingress: flow.port(init),
             start_ns: flow.first_ns,
             end_ns: flow.last_ns(),
-            orig: DirRecord::of(flow, init),
-            reply: DirRecord::of(flow, init.reverse()),
+            orig: DirRecord::of(flow, init, &framing),
+            reply: DirRecord::of(flow, init.reverse(), &framing),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),
             offload,
@@ -87,6 +88,7 @@ impl Shard {
     pub(super) fn view(&self, id: FlowId, flow: &Flow) -> FlowView {
         let (src, dst, sport, dport) = endpoints_of(flow);
         let init = flow.initiator();
+        let framing = self.table.framing(id);
         let offload = self.offloads.get(&id).cloned();
         let rules = offload
             .as_ref()
@@ -112,8 +114,8 @@ impl Shard {
             class: self.classifier.class_name(flow.class).map(str::to_string),
             start_ns: flow.first_ns,
             last_ns: flow.last_ns(),
-            orig: DirRecord::of(flow, init),
-            reply: DirRecord::of(flow, init.reverse()),
+            orig: DirRecord::of(flow, init, &framing),
+            reply: DirRecord::of(flow, init.reverse(), &framing),
             packets: flow.packets(),
             bytes: flow.bytes(),
             offload,
