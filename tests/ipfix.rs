@@ -378,3 +378,70 @@ fn nfcapd_and_tshark_read_the_same_flows_as_the_json_records() {
         .sum();
     assert_eq!(n, flows, "data records Wireshark decoded");
 }
+
+/// The active timeout, through the binary: with `export.active_timeout_s`
+/// the long flows of a capture give interim records (kind `interim`, end
+/// reason `active`) and a final one, in the JSON records and at nfcapd
+/// alike; per flow, packets and IP bytes over its records add up to what
+/// the same replay without the timeout gives in one record.
+#[test]
+fn interim_records_add_up_to_each_flow_in_the_json_and_at_the_collector() {
+    assert!(tool("nfcapd") && tool("nfdump"), "nfcapd and nfdump are needed: apt-get install nfdump");
+    let work = tempfile::tempdir().unwrap();
+    let file = capture("teams.pcap");
+    let replay = |args: &[&str]| -> Vec<Value> {
+        let out = Command::new(BIN).arg("replay").arg(&file).arg("--json").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        lines[..lines.len() - 1].to_vec()
+    };
+    // Per flow (by its addresses, ports and protocol): packets and IP bytes
+    // each way, and how many records told it.
+    type Sums = BTreeMap<(IpAddr, IpAddr, u16, u16, u8), ([u64; 4], usize)>;
+    fn add(sums: &mut Sums, f: Facts) {
+        let e = sums.entry((f.0, f.1, f.2, f.3, f.4)).or_default();
+        for (t, v) in e.0.iter_mut().zip(f.5) {
+            *t += v;
+        }
+        e.1 += 1;
+    }
+    let whole = replay(&[]);
+    assert!(whole.iter().all(|r| r["kind"] == "final"), "without the timeout, one final record per flow");
+    let mut want = Sums::new();
+    for r in &whole {
+        add(&mut want, ours(r));
+    }
+
+    let config = work.path().join("active.json");
+    std::fs::write(&config, r#"{"export": {"active_timeout_s": 2}}"#).unwrap();
+    let dir = work.path().join("nf");
+    std::fs::create_dir(&dir).unwrap();
+    let port = free_udp_port();
+    let nfcapd = Nfcapd::start(&dir, port);
+    let parts = replay(&["--config", config.to_str().unwrap(), "--ipfix", &format!("127.0.0.1:{port}")]);
+    let interim: Vec<&Value> = parts.iter().filter(|r| r["kind"] == "interim").collect();
+    assert!(interim.len() >= 5, "the flows lasting 9 to 25 s give interim records: {}", interim.len());
+    assert!(interim.iter().all(|r| r["end_reason"] == "active"));
+    assert_eq!(parts.len() - interim.len(), whole.len(), "still one final record per flow");
+    let mut got = Sums::new();
+    for r in &parts {
+        add(&mut got, ours(r));
+    }
+    let deltas = |s: &Sums| s.iter().map(|(k, v)| (*k, v.0)).collect::<Vec<_>>();
+    assert_eq!(deltas(&got), deltas(&want), "per flow, the records add up to the flow");
+    assert!(got.values().any(|v| v.1 >= 4), "a long flow told in several records");
+
+    std::thread::sleep(Duration::from_millis(200));
+    let log = nfcapd.stop();
+    let dump = Command::new("nfdump").env("TZ", "UTC").arg("-R").arg(&dir).args(["-o", "json"]).output().unwrap();
+    assert!(dump.status.success(), "nfdump: {}", String::from_utf8_lossy(&dump.stderr));
+    let collected: Vec<Value> = serde_json::from_slice(&dump.stdout).unwrap();
+    let flows: Vec<&Value> = collected.iter().filter(|f| f["type"] == "FLOW").collect();
+    assert_eq!(flows.len(), parts.len(), "nfcapd has every record, interim ones too; it said: {log}");
+    let mut at_collector = Sums::new();
+    for f in flows {
+        add(&mut at_collector, theirs(f));
+    }
+    assert_eq!(deltas(&at_collector), deltas(&want), "at the collector too");
+}

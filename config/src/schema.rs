@@ -549,6 +549,10 @@ pub struct ExportSection {
     /// The private enterprise number of flowtable's own elements (32473,
     /// the number RFC 5612 sets aside for documentation, unless yours).
     pub enterprise_number: u32,
+    /// A flow lasting longer than this gives an interim record every
+    /// period, with what it carried since the previous one (end reason
+    /// `active`), to every sink; 0: one record per flow, at its end.
+    pub active_timeout_s: f64,
 }
 
 impl Default for ExportSection {
@@ -561,6 +565,7 @@ impl Default for ExportSection {
             mtu: 1500,
             queue_records: 65536,
             enterprise_number: 32473,
+            active_timeout_s: 0.0,
         }
     }
 }
@@ -616,6 +621,14 @@ impl ExportSection {
         }
         if self.queue_records == 0 {
             return Err(("export.queue_records".into(), "must be at least 1".into()));
+        }
+        // A day at most: past it a flow's interim records say little a
+        // final one wouldn't, and the value is most likely a unit slip.
+        if !(self.active_timeout_s == 0.0 || (1.0..=86_400.0).contains(&self.active_timeout_s)) {
+            return Err((
+                "export.active_timeout_s".into(),
+                format!("{} is out of range: give 0 (off) or 1 to 86400 seconds", self.active_timeout_s),
+            ));
         }
         Ok(())
     }
@@ -973,7 +986,7 @@ pub const EXAMPLE: &str = r#"{
     "_comment": "IPFIX to collectors such as nfcapd; none listed: no export",
     "ipfix": [{ "address": "127.0.0.1:4739", "transport": "udp" }],
     "observation_domain": 1, "template_refresh_s": 60, "mtu": 1500,
-    "queue_records": 65536, "enterprise_number": 32473
+    "queue_records": 65536, "enterprise_number": 32473, "active_timeout_s": 300
   },
   "control": { "socket": "/run/flowtable.sock" },
   "log": { "format": "human", "level": "info" },

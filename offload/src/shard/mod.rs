@@ -83,7 +83,7 @@ impl EngineConfig {
             max_queued: c.offload.max_queued,
             max_context_bytes: c.table.max_context_bytes,
             ports: c.port_map().unwrap_or_default(),
-            active_timeout_ns: 0,
+            active_timeout_ns: (c.export.active_timeout_s * 1e9) as u64,
         }
     }
 }
