@@ -60,6 +60,8 @@ struct Daemon {
     log: PathBuf,
     metrics: SocketAddr,
     config: PathBuf,
+    /// An IPFIX collector that takes the records and does nothing with them.
+    _collector: std::net::UdpSocket,
 }
 
 impl Daemon {
@@ -71,6 +73,8 @@ impl Daemon {
         let log = dir.path().join("daemon.log");
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("flowtable.json");
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ipfix = collector.local_addr().unwrap();
         let text = format!(
             r#"{{"control": {{"socket": {socket:?}}},
   "records": {{"path": {records:?}}},
@@ -81,6 +85,7 @@ impl Daemon {
     {{"name": "rest", "match": {{}}, "trigger": {{"after_packets": 2}}, "result": {{"offload": {{"type": "pass"}}}}}}]}},
   "offload": {{"poll_interval_ms": 50}},
   "metrics": {{"listen": "{metrics}"}},
+  "export": {{"ipfix": [{{"address": "{ipfix}"}}]}},
   "sources": [{{"pcap": {{"path": {pcap:?}, "pace": "fast"}}}}]}}"#,
             socket = socket.display().to_string(),
             records = dir.path().join("records.jsonl").display().to_string(),
@@ -95,7 +100,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child), _dir: dir, socket, log, metrics, config };
+        let d = Daemon { child: Some(child), _dir: dir, socket, log, metrics, config, _collector: collector };
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&d.socket).is_err() {
             assert!(Instant::now() < deadline, "daemon did not come up; log:\n{}", d.log_text());
@@ -277,6 +282,12 @@ fn expected(st: &Value) -> BTreeMap<String, f64> {
     put("flowtable_records_exported_total{sink=\"file\"}".into(), u(&r["written"]));
     put("flowtable_records_dropped_total{sink=\"file\"}".into(), u(&r["lost"]));
     put("flowtable_records_errors_total{sink=\"file\"}".into(), u(&r["errors"]));
+    for c in st["export"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        put(format!("flowtable_records_exported_total{{sink=\"{name}\"}}"), u(&c["exported"]));
+        put(format!("flowtable_records_dropped_total{{sink=\"{name}\"}}"), u(&c["dropped"]));
+        put(format!("flowtable_records_errors_total{{sink=\"{name}\"}}"), u(&c["errors"]));
+    }
     put("flowtable_records_file_rotations_total".into(), u(&r["rotations"]));
     put("flowtable_event_subscribers".into(), u(&st["subscribers"]));
     put("flowtable_control_requests_total".into(), u(&st["control"]["requests"]));

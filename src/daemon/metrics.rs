@@ -185,6 +185,9 @@ fn sinks(st: &Stats) -> Vec<Sink> {
         let r = &st.records;
         out.push(Sink { name: "file".into(), exported: r.written, dropped: r.lost, errors: r.errors });
     }
+    for c in &st.export {
+        out.push(Sink { name: c.name.clone(), exported: c.exported, dropped: c.dropped, errors: c.errors });
+    }
     out
 }
 
