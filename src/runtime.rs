@@ -560,32 +560,38 @@ struct Worker {
     deferred: VecDeque<ShardJob>,
 }
 
-/// Share of a worker's time control jobs may take while packets wait:
+/// Share of a worker's CPU time control jobs may take while packets wait:
 /// clients asking for large, sorted pages back to back (each a scan of the
-/// shard) get slower answers, and the packet rate holds. An idle worker
-/// answers at once.
+/// shard) get slower answers, and the packet path keeps the CPU it gets.
+/// Measured in the worker's own CPU time, not wall time: a worker starved
+/// of CPU by the rest of the machine (the clients themselves) must not
+/// give what it gets to them. An idle worker answers at once.
 const CONTROL_SHARE: f64 = 0.05;
 /// CPU a worker may spend on control in one go before the share applies
 /// (one scan of a full shard fits, so a lone query is never held back).
 const CONTROL_BURST_NS: f64 = 50_000_000.0;
+/// A wait this long with nothing arriving makes a worker idle: it then
+/// answers held-back control jobs whatever the budget.
+const IDLE_NS: u64 = 1_000_000;
 
 /// A token bucket of CPU time for control jobs, filled at `CONTROL_SHARE`
-/// of wall time up to `CONTROL_BURST_NS`.
+/// of the worker's CPU time up to `CONTROL_BURST_NS`. Used on the worker's
+/// own thread (its CPU clock is the thread's).
 struct ControlBudget {
     tokens_ns: f64,
-    filled: Instant,
+    cpu_ns: u64,
 }
 
 impl ControlBudget {
     fn new() -> ControlBudget {
-        ControlBudget { tokens_ns: CONTROL_BURST_NS, filled: Instant::now() }
+        ControlBudget { tokens_ns: CONTROL_BURST_NS, cpu_ns: 0 }
     }
 
     fn allows(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.filled).as_nanos() as f64 * CONTROL_SHARE;
+        let now = thread_cpu_ns();
+        let earned = now.saturating_sub(self.cpu_ns) as f64 * CONTROL_SHARE;
         self.tokens_ns = (self.tokens_ns + earned).min(CONTROL_BURST_NS);
-        self.filled = now;
+        self.cpu_ns = now;
         self.tokens_ns > 0.0
     }
 
@@ -653,7 +659,9 @@ impl Worker {
                 }
             } else {
                 let wait = next_poll.saturating_sub(self.clock.now()).min(POLL_TICK_NS);
-                waited = true;
+                // A gap of a millisecond or more with nothing to do, not the
+                // reader's moment between two batches.
+                waited = wait >= IDLE_NS;
                 self.inbox.recv_timeout(Duration::from_nanos(wait))
             };
             let pause_started = Instant::now();

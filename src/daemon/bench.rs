@@ -88,7 +88,15 @@ pub struct ControlBench {
     pub hammer_answers: Vec<u64>,
     pub hammered_kept_pct: f64,
     pub hammered_kept_cpu_pct: f64,
+    /// The generator paced at `PACED_PPS` for 5 s: packets a second taken
+    /// in, quiet and under the heavy clients, and what the latter keeps, %.
+    pub pps_paced_quiet: Vec<f64>,
+    pub pps_paced_hammered: Vec<f64>,
+    pub paced_kept_pct: f64,
 }
+
+/// The paced runs' rate, packets a second.
+const PACED_PPS: f64 = 20_000.0;
 
 /// What talks to the daemon during a packet run.
 #[derive(Debug, Clone, Copy)]
@@ -252,12 +260,18 @@ struct PacketRun {
     flows_at_end: usize,
 }
 
-fn packet_run(packets: u64, load: Load) -> Result<PacketRun, String> {
+/// `paced`: the generator at this many packets a second of real time
+/// (what a link delivers), not as fast as it goes.
+fn packet_run(packets: u64, load: Load, paced: Option<f64>) -> Result<PacketRun, String> {
+    let pace = match paced {
+        Some(pps) => format!(r#""pace": "timestamps", "rate_pps": {pps}"#),
+        None => r#""pace": "fast""#.to_string(),
+    };
     let sections = format!(
         r#""classifier": {{"rules": [{{"name": "bypass", "match": {{}}, "trigger": {{"after_packets": 16}},
             "result": {{"offload": {{"type": "pass"}}}}}}]}},
         "offload": {{"poll_interval_ms": 100}},
-        "sources": [{{"synthetic": {{"flows": 100000000, "max_packets": {packets}, "seed": 11, "pace": "fast"}}}}]"#
+        "sources": [{{"synthetic": {{"flows": 100000000, "max_packets": {packets}, "seed": 11, {pace}}}}}]"#
     );
     let mut daemon = InProcess::start(&sections, true)?;
     let thread = daemon.thread.take().expect("running");
@@ -327,22 +341,31 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
     let mut flows_at_end = 0;
     let (mut hammered, mut hammered_cpu, mut answers) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs.max(1) {
-        let r = packet_run(a.packets, Load::Quiet)?;
+        let r = packet_run(a.packets, Load::Quiet, None)?;
         idle.push(r.pps);
         idle_cpu.push(r.pps_cpu);
         if a.hammer_clients > 0 {
-            let r = packet_run(a.packets, Load::Hammer(a.hammer_clients))?;
+            let r = packet_run(a.packets, Load::Hammer(a.hammer_clients), None)?;
             hammered.push(r.pps);
             hammered_cpu.push(r.pps_cpu);
             answers.push(r.polls);
         }
-        let r = packet_run(a.packets, Load::Poll(Duration::from_millis(a.poll_ms.max(1))))?;
+        let r = packet_run(a.packets, Load::Poll(Duration::from_millis(a.poll_ms.max(1))), None)?;
         polled.push(r.pps);
         polled_cpu.push(r.pps_cpu);
         polls.push(r.polls);
         answering.push(r.answering_pct);
         per_poll.push(r.cpu_per_poll_ms);
         flows_at_end = r.flows_at_end;
+    }
+    // A link's pace, as the daemon meets it: 20,000 packets a second for
+    // 5 s, quiet and under the heavy clients.
+    let (mut paced_quiet, mut paced_hammered) = (Vec::new(), Vec::new());
+    if a.hammer_clients > 0 {
+        for _ in 0..a.runs.max(1) {
+            paced_quiet.push(packet_run(PACED_PPS as u64 * 5, Load::Quiet, Some(PACED_PPS))?.pps);
+            paced_hammered.push(packet_run(PACED_PPS as u64 * 5, Load::Hammer(a.hammer_clients), Some(PACED_PPS))?.pps);
+        }
     }
     let cost = |a: f64, b: f64| 100.0 * (a - b) / a.max(1e-9);
     let (mi, mp, ci, cp) = (median(&idle), median(&polled), median(&idle_cpu), median(&polled_cpu));
@@ -370,6 +393,9 @@ pub fn run(a: &ControlBenchArgs) -> Result<ControlBench, String> {
         pps_hammered: hammered,
         cpu_pps_hammered: hammered_cpu,
         hammer_answers: answers,
+        paced_kept_pct: 100.0 * median(&paced_hammered) / median(&paced_quiet).max(1e-9),
+        pps_paced_quiet: paced_quiet,
+        pps_paced_hammered: paced_hammered,
     })
 }
 
@@ -433,6 +459,16 @@ pub fn report(b: &ControlBench, a: &ControlBenchArgs) -> String {
         ]);
     }
     o.push_str(&crate::report::table(&["", "wall-clock rate", "engine-CPU rate"], &rows, &[1, 2]));
+    if !b.pps_paced_quiet.is_empty() {
+        o.push_str(&format!(
+            "paced at {} pkt/s for 5 s: {} taken in quiet, {} under {} clients asking for the top 10,000 by rate: {:.1}% kept\n",
+            PACED_PPS,
+            rate(median(&b.pps_paced_quiet), "pkt"),
+            rate(median(&b.pps_paced_hammered), "pkt"),
+            a.hammer_clients,
+            b.paced_kept_pct
+        ));
+    }
     o.push_str(&format!(
         "engine thread CPU spent answering the poller: {:.2}% of its time; {:.2} ms a poll (stats + top 20 of up to {} flows)\n",
         b.engine_cpu_answering_pct,
