@@ -334,33 +334,51 @@ impl TcSocket {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(NlError::Io(format!("recvmsg: {e}"))),
             };
-            let mut end: Option<Result<(), NlError>> = None;
-            walk_msgs(&self.recv_buf[..n], |hdr, parsed| {
-                if hdr.seq != seq || end.is_some() {
-                    return;
-                }
-                if hdr.flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
-                    interrupted = true;
-                }
-                match parsed {
-                    Ok(NlPayload::Payload(p)) if hdr.ty != u16::from(Nlmsg::Done) => on_msg(hdr.ty, p.as_ref()),
-                    Ok(NlPayload::Err(e)) => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
-                    Ok(NlPayload::DumpExtAck(e)) if *e.error() != 0 => {
-                        end = Some(Err(kernel_error(*e.error(), e.ext_ack())))
-                    }
-                    Ok(_) if hdr.ty == u16::from(Nlmsg::Done) => end = Some(Ok(())),
-                    Ok(_) => {}
-                    Err(e) => end = Some(Err(NlError::Decode(e))),
-                }
-            });
-            if let Some(r) = end {
+            if let Some(r) = dump_datagram(&self.recv_buf[..n], seq, &mut interrupted, on_msg) {
                 return r.map(|()| interrupted);
             }
         }
     }
 }
 
-enum Reply<'a> {
+/// Reads one datagram of the reply to the dump request numbered `seq`:
+/// every entry goes to `on_msg` (type, payload) and `interrupted` is set
+/// when the kernel flags the dump as changed under it. `Some` once the dump
+/// is over (`NLMSG_DONE`, or the error that ended it), `None` while more
+/// datagrams are to come.
+///
+/// Public (hidden) so the fuzz targets in `fuzz/` can feed it bytes
+/// without a socket; [`TcSocket::dump`] is its only caller otherwise.
+#[doc(hidden)]
+pub fn dump_datagram(
+    buf: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    on_msg: &mut dyn FnMut(u16, &[u8]),
+) -> Option<Result<(), NlError>> {
+    let mut end: Option<Result<(), NlError>> = None;
+    walk_msgs(buf, |hdr, parsed| {
+        if hdr.seq != seq || end.is_some() {
+            return;
+        }
+        if hdr.flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
+            *interrupted = true;
+        }
+        match parsed {
+            Ok(NlPayload::Payload(p)) if hdr.ty != u16::from(Nlmsg::Done) => on_msg(hdr.ty, p.as_ref()),
+            Ok(NlPayload::Err(e)) => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
+            Ok(NlPayload::DumpExtAck(e)) if *e.error() != 0 => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
+            Ok(_) if hdr.ty == u16::from(Nlmsg::Done) => end = Some(Ok(())),
+            Ok(_) => {}
+            Err(e) => end = Some(Err(NlError::Decode(e))),
+        }
+    });
+    end
+}
+
+/// One message of a batch's replies, as [`for_each_msg`] hands it out.
+#[doc(hidden)]
+pub enum Reply<'a> {
     /// The ACK or error that settles a request.
     Done(Result<(), NlError>),
     /// Any other message addressed to the request (an echo).
@@ -393,7 +411,13 @@ fn walk_msgs(buf: &[u8], mut f: impl FnMut(&Hdr, Result<&NlPayload<u16, Buffer>,
     }
 }
 
-fn for_each_msg(buf: &[u8], mut f: impl FnMut(u32, Reply<'_>)) {
+/// Decodes the replies (ACKs, errors with their extack, echoes) in one
+/// datagram of a batch, handing each to `f` with its sequence number.
+///
+/// Public (hidden) so the fuzz targets in `fuzz/` can feed it bytes
+/// without a socket; the batch loop is its only caller otherwise.
+#[doc(hidden)]
+pub fn for_each_msg(buf: &[u8], mut f: impl FnMut(u32, Reply<'_>)) {
     walk_msgs(buf, |hdr, parsed| match parsed {
         Ok(NlPayload::Ack(_)) => f(hdr.seq, Reply::Done(Ok(()))),
         Ok(NlPayload::Err(e)) => f(hdr.seq, Reply::Done(Err(kernel_error(*e.error(), e.ext_ack())))),
