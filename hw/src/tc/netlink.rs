@@ -488,7 +488,9 @@ fn kernel_error(error: i32, ext_ack: &neli::types::GenlBuffer<NlmsgerrAttr, Buff
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         String::from_utf8_lossy(&b[..end]).into_owned()
     });
-    NlError::Kernel { errno: -error, extack }
+    // The kernel sends a negative errno; INT_MIN, which has no positive
+    // counterpart, saturates rather than overflows.
+    NlError::Kernel { errno: error.saturating_neg(), extack }
 }
 
 #[cfg(test)]
@@ -577,6 +579,28 @@ mod tests {
             let end = dump_datagram(&bytes, seq, &mut false, &mut |_, _| panic!("{what}: no message here"));
             assert!(matches!(end, Some(Err(NlError::Decode(_)))), "{what}: {end:?}");
         }
+    }
+
+    /// An `NLMSG_ERROR` carrying `INT_MIN`, found by the `tc` fuzz target
+    /// (tc-258367): negating it overflowed. It is a kernel error still,
+    /// with the errno saturated.
+    #[test]
+    fn error_code_int_min_does_not_overflow() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes());
+        b.extend_from_slice(&2u16.to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&i32::MIN.to_ne_bytes());
+        b.extend_from_slice(&16u32.to_ne_bytes());
+        b.extend_from_slice(&[0; 12]);
+        let mut seen = Vec::new();
+        for_each_msg(&b, |_, r| {
+            if let Reply::Done(r) = r {
+                seen.push(r)
+            }
+        });
+        assert_eq!(seen, [Err(NlError::Kernel { errno: i32::MAX, extack: None })]);
     }
 
     #[test]
