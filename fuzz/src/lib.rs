@@ -248,8 +248,9 @@ fn check_action(a: &ActionView<'_>) {
 /// of replies to a batch (ACKs, errors with extack, echoes); 2, a datagram
 /// of a dump's reply, for the request numbered as its first message is.
 /// Every message payload a datagram carries is then read as a filter.
-/// Invariants: [`check_filter`]'s re-encoding; a decoded kernel error is a
-/// positive errno (the kernel sends its negative).
+/// Invariants: [`check_filter`]'s re-encoding on every message; malformed
+/// framing is an undecodable reply, never a panic (neli takes lengths on
+/// trust: `netlink::check_framing` checks them first).
 pub fn tc(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else { return };
     match sel % 3 {
