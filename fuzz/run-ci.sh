@@ -19,7 +19,10 @@ fi
 # Builds AFL++ for this toolchain if it isn't yet; says so and fails when it already is, which is fine.
 cargo afl config --build >/dev/null 2>&1 || true
 
-export CARGO_TARGET_DIR=${AFL_TARGET_DIR:-$PWD/target}
+# Outside the clone by default, so that the next run (CI clones afresh each
+# time) rebuilds only this project's crates, not every instrumented
+# dependency: cold, the build is most of the step's time.
+export CARGO_TARGET_DIR=${AFL_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flowtable-fuzz/target}
 cargo afl build --release --locked || { echo "cargo afl build failed"; exit 1; }
 
 export AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
