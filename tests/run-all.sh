@@ -33,6 +33,9 @@ step format cargo fmt --all --check
 step workspace cargo test --workspace --release
 # The DPDK backend's host tests (bindings, pattern and action layouts).
 step dpdk-host cargo test --release -p flowtable-hw --features dpdk --lib
+# Coverage-guided fuzzing with cargo afl (installed if missing): every target
+# for 60 s from its seed corpus, failing on any crash (fuzz/README.md).
+step fuzz bash fuzz/run-ci.sh
 # Kernel-facing code against a real kernel: tc-flower on netdevsim and veth,
 # AF_PACKET, the daemon with the tc backend, DPDK's tap PMD. One boot.
 step kernel-vm bash -c 'bash tests/vm/setup.sh && bash tests/vm/run.sh'

@@ -41,10 +41,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => "(top level)".to_string(),
-            p => p,
-        };
+        let field = field_path(e.path());
         let inner = e.into_inner();
         ConfigError::Parse {
             file: file.to_string(),
@@ -64,6 +61,46 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     })?;
     config.validate().map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
     Ok(config)
+}
+
+/// The dotted path of a field as errors name it (`table.max_flows`,
+/// `classifier.rules[1].match.proto`), `(top level)` for the document
+/// itself. A key that the dotted form can't show — empty, or holding a
+/// dot, a bracket, a quote or white space — is written as a JSON string,
+/// so that a field is never named as nothing (`{"": 1}` is at `""`, where
+/// serde_path_to_error gives an empty path) nor mistaken for a nested one.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let plain = !key.is_empty()
+                    && !key
+                        .chars()
+                        .any(|c| matches!(c, '.' | '[' | ']' | '"' | '`') || c.is_whitespace() || c.is_control());
+                if plain {
+                    out.push_str(key);
+                } else {
+                    out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "?".to_string()));
+                }
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("(top level)");
+    }
+    out
 }
 
 /// serde_json appends " at line L column C", which we already report.
@@ -98,6 +135,21 @@ mod tests {
         assert_eq!((empty.export.mtu, empty.export.enterprise_number), (1500, 32473));
         assert_eq!(empty.table.max_flows, 1 << 20);
         assert_eq!(empty.timeouts.udp_s, 60.0);
+    }
+
+    /// Keys the dotted path can't show, found by the `config` fuzz target
+    /// (`fuzz/`): an empty key was named as nothing (`at ```); one with a
+    /// dot read as two nested fields.
+    #[test]
+    fn odd_keys_are_named_quoted() {
+        let err = parse("k.json", r#"{"": 1}"#).unwrap_err();
+        assert_eq!(err.field(), Some(r#""""#), "{err}");
+        let err = parse("k.json", r#"{"table": {"max.flows": 1}}"#).unwrap_err();
+        assert_eq!(err.field(), Some(r#"table."max.flows""#), "{err}");
+        let err = parse("k.json", r#"{"ports": [{"name": "a", " x": 1}]}"#).unwrap_err();
+        assert_eq!(err.field(), Some(r#"ports[0]." x""#), "{err}");
+        let err = parse("k.json", "1").unwrap_err();
+        assert_eq!(err.field(), Some("(top level)"), "{err}");
     }
 
     #[test]

@@ -533,6 +533,22 @@ mod tests {
         assert!(r.unwrap_err().message.contains("invalid type"));
     }
 
+    /// A float id comes back as it was sent, found by the `control` fuzz
+    /// target (`fuzz/`, input `{"v":1,"id":[111111.11111111111,2],...}`):
+    /// serde_json's default float parsing can be one ulp off, so the id
+    /// the daemon echoed was not the one the client sent.
+    #[test]
+    fn float_ids_survive_the_echo() {
+        for text in ["111111.11111111111", "1.1111111111222223e+43", "1.1111111111111191e+21", "0.1", "-2.5e-300"] {
+            let (id, cmd) = parse_request(format!(r#"{{"v":1,"id":{text},"cmd":"ping"}}"#).as_bytes());
+            assert_eq!(cmd, Ok(Command::Ping {}));
+            let line = serde_json::to_vec(&Response::ok(id.clone(), Value::Null)).unwrap();
+            let back: Response = serde_json::from_slice(&line).unwrap();
+            assert_eq!(back.id, id, "{text}");
+            assert_eq!(back.id.as_f64(), text.parse::<f64>().ok(), "{text}");
+        }
+    }
+
     #[test]
     fn offload_takes_an_action_object() {
         let (_, r) = parse_request(br#"{"v":1,"cmd":"offload","flow":12,"action":{"type":"forward","port":1}}"#);

@@ -381,6 +381,47 @@ fn ports(src_port: u16, dst_port: u16, header_len: usize) -> Transport {
     Transport { src_port, dst_port, tcp_flags: 0, header_len }
 }
 
+/// Checks the invariants any successful parse must hold, panicking on the
+/// first that fails: the payload offset inside the frame, the ingress
+/// carried through, VLAN ids in range, no ports on a later fragment, TCP
+/// flags only on TCP, an IPv4 key's upper address bytes zero, the key
+/// canonical (rebuilding it from its own endpoints gives it back), no
+/// unknown encapsulation bits.
+///
+/// Public for the fuzz targets (`fuzz/`), which check every parse the
+/// fuzzer produces with it; the unit tests below use it too.
+#[doc(hidden)]
+pub fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: Ingress) {
+    assert!(usize::from(info.payload_offset) <= frame.len());
+    assert_eq!((info.port, info.key.zone), (ingress.port, ingress.zone));
+    assert!(info.key.vlan_outer < 4096 && info.key.vlan_inner < 4096);
+    if matches!(info.fragment, Fragment::Later { .. }) {
+        assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
+    }
+    if info.key.proto != 6 {
+        assert_eq!(info.tcp_flags, 0);
+    }
+    if !info.key.is_ipv6() {
+        assert_eq!(&info.key.addr_lo[4..], &[0u8; 12]);
+        assert_eq!(&info.key.addr_hi[4..], &[0u8; 12]);
+    }
+    let e = info.key.endpoints(info.dir);
+    let (k, d) = FlowKey::canonical(
+        crate::key::ip_bytes(e.src).0,
+        crate::key::ip_bytes(e.dst).0,
+        e.sport,
+        e.dport,
+        info.key.proto,
+        info.key.is_ipv6(),
+        info.key.vlan_outer,
+        info.key.vlan_inner,
+        ingress.zone,
+    );
+    assert_eq!((FlowKey { encap: info.key.encap, ..k }, d), (info.key, info.dir));
+    assert_eq!(info.key.encap & !0x1f, 0, "unknown encapsulation bits");
+    assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,38 +980,6 @@ mod tests {
         let info = parse_packet(LinkType::Ethernet, &frame[..64], frame.len() as u32, Ingress::port(0)).unwrap();
         assert_eq!(info.wire_len, frame.len() as u32);
         assert_eq!(info.payload_offset, 42);
-    }
-
-    /// Checks the invariants any successful parse must hold.
-    fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: Ingress) {
-        assert!(usize::from(info.payload_offset) <= frame.len());
-        assert_eq!((info.port, info.key.zone), (ingress.port, ingress.zone));
-        assert!(info.key.vlan_outer < 4096 && info.key.vlan_inner < 4096);
-        if matches!(info.fragment, Fragment::Later { .. }) {
-            assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
-        }
-        if info.key.proto != 6 {
-            assert_eq!(info.tcp_flags, 0);
-        }
-        if !info.key.is_ipv6() {
-            assert_eq!(&info.key.addr_lo[4..], &[0u8; 12]);
-            assert_eq!(&info.key.addr_hi[4..], &[0u8; 12]);
-        }
-        let e = info.key.endpoints(info.dir);
-        let (k, d) = FlowKey::canonical(
-            crate::key::ip_bytes(e.src).0,
-            crate::key::ip_bytes(e.dst).0,
-            e.sport,
-            e.dport,
-            info.key.proto,
-            info.key.is_ipv6(),
-            info.key.vlan_outer,
-            info.key.vlan_inner,
-            ingress.zone,
-        );
-        assert_eq!((FlowKey { encap: info.key.encap, ..k }, d), (info.key, info.dir));
-        assert_eq!(info.key.encap & !0x1f, 0, "unknown encapsulation bits");
-        assert!((info.key.addr_lo, info.key.port_lo) <= (info.key.addr_hi, info.key.port_hi));
     }
 
     const LINKS: [LinkType; 9] = [

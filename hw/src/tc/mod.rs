@@ -607,7 +607,11 @@ impl TcBackend {
 
 /// Reads one dumped or echoed filter: `Some` when it carries our cookie
 /// magic (any owner), with the counters of the cookie's action.
-fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<FilterInfo>, attr::WireError> {
+///
+/// Public (hidden) for the fuzz targets in `fuzz/`: it is what every dump
+/// entry and echo from the kernel goes through.
+#[doc(hidden)]
+pub fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<FilterInfo>, attr::WireError> {
     let v = FilterView::parse(payload)?;
     let Some(fl) = v.flower else { return Ok(None) };
     let Some(act) = fl.cookie_action()? else { return Ok(None) };

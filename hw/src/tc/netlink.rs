@@ -334,33 +334,51 @@ impl TcSocket {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(NlError::Io(format!("recvmsg: {e}"))),
             };
-            let mut end: Option<Result<(), NlError>> = None;
-            walk_msgs(&self.recv_buf[..n], |hdr, parsed| {
-                if hdr.seq != seq || end.is_some() {
-                    return;
-                }
-                if hdr.flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
-                    interrupted = true;
-                }
-                match parsed {
-                    Ok(NlPayload::Payload(p)) if hdr.ty != u16::from(Nlmsg::Done) => on_msg(hdr.ty, p.as_ref()),
-                    Ok(NlPayload::Err(e)) => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
-                    Ok(NlPayload::DumpExtAck(e)) if *e.error() != 0 => {
-                        end = Some(Err(kernel_error(*e.error(), e.ext_ack())))
-                    }
-                    Ok(_) if hdr.ty == u16::from(Nlmsg::Done) => end = Some(Ok(())),
-                    Ok(_) => {}
-                    Err(e) => end = Some(Err(NlError::Decode(e))),
-                }
-            });
-            if let Some(r) = end {
+            if let Some(r) = dump_datagram(&self.recv_buf[..n], seq, &mut interrupted, on_msg) {
                 return r.map(|()| interrupted);
             }
         }
     }
 }
 
-enum Reply<'a> {
+/// Reads one datagram of the reply to the dump request numbered `seq`:
+/// every entry goes to `on_msg` (type, payload) and `interrupted` is set
+/// when the kernel flags the dump as changed under it. `Some` once the dump
+/// is over (`NLMSG_DONE`, or the error that ended it), `None` while more
+/// datagrams are to come.
+///
+/// Public (hidden) so the fuzz targets in `fuzz/` can feed it bytes
+/// without a socket; [`TcSocket::dump`] is its only caller otherwise.
+#[doc(hidden)]
+pub fn dump_datagram(
+    buf: &[u8],
+    seq: u32,
+    interrupted: &mut bool,
+    on_msg: &mut dyn FnMut(u16, &[u8]),
+) -> Option<Result<(), NlError>> {
+    let mut end: Option<Result<(), NlError>> = None;
+    walk_msgs(buf, |hdr, parsed| {
+        if hdr.seq != seq || end.is_some() {
+            return;
+        }
+        if hdr.flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
+            *interrupted = true;
+        }
+        match parsed {
+            Ok(NlPayload::Payload(p)) if hdr.ty != u16::from(Nlmsg::Done) => on_msg(hdr.ty, p.as_ref()),
+            Ok(NlPayload::Err(e)) => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
+            Ok(NlPayload::DumpExtAck(e)) if *e.error() != 0 => end = Some(Err(kernel_error(*e.error(), e.ext_ack()))),
+            Ok(_) if hdr.ty == u16::from(Nlmsg::Done) => end = Some(Ok(())),
+            Ok(_) => {}
+            Err(e) => end = Some(Err(NlError::Decode(e))),
+        }
+    });
+    end
+}
+
+/// One message of a batch's replies, as [`for_each_msg`] hands it out.
+#[doc(hidden)]
+pub enum Reply<'a> {
     /// The ACK or error that settles a request.
     Done(Result<(), NlError>),
     /// Any other message addressed to the request (an echo).
@@ -374,11 +392,66 @@ struct Hdr {
     seq: u32,
 }
 
-/// Decodes every message in one datagram with neli.
+/// Checks the lengths that neli 0.7 takes on trust before it subtracts
+/// them, for the message at the start of `rest` (`last`: nothing follows
+/// it in the datagram): a message no shorter than its header and within
+/// the datagram; an `NLMSG_ERROR` holding its code and the request's
+/// header, and for an error (not an ACK, whose request the kernel always
+/// cuts to its header) the request within the message; a multipart
+/// `NLMSG_DONE` with something after it holding its code; extack
+/// attributes each within the message and no shorter than their header.
+/// Without this, such bytes make neli panic (overflow checks) or ask for
+/// a buffer of nearly `usize::MAX` bytes (release).
+fn check_framing(rest: &[u8]) -> Result<(), String> {
+    let u32_at = |b: &[u8], at: usize| b.get(at..at + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
+    let len = u32_at(rest, 0)
+        .filter(|_| rest.len() >= 16)
+        .ok_or_else(|| format!("{} bytes: no room for a message header", rest.len()))? as usize;
+    if len < 16 || len > rest.len() {
+        return Err(format!("message length {len} with {} bytes left in the datagram", rest.len()));
+    }
+    let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+    let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+    let payload = &rest[16..len];
+    let extack = if ty == u16::from(Nlmsg::Error) {
+        let (Some(code), Some(request)) = (u32_at(payload, 0), u32_at(payload, 4).filter(|_| payload.len() >= 20))
+        else {
+            return Err(format!("error message of {len} bytes: no room for its code and request header"));
+        };
+        let request = request as usize;
+        if request < 16 {
+            return Err(format!("error message: request length {request} below its header"));
+        }
+        if code == 0 {
+            return Ok(());
+        }
+        let padded = super::attr::align(request);
+        if padded > payload.len() - 4 {
+            return Err(format!("error message of {len} bytes: its request of {request} bytes overruns it"));
+        }
+        &payload[4 + padded..]
+    } else if ty == u16::from(Nlmsg::Done) && flags & libc::NLM_F_MULTI as u16 != 0 && rest.len() > 16 {
+        match payload.get(4..) {
+            Some(extack) => extack,
+            None => return Err(format!("multipart done message of {len} bytes: no room for its code")),
+        }
+    } else {
+        return Ok(());
+    };
+    for a in super::attr::AttrIter::new(extack) {
+        a.map_err(|e| format!("extended ack: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Decodes every message in one datagram with neli, after
+/// [`check_framing`].
 fn walk_msgs(buf: &[u8], mut f: impl FnMut(&Hdr, Result<&NlPayload<u16, Buffer>, String>)) {
     let mut cursor = Cursor::new(buf);
     while (cursor.position() as usize) < buf.len() {
-        match Nlmsghdr::<u16, Buffer>::from_bytes(&mut cursor) {
+        let parsed = check_framing(&buf[cursor.position() as usize..])
+            .and_then(|()| Nlmsghdr::<u16, Buffer>::from_bytes(&mut cursor).map_err(|e| e.to_string()));
+        match parsed {
             Ok(m) => {
                 let hdr = Hdr { ty: *m.nl_type(), flags: m.nl_flags().bits(), seq: *m.nl_seq() };
                 f(&hdr, Ok(m.nl_payload()));
@@ -386,14 +459,20 @@ fn walk_msgs(buf: &[u8], mut f: impl FnMut(&Hdr, Result<&NlPayload<u16, Buffer>,
             Err(e) => {
                 // Framing lost: nothing after this point can be trusted.
                 let seq = buf.get(8..12).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
-                f(&Hdr { ty: 0, flags: 0, seq }, Err(e.to_string()));
+                f(&Hdr { ty: 0, flags: 0, seq }, Err(e));
                 return;
             }
         }
     }
 }
 
-fn for_each_msg(buf: &[u8], mut f: impl FnMut(u32, Reply<'_>)) {
+/// Decodes the replies (ACKs, errors with their extack, echoes) in one
+/// datagram of a batch, handing each to `f` with its sequence number.
+///
+/// Public (hidden) so the fuzz targets in `fuzz/` can feed it bytes
+/// without a socket; the batch loop is its only caller otherwise.
+#[doc(hidden)]
+pub fn for_each_msg(buf: &[u8], mut f: impl FnMut(u32, Reply<'_>)) {
     walk_msgs(buf, |hdr, parsed| match parsed {
         Ok(NlPayload::Ack(_)) => f(hdr.seq, Reply::Done(Ok(()))),
         Ok(NlPayload::Err(e)) => f(hdr.seq, Reply::Done(Err(kernel_error(*e.error(), e.ext_ack())))),
@@ -409,7 +488,9 @@ fn kernel_error(error: i32, ext_ack: &neli::types::GenlBuffer<NlmsgerrAttr, Buff
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         String::from_utf8_lossy(&b[..end]).into_owned()
     });
-    NlError::Kernel { errno: -error, extack }
+    // The kernel sends a negative errno; INT_MIN, which has no positive
+    // counterpart, saturates rather than overflows.
+    NlError::Kernel { errno: error.saturating_neg(), extack }
 }
 
 #[cfg(test)]
@@ -440,6 +521,86 @@ mod tests {
             err.to_string(),
             "netdevsim: only offload of BPF classifiers supported (EOPNOTSUPP, Operation not supported (os error 95))"
         );
+    }
+
+    /// Datagrams that neli 0.7 mis-reads, found by the `tc` fuzz target
+    /// (`fuzz/`): with overflow checks they panic inside neli, without
+    /// them a length wraps around. Each must come out as one undecodable
+    /// reply, from the batch path and from the dump path alike.
+    #[test]
+    fn malformed_framing_is_undecodable_not_a_panic() {
+        let hex = |s: &str| {
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>()
+        };
+        for (what, bytes) in [
+            // nlmsg_len 0: shorter than its own header.
+            ("fuzz tc-6848e3", hex("00000000303030303030303030303030")),
+            // NLMSG_ERROR (code non-zero) claiming more than the datagram
+            // holds, its request header's length 15.
+            ("fuzz tc-2d4aa3", hex("30303030020030303030303030303030303030300f000000303030303030303030303030")),
+            // The same with the request header's length 0.
+            ("fuzz tc-a5c562", hex("303030300200303030303030303030303030303000000000303030303030303030303030")),
+            // NLMSG_DONE flagged MULTI with no room for its error code, a
+            // message after it.
+            ("done without its code", {
+                let mut b = Vec::new();
+                b.extend_from_slice(&16u32.to_ne_bytes());
+                b.extend_from_slice(&3u16.to_ne_bytes());
+                b.extend_from_slice(&2u16.to_ne_bytes());
+                b.extend_from_slice(&[0; 8]);
+                b.extend_from_slice(&b.clone());
+                b
+            }),
+            // An extack attribute whose length is below its own header.
+            ("extack attribute of length 2", {
+                let mut b = Vec::new();
+                b.extend_from_slice(&40u32.to_ne_bytes());
+                b.extend_from_slice(&2u16.to_ne_bytes());
+                b.extend_from_slice(&0x200u16.to_ne_bytes());
+                b.extend_from_slice(&[0; 8]);
+                b.extend_from_slice(&(-22i32).to_ne_bytes());
+                b.extend_from_slice(&16u32.to_ne_bytes());
+                b.extend_from_slice(&[0; 12]);
+                b.extend_from_slice(&2u16.to_ne_bytes());
+                b.extend_from_slice(&1u16.to_ne_bytes());
+                b
+            }),
+        ] {
+            let mut seen = Vec::new();
+            for_each_msg(&bytes, |_, r| {
+                seen.push(match r {
+                    Reply::Undecodable(_) => "undecodable",
+                    Reply::Done(_) => "done",
+                    Reply::Msg(..) => "message",
+                })
+            });
+            assert_eq!(seen, ["undecodable"], "{what}");
+            let seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
+            let end = dump_datagram(&bytes, seq, &mut false, &mut |_, _| panic!("{what}: no message here"));
+            assert!(matches!(end, Some(Err(NlError::Decode(_)))), "{what}: {end:?}");
+        }
+    }
+
+    /// An `NLMSG_ERROR` carrying `INT_MIN`, found by the `tc` fuzz target
+    /// (tc-258367): negating it overflowed. It is a kernel error still,
+    /// with the errno saturated.
+    #[test]
+    fn error_code_int_min_does_not_overflow() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes());
+        b.extend_from_slice(&2u16.to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&i32::MIN.to_ne_bytes());
+        b.extend_from_slice(&16u32.to_ne_bytes());
+        b.extend_from_slice(&[0; 12]);
+        let mut seen = Vec::new();
+        for_each_msg(&b, |_, r| {
+            if let Reply::Done(r) = r {
+                seen.push(r)
+            }
+        });
+        assert_eq!(seen, [Err(NlError::Kernel { errno: i32::MAX, extack: None })]);
     }
 
     #[test]
