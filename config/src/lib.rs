@@ -39,6 +39,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and checks configuration text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    if let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) {
+        objects_where_expected(&doc).map_err(|(field, message)| ConfigError::Invalid {
+            file: file.to_string(),
+            field,
+            message,
+        })?;
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = field_path(e.path());
@@ -61,6 +68,67 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     })?;
     config.validate().map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
     Ok(config)
+}
+
+/// Sections and list entries must be JSON objects. serde's derived
+/// structs also take an array, filled field by field in declaration order
+/// (`[7, 1]` would be `instance_id` 7 and `workers` 1), which no one means
+/// and nothing documents; refused here, naming where. (The typed parse
+/// that follows reports everything else, and a text that isn't JSON.)
+fn objects_where_expected(doc: &serde_json::Value) -> Result<(), (String, String)> {
+    use serde_json::Value;
+    let must = |v: &Value, at: String| -> Result<(), (String, String)> {
+        match v {
+            Value::Object(_) => Ok(()),
+            other => Err((at, format!("must be a JSON object ({{ ... }}), not {}", kind(other)))),
+        }
+    };
+    let Value::Object(top) = doc else {
+        return Err((
+            "(top level)".into(),
+            format!("a configuration is one JSON object ({{ ... }}), not {}", kind(doc)),
+        ));
+    };
+    for section in
+        ["table", "timeouts", "classifier", "offload", "backend", "records", "export", "control", "log", "metrics"]
+    {
+        if let Some(v) = top.get(section) {
+            must(v, section.to_string())?;
+        }
+    }
+    let entries = |v: Option<&Value>, at: &str| -> Result<(), (String, String)> {
+        if let Some(Value::Array(items)) = v {
+            for (i, item) in items.iter().enumerate() {
+                must(item, format!("{at}[{i}]"))?;
+            }
+        }
+        Ok(())
+    };
+    entries(top.get("ports"), "ports")?;
+    entries(top.get("sources"), "sources")?;
+    entries(top.get("export").and_then(|e| e.get("ipfix")), "export.ipfix")?;
+    if let Some(Value::Array(rules)) = top.get("classifier").and_then(|c| c.get("rules")) {
+        for (i, rule) in rules.iter().enumerate() {
+            must(rule, format!("classifier.rules[{i}]"))?;
+            for part in ["match", "trigger"] {
+                if let Some(v) = rule.get(part) {
+                    must(v, format!("classifier.rules[{i}].{part}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "true or false",
+        serde_json::Value::Null => "null",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// The dotted path of a field as errors name it (`table.max_flows`,
@@ -283,6 +351,25 @@ mod tests {
         assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err}");
         // Whitespace after it is fine.
         parse("h.json", "{}\n\n \t\n").unwrap();
+    }
+
+    #[test]
+    fn arrays_where_objects_belong_are_refused_naming_where() {
+        let at = |text: &str| match parse("a.json", text).unwrap_err() {
+            ConfigError::Invalid { field, message, .. } => (field, message),
+            e => panic!("{e}"),
+        };
+        let (field, message) = at("[7, 1]");
+        assert_eq!(field, "(top level)");
+        assert!(message.contains("not an array"), "{message}");
+        assert_eq!(at(r#"{"table": [5]}"#).0, "table");
+        assert_eq!(at(r#"{"sources": [[1]]}"#).0, "sources[0]");
+        let rules = r#"{"classifier": {"rules": [{"name": "a", "match": [], "result": "software"}]}}"#;
+        assert_eq!(at(rules).0, "classifier.rules[0].match");
+        assert_eq!(at(r#"{"export": {"ipfix": ["127.0.0.1:4739"]}}"#).0, "export.ipfix[0]");
+        // Objects are as before; so are texts that aren't JSON.
+        parse("a.json", r#"{"table": {"max_flows": 5}}"#).unwrap();
+        assert!(matches!(parse("a.json", "{"), Err(ConfigError::Parse { .. })));
     }
 
     #[test]
