@@ -659,6 +659,14 @@ pub fn stats_report(s: &Stats) -> String {
     let by_device: std::collections::BTreeMap<String, u64> =
         r.by_device.iter().map(|(d, n)| (d.clone(), *n as u64)).collect();
     o.push_str(&format!("  by device     {}\n", map_text(&by_device)));
+    if !r.tcp_teardown.is_empty() {
+        let how = if r.tcp_teardown == "fin-rst" {
+            "fin-rst (FIN and RST reach software, which removes the rules at the close)"
+        } else {
+            "idle-only (the rules take FIN and RST: closed connections end by their idle timeout)"
+        };
+        o.push_str(&format!("  tcp teardown  {how}\n"));
+    }
     let c = &r.counted;
     o.push_str(&format!(
         "  counted       {} packets ({}) by hardware, {} ({}) by the kernel's software path\n",

@@ -1156,6 +1156,9 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     d.wait_sources_done();
     let top = d.json(&["flows", "--top", "1"]);
     let id = top["flows"][0]["id"].as_u64().unwrap().to_string();
+    // The capability report says how a close is seen on this backend.
+    assert_eq!(d.stats()["rules"]["tcp_teardown"], "fin-rst");
+    assert!(d.ok(&["stats"]).contains("tcp teardown  fin-rst"));
     let out = d.cli(&["offload", &id, "--action", "mark:0xff"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a refusal is a failure: {err}");

@@ -68,6 +68,9 @@ pub struct OffloadStatus {
     pub queued: usize,
     /// Rules in place, by the port (device) each is on.
     pub rules_by_port: BTreeMap<u8, usize>,
+    /// The backend's rules leave FIN and RST to software
+    /// (`Capabilities::tcp_teardown_to_software`).
+    pub tcp_teardown_to_software: bool,
     pub stats: CoordinatorStats,
 }
 
@@ -132,8 +135,12 @@ impl Coordinator {
     pub fn new(backend: Box<dyn Backend>, cfg: CoordinatorConfig, links: Vec<OffloadLink>) -> Coordinator {
         let caps = backend.capabilities().clone();
         let n = links.len();
-        let status =
-            OffloadStatus { backend: backend.name().to_string(), capacity: caps.max_rules, ..OffloadStatus::default() };
+        let status = OffloadStatus {
+            backend: backend.name().to_string(),
+            capacity: caps.max_rules,
+            tcp_teardown_to_software: caps.tcp_teardown_to_software,
+            ..OffloadStatus::default()
+        };
         Coordinator {
             tokens: caps.max_insert_rate as f64,
             caps,

@@ -426,6 +426,10 @@ pub struct RuleStats {
     /// Rules in place by device (the port each is on).
     #[serde(default)]
     pub by_device: BTreeMap<String, usize>,
+    /// How an offloaded TCP connection's close is seen: `fin-rst` (the
+    /// rules leave FIN and RST to software) or `idle-only`.
+    #[serde(default)]
+    pub tcp_teardown: String,
     /// What our rules have counted, all rules ever installed together:
     /// `packets` and `bytes` in all, `hw_` the part the hardware counted
     /// (the rest went through the kernel's software path).

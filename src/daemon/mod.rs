@@ -989,6 +989,7 @@ impl Daemon {
             },
             rules: RuleStats {
                 backend: offload.backend.clone(),
+                tcp_teardown: if offload.tcp_teardown_to_software { "fin-rst" } else { "idle-only" }.to_string(),
                 live: offload.rules_live,
                 capacity: offload.capacity,
                 queued,
