@@ -454,7 +454,7 @@ pub fn flows_table(flows: &[FlowSummary], rates: Option<&std::collections::HashM
     let rows: Vec<Vec<String>> = flows
         .iter()
         .map(|f| {
-            let rate = rates.and_then(|r| r.get(&f.id).copied()).unwrap_or(f.rate_bps);
+            let rate = rates.and_then(|r| r.get(&f.id).copied()).unwrap_or(f.mean_bytes_per_s);
             vec![
                 f.id.to_string(),
                 flowtable_sw::key::proto_name(f.proto).to_string(),
@@ -545,7 +545,7 @@ pub fn flow_detail(v: &Value) -> String {
             ago(now, u(&v["start_ns"])),
             ago(now, u(&v["last_ns"])),
             report::duration_ns(u(&v["idle_deadline_ns"]).saturating_sub(now)),
-            bitrate(v["rate_bps"].as_f64().unwrap_or(0.0))
+            bitrate(v["mean_bytes_per_s"].as_f64().unwrap_or(0.0))
         ),
     );
     for (name, d) in [("orig", &v["orig"]), ("reply", &v["reply"])] {

@@ -1156,6 +1156,14 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     d.wait_sources_done();
     let top = d.json(&["flows", "--top", "1"]);
     let id = top["flows"][0]["id"].as_u64().unwrap().to_string();
+    // Rates named by their unit (bps means bits to this audience): the
+    // mean since the flow began, in bytes and in bits a second.
+    let f = &top["flows"][0];
+    let (bytes, bits) = (f["mean_bytes_per_s"].as_f64().unwrap(), f["mean_bits_per_s"].as_f64().unwrap());
+    assert!(bytes > 0.0 && (bits - 8.0 * bytes).abs() < 1e-6 * bits, "{f}");
+    assert!(f.get("rate_bps").is_none(), "{f}");
+    let one = d.json(&["flow", &id]);
+    assert!(one["mean_bits_per_s"].as_f64().unwrap() > 0.0 && one.get("rate_bps").is_none(), "{one}");
     // The capability report says how a close is seen on this backend.
     assert_eq!(d.stats()["rules"]["tcp_teardown"], "fin-rst");
     assert!(d.ok(&["stats"]).contains("tcp teardown  fin-rst"));
@@ -1165,7 +1173,7 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     assert!(err.contains("refused") && err.contains(&id), "{err}");
     assert_eq!(d.json(&["flow", &id])["stage"], "refused");
 
-    let mut events = std::process::Command::new(BIN)
+    let events = std::process::Command::new(BIN)
         .args(["events", "--socket"])
         .arg(&d.socket)
         .stdout(std::process::Stdio::null())

@@ -283,8 +283,11 @@ pub struct FlowSummary {
     pub start_ns: u64,
     pub last_ns: u64,
     pub age_ns: u64,
-    /// Mean bytes per second since the flow began.
-    pub rate_bps: f64,
+    /// Mean bytes per second since the flow began (named by its unit: to
+    /// this audience `bps` means bits).
+    pub mean_bytes_per_s: f64,
+    /// The same in bits per second.
+    pub mean_bits_per_s: f64,
 }
 
 /// The answer to `flows`.

@@ -52,7 +52,7 @@ impl FlowFacts for EngineFacts<'_> {
 
 /// Mean bytes per second from the flow's first packet to `now` (at
 /// least a millisecond, so a new flow's rate is finite).
-pub fn rate_bps(bytes: u64, start_ns: u64, now_ns: u64) -> f64 {
+pub fn mean_bytes_per_s(bytes: u64, start_ns: u64, now_ns: u64) -> f64 {
     bytes as f64 * 1e9 / now_ns.saturating_sub(start_ns).max(1_000_000) as f64
 }
 
@@ -61,7 +61,7 @@ fn sort_value(sort: SortKey, flow: &Flow, now_ns: u64) -> u64 {
         SortKey::Bytes => flow.bytes(),
         SortKey::Packets => flow.packets(),
         // Milli-bytes per second: an integer order as fine as the f64's.
-        SortKey::Rate => (rate_bps(flow.bytes(), flow.first_ns, now_ns) * 1e3) as u64,
+        SortKey::Rate => (mean_bytes_per_s(flow.bytes(), flow.first_ns, now_ns) * 1e3) as u64,
         SortKey::Age => now_ns.saturating_sub(flow.first_ns),
     }
 }
@@ -98,7 +98,8 @@ pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
         start_ns: view.start_ns,
         last_ns: view.last_ns,
         age_ns: now_ns.saturating_sub(view.start_ns),
-        rate_bps: rate_bps(view.bytes, view.start_ns, now_ns),
+        mean_bytes_per_s: mean_bytes_per_s(view.bytes, view.start_ns, now_ns),
+        mean_bits_per_s: 8.0 * mean_bytes_per_s(view.bytes, view.start_ns, now_ns),
     }
 }
 
@@ -173,7 +174,7 @@ pub fn merge(pages: Vec<FlowsPage>, sort: SortKey, offset: usize, limit: usize, 
     let value = |f: &FlowSummary| match sort {
         SortKey::Bytes => f.bytes,
         SortKey::Packets => f.packets,
-        SortKey::Rate => (f.rate_bps * 1e3) as u64,
+        SortKey::Rate => (f.mean_bytes_per_s * 1e3) as u64,
         SortKey::Age => f.age_ns,
     };
     flows.sort_by(|a, b| value(b).cmp(&value(a)).then(a.id.cmp(&b.id)));
@@ -188,14 +189,15 @@ pub fn detail(engine: &Shard, id: FlowId, now_ns: u64) -> Option<Value> {
     let view = engine.flow(id)?;
     let placement = placement_of(view.offload.as_ref());
     let age_ns = now_ns.saturating_sub(view.start_ns);
-    let rate = rate_bps(view.bytes, view.start_ns, now_ns);
+    let rate = mean_bytes_per_s(view.bytes, view.start_ns, now_ns);
     let mut v = serde_json::to_value(&view).ok()?;
     if let Value::Object(m) = &mut v {
         m.insert("backend".into(), Value::from(engine.backend().name.as_str()));
         m.insert("placement".into(), Value::from(placement));
         m.insert("now_ns".into(), Value::from(now_ns));
         m.insert("age_ns".into(), Value::from(age_ns));
-        m.insert("rate_bps".into(), Value::from(rate));
+        m.insert("mean_bytes_per_s".into(), Value::from(rate));
+        m.insert("mean_bits_per_s".into(), Value::from(8.0 * rate));
     }
     Some(v)
 }
