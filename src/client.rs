@@ -307,6 +307,31 @@ pub struct EventsArgs {
     /// The daemon's event objects, one per line.
     #[arg(long)]
     pub json: bool,
+    /// Only these kinds, comma-separated: new, classified, offloaded,
+    /// refused, unoffloaded, expired (as conntrack -E -e NEW,DESTROY).
+    #[arg(long = "type", value_name = "KINDS", value_parser = parse_event_kinds)]
+    pub kinds: Option<EventKinds>,
+}
+
+/// The event kinds `--type` asks for (a newtype: clap would take a bare
+/// `Vec` for a list of arguments).
+#[derive(Debug, Clone)]
+pub struct EventKinds(pub Vec<String>);
+
+const EVENT_KINDS: [&str; 6] = ["new", "classified", "offloaded", "refused", "unoffloaded", "expired"];
+
+fn parse_event_kinds(s: &str) -> Result<EventKinds, String> {
+    s.split(',')
+        .map(|k| {
+            let k = k.trim().to_ascii_lowercase();
+            if EVENT_KINDS.contains(&k.as_str()) {
+                Ok(k)
+            } else {
+                Err(format!("unknown event kind {k:?}: give {}", EVENT_KINDS.join(", ")))
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map(EventKinds)
 }
 
 // ---- commands ----
@@ -404,6 +429,11 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
         let Some(ev) = c.next_event()? else {
             return Err(format!("the daemon stopped: no more events (after {seen})"));
         };
+        if let Some(kinds) = &a.kinds {
+            if !kinds.0.iter().any(|k| ev["event"] == k.as_str()) {
+                continue;
+            }
+        }
         seen += 1;
         let line = if a.json { ev.to_string() } else { event_text(&ev) };
         if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -745,7 +775,14 @@ pub fn stats_report(s: &Stats) -> String {
 }
 
 /// One event as a line of text.
+/// An event as a line, after its time in seconds since the epoch as
+/// `conntrack -E -o timestamp` prints it (an expiry's is its last packet's).
 pub fn event_text(ev: &Value) -> String {
+    let ts = ev["ts_ns"].as_u64().or_else(|| ev["record"]["end_ns"].as_u64()).unwrap_or(0);
+    format!("[{}.{:06}] {}", ts / 1_000_000_000, ts % 1_000_000_000 / 1000, event_body(ev))
+}
+
+fn event_body(ev: &Value) -> String {
     let kind = ev["event"].as_str().unwrap_or("?");
     match kind {
         "expired" => {
@@ -762,7 +799,14 @@ pub fn event_text(ev: &Value) -> String {
                 report::count(u(&r["orig"]["hw_packets"]) + u(&r["reply"]["hw_packets"]))
             )
         }
-        "new" => format!("new         flow {} {}", ev["id"], ev["key"].as_str().unwrap_or("")),
+        // The initiator first, as `expired` shows it.
+        "new" => format!(
+            "new         flow {} {} {} -> {}",
+            ev["id"],
+            ev["key"].as_str().and_then(|k| k.split_whitespace().next()).unwrap_or("?"),
+            endpoint(ev["src"].as_str().unwrap_or("?"), u(&ev["sport"]) as u16),
+            endpoint(ev["dst"].as_str().unwrap_or("?"), u(&ev["dport"]) as u16)
+        ),
         "classified" => format!(
             "classified  flow {} rule {}: {}",
             ev["id"],

@@ -724,11 +724,47 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
     let out = Command::new(BIN).args(["events", "--count", "20", "--socket"]).arg(&d.socket).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 20);
+    // Each line after its time, as conntrack -E -o timestamp prints it.
+    let body = |l: &str| -> String {
+        let (ts, rest) = l.split_once("] ").unwrap_or_else(|| panic!("no timestamp: {l}"));
+        let secs: f64 = ts.trim_start_matches('[').parse().unwrap_or_else(|_| panic!("bad timestamp: {l}"));
+        assert!(secs > 1e9, "{l}");
+        rest.to_string()
+    };
     assert!(
-        text.lines().all(|l| ["new", "classified", "offloaded", "expired", "refused", "unoffloaded"]
+        text.lines().map(body).all(|l| ["new", "classified", "offloaded", "expired", "refused", "unoffloaded"]
             .iter()
             .any(|k| l.starts_with(k))),
         "{text}"
+    );
+    // Only the kinds asked for; a new flow's initiator first, as in the
+    // JSON event and as `expired` prints it.
+    let out = Command::new(BIN)
+        .args(["events", "--type", "new,EXPIRED", "--count", "30", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<String> = text.lines().map(body).collect();
+    assert_eq!(lines.len(), 30);
+    assert!(lines.iter().all(|l| l.starts_with("new ") || l.starts_with("expired ")), "{text}");
+    let new = events.iter().find(|e| e["event"] == "new").unwrap();
+    let ep = |a: &Value, p: &Value| flowtable::client::endpoint(a.as_str().unwrap(), p.as_u64().unwrap() as u16);
+    assert!(
+        flowtable::client::event_text(new).ends_with(&format!(
+            "{} -> {}",
+            ep(&new["src"], &new["sport"]),
+            ep(&new["dst"], &new["dport"])
+        )),
+        "{new}"
+    );
+    let bad = Command::new(BIN).args(["events", "--type", "gone", "--socket"]).arg(&d.socket).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown event kind"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
     );
     // Records of expired flows reach the file even with nobody subscribed.
     let deadline = Instant::now() + Duration::from_secs(5);

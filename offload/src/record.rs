@@ -205,10 +205,39 @@ pub(crate) fn endpoints_of(flow: &Flow) -> (String, String, u16, u16) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    New { id: FlowId, key: String, ts_ns: u64 },
-    Classified { id: FlowId, class: Option<String>, decision: String, ts_ns: u64 },
-    Offloaded { id: FlowId, action: Action, placement: [Option<Placement>; 2], ts_ns: u64 },
-    Refused { id: FlowId, reason: String, ts_ns: u64 },
-    Unoffloaded { id: FlowId, ts_ns: u64 },
-    Expired { record: Box<FlowRecord> },
+    /// `key` is canonical; `src`/`dst` are oriented by the initiator (the
+    /// sender of the first packet), as records are.
+    New {
+        id: FlowId,
+        key: String,
+        src: String,
+        dst: String,
+        sport: u16,
+        dport: u16,
+        ts_ns: u64,
+    },
+    Classified {
+        id: FlowId,
+        class: Option<String>,
+        decision: String,
+        ts_ns: u64,
+    },
+    Offloaded {
+        id: FlowId,
+        action: Action,
+        placement: [Option<Placement>; 2],
+        ts_ns: u64,
+    },
+    Refused {
+        id: FlowId,
+        reason: String,
+        ts_ns: u64,
+    },
+    Unoffloaded {
+        id: FlowId,
+        ts_ns: u64,
+    },
+    Expired {
+        record: Box<FlowRecord>,
+    },
 }

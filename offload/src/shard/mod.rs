@@ -481,7 +481,8 @@ impl Shard {
                 }
                 if self.events.is_some() {
                     let key = pkt.key.to_string();
-                    self.emit(|| Event::New { id, key, ts_ns: now_ns });
+                    let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
+                    self.emit(|| Event::New { id, key, src, dst, sport, dport, ts_ns: now_ns });
                 }
                 id
             }
