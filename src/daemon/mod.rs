@@ -26,7 +26,7 @@ use crate::source::afpacket::AfPacketConfig;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use filter::Filter;
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
-use flowtable_hw::Action;
+use flowtable_hw::{Action, Refusal};
 use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
 use flowtable_sw::context::{ContextError, FlowContext};
 use flowtable_sw::{FlowId, PortMap, SkipCounters, Stage};
@@ -621,6 +621,12 @@ fn engine_error(e: EngineError) -> ControlError {
     }
 }
 
+/// A flow's stage and, if its offload was refused, the refusal.
+fn outcome_of(s: &flowtable_offload::Shard, flow: FlowId) -> (Stage, Option<Refusal>) {
+    let stage = s.table().get(flow).map_or(Stage::Free, |f| f.stage());
+    (stage, s.offload_state(flow).and_then(|o| o.refusal.clone()))
+}
+
 fn no_such_flow(id: FlowId) -> ControlError {
     ControlError::new(ErrorCode::NoSuchFlow, format!("no flow with id {id}"))
 }
@@ -762,6 +768,26 @@ impl Daemon {
         let _ = job.reply.send(result);
     }
 
+    /// Asks the flow's shard for its stage and refusal every 2 ms while
+    /// `waiting` says the offload thread has yet to answer, for at most
+    /// `UNOFFLOAD_WAIT`, from `first` (what the request itself found). The
+    /// wait is here, on the main thread: the worker's packets go on.
+    fn await_outcome(
+        &self,
+        shard: usize,
+        flow: FlowId,
+        first: (Stage, Option<Refusal>),
+        waiting: impl Fn(Stage, bool) -> bool,
+    ) -> Result<(Stage, Option<Refusal>), ControlError> {
+        let deadline = Instant::now() + UNOFFLOAD_WAIT;
+        let mut now = first;
+        while waiting(now.0, now.1.is_some()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            now = self.rt().ask_one(shard, move |s| outcome_of(s, flow)).ok_or_else(workers_gone)?;
+        }
+        Ok(now)
+    }
+
     fn shard_of(&self, id: FlowId) -> Result<usize, ControlError> {
         let shard = id.shard() as usize;
         if shard >= self.rt().workers() {
@@ -841,33 +867,19 @@ impl Daemon {
                     }
                 }
                 let shard = self.shard_of(flow)?;
-                let mut stage = self
+                let first = self
                     .rt()
                     .ask_one(shard, move |s| {
                         s.request_offload(flow, action)?;
-                        Ok::<_, EngineError>(s.table().get(flow).map_or(Stage::Free, |f| f.stage()))
+                        Ok::<_, EngineError>(outcome_of(s, flow))
                     })
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                tracing::info!(flow = %flow, ?action, stage = stage.as_str(), "offload requested");
-                // The answer says how it went: it waits (here, not on the
-                // worker) for the offload thread's outcome, as unoffload does.
-                let deadline = Instant::now() + UNOFFLOAD_WAIT;
-                let refusal = loop {
-                    let refusal;
-                    (stage, refusal) = self
-                        .rt()
-                        .ask_one(shard, move |s| {
-                            let stage = s.table().get(flow).map_or(Stage::Free, |f| f.stage());
-                            (stage, s.offload_state(flow).and_then(|o| o.refusal.clone()))
-                        })
-                        .ok_or_else(workers_gone)?;
-                    let waiting = matches!(stage, Stage::Queued | Stage::Installing);
-                    if refusal.is_some() || !waiting || Instant::now() >= deadline {
-                        break refusal;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                };
+                tracing::info!(flow = %flow, ?action, stage = first.0.as_str(), "offload requested");
+                // The answer says how it went: the offload thread's outcome.
+                let (stage, refusal) = self.await_outcome(shard, flow, first, |stage, refused| {
+                    !refused && matches!(stage, Stage::Queued | Stage::Installing)
+                })?;
                 if let Some(r) = refusal {
                     return Err(ControlError::new(
                         ErrorCode::Backend,
@@ -878,21 +890,15 @@ impl Daemon {
             }
             Command::Unoffload { flow } => {
                 let shard = self.shard_of(flow)?;
-                let mut stage = self
+                let first = self
                     .rt()
-                    .ask_one(shard, move |s| s.request_unoffload(flow))
+                    .ask_one(shard, move |s| s.request_unoffload(flow).map(|stage| (stage, None)))
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                // The offload thread takes the rules out; the answer waits
-                // for it (here, not on the worker, whose packets go on).
-                let deadline = Instant::now() + UNOFFLOAD_WAIT;
-                while matches!(stage, Stage::Removing | Stage::Installing) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(2));
-                    stage = self
-                        .rt()
-                        .ask_one(shard, move |s| s.table().get(flow).map_or(Stage::Free, |f| f.stage()))
-                        .ok_or_else(workers_gone)?;
-                }
+                // The offload thread takes the rules out; the answer waits for it.
+                let (stage, _) = self.await_outcome(shard, flow, first, |stage, _| {
+                    matches!(stage, Stage::Removing | Stage::Installing)
+                })?;
                 if stage == Stage::Offloaded {
                     return Err(ControlError::new(
                         ErrorCode::Backend,
