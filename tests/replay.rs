@@ -206,3 +206,50 @@ fn absurd_original_length_counts_the_captured_length() {
     assert!(source.next_packet().unwrap().is_none());
     assert_eq!(source.clamped_wire_lengths(), 1);
 }
+
+/// The active timeout across workers, with offload: interim records come
+/// at the same packet times whatever the number of workers, and each
+/// flow's records (software and hardware parts alike) add up to what the
+/// same replay without the timeout gives in one record.
+#[test]
+fn interim_records_are_the_same_with_any_number_of_workers_and_add_up() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
+    let active = OFFLOAD_AFTER_TWO.replacen('{', r#"{"export": {"active_timeout_s": 2},"#, 1);
+    let mut interim = 0;
+    for name in ["teams.pcap", "1kxun.pcap", "google_ssl.pcap"] {
+        let path = dir.join(name);
+        let (_, _, whole) = replay_with(&path, OFFLOAD_AFTER_TWO, 1);
+        let (_, _, one) = replay_with(&path, &active, 1);
+        for workers in [2, 4] {
+            let (_, _, many) = replay_with(&path, &active, workers);
+            assert!(facts(&many) == facts(&one), "{name}: {workers} workers give other records than one");
+        }
+        // Per flow: packets and bytes, each way, split by who counted them.
+        type Sums = std::collections::BTreeMap<(String, u16, String, u16, u8), [u64; 8]>;
+        let sums = |records: &[FlowRecord]| {
+            let mut m = Sums::new();
+            for r in records {
+                let e = m.entry((r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto)).or_default();
+                let d = [&r.orig, &r.reply];
+                let v = [
+                    d[0].sw_packets,
+                    d[0].hw_packets,
+                    d[0].sw_bytes,
+                    d[0].hw_bytes,
+                    d[1].sw_packets,
+                    d[1].hw_packets,
+                    d[1].sw_bytes,
+                    d[1].hw_bytes,
+                ];
+                for (t, x) in e.iter_mut().zip(v) {
+                    *t += x;
+                }
+            }
+            m
+        };
+        assert_eq!(sums(&one), sums(&whole), "{name}: a flow's records add up to it");
+        assert_eq!(one.iter().filter(|r| r.kind == flowtable_offload::RecordKind::Final).count(), whole.len());
+        interim += one.len() - whole.len();
+    }
+    assert!(interim > 10, "long flows gave interim records: {interim}");
+}
