@@ -1216,7 +1216,12 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed before the stop (a loaded machine may take its time).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.stats()["subscribers"] != 1 {
+        assert!(Instant::now() < deadline, "events never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     d.terminate();
     let out = events.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
