@@ -5,7 +5,9 @@
 
 pub mod watch;
 
-use crate::control::{Command, ControlError, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION};
+use crate::control::{
+    Command, ControlError, ErrorCode, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION,
+};
 use crate::report;
 use flowtable_hw::Action;
 use flowtable_sw::context::Verdict;
@@ -426,8 +428,14 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
     let mut seen = 0u64;
     let mut out = io::stdout().lock();
     while a.count.is_none_or(|n| seen < n) {
-        let Some(ev) = c.next_event()? else {
-            return Err(format!("the daemon stopped: no more events (after {seen})"));
+        // The stream ends when the daemon closes it, or tells it that it
+        // is stopping: either way, the daemon stopped.
+        let stopped = || format!("the daemon stopped: no more events (after {seen})");
+        let ev = match c.next_event() {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return Err(stopped()),
+            Err(CallError::Daemon(e)) if e.code == ErrorCode::ShuttingDown => return Err(stopped()),
+            Err(e) => return Err(e.into()),
         };
         if let Some(kinds) = &a.kinds {
             if !kinds.0.iter().any(|k| ev["event"] == k.as_str()) {

@@ -196,7 +196,13 @@ struct Entry {
 impl Entry {
     fn set_idle(&self, idle: bool) {
         if let Some(c) = lock(&self.clients).clients.get_mut(&self.id) {
-            c.idle_since = if idle { Some(Instant::now()) } else { None };
+            // Idle since it was taken in or last answered: a handler thread
+            // starting late must not make its connection look younger.
+            if idle {
+                c.idle_since.get_or_insert_with(Instant::now);
+            } else {
+                c.idle_since = None;
+            }
         }
     }
 
