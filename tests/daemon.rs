@@ -696,7 +696,23 @@ fn sighup_applies_a_good_configuration_and_refuses_a_broken_one() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(count(&d, "stage=software") > 0 && software_before > 0, "decided flows stay in software");
+    // The flows "first" decided still name it, with the generation that
+    // removed it; filtering by its name finds them.
+    let by_first = count(&d, "class=first");
+    assert!(by_first > 0, "flows decided by the removed rule keep its name");
+    let flows = d.json(&["flows", "--filter", "class=first"]);
+    let row = &flows["flows"][0];
+    assert_eq!(row["class_removed_in_generation"], 2, "{row}");
     d.terminate();
+    let records = d.records();
+    assert!(!records.is_empty());
+    let unnamed: Vec<&Value> = records.iter().filter(|r| !r["class"].is_string()).collect();
+    assert!(unnamed.is_empty(), "every record names its rule: {unnamed:?}");
+    let (first, second): (Vec<&Value>, Vec<&Value>) = records.iter().partition(|r| r["class"] == "first");
+    assert!(!first.is_empty() && !second.is_empty());
+    assert!(first.iter().all(|r| r["class_removed_in_generation"] == 2), "{:?}", first[0]);
+    assert!(second.iter().all(|r| r["class"] == "second" && r.get("class_removed_in_generation").is_none()));
+    assert!(records.iter().all(|r| r["class"] != "(rule removed by reload)"));
 }
 
 #[test]

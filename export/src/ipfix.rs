@@ -687,6 +687,7 @@ mod tests {
             },
             tcp_state: TcpState::Closed,
             class: Some("web".into()),
+            class_removed_in_generation: None,
             offload: Some(OffloadRecord {
                 backend: "sim".into(),
                 action: Action::Forward { port: 3 },

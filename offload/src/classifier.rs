@@ -96,6 +96,17 @@ pub struct Classifier {
     rules: Vec<CompiledRule>,
     default: ClassResult,
     default_after_packets: u64,
+    /// Rules that reloads removed, kept by name so that the flows they
+    /// decided still name them: `Flow::class` values after the rules'.
+    retired: Vec<RetiredRule>,
+}
+
+/// A rule a reload removed while flows it decided lived on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RetiredRule {
+    name: String,
+    /// The configuration generation that removed it.
+    generation: u64,
 }
 
 impl Classifier {
@@ -129,18 +140,72 @@ impl Classifier {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Classifier { rules, default: section.default, default_after_packets: section.default_after_packets })
+        Ok(Classifier {
+            rules,
+            default: section.default,
+            default_after_packets: section.default_after_packets,
+            retired: Vec::new(),
+        })
     }
 
-    /// The name of the rule behind a `Flow::class` value.
+    /// The classifier a reload puts in place of `old`: `section`'s rules,
+    /// and, under their own names, `old`'s rules that `section` no longer
+    /// has (removed in configuration generation `generation`) along with
+    /// those earlier reloads removed. Past the free `Flow::class` values the oldest
+    /// removed names give way (their flows then say only that their rule
+    /// was removed).
+    pub fn succeeding(old: &Classifier, section: &ClassifierSection, generation: u64) -> Result<Classifier, String> {
+        let mut new = Classifier::new(section)?;
+        let kept = |name: &str| new.rules.iter().any(|r| r.name == name);
+        let mut retired: Vec<RetiredRule> = old.retired.iter().filter(|r| !kept(&r.name)).cloned().collect();
+        retired.extend(
+            old.rules.iter().filter(|r| !kept(&r.name)).map(|r| RetiredRule { name: r.name.clone(), generation }),
+        );
+        let room = MAX_RULES - new.rules.len();
+        if retired.len() > room {
+            retired.drain(..retired.len() - room);
+        }
+        new.retired = retired;
+        Ok(new)
+    }
+
+    /// The name of the rule behind a `Flow::class` value: a rule a reload
+    /// removed keeps its name (see `removed_in_generation`).
     pub fn class_name(&self, class: u8) -> Option<&str> {
         match class {
             0 => None,
             CLASS_DEFAULT => Some("default"),
             CLASS_VERDICT => Some("verdict"),
             CLASS_RETIRED => Some("(rule removed by reload)"),
-            c => self.rules.get(c as usize - 1).map(|r| r.name.as_str()),
+            c => self.rule_or_retired_name(c),
         }
+    }
+
+    /// For a flow decided by a rule that a reload removed since, the
+    /// configuration generation that removed it; None for a rule still
+    /// configured.
+    pub fn removed_in_generation(&self, class: u8) -> Option<u64> {
+        match class {
+            0 | CLASS_DEFAULT | CLASS_VERDICT | CLASS_RETIRED => None,
+            c => self.retired.get((c as usize - 1).checked_sub(self.rules.len())?).map(|r| r.generation),
+        }
+    }
+
+    fn rule_or_retired_name(&self, class: u8) -> Option<&str> {
+        let i = class as usize - 1;
+        match self.rules.get(i) {
+            Some(r) => Some(&r.name),
+            None => self.retired.get(i - self.rules.len()).map(|r| r.name.as_str()),
+        }
+    }
+
+    /// The `Flow::class` of the first rule whose match fits the flow, or
+    /// `CLASS_DEFAULT`: the rule that owns it from then on.
+    pub fn owner(&self, flow: &Flow) -> u8 {
+        self.rules
+            .iter()
+            .position(|r| r.matches(&flow.key, flow.initiator(), flow.port(flow.initiator())))
+            .map_or(CLASS_DEFAULT, |i| i as u8 + 1)
     }
 
     /// Decides for a flow that is still being tracked. The first rule whose
@@ -156,13 +221,14 @@ impl Classifier {
             };
         }
         if flow.class == 0 {
-            flow.class = self
-                .rules
-                .iter()
-                .position(|r| r.matches(&flow.key, flow.initiator(), flow.port(flow.initiator())))
-                .map_or(CLASS_DEFAULT, |i| i as u8 + 1);
+            flow.class = self.owner(flow);
         }
         match flow.class {
+            // A flow owned by a rule a reload removed is undecided only if
+            // the reload came between the match and the decision; it is
+            // then decided anew (see `Shard::reload`), so this is defensive.
+            CLASS_RETIRED => decision(self.default),
+            c if c as usize > self.rules.len() && c < CLASS_RETIRED => decision(self.default),
             CLASS_DEFAULT | CLASS_VERDICT => {
                 if flow.packets() >= self.default_after_packets {
                     decision(self.default)
@@ -186,11 +252,20 @@ impl Classifier {
     pub fn remap_class(&self, class: u8, new: &Classifier) -> u8 {
         match class {
             0 | CLASS_DEFAULT | CLASS_VERDICT | CLASS_RETIRED => class,
-            c => self
-                .rules
-                .get(c as usize - 1)
-                .and_then(|old| new.rules.iter().position(|r| r.name == old.name))
-                .map_or(CLASS_RETIRED, |i| i as u8 + 1),
+            c => {
+                let Some(name) = self.rule_or_retired_name(c) else { return CLASS_RETIRED };
+                let retired_by = self.removed_in_generation(c);
+                if let Some(i) = new.rules.iter().position(|r| r.name == name) {
+                    return i as u8 + 1;
+                }
+                // Removed now (an old rule) or earlier (an old retired name,
+                // which must be the same removal, not a namesake's).
+                let found = match retired_by {
+                    Some(n) => new.retired.iter().position(|r| r.name == name && r.generation == n),
+                    None => new.retired.iter().rposition(|r| r.name == name),
+                };
+                found.map_or(CLASS_RETIRED, |i| (new.rules.len() + i + 1) as u8)
+            }
         }
     }
 
@@ -253,6 +328,48 @@ mod tests {
     }
 
     const OFFLOAD: Decision = Decision::Offload(Action::Pass);
+
+    fn rules(names: &[&str]) -> ClassifierSection {
+        let rules: Vec<String> = names
+            .iter()
+            .map(|n| format!(r#"{{"name": "{n}", "match": {{"proto": "tcp"}}, "result": "software"}}"#))
+            .collect();
+        serde_json::from_str(&format!(r#"{{"rules": [{}]}}"#, rules.join(","))).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_names_of_removed_rules_with_the_generation_that_removed_them() {
+        let g1 = Classifier::new(&rules(&["a", "b"])).unwrap();
+        let (a, b) = (1u8, 2u8);
+        assert_eq!((g1.class_name(a), g1.removed_in_generation(a)), (Some("a"), None));
+        // Generation 2 renames "a" to "z" and keeps "b" (now second).
+        let g2 = Classifier::succeeding(&g1, &rules(&["z", "b"]), 2).unwrap();
+        let (a2, b2) = (g1.remap_class(a, &g2), g1.remap_class(b, &g2));
+        assert_eq!(g2.class_name(b2), Some("b"));
+        assert_eq!(g2.removed_in_generation(b2), None);
+        assert_eq!((g2.class_name(a2), g2.removed_in_generation(a2)), (Some("a"), Some(2)));
+        // Generation 3 removes "b" as well; "a" stays removed since 2.
+        let g3 = Classifier::succeeding(&g2, &rules(&["z"]), 3).unwrap();
+        let (a3, b3) = (g2.remap_class(a2, &g3), g2.remap_class(b2, &g3));
+        assert_eq!((g3.class_name(a3), g3.removed_in_generation(a3)), (Some("a"), Some(2)));
+        assert_eq!((g3.class_name(b3), g3.removed_in_generation(b3)), (Some("b"), Some(3)));
+        // "a" comes back in 4: flows it decided before it left keep saying it
+        // was removed in 2, not that the new "a" decided them; new flows get
+        // the configured "a".
+        let g4 = Classifier::succeeding(&g3, &rules(&["a", "z"]), 4).unwrap();
+        assert_eq!(g3.remap_class(a3, &g4), 1, "a name configured again is the configured rule");
+        assert_eq!(g4.class_name(1), Some("a"));
+        assert_eq!(g4.removed_in_generation(1), None);
+        assert_eq!(g4.class_name(g3.remap_class(b3, &g4)), Some("b"));
+        // Past the free class values, the oldest removed names give way.
+        let many: Vec<String> = (0..MAX_RULES).map(|i| format!("r{i}")).collect();
+        let big = Classifier::new(&rules(&many.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+        let after = Classifier::succeeding(&big, &rules(&["x"]), 2).unwrap();
+        assert_eq!(after.retired.len(), MAX_RULES - 1);
+        assert_eq!(big.remap_class(1, &after), CLASS_RETIRED, "r0, the oldest, gave way");
+        let last = big.remap_class(MAX_RULES as u8, &after);
+        assert_eq!(after.class_name(last), Some(many.last().unwrap().as_str()));
+    }
 
     #[test]
     fn a_trigger_fires_when_all_its_conditions_hold() {

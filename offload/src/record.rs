@@ -170,6 +170,11 @@ pub struct FlowRecord {
     pub tcp_state: TcpState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// When the rule named in `class` is no longer configured: the
+    /// configuration generation that removed it (as `flowtable stats`
+    /// counts them: 1 at the start, one more at each reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_removed_in_generation: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadRecord>,
     /// The backend's refusal, when offload was tried and refused.

@@ -344,8 +344,11 @@ fn reload_keeps_the_names_of_the_rules_that_decided() {
         {"name": "ssh", "match": {"proto": "tcp", "server_ports": [22]}, "result": "software"}]}}"#,
     )
     .unwrap();
-    e.reload(flowtable_offload::Classifier::new(&new.classifier).unwrap(), new.timeouts.to_timeouts());
-    assert_eq!(names(&e), vec!["(rule removed by reload)", "web"]);
+    let next = flowtable_offload::Classifier::succeeding(e.classifier(), &new.classifier, 2).unwrap();
+    e.reload(next, new.timeouts.to_timeouts());
+    assert_eq!(names(&e), vec!["dns", "web"]);
+    let dns = e.flows().map(|(id, _)| e.flow(id).unwrap()).find(|v| v.class.as_deref() == Some("dns")).unwrap();
+    assert_eq!(dns.class_removed_in_generation, Some(2));
 }
 
 #[test]
@@ -642,7 +645,7 @@ fn pass_on_an_inline_pair_forwards_each_direction_to_the_other_port() {
     let refused: Vec<_> = e.flows().filter(|(_, f)| f.stage() == Stage::Refused).map(|(id, _)| id).collect();
     assert_eq!(refused.len(), 1);
     let why = e.flow(refused[0]).unwrap().offload.unwrap().refusal.unwrap().message;
-    assert!(why.contains("Forward"), "{why}");
+    assert!(why.contains("does not support the forward action"), "{why}");
 }
 
 #[test]

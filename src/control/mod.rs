@@ -270,6 +270,9 @@ pub struct FlowSummary {
     pub action: Option<Action>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// See `FlowRecord::class_removed_in_generation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_removed_in_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     pub packets: u64,

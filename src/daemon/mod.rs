@@ -404,6 +404,9 @@ struct Daemon {
     rt: Option<Runtime>,
     config: Config,
     config_path: Option<PathBuf>,
+    /// The classifier the workers run (a reload builds its successor from
+    /// it, so flows keep the names of rules the reload removes).
+    classifier: Arc<Classifier>,
     generation: u64,
     reloads_refused: u64,
     reader: Option<JoinHandle<()>>,
@@ -563,10 +566,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         "flowtable daemon started"
     );
     for (name, pace) in &opened {
-        tracing::info!(source = %name, pace = ?pace, "reading packets");
+        tracing::info!(source = %name, pace = pace.as_str(), "reading packets");
     }
     let mut daemon = Daemon {
         rt: Some(rt),
+        classifier: Arc::new(Classifier::new(&config.classifier)?),
         config,
         config_path,
         generation: 1,
@@ -1115,7 +1119,7 @@ impl Daemon {
                 return;
             }
         };
-        let classifier = match Classifier::new(&new.classifier) {
+        let classifier = match Classifier::succeeding(&self.classifier, &new.classifier, self.generation + 1) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.reloads_refused += 1;
@@ -1146,6 +1150,7 @@ impl Daemon {
         if !at_restart.is_empty() {
             tracing::warn!(sections = %at_restart.join(", "), "these changes take effect at the next start, not on reload");
         }
+        self.classifier = classifier;
         self.config.classifier = new.classifier;
         self.config.timeouts = new.timeouts;
         self.generation += 1;

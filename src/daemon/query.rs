@@ -86,6 +86,7 @@ pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
         placement: placement_of(view.offload.as_ref()).to_string(),
         action,
         class: view.class.clone(),
+        class_removed_in_generation: view.class_removed_in_generation,
         label: engine.context(view.id).and_then(|c| c.label.clone()),
         packets: view.packets,
         bytes: view.bytes,

@@ -398,6 +398,7 @@ mod tests {
             reply: DirRecord::default(),
             tcp_state: TcpState::NotTcp,
             class: None,
+            class_removed_in_generation: None,
             offload: None,
             refused: None,
             context: None,

@@ -15,7 +15,7 @@
 //! from the moment it asks for the rule; what it skipped beyond what the
 //! rule counted is software's again once the rule is gone (`settle`).
 
-use crate::classifier::{Classifier, Decision};
+use crate::classifier::{Classifier, Decision, CLASS_VERDICT};
 use crate::link::{Request, Response, ShardLink};
 use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
@@ -245,7 +245,7 @@ pub enum EngineError {
     NoSuchFlow(FlowId),
     #[error("flow {id} is {stage}: {what}")]
     WrongStage { id: FlowId, stage: &'static str, what: &'static str },
-    #[error("backend {backend} does not support action {action:?}")]
+    #[error("backend {backend} does not support action {action}")]
     Unsupported { backend: String, action: Action },
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -353,13 +353,18 @@ impl Shard {
     }
 
     /// Replaces the classifier and timeouts (configuration reload). Flows
-    /// already decided keep their decision; undecided ones are matched anew.
+    /// already decided keep their decision and the name of the rule that
+    /// made it; undecided ones are matched anew at once, so that a flow
+    /// that sees no further packet still names its rule.
     pub fn reload(&mut self, classifier: Arc<Classifier>, timeouts: flowtable_sw::Timeouts) {
         self.table.set_timeouts(timeouts);
         for id in self.table.ids() {
             if let Some(f) = self.table.get_mut(id) {
-                f.class =
-                    if f.stage() == Stage::Tracking { 0 } else { self.classifier.remap_class(f.class, &classifier) };
+                f.class = if f.stage() == Stage::Tracking && f.class != CLASS_VERDICT {
+                    classifier.owner(f)
+                } else {
+                    self.classifier.remap_class(f.class, &classifier)
+                };
             }
         }
         self.classifier = classifier;
@@ -586,7 +591,7 @@ impl Shard {
                     // Stays undecided and asks again on its next packet.
                     return;
                 }
-                self.emit_classified(id, format!("offload {:?}", action.kind()).to_lowercase());
+                self.emit_classified(id, format!("offload {}", action.kind()));
                 self.enqueue(id, action);
             }
         }
@@ -619,7 +624,7 @@ impl Shard {
         let unsupported = if let Some(a) = rule_actions.iter().find(|a| !caps.supports_action(a)) {
             Some(Refusal {
                 kind: RefusalKind::UnsupportedAction,
-                message: format!("{name} does not support action {:?}", a.kind()),
+                message: format!("{name} does not support the {} action", a.kind()),
             })
         } else {
             caps.matches

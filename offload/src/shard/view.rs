@@ -18,6 +18,9 @@ pub struct FlowView {
     pub stage: Stage,
     pub tcp_state: flowtable_sw::TcpState,
     pub class: Option<String>,
+    /// See `FlowRecord::class_removed_in_generation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_removed_in_generation: Option<u64>,
     pub start_ns: u64,
     pub last_ns: u64,
     pub orig: DirRecord,
@@ -72,6 +75,7 @@ impl Shard {
             reply: DirRecord::of(flow, init.reverse(), &framing),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),
+            class_removed_in_generation: self.classifier.removed_in_generation(flow.class),
             offload,
             refused: state.and_then(|s| s.refusal.as_ref()).map(|r| r.to_string()),
             context,
@@ -112,6 +116,7 @@ impl Shard {
             stage: flow.stage(),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),
+            class_removed_in_generation: self.classifier.removed_in_generation(flow.class),
             start_ns: flow.first_ns,
             last_ns: flow.last_ns(),
             orig: DirRecord::of(flow, init, &framing),
