@@ -56,3 +56,58 @@ fn config_check_refuses_what_run_could_not_start_with() {
     let (ok, said) = check(&long);
     assert!(!ok && said.contains("at `control.socket`") && said.contains("at most 107"), "{said}");
 }
+
+#[test]
+fn config_errors_are_in_the_operators_words_not_rusts() {
+    for (text, field, words) in [
+        (
+            r#"{"table": {"max_flows": 1e3}}"#,
+            "table.max_flows",
+            "1000.0 (a number with a fraction or exponent) is not accepted here: give a whole number",
+        ),
+        (r#"{"table": {"max_flows": -1}}"#, "table.max_flows", "-1 is out of range: give a whole number, 0 or more"),
+        (r#"{"timeouts": {"udp_s": "x"}}"#, "timeouts.udp_s", r#"the text "x" is not accepted here: give a number"#),
+        (r#"{"workers": true}"#, "workers", "true is not accepted here: give a whole number"),
+        (
+            r#"{"offload": {"placement": ["hardware", "hardware"]}}"#,
+            "offload.placement",
+            r#"an array is not accepted here: give "hardware", "software" or "auto""#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "match": {"server_ports": [70000]}, "result": "software"}]}}"#,
+            "classifier.rules[0].match.server_ports[0]",
+            "70000 is not a port: give 0 to 65535",
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "match": {"ports": ["90-80"]}, "result": "software"}]}}"#,
+            "classifier.rules[0].match.ports[0]",
+            r#"range "90-80" runs backwards"#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "match": {"prefixes": ["10.0.0.0/8", "10.0.0.0/33"]}, "result": "software"}]}}"#,
+            "classifier.rules[0].match.prefixes[1]",
+            r#"prefix "10.0.0.0/33": the length "33" is not 0 to 32"#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "match": {"client_prefixes": ["10.0.0.300/8"]}, "result": "software"}]}}"#,
+            "classifier.rules[0].match.client_prefixes[0]",
+            r#""10.0.0.300" is not an IPv4 or IPv6 address"#,
+        ),
+        (r#"{"table": {"max_flows": 1000,}}"#, "table", "a comma after the last entry"),
+        (r#"{"table": {"max_flows": 1000}"#, "(top level)", "the file ends inside an object (a } is missing)"),
+    ] {
+        let (ok, said) = check(text);
+        assert!(!ok, "accepted {text}: {said}");
+        assert!(said.contains(&format!("at `{field}`")) && said.contains(words), "{text}: {said}");
+        for rust in
+            ["usize", "f64", "untagged enum", "PortSpec", "invalid IP address syntax", "`table.?`", "expected value"]
+        {
+            assert!(!said.contains(rust), "{text}: {said}");
+        }
+    }
+    // A plain address is a prefix of one address.
+    let (ok, said) = check(
+        r#"{"classifier": {"rules": [{"name": "a", "match": {"prefixes": ["10.1.2.3", "2001:db8::/32"]}, "result": "software"}]}}"#,
+    );
+    assert!(ok, "{said}");
+}

@@ -39,8 +39,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and checks configuration text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-    if let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) {
-        objects_where_expected(&doc).map_err(|(field, message)| ConfigError::Invalid {
+    let doc = serde_json::from_str::<serde_json::Value>(text).ok();
+    if let Some(doc) = &doc {
+        objects_where_expected(doc).map_err(|(field, message)| ConfigError::Invalid {
             file: file.to_string(),
             field,
             message,
@@ -49,14 +50,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = field_path(e.path());
+        // serde_json says "expected value" both for text that is not JSON
+        // and for an array or object where a name belongs; the text parsed
+        // as JSON, so it is the second, and the value's kind says more.
+        let written = doc.as_ref().and_then(|d| value_at(d, e.path()));
         let inner = e.into_inner();
-        ConfigError::Parse {
-            file: file.to_string(),
-            field,
-            line: inner.line(),
-            column: inner.column(),
-            message: strip_position(&inner.to_string()),
+        let mut message = in_plain_words(&strip_position(&inner.to_string()));
+        if let (Some(v), true) = (written, inner.is_syntax()) {
+            message = format!("{} is not accepted here{}", kind(v), names_hint(&field));
         }
+        ConfigError::Parse { file: file.to_string(), field, line: inner.line(), column: inner.column(), message }
     })?;
     // A second document, or anything else after the first, is not ignored.
     de.end().map_err(|e| ConfigError::Parse {
@@ -120,6 +123,32 @@ fn objects_where_expected(doc: &serde_json::Value) -> Result<(), (String, String
     Ok(())
 }
 
+/// The value the typed parse stopped at, found in the parsed document.
+fn value_at<'a>(doc: &'a serde_json::Value, path: &serde_path_to_error::Path) -> Option<&'a serde_json::Value> {
+    use serde_path_to_error::Segment;
+    let mut v = doc;
+    for segment in path.iter() {
+        v = match segment {
+            Segment::Seq { index } => v.get(*index)?,
+            Segment::Map { key } | Segment::Enum { variant: key } => v.get(key.as_str())?,
+            Segment::Unknown => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The names a field of named choices takes, for errors.
+fn names_hint(field: &str) -> &'static str {
+    match field {
+        "offload.placement" => r#": give "hardware", "software" or "auto""#,
+        "table.full_policy" => r#": give "evict-idle" or "reject-new""#,
+        "log.format" => r#": give "human" or "json""#,
+        _ if field.ends_with(".pace") => r#": give "timestamps" or "fast""#,
+        _ if field.ends_with(".proto") => r#": give "tcp", "udp", "sctp", "icmp", "gre" or "esp""#,
+        _ => "",
+    }
+}
+
 fn kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Array(_) => "an array",
@@ -165,10 +194,90 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
             }
         }
     }
+    // A syntax error after a section's last field (a trailing comma) is at
+    // a field serde never got to name: the section is where it is.
+    while let Some(cut) = out.strip_suffix(".?").or_else(|| out.strip_suffix('?')) {
+        out = cut.to_string();
+    }
     if out.is_empty() {
         out.push_str("(top level)");
     }
     out
+}
+
+/// serde's messages speak of Rust types ("invalid type: floating point
+/// `1000.0`, expected usize"); an operator needs what was written and what
+/// to write instead. Messages of other shapes pass through.
+fn in_plain_words(msg: &str) -> String {
+    if msg == "trailing comma" {
+        return "a comma after the last entry: JSON allows none there, remove it".to_string();
+    }
+    if let Some(what) = msg.strip_prefix("EOF while parsing ") {
+        let closer = match what {
+            "an object" => " (a } is missing)",
+            "a list" => " (a ] is missing)",
+            "a string" => " (a \" is missing)",
+            _ => "",
+        };
+        return format!("the file ends inside {what}{closer}");
+    }
+    if msg == "expected value" {
+        return "expected a value here (a number, \"text\", true, false, null, [ ... ] or { ... })".to_string();
+    }
+    let (given, wanted, invalid_type) = if let Some(rest) = msg.strip_prefix("invalid type: ") {
+        match rest.split_once(", expected ") {
+            Some((g, w)) => (g, w, true),
+            None => return msg.to_string(),
+        }
+    } else if let Some(rest) = msg.strip_prefix("invalid value: ") {
+        match rest.split_once(", expected ") {
+            Some((g, w)) => (g, w, false),
+            None => return msg.to_string(),
+        }
+    } else {
+        return msg.to_string();
+    };
+    let wanted = match wanted {
+        "usize" | "u64" => "a whole number, 0 or more".to_string(),
+        "u32" => format!("a whole number, 0 to {}", u32::MAX),
+        "u16" => "a whole number, 0 to 65535".to_string(),
+        "u8" => "a whole number, 0 to 255".to_string(),
+        "isize" | "i64" | "i32" | "i16" | "i8" => "a whole number".to_string(),
+        "f64" | "f32" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a string" | "a borrowed string" => "text in quotes".to_string(),
+        "a sequence" => "an array ([ ... ])".to_string(),
+        w if w.starts_with("struct ") || w == "a map" => "an object ({ ... })".to_string(),
+        w => w.to_string(),
+    };
+    let given = plain_value(given);
+    if invalid_type {
+        format!("{given} is not accepted here: give {wanted}")
+    } else {
+        format!("{given} is out of range: give {wanted}")
+    }
+}
+
+/// serde's description of a value ("floating point `1.5`", "string \"x\"")
+/// as it was written.
+fn plain_value(given: &str) -> String {
+    let quoted = |s: &str| s.trim_matches('`').to_string();
+    if let Some(v) = given.strip_prefix("floating point ") {
+        format!("{} (a number with a fraction or exponent)", quoted(v))
+    } else if let Some(v) = given.strip_prefix("integer ") {
+        quoted(v)
+    } else if let Some(v) = given.strip_prefix("boolean ") {
+        quoted(v)
+    } else if let Some(v) = given.strip_prefix("string ") {
+        format!("the text {v}")
+    } else {
+        match given {
+            "map" => "an object".to_string(),
+            "sequence" => "an array".to_string(),
+            "unit value" | "null" => "null".to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// serde_json appends " at line L column C", which we already report.

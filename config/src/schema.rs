@@ -318,8 +318,11 @@ pub struct MatchConfig {
     pub ports: Vec<PortSpec>,
     pub server_ports: Vec<PortSpec>,
     pub client_ports: Vec<PortSpec>,
+    #[serde(deserialize_with = "prefixes")]
     pub prefixes: Vec<IpNet>,
+    #[serde(deserialize_with = "prefixes")]
     pub server_prefixes: Vec<IpNet>,
+    #[serde(deserialize_with = "prefixes")]
     pub client_prefixes: Vec<IpNet>,
     /// Outer VLAN id (0 = untagged).
     pub vlan: Option<u16>,
@@ -353,11 +356,86 @@ impl ProtoName {
 }
 
 /// A port or an inclusive range: `443`, `"443"` or `"8000-8999"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum PortSpec {
     Number(u16),
     Text(String),
+}
+
+/// By hand rather than derived: an untagged enum's error is "data did not
+/// match any variant of untagged enum PortSpec", which says nothing of what
+/// is wrong (a port past 65535, a range written backwards).
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<PortSpec, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port (0 to 65535) or a range such as \"8000-8999\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                u16::try_from(v)
+                    .map(PortSpec::Number)
+                    .map_err(|_| E::custom(format!("{v} is not a port: give 0 to 65535")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("{v} is not a port: give 0 to 65535"))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<PortSpec, E> {
+                Err(E::custom(format!("{v} is not a port: give a whole number, 0 to 65535")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                let spec = PortSpec::Text(v.to_string());
+                spec.range().map_err(E::custom)?;
+                Ok(spec)
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// Address prefixes (`"10.0.0.0/8"`, `"2001:db8::/32"`, or one address),
+/// parsed by hand so that an error says which part is wrong: ipnet's own
+/// says "invalid IP address syntax" for `10.0.0.0/33`, whose address is fine.
+fn prefixes<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
+    // Element by element, so that an error names its index.
+    struct Prefix(IpNet);
+    impl<'de> Deserialize<'de> for Prefix {
+        fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Prefix, D::Error> {
+            let text = String::deserialize(de)?;
+            parse_prefix(&text).map(Prefix).map_err(serde::de::Error::custom)
+        }
+    }
+    Ok(Vec::<Prefix>::deserialize(de)?.into_iter().map(|p| p.0).collect())
+}
+
+/// One prefix or address, or why it is neither, in the words of the part
+/// that is wrong.
+pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: std::net::IpAddr =
+        addr.trim().parse().map_err(|_| format!("{addr:?} is not an IPv4 or IPv6 address (in prefix {text:?})"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => match l.trim().parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => {
+                let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(format!(
+                    "prefix {text:?}: the length {l:?} is not 0 to {max}, as an {family} prefix needs"
+                ));
+            }
+        },
+    };
+    IpNet::new(addr, len).map_err(|e| format!("prefix {text:?}: {e}"))
 }
 
 impl PortSpec {
@@ -733,6 +811,16 @@ pub enum Pace {
     Timestamps,
     /// As fast as possible; the daemon's clock follows the packets' time.
     Fast,
+}
+
+impl Pace {
+    /// As the configuration writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pace::Timestamps => "timestamps",
+            Pace::Fast => "fast",
+        }
+    }
 }
 
 impl Config {

@@ -96,6 +96,32 @@ impl Action {
     }
 }
 
+/// As an operator writes it on the command line (`flowtable offload ID
+/// --action ...`): `drop`, `pass`, `forward:1`, `mirror:1`, `mark:0xff`.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Drop => f.write_str("drop"),
+            Action::Pass => f.write_str("pass"),
+            Action::Forward { port } => write!(f, "forward:{port}"),
+            Action::Mirror { port } => write!(f, "mirror:{port}"),
+            Action::Mark { mark } => write!(f, "mark:{mark:#x}"),
+        }
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActionKind::Drop => "drop",
+            ActionKind::Forward => "forward",
+            ActionKind::Mirror => "mirror",
+            ActionKind::Mark => "mark",
+            ActionKind::Pass => "pass",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionKind {
@@ -348,6 +374,22 @@ mod tests {
         assert_eq!(through_mpls.check(&key), Ok(()));
         key.encap = encap::MPLS | encap::FABRICPATH;
         assert_eq!(through_mpls.check(&key), Err("fabricpath encapsulation match not supported".into()));
+    }
+
+    #[test]
+    fn actions_read_as_the_command_line_writes_them() {
+        let shown: Vec<String> = [
+            Action::Drop,
+            Action::Pass,
+            Action::Forward { port: 1 },
+            Action::Mirror { port: 2 },
+            Action::Mark { mark: 255 },
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(shown, ["drop", "pass", "forward:1", "mirror:2", "mark:0xff"]);
+        assert_eq!(ActionKind::Mirror.to_string(), "mirror");
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl SimNic {
         if !caps.supports_action(&rule.action) {
             return Err(Refusal {
                 kind: RefusalKind::UnsupportedAction,
-                message: format!("sim NIC ({}): action {:?} not supported", self.profile.name, rule.action.kind()),
+                message: format!("sim NIC ({}): the {} action is not supported", self.profile.name, rule.action.kind()),
             });
         }
         if table.by_cookie.contains_key(&rule.cookie) || table.rules.contains_key(&(rule.matches.key, rule.matches.dir))
