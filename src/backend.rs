@@ -2,9 +2,9 @@
 //! (EAL and started ports) where the DPDK packet source finds it: the EAL
 //! starts once per process, so the backend and the source share one.
 
-use flowtable_config::{BackendConfig, Config, SimProfile as ProfileName};
+use flowtable_config::{BackendConfig, ClassResult, Config, SimProfile as ProfileName};
 use flowtable_hw::tc::{TcBackend, TcConfig};
-use flowtable_hw::{Backend, SimLatency, SimNic, SimProfile};
+use flowtable_hw::{Backend, Capabilities, SimLatency, SimNic, SimProfile};
 
 /// The sim NIC profile a configuration names, with its overrides applied.
 pub fn sim_profile(name: ProfileName, max_rules: Option<usize>, insert_rate: Option<u32>) -> SimProfile {
@@ -20,6 +20,47 @@ pub fn sim_profile(name: ProfileName, max_rules: Option<usize>, insert_rate: Opt
         p.capabilities.max_insert_rate = r;
     }
     p
+}
+
+/// The first classifier result (a rule's or the default) whose action the
+/// backend can't do, named by its field: every flow it decides would be
+/// refused, so the daemon does not start with it (and `config check` says
+/// so for the sim NIC, whose capabilities the configuration fixes).
+pub fn check_actions(config: &Config, name: &str, caps: &Capabilities) -> Result<(), (String, String)> {
+    let results = config
+        .classifier
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("classifier.rules[{i}].result"), Some(r.name.as_str()), r.result))
+        .chain(std::iter::once(("classifier.default".to_string(), None, config.classifier.default)));
+    for (field, rule, result) in results {
+        let ClassResult::Offload(action) = result else { continue };
+        if !caps.supports_action(&action) {
+            let whose = rule.map_or("the default result".to_string(), |n| format!("rule {n:?}"));
+            let can: Vec<String> = caps.actions.iter().map(ToString::to_string).collect();
+            return Err((
+                field,
+                format!(
+                    "{whose} offloads with {action}, which backend {name} can't do (it does: {}); every flow it decides would be refused",
+                    if can.is_empty() { "none".to_string() } else { can.join(", ") }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The capabilities of the configured backend when the configuration alone
+/// fixes them (the sim NIC); the devices decide for tc and DPDK.
+pub fn static_capabilities(config: &Config) -> Option<(String, Capabilities)> {
+    match &config.backend {
+        BackendConfig::Sim { profile, max_rules, insert_rate, .. } => {
+            let p = sim_profile(*profile, *max_rules, *insert_rate);
+            Some((format!("sim ({})", p.name), p.capabilities))
+        }
+        _ => None,
+    }
 }
 
 /// Creates the backend a configuration asks for.

@@ -304,15 +304,28 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Config { command: ConfigCommand::Check { file } } => {
             let c = flowtable_config::load(&file).map_err(|e| e.to_string())?;
+            if let Some((name, caps)) = flowtable::backend::static_capabilities(&c) {
+                flowtable::backend::check_actions(&c, &name, &caps)
+                    .map_err(|(field, message)| format!("{}: at `{field}`: {message}", file.display()))?;
+            }
+            let warnings = c.warnings();
+            for (field, message) in &warnings {
+                eprintln!("flowtable: warning: {}: at `{field}`: {message}", file.display());
+            }
             println!(
-                "{}: ok ({} classifier rules, {} ports, backend {})",
+                "{}: ok ({} classifier rules, {} ports, backend {}{})",
                 file.display(),
                 c.classifier.rules.len(),
                 c.ports.len(),
                 serde_json::to_value(&c.backend)
                     .ok()
                     .and_then(|v| v["kind"].as_str().map(str::to_string))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                }
             );
             Ok(())
         }

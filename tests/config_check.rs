@@ -111,3 +111,60 @@ fn config_errors_are_in_the_operators_words_not_rusts() {
     );
     assert!(ok, "{said}");
 }
+
+/// `config check` finds what `flowtable run` would refuse (an action the
+/// backend can't do) and warns of what it would run with but most likely
+/// not as meant (a rule an earlier one shadows, no packet source), as the
+/// daemon's own log does.
+#[test]
+fn config_check_finds_refused_actions_shadowed_rules_and_missing_sources() {
+    let mirror_on_small = r#"{"backend": {"kind": "sim", "profile": "small"},
+        "sources": [{"synthetic": {"flows": 10}}],
+        "classifier": {"rules": [{"name": "copy", "match": {"proto": "udp"}, "result": {"offload": {"type": "mirror", "port": 1}}}]}}"#;
+    let (ok, said) = check(mirror_on_small);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("at `classifier.rules[0].result`") && said.contains("rule \"copy\" offloads with mirror:1"),
+        "{said}"
+    );
+    assert!(said.contains("backend sim (small) can't do"), "{said}");
+    // The daemon refuses it too, before reading a packet.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.json");
+    let text = mirror_on_small.replacen(
+        '{',
+        &format!(r#"{{"control": {{"socket": {:?}}},"#, dir.path().join("s").display().to_string()),
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("at `classifier.rules[0].result`") && err.contains("mirror:1"),
+        "{err}"
+    );
+    // The full profile mirrors: the same rule is fine there.
+    let (ok, said) = check(&mirror_on_small.replace("small", "full"));
+    assert!(ok && !said.contains("warning"), "{said}");
+
+    // The example configuration once put a catch-all before a DNS rule.
+    let shadowed = r#"{"sources": [{"synthetic": {"flows": 10}}], "classifier": {"rules": [
+        {"name": "elephants", "match": {}, "trigger": {"after_bytes": 1000000}, "result": {"offload": {"type": "pass"}}},
+        {"name": "inspect-dns", "match": {"proto": "udp", "server_ports": [53]}, "result": "software"}]}}"#;
+    let (ok, said) = check(shadowed);
+    assert!(ok, "a warning, not a refusal: {said}");
+    assert!(said.contains("warning") && said.contains("at `classifier.rules[1]`"), "{said}");
+    assert!(said.contains("rule \"inspect-dns\" can never decide a flow: rule \"elephants\""), "{said}");
+    assert!(said.contains("1 warning"), "{said}");
+    // A narrower first rule shadows nothing.
+    let (ok, said) = check(&shadowed.replace(r#""match": {},"#, r#""match": {"proto": "tcp"},"#));
+    assert!(ok && !said.contains("warning"), "{said}");
+
+    let (ok, said) = check(r#"{"table": {"max_flows": 1000}}"#);
+    assert!(ok && said.contains("at `sources`: none given"), "{said}");
+
+    // The example itself is clean.
+    let example = Command::new(BIN).args(["config", "example"]).output().unwrap();
+    let (ok, said) = check(&String::from_utf8(example.stdout).unwrap());
+    assert!(ok && !said.contains("warning"), "{said}");
+}

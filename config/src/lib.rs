@@ -568,4 +568,23 @@ mod tests {
         }
         parse("h.json", r#"{"offload": {"max_queued": 1}}"#).unwrap();
     }
+
+    #[test]
+    fn a_match_covers_another_only_where_it_can_be_shown() {
+        let m = |text: &str| -> MatchConfig { serde_json::from_str(text).unwrap() };
+        let covers = |a: &str, b: &str| m(a).covers(&m(b));
+        assert!(covers("{}", r#"{"proto": "udp", "server_ports": [53]}"#));
+        assert!(covers(r#"{"proto": "udp"}"#, r#"{"proto": "udp", "server_ports": [53]}"#));
+        assert!(!covers(r#"{"proto": "tcp"}"#, r#"{"proto": "udp"}"#));
+        assert!(!covers(r#"{"proto": "udp"}"#, "{}"));
+        // Ports: either side covers a server or client side; not the reverse.
+        assert!(covers(r#"{"ports": ["1-1023"]}"#, r#"{"server_ports": [53, "80-90"]}"#));
+        assert!(!covers(r#"{"server_ports": [53]}"#, r#"{"ports": [53]}"#));
+        assert!(!covers(r#"{"ports": ["1-100"]}"#, r#"{"ports": ["50-200"]}"#));
+        // Prefixes by containment.
+        assert!(covers(r#"{"prefixes": ["10.0.0.0/8"]}"#, r#"{"client_prefixes": ["10.1.0.0/16"]}"#));
+        assert!(!covers(r#"{"prefixes": ["10.1.0.0/16"]}"#, r#"{"prefixes": ["10.0.0.0/8"]}"#));
+        assert!(!covers(r#"{"vlan": 10}"#, r#"{"vlan": 20}"#));
+        assert!(covers(r#"{"ingress": 1}"#, r#"{"ingress": 1, "proto": "tcp"}"#));
+    }
 }

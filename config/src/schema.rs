@@ -823,7 +823,70 @@ impl Pace {
     }
 }
 
+impl MatchConfig {
+    /// Whether every flow `later` matches, this matches too (so a rule
+    /// with this match, placed first, leaves `later`'s rule nothing). Only
+    /// what can be shown is claimed: lists compare range by range and
+    /// prefix by prefix, so overlaps it can't prove give false.
+    pub fn covers(&self, later: &MatchConfig) -> bool {
+        fn ranges(specs: &[PortSpec]) -> Vec<(u16, u16)> {
+            specs.iter().filter_map(|s| s.range().ok()).collect()
+        }
+        // `wide` (empty: any) holds every port of one of `narrow`'s lists.
+        let ports_cover = |wide: &[PortSpec], narrow: &[&[PortSpec]]| {
+            let wide = ranges(wide);
+            wide.is_empty()
+                || narrow.iter().any(|n| {
+                    let n = ranges(n);
+                    !n.is_empty() && n.iter().all(|&(a, b)| wide.iter().any(|&(wa, wb)| wa <= a && b <= wb))
+                })
+        };
+        let prefixes_cover = |wide: &[IpNet], narrow: &[&[IpNet]]| {
+            wide.is_empty()
+                || narrow.iter().any(|n| !n.is_empty() && n.iter().all(|p| wide.iter().any(|w| w.contains(p))))
+        };
+        let l = later;
+        (self.proto.is_none() || self.proto == l.proto)
+            && (self.vlan.is_none() || self.vlan == l.vlan)
+            && (self.ingress.is_none() || self.ingress == l.ingress)
+            && ports_cover(&self.ports, &[&l.ports, &l.server_ports, &l.client_ports])
+            && ports_cover(&self.server_ports, &[&l.server_ports])
+            && ports_cover(&self.client_ports, &[&l.client_ports])
+            && prefixes_cover(&self.prefixes, &[&l.prefixes, &l.server_prefixes, &l.client_prefixes])
+            && prefixes_cover(&self.server_prefixes, &[&l.server_prefixes])
+            && prefixes_cover(&self.client_prefixes, &[&l.client_prefixes])
+    }
+}
+
 impl Config {
+    /// What the daemon runs with but most likely not as meant: a rule an
+    /// earlier one leaves nothing to (the first rule whose match fits owns
+    /// a flow, whatever its trigger), no packet source. `flowtable run`
+    /// logs them at start and reload; `config check` prints them.
+    pub fn warnings(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        let rules = &self.classifier.rules;
+        for (j, later) in rules.iter().enumerate() {
+            if let Some((i, first)) = rules[..j].iter().enumerate().find(|(_, r)| r.matches.covers(&later.matches)) {
+                out.push((
+                    format!("classifier.rules[{j}]"),
+                    format!(
+                        "rule {:?} can never decide a flow: rule {:?} (classifier.rules[{i}]) comes first and matches every flow it would; put {:?} before {:?} or narrow {:?}'s match",
+                        later.name, first.name, later.name, first.name, first.name
+                    ),
+                ));
+            }
+        }
+        if self.sources.is_empty() {
+            out.push((
+                "sources".into(),
+                "none given: `flowtable run` would read no packets (give an interface, pcap, synthetic or dpdk source)"
+                    .into(),
+            ));
+        }
+        out
+    }
+
     /// Checks what serde's types can't: ranges, references between
     /// sections. Returns the offending field's path and the problem.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -1060,10 +1123,10 @@ pub const EXAMPLE: &str = r#"{
         "trigger": { "_comment": "all conditions must hold: handshake done and 8 packets seen",
                      "tcp_established": true, "after_packets": 8 },
         "result": { "offload": { "type": "pass" } } },
-      { "name": "elephants", "match": {}, "trigger": { "after_bytes": 1000000 },
-        "result": { "offload": { "type": "forward", "port": 1 } } },
       { "name": "inspect-dns", "match": { "proto": "udp", "server_ports": [53] },
-        "result": "software" }
+        "result": "software" },
+      { "name": "elephants", "match": {}, "trigger": { "after_bytes": 1000000 },
+        "result": { "offload": { "type": "forward", "port": 1 } } }
     ],
     "default": "software"
   },
@@ -1079,6 +1142,7 @@ pub const EXAMPLE: &str = r#"{
   "control": { "socket": "/run/flowtable.sock" },
   "log": { "format": "human", "level": "info" },
   "metrics": { "_comment": "e.g. \"127.0.0.1:9464\": Prometheus scrapes http://127.0.0.1:9464/metrics; null: off",
-               "listen": null }
+               "listen": null },
+  "sources": [{ "synthetic": { "flows": 1000000, "rate_pps": 20000, "seed": 1, "pace": "timestamps" } }]
 }
 "#;

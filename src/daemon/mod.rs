@@ -407,6 +407,9 @@ struct Daemon {
     /// The classifier the workers run (a reload builds its successor from
     /// it, so flows keep the names of rules the reload removes).
     classifier: Arc<Classifier>,
+    /// The backend's name and capabilities, to refuse a reload whose
+    /// actions it can't do.
+    capabilities: (String, flowtable_hw::Capabilities),
     generation: u64,
     reloads_refused: u64,
     reader: Option<JoinHandle<()>>,
@@ -445,6 +448,12 @@ const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_sec
 pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) -> Result<RunSummary, String> {
     // The backend first: a dpdk source reads the ports the DPDK backend starts.
     let backend = crate::backend::build(&config)?;
+    crate::backend::check_actions(&config, backend.name(), backend.capabilities())
+        .map_err(|(field, message)| format!("at `{field}`: {message}"))?;
+    for (field, message) in config.warnings() {
+        tracing::warn!(field = %field, "{message}");
+    }
+    let capabilities = (backend.name().to_string(), backend.capabilities().clone());
     let classifier = Classifier::new(&config.classifier)?;
     let records = match &config.records.path {
         Some(p) => Some(RecordsFile::open(Path::new(p), config.records.rotate_bytes, config.records.keep)?),
@@ -571,6 +580,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     let mut daemon = Daemon {
         rt: Some(rt),
         classifier: Arc::new(Classifier::new(&config.classifier)?),
+        capabilities,
         config,
         config_path,
         generation: 1,
@@ -1119,6 +1129,14 @@ impl Daemon {
                 return;
             }
         };
+        if let Err((field, message)) = crate::backend::check_actions(&new, &self.capabilities.0, &self.capabilities.1) {
+            self.reloads_refused += 1;
+            tracing::error!(field = %field, error = %message, "reload refused; the running configuration stays");
+            return;
+        }
+        for (field, message) in new.warnings() {
+            tracing::warn!(field = %field, "{message}");
+        }
         let classifier = match Classifier::succeeding(&self.classifier, &new.classifier, self.generation + 1) {
             Ok(c) => Arc::new(c),
             Err(e) => {
