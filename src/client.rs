@@ -80,7 +80,13 @@ impl Client {
         let shown = path.display();
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => format!("the daemon is not running: no socket at {shown} (start it with `flowtable run --config FILE`, or give --socket)"),
-            io::ErrorKind::ConnectionRefused => format!("the daemon is not running: nothing listens on {shown} (a stale socket)"),
+            io::ErrorKind::ConnectionRefused => match std::fs::metadata(path) {
+                Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => format!(
+                    "{shown} is not a socket but a {}: give the daemon's control socket (its configuration's control.socket) with --socket",
+                    if m.is_dir() { "directory" } else { "regular file" }
+                ),
+                _ => format!("the daemon is not running: nothing listens on {shown} (a socket left by a daemon that stopped)"),
+            },
             io::ErrorKind::PermissionDenied => format!("{shown}: permission denied (the socket is mode 0660: join its group)"),
             _ => format!("cannot reach the daemon at {shown}: {e}"),
         })?;

@@ -216,13 +216,28 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!("{said}");
             }
             let summary = &replayed.summary;
+            // A capture broken before its first packet has nothing to report
+            // but its fault.
+            if let (Some(e), 0) = (&replayed.source_error, summary.packets) {
+                return Err(e.to_string());
+            }
             if json {
                 let mut line = serde_json::json!({"summary": summary, "engine": replayed.stats});
+                if let Some(e) = &replayed.source_error {
+                    line["capture_error"] = e.to_string().into();
+                }
                 if !exported.is_empty() {
                     line["export"] = serde_json::to_value(&exported).map_err(|e| e.to_string())?;
                 }
                 writeln!(out, "{line}").map_err(|e| e.to_string())?;
             } else {
+                if replayed.source_error.is_some() {
+                    writeln!(
+                        out,
+                        "(the capture is broken: this covers what was read before the fault, told at the end)"
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
                 write!(out, "{}", replay_report(&file.display().to_string(), summary, &replayed.stats, &records, top))
                     .map_err(|e| e.to_string())?;
             }

@@ -899,6 +899,17 @@ impl Config {
                 format!("{} is out of range: give 1 to {}", self.table.max_flows, u32::MAX),
             ));
         }
+        if let Some(p) = &self.records.path {
+            if std::path::Path::new(p).is_dir() {
+                return Err((
+                    "records.path".into(),
+                    format!(
+                        "{p} is a directory: give the path of a file in it, e.g. {}/records.jsonl",
+                        p.trim_end_matches('/')
+                    ),
+                ));
+            }
+        }
         if self.table.max_fragments == 0 {
             return Err(("table.max_fragments".into(), "must be at least 1".into()));
         }

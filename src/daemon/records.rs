@@ -111,10 +111,28 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Why the records file can't be opened, in the operator's words for the
+/// usual slips (a directory given, a directory missing).
+fn opening_error(path: &Path, e: &std::io::Error) -> String {
+    let shown = path.display();
+    if path.is_dir() {
+        return format!(
+            "records.path: {shown} is a directory: give the path of a file in it, e.g. {shown}/records.jsonl"
+        );
+    }
+    match (e.kind(), path.parent().filter(|p| !p.as_os_str().is_empty())) {
+        (std::io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => {
+            format!("records.path: {shown}: the directory {} does not exist", dir.display())
+        }
+        (std::io::ErrorKind::PermissionDenied, _) => format!("records.path: {shown}: permission denied"),
+        _ => format!("records.path: {shown}: {e}"),
+    }
+}
+
 impl RecordsWriter {
     /// Opens (appending to) the records file. `rotate_bytes` 0 never rotates.
     pub fn open(path: &Path, rotate_bytes: u64, keep: u32) -> Result<RecordsWriter, String> {
-        let (file, device, size) = open_append(path).map_err(|e| format!("records.path: {}: {e}", path.display()))?;
+        let (file, device, size) = open_append(path).map_err(|e| opening_error(path, &e))?;
         Ok(RecordsWriter {
             path: path.to_path_buf(),
             rotate_bytes,
