@@ -758,16 +758,43 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     dumpcap.wait().unwrap();
     let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&capture).unwrap()).unwrap();
     let (mut from_a, mut from_b) = (0u64, 0u64);
+    // Each packet as (from, TCP flags, sequence number, payload bytes), to
+    // tell on a mismatch which packet one side has and the other lacks.
+    let mut seen = Vec::new();
     while let Some(p) = reader.next_packet() {
         let p = p.unwrap();
+        let d = &p.data;
         // Ethernet, then IPv4: the source address at offset 14 + 12.
-        match p.data.get(26..30) {
-            Some(src) if src == pair.ip_a.octets() => from_a += 1,
-            Some(src) if src == pair.ip_b.octets() => from_b += 1,
-            _ => {}
+        let from = match d.get(26..30) {
+            Some(src) if src == pair.ip_a.octets() => {
+                from_a += 1;
+                'A'
+            }
+            Some(src) if src == pair.ip_b.octets() => {
+                from_b += 1;
+                'B'
+            }
+            _ => continue,
+        };
+        let ihl = usize::from(d[14] & 0x0f) * 4;
+        let tcp = 14 + ihl;
+        let total = usize::from(u16::from_be_bytes([d[16], d[17]]));
+        if let Some(h) = d.get(tcp..tcp + 20) {
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let payload = total.saturating_sub(ihl + usize::from(h[12] >> 4) * 4);
+            seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
         }
     }
     println!("capture in B: {from_a} packets from A, {from_b} from B");
+    if (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()) != (Some(from_a), Some(from_b)) {
+        println!(
+            "capture, first and last packets: {:#?} ... {:#?}",
+            &seen[..seen.len().min(8)],
+            &seen[seen.len().saturating_sub(12)..]
+        );
+        println!("dumpcap: {}", std::fs::read_to_string(dir.join("dumpcap.log")).unwrap_or_default());
+        println!("daemon log:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    }
     assert_eq!(
         (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()),
         (Some(from_a), Some(from_b)),
