@@ -743,8 +743,13 @@ pub fn stats_report(s: &Stats) -> String {
             (Some(d), None) => format!(", {} dropped by the kernel", report::count(d)),
             _ => String::new(),
         };
+        let times = match src.capture_times {
+            Some(true) => ", records in the capture's own times",
+            Some(false) => ", records in the daemon's times (other sources share its port)",
+            None => "",
+        };
         o.push_str(&format!(
-            "source    {}: {}, {} packets ({}){losses}{}\n",
+            "source    {}: {}, {} packets ({}){losses}{times}{}\n",
             src.name,
             src.state,
             report::count(src.packets),

@@ -715,6 +715,35 @@ fn sighup_applies_a_good_configuration_and_refuses_a_broken_one() {
     assert!(records.iter().all(|r| r["class"] != "(rule removed by reload)"));
 }
 
+/// A capture file replayed by the daemon gives records in the capture's
+/// own times, the same as `flowtable replay` gives, and stats says so.
+#[test]
+fn records_of_a_capture_file_carry_the_captures_own_times() {
+    for pace in ["fast", "timestamps"] {
+        let mut d = Daemon::start(&format!("{LONG_TIMEOUTS}, {}", pcap_source("http.pcapng", pace)));
+        let s = d.wait_sources_done();
+        assert_eq!(s["sources"][0]["capture_times"], true, "{}", s["sources"]);
+        assert!(d.ok(&["stats"]).contains("records in the capture's own times"));
+        d.terminate();
+        let ours = d.records();
+        let out = Command::new(BIN).args(["replay", "--json"]).arg(capture("http.pcapng")).output().unwrap();
+        let replayed: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v.get("start_ns").is_some())
+            .collect();
+        assert!(!ours.is_empty() && ours.len() == replayed.len(), "{pace}: {ours:?} / {replayed:?}");
+        for r in &ours {
+            let twin = replayed
+                .iter()
+                .find(|x| (&x["src"], &x["sport"], &x["dport"]) == (&r["src"], &r["sport"], &r["dport"]));
+            let twin = twin.unwrap_or_else(|| panic!("{pace}: no replayed record like {r}"));
+            assert_eq!((&r["start_ns"], &r["end_ns"]), (&twin["start_ns"], &twin["end_ns"]), "{pace}: {r}");
+        }
+    }
+}
+
 #[test]
 fn events_stream_new_classified_offloaded_and_expired_with_records() {
     let sections = format!(

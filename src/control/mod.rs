@@ -497,6 +497,15 @@ pub struct SourceStatus {
     /// another port's (an older frame could still have been hidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unordered: Option<u64>,
+    /// A capture file's: how far the daemon's clock runs ahead of the
+    /// capture's. Records of its flows are moved back by it, so that they
+    /// carry the capture's own times (`capture_times`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_offset_ns: Option<i64>,
+    /// Whether records of this source's flows carry the capture's times
+    /// (false when another source shares its port and the times would mix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_times: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

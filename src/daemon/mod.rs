@@ -159,6 +159,9 @@ struct ReaderStatus {
     skipped: SkipCounters,
     /// Every source has ended (none is live).
     all_done: bool,
+    /// Ports whose flows' records carry their capture file's own times,
+    /// with the offset that moves them there (see `capture_port_offset`).
+    capture_offsets: Vec<(u8, i64)>,
 }
 
 /// The reader thread: reads and paces the sources, parses, offers each
@@ -243,7 +246,6 @@ impl Reader {
     #[inline]
     fn step(&mut self, i: usize, now: &mut u64) -> Step {
         let slot = &mut self.slots[i];
-        let live = slot.live;
         let pending = match slot.pending.take() {
             Some(p) => p,
             None => match if slot.live { slot.source.poll_packet() } else { slot.source.next_packet() } {
@@ -299,9 +301,11 @@ impl Reader {
         match pending.parsed {
             Err(reason) => self.status.skipped.add(reason),
             Ok(info) => {
-                // A live frame counts at its capture time, which places it
-                // before or after its flow's rule went in.
-                let at = if live { pending.due_ns.min(*now) } else { *now };
+                // A frame counts at its own time (a live one's capture
+                // time, a file's moved onto the daemon's clock), not when it
+                // got its turn: that places it before or after its flow's
+                // rule went in, and gives a file's records its times.
+                let at = pending.due_ns.min(*now);
                 if self.dispatch.offer(&info, at) {
                     self.status.nic_packets += 1;
                     self.status.nic_bytes += pending.wire_len as u64;
@@ -333,6 +337,7 @@ impl Reader {
 
     fn publish(&mut self) {
         self.status.sources = source_status(&self.slots);
+        self.status.capture_offsets = capture_offsets(&self.slots);
         self.status.all_done = self.slots.iter().all(|s| !s.running());
         if let Ok(mut s) = self.shared.lock() {
             s.clone_from(&self.status);
@@ -360,8 +365,32 @@ fn source_status(slots: &[Slot]) -> Vec<SourceStatus> {
             },
             dropped: s.losses.map(|l| l.dropped),
             unordered: s.losses.map(|l| l.unordered),
+            capture_offset_ns: s.capture_offset_ns(),
+            capture_times: s.file_port.map(|p| capture_port_offset(slots, p).is_some()),
         })
         .collect()
+}
+
+/// The offset by which records of flows on `port` are moved back onto its
+/// capture file's own clock: only when every source is a capture file and
+/// those on `port` agree (files of one port started together), since a
+/// live or generated source's flows on the same port run on the daemon's
+/// clock and a record can't be told apart.
+fn capture_port_offset(slots: &[Slot], port: u8) -> Option<i64> {
+    if slots.iter().any(|s| s.file_port.is_none()) {
+        return None;
+    }
+    let mut offsets = slots.iter().filter(|s| s.file_port == Some(port)).map(Slot::capture_offset_ns);
+    let first = offsets.next()??;
+    offsets.all(|o| o == Some(first)).then_some(first)
+}
+
+/// Per port, the offset of `capture_port_offset` (None: daemon times).
+pub(crate) fn capture_offsets(slots: &[Slot]) -> Vec<(u8, i64)> {
+    let mut ports: Vec<u8> = slots.iter().filter_map(|s| s.file_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.into_iter().filter_map(|p| Some((p, capture_port_offset(slots, p)?))).collect()
 }
 
 /// One shard's part of the statistics.
@@ -747,6 +776,15 @@ impl Daemon {
         if records.is_empty() || (self.records.is_none() && self.sinks.is_empty()) {
             return;
         }
+        let mut records = records;
+        let offsets = self.reader_status.lock().map(|s| s.capture_offsets.clone()).unwrap_or_default();
+        if !offsets.is_empty() {
+            for r in &mut records {
+                if let Some(&(_, off)) = offsets.iter().find(|(p, _)| *p == r.ingress) {
+                    to_capture_clock(r, off);
+                }
+            }
+        }
         let batch = Arc::new(records);
         if let Some(f) = &self.records {
             f.send(&batch);
@@ -1085,6 +1123,8 @@ impl Daemon {
             error: None,
             dropped: Some(0),
             unordered: Some(0),
+            capture_offset_ns: None,
+            capture_times: None,
         };
         for l in &live {
             st.received += l.packets;
@@ -1256,6 +1296,18 @@ impl Daemon {
         })
     }
 }
+/// Moves a record's times from the daemon's clock back onto its capture
+/// file's, `offset_ns` earlier.
+fn to_capture_clock(r: &mut FlowRecord, offset_ns: i64) {
+    let back = |t: u64| (t as i64).saturating_sub(offset_ns).max(0) as u64;
+    r.start_ns = back(r.start_ns);
+    r.end_ns = back(r.end_ns);
+    if let Some(o) = &mut r.offload {
+        o.installed_ns = back(o.installed_ns);
+        o.removed_ns = o.removed_ns.map(back);
+    }
+}
+
 /// Where on the daemon's clock a source's first packet lands. A source
 /// replayed fast keeps its timestamps' phase within the second, so timers
 /// (whose slots are aligned to absolute time) fire for its flows exactly as

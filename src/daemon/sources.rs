@@ -44,6 +44,9 @@ pub struct Slot {
     pub finished: Option<Instant>,
     /// A live capture's losses, read once a second.
     pub losses: Option<CaptureLosses>,
+    /// A capture file's port (its `ingress`): records of flows on it carry
+    /// the capture's own times (see `capture_offset_ns`).
+    pub file_port: Option<u8>,
 }
 
 impl Slot {
@@ -61,7 +64,16 @@ impl Slot {
             started: None,
             finished: None,
             losses: None,
+            file_port: None,
         }
+    }
+
+    /// For a capture file whose first packet was read: how far the daemon's
+    /// clock is ahead of the capture's (the daemon runs its timers on its own
+    /// clock and moves the file's packets onto it).
+    pub fn capture_offset_ns(&self) -> Option<i64> {
+        let (first_ts, at) = self.base?;
+        self.file_port.map(|_| at as i64 - first_ts as i64)
     }
 
     pub fn running(&self) -> bool {
@@ -101,7 +113,9 @@ pub fn open_sources(
         match s {
             SourceConfig::Pcap { path, ingress, pace } => {
                 let src = PcapFileSource::open(path, *ingress).map_err(|e| format!("{at}.pcap: {e}"))?;
-                slots.push(Slot::new(format!("pcap {path}"), Box::new(src), *pace));
+                let mut slot = Slot::new(format!("pcap {path}"), Box::new(src), *pace);
+                slot.file_port = Some(*ingress);
+                slots.push(slot);
             }
             SourceConfig::Synthetic(map) => {
                 let mut map = map.clone();
