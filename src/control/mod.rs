@@ -603,6 +603,28 @@ mod tests {
     }
 
     #[test]
+    fn bulk_commands_and_filtered_subscriptions_round_trip() {
+        for cmd in [
+            Command::Unoffload { flow: None, filter: Some("proto=tcp and bytes > 1M".into()) },
+            Command::Unoffload { flow: Some(FlowId(9)), filter: None },
+            Command::Flush { filter: None },
+            Command::Flush { filter: Some("age > 1h".into()) },
+            Command::Subscribe { filter: Some("proto=udp".into()) },
+            Command::Subscribe { filter: None },
+        ] {
+            let line = serde_json::to_vec(&Request { v: VERSION, id: Value::Null, cmd: &cmd }).unwrap();
+            assert_eq!(parse_request(&line).1.unwrap(), cmd, "{}", String::from_utf8_lossy(&line));
+        }
+        // What clients sent before the filters still reads the same.
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"subscribe"}"#).1.unwrap(), Command::Subscribe { filter: None });
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"unoffload","flow":3}"#).1.unwrap(),
+            Command::Unoffload { flow: Some(FlowId(3)), filter: None }
+        );
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"flush"}"#).1.unwrap(), Command::Flush { filter: None });
+    }
+
+    #[test]
     fn offload_takes_an_action_object() {
         let (_, r) = parse_request(br#"{"v":1,"cmd":"offload","flow":12,"action":{"type":"forward","port":1}}"#);
         assert_eq!(r.unwrap(), Command::Offload { flow: FlowId(12), action: Action::Forward { port: 1 } });

@@ -628,9 +628,11 @@ fn proto_numbers(text: &str) -> Result<Vec<u8>, String> {
         "esp" => vec![50],
         "ah" => vec![51],
         "udplite" => vec![136],
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "{text:?} is not a protocol: give tcp, udp, sctp, icmp, icmpv6, gre, esp, ah, udplite or a number (0-255)"
-        )),
+        ))
+        }
     })
 }
 
