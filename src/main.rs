@@ -455,6 +455,17 @@ fn replay_report(
     o
 }
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowtable: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,7 +490,7 @@ mod tests {
                 }
             }
             for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()).trim().to_string(), missing);
+                walk(sub, format!("{path} {}", sub.get_name()).trim(), missing);
             }
         }
         let mut cli = Cli::command();
@@ -492,17 +503,6 @@ mod tests {
         let long = flows.render_long_help().to_string();
         for want in ["not (stage=offloaded", "bytes > 1M", "ingress", "rate", "1024s"] {
             assert!(long.contains(want), "flows --help lacks {want:?}:\n{long}");
-        }
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flowtable: {e}");
-            ExitCode::from(2)
         }
     }
 }

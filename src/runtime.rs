@@ -169,6 +169,8 @@ impl Batch {
 
 /// Work a worker runs on its shard between packet batches.
 pub type ShardJob = Box<dyn FnOnce(&mut Shard) + Send>;
+/// One shard's own job for `Runtime::ask_each`, and its answer.
+pub type EachJob<T> = Box<dyn FnOnce(&mut Shard) -> T + Send>;
 
 /// What a worker is told.
 pub enum ToWorker {
@@ -512,10 +514,7 @@ impl Runtime {
     /// Runs each shard's own job (`None`: none for it) and gathers the
     /// answers, in shard order; the workers run them between packet
     /// batches, as any control job, in parallel.
-    pub fn ask_each<T: Send + 'static>(
-        &self,
-        jobs: Vec<Option<Box<dyn FnOnce(&mut Shard) -> T + Send>>>,
-    ) -> Vec<Option<T>> {
+    pub fn ask_each<T: Send + 'static>(&self, jobs: Vec<Option<EachJob<T>>>) -> Vec<Option<T>> {
         let mut replies = Vec::with_capacity(self.workers.len());
         for (w, job) in self.workers.iter().zip(jobs) {
             let Some(job) = job else {

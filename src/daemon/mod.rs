@@ -445,7 +445,7 @@ const UNOFFLOAD_WAIT: Duration = Duration::from_secs(5);
 /// so no one job holds a worker's packets up for long.
 const BULK_CHUNK: usize = 4096;
 
-type BulkJob = Box<dyn FnOnce(&mut flowtable_offload::Shard) -> BulkPart + Send>;
+type BulkJob = crate::runtime::EachJob<BulkPart>;
 
 /// What a bulk command does to each flow it selected.
 #[derive(Debug, Clone, Copy)]
