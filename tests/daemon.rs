@@ -1439,3 +1439,49 @@ fn events_filter_keeps_only_the_selected_flows_events() {
         assert!(r["orig"]["packets"].as_u64().unwrap() + r["reply"]["packets"].as_u64().unwrap() >= 3, "{e}");
     }
 }
+
+/// Flushes while packets flow: flows flushed mid-way start again as new
+/// flows, and still every packet read is in exactly one record, rules'
+/// counts included, and every flush's count is its records'.
+#[test]
+fn flushing_under_traffic_loses_and_doubles_no_packet() {
+    let sections = format!(
+        r#"{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS},
+        "sources": [{{"synthetic": {{"flows": 4000, "rate_pps": 20000, "concurrency": 400, "seed": 11}}}}]"#
+    );
+    let mut d = Daemon::start(&sections);
+    let mut flushed = 0;
+    let mut rounds = 0;
+    loop {
+        let done = d.stats()["sources"].as_array().unwrap().iter().all(|s| s["state"] != "running");
+        if done && rounds >= 3 {
+            break;
+        }
+        let filter = if rounds % 2 == 0 { "proto=udp or stage=offloaded" } else { "packets >= 3" };
+        let a = d.json(&["flush", "--filter", filter]);
+        assert_eq!(a["pending"], 0, "{a}");
+        flushed += a["done"].as_u64().unwrap();
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(flushed > 0 && rounds >= 3, "{rounds} flushes, {flushed} flows");
+    println!("{rounds} flushes ended {flushed} flows while packets flowed");
+    let stats = d.stats();
+    d.terminate();
+    let records = d.records();
+    let evicted = records.iter().filter(|r| r["end_reason"] == "evicted").count() as u64;
+    assert_eq!(evicted, flushed, "one record for each flow a flush counted");
+    let sum = |k: &str| -> u64 {
+        records.iter().map(|r| r["orig"][k].as_u64().unwrap() + r["reply"][k].as_u64().unwrap()).sum()
+    };
+    let p = &stats["packets"];
+    let not_counted: u64 = ["skipped", "untracked"]
+        .iter()
+        .flat_map(|k| p[*k].as_object().unwrap().values().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert!(p["nic"].as_u64().unwrap() > 0, "some packets were the rules': {p}");
+    assert_eq!(sum("packets"), p["received"].as_u64().unwrap() - not_counted, "{p}");
+    assert_eq!(sum("hw_packets"), p["nic"].as_u64().unwrap(), "{p}");
+    let ids: std::collections::BTreeSet<u64> = records.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), records.len(), "one record per flow");
+}

@@ -1337,7 +1337,8 @@ mod tests {
         for i in 0..500_000u32 {
             let proto = if i % 3 == 0 { 6 } else { 17 };
             let dport = if i % 5 == 0 { 53 } else { 1000 + (i % 50_000) as u16 };
-            let (key, dir) = FlowKey::from_v4(Ipv4Addr::from(0x0a00_0000 + i), Ipv4Addr::new(192, 168, 0, 9), 40000, dport, proto);
+            let (key, dir) =
+                FlowKey::from_v4(Ipv4Addr::from(0x0a00_0000 + i), Ipv4Addr::new(192, 168, 0, 9), 40000, dport, proto);
             let p = PacketInfo {
                 key,
                 dir,
