@@ -311,11 +311,12 @@ pub struct OffloadArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "filter"])))]
 pub struct UnoffloadArgs {
     #[command(flatten)]
     pub target: Target,
     /// The flow's id, as `flowtable flows` shows it.
-    #[arg(value_parser = parse_flow_id, required_unless_present = "filter", conflicts_with = "filter")]
+    #[arg(value_parser = parse_flow_id)]
     pub id: Option<FlowId>,
     /// Every offloaded flow this selects instead of one (the grammar: `flows --help`).
     #[arg(long, value_name = "EXPR")]
