@@ -1,12 +1,12 @@
 //! The control clients: `flowtable flows`, `flow`, `stats`, `watch`,
-//! `label`, `offload`, `unoffload` and `events` talk to a running
+//! `label`, `offload`, `unoffload`, `flush` and `events` talk to a running
 //! `flowtable run` over its control socket and print human tables (with
 //! units) or, with `--json`, the daemon's answers for scripts.
 
 pub mod watch;
 
 use crate::control::{
-    Command, ControlError, ErrorCode, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION,
+    BulkAnswer, Command, ControlError, ErrorCode, FlowSummary, FlowsPage, Request, Response, SortKey, Stats, VERSION,
 };
 use crate::report;
 use flowtable_hw::Action;
@@ -148,9 +148,10 @@ impl Client {
         serde_json::from_value(v).map_err(|e| CallError::Connection(format!("unexpected answer: {e}")))
     }
 
-    /// Subscribes; the connection then carries event lines (see `next_event`).
-    pub fn subscribe(&mut self) -> Result<(), CallError> {
-        self.call(&Command::Subscribe {})?;
+    /// Subscribes (to the events of the flows `filter` selects, all
+    /// without one); the connection then carries event lines (see `next_event`).
+    pub fn subscribe(&mut self, filter: Option<String>) -> Result<(), CallError> {
+        self.call(&Command::Subscribe { filter })?;
         self.writer.set_read_timeout(None).map_err(|e| self.lost(e))
     }
 
@@ -236,12 +237,17 @@ pub struct FlowsArgs {
     /// bytes, packets, rate (mean since start) or age.
     #[arg(long, default_value = "bytes", value_parser = parse_sort)]
     pub sort: SortKey,
-    /// e.g. "proto=tcp port=443 stage=offloaded placement=hardware label=web".
-    #[arg(long)]
+    /// Only the flows this selects, e.g. "proto=tcp,udp and bytes > 1M" (the
+    /// grammar, fields and units: `flows --help`).
+    #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
     /// Skip this many rows first (paging).
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
+    /// Only count the flows (the filter's, or all), as conntrack -C does.
+    #[arg(long)]
+    pub count: bool,
+    /// The daemon's answer as JSON (a page of flows; with --count, {"count": N}).
     #[arg(long)]
     pub json: bool,
 }
@@ -250,8 +256,10 @@ pub struct FlowsArgs {
 pub struct FlowArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The flow's id, as `flowtable flows` shows it.
     #[arg(value_parser = parse_flow_id)]
     pub id: FlowId,
+    /// The daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -260,6 +268,7 @@ pub struct FlowArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -268,16 +277,20 @@ pub struct StatsArgs {
 pub struct LabelArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The flow's id, as `flowtable flows` shows it.
     #[arg(value_parser = parse_flow_id)]
     pub id: FlowId,
     /// Metadata entries, key=value.
     #[arg(value_parser = parse_kv)]
     pub metadata: Vec<(String, String)>,
+    /// A label for the flow (shown by `flows`, matched by `--filter label=...`,
+    /// kept in its record).
     #[arg(long)]
     pub label: Option<String>,
     /// offload, drop or software: overrides the classifier.
     #[arg(long, value_parser = parse_verdict)]
     pub verdict: Option<Verdict>,
+    /// The daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -286,21 +299,41 @@ pub struct LabelArgs {
 pub struct OffloadArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The flow's id, as `flowtable flows` shows it.
     #[arg(value_parser = parse_flow_id)]
     pub id: FlowId,
     /// drop, pass, forward:PORT, mirror:PORT or mark:MARK.
     #[arg(long, value_parser = parse_action)]
     pub action: Action,
+    /// The daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "filter"])))]
 pub struct UnoffloadArgs {
     #[command(flatten)]
     pub target: Target,
+    /// The flow's id, as `flowtable flows` shows it.
     #[arg(value_parser = parse_flow_id)]
-    pub id: FlowId,
+    pub id: Option<FlowId>,
+    /// Every offloaded flow this selects instead of one (the grammar: `flows --help`).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// The daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlushArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Only the flows this selects (the grammar: `flows --help`); without it, every flow.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// The daemon's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -319,6 +352,10 @@ pub struct EventsArgs {
     /// refused, unoffloaded, expired (as conntrack -E -e NEW,DESTROY).
     #[arg(long = "type", value_name = "KINDS", value_parser = parse_event_kinds)]
     pub kinds: Option<EventKinds>,
+    /// Only the events of the flows this selects, judged when each event
+    /// happened (an expiry by its record); the grammar: `flows --help`.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
 }
 
 /// The event kinds `--type` asks for (a newtype: clap would take a bare
@@ -350,13 +387,47 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     writeln!(out, "{s}").map_err(|e| e.to_string())
 }
 
+/// A refused filter as the daemon said it, the expression below with a
+/// caret at the column named; other errors as they are.
+pub fn explain(e: CallError, filter: Option<&str>) -> String {
+    match (&e, filter) {
+        (CallError::Daemon(ce), Some(text)) if ce.code == ErrorCode::BadFilter => {
+            let column = ce
+                .message
+                .strip_prefix("filter: column ")
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            match column {
+                Some(c) => format!("{}\n  {text}\n  {}^", ce.message, " ".repeat(c.saturating_sub(1))),
+                None => ce.message.clone(),
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// `n flow` or `n flows`.
+fn flows_n(n: usize) -> String {
+    format!("{n} flow{}", if n == 1 { "" } else { "s" })
+}
+
 pub fn flows(a: FlowsArgs) -> Result<(), String> {
     let mut c = a.target.connect()?;
+    let filter = a.filter.as_deref();
+    if a.count {
+        let cmd = Command::Flows { filter: a.filter.clone(), sort: a.sort, offset: 0, limit: Some(0) };
+        let page: FlowsPage = c.call_as(&cmd).map_err(|e| explain(e, filter))?;
+        if a.json {
+            return print_json(&serde_json::json!({"count": page.total}));
+        }
+        println!("{}", flows_n(page.total));
+        return Ok(());
+    }
     let cmd = Command::Flows { filter: a.filter.clone(), sort: a.sort, offset: a.offset, limit: Some(a.top) };
     if a.json {
-        return print_json(&c.call(&cmd)?);
+        return print_json(&c.call(&cmd).map_err(|e| explain(e, filter))?);
     }
-    let page: FlowsPage = c.call_as(&cmd)?;
+    let page: FlowsPage = c.call_as(&cmd).map_err(|e| explain(e, filter))?;
     print!("{}", flows_table(&page.flows, None));
     println!(
         "{} of {} flows{}, by {}",
@@ -420,17 +491,57 @@ pub fn offload(a: OffloadArgs) -> Result<(), String> {
 
 pub fn unoffload(a: UnoffloadArgs) -> Result<(), String> {
     let mut c = a.target.connect()?;
-    let v = c.call(&Command::Unoffload { flow: a.id })?;
+    let Some(id) = a.id else {
+        let filter = a.filter.as_deref();
+        let v = c.call(&Command::Unoffload { flow: None, filter: a.filter.clone() }).map_err(|e| explain(e, filter))?;
+        return bulk_report(v, a.json, "unoffloaded", "not offloaded");
+    };
+    let v = c.call(&Command::Unoffload { flow: Some(id), filter: None })?;
     if a.json {
         return print_json(&v);
     }
-    println!("flow {}: back in software; its rules are removed and the classifier won't offload it again", a.id);
+    println!("flow {id}: back in software; its rules are removed and the classifier won't offload it again");
+    Ok(())
+}
+
+/// `flowtable flush`: ends the selected flows now, each with its record.
+pub fn flush(a: FlushArgs) -> Result<(), String> {
+    let mut c = a.target.connect()?;
+    let filter = a.filter.as_deref();
+    let v = c.call(&Command::Flush { filter: a.filter.clone() }).map_err(|e| explain(e, filter))?;
+    bulk_report(v, a.json, "flushed", "already ended")
+}
+
+/// A bulk answer as a confirmation count (`3 flows unoffloaded`), as
+/// conntrack -D and -F give one; non-zero exit if some could not be done.
+fn bulk_report(v: Value, json: bool, done: &str, skipped: &str) -> Result<(), String> {
+    let b: BulkAnswer =
+        serde_json::from_value(v.clone()).map_err(|e| format!("unexpected answer from the daemon: {e}"))?;
+    if json {
+        print_json(&v)?;
+    } else {
+        let mut notes = Vec::new();
+        if b.skipped > 0 {
+            notes.push(format!("{} of the {} selected {skipped}", b.skipped, b.matched));
+        }
+        if b.pending > 0 {
+            notes.push(format!("{} still removing their rules: done once they are out", flows_n(b.pending)));
+        }
+        let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+        println!("{} {done}{notes}", flows_n(b.done));
+    }
+    if b.failed > 0 {
+        return Err(format!(
+            "{}: removing their rules failed; they stay offloaded (the daemon retries)",
+            flows_n(b.failed)
+        ));
+    }
     Ok(())
 }
 
 pub fn events(a: EventsArgs) -> Result<(), String> {
     let mut c = a.target.connect()?;
-    c.subscribe()?;
+    c.subscribe(a.filter.clone()).map_err(|e| explain(e, a.filter.as_deref()))?;
     let mut seen = 0u64;
     let mut out = io::stdout().lock();
     while a.count.is_none_or(|n| seen < n) {

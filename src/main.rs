@@ -19,7 +19,10 @@ struct Cli {
 enum Command {
     /// Replay a pcap or pcapng file through the flow table and the NIC.
     Replay {
+        /// The capture: pcap or pcapng (Ethernet, raw IP, Linux SLL/SLL2, BSD loopback).
         file: PathBuf,
+        /// A configuration file for the classifier, backend, timeouts and
+        /// export settings [default: the built-in defaults].
         #[arg(long)]
         config: Option<PathBuf>,
         /// Flow records as JSON lines on stdout, then a summary line.
@@ -47,6 +50,7 @@ enum Command {
         /// Flows to generate.
         #[arg(long, default_value_t = 20_000)]
         flows: u64,
+        /// Seed of the traffic generator: the same seed, the same traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Sim NIC profile: full, small or refuse-all.
@@ -83,7 +87,8 @@ enum Command {
         /// Interfaces to show (default: all).
         names: Vec<String>,
     },
-    /// List a running daemon's flows.
+    /// List a running daemon's flows (or count them: --count).
+    #[command(after_long_help = flowtable::daemon::filter::FIELD_HELP)]
     Flows(flowtable::client::FlowsArgs),
     /// Show everything about one flow.
     Flow(flowtable::client::FlowArgs),
@@ -95,8 +100,12 @@ enum Command {
     Label(flowtable::client::LabelArgs),
     /// Offload a flow with an action.
     Offload(flowtable::client::OffloadArgs),
-    /// Take a flow back to software.
+    /// Take a flow back to software, or every offloaded flow a filter selects.
     Unoffload(flowtable::client::UnoffloadArgs),
+    /// End flows now, each with its record (end reason `evicted`), their
+    /// rules removed first: every flow, or those a filter selects (as
+    /// conntrack -F and -D).
+    Flush(flowtable::client::FlushArgs),
     /// Stream events: new, classified, offloaded, refused, expired.
     Events(flowtable::client::EventsArgs),
 }
@@ -106,13 +115,16 @@ enum BenchCommand {
     /// New flows/s, lookups/s of existing flows and bytes per flow at N
     /// flows, against std's HashMap doing the same work.
     Table {
+        /// Flows in the table.
         #[arg(long, default_value_t = 1_000_000)]
         flows: usize,
+        /// Lookups of existing flows in each round.
         #[arg(long, default_value_t = 10_000_000)]
         lookups: usize,
         /// Rounds of lookups; the medians are reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +145,7 @@ enum BenchCommand {
         /// `1,2`), rounds alternating, records compared with the first's.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -153,7 +166,10 @@ enum IpfixTransportArg {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a configuration file; errors name the field and the line.
-    Check { file: PathBuf },
+    Check {
+        /// The configuration file (JSON).
+        file: PathBuf,
+    },
     /// Print an example configuration.
     Example,
 }
@@ -383,6 +399,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Label(a) => flowtable::client::label(a),
         Command::Offload(a) => flowtable::client::offload(a),
         Command::Unoffload(a) => flowtable::client::unoffload(a),
+        Command::Flush(a) => flowtable::client::flush(a),
         Command::Events(a) => flowtable::client::events(a),
     }
 }
@@ -445,6 +462,47 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("flowtable: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and option of every subcommand, at every depth, says
+    /// what it is in `--help`; walked from the definitions, so a new one
+    /// without a description fails here.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_name() != "help" && cmd.get_about().is_none() && !path.is_empty() {
+                missing.push(format!("{path} (the command itself)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_long().map_or(id.to_uppercase(), |l| format!("--{l}"))));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()).trim(), missing);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "", &mut missing);
+        assert!(missing.is_empty(), "without a description in --help:\n{}", missing.join("\n"));
+        // The filter's grammar is in `flows --help`.
+        let mut flows = cli.find_subcommand("flows").expect("flows").clone();
+        let long = flows.render_long_help().to_string();
+        for want in ["not (stage=offloaded", "bytes > 1M", "ingress", "rate", "1024s"] {
+            assert!(long.contains(want), "flows --help lacks {want:?}:\n{long}");
         }
     }
 }

@@ -169,6 +169,8 @@ impl Batch {
 
 /// Work a worker runs on its shard between packet batches.
 pub type ShardJob = Box<dyn FnOnce(&mut Shard) + Send>;
+/// One shard's own job for `Runtime::ask_each`, and its answer.
+pub type EachJob<T> = Box<dyn FnOnce(&mut Shard) -> T + Send>;
 
 /// What a worker is told.
 pub enum ToWorker {
@@ -196,7 +198,10 @@ pub enum ToWorker {
 /// What workers hand back, on one channel for all.
 pub enum FromWorker {
     Records(Vec<FlowRecord>),
-    Events(Vec<Event>),
+    /// Events, each with its flow as it was when the event was handed
+    /// over (`None` for an expiry, whose record says it all, or a flow
+    /// already gone), for subscribers' filters.
+    Events(Vec<Event>, Vec<Option<crate::daemon::filter::Snapshot>>),
 }
 
 /// How a worker's packet path went, for the no-stall benchmark.
@@ -464,7 +469,7 @@ impl Runtime {
         for out in output.try_iter() {
             match out {
                 FromWorker::Records(records) => records.iter().for_each(&mut on_record),
-                FromWorker::Events(events) => on_event(&events),
+                FromWorker::Events(events, _) => on_event(&events),
             }
         }
     }
@@ -478,7 +483,7 @@ impl Runtime {
         for out in output.try_iter() {
             match out {
                 FromWorker::Records(records) => on_records(records),
-                FromWorker::Events(events) => on_event(&events),
+                FromWorker::Events(events, _) => on_event(&events),
             }
         }
     }
@@ -504,6 +509,25 @@ impl Runtime {
             }
         }
         replies.into_iter().filter_map(|rx| rx.recv().ok()).collect()
+    }
+
+    /// Runs each shard's own job (`None`: none for it) and gathers the
+    /// answers, in shard order; the workers run them between packet
+    /// batches, as any control job, in parallel.
+    pub fn ask_each<T: Send + 'static>(&self, jobs: Vec<Option<EachJob<T>>>) -> Vec<Option<T>> {
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for (w, job) in self.workers.iter().zip(jobs) {
+            let Some(job) = job else {
+                replies.push(None);
+                continue;
+            };
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let sent = w.inbox.send(ToWorker::Job(Box::new(move |s: &mut Shard| {
+                let _ = tx.send(job(s));
+            })));
+            replies.push(sent.is_ok().then_some(rx));
+        }
+        replies.into_iter().map(|rx| rx.and_then(|rx| rx.recv().ok())).collect()
     }
 
     /// Runs `job` on the shard `shard` and returns its answer.
@@ -846,7 +870,8 @@ impl Worker {
         }
         let events = self.shard.drain_events();
         if !events.is_empty() {
-            let _ = self.out.send(FromWorker::Events(events));
+            let flows = crate::daemon::query::event_flows(&self.shard, &events, self.clock.now());
+            let _ = self.out.send(FromWorker::Events(events, flows));
         }
     }
 }

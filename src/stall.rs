@@ -38,6 +38,7 @@ pub struct StallArgs {
     /// the slow sim NIC.
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// The figures as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

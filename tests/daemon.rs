@@ -356,7 +356,8 @@ fn flows_of_a_capture_match_its_replay_and_queries_sort_filter_and_page() {
     );
     let bad = d.cli(&["flows", "--filter", "colour=red"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad-filter"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("filter: column 1: unknown field \"colour\""), "{err}");
 
     // Paged: pages of 7 put together are the whole listing, in order.
     let whole: Vec<Value> = d.all_flows()["flows"].as_array().unwrap().iter().map(|f| f["id"].clone()).collect();
@@ -1272,4 +1273,244 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "events must fail when the daemon goes: {err}");
     assert!(err.contains("the daemon stopped"), "{err}");
+}
+
+/// Waits until no flow has its rules on their way in or out.
+fn wait_settled(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = d.stats();
+        let moving =
+            ["queued", "installing", "removing"].iter().any(|k| s["flows"]["by_stage"][*k].as_u64().unwrap_or(0) > 0);
+        if !moving {
+            return;
+        }
+        assert!(Instant::now() < deadline, "flows still moving: {}", s["flows"]["by_stage"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ids_of(page: &Value) -> std::collections::BTreeSet<u64> {
+    page["flows"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).collect()
+}
+
+/// Waits until the records file holds `n` records.
+fn wait_records(d: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = d.records();
+        if r.len() >= n {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{} records written, {n} expected", r.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn filters_count_unoffload_and_flush_select_the_same_flows_and_keep_counts_exact() {
+    let file = "teams.pcap";
+    let mut d = Daemon::start(&format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source(file, "fast")));
+    let (records, _) = replay(&capture(file), &d.config);
+    d.wait_sources_done();
+    wait_for_counts(&d, &counts_of_records(&records));
+    wait_settled(&d);
+
+    // --count: the whole table, and what a filter selects.
+    let count = |filter: Option<&str>| -> u64 {
+        let mut a = vec!["flows", "--count"];
+        if let Some(f) = filter {
+            a.extend(["--filter", f]);
+        }
+        let v = d.json(&a);
+        let text = d.ok(&a[..]);
+        let n = v["count"].as_u64().unwrap();
+        assert_eq!(text.trim(), format!("{n} flow{}", if n == 1 { "" } else { "s" }), "{a:?}");
+        n
+    };
+    assert_eq!(count(None) as usize, records.len());
+    let udp = records.iter().filter(|r| r["proto"] == 17).count();
+    assert_eq!(count(Some("proto=UDP")) as usize, udp);
+    let big = records
+        .iter()
+        .filter(|r| r["orig"]["bytes"].as_u64().unwrap() + r["reply"]["bytes"].as_u64().unwrap() > 10_000)
+        .count();
+    assert!(big > 0 && big < records.len());
+    assert_eq!(count(Some("bytes > 10k")) as usize, big);
+    assert_eq!(count(Some("bytes > 10k or not bytes > 10k")) as usize, records.len());
+
+    // unoffload --filter takes back exactly the offloaded flows that
+    // `flows --filter` lists, and says how many.
+    let expr = "proto=udp or (port=443 and packets >= 10)";
+    let listed = d.json(&["flows", "--filter", expr, "--top", "10000"]);
+    let selected = ids_of(&listed);
+    let offloaded: std::collections::BTreeSet<u64> = listed["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["stage"] == "offloaded")
+        .map(|f| f["id"].as_u64().unwrap())
+        .collect();
+    assert!(!offloaded.is_empty() && offloaded.len() < selected.len(), "the filter selects offloaded flows and others");
+    let others_offloaded = count(Some("stage=offloaded")) as usize - offloaded.len();
+    assert!(others_offloaded > 0);
+    let answer = d.json(&["unoffload", "--filter", expr]);
+    assert_eq!(answer["matched"].as_u64().unwrap() as usize, selected.len(), "{answer}");
+    assert_eq!(answer["done"].as_u64().unwrap() as usize, offloaded.len(), "{answer}");
+    assert_eq!(answer["skipped"].as_u64().unwrap() as usize, selected.len() - offloaded.len(), "{answer}");
+    assert_eq!((answer["pending"].as_u64(), answer["failed"].as_u64()), (Some(0), Some(0)), "{answer}");
+    let done: std::collections::BTreeSet<u64> =
+        answer["flows"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(done, offloaded);
+    assert_eq!(count(Some(&format!("stage=offloaded and ({expr})"))), 0);
+    assert_eq!(count(Some("stage=offloaded")) as usize, others_offloaded, "flows not selected keep their rules");
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap() as usize, 2 * others_offloaded);
+    // Again: nothing left to take back, said so.
+    let text = d.ok(&["unoffload", "--filter", expr]);
+    assert_eq!(
+        text.trim(),
+        format!("0 flows unoffloaded ({} of the {} selected not offloaded)", selected.len(), selected.len())
+    );
+    // The counts are still the capture's.
+    wait_for_counts(&d, &counts_of_records(&records));
+
+    // flush --filter: the TCP flows end now, each with one record holding
+    // exactly its packets, rules and all.
+    let tcp: Vec<Value> = records.iter().filter(|r| r["proto"] == 6).cloned().collect();
+    let text = d.ok(&["flush", "--filter", "proto=tcp"]);
+    assert_eq!(text.trim(), format!("{} flows flushed", tcp.len()));
+    let written = wait_records(&d, tcp.len());
+    assert_eq!(written.len(), tcp.len());
+    assert!(written.iter().all(|r| r["end_reason"] == "evicted" && r["proto"] == 6), "{written:?}");
+    assert_counts_equal(&counts_of_records(&written), &counts_of_records(&tcp));
+    assert_eq!(count(Some("proto=tcp")), 0);
+    assert_eq!(count(None) as usize, records.len() - tcp.len());
+    let rules_left = 2 * count(Some("stage=offloaded"));
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_left);
+    assert_eq!(d.stats()["ended"]["evicted"].as_u64().unwrap() as usize, tcp.len());
+
+    // flush: the rest, every rule removed, every flow in exactly one record.
+    let answer = d.json(&["flush"]);
+    assert_eq!(answer["done"].as_u64().unwrap() as usize, records.len() - tcp.len(), "{answer}");
+    assert_eq!(answer["matched"], answer["done"]);
+    let written = wait_records(&d, records.len());
+    assert_eq!(written.len(), records.len());
+    assert_counts_equal(&counts_of_records(&written), &counts_of_records(&records));
+    assert_eq!(count(None), 0);
+    assert_eq!(d.stats()["rules"]["live"], 0);
+    d.terminate();
+    assert_eq!(d.records().len(), records.len(), "nothing left to end at the stop");
+}
+
+#[test]
+fn filters_that_do_not_parse_point_at_the_column() {
+    let d = Daemon::start(&format!(r#"{LONG_TIMEOUTS}, "ports": [{{"name": "wan0"}}, {{"name": "lan0"}}]"#));
+    for cmd in [&["flows"][..], &["flows", "--count"], &["unoffload"], &["flush"], &["events"]] {
+        let mut a = cmd.to_vec();
+        a.extend(["--filter", "proto=tcp and bytes >"]);
+        let out = d.cli(&a);
+        assert!(!out.status.success(), "{a:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "filter: column 22: expected a value after '>'\n  proto=tcp and bytes >\n                       ^"
+            ),
+            "{a:?}: {err}"
+        );
+    }
+    // Port names are the configuration's.
+    assert_eq!(d.json(&["flows", "--count", "--filter", "ingress=lan0 or ingress=wan0"])["count"], 0);
+    let out = d.cli(&["flows", "--filter", "ingress=dmz0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column 9: no port named \"dmz0\"; the ports are wan0, lan0"), "{err}");
+    // unoffload needs an id or a filter, not both.
+    assert!(!d.cli(&["unoffload"]).status.success());
+    assert!(!d.cli(&["unoffload", "5", "--filter", "proto=tcp"]).status.success());
+}
+
+#[test]
+fn events_filter_keeps_only_the_selected_flows_events() {
+    let sections = format!(
+        r#"{OFFLOAD_AFTER_TWO},
+        "timeouts": {{"udp_s": 0.3, "icmp_s": 0.3, "tcp_established_s": 0.3, "tcp_handshake_s": 0.3, "tcp_closing_s": 0.3, "tcp_closed_s": 0.3}},
+        "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": 3000, "concurrency": 50, "seed": 5}}}}]"#
+    );
+    let d = Daemon::start(&sections);
+    let events = |args: &[&str]| -> Vec<Value> {
+        let out =
+            Command::new(BIN).arg("events").args(args).args(["--json", "--socket"]).arg(&d.socket).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // Every event is of a flow the filter selects: the protocol is known
+    // from `new` (its key) and `expired` (its record) events.
+    let proto_of = |e: &Value| match e["event"].as_str().unwrap() {
+        "new" => Some(e["key"].as_str().unwrap().split_whitespace().next().unwrap().to_string()),
+        "expired" => Some(if e["record"]["proto"] == 17 { "udp".into() } else { format!("{}", e["record"]["proto"]) }),
+        _ => None,
+    };
+    let udp = events(&["--filter", "proto=udp", "--count", "200"]);
+    assert_eq!(udp.len(), 200);
+    let protos: std::collections::BTreeSet<String> = udp.iter().filter_map(proto_of).collect();
+    assert_eq!(protos, ["udp".to_string()].into(), "only UDP flows' events");
+    let kinds: std::collections::BTreeSet<&str> = udp.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for k in ["new", "classified", "offloaded", "expired"] {
+        assert!(kinds.contains(k), "no {k} event in {kinds:?}");
+    }
+    let not_udp = events(&["--filter", "not proto=udp", "--count", "100"]);
+    assert!(not_udp.iter().filter_map(proto_of).all(|p| p != "udp"), "{not_udp:?}");
+    assert!(not_udp.iter().filter_map(proto_of).count() > 0);
+    // A quantity, judged on the record for an expiry.
+    let big = events(&["--type", "expired", "--filter", "packets >= 3 and age < 1h", "--count", "30"]);
+    assert_eq!(big.len(), 30);
+    for e in &big {
+        let r = &e["record"];
+        assert!(r["orig"]["packets"].as_u64().unwrap() + r["reply"]["packets"].as_u64().unwrap() >= 3, "{e}");
+    }
+}
+
+/// Flushes while packets flow: flows flushed mid-way start again as new
+/// flows, and still every packet read is in exactly one record, rules'
+/// counts included, and every flush's count is its records'.
+#[test]
+fn flushing_under_traffic_loses_and_doubles_no_packet() {
+    let sections = format!(
+        r#"{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS},
+        "sources": [{{"synthetic": {{"flows": 4000, "rate_pps": 20000, "concurrency": 400, "seed": 11}}}}]"#
+    );
+    let mut d = Daemon::start(&sections);
+    let mut flushed = 0;
+    let mut rounds = 0;
+    loop {
+        let done = d.stats()["sources"].as_array().unwrap().iter().all(|s| s["state"] != "running");
+        if done && rounds >= 3 {
+            break;
+        }
+        let filter = if rounds % 2 == 0 { "proto=udp or stage=offloaded" } else { "packets >= 3" };
+        let a = d.json(&["flush", "--filter", filter]);
+        assert_eq!(a["pending"], 0, "{a}");
+        flushed += a["done"].as_u64().unwrap();
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(flushed > 0 && rounds >= 3, "{rounds} flushes, {flushed} flows");
+    println!("{rounds} flushes ended {flushed} flows while packets flowed");
+    let stats = d.stats();
+    d.terminate();
+    let records = d.records();
+    let evicted = records.iter().filter(|r| r["end_reason"] == "evicted").count() as u64;
+    assert_eq!(evicted, flushed, "one record for each flow a flush counted");
+    let sum = |k: &str| -> u64 {
+        records.iter().map(|r| r["orig"][k].as_u64().unwrap() + r["reply"][k].as_u64().unwrap()).sum()
+    };
+    let p = &stats["packets"];
+    let not_counted: u64 = ["skipped", "untracked"]
+        .iter()
+        .flat_map(|k| p[*k].as_object().unwrap().values().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert!(p["nic"].as_u64().unwrap() > 0, "some packets were the rules': {p}");
+    assert_eq!(sum("packets"), p["received"].as_u64().unwrap() - not_counted, "{p}");
+    assert_eq!(sum("hw_packets"), p["nic"].as_u64().unwrap(), "{p}");
+    let ids: std::collections::BTreeSet<u64> = records.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), records.len(), "one record per flow");
 }

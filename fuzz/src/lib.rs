@@ -281,14 +281,21 @@ fn check_error(r: Result<(), netlink::NlError>) {
 
 /// Target `control`: one request line of the control protocol.
 /// Invariants: a request that decodes, written back as the client writes
-/// it, decodes to the same id and command; a `flows` filter expression
-/// parses or is refused without panicking.
+/// it, decodes to the same id and command; a filter expression (`flows`,
+/// `unoffload`, `flush`, `subscribe`) parses or is refused without
+/// panicking, naming a column within it.
 pub fn control(data: &[u8]) {
     use flowtable::control::{parse_request, Command, Request, VERSION};
     let (id, cmd) = parse_request(data);
     let Ok(cmd) = cmd else { return };
-    if let Command::Flows { filter: Some(f), .. } = &cmd {
-        let _ = flowtable::daemon::filter::Filter::parse(f);
+    if let Command::Flows { filter: Some(f), .. }
+    | Command::Unoffload { filter: Some(f), .. }
+    | Command::Flush { filter: Some(f) }
+    | Command::Subscribe { filter: Some(f) } = &cmd
+    {
+        if let Err(e) = flowtable::daemon::filter::Filter::parse(f) {
+            assert!(e.column >= 1 && e.column <= f.chars().count() + 1, "{f:?}: {e}");
+        }
     }
     let line = serde_json::to_vec(&Request { v: VERSION, id: id.clone(), cmd: &cmd }).expect("a request serialises");
     let (id2, cmd2) = parse_request(&line);

@@ -31,7 +31,11 @@ pub const MAX_PAGE: usize = 10_000;
 pub const DEFAULT_PAGE: usize = 100;
 
 /// Every command name, for "unknown command" answers.
-pub const COMMANDS: &[&str] = &["ping", "flows", "flow", "stats", "set-context", "offload", "unoffload", "subscribe"];
+pub const COMMANDS: &[&str] =
+    &["ping", "flows", "flow", "stats", "set-context", "offload", "unoffload", "flush", "subscribe"];
+/// Most flow ids a bulk answer (`unoffload` by filter, `flush`) lists; its
+/// counts are whole however many there were.
+pub const MAX_BULK_IDS: usize = 10_000;
 
 /// A request's command and its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +43,8 @@ pub const COMMANDS: &[&str] = &["ping", "flows", "flow", "stats", "set-context",
 pub enum Command {
     /// Answers `{"pong":true}`: checks the daemon is there and serving.
     Ping {},
-    /// Lists flows: filtered, sorted, paged.
+    /// Lists flows: filtered, sorted, paged. `limit: 0` counts them
+    /// (`total`) without listing any.
     Flows {
         /// A filter expression (see `daemon::filter`), e.g. `proto=tcp port=443 stage=offloaded`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,11 +73,49 @@ pub enum Command {
     },
     /// Offloads a flow with an action (installed at the next poll).
     Offload { flow: FlowId, action: Action },
-    /// Takes a flow back to software.
-    Unoffload { flow: FlowId },
+    /// Takes a flow back to software; or, given `filter` instead of
+    /// `flow`, every offloaded (or queued, installing) flow it selects.
+    /// Answers one flow's stage, or a `BulkAnswer`.
+    Unoffload {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<FlowId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+    },
+    /// Ends the flows the filter selects (all without one) now, each with
+    /// its record (end reason `evicted`), its rules removed first and
+    /// their final counters folded in. Answers a `BulkAnswer`.
+    Flush {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+    },
     /// Streams events (new, classified, offloaded, refused, unoffloaded,
-    /// expired with its record) until the connection closes.
-    Subscribe {},
+    /// expired with its record) until the connection closes; with a
+    /// filter, only those of the flows it selects (judged when the event
+    /// happened; an expired event by its record).
+    Subscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+    },
+}
+
+/// The answer to a bulk command (`unoffload` by filter, `flush`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkAnswer {
+    /// Flows the filter selected.
+    pub matched: usize,
+    /// Flows the command did: taken back to software, or ended with their
+    /// records.
+    pub done: usize,
+    /// Selected flows it did not apply to (`unoffload`: not offloaded).
+    pub skipped: usize,
+    /// Still waiting for the offload thread when the answer was given:
+    /// they are done once their rules are out.
+    pub pending: usize,
+    /// Whose rules could not be removed (they stay as they were; retried).
+    pub failed: usize,
+    /// The ids of the flows done, the first `MAX_BULK_IDS`.
+    pub flows: Vec<FlowId>,
 }
 
 /// What `flows` sorts by, largest first.
@@ -566,6 +609,28 @@ mod tests {
             assert_eq!(back.id, id, "{text}");
             assert_eq!(back.id.as_f64(), text.parse::<f64>().ok(), "{text}");
         }
+    }
+
+    #[test]
+    fn bulk_commands_and_filtered_subscriptions_round_trip() {
+        for cmd in [
+            Command::Unoffload { flow: None, filter: Some("proto=tcp and bytes > 1M".into()) },
+            Command::Unoffload { flow: Some(FlowId(9)), filter: None },
+            Command::Flush { filter: None },
+            Command::Flush { filter: Some("age > 1h".into()) },
+            Command::Subscribe { filter: Some("proto=udp".into()) },
+            Command::Subscribe { filter: None },
+        ] {
+            let line = serde_json::to_vec(&Request { v: VERSION, id: Value::Null, cmd: &cmd }).unwrap();
+            assert_eq!(parse_request(&line).1.unwrap(), cmd, "{}", String::from_utf8_lossy(&line));
+        }
+        // What clients sent before the filters still reads the same.
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"subscribe"}"#).1.unwrap(), Command::Subscribe { filter: None });
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"unoffload","flow":3}"#).1.unwrap(),
+            Command::Unoffload { flow: Some(FlowId(3)), filter: None }
+        );
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"flush"}"#).1.unwrap(), Command::Flush { filter: None });
     }
 
     #[test]

@@ -73,13 +73,15 @@ pub struct Subscription {
 pub struct Subscriber {
     pub events: Sender<Arc<str>>,
     pub lagged: Arc<AtomicBool>,
+    /// Only the events of the flows this selects (parsed once, at subscribing).
+    pub filter: Option<crate::daemon::filter::Filter>,
 }
 
 /// A new subscription's two ends.
 pub fn subscription() -> (Subscriber, Subscription) {
     let (tx, rx) = bounded(SUBSCRIBER_QUEUE);
     let lagged = Arc::new(AtomicBool::new(false));
-    (Subscriber { events: tx, lagged: lagged.clone() }, Subscription { events: rx, lagged })
+    (Subscriber { events: tx, lagged: lagged.clone(), filter: None }, Subscription { events: rx, lagged })
 }
 
 /// The queue jobs travel on, engine thread at the receiving end.
@@ -425,7 +427,7 @@ fn serve_client(stream: UnixStream, jobs: &Sender<Job>, entry: &Entry) {
             continue;
         }
         let (id, cmd) = parse_request(&line);
-        let subscribing = matches!(cmd, Ok(Command::Subscribe {}));
+        let subscribing = matches!(cmd, Ok(Command::Subscribe { .. }));
         if subscribing && !entry.take_subscriber_slot() {
             let err = ControlError::new(
                 ErrorCode::Busy,

@@ -40,6 +40,7 @@ pub struct ControlBenchArgs {
     /// such runs).
     #[arg(long, default_value_t = 8)]
     pub hammer_clients: usize,
+    /// The figures as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -18,13 +18,13 @@ pub mod sources;
 
 use crate::control::server::{self, Answer, Job, Server, Subscriber};
 use crate::control::{
-    Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus, RuleCounted,
-    RuleStats, SourceStatus, Stats, DEFAULT_PAGE, MAX_PAGE,
+    BulkAnswer, Command, ConfigStatus, ControlError, ControlStats, ErrorCode, FlowStats, PacketStats, RecordsStatus,
+    RuleCounted, RuleStats, SourceStatus, Stats, DEFAULT_PAGE, MAX_BULK_IDS, MAX_PAGE,
 };
 use crate::runtime::{Clock, Dispatcher, FromWorker, Runtime, RuntimeConfig, ToWorker, WorkerTimes, POLL_TICK_NS};
 use crate::source::afpacket::AfPacketConfig;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
-use filter::Filter;
+use filter::{Filter, Subject};
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::{Action, Refusal};
 use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
@@ -469,6 +469,73 @@ struct Daemon {
 /// rules out; past it, the answer says `removing`.
 const UNOFFLOAD_WAIT: Duration = Duration::from_secs(5);
 
+/// Flows a bulk command (`unoffload` by filter, `flush`) handles in one
+/// control job on a shard: a flush of a million flows goes as many jobs,
+/// so no one job holds a worker's packets up for long.
+const BULK_CHUNK: usize = 4096;
+
+type BulkJob = crate::runtime::EachJob<BulkPart>;
+
+/// What a bulk command does to each flow it selected.
+#[derive(Debug, Clone, Copy)]
+enum Bulk {
+    /// Back to software, as `unoffload ID`.
+    Unoffload,
+    /// Ended now with its record (reason `evicted`), its rules removed first.
+    Flush,
+}
+
+/// One shard's part of a bulk command, one job's worth.
+#[derive(Default)]
+struct BulkPart {
+    done: Vec<FlowId>,
+    skipped: usize,
+    failed: usize,
+    /// Waiting for the offload thread (rules going out, an install withdrawn).
+    waiting: Vec<FlowId>,
+}
+
+impl Bulk {
+    fn apply(self, s: &mut flowtable_offload::Shard, ids: Vec<FlowId>) -> BulkPart {
+        let mut part = BulkPart::default();
+        for id in ids {
+            match self {
+                Bulk::Unoffload => match s.request_unoffload(id) {
+                    Ok(Stage::Removing | Stage::Installing) => part.waiting.push(id),
+                    Ok(_) => part.done.push(id),
+                    // Not offloaded (or ended since the scan): nothing to take back.
+                    Err(_) => part.skipped += 1,
+                },
+                Bulk::Flush => match s.evict(id) {
+                    Ok(_) if s.table().get(id).is_none() => part.done.push(id),
+                    Ok(_) => part.waiting.push(id),
+                    // Ended since the scan, with its own record.
+                    Err(_) => part.skipped += 1,
+                },
+            }
+        }
+        part
+    }
+
+    /// Where the flows `apply` left waiting are now.
+    fn outcome(self, s: &mut flowtable_offload::Shard, ids: Vec<FlowId>) -> BulkPart {
+        let mut part = BulkPart::default();
+        for id in ids {
+            let stage = s.table().get(id).map(|f| f.stage());
+            match (self, stage) {
+                (_, Some(Stage::Removing | Stage::Installing)) => part.waiting.push(id),
+                // Removing its rules failed: it stays offloaded (retried).
+                (Bulk::Unoffload, Some(Stage::Offloaded)) => part.failed += 1,
+                (Bulk::Unoffload, _) => part.done.push(id),
+                (Bulk::Flush, None) => part.done.push(id),
+                // Its rules failed to go: it ends once a retry takes them.
+                (Bulk::Flush, Some(_)) => part.waiting.push(id),
+            }
+        }
+        part
+    }
+}
+
 /// Most often a `flows` query may rebuild the table's list of largest flows.
 const LARGEST_REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -734,7 +801,7 @@ impl Daemon {
         for out in output.try_iter() {
             match out {
                 FromWorker::Records(records) => self.write_records(records),
-                FromWorker::Events(events) => self.publish(&events),
+                FromWorker::Events(events, flows) => self.publish(&events, &flows),
             }
         }
     }
@@ -793,24 +860,128 @@ impl Daemon {
     }
 
     /// Sends new events to subscribers; one that can't keep up is cut off
-    /// rather than slowing anything down.
-    fn publish(&mut self, events: &[Event]) {
+    /// rather than slowing anything down. A subscriber's filter judges
+    /// each event's flow as the worker handed it over (`flows`), an
+    /// expiry by its record, and a flow gone by then by its expiry's
+    /// record in the same batch.
+    fn publish(&mut self, events: &[Event], flows: &[Option<filter::Snapshot>]) {
         if self.subscribers.is_empty() {
             return;
         }
-        for ev in events {
+        let filtered = self.subscribers.iter().any(|s| s.filter.is_some());
+        let ended: std::collections::HashMap<FlowId, &FlowRecord> = if filtered {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Expired { record } => Some((record.id, &**record)),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+        for (i, ev) in events.iter().enumerate() {
             let Ok(line) = serde_json::to_string(ev) else { continue };
             let line: Arc<str> = line.into();
-            self.subscribers.retain(|s| match s.events.try_send(line.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::SeqCst);
-                    tracing::warn!("an event subscriber fell behind and was cut off");
-                    false
+            let subject: Option<&dyn Subject> = match ev {
+                Event::Expired { record } => Some(&**record),
+                _ => match flows.get(i).and_then(Option::as_ref) {
+                    Some(snapshot) => Some(snapshot),
+                    None => ended.get(&query::event_flow(ev)).map(|r| *r as &dyn Subject),
+                },
+            };
+            self.subscribers.retain(|s| {
+                if let Some(f) = &s.filter {
+                    if !subject.is_some_and(|x| f.matches_subject(x)) {
+                        return true;
+                    }
                 }
-                Err(TrySendError::Disconnected(_)) => false,
+                match s.events.try_send(line.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        s.lagged.store(true, Ordering::SeqCst);
+                        tracing::warn!("an event subscriber fell behind and was cut off");
+                        false
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
+                }
             });
         }
+    }
+
+    /// A request's filter, port names from the configuration; parsed here
+    /// once, then shared by the workers.
+    fn parse_filter(&self, text: Option<&str>) -> Result<Filter, ControlError> {
+        let names = filter::Names { ports: self.config.ports.iter().map(|p| p.name.clone()).collect() };
+        Filter::parse_with(text.unwrap_or(""), &names)
+            .map_err(|e| ControlError::new(ErrorCode::BadFilter, e.to_string()))
+    }
+
+    /// `unoffload` by filter and `flush`: one scan of every shard picks the
+    /// flows the filter selects now; then they are handled `BULK_CHUNK` at
+    /// a time, each chunk a control job on its shard (the shards in
+    /// parallel, each job within the worker's control budget, so packets
+    /// go on between them); then the answer waits, as `unoffload` of one
+    /// flow does, for the offload thread to take their rules out.
+    fn bulk(&self, what: Bulk, filter: Filter, now: u64) -> Result<BulkAnswer, ControlError> {
+        let filter = Arc::new(filter);
+        let mut queues: Vec<Vec<FlowId>> = self.rt().ask_all(move |s| {
+            let facts = query::EngineFacts(s);
+            s.flows().filter(|(id, f)| filter.matches(*id, f, &facts, now)).map(|(id, _)| id).collect()
+        });
+        if queues.len() < self.rt().workers() {
+            return Err(workers_gone());
+        }
+        let mut answer = BulkAnswer { matched: queues.iter().map(Vec::len).sum(), ..BulkAnswer::default() };
+        let mut waiting: Vec<Vec<FlowId>> = vec![Vec::new(); queues.len()];
+        let add = |answer: &mut BulkAnswer, part: BulkPart| {
+            answer.done += part.done.len();
+            answer.skipped += part.skipped;
+            answer.failed += part.failed;
+            let room = MAX_BULK_IDS.saturating_sub(answer.flows.len());
+            answer.flows.extend(part.done.into_iter().take(room));
+        };
+        while queues.iter().any(|q| !q.is_empty()) {
+            let jobs = queues
+                .iter_mut()
+                .map(|q| {
+                    if q.is_empty() {
+                        return None;
+                    }
+                    let rest = q.split_off(q.len().min(BULK_CHUNK));
+                    let chunk = std::mem::replace(q, rest);
+                    Some(Box::new(move |s: &mut flowtable_offload::Shard| what.apply(s, chunk)) as BulkJob)
+                })
+                .collect();
+            for (i, part) in self.rt().ask_each(jobs).into_iter().enumerate() {
+                if let Some(mut part) = part {
+                    waiting[i].append(&mut part.waiting);
+                    add(&mut answer, part);
+                }
+            }
+        }
+        let deadline = Instant::now() + UNOFFLOAD_WAIT;
+        while waiting.iter().any(|w| !w.is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            let jobs = waiting
+                .iter_mut()
+                .map(|w| {
+                    if w.is_empty() {
+                        return None;
+                    }
+                    let ids = std::mem::take(w);
+                    Some(Box::new(move |s: &mut flowtable_offload::Shard| what.outcome(s, ids)) as BulkJob)
+                })
+                .collect();
+            for (i, part) in self.rt().ask_each(jobs).into_iter().enumerate() {
+                if let Some(mut part) = part {
+                    waiting[i].append(&mut part.waiting);
+                    add(&mut answer, part);
+                }
+            }
+        }
+        answer.pending = waiting.iter().map(Vec::len).sum();
+        Ok(answer)
     }
 
     fn answer(&mut self, job: Job) {
@@ -853,8 +1024,7 @@ impl Daemon {
         let value = match cmd {
             Command::Ping {} => json!({"pong": true}),
             Command::Flows { filter, sort, offset, limit } => {
-                let filter = Filter::parse(filter.as_deref().unwrap_or(""))
-                    .map_err(|e| ControlError::new(ErrorCode::BadFilter, e))?;
+                let filter = self.parse_filter(filter.as_deref())?;
                 let limit = limit.unwrap_or(DEFAULT_PAGE);
                 if limit > MAX_PAGE {
                     return Err(ControlError::new(
@@ -940,7 +1110,36 @@ impl Daemon {
                 }
                 json!({"flow": flow, "action": action, "stage": stage})
             }
-            Command::Unoffload { flow } => {
+            Command::Unoffload { flow: None, filter: Some(filter) } => {
+                let filter = self.parse_filter(Some(&filter))?;
+                let answer = self.bulk(Bulk::Unoffload, filter, now)?;
+                tracing::info!(
+                    matched = answer.matched,
+                    unoffloaded = answer.done,
+                    pending = answer.pending,
+                    failed = answer.failed,
+                    "flows taken back to software by filter"
+                );
+                to_value(&answer)?
+            }
+            Command::Unoffload { flow: Some(_), filter: Some(_) } | Command::Unoffload { flow: None, filter: None } => {
+                return Err(ControlError::new(
+                    ErrorCode::BadRequest,
+                    "unoffload takes one of `flow` (a flow id) or `filter` (an expression)",
+                ))
+            }
+            Command::Flush { filter } => {
+                let filter = self.parse_filter(filter.as_deref())?;
+                let answer = self.bulk(Bulk::Flush, filter, now)?;
+                tracing::info!(
+                    matched = answer.matched,
+                    flushed = answer.done,
+                    pending = answer.pending,
+                    "flows flushed: ended with their records"
+                );
+                to_value(&answer)?
+            }
+            Command::Unoffload { flow: Some(flow), filter: None } => {
                 let shard = self.shard_of(flow)?;
                 let first = self
                     .rt()
@@ -960,12 +1159,17 @@ impl Daemon {
                 tracing::info!(flow = %flow, stage = stage.as_str(), "taken back to software");
                 json!({"flow": flow, "stage": stage})
             }
-            Command::Subscribe {} => {
+            Command::Subscribe { filter } => {
+                let filter = match filter {
+                    Some(text) => Some(self.parse_filter(Some(&text))?),
+                    None => None,
+                };
                 if !self.events_enabled {
                     self.events_enabled = true;
                     self.rt().tell_all(|| ToWorker::EnableEvents);
                 }
-                let (subscriber, subscription) = server::subscription();
+                let (mut subscriber, subscription) = server::subscription();
+                subscriber.filter = filter.filter(|f| !f.is_empty());
                 self.subscribers.push(subscriber);
                 return Ok(Answer::Events(subscription));
             }

@@ -3,10 +3,10 @@
 //! paged: each shard offers its best `offset + limit`, the merge keeps the
 //! page) and one flow in full (from the shard its id names).
 
-use super::filter::{Filter, FlowFacts};
+use super::filter::{Filter, FlowFacts, Snapshot};
 use crate::control::{FlowSummary, FlowsPage, SortKey};
 use flowtable_hw::Placement;
-use flowtable_offload::{FlowView, OffloadState, Shard};
+use flowtable_offload::{Event, FlowView, OffloadState, Shard};
 use flowtable_sw::{Flow, FlowId, Stage};
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -47,6 +47,35 @@ impl FlowFacts for EngineFacts<'_> {
     }
     fn label(&self, id: FlowId) -> Option<&str> {
         self.0.context(id).and_then(|c| c.label.as_deref())
+    }
+}
+
+/// Each event's flow as it is now, for subscribers' filters: `None` for
+/// an expiry (its record is the flow) and for a flow already gone (its
+/// expiry follows in the same batch).
+pub fn event_flows(shard: &Shard, events: &[Event], now_ns: u64) -> Vec<Option<Snapshot>> {
+    let facts = EngineFacts(shard);
+    events
+        .iter()
+        .map(|ev| {
+            let id = match ev {
+                Event::Expired { .. } => return None,
+                other => event_flow(other),
+            };
+            shard.table().get(id).map(|flow| Snapshot::of(id, flow, &facts, now_ns))
+        })
+        .collect()
+}
+
+/// The flow an event is about.
+pub fn event_flow(ev: &Event) -> FlowId {
+    match ev {
+        Event::New { id, .. }
+        | Event::Classified { id, .. }
+        | Event::Offloaded { id, .. }
+        | Event::Refused { id, .. }
+        | Event::Unoffloaded { id, .. } => *id,
+        Event::Expired { record } => record.id,
     }
 }
 
@@ -126,7 +155,7 @@ pub fn list(engine: &Shard, filter: &Filter, sort: SortKey, offset: usize, limit
         }
     }
     for (id, flow) in engine.flows() {
-        if !filter.matches(id, flow, &facts) {
+        if !filter.matches(id, flow, &facts, now_ns) {
             continue;
         }
         total += 1;

@@ -991,8 +991,16 @@ impl Shard {
     pub fn evict(&mut self, id: FlowId) -> Result<Option<FlowRecord>, EngineError> {
         let flow = self.table.get(id).ok_or(EngineError::NoSuchFlow(id))?;
         match flow.stage() {
-            Stage::Offloaded | Stage::Removing => {
+            Stage::Offloaded => {
                 self.request_removal(id, Then::End(EndReason::Evicted));
+                Ok(None)
+            }
+            // Its rules are already going: it ends when they are out,
+            // without a second removal asked for the same rules.
+            Stage::Removing => {
+                if let Some(state) = self.offloads.get_mut(&id) {
+                    state.then = Some(Then::End(EndReason::Evicted));
+                }
                 Ok(None)
             }
             Stage::Queued | Stage::Installing => {
