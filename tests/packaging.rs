@@ -22,10 +22,12 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// A tool the test needs: absent, the test fails in CI and is skipped with
-/// the reason elsewhere (returns false).
+/// A tool the test needs (`tool` run with `args` must succeed): absent, the
+/// test fails in CI and is skipped with the reason elsewhere (returns false).
 fn have(tool: &str, args: &[&str], install: &str) -> bool {
     let found = Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
+    let tool =
+        std::iter::once(tool).chain(args.iter().copied().filter(|a| !a.starts_with('-'))).collect::<Vec<_>>().join(" ");
     if !found {
         assert!(!in_ci(), "{tool} is missing in CI: {install}");
         println!("SKIPPED: {tool} is not installed ({install}; tests/run-all.sh does it)");
@@ -76,7 +78,7 @@ fn dpkg(root: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn the_debian_package_installs_runs_and_its_unit_verifies() {
-    if !have("cargo-deb", &["--version"], "cargo install cargo-deb --locked") {
+    if !have("cargo", &["deb", "--version"], "cargo install cargo-deb --locked") {
         return;
     }
     // Built once: the release binary (a no-op after `cargo test --release`),
@@ -139,16 +141,24 @@ fn the_debian_package_installs_runs_and_its_unit_verifies() {
 
     // Completions: one file per shell, where each shell looks.
     let bash = root.join("usr/share/bash-completion/completions/flowtable");
-    run(Command::new("bash").arg("-n").arg(&bash));
-    let registered =
-        text(&run(Command::new("bash").arg("-c").arg(format!("source {:?} && complete -p flowtable", bash))));
-    assert!(registered.contains("flowtable"), "{registered}");
+    // What bash offers after `flowtable ` and after `flowtable flows --`.
+    let complete = |words: &str, cword: usize| {
+        let script = format!(
+            "source {:?} && COMP_WORDS=({words}) && COMP_CWORD={cword} && _flowtable flowtable \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            bash
+        );
+        text(&run(Command::new("bash").arg("-c").arg(script))).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let offered = complete("flowtable ''", 1);
+    let flows_options = complete("flowtable flows --", 2);
+    for want in ["--filter", "--top", "--json", "--socket"] {
+        assert!(flows_options.iter().any(|o| o == want), "bash offers {flows_options:?} after `flowtable flows --`");
+    }
     let zsh = std::fs::read_to_string(root.join("usr/share/zsh/vendor-completions/_flowtable")).unwrap();
     assert!(zsh.starts_with("#compdef flowtable"), "{}", &zsh[..zsh.len().min(80)]);
     let fish = std::fs::read_to_string(root.join("usr/share/fish/vendor_completions.d/flowtable.fish")).unwrap();
     for cmd in subcommands(&[]) {
-        let bash_text = std::fs::read_to_string(&bash).unwrap();
-        assert!(bash_text.contains(&format!("flowtable__subcmd__{}", cmd.replace('-', "__"))), "bash misses {cmd}");
+        assert!(offered.contains(&cmd), "bash offers {offered:?} after `flowtable `, not {cmd}");
         assert!(fish.contains(&format!("-a \"{cmd}\"")), "fish misses {cmd}");
         assert!(zsh.contains(&format!("'{cmd}:")), "zsh misses {cmd}");
     }
@@ -171,8 +181,8 @@ fn the_debian_package_installs_runs_and_its_unit_verifies() {
             "flowtable.1.gz",
             &["SmartNIC flow offload orchestrator", "flowtable-run(1)", "/run/flowtable/flowtable.sock"][..],
         ),
-        ("flowtable-run.1.gz", &["--config", "SIGHUP"][..]),
-        ("flowtable-bench-replay.1.gz", &["softflowd"][..]),
+        ("flowtable-run.1.gz", &["--config", "--socket"][..]),
+        ("flowtable-bench-replay.1.gz", &["--packets"][..]),
     ] {
         let path = man1.join(page);
         if have_man {
