@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where clients look for the daemon when told nothing.
-pub const DEFAULT_SOCKET: &str = "/run/flowtable.sock";
+pub const DEFAULT_SOCKET: &str = flowtable_config::DEFAULT_SOCKET;
 
 /// Which daemon to talk to.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Target {
-    /// The daemon's control socket [default: the configuration's, else /run/flowtable.sock].
+    /// The daemon's control socket [default: the configuration's, else /run/flowtable/flowtable.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Read the socket path from this configuration file.

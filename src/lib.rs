@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod export;
+pub mod manual;
 pub mod replay;
 pub mod report;
 pub mod runtime;

@@ -108,6 +108,25 @@ enum Command {
     Flush(flowtable::client::FlushArgs),
     /// Stream events: new, classified, offloaded, refused, expired.
     Events(flowtable::client::EventsArgs),
+    /// Print the completion script for a shell (packaged for bash, zsh and
+    /// fish; e.g. `source <(flowtable completions bash)`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page flowtable(1), or a command's page, as roff
+    /// (`flowtable man flows | man -l -`).
+    Man {
+        /// The command whose page to print (e.g. `bench replay` for
+        /// flowtable-bench-replay(1)); none: flowtable(1).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+        /// Write every page (flowtable.1 and one per command) into this
+        /// directory instead, printing their paths.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -401,6 +420,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Unoffload(a) => flowtable::client::unoffload(a),
         Command::Flush(a) => flowtable::client::flush(a),
         Command::Events(a) => flowtable::client::events(a),
+        Command::Completions { shell } => {
+            let script = flowtable::manual::completions(<Cli as clap::CommandFactory>::command(), shell);
+            std::io::stdout().write_all(&script).map_err(|e| format!("writing to stdout: {e}"))
+        }
+        Command::Man { command, dir } => {
+            flowtable::manual::man(<Cli as clap::CommandFactory>::command(), &command, dir.as_deref())
+        }
     }
 }
 

@@ -7,12 +7,19 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in tshark tmux pkg-config libdpdk-dev libclang-dev clang softflowd nfdump prometheus; do
+for pkg in tshark tmux pkg-config libdpdk-dev libclang-dev clang softflowd nfdump prometheus systemd man-db; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing: ${need_apt[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null || { echo "apt-get install failed"; exit 1; }
+fi
+
+# The Debian package test (tests/packaging.rs) builds with cargo-deb; about a
+# minute and a half the first time, nothing once it is there.
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "== installing cargo-deb"
+    cargo install --locked cargo-deb || { echo "cargo install cargo-deb failed"; exit 1; }
 fi
 
 failed=()

@@ -712,6 +712,11 @@ impl ExportSection {
     }
 }
 
+/// Where the daemon listens and clients look when told nothing: in the
+/// directory systemd makes for the unit (RuntimeDirectory=flowtable in
+/// packaging/flowtable.service), which `ProtectSystem=strict` leaves writable.
+pub const DEFAULT_SOCKET: &str = "/run/flowtable/flowtable.sock";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
@@ -720,7 +725,7 @@ pub struct ControlSection {
 
 impl Default for ControlSection {
     fn default() -> Self {
-        ControlSection { socket: "/run/flowtable.sock".into() }
+        ControlSection { socket: DEFAULT_SOCKET.into() }
     }
 }
 
@@ -1150,7 +1155,7 @@ pub const EXAMPLE: &str = r#"{
     "observation_domain": 1, "template_refresh_s": 60, "mtu": 1500,
     "queue_records": 65536, "enterprise_number": 32473, "active_timeout_s": 300
   },
-  "control": { "socket": "/run/flowtable.sock" },
+  "control": { "socket": "/run/flowtable/flowtable.sock" },
   "log": { "format": "human", "level": "info" },
   "metrics": { "_comment": "e.g. \"127.0.0.1:9464\": Prometheus scrapes http://127.0.0.1:9464/metrics; null: off",
                "listen": null },

@@ -634,6 +634,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         }
     };
     let (jobs_tx, jobs_rx) = server::job_queue();
+    make_socket_dir(Path::new(&config.control.socket));
     let server = match Server::start(Path::new(&config.control.socket), jobs_tx) {
         Ok(s) => s,
         Err(e) => {
@@ -698,7 +699,15 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         metrics: metrics_server.is_some().then_some(metrics_slot),
         last_metrics: None,
     };
+    // Ready only now: the socket listens and the loop below answers what
+    // queued on it meanwhile, so a client that systemd starts after this
+    // unit (After=) finds the daemon answering.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {}", Path::new(&daemon.config.control.socket).display())),
+    ]);
     daemon.run_loop(&jobs_rx, controls);
+    notify_systemd(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping: ending every flow")]);
     let summary = daemon.shutdown();
     // Scrapes are answered (with the last figures) until the very end.
     drop(metrics_server);
@@ -707,6 +716,27 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     drop(jobs_rx);
     drop(server);
     summary
+}
+
+/// Tells the service manager (systemd, `Type=notify`) what the daemon is
+/// doing; nothing when it was not started with NOTIFY_SOCKET.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
+}
+
+/// The default socket is in /run/flowtable/, which systemd makes for the
+/// unit (RuntimeDirectory=); a daemon started by hand makes it itself. Only
+/// the last directory is made: a path whose parents are missing is more
+/// likely a mistake, and the bind then says so.
+fn make_socket_dir(socket: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            tracing::debug!(dir = %dir.display(), error = %e, "could not make the control socket's directory");
+        }
+    }
 }
 
 fn source_is_fast(s: &flowtable_config::SourceConfig) -> bool {
@@ -765,7 +795,13 @@ impl Daemon {
                 return;
             }
             if controls.reload.swap(false, Ordering::Relaxed) {
+                // `systemctl reload` shows the unit reloading until READY=1
+                // again; systemd 253 and later want the monotonic time with it.
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify_systemd(&reloading);
                 self.reload();
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
             self.take_output();
             if Instant::now() >= self.next_tick {
