@@ -1159,6 +1159,6 @@ pub const EXAMPLE: &str = r#"{
   "log": { "format": "human", "level": "info" },
   "metrics": { "_comment": "e.g. \"127.0.0.1:9464\": Prometheus scrapes http://127.0.0.1:9464/metrics; null: off",
                "listen": null },
-  "sources": [{ "synthetic": { "flows": 1000000, "rate_pps": 20000, "seed": 1, "pace": "timestamps" } }]
+  "sources": [{ "interface": { "name": "port0", "ingress": 0 } }, { "interface": { "name": "port1", "ingress": 1 } }]
 }
 "#;
