@@ -10,7 +10,7 @@
 use crate::runtime::{Clock, Runtime, RuntimeConfig, WorkerTimes};
 use flowtable_config::Config;
 use flowtable_offload::{Classifier, Engine, BATCH};
-use flowtable_sw::{FlowKey, Fragment, PacketInfo};
+use flowtable_sw::{FlowKey, PacketInfo};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -91,17 +91,7 @@ impl Traffic {
         self.next = (self.next + 1) % self.flows.max(1);
         let client = Ipv4Addr::from(0x0a00_0000 | i);
         let (key, dir) = FlowKey::from_v4(client, Ipv4Addr::new(192, 0, 2, 1), 10_000 + (i % 50_000) as u16, 53, 17);
-        PacketInfo {
-            key,
-            dir,
-            port: 0,
-            wire_len: 100,
-            tcp_flags: 0,
-            fragment: Fragment::Whole,
-            payload_offset: 0,
-            l2_len: 0,
-            trailer: 0,
-        }
+        PacketInfo::whole(key, dir, 0, 100, 0)
     }
 }
 

@@ -216,14 +216,17 @@ fn the_debian_package_installs_runs_and_its_unit_verifies() {
         std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
         let kill = ["/usr/bin/kill", "/bin/kill"].into_iter().find(|k| Path::new(k).is_file()).expect("kill");
         std::fs::copy(kill, root.join("usr/bin/kill")).unwrap();
-        let verify = || {
-            let out = Command::new("systemd-analyze")
+        let analyze = || {
+            Command::new("systemd-analyze")
                 .arg("verify")
                 .arg(format!("--root={}", root.display()))
                 .arg("flowtable.service")
                 .env("MANPATH", root.join("usr/share/man"))
                 .output()
-                .unwrap();
+                .unwrap()
+        };
+        let verify = || {
+            let out = analyze();
             // verify exits 0 on an unknown key or a bad value, saying so:
             // anything it says is a fault.
             let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -236,13 +239,7 @@ fn the_debian_package_installs_runs_and_its_unit_verifies() {
         verify();
         // A broken line is caught, so the clean verdicts above mean something.
         std::fs::write(dropin.join("typo.conf"), "[Service]\nProtectSystm=strict\n").unwrap();
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(format!("--root={}", root.display()))
-            .arg("flowtable.service")
-            .env("MANPATH", root.join("usr/share/man"))
-            .output()
-            .unwrap();
+        let out = analyze();
         assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSystm"), "{out:?}");
         std::fs::remove_dir_all(&dropin).unwrap();
     }

@@ -11,7 +11,7 @@ use flowtable_hw::{
     SimProfile,
 };
 use flowtable_offload::{Classifier, FlowRecord};
-use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, Stage};
+use flowtable_sw::{FlowId, FlowKey, PacketInfo, Stage};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -141,17 +141,7 @@ fn run(workers: usize, tapped: bool, seed: u64) {
                 0
             };
             let len = rng.gen_range(60..1500);
-            let pkt = PacketInfo {
-                key,
-                dir,
-                port: 0,
-                wire_len: len,
-                tcp_flags: flags,
-                fragment: Fragment::Whole,
-                payload_offset: 0,
-                l2_len: 0,
-                trailer: 0,
-            };
+            let pkt = PacketInfo::whole(key, dir, 0, len, flags);
             let now = clock.now();
             total += 1;
             let e = sent.entry((src.to_string(), sp, dst.to_string(), dp, proto)).or_default();

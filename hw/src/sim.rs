@@ -348,17 +348,7 @@ mod tests {
             action,
             policy: PlacementPolicy::Auto,
         };
-        let pkt = PacketInfo {
-            key,
-            dir: pdir,
-            port: 0,
-            wire_len: 100,
-            tcp_flags: 0,
-            fragment: Fragment::Whole,
-            payload_offset: 0,
-            l2_len: 0,
-            trailer: 0,
-        };
+        let pkt = PacketInfo::whole(key, pdir, 0, 100, 0);
         (rule, pkt)
     }
 

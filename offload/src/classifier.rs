@@ -303,17 +303,7 @@ mod tests {
     /// A TCP flow in `tcp` state having seen `packets` packets of 100 bytes.
     fn flow(tcp: TcpState, packets: u64) -> Flow {
         let (key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 443, 6);
-        let pkt = PacketInfo {
-            key,
-            dir,
-            port: 0,
-            wire_len: 100,
-            tcp_flags: 0x02,
-            fragment: Fragment::Whole,
-            payload_offset: 0,
-            l2_len: 0,
-            trailer: 0,
-        };
+        let pkt = PacketInfo::whole(key, dir, 0, 100, 0x02);
         let mut table = FlowTable::new(TableConfig::default());
         let Lookup::Inserted { id, .. } = table.lookup_or_insert(&pkt, 0) else { panic!("a new flow") };
         let mut f = *table.get(id).unwrap();

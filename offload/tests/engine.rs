@@ -31,17 +31,7 @@ fn pkt(client: u8, cport: u16, sport: u16, proto: u8, to_server: bool, flags: u8
     } else {
         FlowKey::from_v4(s, c, sport, cport, proto)
     };
-    PacketInfo {
-        key,
-        dir,
-        port: 0,
-        wire_len: len,
-        tcp_flags: flags,
-        fragment: Fragment::Whole,
-        payload_offset: 0,
-        l2_len: 0,
-        trailer: 0,
-    }
+    PacketInfo::whole(key, dir, 0, len, flags)
 }
 
 /// What a replay does per packet: the NIC first, then software.

@@ -1047,7 +1047,7 @@ impl fmt::Display for Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable_sw::{FlowKey, FlowTable, Fragment, Lookup, PacketInfo, TableConfig};
+    use flowtable_sw::{FlowKey, FlowTable, Lookup, PacketInfo, TableConfig};
     use std::net::Ipv4Addr;
 
     struct Facts {
@@ -1074,17 +1074,7 @@ mod tests {
         let mut t = FlowTable::new(TableConfig::default());
         let (mut key, dir) = FlowKey::from_v4(Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::new(192, 168, 0, 9), 40000, 443, 6);
         key.vlan_outer = 7;
-        let p = PacketInfo {
-            key,
-            dir,
-            port: 1,
-            wire_len: 1000,
-            tcp_flags: 0x02,
-            fragment: Fragment::Whole,
-            payload_offset: 0,
-            l2_len: 0,
-            trailer: 0,
-        };
+        let p = PacketInfo::whole(key, dir, 1, 1000, 0x02);
         let Lookup::Inserted { id, .. } = t.lookup_or_insert(&p, 1_000_000_000) else { panic!() };
         for ts in [1, 2, 3] {
             t.observe(id, &p, ts * 1_000_000_000, true);
@@ -1408,17 +1398,7 @@ mod tests {
             let dport = if i % 5 == 0 { 53 } else { 1000 + (i % 50_000) as u16 };
             let (key, dir) =
                 FlowKey::from_v4(Ipv4Addr::from(0x0a00_0000 + i), Ipv4Addr::new(192, 168, 0, 9), 40000, dport, proto);
-            let p = PacketInfo {
-                key,
-                dir,
-                port: 0,
-                wire_len: 100,
-                tcp_flags: 0,
-                fragment: Fragment::Whole,
-                payload_offset: 0,
-                l2_len: 0,
-                trailer: 0,
-            };
+            let p = PacketInfo::whole(key, dir, 0, 100, 0);
             if let Lookup::Inserted { id, .. } = t.lookup_or_insert(&p, 1) {
                 t.observe(id, &p, 1, true);
             }

@@ -236,7 +236,7 @@ pub fn detail(engine: &Shard, id: FlowId, now_ns: u64) -> Option<Value> {
 mod tests {
     use super::*;
     use flowtable_offload::Engine;
-    use flowtable_sw::{FlowKey, Fragment, PacketInfo};
+    use flowtable_sw::{FlowKey, PacketInfo};
     use rand::{Rng, SeedableRng};
 
     /// The top flows by bytes come from the table's list of largest flows
@@ -250,17 +250,7 @@ mod tests {
             let port = 1000 + (rng.gen::<f64>().powi(2) * 20_000.0) as u16;
             let (key, dir) = FlowKey::from_v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), port, 53, 17);
             let len = rng.gen_range(64..9000);
-            let p = PacketInfo {
-                key,
-                dir,
-                port: 0,
-                wire_len: len,
-                tcp_flags: 0,
-                fragment: Fragment::Whole,
-                payload_offset: 0,
-                l2_len: 0,
-                trailer: 0,
-            };
+            let p = PacketInfo::whole(key, dir, 0, len, 0);
             engine.process(&p, i);
         }
         let (bar, largest) = engine.table().largest_by_bytes();

@@ -82,6 +82,23 @@ pub struct PacketInfo {
 }
 
 impl PacketInfo {
+    /// A whole (unfragmented) packet of `wire_len` bytes arriving on
+    /// `port`, with no link-layer facts: what generators, benches and
+    /// tests feed the table.
+    pub fn whole(key: FlowKey, dir: Direction, port: u8, wire_len: u32, tcp_flags: u8) -> PacketInfo {
+        PacketInfo {
+            key,
+            dir,
+            port,
+            wire_len,
+            tcp_flags,
+            fragment: Fragment::Whole,
+            payload_offset: 0,
+            l2_len: 0,
+            trailer: 0,
+        }
+    }
+
     /// IP octets (header and payload) of this packet.
     pub fn ip_len(&self) -> u32 {
         self.wire_len.saturating_sub(u32::from(self.l2_len) + u32::from(self.trailer))
