@@ -147,6 +147,7 @@ fn run(workers: usize, tapped: bool, seed: u64) {
                 port: 0,
                 wire_len: len,
                 tcp_flags: flags,
+                icmp: [0; 2],
                 fragment: Fragment::Whole,
                 payload_offset: 0,
                 l2_len: 0,

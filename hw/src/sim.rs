@@ -354,6 +354,7 @@ mod tests {
             port: 0,
             wire_len: 100,
             tcp_flags: 0,
+            icmp: [0; 2],
             fragment: Fragment::Whole,
             payload_offset: 0,
             l2_len: 0,

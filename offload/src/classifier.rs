@@ -309,6 +309,7 @@ mod tests {
             port: 0,
             wire_len: 100,
             tcp_flags: 0x02,
+            icmp: [0; 2],
             fragment: Fragment::Whole,
             payload_offset: 0,
             l2_len: 0,

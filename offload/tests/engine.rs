@@ -37,6 +37,7 @@ fn pkt(client: u8, cport: u16, sport: u16, proto: u8, to_server: bool, flags: u8
         port: 0,
         wire_len: len,
         tcp_flags: flags,
+        icmp: [0; 2],
         fragment: Fragment::Whole,
         payload_offset: 0,
         l2_len: 0,

@@ -80,6 +80,7 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingres
         port: ingress.port,
         wire_len,
         tcp_flags: transport.tcp_flags,
+        icmp: transport.icmp,
         fragment: network.fragment,
         // Frames longer than 64 KiB (possible only with odd captures) leave
         // the payload offset unknown rather than wrapped.
@@ -325,11 +326,13 @@ struct Transport {
     src_port: u16,
     dst_port: u16,
     tcp_flags: u8,
+    /// ICMP type and code.
+    icmp: [u8; 2],
     header_len: usize,
 }
 
 impl Transport {
-    const NONE: Transport = Transport { src_port: 0, dst_port: 0, tcp_flags: 0, header_len: 0 };
+    const NONE: Transport = Transport { src_port: 0, dst_port: 0, tcp_flags: 0, icmp: [0; 2], header_len: 0 };
 }
 
 fn transport_error(e: Error) -> SkipReason {
@@ -347,6 +350,7 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
                 src_port: tcp.src_port(),
                 dst_port: tcp.dst_port(),
                 tcp_flags: tcp.flags(),
+                icmp: [0; 2],
                 header_len: tcp.header_len(),
             }
         }
@@ -371,14 +375,14 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
             let version = if protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
             let icmp = IcmpPacket::new_checked(l4).map_err(transport_error)?;
             let port = icmp.flow_port(version);
-            ports(port, port, crate::wire::icmp::HEADER_LEN)
+            Transport { icmp: [icmp.msg_type(), icmp.code()], ..ports(port, port, crate::wire::icmp::HEADER_LEN) }
         }
         _ => Transport::NONE,
     })
 }
 
 fn ports(src_port: u16, dst_port: u16, header_len: usize) -> Transport {
-    Transport { src_port, dst_port, tcp_flags: 0, header_len }
+    Transport { src_port, dst_port, tcp_flags: 0, icmp: [0; 2], header_len }
 }
 
 /// Checks the invariants any successful parse must hold, panicking on the

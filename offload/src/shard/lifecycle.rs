@@ -233,6 +233,11 @@ impl Shard {
             (c.packets, c.bytes)
         };
         *base = *c;
+        let d = dir.index();
+        let since = if state.read_ns[d] != 0 { state.read_ns[d] } else { state.installed_ns };
+        state.read_interval_ns[d] = now.saturating_sub(since);
+        state.read_ns[d] = now;
+        state.last_read[d] = DirCounters { packets: dp, bytes: db };
         self.fold_rule_counts(id, dir, dp, db, c.last_used_ns, now);
         true
     }
