@@ -226,10 +226,16 @@ pub enum Event {
     New {
         id: FlowId,
         key: String,
+        proto: u8,
         src: String,
         dst: String,
         sport: u16,
         dport: u16,
+        /// ICMP and ICMPv6: the first packet's type and code.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmp_type: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmp_code: Option<u8>,
         ts_ns: u64,
     },
     Classified {

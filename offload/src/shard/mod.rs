@@ -503,7 +503,23 @@ impl Shard {
                 if self.events.is_some() {
                     let key = pkt.key.to_string();
                     let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
-                    self.emit(|| Event::New { id, key, src, dst, sport, dport, ts_ns: now_ns });
+                    let proto = pkt.key.proto;
+                    let (icmp_type, icmp_code) = match proto {
+                        1 | 58 => (Some(pkt.icmp[0]), Some(pkt.icmp[1])),
+                        _ => (None, None),
+                    };
+                    self.emit(|| Event::New {
+                        id,
+                        key,
+                        proto,
+                        src,
+                        dst,
+                        sport,
+                        dport,
+                        icmp_type,
+                        icmp_code,
+                        ts_ns: now_ns,
+                    });
                 }
                 id
             }
