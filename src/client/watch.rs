@@ -124,6 +124,12 @@ fn where_text(f: &FlowSummary) -> String {
     }
 }
 
+/// A duration without its space (`15.4s`, `59.7min`): a narrow column
+/// whose cells are one word each.
+fn short_duration(ns: u64) -> String {
+    report::duration_ns(ns).replace(' ', "")
+}
+
 /// One column: its header, its cells, and whether it aligns right.
 struct Column {
     header: String,
@@ -177,9 +183,9 @@ fn columns(flows: &[FlowSummary]) -> Vec<Column> {
         Column::new("NIC", of(&|f| super::nic_share(f.hw_packets, f.packets)), true, 7),
         Column::new(format!("now {now_unit}"), now, true, 0),
         Column::new(format!("mean {mean_unit}"), mean, true, 3),
-        Column::new("used", of(&|f| report::duration_ns(f.used_ns)), true, 5),
-        Column::new("expires", of(&|f| report::duration_ns(f.expires_in_ns)), true, 8),
-        Column::new("age", of(&|f| report::duration_ns(f.age_ns)), true, 10),
+        Column::new("used", of(&|f| short_duration(f.used_ns)), true, 5),
+        Column::new("expires", of(&|f| short_duration(f.expires_in_ns)), true, 8),
+        Column::new("age", of(&|f| short_duration(f.age_ns)), true, 10),
     ]
 }
 
