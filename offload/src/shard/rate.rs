@@ -36,6 +36,7 @@ pub(super) struct RateSampler {
     /// The next slot to sample.
     cursor: u32,
     last_poll_ns: u64,
+    credit: u128,
     slots: Vec<Sampled>,
 }
 
@@ -68,7 +69,12 @@ impl Shard {
         }
         let elapsed = now.saturating_sub(r.last_poll_ns);
         r.last_poll_ns = now;
-        let due = ((slots as u128 * elapsed as u128).div_ceil(SAMPLE_NS as u128) as usize).min(slots);
+        // Slots times nanoseconds: a slot falls due per SAMPLE_NS of it,
+        // the remainder carried, so a small table is not sampled at
+        // every poll (which would make its window one poll long).
+        r.credit = (r.credit + slots as u128 * elapsed as u128).min(slots as u128 * SAMPLE_NS as u128);
+        let due = (r.credit / SAMPLE_NS as u128) as usize;
+        r.credit %= SAMPLE_NS as u128;
         for _ in 0..due {
             let index = r.cursor;
             r.cursor = if index as usize + 1 >= slots { 0 } else { index + 1 };
