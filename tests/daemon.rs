@@ -772,7 +772,13 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
         flowtable::client::event_text(new).ends_with(&format!(
             "{} -> {}",
             ep(&new["src"], &new["sport"]),
-            ep(&new["dst"], &new["dport"])
+            flowtable::report::server_text(
+                proto,
+                new["dst"].as_str().unwrap(),
+                new["dport"].as_u64().unwrap() as u16,
+                new["icmp_type"].as_u64().map(|t| t as u8),
+                new["icmp_code"].as_u64().map(|c| c as u8)
+            )
         )),
         "{new}"
     );
