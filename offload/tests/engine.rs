@@ -946,6 +946,24 @@ fn current_rate_is_the_last_windows_in_software_and_on_the_nic() {
         }
         assert_eq!(e.shard().current_rate(id).unwrap(), flowtable_offload::Rate::default(), "offloaded {offloaded}");
     }
+    // A flow sampled just after it began (here 5 ms) has no window yet:
+    // its one packet is not a burst for the next second, but spread over
+    // its life so far.
+    let mut e = engine(NO_RULES, SimProfile::full());
+    e.enable_rates();
+    let mut t = 0;
+    while t < 990 * MS {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), 995 * MS);
+    while t < 1900 * MS {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    let r = e.shard().current_rate(only_flow(&e)).unwrap();
+    assert!((r.bytes_per_s - 100.0 / 0.905).abs() < 1.0, "{r:?}");
+
     // Off until asked for.
     let mut e = engine(NO_RULES, SimProfile::full());
     feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), 0);

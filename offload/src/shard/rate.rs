@@ -26,7 +26,8 @@ struct Sampled {
     at_ns: u64,
     sw: DirCounters,
     /// Rate over the window that ended at `at_ns` (packets, bytes per
-    /// second); `None` until a first window has ended.
+    /// second); `None` until a first window of at least half a sample
+    /// has ended.
     rate: Option<(f32, f32)>,
 }
 
@@ -89,12 +90,18 @@ impl Shard {
             } else {
                 (flow.first_ns, DirCounters::default())
             };
-            let dt = now.saturating_sub(since).max(1_000_000) as f64 / 1e9;
-            let rate = (
-                (sw.packets.saturating_sub(before.packets) as f64 / dt) as f32,
-                (sw.bytes.saturating_sub(before.bytes) as f64 / dt) as f32,
-            );
-            *s = Sampled { generation: id.generation(), at_ns: now, sw, rate: Some(rate) };
+            let window = now.saturating_sub(since);
+            let dt = window.max(1) as f64 / 1e9;
+            // A first window much shorter than a sample (a flow that began
+            // just before its slot's turn) would make one packet a burst:
+            // its rate stays the one since it began until a whole window ends.
+            let rate = (window >= SAMPLE_NS / 2).then(|| {
+                (
+                    (sw.packets.saturating_sub(before.packets) as f64 / dt) as f32,
+                    (sw.bytes.saturating_sub(before.bytes) as f64 / dt) as f32,
+                )
+            });
+            *s = Sampled { generation: id.generation(), at_ns: now, sw, rate };
         }
     }
 
