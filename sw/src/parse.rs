@@ -388,7 +388,7 @@ fn ports(src_port: u16, dst_port: u16, header_len: usize) -> Transport {
 /// Checks the invariants any successful parse must hold, panicking on the
 /// first that fails: the payload offset inside the frame, the ingress
 /// carried through, VLAN ids in range, no ports on a later fragment, TCP
-/// flags only on TCP, an IPv4 key's upper address bytes zero, the key
+/// flags only on TCP, an ICMP type and code only on ICMP, an IPv4 key's upper address bytes zero, the key
 /// canonical (rebuilding it from its own endpoints gives it back), no
 /// unknown encapsulation bits.
 ///
@@ -404,6 +404,9 @@ pub fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: Ingress) {
     }
     if info.key.proto != 6 {
         assert_eq!(info.tcp_flags, 0);
+    }
+    if !matches!(info.key.proto, 1 | 58) || matches!(info.fragment, Fragment::Later { .. }) {
+        assert_eq!(info.icmp, [0, 0]);
     }
     if !info.key.is_ipv6() {
         assert_eq!(&info.key.addr_lo[4..], &[0u8; 12]);
@@ -667,6 +670,12 @@ mod tests {
         let unreachable = eth(0x0800, &ip4(1, B4, A4, 1, 0, &icmp(3, 0x4242)));
         let u = parse(LinkType::Ethernet, &unreachable).unwrap();
         assert_eq!((u.key.port_lo, u.key.port_hi), (0, 0));
+        // Type and code ride beside the key, which holds only the identifier.
+        assert_eq!((q.icmp, r.icmp, u.icmp), ([8, 0], [0, 0], [3, 0]));
+        let mut port_unreachable = icmp(3, 0);
+        port_unreachable[1] = 3;
+        let pu = parse(LinkType::Ethernet, &eth(0x0800, &ip4(1, B4, A4, 1, 0, &port_unreachable))).unwrap();
+        assert_eq!((pu.icmp, pu.key), ([3, 3], u.key));
     }
 
     #[test]
@@ -674,6 +683,7 @@ mod tests {
         let echo = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(128, 7)));
         let info = parse(LinkType::Ethernet, &echo).unwrap();
         assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (7, 7, 58));
+        assert_eq!(info.icmp, [128, 0]);
         let solicit = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(135, 7)));
         let info = parse(LinkType::Ethernet, &solicit).unwrap();
         assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));
