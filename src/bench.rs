@@ -31,6 +31,7 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
                 port: 0,
                 wire_len: 64 + (rng.gen::<u32>() % 1400),
                 tcp_flags: 0x10,
+                icmp: [0; 2],
                 fragment: Fragment::Whole,
                 payload_offset: 0,
                 l2_len: 0,

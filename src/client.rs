@@ -428,11 +428,11 @@ pub fn flows(a: FlowsArgs) -> Result<(), String> {
         return print_json(&c.call(&cmd).map_err(|e| explain(e, filter))?);
     }
     let page: FlowsPage = c.call_as(&cmd).map_err(|e| explain(e, filter))?;
-    print!("{}", flows_table(&page.flows, None));
+    print!("{}", flows_table(&page.flows));
     println!(
-        "{} of {} flows{}, by {}",
+        "{} of {}{}, by {}",
         page.flows.len(),
-        page.total,
+        report::counted(page.total as u64, "flow"),
         if page.offset > 0 { format!(" from row {}", page.offset + 1) } else { String::new() },
         page.sort.as_str()
     );
@@ -571,14 +571,6 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
 
 // ---- human output ----
 
-pub fn endpoint(addr: &str, port: u16) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]:{port}")
-    } else {
-        format!("{addr}:{port}")
-    }
-}
-
 pub fn action_text(a: &Action) -> String {
     match a {
         Action::Drop => "drop".into(),
@@ -603,33 +595,91 @@ fn where_text(f: &FlowSummary) -> String {
     }
 }
 
-/// The flows table; `rates` overrides the mean rate with a measured one
-/// (bytes per second by flow id), as `watch` measures between refreshes.
-pub fn flows_table(flows: &[FlowSummary], rates: Option<&std::collections::HashMap<FlowId, f64>>) -> String {
+/// The text of a JSON record's or view's two ends, the initiator first:
+/// ports only where the protocol has them, ICMP's type, code and id after
+/// the server.
+fn ends_text(v: &Value) -> (String, String) {
+    let proto = u(&v["proto"]) as u8;
+    let client = report::endpoint(proto, v["src"].as_str().unwrap_or("?"), u(&v["sport"]) as u16);
+    let icmp = |k: &str| v[k].as_u64().or_else(|| v["orig"][k].as_u64()).map(|t| t as u8);
+    let server = report::server_text(
+        proto,
+        v["dst"].as_str().unwrap_or("?"),
+        u(&v["dport"]) as u16,
+        icmp("icmp_type"),
+        icmp("icmp_code"),
+    );
+    (client, server)
+}
+
+/// The share the NIC (or the kernel's rule) counted, of a flow's packets.
+pub fn nic_share(hw_packets: u64, packets: u64) -> String {
+    if packets == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * hw_packets as f64 / packets as f64)
+    }
+}
+
+/// A flow's current rate for its column's scale (0 where the daemon gave none).
+fn current_of(f: &FlowSummary) -> f64 {
+    f.current_bytes_per_s.unwrap_or(0.0)
+}
+
+/// The flows table: counters with the part the NIC counted, the mean
+/// rate since the flow began beside the current one, time since the last
+/// packet (`used`) and before idle expiry (`expires`). Each numeric
+/// column in one scale, its largest value's.
+pub fn flows_table(flows: &[FlowSummary]) -> String {
+    let packets = report::count_column(&flows.iter().map(|f| f.packets).collect::<Vec<_>>());
+    let bytes = report::bytes_column(&flows.iter().map(|f| f.bytes).collect::<Vec<_>>());
+    let mean = report::bitrate_column(&flows.iter().map(|f| f.mean_bytes_per_s).collect::<Vec<_>>());
+    let current = report::bitrate_column(&flows.iter().map(current_of).collect::<Vec<_>>());
     let rows: Vec<Vec<String>> = flows
         .iter()
-        .map(|f| {
-            let rate = rates.and_then(|r| r.get(&f.id).copied()).unwrap_or(f.mean_bytes_per_s);
+        .enumerate()
+        .map(|(i, f)| {
             vec![
                 f.id.to_string(),
                 flowtable_sw::key::proto_name(f.proto).to_string(),
-                endpoint(&f.src, f.sport),
-                endpoint(&f.dst, f.dport),
+                report::endpoint(f.proto, &f.src, f.sport),
+                report::server_text(f.proto, &f.dst, f.dport, f.icmp_type, f.icmp_code),
                 f.stage.as_str().to_string(),
                 where_text(f),
                 f.class.clone().unwrap_or_else(|| "-".into()),
                 f.label.clone().unwrap_or_else(|| "-".into()),
-                report::count(f.packets),
-                report::bytes(f.bytes),
-                bitrate(rate),
+                packets[i].clone(),
+                bytes[i].clone(),
+                nic_share(f.hw_packets, f.packets),
+                mean[i].clone(),
+                if f.current_bytes_per_s.is_some() { current[i].clone() } else { "-".into() },
+                report::duration_ns(f.used_ns),
+                report::duration_ns(f.expires_in_ns),
                 report::duration_ns(f.age_ns),
             ]
         })
         .collect();
     report::table(
-        &["id", "proto", "client", "server", "stage", "offload", "rule", "label", "packets", "bytes", "rate", "age"],
+        &[
+            "id",
+            "proto",
+            "client",
+            "server",
+            "stage",
+            "offload",
+            "rule",
+            "label",
+            "packets",
+            "bytes",
+            "by NIC",
+            "mean rate",
+            "current rate",
+            "used",
+            "expires",
+            "age",
+        ],
         &rows,
-        &[0, 8, 9, 10, 11],
+        &[0, 8, 9, 10, 11, 12, 13, 14, 15],
     )
 }
 
@@ -665,12 +715,8 @@ pub fn flow_detail(v: &Value) -> String {
     let now = u(&v["now_ns"]);
     let mut o = String::new();
     let proto = flowtable_sw::key::proto_name(v["proto"].as_u64().unwrap_or(0) as u8);
-    o.push_str(&format!(
-        "flow {}: {proto} {} -> {}",
-        v["id"],
-        endpoint(v["src"].as_str().unwrap_or("?"), u(&v["sport"]) as u16),
-        endpoint(v["dst"].as_str().unwrap_or("?"), u(&v["dport"]) as u16)
-    ));
+    let (client, server) = ends_text(v);
+    o.push_str(&format!("flow {}: {proto} {client} -> {server}", v["id"]));
     if u(&v["vlan"]) != 0 {
         o.push_str(&format!(" vlan {}", v["vlan"]));
     }
@@ -696,11 +742,20 @@ pub fn flow_detail(v: &Value) -> String {
         &mut o,
         "time",
         format!(
-            "started {}, last packet {}, idles out in {}, mean rate {}",
+            "started {}, last packet {} (used), idles out in {}",
             ago(now, u(&v["start_ns"])),
             ago(now, u(&v["last_ns"])),
             report::duration_ns(u(&v["idle_deadline_ns"]).saturating_sub(now)),
-            bitrate(v["mean_bytes_per_s"].as_f64().unwrap_or(0.0))
+        ),
+    );
+    row(
+        &mut o,
+        "rate",
+        format!(
+            "{} mean since start, {} current{}",
+            bitrate(v["mean_bytes_per_s"].as_f64().unwrap_or(0.0)),
+            v["current_bytes_per_s"].as_f64().map_or_else(|| "-".into(), bitrate),
+            v["current_packets_per_s"].as_f64().map(|p| format!(" ({})", report::rate(p, "pkt"))).unwrap_or_default()
         ),
     );
     for (name, d) in [("orig", &v["orig"]), ("reply", &v["reply"])] {
@@ -708,17 +763,30 @@ pub fn flow_detail(v: &Value) -> String {
             &mut o,
             name,
             format!(
-                "{} packets, {} (software {} / {}, hardware {} / {})",
-                report::count(u(&d["packets"])),
+                "{}, {} (software {} / {}, hardware {} / {}){}",
+                report::counted(u(&d["packets"]), "packet"),
                 report::bytes(u(&d["bytes"])),
                 report::count(u(&d["sw_packets"])),
                 report::bytes(u(&d["sw_bytes"])),
                 report::count(u(&d["hw_packets"])),
-                report::bytes(u(&d["hw_bytes"]))
+                report::bytes(u(&d["hw_bytes"])),
+                match (d["icmp_type"].as_u64(), d["icmp_code"].as_u64()) {
+                    (Some(t), Some(c)) => format!(", first icmp type {t} code {c}"),
+                    _ => String::new(),
+                }
             ),
         );
     }
-    row(&mut o, "total", format!("{} packets, {}", report::count(u(&v["packets"])), report::bytes(u(&v["bytes"]))));
+    row(
+        &mut o,
+        "total",
+        format!(
+            "{}, {}; {} by NIC",
+            report::counted(u(&v["packets"]), "packet"),
+            report::bytes(u(&v["bytes"])),
+            nic_share(u(&v["orig"]["hw_packets"]) + u(&v["reply"]["hw_packets"]), u(&v["packets"]))
+        ),
+    );
     match v.get("offload").filter(|x| !x.is_null()) {
         None => row(&mut o, "offload", "never asked".into()),
         Some(off) => {
@@ -769,12 +837,12 @@ fn map_text(m: &BTreeMap<String, u64>) -> String {
 pub fn stats_report(s: &Stats) -> String {
     let mut o = String::new();
     o.push_str(&format!(
-        "flowtable daemon pid {}, up {}; configuration generation {}{} ({} rules{})\n",
+        "flowtable daemon pid {}, up {}; configuration generation {}{} ({}{})\n",
         s.pid,
         report::duration_ns((s.uptime_s * 1e9) as u64),
         s.config.generation,
         s.config.path.as_ref().map(|p| format!(" from {p}")).unwrap_or_default(),
-        s.config.rules.len(),
+        report::counted(s.config.rules.len() as u64, "rule"),
         if s.config.reloads_refused > 0 {
             format!(", {} reloads refused", s.config.reloads_refused)
         } else {
@@ -784,8 +852,8 @@ pub fn stats_report(s: &Stats) -> String {
     let f = &s.flows;
     o.push_str(&format!(
         "flows     {} live of {} ({:.1}% full); {} created, {} ended, {} offloaded, {} refused\n",
-        report::count(f.live as u64),
-        report::count(f.capacity as u64),
+        f.live,
+        f.capacity,
         f.fill * 100.0,
         report::count(f.created),
         report::count(f.ended),
@@ -798,8 +866,8 @@ pub fn stats_report(s: &Stats) -> String {
     o.push_str(&format!(
         "rules     {}: {} live{}, {} queued; installed {} ({}), removed {} ({}){}\n",
         r.backend,
-        report::count(r.live as u64),
-        if r.capacity > 0 { format!(" of {}", report::count(r.capacity as u64)) } else { String::new() },
+        r.live,
+        if r.capacity > 0 { format!(" of {}", r.capacity) } else { String::new() },
         r.queued,
         report::count(r.installed),
         report::rate(r.install_rate, ""),
@@ -824,8 +892,8 @@ pub fn stats_report(s: &Stats) -> String {
     }
     let c = &r.counted;
     o.push_str(&format!(
-        "  counted       {} packets ({}) by hardware, {} ({}) by the kernel's software path\n",
-        report::count(c.hw_packets),
+        "  counted       {} ({}) by hardware, {} ({}) by the kernel's software path\n",
+        report::counted(c.hw_packets, "packet"),
         report::bytes(c.hw_bytes),
         report::count(c.packets.saturating_sub(c.hw_packets)),
         report::bytes(c.bytes.saturating_sub(c.hw_bytes))
@@ -860,10 +928,10 @@ pub fn stats_report(s: &Stats) -> String {
             None => "",
         };
         o.push_str(&format!(
-            "source    {}: {}, {} packets ({}){losses}{times}{}\n",
+            "source    {}: {}, {} ({}){losses}{times}{}\n",
             src.name,
             src.state,
-            report::count(src.packets),
+            report::counted(src.packets, "packet"),
             report::bytes(src.bytes),
             src.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         ));
@@ -917,26 +985,26 @@ fn event_body(ev: &Value) -> String {
     match kind {
         "expired" => {
             let r = &ev["record"];
+            let (client, server) = ends_text(r);
             format!(
-                "expired     flow {} {} {} -> {}: {} packets, {}, {} (hardware {} packets)",
+                "expired     flow {} {} {client} -> {server}: {}, {}, {} (hardware {})",
                 r["id"],
                 flowtable_sw::key::proto_name(u(&r["proto"]) as u8),
-                endpoint(r["src"].as_str().unwrap_or("?"), u(&r["sport"]) as u16),
-                endpoint(r["dst"].as_str().unwrap_or("?"), u(&r["dport"]) as u16),
-                report::count(u(&r["orig"]["packets"]) + u(&r["reply"]["packets"])),
+                report::counted(u(&r["orig"]["packets"]) + u(&r["reply"]["packets"]), "packet"),
                 report::bytes(u(&r["orig"]["bytes"]) + u(&r["reply"]["bytes"])),
                 r["end_reason"].as_str().unwrap_or("?"),
-                report::count(u(&r["orig"]["hw_packets"]) + u(&r["reply"]["hw_packets"]))
+                report::counted(u(&r["orig"]["hw_packets"]) + u(&r["reply"]["hw_packets"]), "packet")
             )
         }
         // The initiator first, as `expired` shows it.
-        "new" => format!(
-            "new         flow {} {} {} -> {}",
-            ev["id"],
-            ev["key"].as_str().and_then(|k| k.split_whitespace().next()).unwrap_or("?"),
-            endpoint(ev["src"].as_str().unwrap_or("?"), u(&ev["sport"]) as u16),
-            endpoint(ev["dst"].as_str().unwrap_or("?"), u(&ev["dport"]) as u16)
-        ),
+        "new" => {
+            let (client, server) = ends_text(ev);
+            format!(
+                "new         flow {} {} {client} -> {server}",
+                ev["id"],
+                ev["key"].as_str().and_then(|k| k.split_whitespace().next()).unwrap_or("?"),
+            )
+        }
         "classified" => format!(
             "classified  flow {} rule {}: {}",
             ev["id"],

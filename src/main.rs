@@ -439,15 +439,15 @@ fn replay_report(
 ) -> String {
     let mut o = String::new();
     o.push_str(&format!(
-        "{what}: {} packets, {} in {} ({})\n",
-        report::count(s.packets),
+        "{what}: {}, {} in {} ({})\n",
+        report::counted(s.packets, "packet"),
         report::bytes(s.bytes),
         report::duration_ns(s.wall_ns),
         report::rate(s.packets_per_second(), "pkt")
     ));
     o.push_str(&format!(
-        "  handled by NIC rules: {} packets ({:.1}%), by software: {}\n",
-        report::count(s.nic_packets),
+        "  handled by NIC rules: {} ({:.1}%), by software: {}\n",
+        report::counted(s.nic_packets, "packet"),
         100.0 * s.nic_packets as f64 / s.packets.max(1) as f64,
         report::count(s.sw_packets)
     ));
@@ -475,7 +475,8 @@ fn replay_report(
         ));
     }
     if top > 0 && !records.is_empty() {
-        o.push_str(&format!("\ntop {} flows by bytes:\n", top.min(records.len())));
+        let n = top.min(records.len()) as u64;
+        o.push_str(&format!("\ntop {} by bytes:\n", report::counted(n, "flow")));
         o.push_str(&report::top_records(records, top));
     }
     o

@@ -796,12 +796,19 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
     assert_eq!(lines.len(), 30);
     assert!(lines.iter().all(|l| l.starts_with("new ") || l.starts_with("expired ")), "{text}");
     let new = events.iter().find(|e| e["event"] == "new").unwrap();
-    let ep = |a: &Value, p: &Value| flowtable::client::endpoint(a.as_str().unwrap(), p.as_u64().unwrap() as u16);
+    let proto = new["proto"].as_u64().unwrap() as u8;
+    let ep = |a: &Value, p: &Value| flowtable::report::endpoint(proto, a.as_str().unwrap(), p.as_u64().unwrap() as u16);
     assert!(
         flowtable::client::event_text(new).ends_with(&format!(
             "{} -> {}",
             ep(&new["src"], &new["sport"]),
-            ep(&new["dst"], &new["dport"])
+            flowtable::report::server_text(
+                proto,
+                new["dst"].as_str().unwrap(),
+                new["dport"].as_u64().unwrap() as u16,
+                new["icmp_type"].as_u64().map(|t| t as u8),
+                new["icmp_code"].as_u64().map(|c| c as u8)
+            )
         )),
         "{new}"
     );
@@ -1513,4 +1520,166 @@ fn flushing_under_traffic_loses_and_doubles_no_packet() {
     assert_eq!(sum("hw_packets"), p["nic"].as_u64().unwrap(), "{p}");
     let ids: std::collections::BTreeSet<u64> = records.iter().map(|r| r["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), records.len(), "one record per flow");
+}
+
+/// The cells of one column of a text table: each row's text that ends
+/// where the (right-aligned) header ends, back to the gap before it.
+fn text_column(table: &str, header: &str) -> Vec<String> {
+    let mut lines = table.lines();
+    let head = lines.next().unwrap();
+    let end = head.find(header).unwrap_or_else(|| panic!("no {header:?} column:\n{table}")) + header.len();
+    lines
+        .filter(|l| l.len() >= end && l.starts_with(|c: char| c == ' ' || c.is_ascii_digit()))
+        .map(|l| l[..end].rsplit("  ").next().unwrap().trim().to_string())
+        .collect()
+}
+
+/// ICMP flows show their type, code and echo id, not the id as a port;
+/// records and listings carry type and code per direction while the key
+/// (ports are the echo id) stays; IP-in-IP shows no ports. Replay's table
+/// and summary say `1 packet`.
+#[test]
+fn icmp_shows_type_code_and_id_and_portless_protocols_no_ports() {
+    let sources = format!(
+        r#""sources": [{{"pcap": {{"path": {:?}, "pace": "fast"}}}}, {{"pcap": {{"path": {:?}, "pace": "fast"}}}}]"#,
+        capture("icmp-tunnel.pcap").display().to_string(),
+        capture("4in4tunnel.pcap").display().to_string()
+    );
+    let mut d = Daemon::start(&format!("{LONG_TIMEOUTS}, {sources}"));
+    d.wait_sources_done();
+    let text = d.ok(&["flows", "--top", "100"]);
+    assert!(!text.contains(":65279") && !text.contains(":0 "), "no port where the protocol has none:\n{text}");
+    let page = d.all_flows();
+    let flows = page["flows"].as_array().unwrap();
+    let icmp: Vec<&Value> = flows.iter().filter(|f| f["proto"] == 1).collect();
+    let ipip: Vec<&Value> = flows.iter().filter(|f| f["proto"] == 4).collect();
+    assert!(!icmp.is_empty() && !ipip.is_empty(), "{page}");
+    for f in &icmp {
+        // The key keeps the echo identifier in both ports.
+        assert_eq!((f["sport"].as_u64(), f["dport"].as_u64()), (Some(65279), Some(65279)), "{f}");
+        let (t, c) = (f["icmp_type"].as_u64().unwrap(), f["icmp_code"].as_u64().unwrap());
+        assert!(t == 0 || t == 8, "an echo: {f}");
+        let want = format!("{}  {} type {t} code {c} id 65279", f["src"].as_str().unwrap(), f["dst"].as_str().unwrap());
+        assert!(text.contains(&want), "{want:?} in:\n{text}");
+        let id = f["id"].to_string();
+        let one = d.ok(&["flow", &id]);
+        let head = format!(
+            "flow {id}: icmp {} -> {} type {t} code {c} id 65279",
+            f["src"].as_str().unwrap(),
+            f["dst"].as_str().unwrap()
+        );
+        assert!(one.starts_with(&head), "{head:?}:\n{one}");
+        assert!(one.contains(&format!("first icmp type {t} code {c}")), "{one}");
+        let json = d.json(&["flow", &id]);
+        assert_eq!(json["orig"]["icmp_type"].as_u64(), Some(t), "{json}");
+    }
+    for f in &ipip {
+        assert!(f.get("icmp_type").is_none(), "{f}");
+        let line = text.lines().find(|l| l.contains(" ipip ")).unwrap();
+        assert!(line.contains("69.67.35.146  ") && line.contains("41.202.46.110  "), "{line}");
+    }
+    // Every flow's record carries what the listing showed.
+    d.terminate();
+    let records = d.records();
+    for f in &icmp {
+        let r = records.iter().find(|r| r["id"] == f["id"]).unwrap();
+        assert_eq!(r["orig"]["icmp_type"], f["icmp_type"], "{r}");
+        assert_eq!(r["orig"]["icmp_code"], f["icmp_code"], "{r}");
+        if r["reply"]["packets"].as_u64().unwrap() > 0 {
+            // The other direction answers: a reply to a request, or the reverse.
+            let (o, p) = (r["orig"]["icmp_type"].as_u64().unwrap(), r["reply"]["icmp_type"].as_u64().unwrap());
+            assert_eq!(o + p, 8, "{r}");
+        }
+        assert_eq!(r["sport"], 65279);
+    }
+    for r in records.iter().filter(|r| r["proto"] == 4) {
+        assert!(r["orig"].get("icmp_type").is_none() && r["sport"] == 0, "{r}");
+    }
+
+    // Replay: the same fields, and no ICMP field on other protocols' records.
+    let (replayed, _) = replay(&capture("icmp-tunnel.pcap"), &d.config);
+    assert!(replayed.iter().all(|r| r["proto"] != 1 || r["orig"]["icmp_type"].is_u64()), "{replayed:?}");
+    let (tcp, _) = replay(&capture("teams.pcap"), &d.config);
+    let others = tcp.iter().filter(|r| r["proto"] != 1);
+    assert!(others.clone().count() > 50);
+    assert!(others.into_iter().all(|r| r["orig"].get("icmp_type").is_none() && r["reply"].get("icmp_code").is_none()));
+    let out = Command::new(BIN).arg("replay").arg(capture("malformed_icmp.pcap")).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [": 1 packet, ", "top 1 flow by bytes", "218.152.179.54 type 165 code 0"] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(!text.contains("1 packets"), "{text}");
+}
+
+/// `flows` shows the mean since start beside the current rate (an idle
+/// flow: a mean, and 0 now), time since the last packet, time left before
+/// idle expiry and the part the NIC counted, in the text table and in
+/// `--json`; each column in one scale; `stats` prints capacities as the
+/// integers they are and `1 rule`.
+#[test]
+fn flows_show_mean_and_current_rates_used_expires_and_the_nic_part() {
+    let d = Daemon::start(&format!("{OFFLOAD_AFTER_TWO}, {LONG_TIMEOUTS}, {}", pcap_source("teams.pcap", "fast")));
+    d.wait_sources_done();
+    // Past two sample windows and counter reads, nothing moves: every flow is idle now.
+    std::thread::sleep(Duration::from_millis(2500));
+    let page = d.all_flows();
+    let flows = page["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 83);
+    let mut nic = 0;
+    for f in flows {
+        let (mean, now) = (f["mean_bits_per_s"].as_f64().unwrap(), f["current_bits_per_s"].as_f64().unwrap());
+        assert!(mean > 0.0 && now == 0.0, "idle: a mean, nothing now: {f}");
+        assert_eq!(f["current_packets_per_s"].as_f64(), Some(0.0), "{f}");
+        let used = f["used_ns"].as_u64().unwrap();
+        assert!(used >= 2_000_000_000, "{f}");
+        // Idle deadline: the last packet plus the 3600 s timeout.
+        assert_eq!(used + f["expires_in_ns"].as_u64().unwrap(), 3_600_000_000_000, "{f}");
+        assert_eq!(used, page["now_ns"].as_u64().unwrap() - f["last_ns"].as_u64().unwrap(), "{f}");
+        let one = d.json(&["flow", &f["id"].to_string()]);
+        let hw = one["orig"]["hw_bytes"].as_u64().unwrap() + one["reply"]["hw_bytes"].as_u64().unwrap();
+        assert_eq!(f["hw_bytes"].as_u64(), Some(hw), "{f}");
+        assert_eq!(one["current_bits_per_s"].as_f64(), Some(0.0), "{one}");
+        assert!(one["used_ns"].as_u64().unwrap() >= used, "{one}");
+        nic += hw;
+    }
+    assert!(nic > 0, "the NIC counted some");
+
+    let text = d.ok(&["flows", "--top", "100"]);
+    for h in ["by NIC", "mean rate", "current rate", "used", "expires"] {
+        assert!(text.lines().next().unwrap().contains(h), "{h:?}:\n{text}");
+    }
+    assert!(text.ends_with("83 of 83 flows, by bytes\n"), "{text}");
+    // One scale per column: every cell of a column in its largest value's unit.
+    for (col, unit_of) in [
+        ("bytes", (|c: &str| c.rsplit(' ').next().unwrap().to_string()) as fn(&str) -> String),
+        ("mean rate", |c: &str| c.rsplit(' ').next().unwrap().to_string()),
+        ("current rate", |c: &str| c.rsplit(' ').next().unwrap().to_string()),
+        ("packets", |c: &str| {
+            c.trim_start_matches(|ch: char| ch.is_ascii_digit() || ch == '.' || ch == '<').to_string()
+        }),
+    ] {
+        let cells = text_column(&text, col);
+        assert_eq!(cells.len(), 83, "{col}:\n{text}");
+        let units: std::collections::BTreeSet<String> = cells.iter().map(|c| unit_of(c)).collect();
+        assert_eq!(units.len(), 1, "{col} in one unit: {units:?}\n{text}");
+    }
+    assert!(text_column(&text, "current rate").iter().all(|c| c == "0.0 bit/s"), "{text}");
+    let nic_cells = text_column(&text, "by NIC");
+    assert!(nic_cells.iter().all(|c| c.ends_with('%')) && nic_cells.iter().any(|c| c != "0.0%"), "{text}");
+
+    let stats = d.ok(&["stats"]);
+    for want in ["(1 rule)", " live of 1048576 (", " live of 65536, "] {
+        assert!(stats.contains(want), "{want:?} in:\n{stats}");
+    }
+
+    // Traffic going on: the busiest flows carry something now.
+    let busy = Daemon::start(
+        r#""offload": {"poll_interval_ms": 100},
+  "sources": [{"synthetic": {"flows": 1000000, "rate_pps": 2000, "concurrency": 50, "seed": 4, "pace": "timestamps"}}]"#,
+    );
+    std::thread::sleep(Duration::from_millis(3000));
+    let top = busy.json(&["flows", "--top", "5"]);
+    let now: Vec<f64> =
+        top["flows"].as_array().unwrap().iter().map(|f| f["current_bits_per_s"].as_f64().unwrap()).collect();
+    assert!(now.iter().any(|r| *r > 0.0), "the top flows by bytes move now: {top}");
 }

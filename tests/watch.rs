@@ -1,6 +1,9 @@
 //! `flowtable watch` in a real terminal: a tmux session runs it against a
 //! daemon fed paced synthetic traffic; the captured screen shows the flows
-//! and their counters moving, `s` changes the sort, and `q` quits.
+//! and their counters moving, `s` changes the sort, and `q` quits. At
+//! 80x24 and 200x50, against the flows of a capture, every row shows its
+//! whole id, both ends, bytes, rate and placement as `flows --json` has
+//! them, and the wider screen adds the other columns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -59,19 +62,21 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(dir: &Path) -> (Daemon, PathBuf) {
+    start_daemon_with(
+        dir,
+        r#""classifier": {"rules": [{"name": "bypass", "match": {}, "trigger": {"after_packets": 8}, "result": {"offload": {"type": "pass"}}}]},
+  "offload": {"poll_interval_ms": 100},
+  "sources": [{"synthetic": {"flows": 1000000, "rate_pps": 2000, "concurrency": 100, "seed": 4, "pace": "timestamps"}}]"#,
+    )
+}
+
+/// A daemon with the configuration's `sections` (JSON members) and a
+/// control socket in `dir`.
+fn start_daemon_with(dir: &Path, sections: &str) -> (Daemon, PathBuf) {
     let socket = dir.join("ft.sock");
     let config = dir.join("flowtable.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{"control": {{"socket": {:?}}},
-  "classifier": {{"rules": [{{"name": "bypass", "match": {{}}, "trigger": {{"after_packets": 8}}, "result": {{"offload": {{"type": "pass"}}}}}}]}},
-  "offload": {{"poll_interval_ms": 100}},
-  "sources": [{{"synthetic": {{"flows": 1000000, "rate_pps": 2000, "concurrency": 100, "seed": 4, "pace": "timestamps"}}}}]}}"#,
-            socket.display().to_string()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, format!(r#"{{"control": {{"socket": {:?}}}, {sections}}}"#, socket.display().to_string()))
+        .unwrap();
     let child = Command::new(BIN).args(["run", "--config"]).arg(&config).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -99,7 +104,7 @@ fn watch_shows_flows_updating_changes_sort_and_quits_on_q() {
 
     let first = tmux
         .wait_for("a refresh with flows", |s| s.contains("refresh #") && s.contains("offloaded") && s.contains("top "));
-    for want in ["flowtable watch", "packets", "bytes", "rate", "client", "server", "bypass", "sort: bytes"] {
+    for want in ["flowtable watch", "packets", "bit/s", "now", "mean", "client", "server", "bypass", "sort: bytes"] {
         assert!(first.contains(want), "screen lacks {want:?}:\n{first}");
     }
     let (refresh, packets) = (figure(&first, "refresh #"), figure(&first, "\npackets"));
@@ -130,4 +135,164 @@ fn watch_without_a_daemon_says_so_before_taking_the_terminal() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not running") && err.contains(&*socket.to_string_lossy()), "{err}");
+}
+
+/// `flowtable flows --json` of every flow.
+fn flows_json(socket: &Path) -> serde_json::Value {
+    let out = Command::new(BIN).args(["flows", "--top", "1000", "--json", "--socket"]).arg(socket).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn endpoint(addr: &str, port: u64) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// `n` bytes in the unit a column header names, as its cells show them.
+fn in_unit(n: u64, unit: &str) -> String {
+    let div = match unit {
+        "bytes" => return n.to_string(),
+        "KiB" => 1024f64,
+        "MiB" => 1024f64 * 1024.0,
+        "GiB" => 1024f64 * 1024.0 * 1024.0,
+        other => panic!("unexpected bytes unit {other:?}"),
+    };
+    let x = n as f64 / div;
+    if n == 0 {
+        "0".into()
+    } else if x < 0.05 {
+        "<0.1".into()
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// The table on a watch screen: its header cells (a unit joined to the
+/// word before it: `now Mbit/s`) and each row's cells, keyed by header.
+fn table_of(screen: &str) -> (Vec<String>, Vec<std::collections::HashMap<String, String>>) {
+    let inner = |l: &str| l.trim().trim_start_matches('│').trim_end_matches('│').to_string();
+    let head = screen.lines().find(|l| l.starts_with('│') && l.contains(" client ")).expect("a table header");
+    let mut header: Vec<String> = Vec::new();
+    for t in inner(head).split_whitespace() {
+        match header.last_mut() {
+            Some(last) if (last == "now" || last == "mean") && t.ends_with("bit/s") => *last = format!("{last} {t}"),
+            _ => header.push(t.to_string()),
+        }
+    }
+    let rows = screen
+        .lines()
+        .filter(|l| l.starts_with('│'))
+        .map(inner)
+        .filter(|l| l.split_whitespace().next().is_some_and(|t| t.chars().all(|c| c.is_ascii_digit())))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cells.len(), header.len(), "a row with a cell per column:\n{l}\nheader {header:?}");
+            header.iter().cloned().zip(cells.iter().map(|c| c.to_string())).collect()
+        })
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn watch_at_80x24_shows_whole_ids_ends_bytes_rate_and_placement_and_200x50_adds_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps/teams.pcap");
+    assert!(capture.is_file(), "the shared captures must be at {}", capture.display());
+    // Offloaded from the second packet; nothing expires while the test looks.
+    let (_daemon, socket) = start_daemon_with(
+        dir.path(),
+        &format!(
+            r#""classifier": {{"rules": [{{"name": "rest", "match": {{}}, "trigger": {{"after_packets": 2}}, "result": {{"offload": {{"type": "pass"}}}}}}]}},
+  "offload": {{"poll_interval_ms": 50}},
+  "timeouts": {{"tcp_handshake_s": 3600, "tcp_established_s": 3600, "tcp_closing_s": 3600, "tcp_closed_s": 3600, "udp_s": 3600, "icmp_s": 3600, "other_s": 3600}},
+  "sources": [{{"pcap": {{"path": {:?}, "pace": "fast"}}}}]"#,
+            capture.display().to_string()
+        ),
+    );
+    // The capture read and every counter in: the flows no longer change.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // What a row shows of a flow; its times go on changing.
+    let shown_of = |page: &serde_json::Value| -> Vec<String> {
+        page["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{} {} {} {} {}", f["id"], f["packets"], f["bytes"], f["stage"], f["placement"]))
+            .collect()
+    };
+    let mut last = flows_json(&socket);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = flows_json(&socket);
+        if now["total"] == 83 && shown_of(&now) == shown_of(&last) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "flows never settled: {} flows", now["total"]);
+        last = now;
+    }
+    let flows: std::collections::HashMap<String, serde_json::Value> =
+        last["flows"].as_array().unwrap().iter().map(|f| (f["id"].to_string(), f.clone())).collect();
+
+    for (width, height, shown) in [(80usize, 24usize, 17usize), (200, 50, 43)] {
+        let tmux = Tmux { server: format!("flowtable-watch-{}-{width}", std::process::id()) };
+        let cmd = format!("{BIN} watch --socket {} --interval-ms 300", socket.display());
+        let out =
+            tmux.run(&["new-session", "-d", "-s", "watch", "-x", &width.to_string(), "-y", &height.to_string(), &cmd]);
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        let screen =
+            tmux.wait_for("the table", |s| s.contains(&format!("top {shown} of 83 flows")) && s.contains(" client "));
+        assert!(screen.lines().all(|l| l.chars().count() <= width), "a line wider than the screen:\n{screen}");
+        let (header, rows) = table_of(&screen);
+        assert_eq!(rows.len(), shown, "{width}x{height}: a row per line the screen has:\n{screen}");
+        let unit =
+            header.iter().find(|h| ["bytes", "KiB", "MiB", "GiB"].contains(&h.as_str())).expect("a bytes column");
+        let rate = header.iter().find(|h| h.starts_with("now ")).expect("a current rate column");
+        for want in ["id", "client", "server", "where"] {
+            assert!(header.iter().any(|h| h == want), "{width} columns: no {want} in {header:?}\n{screen}");
+        }
+        for row in &rows {
+            let f = flows
+                .get(&row["id"])
+                .unwrap_or_else(|| panic!("row id {} is not a flow's (cut?):\n{screen}", row["id"]));
+            assert_eq!(row["client"], endpoint(f["src"].as_str().unwrap(), f["sport"].as_u64().unwrap()), "{screen}");
+            assert_eq!(row["server"], endpoint(f["dst"].as_str().unwrap(), f["dport"].as_u64().unwrap()), "{screen}");
+            let placement = match (f["stage"].as_str().unwrap(), f["placement"].as_str().unwrap()) {
+                ("offloaded", p) => p.to_string(),
+                _ => "software".to_string(),
+            };
+            assert_eq!(row["where"], placement, "{screen}");
+            assert_eq!(row[unit.as_str()], in_unit(f["bytes"].as_u64().unwrap(), unit), "{screen}");
+            let r = row[rate.as_str()].trim_start_matches('<');
+            assert!(r.parse::<f64>().is_ok(), "rate cell {r:?} is a number:\n{screen}");
+        }
+        if width == 200 {
+            for want in ["proto", "stage", "action", "rule/label", "packets", "NIC", "used", "expires", "age"] {
+                assert!(header.iter().any(|h| h == want), "200 columns: no {want} in {header:?}\n{screen}");
+            }
+            assert!(header.iter().any(|h| h.starts_with("mean ")), "{header:?}");
+            for row in &rows {
+                let f = &flows[&row["id"]];
+                let proto = match f["proto"].as_u64() {
+                    Some(6) => "tcp",
+                    Some(17) => "udp",
+                    _ => "?",
+                };
+                assert_eq!(row["proto"], proto, "{screen}");
+                match row["packets"].parse::<u64>() {
+                    Ok(n) => assert_eq!(Some(n), f["packets"].as_u64(), "{screen}"),
+                    Err(_) => assert!(row["packets"].ends_with('k'), "{screen}"),
+                }
+            }
+        } else {
+            assert!(
+                !header.iter().any(|h| h == "age" || h == "expires"),
+                "80 columns have no room for these: {header:?}"
+            );
+        }
+        tmux.run(&["send-keys", "-t", "watch", "q"]);
+    }
 }

@@ -673,6 +673,7 @@ mod tests {
                 hw_bytes: 684,
                 hw_ip_bytes: 600,
                 tcp_flags: 0x13,
+                ..DirRecord::default()
             },
             reply: DirRecord {
                 ingress: 2,

@@ -39,6 +39,10 @@ impl Engine {
     pub fn shard(&self) -> &Shard {
         &self.shard
     }
+    /// Starts sampling current rates (see `Shard::enable_rates`).
+    pub fn enable_rates(&mut self) {
+        self.shard.enable_rates()
+    }
     pub fn table(&self) -> &FlowTable {
         self.shard.table()
     }

@@ -14,4 +14,6 @@ pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, Gate, Of
 pub use engine::{coordinator_config, Engine};
 pub use link::{link, OffloadLink, Request, Response, ShardLink, QUEUE_DEPTH};
 pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
-pub use shard::{BackendInfo, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, Shard, Then, BATCH};
+pub use shard::{
+    BackendInfo, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, Rate, Shard, Then, BATCH, SAMPLE_NS,
+};

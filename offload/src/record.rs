@@ -59,6 +59,13 @@ pub struct DirRecord {
     /// (its first, SYN, SYN-ACK, FIN, RST); 0 for other protocols.
     #[serde(skip_serializing_if = "is_zero_u8")]
     pub tcp_flags: u8,
+    /// ICMP and ICMPv6: the type and code of this direction's first
+    /// packet software saw (its echo identifier is the port); absent for
+    /// other protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
 }
 
 fn is_zero_u8(v: &u8) -> bool {
@@ -67,7 +74,7 @@ fn is_zero_u8(v: &u8) -> bool {
 
 impl DirRecord {
     /// What this direction carried beyond `before` (an earlier record of
-    /// the same flow). TCP flags are the flow's so far, not a delta.
+    /// the same flow). TCP flags are the flow's so far, not a delta; so are the ICMP type and code.
     pub fn since(&self, before: &DirRecord) -> DirRecord {
         DirRecord {
             ingress: self.ingress,
@@ -81,6 +88,8 @@ impl DirRecord {
             hw_bytes: self.hw_bytes - before.hw_bytes,
             hw_ip_bytes: self.hw_ip_bytes - before.hw_ip_bytes,
             tcp_flags: self.tcp_flags,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
         }
     }
 
@@ -99,6 +108,8 @@ impl DirRecord {
             hw_bytes: hw.bytes,
             hw_ip_bytes: hw_ip,
             tcp_flags: framing.tcp_flags[dir.index()],
+            icmp_type: framing.icmp[dir.index()].map(|t| t[0]),
+            icmp_code: framing.icmp[dir.index()].map(|t| t[1]),
         }
     }
 }
@@ -215,10 +226,16 @@ pub enum Event {
     New {
         id: FlowId,
         key: String,
+        proto: u8,
         src: String,
         dst: String,
         sport: u16,
         dport: u16,
+        /// ICMP and ICMPv6: the first packet's type and code.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmp_type: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmp_code: Option<u8>,
         ts_ns: u64,
     },
     Classified {

@@ -896,3 +896,65 @@ fn a_long_flow_gives_interim_records_that_add_up_to_it() {
         assert!((55..=65).contains(&r.packets()), "{}", r.packets());
     }
 }
+
+/// The current rate is the last one-second window's, in software and for
+/// what the NIC counted alike; the mean is since the flow began.
+#[test]
+fn current_rate_is_the_last_windows_in_software_and_on_the_nic() {
+    const NO_RULES: &str = r#"{"timeouts": {"udp_s": 3600}}"#;
+    for (config, offloaded) in [(NO_RULES, false), (OFFLOAD_UDP_AFTER_3, true)] {
+        let mut e = engine(config, SimProfile::full());
+        e.enable_rates();
+        // 100 packets of 100 bytes a second for 3 s, then 1000 a second for 3 s.
+        let mut t = 0;
+        for (secs, every) in [(3, 10 * MS), (3, MS)] {
+            for _ in 0..secs * S / every {
+                feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), t);
+                t += every;
+                if t % (10 * MS) == 0 {
+                    e.poll(t);
+                }
+            }
+        }
+        let id = only_flow(&e);
+        if offloaded {
+            assert_eq!(e.shard().flow(id).unwrap().stage, Stage::Offloaded);
+            assert!(e.shard().flow(id).unwrap().orig.hw_packets > 3000);
+        }
+        let r = e.shard().current_rate(id).unwrap();
+        assert!((r.packets_per_s - 1000.0).abs() < 30.0, "offloaded {offloaded}: {r:?}");
+        assert!((r.bytes_per_s - 100_000.0).abs() < 3_000.0, "offloaded {offloaded}: {r:?}");
+        // The mean since start is lower: (300 + 3000) packets over 6 s.
+        let v = e.shard().flow(id).unwrap();
+        let mean = v.packets as f64 * 1e9 / (t - v.start_ns) as f64;
+        assert!((mean - 550.0).abs() < 20.0, "{mean}");
+        // Idle for two windows: nothing now.
+        for _ in 0..300 {
+            t += 10 * MS;
+            e.poll(t);
+        }
+        assert_eq!(e.shard().current_rate(id).unwrap(), flowtable_offload::Rate::default(), "offloaded {offloaded}");
+    }
+    // A flow sampled just after it began (here 5 ms) has no window yet:
+    // its one packet is not a burst for the next second, but spread over
+    // its life so far.
+    let mut e = engine(NO_RULES, SimProfile::full());
+    e.enable_rates();
+    let mut t = 0;
+    while t < 990 * MS {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), 995 * MS);
+    while t < 1900 * MS {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    let r = e.shard().current_rate(only_flow(&e)).unwrap();
+    assert!((r.bytes_per_s - 100.0 / 0.905).abs() < 1.0, "{r:?}");
+
+    // Off until asked for.
+    let mut e = engine(NO_RULES, SimProfile::full());
+    feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), 0);
+    assert!(e.shard().current_rate(only_flow(&e)).is_none());
+}

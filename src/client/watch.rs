@@ -1,19 +1,23 @@
 //! `flowtable watch`: a live view of the top flows, refreshed in place in
-//! the terminal like `top`. Rates shown are measured between refreshes;
-//! `s` changes the sort, `q` quits. If the daemon goes away the view says
-//! so and keeps trying.
+//! the terminal like `top`. Rates are the daemon's current ones (as
+//! `flowtable flows` shows them beside the mean); `s` changes the sort,
+//! `q` quits. If the daemon goes away the view says so and keeps trying.
+//!
+//! Columns are laid out by priority: the id, both ends, bytes, the
+//! current rate and where the flow is handled always show (an 80-column
+//! terminal has room for them with IPv4 addresses); each further column,
+//! most useful first, shows if it fits whole. Numeric columns carry their
+//! unit in the header, one scale per column, so no cell is cut.
 
-use super::{bitrate, endpoint, Client, Target};
+use super::{Client, Target};
 use crate::control::{Command, FlowSummary, FlowsPage, SortKey, Stats};
 use crate::report;
-use flowtable_sw::FlowId;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -34,8 +38,6 @@ pub struct WatchArgs {
 struct View {
     stats: Option<Stats>,
     page: Option<FlowsPage>,
-    /// Bytes per second since the previous refresh, by flow.
-    rates: HashMap<FlowId, f64>,
     refreshes: u64,
     error: Option<String>,
 }
@@ -55,29 +57,17 @@ fn run(terminal: &mut DefaultTerminal, client: Client, a: &WatchArgs) -> Result<
     let mut client = Some(client);
     let interval = Duration::from_millis(a.interval_ms.max(50));
     let mut sort = a.sort;
-    let mut view = View { stats: None, page: None, rates: HashMap::new(), refreshes: 0, error: None };
-    let mut previous: HashMap<FlowId, (u64, u64)> = HashMap::new();
+    let mut view = View { stats: None, page: None, refreshes: 0, error: None };
     let mut next_refresh = Instant::now();
     loop {
         if Instant::now() >= next_refresh {
-            let rows = terminal.size().map(|s| s.height.saturating_sub(6)).unwrap_or(20).max(1) as usize;
+            // Four summary lines, the table's two borders and its header.
+            let rows = terminal.size().map(|s| s.height.saturating_sub(7)).unwrap_or(20).max(1) as usize;
             if client.is_none() {
                 client = Client::connect(&path).ok();
             }
             match client.as_mut().map(|c| fetch(c, sort, a.filter.clone(), rows)) {
                 Some(Ok((stats, page))) => {
-                    let mut seen = HashMap::with_capacity(page.flows.len());
-                    view.rates.clear();
-                    for f in &page.flows {
-                        if let Some((bytes, at)) = previous.get(&f.id) {
-                            let dt = page.now_ns.saturating_sub(*at);
-                            if dt > 0 {
-                                view.rates.insert(f.id, f.bytes.saturating_sub(*bytes) as f64 * 1e9 / dt as f64);
-                            }
-                        }
-                        seen.insert(f.id, (f.bytes, page.now_ns));
-                    }
-                    previous = seen;
                     view.stats = Some(stats);
                     view.page = Some(page);
                     view.refreshes += 1;
@@ -121,49 +111,135 @@ fn fetch(c: &mut Client, sort: SortKey, filter: Option<String>, rows: usize) -> 
     Ok((stats, page))
 }
 
-fn row(f: &FlowSummary, rates: &HashMap<FlowId, f64>) -> Row<'static> {
-    let offload = match &f.action {
-        Some(a) => format!("{} {}", super::action_text(a), if f.placement == "none" { "queued" } else { &f.placement }),
-        None => "-".into(),
-    };
-    Row::new(vec![
-        f.id.to_string(),
-        flowtable_sw::key::proto_name(f.proto).to_string(),
-        endpoint(&f.src, f.sport),
-        endpoint(&f.dst, f.dport),
-        f.stage.as_str().to_string(),
-        offload,
-        f.label.clone().or_else(|| f.class.clone()).unwrap_or_else(|| "-".into()),
-        report::count(f.packets),
-        report::bytes(f.bytes),
-        rates.get(&f.id).map_or_else(|| "-".into(), |r| bitrate(*r)),
-        report::duration_ns(f.age_ns),
-    ])
+/// Where a flow's packets go, in a word: its rules' placement once
+/// offloaded, its stage on the way in or out, else software.
+fn where_text(f: &FlowSummary) -> String {
+    match f.stage.as_str() {
+        "offloaded" => match f.placement.as_str() {
+            "kernel-software" => "kernel".into(),
+            p => p.to_string(),
+        },
+        s @ ("queued" | "installing" | "removing") => s.to_string(),
+        _ => "software".into(),
+    }
+}
+
+/// A duration without its space (`15.4s`, `59.7min`): a narrow column
+/// whose cells are one word each.
+fn short_duration(ns: u64) -> String {
+    report::duration_ns(ns).replace(' ', "")
+}
+
+/// One column: its header, its cells, and whether it aligns right.
+struct Column {
+    header: String,
+    cells: Vec<String>,
+    right: bool,
+    /// 0: always shown; then the order in which columns are added as
+    /// width allows.
+    priority: u8,
+}
+
+impl Column {
+    fn new(header: impl Into<String>, cells: Vec<String>, right: bool, priority: u8) -> Column {
+        Column { header: header.into(), cells, right, priority }
+    }
+
+    fn width(&self) -> usize {
+        self.cells.iter().map(|c| c.chars().count()).chain([self.header.chars().count()]).max().unwrap_or(0)
+    }
+}
+
+/// The table's columns, left to right.
+fn columns(flows: &[FlowSummary]) -> Vec<Column> {
+    let of = |f: &dyn Fn(&FlowSummary) -> String| flows.iter().map(f).collect::<Vec<_>>();
+    let (bytes_unit, bytes) = report::bytes_column_unit(&flows.iter().map(|f| f.bytes).collect::<Vec<_>>());
+    let (now_unit, now) =
+        report::bitrate_column_unit(&flows.iter().map(|f| f.current_bytes_per_s.unwrap_or(0.0)).collect::<Vec<_>>());
+    let now =
+        now.into_iter().zip(flows).map(|(c, f)| if f.current_bytes_per_s.is_some() { c } else { "-".into() }).collect();
+    let (mean_unit, mean) = report::bitrate_column_unit(&flows.iter().map(|f| f.mean_bytes_per_s).collect::<Vec<_>>());
+    vec![
+        Column::new("id", of(&|f| f.id.to_string()), true, 0),
+        Column::new("proto", of(&|f| flowtable_sw::key::proto_name(f.proto).to_string()), false, 1),
+        Column::new("client", of(&|f| report::endpoint(f.proto, &f.src, f.sport)), false, 0),
+        Column::new(
+            "server",
+            of(&|f| report::server_text(f.proto, &f.dst, f.dport, f.icmp_type, f.icmp_code)),
+            false,
+            0,
+        ),
+        Column::new("where", of(&where_text), false, 0),
+        Column::new("stage", of(&|f| f.stage.as_str().to_string()), false, 4),
+        Column::new("action", of(&|f| f.action.as_ref().map_or_else(|| "-".into(), super::action_text)), false, 6),
+        Column::new(
+            "rule/label",
+            of(&|f| f.label.clone().or_else(|| f.class.clone()).unwrap_or_else(|| "-".into())),
+            false,
+            9,
+        ),
+        Column::new("packets", report::count_column(&flows.iter().map(|f| f.packets).collect::<Vec<_>>()), true, 2),
+        Column::new(bytes_unit, bytes, true, 0),
+        Column::new("NIC", of(&|f| super::nic_share(f.hw_packets, f.packets)), true, 7),
+        Column::new(format!("now {now_unit}"), now, true, 0),
+        Column::new(format!("mean {mean_unit}"), mean, true, 3),
+        Column::new("used", of(&|f| short_duration(f.used_ns)), true, 5),
+        Column::new("expires", of(&|f| short_duration(f.expires_in_ns)), true, 8),
+        Column::new("age", of(&|f| short_duration(f.age_ns)), true, 10),
+    ]
+}
+
+/// Which columns fit in `width` cells (borders and one space between
+/// columns taken off): every priority-0 column, then the others by
+/// priority, each if it fits whole. Indexes in display order.
+fn fit(cols: &[Column], width: usize) -> Vec<usize> {
+    let avail = width.saturating_sub(2);
+    let mut keep: Vec<usize> = (0..cols.len()).filter(|i| cols[*i].priority == 0).collect();
+    let mut used: usize = keep.iter().map(|i| cols[*i].width()).sum::<usize>() + keep.len().saturating_sub(1);
+    let mut rest: Vec<usize> = (0..cols.len()).filter(|i| cols[*i].priority != 0).collect();
+    rest.sort_by_key(|i| cols[*i].priority);
+    for i in rest {
+        let w = cols[i].width() + 1;
+        if used + w <= avail {
+            used += w;
+            keep.push(i);
+        }
+    }
+    keep.sort_unstable();
+    keep
 }
 
 fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval: Duration) {
     let [top, table_area] = Layout::vertical([Constraint::Length(4), Constraint::Min(1)]).areas(frame.area());
-    let mut lines = vec![Line::from(format!(
-        "flowtable watch  {socket}  refresh #{} every {:.1} s  sort: {} (s: change sort, q: quit)",
+    let wide = frame.area().width >= 120;
+    let mut title = format!(
+        "flowtable watch  refresh #{} every {:.1} s  sort: {} (s: sort, q: quit)",
         view.refreshes,
         interval.as_secs_f64(),
         sort.as_str()
-    ))];
+    );
+    if wide {
+        title.push_str(&format!("  {socket}"));
+    }
+    let mut lines = vec![Line::from(title)];
     if let Some(s) = &view.stats {
         let by = |m: &std::collections::BTreeMap<String, u64>| {
-            m.iter().map(|(k, v)| format!("{k} {}", report::count(*v))).collect::<Vec<_>>().join(", ")
+            m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {}", report::count(*v))).collect::<Vec<_>>()
         };
-        lines.push(Line::from(format!(
-            "flows {} live ({:.1}% full): {}   rules {} on {} ({} queued)",
-            report::count(s.flows.live as u64),
+        let mut flows = format!(
+            "flows {} live ({:.1}% full), rules {} on {} ({} queued)",
+            s.flows.live,
             s.flows.fill * 100.0,
-            by(&s.flows.by_stage),
-            report::count(s.rules.live as u64),
+            s.rules.live,
             s.rules.backend,
             s.rules.queued
-        )));
+        );
+        if wide {
+            flows.push_str(&format!(": {}", by(&s.flows.by_stage).join(", ")));
+        }
+        lines.push(Line::from(flows));
         lines.push(Line::from(format!(
-            "packets {} at {}: NIC {}, software {}   ended {}   refusals {}",
+            "packets {} at {}: NIC {}, software {}; ended {}, refused {}",
             report::count(s.packets.received),
             report::rate(s.packets.rate_pps, "pkt"),
             report::count(s.packets.nic),
@@ -176,36 +252,111 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         lines.push(Line::from(format!("error: {e}")).style(Style::default().add_modifier(Modifier::BOLD)));
     }
     frame.render_widget(Paragraph::new(lines), top);
-    let rows: Vec<Row> =
-        view.page.as_ref().map(|p| p.flows.iter().map(|f| row(f, &view.rates)).collect()).unwrap_or_default();
+    let flows: &[FlowSummary] = view.page.as_ref().map_or(&[], |p| &p.flows);
+    let cols = columns(flows);
+    let shown = fit(&cols, usize::from(table_area.width));
+    let widths = widths(&cols, &shown, usize::from(table_area.width));
+    let cell = |c: &Column, text: &str, width: usize| {
+        // An end too long for its column (IPv6 on a narrow screen) goes
+        // on two lines or more rather than being cut.
+        let lines: Vec<Line> = wrap(text, width).into_iter().map(Line::from).collect();
+        let text = ratatui::text::Text::from(lines);
+        if c.right {
+            text.right_aligned()
+        } else {
+            text
+        }
+    };
+    let rows: Vec<Row> = (0..flows.len())
+        .map(|r| {
+            let cells: Vec<_> =
+                shown.iter().zip(&widths).map(|(&i, &w)| cell(&cols[i], &cols[i].cells[r], w)).collect();
+            let height = cells.iter().map(|t| t.height()).max().unwrap_or(1).max(1) as u16;
+            Row::new(cells).height(height)
+        })
+        .collect();
+    let widths: Vec<Constraint> = widths.iter().map(|w| Constraint::Length(*w as u16)).collect();
+    let header = Row::new(shown.iter().map(|&i| cell(&cols[i], &cols[i].header, usize::MAX)))
+        .style(Style::default().add_modifier(Modifier::BOLD));
     let title =
         view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", p.flows.len(), p.total));
-    let widths = [
-        Constraint::Length(11),
-        Constraint::Length(5),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Length(9),
-        Constraint::Length(18),
-        Constraint::Length(16),
-        Constraint::Length(8),
-        Constraint::Length(10),
-        Constraint::Length(13),
-        Constraint::Length(8),
-    ];
-    let header = Row::new([
-        "id",
-        "proto",
-        "client",
-        "server",
-        "stage",
-        "offload",
-        "rule/label",
-        "packets",
-        "bytes",
-        "rate",
-        "age",
-    ])
-    .style(Style::default().add_modifier(Modifier::BOLD));
     frame.render_widget(Table::new(rows, widths).header(header).block(Block::bordered().title(title)), table_area);
+}
+
+/// The width of each shown column: its widest cell, except that the two
+/// ends share what the others leave when they don't fit whole.
+fn widths(cols: &[Column], shown: &[usize], width: usize) -> Vec<usize> {
+    let mut w: Vec<usize> = shown.iter().map(|&i| cols[i].width()).collect();
+    let ends: Vec<usize> =
+        (0..shown.len()).filter(|k| matches!(cols[shown[*k]].header.as_str(), "client" | "server")).collect();
+    let others: usize = (0..shown.len()).filter(|k| !ends.contains(k)).map(|k| w[k]).sum();
+    let room = width.saturating_sub(2 + shown.len().saturating_sub(1) + others);
+    if ends.len() == 2 && w[ends[0]] + w[ends[1]] > room {
+        let half = room / 2;
+        // The narrower end keeps its width if it fits in half; the other takes the rest.
+        let (a, b) = (ends[0], ends[1]);
+        if w[a] <= half {
+            w[b] = room - w[a];
+        } else if w[b] <= half {
+            w[a] = room - w[b];
+        } else {
+            w[a] = half.max(1);
+            w[b] = (room - half).max(1);
+        }
+    }
+    w
+}
+
+/// `text` cut into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if width == 0 || chars.len() <= width {
+        return vec![text.to_string()];
+    }
+    chars.chunks(width).map(|c| c.iter().collect()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_too_wide_share_the_room_and_wrap_whole() {
+        let cols = [
+            Column::new("id", vec!["4294967358".into()], true, 0),
+            Column::new("client", vec!["[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838".into()], false, 0),
+            Column::new("server", vec!["[2001:db8:5::1d0]:5201".into()], false, 0),
+            Column::new("MiB", vec!["4.4".into()], true, 0),
+        ];
+        let shown = [0, 1, 2, 3];
+        // 80 wide: 2 borders, 3 spaces, id 10, MiB 3 leave 62 for the ends.
+        assert_eq!(widths(&cols, &shown, 80), vec![10, 40, 22, 3]);
+        assert_eq!(widths(&cols, &shown, 60), vec![10, 21, 21, 3]);
+        assert_eq!(widths(&cols, &shown, 50), vec![10, 16, 16, 3]);
+        // The narrower end whole when it fits in half.
+        assert_eq!(widths(&cols, &shown, 75), vec![10, 35, 22, 3]);
+        assert_eq!(
+            wrap("[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838", 20).concat(),
+            "[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838"
+        );
+        assert_eq!(wrap("[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838", 20).len(), 2);
+        assert_eq!(wrap("10.0.0.1:80", 20), vec!["10.0.0.1:80"]);
+    }
+
+    fn col(w: usize, priority: u8) -> Column {
+        Column::new("x".repeat(w), vec![], false, priority)
+    }
+
+    #[test]
+    fn columns_are_added_by_priority_while_they_fit() {
+        let cols = [col(10, 0), col(5, 2), col(10, 0), col(8, 1), col(30, 3)];
+        // The must-haves (10 + 1 + 10) always; then priority 1 (8), then 2 (5); 30 never fits 60.
+        assert_eq!(fit(&cols, 2 + 21), vec![0, 2]);
+        assert_eq!(fit(&cols, 2 + 21 + 9), vec![0, 2, 3]);
+        assert_eq!(fit(&cols, 2 + 21 + 9 + 6), vec![0, 1, 2, 3]);
+        assert_eq!(fit(&cols, 60), vec![0, 1, 2, 3]);
+        assert_eq!(fit(&cols, 2 + 21 + 9 + 6 + 31), vec![0, 1, 2, 3, 4]);
+        // Narrower than the must-haves: they stay, nothing else.
+        assert_eq!(fit(&cols, 10), vec![0, 2]);
+    }
 }

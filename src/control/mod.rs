@@ -334,6 +334,31 @@ pub struct FlowSummary {
     pub mean_bytes_per_s: f64,
     /// The same in bits per second.
     pub mean_bits_per_s: f64,
+    /// Bytes the NIC or the kernel's rule counted (of `bytes`).
+    #[serde(default)]
+    pub hw_bytes: u64,
+    /// Since the last packet (`used` in `ovs-appctl dpctl/dump-flows`).
+    #[serde(default)]
+    pub used_ns: u64,
+    /// Left before the flow ends idle unless a packet comes (conntrack's
+    /// timeout column); an offloaded flow's rules are then removed first.
+    #[serde(default)]
+    pub expires_in_ns: u64,
+    /// The current rate (see `flowtable_offload::Rate`): software's part
+    /// over its last one-second window, the rules' part over their last
+    /// counter read. Absent where the daemon does not sample rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_bytes_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_bits_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_packets_per_s: Option<f64>,
+    /// ICMP and ICMPv6: the type and code of the initiator's first packet
+    /// (its echo identifier is `sport`/`dport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
 }
 
 /// The answer to `flows`.

@@ -658,6 +658,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
                 return Err(e);
             }
         };
+    // Current rates are sampled by each worker's poll (`flowtable_offload::Shard::enable_rates`).
+    rt.ask_all(|s| s.enable_rates());
     if let Some(m) = &metrics_server {
         tracing::info!(url = %format!("http://{}/metrics", m.addr()), "serving Prometheus metrics");
     }

@@ -102,6 +102,7 @@ pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
         }
         _ => None,
     };
+    let current = engine.current_rate(view.id);
     FlowSummary {
         id: view.id,
         proto: view.proto,
@@ -130,6 +131,14 @@ pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
         age_ns: now_ns.saturating_sub(view.start_ns),
         mean_bytes_per_s: mean_bytes_per_s(view.bytes, view.start_ns, now_ns),
         mean_bits_per_s: 8.0 * mean_bytes_per_s(view.bytes, view.start_ns, now_ns),
+        hw_bytes: view.orig.hw_bytes + view.reply.hw_bytes,
+        used_ns: now_ns.saturating_sub(view.last_ns),
+        expires_in_ns: view.idle_deadline_ns.saturating_sub(now_ns),
+        current_bytes_per_s: current.map(|r| r.bytes_per_s),
+        current_bits_per_s: current.map(|r| 8.0 * r.bytes_per_s),
+        current_packets_per_s: current.map(|r| r.packets_per_s),
+        icmp_type: view.orig.icmp_type,
+        icmp_code: view.orig.icmp_code,
     }
 }
 
@@ -228,6 +237,13 @@ pub fn detail(engine: &Shard, id: FlowId, now_ns: u64) -> Option<Value> {
         m.insert("age_ns".into(), Value::from(age_ns));
         m.insert("mean_bytes_per_s".into(), Value::from(rate));
         m.insert("mean_bits_per_s".into(), Value::from(8.0 * rate));
+        m.insert("used_ns".into(), Value::from(now_ns.saturating_sub(view.last_ns)));
+        m.insert("expires_in_ns".into(), Value::from(view.idle_deadline_ns.saturating_sub(now_ns)));
+        if let Some(c) = engine.current_rate(id) {
+            m.insert("current_bytes_per_s".into(), Value::from(c.bytes_per_s));
+            m.insert("current_bits_per_s".into(), Value::from(8.0 * c.bytes_per_s));
+            m.insert("current_packets_per_s".into(), Value::from(c.packets_per_s));
+        }
     }
     Some(v)
 }

@@ -170,7 +170,7 @@ impl FlowKey {
 
     /// Whether the protocol carries ports (TCP, UDP, SCTP, UDP-Lite).
     pub fn has_ports(&self) -> bool {
-        matches!(self.proto, 6 | 17 | 132 | 136)
+        has_ports(self.proto)
     }
 
     pub fn proto_name(&self) -> &'static str {
@@ -191,6 +191,17 @@ pub fn ip_bytes(a: IpAddr) -> ([u8; 16], bool) {
     }
 }
 
+/// Whether IP protocol `proto` carries ports (TCP, UDP, SCTP, UDP-Lite):
+/// for the others a key's ports are 0, or ICMP's echo identifier.
+pub fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 132 | 136)
+}
+
+/// Whether `proto` is ICMP or ICMPv6.
+pub fn is_icmp(proto: u8) -> bool {
+    matches!(proto, 1 | 58)
+}
+
 pub fn proto_name(proto: u8) -> &'static str {
     match proto {
         1 => "icmp",
@@ -200,6 +211,13 @@ pub fn proto_name(proto: u8) -> &'static str {
         132 => "sctp",
         47 => "gre",
         50 => "esp",
+        2 => "igmp",
+        4 => "ipip",
+        41 => "ipv6",
+        51 => "ah",
+        89 => "ospf",
+        112 => "vrrp",
+        136 => "udplite",
         _ => "ip",
     }
 }
@@ -212,11 +230,20 @@ fn fmt_endpoint(f: &mut fmt::Formatter<'_>, addr: IpAddr, port: u16) -> fmt::Res
 }
 
 impl fmt::Display for FlowKey {
+    /// Ports only for protocols that have them; ICMP's echo identifier
+    /// as `id N`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ", self.proto_name())?;
-        fmt_endpoint(f, self.lo(), self.port_lo)?;
-        write!(f, " <-> ")?;
-        fmt_endpoint(f, self.hi(), self.port_hi)?;
+        if self.has_ports() {
+            fmt_endpoint(f, self.lo(), self.port_lo)?;
+            write!(f, " <-> ")?;
+            fmt_endpoint(f, self.hi(), self.port_hi)?;
+        } else {
+            write!(f, "{} <-> {}", self.lo(), self.hi())?;
+            if is_icmp(self.proto) && self.port_lo != 0 {
+                write!(f, " id {}", self.port_lo)?;
+            }
+        }
         if self.vlan_outer != 0 {
             write!(f, " vlan {}", self.vlan_outer)?;
             if self.vlan_inner != 0 {
@@ -273,6 +300,10 @@ mod tests {
     fn encapsulation_names_in_display() {
         let (mut k, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 2, 17);
         assert_eq!(k.to_string(), "udp 10.0.0.1:1 <-> 10.0.0.2:2");
+        let (icmp, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 7, 7, 1);
+        assert_eq!(icmp.to_string(), "icmp 10.0.0.1 <-> 10.0.0.2 id 7");
+        let (ipip, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 0, 0, 4);
+        assert_eq!(ipip.to_string(), "ipip 10.0.0.1 <-> 10.0.0.2");
         k.encap = encap::PPPOE | encap::MPLS;
         assert_eq!(k.to_string(), "udp 10.0.0.1:1 <-> 10.0.0.2:2 pppoe mpls");
         assert_eq!(encap::first_name(k.encap), Some("pppoe"));

@@ -67,6 +67,9 @@ pub struct PacketInfo {
     pub wire_len: u32,
     /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10), 0 otherwise.
     pub tcp_flags: u8,
+    /// ICMP and ICMPv6: the message's type and code (the key holds only
+    /// the echo identifier); `[0, 0]` for other protocols.
+    pub icmp: [u8; 2],
     pub fragment: Fragment,
     /// Offset of the L4 payload in the frame (0 when unknown), for DPI hooks.
     pub payload_offset: u16,
@@ -92,6 +95,7 @@ impl PacketInfo {
             port,
             wire_len,
             tcp_flags,
+            icmp: [0; 2],
             fragment: Fragment::Whole,
             payload_offset: 0,
             l2_len: 0,

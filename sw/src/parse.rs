@@ -80,6 +80,7 @@ pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingres
         port: ingress.port,
         wire_len,
         tcp_flags: transport.tcp_flags,
+        icmp: transport.icmp,
         fragment: network.fragment,
         // Frames longer than 64 KiB (possible only with odd captures) leave
         // the payload offset unknown rather than wrapped.
@@ -325,11 +326,13 @@ struct Transport {
     src_port: u16,
     dst_port: u16,
     tcp_flags: u8,
+    /// ICMP type and code.
+    icmp: [u8; 2],
     header_len: usize,
 }
 
 impl Transport {
-    const NONE: Transport = Transport { src_port: 0, dst_port: 0, tcp_flags: 0, header_len: 0 };
+    const NONE: Transport = Transport { src_port: 0, dst_port: 0, tcp_flags: 0, icmp: [0; 2], header_len: 0 };
 }
 
 fn transport_error(e: Error) -> SkipReason {
@@ -347,6 +350,7 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
                 src_port: tcp.src_port(),
                 dst_port: tcp.dst_port(),
                 tcp_flags: tcp.flags(),
+                icmp: [0; 2],
                 header_len: tcp.header_len(),
             }
         }
@@ -371,20 +375,20 @@ fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
             let version = if protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
             let icmp = IcmpPacket::new_checked(l4).map_err(transport_error)?;
             let port = icmp.flow_port(version);
-            ports(port, port, crate::wire::icmp::HEADER_LEN)
+            Transport { icmp: [icmp.msg_type(), icmp.code()], ..ports(port, port, crate::wire::icmp::HEADER_LEN) }
         }
         _ => Transport::NONE,
     })
 }
 
 fn ports(src_port: u16, dst_port: u16, header_len: usize) -> Transport {
-    Transport { src_port, dst_port, tcp_flags: 0, header_len }
+    Transport { src_port, dst_port, tcp_flags: 0, icmp: [0; 2], header_len }
 }
 
 /// Checks the invariants any successful parse must hold, panicking on the
 /// first that fails: the payload offset inside the frame, the ingress
 /// carried through, VLAN ids in range, no ports on a later fragment, TCP
-/// flags only on TCP, an IPv4 key's upper address bytes zero, the key
+/// flags only on TCP, an ICMP type and code only on ICMP, an IPv4 key's upper address bytes zero, the key
 /// canonical (rebuilding it from its own endpoints gives it back), no
 /// unknown encapsulation bits.
 ///
@@ -400,6 +404,9 @@ pub fn check_invariants(frame: &[u8], info: &PacketInfo, ingress: Ingress) {
     }
     if info.key.proto != 6 {
         assert_eq!(info.tcp_flags, 0);
+    }
+    if !matches!(info.key.proto, 1 | 58) || matches!(info.fragment, Fragment::Later { .. }) {
+        assert_eq!(info.icmp, [0, 0]);
     }
     if !info.key.is_ipv6() {
         assert_eq!(&info.key.addr_lo[4..], &[0u8; 12]);
@@ -663,6 +670,12 @@ mod tests {
         let unreachable = eth(0x0800, &ip4(1, B4, A4, 1, 0, &icmp(3, 0x4242)));
         let u = parse(LinkType::Ethernet, &unreachable).unwrap();
         assert_eq!((u.key.port_lo, u.key.port_hi), (0, 0));
+        // Type and code ride beside the key, which holds only the identifier.
+        assert_eq!((q.icmp, r.icmp, u.icmp), ([8, 0], [0, 0], [3, 0]));
+        let mut port_unreachable = icmp(3, 0);
+        port_unreachable[1] = 3;
+        let pu = parse(LinkType::Ethernet, &eth(0x0800, &ip4(1, B4, A4, 1, 0, &port_unreachable))).unwrap();
+        assert_eq!((pu.icmp, pu.key), ([3, 3], u.key));
     }
 
     #[test]
@@ -670,6 +683,7 @@ mod tests {
         let echo = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(128, 7)));
         let info = parse(LinkType::Ethernet, &echo).unwrap();
         assert_eq!((info.key.port_lo, info.key.port_hi, info.key.proto), (7, 7, 58));
+        assert_eq!(info.icmp, [128, 0]);
         let solicit = eth(0x86dd, &ip6(58, a6(), b6(), &icmp(135, 7)));
         let info = parse(LinkType::Ethernet, &solicit).unwrap();
         assert_eq!((info.key.port_lo, info.key.port_hi), (0, 0));

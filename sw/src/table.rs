@@ -69,7 +69,8 @@ impl DirCounters {
 /// direction's first packet software saw), the bytes its counted frames
 /// carried past their IP packets (Ethernet padding, a captured FCS), and
 /// the TCP flags of the packets that moved the flow's TCP state (its
-/// first packet, SYN, SYN-ACK, FIN, RST, the closing ACK).
+/// first packet, SYN, SYN-ACK, FIN, RST, the closing ACK), and for ICMP
+/// the type and code of each direction's first packet.
 ///
 /// IP octets (header and payload, as IPFIX counts them) follow from the
 /// frame bytes: a direction's link header is the same for every packet of
@@ -86,6 +87,9 @@ pub struct Framing {
     pub tcp_flags: [u8; 2],
     /// Bytes past the IP packets in the frames software counted.
     pub trailer: [u64; 2],
+    /// ICMP and ICMPv6: the type and code of the direction's first packet
+    /// software saw (the key keeps only the echo identifier).
+    pub icmp: [Option<[u8; 2]>; 2],
 }
 
 impl Framing {
@@ -801,6 +805,9 @@ impl FlowTable {
         if first && f.l2_len[d].is_none() {
             f.l2_len[d] = Some(pkt.l2_len);
         }
+        if first && f.icmp[d].is_none() && matches!(pkt.key.proto, 1 | 58) {
+            f.icmp[d] = Some(pkt.icmp);
+        }
         if flags {
             f.tcp_flags[d] |= pkt.tcp_flags;
         }
@@ -1000,6 +1007,19 @@ impl FlowTable {
             .map(move |(i, f)| (FlowId::new(i as u32, f.generation).with_shard(shard), f))
     }
 
+    /// Slots the table has handed out so far, live or free: the bound of
+    /// `at_slot`.
+    pub fn slots(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The live flow in slot `index`, if any: for walks over the table a
+    /// slice at a time.
+    pub fn at_slot(&self, index: u32) -> Option<(FlowId, &Flow)> {
+        let f = self.flows.get(index as usize).filter(|f| f.stage != Stage::Free)?;
+        Some((self.id(index, f.generation), f))
+    }
+
     /// Ids of every live flow.
     pub fn ids(&self) -> Vec<FlowId> {
         self.iter().map(|(id, _)| id).collect()
@@ -1037,6 +1057,7 @@ mod tests {
             port: 0,
             wire_len: len,
             tcp_flags: flags,
+            icmp: [0; 2],
             fragment: Fragment::Whole,
             payload_offset: 0,
             l2_len: 0,

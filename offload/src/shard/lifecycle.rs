@@ -233,6 +233,14 @@ impl Shard {
             (c.packets, c.bytes)
         };
         *base = *c;
+        let d = dir.index();
+        // The first read after install covers however little of a poll
+        // interval the rule was in: too short a span to make a rate of.
+        let since = if state.read_ns[d] != 0 { state.read_ns[d] } else { state.installed_ns };
+        let interval = now.saturating_sub(since);
+        state.read_interval_ns[d] = if interval >= self.cfg.poll_interval_ns / 2 { interval } else { 0 };
+        state.read_ns[d] = now;
+        state.last_read[d] = DirCounters { packets: dp, bytes: db };
         self.fold_rule_counts(id, dir, dp, db, c.last_used_ns, now);
         true
     }

@@ -38,8 +38,10 @@ use std::time::Duration;
 mod active;
 mod aging;
 mod lifecycle;
+mod rate;
 mod view;
 
+pub use rate::{Rate, SAMPLE_NS};
 pub use view::{hex, FlowView};
 
 const DIRS: [Direction; 2] = [Direction::LoToHi, Direction::HiToLo];
@@ -122,6 +124,15 @@ pub struct OffloadState {
     /// A withdrawal of its install was asked for and not answered yet.
     #[serde(skip)]
     pub cancel_sent: bool,
+    /// Per direction, when its rule's counters were last read, what that
+    /// read added and the time since the read before: the NIC-counted
+    /// part of the flow's current rate (`rate`).
+    #[serde(skip)]
+    pub read_ns: [u64; 2],
+    #[serde(skip)]
+    pub last_read: [DirCounters; 2],
+    #[serde(skip)]
+    pub read_interval_ns: [u64; 2],
 }
 
 /// What becomes of a flow once its rules are gone.
@@ -155,6 +166,9 @@ impl OffloadState {
             pinned_software: false,
             then: None,
             cancel_sent: false,
+            read_ns: [0; 2],
+            last_read: [DirCounters::default(); 2],
+            read_interval_ns: [0; 2],
         }
     }
 }
@@ -288,6 +302,7 @@ pub struct Shard {
     events: Option<Vec<Event>>,
     due_buf: Vec<FlowId>,
     active: active::ActiveTimeout,
+    rates: rate::RateSampler,
 }
 
 impl Shard {
@@ -319,6 +334,7 @@ impl Shard {
             events: None,
             due_buf: Vec::new(),
             active: active::ActiveTimeout::new(cfg.active_timeout_ns),
+            rates: rate::RateSampler::default(),
         }
     }
 
@@ -487,7 +503,23 @@ impl Shard {
                 if self.events.is_some() {
                     let key = pkt.key.to_string();
                     let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
-                    self.emit(|| Event::New { id, key, src, dst, sport, dport, ts_ns: now_ns });
+                    let proto = pkt.key.proto;
+                    let (icmp_type, icmp_code) = match proto {
+                        1 | 58 => (Some(pkt.icmp[0]), Some(pkt.icmp[1])),
+                        _ => (None, None),
+                    };
+                    self.emit(|| Event::New {
+                        id,
+                        key,
+                        proto,
+                        src,
+                        dst,
+                        sport,
+                        dport,
+                        icmp_type,
+                        icmp_code,
+                        ts_ns: now_ns,
+                    });
                 }
                 id
             }
@@ -752,6 +784,7 @@ impl Shard {
         }
         self.expire(self.now_ns);
         self.flush_outbox();
+        self.sample_rates(self.now_ns);
     }
 
     /// Replay's lockstep on or off (see `Coordinator`).

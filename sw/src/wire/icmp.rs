@@ -43,6 +43,25 @@ pub mod v6 {
     pub const NEIGHBOR_ADVERT: u8 = 136;
 }
 
+/// Whether messages of type `msg_type` carry an identifier and sequence
+/// number (the identifier then is the flow's port).
+pub fn is_query(version: IcmpVersion, msg_type: u8) -> bool {
+    match version {
+        IcmpVersion::V4 => matches!(
+            msg_type,
+            v4::ECHO_REPLY
+                | v4::ECHO_REQUEST
+                | v4::TIMESTAMP_REQUEST
+                | v4::TIMESTAMP_REPLY
+                | v4::INFO_REQUEST
+                | v4::INFO_REPLY
+                | v4::ADDRESS_MASK_REQUEST
+                | v4::ADDRESS_MASK_REPLY
+        ),
+        IcmpVersion::V6 => matches!(msg_type, v6::ECHO_REQUEST | v6::ECHO_REPLY),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct IcmpPacket<'a> {
     buffer: &'a [u8],
@@ -80,20 +99,7 @@ impl<'a> IcmpPacket<'a> {
 
     /// Whether this message type carries an identifier and sequence number.
     pub fn is_query(&self, version: IcmpVersion) -> bool {
-        match version {
-            IcmpVersion::V4 => matches!(
-                self.msg_type(),
-                v4::ECHO_REPLY
-                    | v4::ECHO_REQUEST
-                    | v4::TIMESTAMP_REQUEST
-                    | v4::TIMESTAMP_REPLY
-                    | v4::INFO_REQUEST
-                    | v4::INFO_REPLY
-                    | v4::ADDRESS_MASK_REQUEST
-                    | v4::ADDRESS_MASK_REPLY
-            ),
-            IcmpVersion::V6 => matches!(self.msg_type(), v6::ECHO_REQUEST | v6::ECHO_REPLY),
-        }
+        is_query(version, self.msg_type())
     }
 
     /// The identifier of a query message, `None` for other types.
