@@ -190,17 +190,6 @@ impl<'a> ExportFacts<'a> {
     }
 }
 
-/// Text of an offload action as the CLI writes it.
-fn action_text(a: &Action) -> String {
-    match a {
-        Action::Drop => "drop".into(),
-        Action::Pass => "pass".into(),
-        Action::Forward { port } => format!("forward:{port}"),
-        Action::Mirror { port } => format!("mirror:{port}"),
-        Action::Mark { mark } => format!("mark:{mark}"),
-    }
-}
-
 /// `s` cut to at most `MAX_TEXT` bytes on a character boundary.
 fn text(s: &str) -> &[u8] {
     let mut end = s.len().min(MAX_TEXT);
@@ -404,7 +393,8 @@ impl<'a> Strings<'a> {
             None => "".into(),
             Some(Action::Drop) => "drop".into(),
             Some(Action::Pass) => "pass".into(),
-            Some(a) => action_text(a).into(),
+            // As the CLI writes it (`forward:1`, `mark:0xff`).
+            Some(a) => a.to_string().into(),
         };
         Strings {
             action,
