@@ -924,7 +924,7 @@ pub fn stats_report(s: &Stats) -> String {
         };
         let times = match src.capture_times {
             Some(true) => ", records in the capture's own times",
-            Some(false) => ", records in the daemon's times (live or generated sources run beside it)",
+            Some(false) => ", records in the daemon's times (other sources' times would mix with its own)",
             None => "",
         };
         o.push_str(&format!(
