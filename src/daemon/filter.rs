@@ -91,6 +91,8 @@ pub struct Names {
 /// What a filter may need beyond the flow itself, fetched only when a
 /// term asks for it.
 pub trait FlowFacts {
+    /// The flow's first packet's time (kept beside the table, not in `Flow`).
+    fn first_ns(&self, id: FlowId) -> u64;
     fn placement(&self, id: FlowId, flow: &Flow) -> &'static str;
     fn class(&self, flow: &Flow) -> Option<&str>;
     fn label(&self, id: FlowId) -> Option<&str>;
@@ -887,13 +889,13 @@ impl Subject for Live<'_> {
         self.flow.bytes()
     }
     fn age_ns(&self) -> u64 {
-        self.now_ns.saturating_sub(self.flow.first_ns)
+        self.now_ns.saturating_sub(self.facts.first_ns(self.id))
     }
     fn idle_ns(&self) -> u64 {
         self.now_ns.saturating_sub(self.flow.last_ns())
     }
     fn bits_per_s(&self) -> f64 {
-        mean_bits_per_s(self.flow.bytes(), self.flow.first_ns, self.now_ns)
+        mean_bits_per_s(self.flow.bytes(), self.facts.first_ns(self.id), self.now_ns)
     }
 }
 
@@ -931,7 +933,7 @@ impl Snapshot {
             label: facts.label(id).map(str::to_string),
             packets: flow.packets(),
             bytes: flow.bytes(),
-            start_ns: flow.first_ns,
+            start_ns: facts.first_ns(id),
             last_ns: flow.last_ns(),
             now_ns,
         }
@@ -1051,11 +1053,16 @@ mod tests {
     use std::net::Ipv4Addr;
 
     struct Facts {
+        /// The test flow's first packet: t = 1 s (see `flow`).
+        first_ns: u64,
         placement: &'static str,
         class: Option<&'static str>,
         label: Option<&'static str>,
     }
     impl FlowFacts for Facts {
+        fn first_ns(&self, _: FlowId) -> u64 {
+            self.first_ns
+        }
         fn placement(&self, _: FlowId, _: &Flow) -> &'static str {
             self.placement
         }
@@ -1066,7 +1073,7 @@ mod tests {
             self.label
         }
     }
-    const FACTS: Facts = Facts { placement: "hardware", class: Some("web"), label: None };
+    const FACTS: Facts = Facts { first_ns: 1_000_000_000, placement: "hardware", class: Some("web"), label: None };
 
     /// A TCP flow 10.1.2.3:40000 -> 192.168.0.9:443 on port 1, vlan 7:
     /// 3 packets of 1000 bytes from t=1 s, the last at t=3 s.
@@ -1171,7 +1178,7 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(m(text), *want, "{text}");
         }
-        let labelled = Facts { placement: "none", class: None, label: Some("a b") };
+        let labelled = Facts { first_ns: 1_000_000_000, placement: "none", class: None, label: Some("a b") };
         assert!(check(&t, id, &labelled, r#"label="a b" placement=software"#));
         assert!(!check(&t, id, &labelled, "class=web"));
         assert!(check(&t, id, &labelled, "class!=web"));
@@ -1202,7 +1209,7 @@ mod tests {
         assert!(m("proto=udp,tcp port=443"));
         assert!(!m("proto=udp,port=443"));
         // A keyword where a value goes is a value.
-        let or_label = Facts { placement: "none", class: None, label: Some("or") };
+        let or_label = Facts { first_ns: 1_000_000_000, placement: "none", class: None, label: Some("or") };
         assert!(check(&t, id, &or_label, "label=or or label=and"));
         // The tree is what the precedence says.
         let f = Filter::parse("proto=tcp or port=1 and not vlan=2").unwrap();

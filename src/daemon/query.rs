@@ -35,6 +35,9 @@ pub fn placement_of(state: Option<&OffloadState>) -> &'static str {
 pub struct EngineFacts<'a>(pub &'a Shard);
 
 impl FlowFacts for EngineFacts<'_> {
+    fn first_ns(&self, id: FlowId) -> u64 {
+        self.0.table().first_ns(id)
+    }
     fn placement(&self, id: FlowId, flow: &Flow) -> &'static str {
         // Only offloaded flows have rules in place; the rest need no lookup.
         if flow.stage() != Stage::Offloaded {
@@ -85,13 +88,14 @@ pub fn mean_bytes_per_s(bytes: u64, start_ns: u64, now_ns: u64) -> f64 {
     bytes as f64 * 1e9 / now_ns.saturating_sub(start_ns).max(1_000_000) as f64
 }
 
-fn sort_value(sort: SortKey, flow: &Flow, now_ns: u64) -> u64 {
+fn sort_value(sort: SortKey, id: FlowId, flow: &Flow, engine: &Shard, now_ns: u64) -> u64 {
+    let first_ns = || engine.table().first_ns(id);
     match sort {
         SortKey::Bytes => flow.bytes(),
         SortKey::Packets => flow.packets(),
         // Milli-bytes per second: an integer order as fine as the f64's.
-        SortKey::Rate => (mean_bytes_per_s(flow.bytes(), flow.first_ns, now_ns) * 1e3) as u64,
-        SortKey::Age => now_ns.saturating_sub(flow.first_ns),
+        SortKey::Rate => (mean_bytes_per_s(flow.bytes(), first_ns(), now_ns) * 1e3) as u64,
+        SortKey::Age => now_ns.saturating_sub(first_ns()),
     }
 }
 
@@ -171,7 +175,7 @@ pub fn list(engine: &Shard, filter: &Filter, sort: SortKey, offset: usize, limit
         if keep == 0 {
             continue;
         }
-        push_bounded(&mut heap, keep, Reverse((sort_value(sort, flow, now_ns), Reverse(id))));
+        push_bounded(&mut heap, keep, Reverse((sort_value(sort, id, flow, engine, now_ns), Reverse(id))));
     }
     page(engine, heap, total, offset, sort, now_ns)
 }

@@ -90,6 +90,11 @@ pub struct Framing {
     /// ICMP and ICMPv6: the type and code of the direction's first packet
     /// software saw (the key keeps only the echo identifier).
     pub icmp: [Option<[u8; 2]>; 2],
+    /// The flow's first packet's time. Kept here, not in the flow's own
+    /// 128 bytes, so that those hold the last packet's time to the
+    /// nanosecond: that one is written at every packet, this one at the
+    /// first (and by a packet handled late that turns out earlier).
+    pub first_ns: u64,
 }
 
 impl Framing {
@@ -202,9 +207,9 @@ pub struct Flow {
     /// The port each direction's first packet arrived on, or was expected
     /// on when a rule for it went in first (by `Direction::index`).
     ports: [u8; 2],
-    /// Last activity, ms after `first_ns` (saturating at ~49 days).
-    last_ms: u32,
-    pub first_ns: u64,
+    /// Last activity: the latest packet's time (the first packet's time is
+    /// in `Framing::first_ns`).
+    last_ns: u64,
     /// Packets seen by software, by direction (`Direction::index`).
     pub sw: [DirCounters; 2],
     /// Packets counted by the NIC or kernel rule, by direction.
@@ -223,8 +228,7 @@ impl Flow {
             flags: 0,
             class: 0,
             ports: [0; 2],
-            last_ms: 0,
-            first_ns: 0,
+            last_ns: 0,
             sw: [DirCounters::default(); 2],
             hw: [DirCounters::default(); 2],
         }
@@ -266,34 +270,28 @@ impl Flow {
         }
     }
 
+    /// The latest packet's time, to the nanosecond.
     pub fn last_ns(&self) -> u64 {
-        self.first_ns + self.last_ms as u64 * 1_000_000
+        self.last_ns
     }
 
-    /// A packet captured at `ts_ns`, before the flow's first, but handled
-    /// after it: captures of two ports are read in turn, not merged by
-    /// time, so a reply can reach the table before its request. The flow
-    /// starts at it, and a packet going the other way makes its direction
-    /// the initiator's, as long as no TCP state depends on who that is.
-    fn start_earlier(&mut self, dir: Direction, ts_ns: u64) {
-        let last = self.last_ns();
+    /// A packet captured before the flow's first, but handled after it:
+    /// captures of two ports are read in turn, not merged by time, so a
+    /// reply can reach the table before its request. A packet going the
+    /// other way makes its direction the initiator's, as long as no TCP
+    /// state depends on who that is. (The flow's start moves in `Framing`.)
+    fn start_earlier(&mut self, dir: Direction) {
         if dir != self.initiator()
             && self.flags & FLAG_FIN_MASK == 0
             && matches!(self.tcp, TcpState::NotTcp | TcpState::Midstream)
         {
             self.flags ^= FLAG_INITIATOR_HI;
         }
-        self.first_ns = ts_ns;
-        self.last_ms = u32::try_from((last - ts_ns) / 1_000_000).unwrap_or(u32::MAX);
     }
 
     /// Marks activity at `now_ns` (never moves backwards).
     pub fn touch(&mut self, now_ns: u64) {
-        let ms = now_ns.saturating_sub(self.first_ns) / 1_000_000;
-        let ms = ms.min(u32::MAX as u64) as u32;
-        if ms > self.last_ms {
-            self.last_ms = ms;
-        }
+        self.last_ns = self.last_ns.max(now_ns);
     }
 
     pub fn has_context(&self) -> bool {
@@ -725,7 +723,7 @@ impl FlowTable {
         }
         let slot = &mut self.flows[index as usize];
         let generation = slot.generation.wrapping_add(1).max(1);
-        self.framing[index as usize] = Framing { generation, ..Framing::default() };
+        self.framing[index as usize] = Framing { generation, first_ns: now_ns, ..Framing::default() };
         *slot = Flow {
             key: pkt.key,
             generation,
@@ -734,8 +732,7 @@ impl FlowTable {
             flags: (if pkt.dir == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 }) | port_known(pkt.dir),
             class: 0,
             ports: [pkt.port; 2],
-            last_ms: 0,
-            first_ns: now_ns,
+            last_ns: now_ns,
             sw: [DirCounters::default(); 2],
             hw: [DirCounters::default(); 2],
         };
@@ -768,9 +765,16 @@ impl FlowTable {
         let Some(flow) = self.get_mut(id) else { return };
         let before = timeouts.for_flow(flow);
         flow.learn_port(pkt.dir, pkt.port);
-        if now_ns < flow.first_ns {
-            flow.start_earlier(pkt.dir, now_ns);
+        // Older than the latest packet: perhaps older than the first too,
+        // which only the side table knows (rare: off the common path).
+        if now_ns < flow.last_ns {
+            let framing = &mut self.framing[id.index() as usize];
+            if now_ns < framing.first_ns {
+                framing.first_ns = now_ns;
+                self.flows[id.index() as usize].start_earlier(pkt.dir);
+            }
         }
+        let Some(flow) = self.get_mut(id) else { return };
         let first = flow.sw[pkt.dir.index()].packets == 0;
         if count {
             let c = &mut flow.sw[pkt.dir.index()];
@@ -814,6 +818,12 @@ impl FlowTable {
         if count {
             f.trailer[d] += u64::from(pkt.trailer);
         }
+    }
+
+    /// The time of a flow's first packet (live or just removed, as
+    /// `framing`), to the nanosecond.
+    pub fn first_ns(&self, id: FlowId) -> u64 {
+        self.framing(id).first_ns
     }
 
     /// The framing facts of a flow (see `Framing`), live or just removed
@@ -1119,18 +1129,34 @@ mod tests {
         track(&mut t, &reply, 97 * ms);
         let f = t.get(a).unwrap();
         assert_eq!(f.initiator(), reply.dir, "the earliest packet's direction starts the flow");
-        assert_eq!((f.first_ns, f.last_ns()), (97 * ms, 100 * ms));
+        assert_eq!((t.first_ns(a), f.last_ns()), (97 * ms, 100 * ms));
         // Once later packets come in order nothing moves.
         track(&mut t, &request, 150 * ms);
         let f = t.get(a).unwrap();
-        assert_eq!((f.initiator(), f.first_ns, f.last_ns()), (reply.dir, 97 * ms, 150 * ms));
+        assert_eq!((f.initiator(), t.first_ns(a), f.last_ns()), (reply.dir, 97 * ms, 150 * ms));
 
         // TCP past its first packet keeps its initiator: its state says who is who.
         let syn = pkt(40001, 80, 6, TCP_SYN, 60);
         let b = track(&mut t, &syn, 200 * ms);
         track(&mut t, &pkt(80, 40001, 6, TCP_SYN | TCP_ACK, 60), 199 * ms);
         let f = t.get(b).unwrap();
-        assert_eq!((f.initiator(), f.first_ns), (syn.dir, 199 * ms));
+        assert_eq!((f.initiator(), t.first_ns(b)), (syn.dir, 199 * ms));
+    }
+
+    #[test]
+    fn a_flows_first_and_last_packet_times_are_kept_to_the_nanosecond() {
+        let mut t = table(16, FullPolicy::EvictIdle);
+        let p = pkt(40000, 53, 17, 0, 80);
+        let id = track(&mut t, &p, 1_643_129_441_023_341_461);
+        track(&mut t, &p, 1_643_129_441_065_505_469);
+        // One handled late (two ports read in turn) moves neither end inward.
+        track(&mut t, &p, 1_643_129_441_030_000_001);
+        assert_eq!(t.first_ns(id), 1_643_129_441_023_341_461);
+        assert_eq!(t.get(id).unwrap().last_ns(), 1_643_129_441_065_505_469);
+        // A flow lasting past the old millisecond counter's 49 days.
+        let later = 1_643_129_441_065_505_469 + 60 * 86_400 * 1_000_000_000 + 7;
+        track(&mut t, &p, later);
+        assert_eq!(t.get(id).unwrap().last_ns(), later);
     }
 
     #[test]

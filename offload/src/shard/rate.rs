@@ -88,7 +88,7 @@ impl Shard {
             let (since, before) = if s.generation == id.generation() && s.at_ns != 0 {
                 (s.at_ns, s.sw)
             } else {
-                (flow.first_ns, DirCounters::default())
+                (self.table.first_ns(id), DirCounters::default())
             };
             let window = now.saturating_sub(since);
             let dt = window.max(1) as f64 / 1e9;
@@ -117,7 +117,7 @@ impl Shard {
         let mut rate = match sampled.and_then(|s| s.rate) {
             Some((p, b)) => Rate { packets_per_s: f64::from(p), bytes_per_s: f64::from(b) },
             None => {
-                let dt = self.now_ns.saturating_sub(flow.first_ns).max(1_000_000) as f64 / 1e9;
+                let dt = self.now_ns.saturating_sub(self.table.first_ns(id)).max(1_000_000) as f64 / 1e9;
                 let sw = DirCounters {
                     packets: flow.sw[0].packets + flow.sw[1].packets,
                     bytes: flow.sw[0].bytes + flow.sw[1].bytes,
