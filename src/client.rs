@@ -148,6 +148,13 @@ impl Client {
         serde_json::from_value(v).map_err(|e| CallError::Connection(format!("unexpected answer: {e}")))
     }
 
+    /// Waits as long as the daemon gives a bulk command (`flush`,
+    /// `unoffload --filter`) for its answer, a little longer.
+    pub fn wait_for_bulk(&mut self) -> Result<(), CallError> {
+        let wait = crate::control::server::BULK_ANSWER_TIMEOUT + Duration::from_secs(5);
+        self.writer.set_read_timeout(Some(wait)).map_err(|e| self.lost(e))
+    }
+
     /// Subscribes (to the events of the flows `filter` selects, all
     /// without one); the connection then carries event lines (see `next_event`).
     pub fn subscribe(&mut self, filter: Option<String>) -> Result<(), CallError> {
@@ -493,6 +500,7 @@ pub fn unoffload(a: UnoffloadArgs) -> Result<(), String> {
     let mut c = a.target.connect()?;
     let Some(id) = a.id else {
         let filter = a.filter.as_deref();
+        c.wait_for_bulk().map_err(|e| e.to_string())?;
         let v = c.call(&Command::Unoffload { flow: None, filter: a.filter.clone() }).map_err(|e| explain(e, filter))?;
         return bulk_report(v, a.json, "unoffloaded", "not offloaded");
     };
@@ -508,6 +516,7 @@ pub fn unoffload(a: UnoffloadArgs) -> Result<(), String> {
 pub fn flush(a: FlushArgs) -> Result<(), String> {
     let mut c = a.target.connect()?;
     let filter = a.filter.as_deref();
+    c.wait_for_bulk().map_err(|e| e.to_string())?;
     let v = c.call(&Command::Flush { filter: a.filter.clone() }).map_err(|e| explain(e, filter))?;
     bulk_report(v, a.json, "flushed", "already ended")
 }

@@ -743,6 +743,31 @@ fn records_of_a_capture_file_carry_the_captures_own_times() {
             assert_eq!((&r["start_ns"], &r["end_ns"]), (&twin["start_ns"], &twin["end_ns"]), "{pace}: {r}");
         }
     }
+    // Beside a live interface (read by the workers, not the reader), the
+    // file's records stay in the daemon's times, as the live ones are, and
+    // stats says so.
+    let sources = format!(
+        r#""sources": [{{"interface": {{"name": "lo", "ingress": 1}}}}, {{"pcap": {{"path": {:?}, "pace": "fast"}}}}]"#,
+        capture("http.pcapng").display().to_string()
+    );
+    let mut d = Daemon::start(&format!("{LONG_TIMEOUTS}, {sources}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let file = loop {
+        let s = d.stats();
+        let file =
+            s["sources"].as_array().unwrap().iter().find(|x| x["name"].as_str().unwrap().starts_with("pcap")).cloned();
+        if let Some(f) = file.filter(|f| f["state"] == "done") {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(file["capture_times"], false, "{file}");
+    d.terminate();
+    let http: Vec<Value> = d.records().into_iter().filter(|r| r["dport"] == 80).collect();
+    assert!(!http.is_empty());
+    let captured_at = 1_643_129_441_023_341_461u64;
+    assert!(http.iter().all(|r| r["start_ns"].as_u64() != Some(captured_at)), "{http:?}");
 }
 
 #[test]

@@ -258,8 +258,9 @@ impl Classifier {
                 if let Some(i) = new.rules.iter().position(|r| r.name == name) {
                     return i as u8 + 1;
                 }
-                // Removed now (an old rule) or earlier (an old retired name,
-                // which must be the same removal, not a namesake's).
+                // Removed now (an old rule) or earlier (an old retired name:
+                // the entry of that same removal, should the name have been
+                // removed, configured again and removed once more since).
                 let found = match retired_by {
                     Some(n) => new.retired.iter().position(|r| r.name == name && r.generation == n),
                     None => new.retired.iter().rposition(|r| r.name == name),
@@ -343,9 +344,9 @@ mod tests {
         let (a3, b3) = (g2.remap_class(a2, &g3), g2.remap_class(b2, &g3));
         assert_eq!((g3.class_name(a3), g3.removed_in_generation(a3)), (Some("a"), Some(2)));
         assert_eq!((g3.class_name(b3), g3.removed_in_generation(b3)), (Some("b"), Some(3)));
-        // "a" comes back in 4: flows it decided before it left keep saying it
-        // was removed in 2, not that the new "a" decided them; new flows get
-        // the configured "a".
+        // "a" comes back in 4: a rule is known by its name, so the flows the
+        // old "a" decided are the configured "a"'s again (as after a rename
+        // back), no longer marked removed.
         let g4 = Classifier::succeeding(&g3, &rules(&["a", "z"]), 4).unwrap();
         assert_eq!(g3.remap_class(a3, &g4), 1, "a name configured again is the configured rule");
         assert_eq!(g4.class_name(1), Some("a"));

@@ -42,6 +42,10 @@ pub const RESERVE: usize = 8;
 pub const MAX_SUBSCRIBERS: usize = 16;
 /// How long a client thread waits for the engine thread's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a bulk command (`flush`, `unoffload --filter`): its flows
+/// go to the workers in pieces within their control budget, so a million
+/// of them on a busy worker take tens of seconds.
+pub const BULK_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests waiting for the engine thread before senders wait.
 pub const JOB_QUEUE: usize = 256;
 /// Event lines buffered per subscriber; one that falls this far behind is cut off.
@@ -461,15 +465,17 @@ fn serve_client(stream: UnixStream, jobs: &Sender<Job>, entry: &Entry) {
 }
 
 fn dispatch(jobs: &Sender<Job>, cmd: Command) -> Result<Answer, ControlError> {
+    let bulk = matches!(cmd, Command::Flush { .. } | Command::Unoffload { filter: Some(_), .. });
+    let wait = if bulk { BULK_ANSWER_TIMEOUT } else { ANSWER_TIMEOUT };
     let (tx, rx) = bounded(1);
     jobs.send_timeout(Job { cmd, reply: tx }, ANSWER_TIMEOUT).map_err(|e| match e {
         SendTimeoutError::Timeout(_) => ControlError::new(ErrorCode::Busy, "the daemon has too many requests waiting"),
         SendTimeoutError::Disconnected(_) => ControlError::new(ErrorCode::ShuttingDown, "the daemon is stopping"),
     })?;
-    match rx.recv_timeout(ANSWER_TIMEOUT) {
+    match rx.recv_timeout(wait) {
         Ok(answer) => answer,
         Err(RecvTimeoutError::Timeout) => {
-            Err(ControlError::new(ErrorCode::Busy, format!("no answer within {} s", ANSWER_TIMEOUT.as_secs())))
+            Err(ControlError::new(ErrorCode::Busy, format!("no answer within {} s", wait.as_secs())))
         }
         Err(RecvTimeoutError::Disconnected) => {
             Err(ControlError::new(ErrorCode::ShuttingDown, "the daemon is stopping"))

@@ -366,9 +366,16 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
 
 // ---- parser ----
 
+/// Most parentheses and `not`s open at once. The parser, the evaluation
+/// and the tree's drop all recurse once a level, on the daemon's and the
+/// workers' stacks; no filter a person writes comes near this.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Parentheses and `not`s open here (see `MAX_DEPTH`).
+    depth: usize,
     /// The column just past the text, for "expected ... at the end".
     end: usize,
     names: &'a Names,
@@ -427,6 +434,20 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Node, FilterError> {
         let col = self.col();
+        if self.peek().is_some_and(|t| t.is_not() || *t == Tok::Open) {
+            if self.depth == MAX_DEPTH {
+                return Err(err(col, format!("more than {MAX_DEPTH} parentheses and 'not's open at once")));
+            }
+            self.depth += 1;
+            let node = self.nested(col);
+            self.depth -= 1;
+            return node;
+        }
+        self.nested(col)
+    }
+
+    /// A `not`, a parenthesis or a condition, from `unary`.
+    fn nested(&mut self, col: usize) -> Result<Node, FilterError> {
         match self.bump() {
             Some((t, _)) if t.is_not() => {
                 if !self.starts_condition() {
@@ -807,7 +828,7 @@ impl Filter {
         if toks.is_empty() {
             return Ok(Filter::default());
         }
-        let mut p = Parser { toks, pos: 0, end: text.chars().count() + 1, names };
+        let mut p = Parser { toks, pos: 0, depth: 0, end: text.chars().count() + 1, names };
         let root = p.or()?;
         if let Some((t, c)) = p.bump() {
             let msg = match t {
@@ -1259,6 +1280,24 @@ mod tests {
         assert_eq!(rate_value("1kBps"), Ok(8e3));
         assert_eq!(rate_value("5"), Ok(5.0));
         assert!(rate_value("1Xbit").unwrap_err().contains("rates take"));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_not_a_crash() {
+        let deep = |open: &str, n: usize, close: &str| format!("{}proto=tcp{}", open.repeat(n), close.repeat(n));
+        // At the limit it parses and judges as written.
+        assert!(Filter::parse(&deep("(", MAX_DEPTH, ")")).is_ok());
+        assert!(Filter::parse(&deep("not ", MAX_DEPTH, "")).is_ok());
+        // Past it, and far past it (a request of 64 KiB holds 60,000), the
+        // error names the column of the first level too many.
+        for text in
+            [deep("(", MAX_DEPTH + 1, ")"), deep("(", 30_000, ")"), deep("!", 60_000, ""), deep("not (", 20_000, ")")]
+        {
+            let e = Filter::parse(&text).unwrap_err();
+            assert!(e.message.contains("more than 64 parentheses and 'not's"), "{e:?}");
+        }
+        let e = Filter::parse(&deep("(", MAX_DEPTH + 1, ")")).unwrap_err();
+        assert_eq!(e.column, MAX_DEPTH + 1);
     }
 
     #[test]

@@ -177,6 +177,9 @@ struct Reader {
     status: ReaderStatus,
     shared: Arc<Mutex<ReaderStatus>>,
     last_losses: Instant,
+    /// Every configured source is a capture file (the workers' own live
+    /// sources are not among `slots`): see `capture_port_offset`.
+    all_files: bool,
 }
 
 impl Reader {
@@ -304,8 +307,13 @@ impl Reader {
                 // A frame counts at its own time (a live one's capture
                 // time, a file's moved onto the daemon's clock), not when it
                 // got its turn: that places it before or after its flow's
-                // rule went in, and gives a file's records its times.
-                let at = pending.due_ns.min(*now);
+                // rule went in, and gives a file's records its times. A file
+                // paced on the wall clock whose reading fell far behind
+                // counts at the time it is read instead: the workers age
+                // flows on the wall clock, and the lag is not the flow's idling.
+                let own = pending.due_ns.min(*now);
+                let paced = !self.slots[i].live && self.slots[i].pace == Pace::Timestamps;
+                let at = if paced && *now - own > PACED_LAG_NS { *now } else { own };
                 if self.dispatch.offer(&info, at) {
                     self.status.nic_packets += 1;
                     self.status.nic_bytes += pending.wire_len as u64;
@@ -336,8 +344,8 @@ impl Reader {
     }
 
     fn publish(&mut self) {
-        self.status.sources = source_status(&self.slots);
-        self.status.capture_offsets = capture_offsets(&self.slots);
+        self.status.sources = source_status(&self.slots, self.all_files);
+        self.status.capture_offsets = capture_offsets(&self.slots, self.all_files);
         self.status.all_done = self.slots.iter().all(|s| !s.running());
         if let Ok(mut s) = self.shared.lock() {
             s.clone_from(&self.status);
@@ -345,7 +353,7 @@ impl Reader {
     }
 }
 
-fn source_status(slots: &[Slot]) -> Vec<SourceStatus> {
+fn source_status(slots: &[Slot], all_files: bool) -> Vec<SourceStatus> {
     slots
         .iter()
         .map(|s| SourceStatus {
@@ -366,7 +374,7 @@ fn source_status(slots: &[Slot]) -> Vec<SourceStatus> {
             dropped: s.losses.map(|l| l.dropped),
             unordered: s.losses.map(|l| l.unordered),
             capture_offset_ns: s.capture_offset_ns(),
-            capture_times: s.file_port.map(|p| capture_port_offset(slots, p).is_some()),
+            capture_times: s.file_port.map(|p| capture_port_offset(slots, all_files, p).is_some()),
         })
         .collect()
 }
@@ -376,8 +384,8 @@ fn source_status(slots: &[Slot]) -> Vec<SourceStatus> {
 /// those on `port` agree (files of one port started together), since a
 /// live or generated source's flows on the same port run on the daemon's
 /// clock and a record can't be told apart.
-fn capture_port_offset(slots: &[Slot], port: u8) -> Option<i64> {
-    if slots.iter().any(|s| s.file_port.is_none()) {
+fn capture_port_offset(slots: &[Slot], all_files: bool, port: u8) -> Option<i64> {
+    if !all_files || slots.iter().any(|s| s.file_port.is_none()) {
         return None;
     }
     let mut offsets = slots.iter().filter(|s| s.file_port == Some(port)).map(Slot::capture_offset_ns);
@@ -386,11 +394,11 @@ fn capture_port_offset(slots: &[Slot], port: u8) -> Option<i64> {
 }
 
 /// Per port, the offset of `capture_port_offset` (None: daemon times).
-pub(crate) fn capture_offsets(slots: &[Slot]) -> Vec<(u8, i64)> {
+pub(crate) fn capture_offsets(slots: &[Slot], all_files: bool) -> Vec<(u8, i64)> {
     let mut ports: Vec<u8> = slots.iter().filter_map(|s| s.file_port).collect();
     ports.sort_unstable();
     ports.dedup();
-    ports.into_iter().filter_map(|p| Some((p, capture_port_offset(slots, p)?))).collect()
+    ports.into_iter().filter_map(|p| Some((p, capture_port_offset(slots, all_files, p)?))).collect()
 }
 
 /// One shard's part of the statistics.
@@ -590,6 +598,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
     let reader_status = Arc::new(Mutex::new(ReaderStatus::default()));
     let (opened_tx, opened_rx) = crossbeam_channel::bounded::<Result<Vec<(String, Pace)>, String>>(1);
     let reader = {
+        let all_files = config.sources.iter().all(|s| matches!(s, flowtable_config::SourceConfig::Pcap { .. }));
         let sources = config.sources.clone();
         let stop = reader_stop.clone();
         let outer_stop = controls.stop.clone();
@@ -610,7 +619,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
                 };
                 let _ = opened_tx.send(Ok(slots.iter().map(|s| (s.name.clone(), s.pace)).collect()));
                 let reader = Reader {
-                    status: ReaderStatus { sources: source_status(&slots), ..ReaderStatus::default() },
+                    status: ReaderStatus { sources: source_status(&slots, all_files), ..ReaderStatus::default() },
                     slots,
                     dispatch,
                     ports,
@@ -619,6 +628,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
                     next_poll: 0,
                     shared,
                     last_losses: Instant::now(),
+                    all_files,
                 };
                 reader.run(&stop);
             })
@@ -1549,6 +1559,10 @@ fn to_capture_clock(r: &mut FlowRecord, offset_ns: i64) {
         o.removed_ns = o.removed_ns.map(back);
     }
 }
+
+/// How far behind its own time a paced file's packet may be read and still
+/// count at that time (see `Reader::step`).
+const PACED_LAG_NS: u64 = 1_000_000_000;
 
 /// Where on the daemon's clock a source's first packet lands. A source
 /// replayed fast keeps its timestamps' phase within the second, so timers
