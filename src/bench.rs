@@ -361,6 +361,9 @@ pub struct ReplayBench {
     pub softflowd_ipfix_s: f64,
     /// softflowd_s / softflowd_ipfix_s: its own cost of exporting.
     pub ratio_softflowd_ipfix: f64,
+    /// Whole process, flowtable (reading and mapping the file) and each
+    /// peer (softflowd, nfpcapd, argus), rounds alternating.
+    pub processes: Vec<ProcessRun>,
 }
 
 /// A UDP socket standing in for a collector on another host: the kernel
@@ -414,9 +417,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs a command to its end and returns its wall time; one that runs past
+/// A finished command's wall time and the CPU time (user and system, all
+/// its threads) the kernel charged it.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    wall_s: f64,
+    cpu_s: f64,
+}
+
+/// Runs a command to its end and returns its times; one that runs past
 /// `limit` is killed and reported, so a peer that hangs can't hang the bench.
-fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<f64, String> {
+/// The CPU time comes from `wait4`'s resource usage: on a machine shared
+/// with other work, wall time includes waiting for a core, CPU time doesn't.
+fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<Timed, String> {
     use std::process::Stdio;
     let name = format!("{:?}", cmd.get_program());
     let start = Instant::now();
@@ -426,18 +439,184 @@ fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> 
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{name}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
     loop {
-        match child.try_wait().map_err(|e| format!("{name}: {e}"))? {
-            Some(status) if status.success() => return Ok(start.elapsed().as_secs_f64()),
-            Some(status) => return Err(format!("{name} failed: {status}")),
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{name} still running after {limit:?}; killed"));
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own child, not yet reaped (only this loop waits for it); `status` and
+        // `usage` are valid for writes for the call's duration.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            let wall_s = start.elapsed().as_secs_f64();
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                return Ok(Timed { wall_s, cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime) });
             }
-            None => std::thread::sleep(std::time::Duration::from_millis(2)),
+            return Err(format!("{name} failed: wait status {status:#x}"));
+        }
+        if rc < 0 {
+            return Err(format!("{name}: waiting for it: {}", std::io::Error::last_os_error()));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name} still running after {limit:?}; killed"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// One program of the whole-process comparison: `flowtable replay` (read
+/// or mapped) or a peer reading the same file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRun {
+    pub name: String,
+    /// The command line, as run.
+    pub command: String,
+    /// Medians over the runs; 0 when skipped.
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// This program's time over flowtable's (read), wall and CPU: above 1,
+    /// flowtable is that many times faster.
+    pub ratio_wall: f64,
+    pub ratio_cpu: f64,
+    /// Why it was not run (not installed, or it failed).
+    pub skipped: Option<String>,
+}
+
+/// Whether `program` can be found in `PATH` (or is a path that exists).
+fn installed(program: &str) -> bool {
+    let p = std::path::Path::new(program);
+    if p.components().count() > 1 {
+        return p.exists();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Times `flowtable replay FILE` (reading and mapping the file) and each
+/// peer installed here, `runs` rounds, the programs alternating within a
+/// round so a burst of noise on a shared machine hits all alike; medians.
+pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<ProcessRun>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let limit = std::time::Duration::from_secs(600);
+    let scratch = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    // (name, package, program, arguments before the file, after it, environment)
+    type Spec = (&'static str, &'static str, String, Vec<String>, Vec<String>, Option<(&'static str, &'static str)>);
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let pid = scratch.path().join("softflowd.pid").display().to_string();
+    let nfdir = scratch.path().join("nfpcapd");
+    let specs: Vec<Spec> = vec![
+        ("flowtable replay (read)", "", exe.display().to_string(), s(&["replay", "--top", "0"]), vec![], None),
+        (
+            "flowtable replay (mapped)",
+            "",
+            exe.display().to_string(),
+            s(&["replay", "--top", "0"]),
+            vec![],
+            Some((crate::source::pcap::MMAP_ENV, "1")),
+        ),
+        // No control socket: with some socket paths softflowd 1.1.0 waits
+        // on it forever after the file ends.
+        (
+            "softflowd -r",
+            "softflowd",
+            "softflowd".into(),
+            s(&["-d", "-6", "-m", "4194304", "-c", "none", "-r"]),
+            vec!["-p".into(), pid.clone()],
+            None,
+        ),
+        ("nfpcapd -r", "nfdump", "nfpcapd".into(), s(&["-r"]), vec!["-w".into(), nfdir.display().to_string()], None),
+        ("argus -r", "argus-server", "argus".into(), s(&["-r"]), s(&["-w", "/dev/null"]), None),
+    ];
+    let mut times: Vec<(Vec<Timed>, Option<String>)> = specs
+        .iter()
+        .map(|(_, package, program, ..)| {
+            let why = (!installed(program)).then(|| format!("{program} not found (apt-get install {package})"));
+            (Vec::new(), why)
+        })
+        .collect();
+    for _ in 0..runs.max(1) {
+        for (spec, (timed, skipped)) in specs.iter().zip(times.iter_mut()) {
+            if skipped.is_some() {
+                continue;
+            }
+            let (_, _, program, before, after, env) = spec;
+            // Fresh state each run: softflowd's pid file, nfpcapd's output.
+            let _ = std::fs::remove_file(&pid);
+            let _ = std::fs::remove_dir_all(&nfdir);
+            std::fs::create_dir_all(&nfdir).map_err(|e| format!("{}: {e}", nfdir.display()))?;
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(before).arg(path).args(after).env_remove(crate::source::pcap::MMAP_ENV);
+            if let Some((k, v)) = env {
+                cmd.env(k, v);
+            }
+            match time_command(&mut cmd, limit) {
+                Ok(t) => timed.push(t),
+                Err(e) if program == &exe.display().to_string() => return Err(e),
+                Err(e) => *skipped = Some(e),
+            }
         }
     }
+    let med = |t: &[Timed], f: fn(&Timed) -> f64| median(t.iter().map(f).collect());
+    let base = &times[0].0;
+    let (base_wall, base_cpu) = (med(base, |t| t.wall_s), med(base, |t| t.cpu_s));
+    Ok(specs
+        .iter()
+        .zip(times)
+        .map(|((name, _, program, before, after, env), (timed, skipped))| {
+            let command = format!(
+                "{}{} {} {} {}",
+                env.map_or(String::new(), |(k, v)| format!("{k}={v} ")),
+                if program == &exe.display().to_string() { "flowtable" } else { program },
+                before.join(" "),
+                path.display(),
+                after.join(" ")
+            );
+            let command = command.trim_end().to_string();
+            match (skipped, timed.is_empty()) {
+                (None, false) => {
+                    let (wall_s, cpu_s) = (med(&timed, |t| t.wall_s), med(&timed, |t| t.cpu_s));
+                    ProcessRun {
+                        name: name.to_string(),
+                        command,
+                        wall_s,
+                        cpu_s,
+                        ratio_wall: wall_s / base_wall,
+                        ratio_cpu: cpu_s / base_cpu,
+                        skipped: None,
+                    }
+                }
+                (why, _) => ProcessRun {
+                    name: name.to_string(),
+                    command,
+                    wall_s: 0.0,
+                    cpu_s: 0.0,
+                    ratio_wall: 0.0,
+                    ratio_cpu: 0.0,
+                    skipped: why.or(Some("not run".into())),
+                },
+            }
+        })
+        .collect())
+}
+
+/// The whole-process comparison as a table.
+pub fn processes_report(file: &str, runs: usize, procs: &[ProcessRun]) -> String {
+    let mut o = format!(
+        "whole process on {file}, median of {runs} runs, programs alternating within each run\n\
+         \x20 (ratio: the program's time over flowtable replay's (read); CPU is user+system of all threads)\n"
+    );
+    for p in procs {
+        match &p.skipped {
+            None => o.push_str(&format!(
+                "  {:<26} wall {:>7.3} s ({:>5.2}x)   CPU {:>7.3} s ({:>5.2}x)   {}\n",
+                p.name, p.wall_s, p.ratio_wall, p.cpu_s, p.ratio_cpu, p.command
+            )),
+            Some(why) => o.push_str(&format!("  {:<26} skipped: {why}\n", p.name)),
+        }
+    }
+    o
 }
 
 /// Replays `file` (or synthetic traffic written to a temporary pcap) in
@@ -538,9 +717,6 @@ pub fn replay(
     let mut last_export = None;
     let mut sf_ipfix_s = Vec::new();
     let mut mem_off = Vec::new();
-    let mut proc_s = Vec::new();
-    let mut sf_s = Vec::new();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let limit = std::time::Duration::from_secs(600);
     for run in 0..runs {
         // softflowd keeps a pid file: a fresh one each run.
@@ -557,21 +733,6 @@ pub fn replay(
         mem_ipfix.push(pps);
         last_export = Some(status);
         mem_off.push(one(&offload)?.0.packets_per_second());
-        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path), limit)?);
-        sf_s.push(
-            time_command(
-                // No control socket: with some socket paths softflowd 1.1.0
-                // waits on it forever after the file ends.
-                std::process::Command::new("softflowd")
-                    .args(["-d", "-6", "-m", "4194304", "-c", "none", "-r"])
-                    .arg(&path)
-                    .arg("-p")
-                    .arg(&pid),
-                limit,
-            )
-            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
-        );
-        let _ = std::fs::remove_file(&pid);
         sf_ipfix_s.push(
             time_command(
                 std::process::Command::new("softflowd")
@@ -583,14 +744,20 @@ pub fn replay(
                     .arg(&pid),
                 limit,
             )
-            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
+            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?
+            .wall_s,
         );
         let _ = std::fs::remove_file(&pid);
     }
+    let processes = replay_processes(&path, runs)?;
     if file.is_none() {
         let _ = std::fs::remove_file(&path);
     }
-    let (memory_pps, softflowd_s, process_s) = (median(mem), median(sf_s), median(proc_s));
+    let (flowtable_run, softflowd_run) = (&processes[0], &processes[2]);
+    if let Some(why) = &softflowd_run.skipped {
+        return Err(format!("the peer softflowd: {why}"));
+    }
+    let (memory_pps, softflowd_s, process_s) = (median(mem), softflowd_run.wall_s, flowtable_run.wall_s);
     let softflowd_pps = first.packets as f64 / softflowd_s;
     Ok(ReplayBench {
         file: file.map_or("(synthetic)".to_string(), |p| p.display().to_string()),
@@ -612,6 +779,7 @@ pub fn replay(
         ipfix_messages: last_export.as_ref().map_or(0, |s| s.messages),
         softflowd_ipfix_s: median(sf_ipfix_s.clone()),
         ratio_softflowd_ipfix: softflowd_s / median(sf_ipfix_s),
+        processes,
     })
 }
 
@@ -641,6 +809,7 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.softflowd_ipfix_s,
         b.ratio_softflowd_ipfix,
     );
+    o.push_str(&processes_report(&b.file, b.runs, &b.processes));
     for w in &b.scaling {
         o.push_str(&format!(
             "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}\n",

@@ -164,6 +164,11 @@ enum BenchCommand {
         /// `1,2`), rounds alternating, records compared with the first's.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// Only the whole-process comparison: `flowtable replay` reading and
+        /// mapping the file against softflowd, nfpcapd and argus (each
+        /// skipped, with the reason, if not installed). Needs --file.
+        #[arg(long, requires = "file")]
+        process_only: bool,
         /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
@@ -343,7 +348,16 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Replay { file, packets, runs, workers, json } } => {
+        Command::Bench { command: BenchCommand::Replay { file: Some(file), runs, process_only: true, json, .. } } => {
+            let p = flowtable::bench::replay_processes(&file, runs.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string(&p).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::processes_report(&file.display().to_string(), runs.max(1), &p));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Replay { file, packets, runs, workers, json, .. } } => {
             let b = flowtable::bench::replay(file.as_deref(), packets, runs.max(1), &workers)?;
             if json {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
