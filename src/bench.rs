@@ -66,6 +66,25 @@ pub struct TableBench {
     pub flow_struct_bytes: usize,
     pub table_bytes_per_flow: f64,
     pub peer_bytes_per_flow: f64,
+    /// DPDK's rte_hash doing the same work (feature `dpdk`), in the same
+    /// rounds; `None` with the reason in `rte_hash_skipped`.
+    pub rte_hash: Option<RteHashFigures>,
+    pub rte_hash_skipped: Option<String>,
+}
+
+/// rte_hash's figures beside the flow table's (see `bench_rte_hash`).
+#[derive(Debug, Serialize)]
+pub struct RteHashFigures {
+    /// The EAL's arguments.
+    pub eal: Vec<String>,
+    /// `rte_hash_add_key` and the flow record set up and counted.
+    pub insert_per_s: f64,
+    /// `rte_hash_lookup`, one at a time, and the record updated.
+    pub lookup_per_s: f64,
+    /// `rte_hash_lookup_bulk` of 32, and the records updated.
+    pub bulk_lookup_per_s: f64,
+    /// rte_hash's share of DPDK's heap and the 128-byte records.
+    pub bytes_per_flow: f64,
 }
 
 /// The peer's value: the same counters as a flow.
@@ -112,6 +131,24 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     }
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
+
+    // rte_hash: filled right after the table, the same flows in the same order.
+    #[cfg(feature = "dpdk")]
+    let (mut rte, mut rte_skipped, mut rte_insert) = (None, None, 0.0);
+    #[cfg(not(feature = "dpdk"))]
+    let rte_skipped: Option<String> = Some("built without the dpdk feature (cargo build --features dpdk)".into());
+    #[cfg(feature = "dpdk")]
+    match crate::bench_rte_hash::RteHashTable::new(n) {
+        Ok((mut r, eal)) => match r.insert_all(&pkts) {
+            Ok(s) if r.count() == n => {
+                rte_insert = s;
+                rte = Some((r, eal));
+            }
+            Ok(_) => rte_skipped = Some(format!("rte_hash holds {} of the {n} flows", r.count())),
+            Err(e) => rte_skipped = Some(e),
+        },
+        Err(e) => rte_skipped = Some(e),
+    }
 
     // New flows in pipelined batches, as the engine creates them: first
     // into a fresh table (each page of flows faulted in as it fills), then,
@@ -195,9 +232,13 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     let now = n as u64;
     let (mut single, mut batched, mut grouped, mut peer, mut peer_fast) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    #[cfg(feature = "dpdk")]
+    let (mut rte_single, mut rte_bulk) = (Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
         let (mut single_s, mut batched_s, mut grouped_s, mut peer_s, mut fast_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        #[cfg(feature = "dpdk")]
+        let (mut rte_single_s, mut rte_bulk_s) = (0.0, 0.0);
         for part in order.chunks(STREAM) {
             stream.clear();
             stream.extend(part.iter().map(|&i| pkts[i as usize]));
@@ -253,6 +294,16 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
 
             peer_s += peer_lookups(&mut m, &stream, now);
             fast_s += peer_lookups(&mut fast, &stream, now);
+            #[cfg(feature = "dpdk")]
+            if let Some((r, _)) = rte.as_mut() {
+                rte_single_s += r.lookups(&stream, now);
+                rte_bulk_s += r.bulk_lookups(&stream, now);
+            }
+        }
+        #[cfg(feature = "dpdk")]
+        if rte.is_some() {
+            rte_single.push(lookups as f64 / rte_single_s);
+            rte_bulk.push(lookups as f64 / rte_bulk_s);
         }
         single.push(lookups as f64 / single_s);
         batched.push(lookups as f64 / batched_s);
@@ -265,6 +316,16 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     black_box(&fast);
     let table_bytes = t.heap_bytes() as f64 / n as f64;
     let peer_bytes = (m.capacity() as f64 * (std::mem::size_of::<(FlowKey, PeerValue)>() + 1) as f64) / n as f64;
+    #[cfg(feature = "dpdk")]
+    let rte_hash = rte.map(|(r, eal)| RteHashFigures {
+        eal,
+        insert_per_s: n as f64 / rte_insert,
+        lookup_per_s: median(rte_single),
+        bulk_lookup_per_s: median(rte_bulk),
+        bytes_per_flow: r.bytes_per_flow(),
+    });
+    #[cfg(not(feature = "dpdk"))]
+    let rte_hash = None;
 
     TableBench {
         flows: n,
@@ -282,10 +343,42 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         flow_struct_bytes: std::mem::size_of::<flowtable_sw::Flow>(),
         table_bytes_per_flow: table_bytes,
         peer_bytes_per_flow: peer_bytes,
+        rte_hash,
+        rte_hash_skipped: rte_skipped,
     }
 }
 
 pub fn table_report(b: &TableBench) -> String {
+    let mut o = table_report_std(b);
+    match (&b.rte_hash, &b.rte_hash_skipped) {
+        (Some(r), _) => o.push_str(&format!(
+            "against DPDK rte_hash (same keys, same work on a 128-byte record, same rounds; EAL {})\n\
+             \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x)\n\
+             \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
+             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time)\n\
+             \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
+            r.eal.join(" "),
+            b.insert_per_s,
+            r.insert_per_s,
+            b.insert_per_s / r.insert_per_s,
+            b.batched_insert_per_s / r.insert_per_s,
+            b.lookup_per_s,
+            r.lookup_per_s,
+            b.lookup_per_s / r.lookup_per_s,
+            b.batched_lookup_per_s,
+            r.bulk_lookup_per_s,
+            b.batched_lookup_per_s / r.bulk_lookup_per_s,
+            BATCH,
+            b.table_bytes_per_flow,
+            r.bytes_per_flow,
+        )),
+        (None, Some(why)) => o.push_str(&format!("rte_hash: skipped: {why}\n")),
+        (None, None) => {}
+    }
+    o
+}
+
+fn table_report_std(b: &TableBench) -> String {
     format!(
         "flow table, {} flows, median of {} rounds (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
