@@ -915,3 +915,146 @@ pub fn replay_report(b: &ReplayBench) -> String {
     }
     o
 }
+
+/// The memory-latency limit: loads that each depend on the one before
+/// (a pointer chase), and `k` such chases interleaved, as a batch of
+/// lookups overlaps its misses.
+#[derive(Debug, Serialize)]
+pub struct ChaseBench {
+    /// Bytes chased over: the flow table's own allocation for `flows`.
+    pub bytes: usize,
+    pub flows: usize,
+    /// Each result: chains interleaved, ns per load, loads per second.
+    pub runs: Vec<ChaseRun>,
+    /// The same over memory advised for huge pages, as the flow table
+    /// advises its arrays (`flowtable_sw::memory`), and how much of it the
+    /// kernel did back with them.
+    pub huge_runs: Vec<ChaseRun>,
+    pub huge_backed_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChaseRun {
+    pub chains: usize,
+    pub ns_per_load: f64,
+    pub loads_per_s: f64,
+}
+
+/// One 64-byte line of the chase: the index of the next.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line {
+    next: u32,
+}
+
+/// `loads` loads over `lines`, `K` chains at once, starting `K` places
+/// spread around the one cycle; the seconds taken.
+fn chase_k<const K: usize>(lines: &[Line], loads: usize) -> f64 {
+    let mut at = [0u32; K];
+    for (c, a) in at.iter_mut().enumerate() {
+        // Walk to spread the starts (untimed, short for small K).
+        *a = (c * lines.len() / K) as u32;
+    }
+    let start = Instant::now();
+    for _ in 0..loads / K {
+        for a in at.iter_mut() {
+            *a = lines[*a as usize].next;
+        }
+    }
+    black_box(at);
+    start.elapsed().as_secs_f64()
+}
+
+/// The chase over as much memory as a flow table of `flows` allocates
+/// (`FlowTable::heap_bytes`), in one random cycle through its 64-byte
+/// lines (Sattolo's shuffle), so no prefetcher can guess the next line;
+/// the pages are the ordinary 4 kB ones the table has, so each load may
+/// miss the TLB too, as a lookup's may. `rounds` alternate the chain counts.
+pub fn chase(flows: usize, loads: usize, rounds: usize) -> ChaseBench {
+    let bytes = FlowTable::new(TableConfig { max_flows: flows, ..Default::default() }).heap_bytes();
+    let n = (bytes / 64).max(2);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = rng.gen_range(0..i);
+        order.swap(i, j);
+    }
+    let build = |huge: bool| {
+        let mut lines: Vec<Line> = Vec::with_capacity(n);
+        if huge {
+            flowtable_sw::memory::advise_huge_pages(lines.as_mut_ptr().cast(), n * 64);
+        }
+        lines.resize(n, Line { next: 0 });
+        for w in 0..n {
+            lines[order[w] as usize].next = order[(w + 1) % n];
+        }
+        lines
+    };
+    let (small, huge) = (build(false), build(true));
+    let huge_backed_bytes = anon_huge_bytes();
+    drop(order);
+    let counts = [1usize, 2, 4, 8, 16, 32];
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); counts.len() * 2];
+    for _ in 0..rounds.max(1) {
+        for (i, &k) in counts.iter().enumerate() {
+            for (j, lines) in [&small, &huge].into_iter().enumerate() {
+                let s = match k {
+                    1 => chase_k::<1>(lines, loads),
+                    2 => chase_k::<2>(lines, loads),
+                    4 => chase_k::<4>(lines, loads),
+                    8 => chase_k::<8>(lines, loads),
+                    16 => chase_k::<16>(lines, loads),
+                    _ => chase_k::<32>(lines, loads),
+                };
+                secs[i + j * counts.len()].push(s);
+            }
+        }
+    }
+    let mut runs: Vec<ChaseRun> = counts
+        .iter()
+        .cycle()
+        .zip(secs)
+        .map(|(&chains, s)| {
+            let s = median(s);
+            let done = (loads / chains * chains) as f64;
+            ChaseRun { chains, ns_per_load: s * 1e9 / done, loads_per_s: done / s }
+        })
+        .collect();
+    let huge_runs = runs.split_off(counts.len());
+    ChaseBench { bytes: n * 64, flows, runs, huge_runs, huge_backed_bytes }
+}
+
+/// This process's anonymous memory backed by huge pages (smaps_rollup).
+pub fn anon_huge_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn chase_report(b: &ChaseBench) -> String {
+    let mut o = format!(
+        "pointer chase over {:.1} MB (a flow table of {} flows), 64-byte lines in one random cycle, 4 kB pages\n",
+        b.bytes as f64 / 1e6,
+        b.flows
+    );
+    o.push_str(&format!(
+        "  (right: the same memory advised for huge pages as the table's arrays are; {:.1} MB of the process backed by them)\n",
+        b.huge_backed_bytes as f64 / 1e6
+    ));
+    for (r, h) in b.runs.iter().zip(&b.huge_runs) {
+        o.push_str(&format!(
+            "  {:>2} chain{} at once: {:>7.1} ns per load {:>12.0} loads/s   huge pages: {:>7.1} ns {:>12.0} loads/s\n",
+            r.chains,
+            if r.chains == 1 { " " } else { "s" },
+            r.ns_per_load,
+            r.loads_per_s,
+            h.ns_per_load,
+            h.loads_per_s
+        ));
+    }
+    o
+}

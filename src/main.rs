@@ -147,6 +147,19 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The memory-latency limit: a pointer chase over as much memory as a
+    /// flow table of N flows allocates, one chain and several at once.
+    Chase {
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+        /// Loads per measurement.
+        #[arg(long, default_value_t = 20_000_000)]
+        loads: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay packets/s from a capture in memory, against softflowd reading
     /// the same file, in the same run.
     Replay {
@@ -345,6 +358,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", flowtable::bench::table_report(&b));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Chase { flows, loads, rounds, json } } => {
+            let b = flowtable::bench::chase(flows, loads, rounds);
+            if json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::chase_report(&b));
             }
             Ok(())
         }
