@@ -25,9 +25,10 @@
 //! variable `FLOWTABLE_PCAP_MMAP=1`): no copy from the page cache, but a
 //! page-table entry set up and torn down per 4 kB page and the frames read
 //! from DRAM rather than from a buffer the copy left in cache. On the
-//! machine of docs/PERFORMANCE.md that costs more than the copy saves
-//! (replay of a 930 MB capture: about 8% more CPU time mapped than read,
-//! alternating runs), so reading stays the default. Where mapping is
+//! machine of docs/PERFORMANCE.md that costs what the copy saves (replay
+//! of a 930 MB capture, alternating runs: mapped took from 15% less to 8%
+//! more CPU time than read, within the machine's noise), so reading, which
+//! has no SIGBUS hazard, stays the default. Where mapping is
 //! impossible (a pipe, stdin, a device, an empty file, a file system that
 //! refuses it) the file is read. All paths parse the same bytes with the
 //! same code, so they give the same frames and the same errors at the same
