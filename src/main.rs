@@ -150,13 +150,16 @@ enum BenchCommand {
     /// The memory-latency limit: a pointer chase over as much memory as a
     /// flow table of N flows allocates, one chain and several at once.
     Chase {
+        /// Chase over as much memory as a flow table of this many flows.
         #[arg(long, default_value_t = 1_000_000)]
         flows: usize,
         /// Loads per measurement.
         #[arg(long, default_value_t = 20_000_000)]
         loads: usize,
+        /// Rounds, the chain counts alternating; the medians are reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
     },
