@@ -67,6 +67,25 @@ pub struct TableBench {
     pub flow_struct_bytes: usize,
     pub table_bytes_per_flow: f64,
     pub peer_bytes_per_flow: f64,
+    /// DPDK's rte_hash doing the same work (feature `dpdk`), in the same
+    /// rounds; `None` with the reason in `rte_hash_skipped`.
+    pub rte_hash: Option<RteHashFigures>,
+    pub rte_hash_skipped: Option<String>,
+}
+
+/// rte_hash's figures beside the flow table's (see `bench_rte_hash`).
+#[derive(Debug, Serialize)]
+pub struct RteHashFigures {
+    /// The EAL's arguments.
+    pub eal: Vec<String>,
+    /// `rte_hash_add_key` and the flow record set up and counted.
+    pub insert_per_s: f64,
+    /// `rte_hash_lookup`, one at a time, and the record updated.
+    pub lookup_per_s: f64,
+    /// `rte_hash_lookup_bulk` of 32, and the records updated.
+    pub bulk_lookup_per_s: f64,
+    /// rte_hash's share of DPDK's heap and the 128-byte records.
+    pub bytes_per_flow: f64,
 }
 
 /// The peer's value: the same counters as a flow.
@@ -113,6 +132,24 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     }
     let insert = start.elapsed().as_secs_f64();
     assert_eq!(t.len(), n);
+
+    // rte_hash: filled right after the table, the same flows in the same order.
+    #[cfg(feature = "dpdk")]
+    let (mut rte, mut rte_skipped, mut rte_insert) = (None, None, 0.0);
+    #[cfg(not(feature = "dpdk"))]
+    let rte_skipped: Option<String> = Some("built without the dpdk feature (cargo build --features dpdk)".into());
+    #[cfg(feature = "dpdk")]
+    match crate::bench_rte_hash::RteHashTable::new(n) {
+        Ok((mut r, eal)) => match r.insert_all(&pkts) {
+            Ok(s) if r.count() == n => {
+                rte_insert = s;
+                rte = Some((r, eal));
+            }
+            Ok(_) => rte_skipped = Some(format!("rte_hash holds {} of the {n} flows", r.count())),
+            Err(e) => rte_skipped = Some(e),
+        },
+        Err(e) => rte_skipped = Some(e),
+    }
 
     // New flows in pipelined batches, as the engine creates them: first
     // into a fresh table (each page of flows faulted in as it fills), then,
@@ -196,9 +233,13 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     let now = n as u64;
     let (mut single, mut batched, mut grouped, mut peer, mut peer_fast) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    #[cfg(feature = "dpdk")]
+    let (mut rte_single, mut rte_bulk) = (Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
         let (mut single_s, mut batched_s, mut grouped_s, mut peer_s, mut fast_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        #[cfg(feature = "dpdk")]
+        let (mut rte_single_s, mut rte_bulk_s) = (0.0, 0.0);
         for part in order.chunks(STREAM) {
             stream.clear();
             stream.extend(part.iter().map(|&i| pkts[i as usize]));
@@ -254,6 +295,16 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
 
             peer_s += peer_lookups(&mut m, &stream, now);
             fast_s += peer_lookups(&mut fast, &stream, now);
+            #[cfg(feature = "dpdk")]
+            if let Some((r, _)) = rte.as_mut() {
+                rte_single_s += r.lookups(&stream, now);
+                rte_bulk_s += r.bulk_lookups(&stream, now);
+            }
+        }
+        #[cfg(feature = "dpdk")]
+        if rte.is_some() {
+            rte_single.push(lookups as f64 / rte_single_s);
+            rte_bulk.push(lookups as f64 / rte_bulk_s);
         }
         single.push(lookups as f64 / single_s);
         batched.push(lookups as f64 / batched_s);
@@ -266,6 +317,26 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     black_box(&fast);
     let table_bytes = t.heap_bytes() as f64 / n as f64;
     let peer_bytes = (m.capacity() as f64 * (std::mem::size_of::<(FlowKey, PeerValue)>() + 1) as f64) / n as f64;
+    // Every packet of every round counted once on its flow, or the peer's
+    // figures are of work not done.
+    #[cfg(feature = "dpdk")]
+    if let Some((r, _)) = &rte {
+        let expected = (n + 2 * lookups * rounds.max(1)) as u64;
+        if r.packets_counted() != expected {
+            rte_skipped = Some(format!("rte_hash counted {} packets of {expected}", r.packets_counted()));
+            rte = None;
+        }
+    }
+    #[cfg(feature = "dpdk")]
+    let rte_hash = rte.map(|(r, eal)| RteHashFigures {
+        eal,
+        insert_per_s: n as f64 / rte_insert,
+        lookup_per_s: median(rte_single),
+        bulk_lookup_per_s: median(rte_bulk),
+        bytes_per_flow: r.bytes_per_flow(),
+    });
+    #[cfg(not(feature = "dpdk"))]
+    let rte_hash = None;
 
     TableBench {
         flows: n,
@@ -283,10 +354,43 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         flow_struct_bytes: std::mem::size_of::<flowtable_sw::Flow>(),
         table_bytes_per_flow: table_bytes,
         peer_bytes_per_flow: peer_bytes,
+        rte_hash,
+        rte_hash_skipped: rte_skipped,
     }
 }
 
 pub fn table_report(b: &TableBench) -> String {
+    let mut o = table_report_std(b);
+    match (&b.rte_hash, &b.rte_hash_skipped) {
+        (Some(r), _) => o.push_str(&format!(
+            "against DPDK rte_hash (same keys, same work on a 128-byte record, same rounds; EAL {})\n\
+             \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x, batched into a table filled once before {:.2}x: rte_hash's memory is faulted in before it is timed)\n\
+             \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
+             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time)\n\
+             \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
+            r.eal.join(" "),
+            b.insert_per_s,
+            r.insert_per_s,
+            b.insert_per_s / r.insert_per_s,
+            b.batched_insert_per_s / r.insert_per_s,
+            b.warm_insert_per_s / r.insert_per_s,
+            b.lookup_per_s,
+            r.lookup_per_s,
+            b.lookup_per_s / r.lookup_per_s,
+            b.batched_lookup_per_s,
+            r.bulk_lookup_per_s,
+            b.batched_lookup_per_s / r.bulk_lookup_per_s,
+            BATCH,
+            b.table_bytes_per_flow,
+            r.bytes_per_flow,
+        )),
+        (None, Some(why)) => o.push_str(&format!("rte_hash: skipped: {why}\n")),
+        (None, None) => {}
+    }
+    o
+}
+
+fn table_report_std(b: &TableBench) -> String {
     format!(
         "flow table, {} flows, median of {} rounds (peer: std HashMap<FlowKey, counters>, SipHash, same work)\n\
          \x20 new flows:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
@@ -362,6 +466,9 @@ pub struct ReplayBench {
     pub softflowd_ipfix_s: f64,
     /// softflowd_s / softflowd_ipfix_s: its own cost of exporting.
     pub ratio_softflowd_ipfix: f64,
+    /// Whole process, flowtable (reading and mapping the file) and each
+    /// peer (softflowd, nfpcapd, argus), rounds alternating.
+    pub processes: Vec<ProcessRun>,
 }
 
 /// A UDP socket standing in for a collector on another host: the kernel
@@ -415,9 +522,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs a command to its end and returns its wall time; one that runs past
+/// A finished command's wall time and the CPU time (user and system, all
+/// its threads) the kernel charged it.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    wall_s: f64,
+    cpu_s: f64,
+}
+
+/// Runs a command to its end and returns its times; one that runs past
 /// `limit` is killed and reported, so a peer that hangs can't hang the bench.
-fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<f64, String> {
+/// The CPU time comes from `wait4`'s resource usage: on a machine shared
+/// with other work, wall time includes waiting for a core, CPU time doesn't.
+fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> Result<Timed, String> {
     use std::process::Stdio;
     let name = format!("{:?}", cmd.get_program());
     let start = Instant::now();
@@ -427,18 +544,184 @@ fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> 
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{name}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
     loop {
-        match child.try_wait().map_err(|e| format!("{name}: {e}"))? {
-            Some(status) if status.success() => return Ok(start.elapsed().as_secs_f64()),
-            Some(status) => return Err(format!("{name} failed: {status}")),
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{name} still running after {limit:?}; killed"));
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own child, not yet reaped (only this loop waits for it); `status` and
+        // `usage` are valid for writes for the call's duration.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            let wall_s = start.elapsed().as_secs_f64();
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                return Ok(Timed { wall_s, cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime) });
             }
-            None => std::thread::sleep(std::time::Duration::from_millis(2)),
+            return Err(format!("{name} failed: wait status {status:#x}"));
+        }
+        if rc < 0 {
+            return Err(format!("{name}: waiting for it: {}", std::io::Error::last_os_error()));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name} still running after {limit:?}; killed"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// One program of the whole-process comparison: `flowtable replay` (read
+/// or mapped) or a peer reading the same file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRun {
+    pub name: String,
+    /// The command line, as run.
+    pub command: String,
+    /// Medians over the runs; 0 when skipped.
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    /// This program's time over flowtable's (read), wall and CPU: above 1,
+    /// flowtable is that many times faster.
+    pub ratio_wall: f64,
+    pub ratio_cpu: f64,
+    /// Why it was not run (not installed, or it failed).
+    pub skipped: Option<String>,
+}
+
+/// Whether `program` can be found in `PATH` (or is a path that exists).
+fn installed(program: &str) -> bool {
+    let p = std::path::Path::new(program);
+    if p.components().count() > 1 {
+        return p.exists();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Times `flowtable replay FILE` (reading and mapping the file) and each
+/// peer installed here, `runs` rounds, the programs alternating within a
+/// round so a burst of noise on a shared machine hits all alike; medians.
+pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<ProcessRun>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let limit = std::time::Duration::from_secs(600);
+    let scratch = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    // (name, package, program, arguments before the file, after it, environment)
+    type Spec = (&'static str, &'static str, String, Vec<String>, Vec<String>, Option<(&'static str, &'static str)>);
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let pid = scratch.path().join("softflowd.pid").display().to_string();
+    let nfdir = scratch.path().join("nfpcapd");
+    let specs: Vec<Spec> = vec![
+        ("flowtable replay (read)", "", exe.display().to_string(), s(&["replay", "--top", "0"]), vec![], None),
+        (
+            "flowtable replay (mapped)",
+            "",
+            exe.display().to_string(),
+            s(&["replay", "--top", "0"]),
+            vec![],
+            Some((crate::source::pcap::MMAP_ENV, "1")),
+        ),
+        // No control socket: with some socket paths softflowd 1.1.0 waits
+        // on it forever after the file ends.
+        (
+            "softflowd -r",
+            "softflowd",
+            "softflowd".into(),
+            s(&["-d", "-6", "-m", "4194304", "-c", "none", "-r"]),
+            vec!["-p".into(), pid.clone()],
+            None,
+        ),
+        ("nfpcapd -r", "nfdump", "nfpcapd".into(), s(&["-r"]), vec!["-w".into(), nfdir.display().to_string()], None),
+        ("argus -r", "argus-server", "argus".into(), s(&["-r"]), s(&["-w", "/dev/null"]), None),
+    ];
+    let mut times: Vec<(Vec<Timed>, Option<String>)> = specs
+        .iter()
+        .map(|(_, package, program, ..)| {
+            let why = (!installed(program)).then(|| format!("{program} not found (apt-get install {package})"));
+            (Vec::new(), why)
+        })
+        .collect();
+    for _ in 0..runs.max(1) {
+        for (spec, (timed, skipped)) in specs.iter().zip(times.iter_mut()) {
+            if skipped.is_some() {
+                continue;
+            }
+            let (_, _, program, before, after, env) = spec;
+            // Fresh state each run: softflowd's pid file, nfpcapd's output.
+            let _ = std::fs::remove_file(&pid);
+            let _ = std::fs::remove_dir_all(&nfdir);
+            std::fs::create_dir_all(&nfdir).map_err(|e| format!("{}: {e}", nfdir.display()))?;
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(before).arg(path).args(after).env_remove(crate::source::pcap::MMAP_ENV);
+            if let Some((k, v)) = env {
+                cmd.env(k, v);
+            }
+            match time_command(&mut cmd, limit) {
+                Ok(t) => timed.push(t),
+                Err(e) if program == &exe.display().to_string() => return Err(e),
+                Err(e) => *skipped = Some(e),
+            }
         }
     }
+    let med = |t: &[Timed], f: fn(&Timed) -> f64| median(t.iter().map(f).collect());
+    let base = &times[0].0;
+    let (base_wall, base_cpu) = (med(base, |t| t.wall_s), med(base, |t| t.cpu_s));
+    Ok(specs
+        .iter()
+        .zip(times)
+        .map(|((name, _, program, before, after, env), (timed, skipped))| {
+            let command = format!(
+                "{}{} {} {} {}",
+                env.map_or(String::new(), |(k, v)| format!("{k}={v} ")),
+                if program == &exe.display().to_string() { "flowtable" } else { program },
+                before.join(" "),
+                path.display(),
+                after.join(" ")
+            );
+            let command = command.trim_end().to_string();
+            match (skipped, timed.is_empty()) {
+                (None, false) => {
+                    let (wall_s, cpu_s) = (med(&timed, |t| t.wall_s), med(&timed, |t| t.cpu_s));
+                    ProcessRun {
+                        name: name.to_string(),
+                        command,
+                        wall_s,
+                        cpu_s,
+                        ratio_wall: wall_s / base_wall,
+                        ratio_cpu: cpu_s / base_cpu,
+                        skipped: None,
+                    }
+                }
+                (why, _) => ProcessRun {
+                    name: name.to_string(),
+                    command,
+                    wall_s: 0.0,
+                    cpu_s: 0.0,
+                    ratio_wall: 0.0,
+                    ratio_cpu: 0.0,
+                    skipped: why.or(Some("not run".into())),
+                },
+            }
+        })
+        .collect())
+}
+
+/// The whole-process comparison as a table.
+pub fn processes_report(file: &str, runs: usize, procs: &[ProcessRun]) -> String {
+    let mut o = format!(
+        "whole process on {file}, median of {runs} runs, programs alternating within each run\n\
+         \x20 (ratio: the program's time over flowtable replay's (read); CPU is user+system of all threads)\n"
+    );
+    for p in procs {
+        match &p.skipped {
+            None => o.push_str(&format!(
+                "  {:<26} wall {:>7.3} s ({:>5.2}x)   CPU {:>7.3} s ({:>5.2}x)   {}\n",
+                p.name, p.wall_s, p.ratio_wall, p.cpu_s, p.ratio_cpu, p.command
+            )),
+            Some(why) => o.push_str(&format!("  {:<26} skipped: {why}\n", p.name)),
+        }
+    }
+    o
 }
 
 /// Replays `file` (or synthetic traffic written to a temporary pcap) in
@@ -539,9 +822,6 @@ pub fn replay(
     let mut last_export = None;
     let mut sf_ipfix_s = Vec::new();
     let mut mem_off = Vec::new();
-    let mut proc_s = Vec::new();
-    let mut sf_s = Vec::new();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let limit = std::time::Duration::from_secs(600);
     for run in 0..runs {
         // softflowd keeps a pid file: a fresh one each run.
@@ -558,21 +838,6 @@ pub fn replay(
         mem_ipfix.push(pps);
         last_export = Some(status);
         mem_off.push(one(&offload)?.0.packets_per_second());
-        proc_s.push(time_command(std::process::Command::new(&exe).args(["replay", "--top", "0"]).arg(&path), limit)?);
-        sf_s.push(
-            time_command(
-                // No control socket: with some socket paths softflowd 1.1.0
-                // waits on it forever after the file ends.
-                std::process::Command::new("softflowd")
-                    .args(["-d", "-6", "-m", "4194304", "-c", "none", "-r"])
-                    .arg(&path)
-                    .arg("-p")
-                    .arg(&pid),
-                limit,
-            )
-            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
-        );
-        let _ = std::fs::remove_file(&pid);
         sf_ipfix_s.push(
             time_command(
                 std::process::Command::new("softflowd")
@@ -584,14 +849,20 @@ pub fn replay(
                     .arg(&pid),
                 limit,
             )
-            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?,
+            .map_err(|e| format!("{e} (the peer: apt-get install softflowd)"))?
+            .wall_s,
         );
         let _ = std::fs::remove_file(&pid);
     }
+    let processes = replay_processes(&path, runs)?;
     if file.is_none() {
         let _ = std::fs::remove_file(&path);
     }
-    let (memory_pps, softflowd_s, process_s) = (median(mem), median(sf_s), median(proc_s));
+    let (flowtable_run, softflowd_run) = (&processes[0], &processes[2]);
+    if let Some(why) = &softflowd_run.skipped {
+        return Err(format!("the peer softflowd: {why}"));
+    }
+    let (memory_pps, softflowd_s, process_s) = (median(mem), softflowd_run.wall_s, flowtable_run.wall_s);
     let softflowd_pps = first.packets as f64 / softflowd_s;
     Ok(ReplayBench {
         file: file.map_or("(synthetic)".to_string(), |p| p.display().to_string()),
@@ -613,6 +884,7 @@ pub fn replay(
         ipfix_messages: last_export.as_ref().map_or(0, |s| s.messages),
         softflowd_ipfix_s: median(sf_ipfix_s.clone()),
         ratio_softflowd_ipfix: softflowd_s / median(sf_ipfix_s),
+        processes,
     })
 }
 
@@ -642,6 +914,7 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.softflowd_ipfix_s,
         b.ratio_softflowd_ipfix,
     );
+    o.push_str(&processes_report(&b.file, b.runs, &b.processes));
     for w in &b.scaling {
         o.push_str(&format!(
             "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}\n",
@@ -650,6 +923,149 @@ pub fn replay_report(b: &ReplayBench) -> String {
             w.pps,
             w.ratio,
             if w.records_identical { "identical" } else { "DIFFER" }
+        ));
+    }
+    o
+}
+
+/// The memory-latency limit: loads that each depend on the one before
+/// (a pointer chase), and `k` such chases interleaved, as a batch of
+/// lookups overlaps its misses.
+#[derive(Debug, Serialize)]
+pub struct ChaseBench {
+    /// Bytes chased over: the flow table's own allocation for `flows`.
+    pub bytes: usize,
+    pub flows: usize,
+    /// Each result: chains interleaved, ns per load, loads per second.
+    pub runs: Vec<ChaseRun>,
+    /// The same over memory advised for huge pages, as the flow table
+    /// advises its arrays (`flowtable_sw::memory`), and how much of it the
+    /// kernel did back with them.
+    pub huge_runs: Vec<ChaseRun>,
+    pub huge_backed_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChaseRun {
+    pub chains: usize,
+    pub ns_per_load: f64,
+    pub loads_per_s: f64,
+}
+
+/// One 64-byte line of the chase: the index of the next.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line {
+    next: u32,
+}
+
+/// `loads` loads over `lines`, `K` chains at once, starting `K` places
+/// spread around the one cycle; the seconds taken.
+fn chase_k<const K: usize>(lines: &[Line], loads: usize) -> f64 {
+    let mut at = [0u32; K];
+    for (c, a) in at.iter_mut().enumerate() {
+        // Walk to spread the starts (untimed, short for small K).
+        *a = (c * lines.len() / K) as u32;
+    }
+    let start = Instant::now();
+    for _ in 0..loads / K {
+        for a in at.iter_mut() {
+            *a = lines[*a as usize].next;
+        }
+    }
+    black_box(at);
+    start.elapsed().as_secs_f64()
+}
+
+/// The chase over as much memory as a flow table of `flows` allocates
+/// (`FlowTable::heap_bytes`), in one random cycle through its 64-byte
+/// lines (Sattolo's shuffle), so no prefetcher can guess the next line;
+/// the pages are the ordinary 4 kB ones the table has, so each load may
+/// miss the TLB too, as a lookup's may. `rounds` alternate the chain counts.
+pub fn chase(flows: usize, loads: usize, rounds: usize) -> ChaseBench {
+    let bytes = FlowTable::new(TableConfig { max_flows: flows, ..Default::default() }).heap_bytes();
+    let n = (bytes / 64).max(2);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = rng.gen_range(0..i);
+        order.swap(i, j);
+    }
+    let build = |huge: bool| {
+        let mut lines: Vec<Line> = Vec::with_capacity(n);
+        if huge {
+            flowtable_sw::memory::advise_huge_pages(lines.as_mut_ptr().cast(), n * 64);
+        }
+        lines.resize(n, Line { next: 0 });
+        for w in 0..n {
+            lines[order[w] as usize].next = order[(w + 1) % n];
+        }
+        lines
+    };
+    let (small, huge) = (build(false), build(true));
+    let huge_backed_bytes = anon_huge_bytes();
+    drop(order);
+    let counts = [1usize, 2, 4, 8, 16, 32];
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); counts.len() * 2];
+    for _ in 0..rounds.max(1) {
+        for (i, &k) in counts.iter().enumerate() {
+            for (j, lines) in [&small, &huge].into_iter().enumerate() {
+                let s = match k {
+                    1 => chase_k::<1>(lines, loads),
+                    2 => chase_k::<2>(lines, loads),
+                    4 => chase_k::<4>(lines, loads),
+                    8 => chase_k::<8>(lines, loads),
+                    16 => chase_k::<16>(lines, loads),
+                    _ => chase_k::<32>(lines, loads),
+                };
+                secs[i + j * counts.len()].push(s);
+            }
+        }
+    }
+    let mut runs: Vec<ChaseRun> = counts
+        .iter()
+        .cycle()
+        .zip(secs)
+        .map(|(&chains, s)| {
+            let s = median(s);
+            let done = (loads / chains * chains) as f64;
+            ChaseRun { chains, ns_per_load: s * 1e9 / done, loads_per_s: done / s }
+        })
+        .collect();
+    let huge_runs = runs.split_off(counts.len());
+    ChaseBench { bytes: n * 64, flows, runs, huge_runs, huge_backed_bytes }
+}
+
+/// This process's anonymous memory backed by huge pages (smaps_rollup).
+pub fn anon_huge_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn chase_report(b: &ChaseBench) -> String {
+    let mut o = format!(
+        "pointer chase over {:.1} MB (a flow table of {} flows), 64-byte lines in one random cycle, 4 kB pages\n",
+        b.bytes as f64 / 1e6,
+        b.flows
+    );
+    o.push_str(&format!(
+        "  (right: the same memory advised for huge pages as the table's arrays are; {:.1} MB of the process backed by them)\n",
+        b.huge_backed_bytes as f64 / 1e6
+    ));
+    for (r, h) in b.runs.iter().zip(&b.huge_runs) {
+        o.push_str(&format!(
+            "  {:>2} chain{} at once: {:>7.1} ns per load {:>12.0} loads/s   huge pages: {:>7.1} ns {:>12.0} loads/s\n",
+            r.chains,
+            if r.chains == 1 { " " } else { "s" },
+            r.ns_per_load,
+            r.loads_per_s,
+            h.ns_per_load,
+            h.loads_per_s
         ));
     }
     o

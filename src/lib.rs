@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod bench;
+#[cfg(feature = "dpdk")]
+pub mod bench_rte_hash;
 pub mod client;
 pub mod control;
 pub mod daemon;

@@ -147,6 +147,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The memory-latency limit: a pointer chase over as much memory as a
+    /// flow table of N flows allocates, one chain and several at once.
+    Chase {
+        /// Chase over as much memory as a flow table of this many flows.
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+        /// Loads per measurement.
+        #[arg(long, default_value_t = 20_000_000)]
+        loads: usize,
+        /// Rounds, the chain counts alternating; the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay packets/s from a capture in memory, against softflowd reading
     /// the same file, in the same run.
     Replay {
@@ -164,6 +180,11 @@ enum BenchCommand {
         /// `1,2`), rounds alternating, records compared with the first's.
         #[arg(long, value_delimiter = ',')]
         workers: Vec<usize>,
+        /// Only the whole-process comparison: `flowtable replay` reading and
+        /// mapping the file against softflowd, nfpcapd and argus (each
+        /// skipped, with the reason, if not installed). Needs --file.
+        #[arg(long, requires = "file")]
+        process_only: bool,
         /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
@@ -343,7 +364,25 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Replay { file, packets, runs, workers, json } } => {
+        Command::Bench { command: BenchCommand::Chase { flows, loads, rounds, json } } => {
+            let b = flowtable::bench::chase(flows, loads, rounds);
+            if json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::chase_report(&b));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Replay { file: Some(file), runs, process_only: true, json, .. } } => {
+            let p = flowtable::bench::replay_processes(&file, runs.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string(&p).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::processes_report(&file.display().to_string(), runs.max(1), &p));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Replay { file, packets, runs, workers, json, .. } } => {
             let b = flowtable::bench::replay(file.as_deref(), packets, runs.max(1), &workers)?;
             if json {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);

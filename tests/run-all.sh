@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in tshark tmux pkg-config libdpdk-dev libclang-dev clang softflowd nfdump prometheus systemd man-db; do
+for pkg in tshark tmux pkg-config libdpdk-dev libclang-dev clang softflowd nfdump argus-server prometheus systemd man-db; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -10,7 +10,8 @@ const INSTALL_HINT: &str = "install libdpdk-dev pkg-config libclang-dev \
      or point PKG_CONFIG_PATH at the directory holding libdpdk.pc";
 
 /// The DPDK libraries the bindings call into (not everything libdpdk.pc lists).
-const LIBS: &[&str] = &["rte_eal", "rte_ethdev", "rte_mbuf", "rte_mempool", "rte_ring", "rte_kvargs", "rte_net"];
+const LIBS: &[&str] =
+    &["rte_eal", "rte_ethdev", "rte_mbuf", "rte_mempool", "rte_ring", "rte_kvargs", "rte_net", "rte_hash"];
 
 pub fn run() {
     println!("cargo:rerun-if-changed=csrc/wrapper.h");
@@ -76,6 +77,11 @@ pub fn run() {
         .allowlist_function("rte_flow_.*")
         .allowlist_function("rte_pktmbuf_pool_create|rte_mempool_free")
         .allowlist_function("ft_.*")
+        // rte_hash, the peer `flowtable bench table` measures the flow table against.
+        .allowlist_function("rte_hash_(create|free|add_key|lookup|lookup_bulk|count)")
+        .allowlist_type("rte_hash_parameters")
+        .allowlist_function("rte_malloc_get_socket_stats")
+        .allowlist_var("RTE_HASH_EXTRA_FLAGS_.*|RTE_HASH_LOOKUP_BULK_MAX")
         .allowlist_type("rte_flow_.*")
         .allowlist_type("rte_(ether|vlan|ipv4|ipv6|tcp|udp|sctp|icmp)_hdr")
         .allowlist_var("RTE_MBUF_F_RX_FDIR(_ID|_FLX)?")

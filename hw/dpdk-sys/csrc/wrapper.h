@@ -8,4 +8,6 @@
 #include <rte_flow.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_hash.h>
+#include <rte_malloc.h>
 #include "shim.h"

@@ -1,0 +1,218 @@
+//! A capture mapped into memory replays exactly as the same capture read:
+//! the same records, the same counters, the same errors, both through the
+//! library on every shared capture and through the real binary
+//! (`FLOWTABLE_PCAP_MMAP=1 flowtable replay --json`) on a range of them
+//! and on cut and corrupted copies.
+
+use flowtable::source::pcap::{PcapFileSource, MMAP_ENV};
+use flowtable::source::PacketSource;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Counts allocations made on the current thread while `COUNTING` is set
+/// (other tests of this binary allocate on their own threads meanwhile).
+struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator; the
+// count only reads and writes this thread's own cells.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+fn captures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
+    assert!(dir.is_dir(), "captures not found at {}", dir.display());
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng" | "cap")))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 540, "expected the 544 captures, found {}", files.len());
+    files
+}
+
+/// Everything a replay of `source` tells: its records in the order made,
+/// the summary without its wall time, the engine's counters, and how the
+/// source ended.
+fn replay_facts(mut source: PcapFileSource) -> (Vec<String>, String, String, Option<String>) {
+    let c = flowtable_config::parse("test", "{}").unwrap();
+    let mut records = Vec::new();
+    let backend = flowtable::backend::build(&c).unwrap();
+    let r = flowtable::replay::replay(&mut source, &c, 1, backend, |r| records.push(serde_json::to_string(r).unwrap()))
+        .unwrap();
+    let mut summary = r.summary.clone();
+    summary.wall_ns = 0;
+    (
+        records,
+        serde_json::to_string(&summary).unwrap(),
+        serde_json::to_string(&r.stats).unwrap(),
+        r.source_error.map(|e| e.to_string()),
+    )
+}
+
+#[test]
+fn every_shared_capture_replays_the_same_mapped_and_read() {
+    let mut mapped_files = 0;
+    for path in captures() {
+        let mapped = PcapFileSource::open_mapped(&path, 0);
+        let read = PcapFileSource::open_read(&path, 0);
+        match (mapped, read) {
+            (Ok(m), Ok(r)) => {
+                mapped_files += usize::from(m.is_mapped());
+                assert_eq!(replay_facts(m), replay_facts(r), "{}", path.display());
+            }
+            (Err(m), Err(r)) => assert_eq!(m.to_string(), r.to_string()),
+            (m, r) => panic!("{}: mapped {:?} read {:?}", path.display(), m.err(), r.err()),
+        }
+    }
+    // Regular files: every one of them mapped, not quietly read.
+    assert!(mapped_files >= 540, "only {mapped_files} captures were mapped");
+}
+
+/// Allocations made inside `next_packet` calls that delivered a packet
+/// (a broken capture's error message, allocated once at its end, is not
+/// counted), and the packets.
+fn allocations_reading(mut src: PcapFileSource) -> (u64, u64) {
+    let (mut packets, mut allocations) = (0u64, 0u64);
+    loop {
+        ALLOCATIONS.with(|n| n.set(0));
+        COUNTING.with(|c| c.set(true));
+        let next = src.next_packet().map(|p| p.is_some());
+        COUNTING.with(|c| c.set(false));
+        match next {
+            Ok(true) => packets += 1,
+            _ => return (allocations, packets),
+        }
+        allocations += ALLOCATIONS.with(|n| n.get());
+    }
+}
+
+#[test]
+fn reading_a_mapped_capture_allocates_nothing_per_packet() {
+    let mut checked = 0;
+    for path in captures() {
+        let Ok(mapped) = PcapFileSource::open_mapped(&path, 0) else { continue };
+        assert!(mapped.is_mapped(), "{}", path.display());
+        let pcapng = std::fs::read(&path).unwrap()[..4] == [0x0a, 0x0d, 0x0d, 0x0a];
+        let (allocations, packets) = allocations_reading(mapped);
+        let (read_allocations, _) = allocations_reading(PcapFileSource::open_read(&path, 0).unwrap());
+        // Classic pcap: none at all. pcapng: whatever pcap-file allocates
+        // decoding its blocks (65 for the 699 packets of sites.pcapng),
+        // no more than when the file is read; mapping adds nothing.
+        if pcapng {
+            assert!(allocations <= read_allocations, "{}: {allocations} > {read_allocations}", path.display());
+        } else {
+            assert_eq!(allocations, 0, "{}: {packets} packets", path.display());
+        }
+        checked += usize::from(packets > 0);
+    }
+    assert!(checked >= 500, "{checked}");
+}
+
+/// `flowtable replay --json FILE`: its exit status, stdout with the wall
+/// time taken out of the summary line, and stderr.
+fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
+    cmd.args(["replay", "--json"]).arg(path);
+    if mapped {
+        cmd.env(MMAP_ENV, "1");
+    } else {
+        cmd.env_remove(MMAP_ENV);
+    }
+    let out = cmd.output().unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            if let Some(s) = v.get_mut("summary").and_then(|s| s.as_object_mut()) {
+                assert!(s.remove("wall_ns").is_some());
+            }
+            v.to_string()
+        })
+        .collect();
+    (out.status.code(), lines, String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn the_binary_replays_mapped_captures_as_read_ones_corrupt_ones_included() {
+    let files = captures();
+    // The largest captures and every twentieth of the rest.
+    let mut by_size = files.clone();
+    by_size.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    let mut picked: Vec<PathBuf> = by_size[..6].to_vec();
+    picked.extend(files.iter().step_by(20).cloned());
+
+    // Cut part-way and with a record length that lies: the errors too
+    // must be the same, at the same offset.
+    let dir = tempfile::tempdir().unwrap();
+    let biggest = std::fs::read(&by_size[0]).unwrap();
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &biggest[..biggest.len() * 2 / 3 + 7]).unwrap();
+    // A record half-way claiming 4 GB captured, and the one before it
+    // claiming 4 GB on the wire (clamped and counted, not an error).
+    assert_eq!(biggest[..4], 0xa1b2_c3d4u32.to_le_bytes(), "{}: a little-endian pcap", by_size[0].display());
+    let mut records = vec![24usize];
+    while let Some(&at) = records.last().filter(|&&at| at + 16 <= biggest.len()) {
+        records.push(at + 16 + u32::from_le_bytes(biggest[at + 8..at + 12].try_into().unwrap()) as usize);
+    }
+    let (before, half) = (records[records.len() / 2 - 1], records[records.len() / 2]);
+    let mut bytes = biggest.clone();
+    bytes[before + 12..before + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+    bytes[half + 8..half + 12].copy_from_slice(&0xffff_ff00u32.to_le_bytes());
+    let lying = dir.path().join("lying.pcap");
+    std::fs::write(&lying, &bytes).unwrap();
+    picked.push(cut.clone());
+    picked.push(lying.clone());
+
+    for path in &picked {
+        let mapped = binary_replay(path, true);
+        let read = binary_replay(path, false);
+        assert!(!read.1.is_empty(), "{}: no output", path.display());
+        assert_eq!(mapped, read, "{}", path.display());
+    }
+    for broken in [&cut, &lying] {
+        let (_, _, stderr) = binary_replay(broken, true);
+        assert!(stderr.contains(&*broken.to_string_lossy()) && stderr.contains("byte offset"), "{stderr}");
+        if broken == &lying {
+            assert!(stderr.contains(&format!("byte offset {half}: record length 4294967040 exceeds")), "{stderr}");
+        }
+    }
+}
