@@ -74,3 +74,24 @@ fn a_broken_capture_reports_its_fault_and_only_what_was_read_before_it() {
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(last["capture_error"].as_str().unwrap().contains("file ends inside a record"), "{last}");
 }
+
+#[test]
+fn a_capture_path_that_is_a_directory_or_missing_is_called_that() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _, err) = run(&["replay", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(err.contains(": is a directory, not a capture file") && !err.contains("os error"), "{err}");
+    let missing = dir.path().join("absent.pcap");
+    let (out, _, err) = run(&["replay", missing.to_str().unwrap()]);
+    assert!(!out.status.success() && err.contains("absent.pcap: no such file") && !err.contains("os error"), "{err}");
+    // As a daemon's source, named by its place in the configuration.
+    let config = dir.path().join("f.json");
+    let text = format!(
+        r#"{{"control": {{"socket": {:?}}}, "sources": [{{"pcap": {{"path": {:?}}}}}]}}"#,
+        dir.path().join("s.sock").display().to_string(),
+        dir.path().display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let (out, _, err) = run(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success() && err.contains("sources[0].pcap: ") && err.contains("is a directory"), "{err}");
+}

@@ -281,7 +281,19 @@ impl PcapFileSource {
 
     fn open_with(path: &Path, ingress: u8, mapped: bool) -> Result<Self, SourceError> {
         let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| SourceError::Open { path: name.clone(), message: e.to_string() })?;
+        let refused = |message: String| SourceError::Open { path: name.clone(), message };
+        // Said in the operator's words: reading a directory fails only at
+        // the first read, as "at byte offset 0: Is a directory (os error 21)".
+        if path.is_dir() {
+            return Err(refused("is a directory, not a capture file".into()));
+        }
+        let file = File::open(path).map_err(|e| {
+            refused(match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".into(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+                _ => e.to_string(),
+            })
+        })?;
         if mapped {
             if let Some(map) = map_file(&file) {
                 let end = map.len();
@@ -430,7 +442,7 @@ impl PcapFileSource {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(SourceError::Io {
-                        what: format!("{} at byte offset {}", self.name, self.base + self.end as u64),
+                        what: format!("{}: at byte offset {}", self.name, self.base + self.end as u64),
                         message: e.to_string(),
                     })
                 }
