@@ -249,6 +249,7 @@ impl Reader {
     #[inline]
     fn step(&mut self, i: usize, now: &mut u64) -> Step {
         let slot = &mut self.slots[i];
+        let live = slot.live;
         let pending = match slot.pending.take() {
             Some(p) => p,
             None => match if slot.live { slot.source.poll_packet() } else { slot.source.next_packet() } {
@@ -305,15 +306,20 @@ impl Reader {
             Err(reason) => self.status.skipped.add(reason),
             Ok(info) => {
                 // A frame counts at its own time (a live one's capture
-                // time, a file's moved onto the daemon's clock), not when it
-                // got its turn: that places it before or after its flow's
-                // rule went in, and gives a file's records its times. A file
-                // paced on the wall clock whose reading fell far behind
-                // counts at the time it is read instead: the workers age
-                // flows on the wall clock, and the lag is not the flow's idling.
+                // time, a paced file's moved onto the daemon's clock), not
+                // when it got its turn: that places it before or after its
+                // flow's rule went in, and gives a file's records its times.
+                // Not so for a paced file whose reading fell far behind (the
+                // workers age flows on the wall clock, and the lag is not the
+                // flow's idling), nor for a fast one, whose packets set the
+                // clock: one read behind it is a file read in turn with
+                // another, whose packets moved the clock on.
                 let own = pending.due_ns.min(*now);
-                let paced = !self.slots[i].live && self.slots[i].pace == Pace::Timestamps;
-                let at = if paced && *now - own > PACED_LAG_NS { *now } else { own };
+                let at = match (live, self.slots[i].pace) {
+                    (true, _) => own,
+                    (false, Pace::Timestamps) if *now - own <= PACED_LAG_NS => own,
+                    (false, _) => *now,
+                };
                 if self.dispatch.offer(&info, at) {
                     self.status.nic_packets += 1;
                     self.status.nic_bytes += pending.wire_len as u64;
