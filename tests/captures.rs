@@ -3,11 +3,12 @@
 //! way), every packet is either parsed or counted under one skip reason,
 //! nothing panics, and parsing allocates nothing.
 
+mod common;
+
+use common::{ALLOCATIONS, COUNTING};
 use flowtable::source::pcap::PcapFileSource;
 use flowtable::source::{PacketSource, SourceError};
 use flowtable_sw::{Fragment, PacketInfo, PortMap, SkipCounters, SkipReason};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -24,43 +25,8 @@ const BROKEN: &[(&str, u64, &str)] = &[
     ("fuzz-2021-10-13.pcap", 0, "at byte offset 24: record length 524501 exceeds the maximum"),
 ];
 
-/// Counts allocations made on the current thread while `COUNTING` is set,
-/// to prove the parser allocates nothing.
-struct CountingAlloc;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
+static ALLOCATOR: common::CountingAlloc = common::CountingAlloc;
 
 /// What one capture gave.
 #[derive(Default)]

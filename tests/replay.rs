@@ -3,9 +3,12 @@
 //! reason, or in exactly one flow record, whether software or a NIC rule
 //! counted it.
 
+mod common;
+
+use common::captures;
 use flowtable::source::pcap::PcapFileSource;
 use flowtable_offload::FlowRecord;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const OFFLOAD_AFTER_TWO: &str = r#"{
   "classifier": {"rules": [
@@ -41,19 +44,6 @@ fn replay_with(
     }
     assert_eq!(r.rules_left, 0, "{}: every rule removed at the end", path.display());
     (r.summary, r.stats, records)
-}
-
-fn captures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
-    assert!(dir.is_dir(), "captures not found at {}", dir.display());
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng" | "cap")))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 540, "expected the 544 captures, found {}", files.len());
-    files
 }
 
 fn facts(records: &[FlowRecord]) -> Vec<flowtable::replay::RecordFacts> {

@@ -4,69 +4,16 @@
 //! (`FLOWTABLE_PCAP_MMAP=1 flowtable replay --json`) on a range of them
 //! and on cut and corrupted copies.
 
+mod common;
+
+use common::{captures, ALLOCATIONS, COUNTING};
 use flowtable::source::pcap::{PcapFileSource, MMAP_ENV};
 use flowtable::source::PacketSource;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Counts allocations made on the current thread while `COUNTING` is set
-/// (other tests of this binary allocate on their own threads meanwhile).
-struct CountingAlloc;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every call is passed on unchanged to the system allocator; the
-// count only reads and writes this thread's own cells.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-fn captures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps");
-    assert!(dir.is_dir(), "captures not found at {}", dir.display());
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng" | "cap")))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 540, "expected the 544 captures, found {}", files.len());
-    files
-}
+static ALLOCATOR: common::CountingAlloc = common::CountingAlloc;
 
 /// Everything a replay of `source` tells: its records in the order made,
 /// the summary without its wall time, the engine's counters, and how the
