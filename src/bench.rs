@@ -4,7 +4,7 @@
 
 use flowtable_offload::BATCH;
 use flowtable_sw::pipeline::Schedule;
-use flowtable_sw::{Direction, FlowKey, FlowTable, Fragment, FullPolicy, Lookup, PacketInfo, TableConfig};
+use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
@@ -25,18 +25,7 @@ pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
         let (key, dir) = FlowKey::from_v4(src.into(), dst.into(), sport, dport, 6);
         if seen.insert(key) {
             let dir = if rng.gen_bool(0.5) { dir } else { dir.reverse() };
-            out.push(PacketInfo {
-                key,
-                dir,
-                port: 0,
-                wire_len: 64 + (rng.gen::<u32>() % 1400),
-                tcp_flags: 0x10,
-                icmp: [0; 2],
-                fragment: Fragment::Whole,
-                payload_offset: 0,
-                l2_len: 0,
-                trailer: 0,
-            });
+            out.push(PacketInfo::whole(key, dir, 0, 64 + (rng.gen::<u32>() % 1400), 0x10));
         }
     }
     out

@@ -3,6 +3,16 @@
 
 use flowtable_offload::FlowRecord;
 
+/// An I/O error in the operator's words where the system's are the usual
+/// slips ("no such file", "permission denied"), else the system's own.
+pub fn io_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 const BINARY: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
 
 /// Bytes with binary units: 512 B, 1.5 KiB, 3.2 MiB.

@@ -124,8 +124,7 @@ fn opening_error(path: &Path, e: &std::io::Error) -> String {
         (std::io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => {
             format!("records.path: {shown}: the directory {} does not exist", dir.display())
         }
-        (std::io::ErrorKind::PermissionDenied, _) => format!("records.path: {shown}: permission denied"),
-        _ => format!("records.path: {shown}: {e}"),
+        _ => format!("records.path: {shown}: {}", crate::report::io_error(e)),
     }
 }
 

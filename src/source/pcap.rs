@@ -287,13 +287,7 @@ impl PcapFileSource {
         if path.is_dir() {
             return Err(refused("is a directory, not a capture file".into()));
         }
-        let file = File::open(path).map_err(|e| {
-            refused(match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".into(),
-                std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-                _ => e.to_string(),
-            })
-        })?;
+        let file = File::open(path).map_err(|e| refused(crate::report::io_error(&e)))?;
         if mapped {
             if let Some(map) = map_file(&file) {
                 let end = map.len();

@@ -1061,18 +1061,7 @@ mod tests {
         } else {
             FlowKey::from_v4(b, a, sport, dport, proto)
         };
-        PacketInfo {
-            key,
-            dir,
-            port: 0,
-            wire_len: len,
-            tcp_flags: flags,
-            icmp: [0; 2],
-            fragment: Fragment::Whole,
-            payload_offset: 0,
-            l2_len: 0,
-            trailer: 0,
-        }
+        PacketInfo::whole(key, dir, 0, len, flags)
     }
 
     fn table(max: usize, policy: FullPolicy) -> FlowTable {
