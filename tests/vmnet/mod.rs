@@ -177,3 +177,93 @@ impl Drop for Pair {
         self.cleanup();
     }
 }
+
+/// A plain AF_PACKET socket on one device of a namespace, independent of
+/// the code under test. It is open and bound when [`RawCapture::start`]
+/// returns, so no packet sent afterwards is missed (dumpcap announces
+/// "Capturing on" before it opens the device, which lost a connection's
+/// first packets under load).
+pub struct RawCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Vec<u8>>, u32)>,
+}
+
+impl RawCapture {
+    pub fn start(ns: &str, dev: &str) -> RawCapture {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns, dev, stopping) = (ns.to_string(), dev.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket calls on a descriptor this thread owns;
+            // every pointer passed points at a live local of the size given.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let name = std::ffi::CString::new(dev.as_str()).unwrap();
+                let ifindex = libc::if_nametoindex(name.as_ptr());
+                assert!(ifindex > 0, "no device {dev} in {ns}");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = proto;
+                addr.sll_ifindex = ifindex as i32;
+                let rc = libc::bind(
+                    fd,
+                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                );
+                assert_eq!(rc, 0, "bind to {dev}: {}", std::io::Error::last_os_error());
+                let set = |opt: i32, value: *const libc::c_void, len: usize| {
+                    let rc = libc::setsockopt(fd, libc::SOL_SOCKET, opt, value, len as libc::socklen_t);
+                    assert_eq!(rc, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+                };
+                let buffer: libc::c_int = 32 << 20;
+                set(
+                    libc::SO_RCVBUFFORCE,
+                    &buffer as *const libc::c_int as *const _,
+                    std::mem::size_of::<libc::c_int>(),
+                );
+                let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+                set(
+                    libc::SO_RCVTIMEO,
+                    &timeout as *const libc::timeval as *const _,
+                    std::mem::size_of::<libc::timeval>(),
+                );
+                ready_tx.send(()).unwrap();
+                let mut frames = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+                    if n > 0 {
+                        frames.push(buf[..n as usize].to_vec());
+                    } else if stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+                let mut stats: libc::tpacket_stats = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+                let rc = libc::getsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    &mut stats as *mut libc::tpacket_stats as *mut libc::c_void,
+                    &mut len,
+                );
+                assert_eq!(rc, 0, "PACKET_STATISTICS: {}", std::io::Error::last_os_error());
+                libc::close(fd);
+                (frames, stats.tp_drops)
+            }
+        });
+        ready_rx.recv().expect("the capture thread failed to open its socket");
+        RawCapture { stop, thread }
+    }
+
+    /// Stops once the socket is drained; the frames seen (both directions,
+    /// Ethernet first) and the count the kernel dropped for want of room.
+    pub fn finish(self) -> (Vec<Vec<u8>>, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().expect("capture thread")
+    }
+}
