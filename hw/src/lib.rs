@@ -11,8 +11,8 @@ pub mod tc;
 use flowtable_sw::PacketInfo;
 
 pub use rule::{
-    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, MatchSupport, Placement,
-    PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleSpec,
+    Action, ActionKind, AdoptedRule, BackendError, Capabilities, Cookie, InstallOutcome, MatchFields, MatchSupport,
+    Placement, PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleMatch, RuleSpec,
 };
 pub use sim::{SimLatency, SimNic, SimPath, SimProfile};
 
@@ -54,6 +54,14 @@ pub trait Backend: Send {
     /// backends outside the process.
     fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
         None
+    }
+
+    /// The rules of ours an earlier run left in place that this backend
+    /// took over at start (they count as installed: read and removed like
+    /// any other), handed out once. Empty for backends whose rules die
+    /// with the process or can't be listed.
+    fn take_adopted(&mut self) -> Vec<AdoptedRule> {
+        Vec::new()
     }
 }
 

@@ -329,6 +329,49 @@ pub enum InstallOutcome {
     Refused(Refusal),
 }
 
+/// A rule of ours that an earlier run left in place (it was killed, or
+/// stopped with `keep_rules`), found at start and taken over: read back
+/// from the backend, so what it matches and does is what the NIC holds,
+/// whatever the earlier run meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdoptedRule {
+    pub cookie: Cookie,
+    /// The packets it takes: one direction of a flow, on `port`.
+    pub matches: RuleMatch,
+    pub port: u8,
+    pub action: Action,
+    pub placement: Placement,
+    /// Cumulative since the earlier run put it in.
+    pub counters: RuleCounters,
+}
+
+/// What a rule read back from a backend matches: one direction's
+/// endpoints (ports 0 where the protocol has none the backend matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub src: core::net::IpAddr,
+    pub dst: core::net::IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub vlan_outer: u16,
+    pub vlan_inner: u16,
+}
+
+impl RuleMatch {
+    /// Whether this is the match a rule for `dir` of `key` would carry.
+    pub fn is_for(&self, key: &flowtable_sw::FlowKey, dir: Direction) -> bool {
+        let e = key.endpoints(dir);
+        let ports_match = match key.proto {
+            6 | 17 | 132 => (e.sport, e.dport) == (self.sport, self.dport),
+            _ => true,
+        };
+        (e.src, e.dst, key.proto, key.vlan_outer, key.vlan_inner)
+            == (self.src, self.dst, self.proto, self.vlan_outer, self.vlan_inner)
+            && ports_match
+    }
+}
+
 /// Cumulative counters of one rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RuleCounters {

@@ -122,6 +122,8 @@ impl Shared {
 pub struct SimNic {
     profile: SimProfile,
     shared: Arc<Shared>,
+    /// A successor's rules to hand over once (see `successor`).
+    inherits: bool,
     now_ns: u64,
     /// Token bucket for the insertion rate: tokens and when last filled.
     tokens: f64,
@@ -136,7 +138,22 @@ impl SimNic {
             rules: AtomicUsize::new(0),
             tcp_teardown: profile.capabilities.tcp_teardown_to_software,
         });
-        SimNic { profile, shared, now_ns: 0, tokens: burst, filled_at: 0 }
+        SimNic { profile, shared, inherits: false, now_ns: 0, tokens: burst, filled_at: 0 }
+    }
+
+    /// The same NIC as the next run of the process sees it: its rules
+    /// outlive this backend (as a real NIC's outlive a killed process),
+    /// and the successor takes them over (`Backend::take_adopted`).
+    pub fn successor(&self) -> SimNic {
+        let burst = self.profile.capabilities.max_insert_rate as f64;
+        SimNic {
+            profile: self.profile.clone(),
+            shared: self.shared.clone(),
+            inherits: true,
+            now_ns: 0,
+            tokens: burst,
+            filled_at: 0,
+        }
     }
 
     pub fn profile(&self) -> &SimProfile {
@@ -292,6 +309,36 @@ impl Backend for SimNic {
     fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
         Some(Box::new(self.path()))
     }
+
+    fn take_adopted(&mut self) -> Vec<AdoptedRule> {
+        if !std::mem::take(&mut self.inherits) {
+            return Vec::new();
+        }
+        let table = self.shared.lock();
+        table
+            .rules
+            .iter()
+            .map(|((key, dir), r)| {
+                let e = key.endpoints(*dir);
+                AdoptedRule {
+                    cookie: r.cookie,
+                    matches: RuleMatch {
+                        src: e.src,
+                        dst: e.dst,
+                        sport: e.sport,
+                        dport: e.dport,
+                        proto: key.proto,
+                        vlan_outer: key.vlan_outer,
+                        vlan_inner: key.vlan_inner,
+                    },
+                    port: r.port,
+                    action: r.action,
+                    placement: Placement::Hardware,
+                    counters: r.counters,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The packet side of the simulated NIC: its rules take the packets they
@@ -337,7 +384,6 @@ impl InlineNic for SimPath {
 mod tests {
     use super::*;
     use core::net::Ipv4Addr;
-    use flowtable_sw::Fragment;
 
     fn spec(sport: u16, dir: Direction, action: Action) -> (RuleSpec, PacketInfo) {
         let (key, d) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), sport, 80, 6);

@@ -615,6 +615,13 @@ fn kill_9_leftovers_are_flushed_and_foreign_filters_kept() {
     let mut adopt = TcBackend::open(cfg).unwrap();
     assert_eq!(adopt.recovery().adopted, 1);
     assert_eq!(adopt.installed(), 1);
+    // Read back as what it was given: the match of its flow direction, its action.
+    let taken = adopt.take_adopted();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let (key, dir) = tcp_key(a, a, 9, 9);
+    assert!(taken[0].matches.is_for(&key, dir), "{taken:?}");
+    assert_eq!((taken[0].action, taken[0].port), (Action::Pass, 0));
+    assert!(adopt.take_adopted().is_empty(), "handed out once");
     let c = Cookie::new(other_owner, 1, tcp_key(a, a, 9, 9).1);
     assert!(adopt.remove(&[c])[0].is_ok());
     drop(adopt);

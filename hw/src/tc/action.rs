@@ -161,6 +161,15 @@ impl<'a> ActionView<'a> {
         }
     }
 
+    /// For skbedit: the mark it sets, if it sets one.
+    pub fn skbedit_mark(&self) -> Result<Option<u32>, WireError> {
+        if self.kind != "skbedit" {
+            return Ok(None);
+        }
+        let Some(opts) = self.options else { return Ok(None) };
+        AttrIter::new(opts).find(TCA_SKBEDIT_MARK)?.map(|a| a.u32_ne()).transpose()
+    }
+
     fn parms(&self) -> Result<Option<&'a [u8]>, WireError> {
         let Some(opts) = self.options else { return Ok(None) };
         match AttrIter::new(opts).find(TCA_OPT_PARMS)? {

@@ -26,8 +26,8 @@ use neli::consts::nl::NlmF;
 use neli::consts::rtnl::Rtm;
 
 use crate::rule::{
-    Action, ActionKind, BackendError, Capabilities, Cookie, InstallOutcome, MatchSupport, Placement, PlacementPolicy,
-    Refusal, RefusalKind, RuleCounters, RuleSpec,
+    Action, ActionKind, AdoptedRule, BackendError, Capabilities, Cookie, InstallOutcome, MatchSupport, Placement,
+    PlacementPolicy, Refusal, RefusalKind, RuleCounters, RuleMatch, RuleSpec,
 };
 use crate::Backend;
 use action::ActionRepr;
@@ -131,6 +131,10 @@ pub struct FilterInfo {
     /// `TCA_FLOWER_FLAGS` as read back (skip_*, in_hw, not_in_hw).
     pub flags: u32,
     pub counters: RuleCounters,
+    /// What it matches, where the keys read back make a whole match.
+    pub matches: Option<RuleMatch>,
+    /// Its action as read back, where it is one we put in.
+    pub action: Option<ActionRepr>,
 }
 
 impl FilterInfo {
@@ -181,6 +185,8 @@ pub struct TcBackend {
     rules: HashMap<Cookie, Placed>,
     stats: TcStats,
     recovery: Recovery,
+    /// Rules taken over at start, until the engine takes them.
+    adopted: Vec<AdoptedRule>,
     closed: bool,
 }
 
@@ -227,6 +233,7 @@ impl TcBackend {
             rules: HashMap::new(),
             stats: TcStats::default(),
             recovery: Recovery::default(),
+            adopted: Vec::new(),
             closed: false,
         };
         be.ensure_qdiscs()?;
@@ -365,6 +372,9 @@ impl TcBackend {
         self.recovery = Recovery { other_owners: others, foreign, ..Recovery::default() };
         match self.cfg.leftovers {
             Leftovers::Adopt => {
+                // A rule that reads back as something this run would not
+                // have put in can't become a flow again: it goes.
+                let mut unreadable = Vec::new();
                 for f in &ours {
                     let placed = Placed {
                         port: f.port,
@@ -373,9 +383,30 @@ impl TcBackend {
                         handle: f.handle,
                         placement: f.placement(),
                     };
-                    self.rules.insert(f.cookie, placed);
+                    let action = f.action.and_then(|a| self.action_of(&a));
+                    match (f.matches, action) {
+                        (Some(matches), Some(action)) => {
+                            self.rules.insert(f.cookie, placed);
+                            self.adopted.push(AdoptedRule {
+                                cookie: f.cookie,
+                                matches,
+                                port: f.port,
+                                action,
+                                placement: placed.placement,
+                                counters: f.counters,
+                            });
+                        }
+                        _ => unreadable.push(*f),
+                    }
                 }
-                self.recovery.adopted = ours.len();
+                self.recovery.adopted = self.adopted.len();
+                if !unreadable.is_empty() {
+                    tracing::warn!(
+                        rules = unreadable.len(),
+                        "rules of an earlier run whose match or action this run can't read back: removed"
+                    );
+                    self.recovery.flushed = self.delete_filters(&unreadable)?;
+                }
             }
             Leftovers::Flush => {
                 self.recovery.flushed = self.delete_filters(&ours)?;
@@ -508,6 +539,25 @@ impl TcBackend {
         })
     }
 
+    /// The action a repr read back stands for (the inverse of
+    /// `action_reprs`), `None` where it is none we put in.
+    fn action_of(&self, repr: &ActionRepr) -> Option<Action> {
+        use action::*;
+        let port_of = |ifindex: u32| self.ports.iter().position(|p| p.info.ifindex == ifindex).map(|i| i as u8);
+        match *repr {
+            ActionRepr::Gact { verdict: TC_ACT_SHOT } => Some(Action::Drop),
+            ActionRepr::Gact { verdict: TC_ACT_OK } => Some(Action::Pass),
+            ActionRepr::Mirred { eaction: TCA_EGRESS_REDIR, ifindex, .. } => {
+                port_of(ifindex).map(|port| Action::Forward { port })
+            }
+            ActionRepr::Mirred { eaction: TCA_EGRESS_MIRROR, ifindex, .. } => {
+                port_of(ifindex).map(|port| Action::Mirror { port })
+            }
+            ActionRepr::SkbeditMark { mark, .. } => Some(Action::Mark { mark }),
+            _ => None,
+        }
+    }
+
     /// Checks a rule and builds its first filter request.
     fn prepare(&mut self, idx: usize, r: &RuleSpec) -> Result<Attempt, Refusal> {
         if self.rules.contains_key(&r.cookie) {
@@ -624,7 +674,33 @@ pub fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<Filte
         cookie,
         flags: fl.flags,
         counters: action_counters(&act, now_ns, sw_l2_len(&fl))?,
+        matches: rule_match(&fl),
+        action: action_repr(&act)?,
     }))
+}
+
+/// A flower filter's keys as the match of one flow direction.
+fn rule_match(fl: &flower::FlowerView<'_>) -> Option<RuleMatch> {
+    Some(RuleMatch {
+        src: fl.src?,
+        dst: fl.dst?,
+        sport: fl.sport.unwrap_or(0),
+        dport: fl.dport.unwrap_or(0),
+        proto: fl.ip_proto?,
+        vlan_outer: fl.vlan.unwrap_or(0),
+        vlan_inner: fl.cvlan.unwrap_or(0),
+    })
+}
+
+/// The action read back, as the repr we would have emitted for it.
+fn action_repr(act: &action::ActionView<'_>) -> Result<Option<ActionRepr>, attr::WireError> {
+    let Some(verdict) = act.verdict()? else { return Ok(None) };
+    Ok(match act.kind {
+        "gact" => Some(ActionRepr::Gact { verdict }),
+        "mirred" => act.mirred_target()?.map(|(eaction, ifindex)| ActionRepr::Mirred { eaction, ifindex, verdict }),
+        "skbedit" => act.skbedit_mark()?.map(|mark| ActionRepr::SkbeditMark { mark, verdict }),
+        _ => None,
+    })
 }
 
 /// Bytes per packet that the kernel's software path leaves out of its byte
@@ -671,6 +747,10 @@ impl Backend for TcBackend {
 
     fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    fn take_adopted(&mut self) -> Vec<AdoptedRule> {
+        std::mem::take(&mut self.adopted)
     }
 
     fn install(&mut self, rules: &[RuleSpec]) -> Vec<InstallOutcome> {
@@ -836,5 +916,34 @@ mod tests {
         assert!(last < now && now - last < 60 * 1_000_000_000, "hit within the recording's minute");
         assert!(filter_info(include_bytes!("testdata/dump-foreign-redirect.bin"), 0, now).unwrap().is_none());
         assert!(filter_info(include_bytes!("testdata/dump-prio-head.bin"), 0, now).unwrap().is_none());
+    }
+
+    /// What a restart reads back to take a rule over: its match and action.
+    #[test]
+    fn recorded_rules_read_back_as_the_match_and_action_they_were_given() {
+        let f = filter_info(include_bytes!("testdata/dump-drop-udp.bin"), 3, 0).unwrap().unwrap();
+        let m = f.matches.expect("a whole match");
+        assert_eq!(m.proto, 17);
+        assert_eq!((m.vlan_outer, m.vlan_inner), (0, 0));
+        assert!(m.src.is_ipv4() && m.dst.is_ipv4() && m.sport != 0 && m.dport != 0, "{m:?}");
+        assert_eq!(f.action, Some(ActionRepr::Gact { verdict: action::TC_ACT_SHOT }));
+        let f = filter_info(include_bytes!("testdata/dump-mirror-udp.bin"), 0, 0).unwrap().unwrap();
+        assert!(
+            matches!(
+                f.action,
+                Some(ActionRepr::Mirred { eaction: action::TCA_EGRESS_MIRROR, verdict: action::TC_ACT_UNSPEC, .. })
+            ),
+            "{:?}",
+            f.action
+        );
+        // The key of the flow the rule was made for matches it, one way only.
+        let m = f.matches.unwrap();
+        let to_bytes = |a: core::net::IpAddr| match a {
+            core::net::IpAddr::V4(v4) => v4,
+            _ => unreachable!("ipv4 rule"),
+        };
+        let (key, dir) = flowtable_sw::FlowKey::from_v4(to_bytes(m.src), to_bytes(m.dst), m.sport, m.dport, m.proto);
+        assert!(m.is_for(&key, dir));
+        assert!(!m.is_for(&key, dir.reverse()));
     }
 }
