@@ -18,5 +18,8 @@ pub mod wire;
 pub use key::{Direction, FlowKey};
 pub use packet::{Fragment, LinkType, PacketInfo, SkipCounters, SkipReason};
 pub use ports::{Ingress, PortMap};
-pub use table::{DirCounters, Flow, FlowId, FlowTable, Framing, FullPolicy, Lookup, Stage, TableConfig, Timeouts};
+pub use table::{
+    AdoptError, AdoptedFlow, DirCounters, Flow, FlowId, FlowTable, Framing, FullPolicy, Lookup, Stage, TableConfig,
+    Timeouts,
+};
 pub use tcp::TcpState;

@@ -501,6 +501,34 @@ impl<V: Copy> FragTracker<V> {
     }
 }
 
+/// A flow an earlier run left behind, to put back under its own id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdoptedFlow {
+    pub id: FlowId,
+    pub key: FlowKey,
+    pub initiator: Direction,
+    pub ports: [u8; 2],
+    pub tcp: TcpState,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Each direction's link-header length (0: not known).
+    pub l2_len: [u8; 2],
+    pub tcp_flags: [u8; 2],
+}
+
+/// Why a flow could not be put back under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdoptError {
+    #[error("its id belongs to another worker's table")]
+    OtherShard,
+    #[error("its id is past this table's max_flows")]
+    OutOfRange,
+    #[error("its id or its key is already in use")]
+    Taken,
+    #[error("the table's index is full")]
+    Full,
+}
+
 pub struct FlowTable {
     flows: Vec<Flow>,
     /// Beside `flows`, slot for slot.
@@ -701,13 +729,17 @@ impl FlowTable {
                 }
             }
         }
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                let i = self.flows.len() as u32;
-                self.flows.push(Flow::vacant());
-                self.framing.push(Framing::default());
-                i
+        let index = loop {
+            match self.free.pop() {
+                // Taken by `adopt` while still on the list.
+                Some(i) if self.flows[i as usize].stage != Stage::Free => continue,
+                Some(i) => break i,
+                None => {
+                    let i = self.flows.len() as u32;
+                    self.flows.push(Flow::vacant());
+                    self.framing.push(Framing::default());
+                    break i;
+                }
             }
         };
         if !self.index.insert(hash, index) {
@@ -742,6 +774,66 @@ impl FlowTable {
         self.by_stage[Stage::Tracking as usize] += 1;
         self.stats.inserted += 1;
         Lookup::Inserted { id: self.id(index, generation), evicted }
+    }
+
+    /// Puts back a flow an earlier run had under `id` (its rules outlived
+    /// that run and carry the id in their cookies), so the rules' counters
+    /// find it. `initiator` is the direction of its first packet; `ports`
+    /// each direction's port. It starts in stage `Tracking`, with no
+    /// counts; the caller sets what it knows.
+    pub fn adopt(&mut self, adopted: AdoptedFlow) -> Result<(), AdoptError> {
+        let id = adopted.id;
+        let index = id.index() as usize;
+        if id.shard() != self.config.shard {
+            return Err(AdoptError::OtherShard);
+        }
+        if index >= self.config.max_flows || id.generation() == 0 {
+            return Err(AdoptError::OutOfRange);
+        }
+        let hash = self.hash(&adopted.key);
+        if self.find_hashed(&adopted.key, hash).is_some()
+            || self.flows.get(index).is_some_and(|f| f.stage != Stage::Free)
+        {
+            return Err(AdoptError::Taken);
+        }
+        while self.flows.len() <= index {
+            self.free.push(self.flows.len() as u32);
+            self.flows.push(Flow::vacant());
+            self.framing.push(Framing::default());
+        }
+        if !self.index.insert(hash, index as u32) {
+            return Err(AdoptError::Full);
+        }
+        let generation = id.generation();
+        let known = |l: u8| (l != 0).then_some(l);
+        self.framing[index] = Framing {
+            generation,
+            first_ns: adopted.first_ns,
+            l2_len: adopted.l2_len.map(known),
+            tcp_flags: adopted.tcp_flags,
+            ..Framing::default()
+        };
+        let slot = &mut self.flows[index];
+        *slot = Flow {
+            key: adopted.key,
+            generation,
+            tcp: adopted.tcp,
+            stage: Stage::Tracking,
+            flags: (if adopted.initiator == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 })
+                | port_known(Direction::LoToHi)
+                | port_known(Direction::HiToLo),
+            class: 0,
+            ports: adopted.ports,
+            last_ns: adopted.last_ns,
+            sw: [DirCounters::default(); 2],
+            hw: [DirCounters::default(); 2],
+        };
+        let deadline = adopted.last_ns + self.config.timeouts.for_flow(slot);
+        self.wheel.schedule(TimerEntry { index: index as u32, generation }, deadline);
+        self.live += 1;
+        self.by_stage[Stage::Tracking as usize] += 1;
+        self.stats.inserted += 1;
+        Ok(())
     }
 
     /// The software flow nearest to its deadline, looking at a bounded

@@ -12,7 +12,7 @@ const SECOND_FIN_RESPONDER: u8 = 4;
 pub const FIN_BITS: u8 = 7;
 
 /// The state of a flow's TCP conversation (or `NotTcp`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum TcpState {
