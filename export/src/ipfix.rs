@@ -687,6 +687,7 @@ mod tests {
                 installed_ns: 1,
                 removed_ns: None,
                 teardown: None,
+                adopted_ns: None,
             }),
             refused: None,
             context: Some(FlowContext { label: Some("é".repeat(100)), ..FlowContext::default() }),

@@ -208,6 +208,31 @@ impl Classifier {
             .map_or(CLASS_DEFAULT, |i| i as u8 + 1)
     }
 
+    /// The class `flow`'s match puts it in, by the rule's name (or
+    /// `default`), and the action that class offloads with, if it
+    /// offloads: for a flow an earlier run offloaded, whether this
+    /// configuration still wants it so.
+    pub fn offload_of(&self, flow: &Flow) -> (u8, Option<Action>) {
+        let class = self.owner(flow);
+        let result = match class {
+            CLASS_DEFAULT => self.default,
+            c => self.rules[c as usize - 1].result,
+        };
+        match result {
+            ClassResult::Offload(a) => (class, Some(a)),
+            ClassResult::Software => (class, None),
+        }
+    }
+
+    /// The `Flow::class` of the configured rule named `name`.
+    pub fn class_of_name(&self, name: &str) -> Option<u8> {
+        match name {
+            "default" => Some(CLASS_DEFAULT),
+            "verdict" => Some(CLASS_VERDICT),
+            _ => self.rules.iter().position(|r| r.name == name).map(|i| i as u8 + 1),
+        }
+    }
+
     /// Decides for a flow that is still being tracked. The first rule whose
     /// match fits owns the flow (remembered in `flow.class`); it decides
     /// when its trigger fires. An application's verdict overrides all.
@@ -290,7 +315,7 @@ impl Classifier {
 mod tests {
     use super::*;
     use core::net::Ipv4Addr;
-    use flowtable_sw::{FlowTable, Fragment, Lookup, PacketInfo, TableConfig};
+    use flowtable_sw::{FlowTable, Lookup, PacketInfo, TableConfig};
 
     fn classifier(trigger: &str) -> Classifier {
         let section: ClassifierSection = serde_json::from_str(&format!(

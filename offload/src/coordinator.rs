@@ -16,9 +16,12 @@
 //! epoch `k + 2` on, however fast each thread runs, and a replay gives the
 //! same flows whatever the number of workers.
 
+use crate::journal::Journal;
 use crate::link::{OffloadLink, Request, Response};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
-use flowtable_hw::{Backend, BackendError, Capabilities, Cookie, InstallOutcome, Refusal, RefusalKind, RuleCounters};
+use flowtable_hw::{
+    AdoptedRule, Backend, BackendError, Capabilities, Cookie, InstallOutcome, Refusal, RefusalKind, RuleCounters,
+};
 use flowtable_sw::FlowId;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -129,6 +132,7 @@ pub struct Coordinator {
     rules: HashMap<Cookie, (u8, RuleCounters)>,
     rules_by_port: BTreeMap<u8, usize>,
     status: Arc<Mutex<OffloadStatus>>,
+    journal: Option<Journal>,
 }
 
 impl Coordinator {
@@ -163,6 +167,24 @@ impl Coordinator {
             rules: HashMap::new(),
             rules_by_port: BTreeMap::new(),
             status: Arc::new(Mutex::new(status)),
+            journal: None,
+        }
+    }
+
+    /// Writes what shards send for the journal into `journal`.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Counts rules an earlier run left and this one took over as in
+    /// place, their counters so far as already seen.
+    pub fn adopt(&mut self, rules: &[AdoptedRule]) {
+        for r in rules {
+            self.rules_live += 1;
+            self.rule_in(r.cookie, r.port);
+            if let Some((_, seen)) = self.rules.get_mut(&r.cookie) {
+                *seen = r.counters;
+            }
         }
     }
 
@@ -229,6 +251,11 @@ impl Coordinator {
             }
             Request::ReadCounters => self.read_asked[shard] = true,
             Request::EpochDone { epoch, now_ns } => self.epoch_done[shard] = Some((epoch, now_ns)),
+            Request::Journal(line) => {
+                if let Some(j) = self.journal.as_mut() {
+                    j.write(&line);
+                }
+            }
         }
     }
 
@@ -250,6 +277,9 @@ impl Coordinator {
             self.last_read_ns = Some(now);
         }
         self.flush();
+        if let Some(j) = self.journal.as_mut() {
+            j.flush();
+        }
         self.publish();
     }
 

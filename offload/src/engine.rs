@@ -7,6 +7,7 @@ use crate::classifier::Classifier;
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::link::{link, QUEUE_DEPTH};
 use crate::shard::{BackendInfo, EngineConfig, EngineError, EngineStats, FlowView, OffloadState, Shard};
+use crate::takeover::Takeover;
 use crate::{Event, FlowRecord};
 use flowtable_config::Config;
 use flowtable_hw::{Action, Backend, InlineNic};
@@ -28,6 +29,39 @@ impl Engine {
         let coordinator = Coordinator::new(backend, coordinator_config(&cfg), vec![offload_end]);
         let shard = Shard::new(TableConfig { shard: 0, ..table }, Arc::new(classifier), info, shard_end, cfg);
         Engine { shard, coordinator, nic }
+    }
+
+    /// An engine that first takes over what an earlier run left in
+    /// `backend` (see `takeover`), with the offload journal at `journal`.
+    pub fn restarted(
+        table: TableConfig,
+        classifier: Classifier,
+        mut backend: Box<dyn Backend>,
+        cfg: EngineConfig,
+        journal: &std::path::Path,
+        now_ns: u64,
+    ) -> Result<Engine, String> {
+        let mut takeover = Takeover::prepare(backend.as_mut(), Some(journal), 1)?;
+        let (shard_end, offload_end) = link(QUEUE_DEPTH);
+        let info = BackendInfo { name: backend.name().to_string(), capabilities: backend.capabilities().clone() };
+        let nic = backend.inline_nic();
+        let mut shard = Shard::new(TableConfig { shard: 0, ..table }, Arc::new(classifier), info, shard_end, cfg);
+        takeover.adopt_into(&mut shard, 0, now_ns);
+        let j = takeover.finish(backend.as_mut())?;
+        let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg), vec![offload_end]);
+        coordinator.adopt(takeover.kept_rules());
+        if let Some(j) = j {
+            coordinator.set_journal(j);
+        }
+        Ok(Engine { shard, coordinator, nic })
+    }
+
+    /// Writes the offload journal at `path` from now on (the first run of
+    /// a pair `restarted` takes over from).
+    pub fn set_journal(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let (j, _, _) = crate::journal::Journal::open(path).map_err(|e| e.to_string())?;
+        self.coordinator.set_journal(j);
+        Ok(())
     }
 
     /// Builds an engine from a checked configuration.
@@ -146,6 +180,8 @@ impl Engine {
             }
         }
         self.shard.finish_shutdown(keep_rules);
+        // The journal lines of the flows left in place.
+        self.settle_offload(now);
     }
 
     pub fn flow(&self, id: FlowId) -> Option<FlowView> {

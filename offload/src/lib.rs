@@ -5,9 +5,11 @@
 pub mod classifier;
 pub mod coordinator;
 pub mod engine;
+pub mod journal;
 pub mod link;
 pub mod record;
 pub mod shard;
+pub mod takeover;
 
 pub use classifier::{Classifier, Decision};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, Gate, OffloadStatus};

@@ -31,6 +31,9 @@ pub enum Request {
     Cancel { id: FlowId },
     /// Read every rule's counters now (shutdown that keeps its rules).
     ReadCounters,
+    /// A line for the offload journal (`journal`): a flow's rules are in,
+    /// or out, or stay for the next run.
+    Journal(Box<crate::journal::JournalLine>),
     /// Replay's virtual time: the shard has sent all it asks for up to its
     /// poll of `epoch`, at `now_ns` (see `Coordinator`).
     EpochDone { epoch: u64, now_ns: u64 },

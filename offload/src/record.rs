@@ -42,7 +42,8 @@ impl EndReason {
 /// are frame bytes (the link header included, as the NIC counts them);
 /// `ip_bytes` are IP octets, header and payload, as IPFIX's
 /// octetDeltaCount counts them (see `flowtable_sw::Framing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DirRecord {
     /// The port this direction's first packet arrived on.
     pub ingress: u8,
@@ -144,6 +145,10 @@ pub struct OffloadRecord {
     /// TCP flows: whether the close could be seen while offloaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teardown: Option<Teardown>,
+    /// Set when this run took the flow over, rules and all, from an
+    /// earlier run (a restart): when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_ns: Option<u64>,
 }
 
 /// Whether a record is a flow's last, or one of the interim records of a

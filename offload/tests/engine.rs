@@ -10,7 +10,7 @@ use flowtable_hw::{
 use flowtable_offload::{EndReason, Engine, FlowRecord};
 use flowtable_sw::context::{FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use flowtable_sw::{FlowId, FlowKey, Fragment, PacketInfo, PortMap, Stage};
+use flowtable_sw::{FlowId, FlowKey, PacketInfo, PortMap, Stage};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -562,6 +562,22 @@ impl Backend for Wrapped {
     fn inline_nic(&self) -> Option<Box<dyn InlineNic>> {
         Some(Box::new(WrappedPath { path: self.nic.path(), tap: self.tap.clone() }))
     }
+    fn take_adopted(&mut self) -> Vec<flowtable_hw::AdoptedRule> {
+        self.nic.take_adopted()
+    }
+}
+
+impl Wrapped {
+    /// The same NIC for the next run (see `SimNic::successor`), its rules
+    /// in effect at once.
+    fn successor(&self) -> Wrapped {
+        Wrapped {
+            nic: self.nic.successor(),
+            caps: self.caps.clone(),
+            asked: Default::default(),
+            tap: self.tap.as_ref().map(|_| Arc::new(Mutex::new(Tap { late: 0, until_effective: 0 }))),
+        }
+    }
 }
 
 struct WrappedPath {
@@ -957,4 +973,192 @@ fn current_rate_is_the_last_windows_in_software_and_on_the_nic() {
     let mut e = engine(NO_RULES, SimProfile::full());
     feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100), 0);
     assert!(e.shard().current_rate(only_flow(&e)).is_none());
+}
+
+/// Two runs of one instance on one NIC (the sim's `successor`: its rules
+/// outlive the first run), the offload journal at `journal`.
+fn first_run(config: &str, nic: SimNic, journal: &std::path::Path) -> Engine {
+    let c = parse("test.json", config).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(nic)).unwrap();
+    e.set_journal(journal).unwrap();
+    e
+}
+
+fn next_run(config: &str, nic: SimNic, journal: &std::path::Path, now: u64) -> Engine {
+    let c = parse("test.json", config).unwrap();
+    let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
+    let cfg = flowtable_offload::EngineConfig { journal: true, ..flowtable_offload::EngineConfig::from_config(&c) };
+    Engine::restarted(c.table_config(), classifier, Box::new(nic), cfg, journal, now).unwrap()
+}
+
+fn journal_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ft-engine-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("journal.jsonl")
+}
+
+/// Sends `n` packets of the UDP flow (two of three to the server), from
+/// `*t` on, 10 ms apart; counts what was sent per direction.
+fn udp_traffic(e: &mut Engine, t: &mut u64, sent: &mut [u64; 2], n: u32) {
+    for i in 0..n {
+        let to_server = i % 3 != 2;
+        let p = pkt(1, 5000, 53, 17, to_server, 0, 100 + i);
+        sent[to_server as usize] += 1;
+        feed(e, &p, *t);
+        *t += 10 * MS;
+        e.poll(*t);
+    }
+}
+
+const OFFLOAD_UDP_AFTER_3_JOURNALED: &str = r#"{
+  "classifier": {"rules": [{"name": "udp", "match": {"proto": "udp"},
+     "trigger": {"after_packets": 3}, "result": {"offload": {"type": "pass"}}}]},
+  "offload": {"poll_interval_ms": 100},
+  "backend": {"kind": "tc", "journal": "/unused"}
+}"#;
+
+#[test]
+fn a_run_killed_with_flows_offloaded_is_taken_over_and_counts_every_packet_once() {
+    let journal = journal_path("kill");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
+    assert!(e.config().journal, "a tc backend with a journal journals");
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 40);
+    let id = only_flow(&e);
+    let before = e.flow(id).unwrap();
+    assert_eq!(before.stage, Stage::Offloaded);
+    let sw_before = before.orig.sw_packets + before.reply.sw_packets;
+    assert!(sw_before >= 3, "software saw the packets before the offload");
+    // Killed: no shutdown, no record. Traffic goes on through the rules
+    // while no run is there to read them.
+    drop(e);
+    let mut gap = [0u64; 2];
+    let mut path = successor.path();
+    for i in 0..10u32 {
+        let to_server = i % 2 == 0;
+        gap[to_server as usize] += 1;
+        assert!(path.offer(&pkt(1, 5000, 53, 17, to_server, 0, 500), t), "the rule takes it");
+        t += 10 * MS;
+    }
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor, &journal, t);
+    assert_eq!(e.rules_live(), 2, "both rules taken over");
+    let view = e.flow(id).expect("the flow is back under its own id");
+    assert_eq!(view.stage, Stage::Offloaded);
+    assert_eq!(view.packets, 40 + 10, "what the earlier run counted, and what the rules took meanwhile");
+    udp_traffic(&mut e, &mut t, &mut sent, 30);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1, "one record, from the run that ended the flow: {recs:#?}");
+    let r = &recs[0];
+    assert_eq!(r.packets(), 40 + 10 + 30, "every packet once");
+    assert_eq!((r.orig.packets, r.reply.packets), (sent[1] + gap[1], sent[0] + gap[0]));
+    assert_eq!(r.orig.sw_packets + r.reply.sw_packets, sw_before, "software's part came through the journal");
+    assert_eq!(r.class.as_deref(), Some("udp"));
+    assert_eq!(r.start_ns, 0, "the flow's start came through the journal");
+    let off = r.offload.as_ref().unwrap();
+    assert_eq!(off.adopted_ns, Some(400 * MS + 100 * MS), "taken over when the second run started");
+    assert_eq!(e.rules_live(), 0);
+}
+
+#[test]
+fn a_stop_that_keeps_its_rules_leaves_the_flow_to_the_next_run_and_one_record() {
+    let journal = journal_path("keep");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 40);
+    e.shutdown(true);
+    assert!(e.drain_records().is_empty(), "the flow goes on in the next run: no record from this one");
+    assert_eq!(e.stats().flows_left_in_place, 1);
+    assert_eq!(e.rules_live(), 2, "its rules stay");
+    drop(e);
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor, &journal, t);
+    udp_traffic(&mut e, &mut t, &mut sent, 20);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0].orig.packets, recs[0].reply.packets), (sent[1], sent[0]));
+    assert!(recs[0].offload.as_ref().unwrap().adopted_ns.is_some());
+}
+
+#[test]
+fn rules_the_new_configuration_would_not_put_in_are_removed_and_the_flow_goes_on_in_software() {
+    let journal = journal_path("reconf");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 40);
+    drop(e);
+    // Same flows, but now dropped rather than passed.
+    let drop_udp = OFFLOAD_UDP_AFTER_3_JOURNALED.replace(r#""type": "pass""#, r#""type": "drop""#);
+    let mut e = next_run(&drop_udp, successor, &journal, t);
+    let id = only_flow(&e);
+    e.poll(t + MS);
+    assert_eq!(e.rules_live(), 0, "the pass rules went: this configuration drops");
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Software);
+    udp_traffic(&mut e, &mut t, &mut sent, 10);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].packets(), 50, "what the rules counted before their removal is kept");
+    assert!(recs[0].orig.sw_packets + recs[0].reply.sw_packets > 10, "the last ten were software's");
+}
+
+#[test]
+fn a_rule_the_journal_does_not_know_is_removed_not_taken_over() {
+    let journal = journal_path("unknown");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    // A first run without a journal: nothing tells the next run of its flows.
+    let c = parse("test.json", OFFLOAD_UDP_AFTER_3).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(nic)).unwrap();
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 40);
+    assert_eq!(e.rules_live(), 2);
+    drop(e);
+    let e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor.successor(), &journal, t);
+    assert_eq!(e.flows().count(), 0);
+    assert_eq!(e.rules_live(), 0);
+    let mut left = vec![];
+    successor.successor().read_counters(&mut left).unwrap();
+    assert!(left.is_empty(), "removed from the NIC: {left:?}");
+}
+
+#[test]
+fn what_slipped_past_a_rule_going_in_survives_a_kill_through_the_journal() {
+    for late in [0, 2] {
+        let journal = journal_path(&format!("slip{late}"));
+        let backend = Wrapped::new(SimProfile::full()).behind_tap(late);
+        let next = backend.successor();
+        let c = parse("test.json", &OFFLOAD_UDP_AFTER_3_JOURNALED.replace("pass", "drop")).unwrap();
+        let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
+        e.set_journal(&journal).unwrap();
+        let mut t = 0;
+        for i in 0..30 {
+            feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100 + i), t);
+            t += 40 * MS;
+            e.poll(t);
+        }
+        assert_eq!(e.stats().slipped_packets, 0, "late {late}: nothing settled yet, the rules are in");
+        drop(e);
+        let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
+        let cfg = flowtable_offload::EngineConfig::from_config(&c);
+        let mut e = Engine::restarted(c.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+        for i in 30..40 {
+            feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100 + i), t);
+            t += 40 * MS;
+            e.poll(t);
+        }
+        e.shutdown(false);
+        let recs = e.drain_records();
+        assert_eq!(recs.len(), 1, "late {late}");
+        let orig = &recs[0].orig;
+        assert_eq!(orig.packets, 40, "late {late}: every packet once across the kill: {orig:?}");
+        assert_eq!(orig.bytes, (0..40).map(|i| 100 + i).sum::<u64>(), "late {late}");
+        assert_eq!(orig.sw_packets, 3 + late as u64, "late {late}: the slipped ones are software's: {orig:?}");
+    }
 }

@@ -46,6 +46,20 @@ impl ActiveTimeout {
         }
     }
 
+    /// A flow taken over from an earlier run, whose interim records
+    /// carried `reported` (orig, reply) so far.
+    pub(super) fn resume(&mut self, id: FlowId, reported: [DirRecord; 2], now_ns: u64) {
+        if self.wheel.is_some() {
+            self.reported.insert(id, Reported { orig: reported[0], reply: reported[1] });
+        }
+        self.start(id, now_ns);
+    }
+
+    /// What a flow's interim records carried so far (orig, reply).
+    pub(super) fn reported(&self, id: FlowId) -> Option<[DirRecord; 2]> {
+        self.reported.get(&id).map(|r| [r.orig, r.reply])
+    }
+
     /// A flow's final record: what its interim records carried is taken
     /// out, so it carries the rest.
     pub(super) fn finish(&mut self, id: FlowId, record: &mut FlowRecord) {
@@ -91,6 +105,11 @@ impl Shard {
             self.active.reported.insert(id, total);
             self.stats.interim_records += 1;
             self.records.push(record);
+            // A restart that takes the flow over must not count again
+            // what this record carried.
+            if self.table.get(id).is_some_and(|f| f.stage() == Stage::Offloaded) {
+                self.journal(id);
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ impl Shard {
                 }
                 if let Some(then) = then.filter(|t| *t != Then::Idle) {
                     self.request_removal(id, then);
+                } else {
+                    self.journal(id);
                 }
             }
             Response::Refused { id, refusal } => {
@@ -102,6 +104,11 @@ impl Shard {
                 for (cookie, c) in &counters {
                     if !self.apply_counters(FlowId(cookie.flow), cookie.direction(), c, now) {
                         self.stats.unknown_rules += 1;
+                    }
+                }
+                if self.cfg.journal {
+                    for (cookie, _) in &counters {
+                        self.estimate_slip(FlowId(cookie.flow), cookie.direction());
                     }
                 }
             }
@@ -274,13 +281,37 @@ impl Shard {
         self.table.note_counted(id);
     }
 
+    /// One more read towards the journal's figure of what slipped past
+    /// `dir`'s rule going in (see `OffloadState::slip`); the flow's entry
+    /// goes to the journal again once both directions' are settled.
+    fn estimate_slip(&mut self, id: FlowId, dir: Direction) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        if state.slip[d].is_some() || state.placement[d].is_none() || state.adopted_ns.is_some() {
+            return;
+        }
+        let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
+        let estimate = DirCounters {
+            packets: seen.packets.saturating_sub(counted.packets),
+            bytes: seen.bytes.saturating_sub(counted.bytes),
+        };
+        if state.slip_seen[d] == Some(estimate) {
+            state.slip[d] = Some(estimate);
+            if state.slip.iter().all(Option::is_some) {
+                self.journal(id);
+            }
+        } else {
+            state.slip_seen[d] = Some(estimate);
+        }
+    }
+
     pub(super) fn drop_rule(&mut self, id: FlowId, dir: Direction, now: u64) {
         self.settle(id, dir);
-        if let Some(state) = self.offloads.get_mut(&id) {
-            state.placement[dir.index()] = None;
-            if state.placement.iter().all(Option::is_none) {
-                state.removed_ns = Some(now);
-            }
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        state.placement[dir.index()] = None;
+        if state.placement.iter().all(Option::is_none) {
+            state.removed_ns = Some(now);
+            self.journal_gone(id);
         }
     }
 
@@ -301,6 +332,9 @@ impl Shard {
         let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
         state.tapped[d] = DirCounters::default();
         state.rule_counted[d] = DirCounters::default();
+        // Settled for good: the journal's estimate has no more to add.
+        state.slip[d] = Some(DirCounters::default());
+        state.slip_seen[d] = None;
         let packets = seen.packets.saturating_sub(counted.packets);
         if packets == 0 {
             return;

@@ -28,7 +28,7 @@ use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::Schedule;
 use flowtable_sw::{
-    DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
+    DirCounters, Direction, Flow, FlowId, FlowKey, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -36,11 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod active;
+mod adopt;
 mod aging;
 mod lifecycle;
 mod rate;
 mod view;
 
+pub use adopt::AdoptRefusal;
 pub use rate::{Rate, SAMPLE_NS};
 pub use view::{hex, FlowView};
 
@@ -53,6 +55,10 @@ const OUTBOX_PER_CALL: usize = 256;
 /// most (one answer past it: each holds at most `COUNTERS_PER_ANSWER`
 /// rules' counters); the rest wait for the next poll.
 const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
+
+/// How long a stop that leaves rules for the next run waits for the
+/// offload thread to take each flow's journal line.
+const PARTING_WAIT: Duration = Duration::from_secs(2);
 
 /// Most packets `process_batch` takes at once.
 pub const BATCH: usize = 32;
@@ -72,6 +78,9 @@ pub struct EngineConfig {
     /// A flow lasting longer than this gives an interim record every
     /// period (0: never; one record per flow, at its end).
     pub active_timeout_ns: u64,
+    /// Send the offload journal (see `journal`) each offloaded flow's
+    /// entry, so a restart can take the flow over with its rules.
+    pub journal: bool,
 }
 
 impl EngineConfig {
@@ -86,6 +95,7 @@ impl EngineConfig {
             max_context_bytes: c.table.max_context_bytes,
             ports: c.port_map().unwrap_or_default(),
             active_timeout_ns: (c.export.active_timeout_s * 1e9) as u64,
+            journal: c.backend.journal().is_some(),
         }
     }
 }
@@ -103,6 +113,9 @@ pub struct OffloadState {
     pub hw_counters: bool,
     pub installed_ns: u64,
     pub removed_ns: Option<u64>,
+    /// When this run took the flow and its rules over from an earlier one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_ns: Option<u64>,
     /// Last cumulative counters read per rule, to turn reads into deltas.
     pub baseline: [RuleCounters; 2],
     /// Per direction, packets software saw while the rule was in and left
@@ -113,6 +126,16 @@ pub struct OffloadState {
     pub tapped: [DirCounters; 2],
     #[serde(skip)]
     pub rule_counted: [DirCounters; 2],
+    /// For the journal, per direction: what slipped past the rule going
+    /// in, as `tapped - rule_counted` at a counter read (`slip_seen`, the
+    /// last read's) once two reads in a row agree (`slip`). A read can be
+    /// off by a packet that crossed while it was made; two that agree are
+    /// taken as the settled figure, which the journal adds to software's
+    /// part, since a killed run never settles.
+    #[serde(skip)]
+    pub slip_seen: [Option<DirCounters>; 2],
+    #[serde(skip)]
+    pub slip: [Option<DirCounters>; 2],
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
@@ -159,9 +182,12 @@ impl OffloadState {
             hw_counters: false,
             installed_ns: 0,
             removed_ns: None,
+            adopted_ns: None,
             baseline: [RuleCounters::default(); 2],
             tapped: [DirCounters::default(); 2],
             rule_counted: [DirCounters::default(); 2],
+            slip_seen: [None; 2],
+            slip: [None; 2],
             refusal: None,
             pinned_software: false,
             then: None,
@@ -207,6 +233,11 @@ pub struct EngineStats {
     pub ended_by: BTreeMap<String, u64>,
     /// Interim records of flows past the active timeout.
     pub interim_records: u64,
+    /// Flows taken over, rules and all, from an earlier run.
+    pub flows_adopted: u64,
+    /// Flows whose rules a stop with `keep_rules` left for the next run,
+    /// which writes their records (no record from this run).
+    pub flows_left_in_place: u64,
 }
 
 impl EngineStats {
@@ -219,6 +250,8 @@ impl EngineStats {
         self.orphan_fragments += o.orphan_fragments;
         self.flows_created += o.flows_created;
         self.interim_records += o.interim_records;
+        self.flows_adopted += o.flows_adopted;
+        self.flows_left_in_place += o.flows_left_in_place;
         self.flows_ended += o.flows_ended;
         self.rules_installed += o.rules_installed;
         self.rules_removed += o.rules_removed;
@@ -590,6 +623,11 @@ impl Shard {
     fn tear_down_if_closed(&mut self, id: FlowId) {
         let Some(flow) = self.table.get(id) else { return };
         if !flow.tcp.is_closed() {
+            // One side closed: the packet and the state are software's,
+            // and the journal's, for a restart before the other side does.
+            if flow.stage() == Stage::Offloaded {
+                self.journal(id);
+            }
             return;
         }
         let stage = flow.stage();
@@ -918,8 +956,38 @@ impl Shard {
     /// Ends every flow with reason `shutdown`, its record written.
     pub fn finish_shutdown(&mut self, keep_rules: bool) {
         if keep_rules {
-            // The rules stay, but their flows' records are written now.
+            let mut journal_open = true;
             for id in self.offloads.keys().copied().collect::<Vec<_>>() {
+                // What slipped past the rules going in: the journal's
+                // settled figure where there is one (reads made while
+                // packets still arrive make a poorer one now), else now.
+                if self.offloads.get(&id).is_none_or(|s| s.slip.iter().any(Option::is_none)) {
+                    self.settle_all(id);
+                }
+                let in_place = self.table.get(id).is_some_and(|f| f.stage() == Stage::Offloaded)
+                    && self.offloads.get(&id).is_some_and(|s| s.placement.iter().all(Option::is_some));
+                if !(in_place && self.cfg.journal && !self.orphaned) {
+                    // The rules stay, but their flow's record is written now.
+                    self.settle_all(id);
+                    continue;
+                }
+                // The next run takes the flow over from the journal and
+                // writes its one record; this run writes none.
+                if let Some(entry) = self.journal_entry(id).filter(|_| journal_open) {
+                    let line = Request::Journal(Box::new(crate::journal::JournalLine::Flow(Box::new(entry))));
+                    // Straight to the offload thread, past the outbox this
+                    // stop throws away; should it not take the line (a
+                    // synchronous engine whose queue is full), this flow
+                    // and the rest get their records here instead.
+                    journal_open = self.link.to_offload.send_timeout(line, PARTING_WAIT).is_ok();
+                    if journal_open {
+                        self.table.remove(id);
+                        self.offloads.remove(&id);
+                        self.contexts.remove(id);
+                        self.stats.flows_left_in_place += 1;
+                        continue;
+                    }
+                }
                 self.settle_all(id);
             }
         }

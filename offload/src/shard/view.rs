@@ -58,6 +58,7 @@ impl Shard {
             } else {
                 Teardown::IdleOnly
             }),
+            adopted_ns: s.adopted_ns,
         });
         FlowRecord {
             id,
