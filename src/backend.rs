@@ -3,7 +3,7 @@
 //! starts once per process, so the backend and the source share one.
 
 use flowtable_config::{BackendConfig, ClassResult, Config, SimProfile as ProfileName};
-use flowtable_hw::tc::{TcBackend, TcConfig};
+use flowtable_hw::tc::{Leftovers, TcBackend, TcConfig};
 use flowtable_hw::{Backend, Capabilities, SimLatency, SimNic, SimProfile};
 
 /// The sim NIC profile a configuration names, with its overrides applied.
@@ -72,10 +72,15 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
                 SimLatency { per_rule_ns: latency.per_rule_us * 1_000, per_read_ns: latency.per_read_ms * 1_000_000 };
             Ok(Box::new(SimNic::new(p)))
         }
-        BackendConfig::Tc { keep_rules, icmp_by_hosts } => {
+        BackendConfig::Tc { keep_rules, icmp_by_hosts, .. } => {
             let mut tc = TcConfig::new(config.ports.iter().map(|p| p.name.clone()).collect(), config.instance_id);
             tc.keep_rules = *keep_rules;
             tc.icmp_by_hosts = *icmp_by_hosts;
+            // Taken over here; the runtime keeps those the journal knows
+            // and removes the others.
+            if config.backend.journal().is_some() {
+                tc.leftovers = Leftovers::Adopt;
+            }
             let backend = TcBackend::open(tc).map_err(|e| format!("backend: {e}"))?;
             let r = backend.recovery();
             if r.flushed + r.adopted > 0 {

@@ -266,6 +266,8 @@ pub struct RuntimeConfig {
     /// Each worker reads its own live source (its share of the interfaces,
     /// by the kernel's fanout), opened by this on its own thread.
     pub live: Option<LiveOpener>,
+    /// The offload journal, when restarts take over an earlier run's rules.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// Opens worker `i`'s own live source: a name for statistics and the source.
@@ -300,6 +302,7 @@ impl RuntimeConfig {
             lockstep,
             queue_depth: QUEUE_DEPTH,
             live: None,
+            journal: config.backend.journal().map(std::path::Path::to_path_buf),
         }
     }
 }
@@ -322,6 +325,8 @@ impl Runtime {
         clock: Arc<Clock>,
     ) -> Result<Runtime, String> {
         let n = cfg.workers.clamp(1, MAX_WORKERS);
+        let mut backend = backend;
+        let mut takeover = flowtable_offload::takeover::Takeover::prepare(backend.as_mut(), cfg.journal.as_deref(), n)?;
         let info = BackendInfo { name: backend.name().to_string(), capabilities: backend.capabilities().clone() };
         let nic = backend.inline_nic();
         let classifier = Arc::new(classifier);
@@ -344,7 +349,8 @@ impl Runtime {
             let table = TableConfig { max_flows: per_shard, shard: i as u8, ..cfg.table };
             // Contexts are shared out the same way.
             let engine = EngineConfig { max_context_bytes: cfg.engine.max_context_bytes.div_ceil(n), ..cfg.engine };
-            let shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, engine);
+            let mut shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, engine);
+            takeover.adopt_into(&mut shard, i, clock.now());
             let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
             let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
             let status = Arc::new(Mutex::new(LiveStatus::default()));
@@ -374,7 +380,12 @@ impl Runtime {
             workers.push(WorkerHandle { inbox: inbox_tx, thread });
             free.push(frx);
         }
-        let coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
+        let journal = takeover.finish(backend.as_mut())?;
+        let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
+        coordinator.adopt(takeover.kept_rules());
+        if let Some(j) = journal {
+            coordinator.set_journal(j);
+        }
         let status = coordinator.status();
         let (lockstep, gate) = if cfg.lockstep {
             let (gate_tx, gate_rx) = crossbeam_channel::unbounded();

@@ -307,6 +307,12 @@ mod tests {
         assert!(t.comment.as_deref().is_some_and(|s| s.contains("all conditions must hold")), "{t:?}");
         assert_eq!(c.export.addresses().unwrap(), vec!["127.0.0.1:4739".parse().unwrap()]);
         assert_eq!(c.export.ipfix[0].transport, ExportTransport::Udp);
+        assert_eq!(c.backend.journal(), Some(std::path::Path::new("/var/lib/flowtable/journal.jsonl")));
+        let no_adopt =
+            parse("t.json", r#"{"backend": {"kind": "tc", "adopt_rules": false, "journal": "/j"}}"#).unwrap();
+        assert_eq!(no_adopt.backend.journal(), None, "adopt_rules off: nothing to take over, no journal");
+        let tc = parse("t.json", r#"{"backend": {"kind": "tc", "journal": "/j"}}"#).unwrap();
+        assert!(tc.backend.journal().is_some(), "adopt_rules is on by default");
         let empty = parse("empty.json", "{}").unwrap();
         assert!(empty.export.ipfix.is_empty(), "no export unless asked for");
         assert_eq!((empty.export.mtu, empty.export.enterprise_number), (1500, 32473));
@@ -396,7 +402,10 @@ mod tests {
     #[test]
     fn tc_backend_options() {
         let c = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_hosts": true}}"#).unwrap();
-        assert!(matches!(c.backend, BackendConfig::Tc { icmp_by_hosts: true, keep_rules: false }));
+        assert!(matches!(
+            c.backend,
+            BackendConfig::Tc { icmp_by_hosts: true, keep_rules: false, adopt_rules: true, journal: None }
+        ));
         let c = parse("t.json", r#"{"backend": {"kind": "tc"}}"#).unwrap();
         assert!(matches!(c.backend, BackendConfig::Tc { icmp_by_hosts: false, .. }));
         let err = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_host": true}}"#).unwrap_err();

@@ -535,9 +535,23 @@ pub enum BackendConfig {
     },
     /// Linux tc-flower on the ports' interfaces.
     Tc {
-        /// Leave rules in place on shutdown.
+        /// Leave rules in place on shutdown (for an upgrade: the next run
+        /// takes them over, see `adopt_rules`).
         #[serde(default)]
         keep_rules: bool,
+        /// At start, take over the rules an earlier run of this instance
+        /// left (killed, or stopped with `keep_rules`) whose flows the
+        /// journal knows and this configuration still offloads so: they
+        /// stay in place and count on. The rest are removed. Off: every
+        /// rule an earlier run left is removed.
+        #[serde(default = "yes")]
+        adopt_rules: bool,
+        /// The offload journal: what the rules don't carry of each
+        /// offloaded flow (its software part, start, TCP state, class),
+        /// for a restart to take it over. Without one, a restart removes
+        /// what an earlier run left.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        journal: Option<std::path::PathBuf>,
         /// Offload ICMP flows with rules on the two hosts and the protocol
         /// alone (flower has no key for the echo identifier), which take
         /// every ICMP packet between the hosts, other flows' included, and
@@ -550,7 +564,19 @@ pub enum BackendConfig {
     Dpdk(serde_json::Map<String, serde_json::Value>),
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl BackendConfig {
+    /// The offload journal's path, when restarts take rules over.
+    pub fn journal(&self) -> Option<&std::path::Path> {
+        match self {
+            BackendConfig::Tc { adopt_rules: true, journal: Some(p), .. } => Some(p),
+            _ => None,
+        }
+    }
+
     /// Whether the backend leaves its rules in place on shutdown
     /// (`keep_rules`, for tc and dpdk).
     pub fn keep_rules(&self) -> bool {
@@ -1147,7 +1173,7 @@ pub const EXAMPLE: &str = r#"{
     "default": "software"
   },
   "offload": { "poll_interval_ms": 1000, "batch_size": 256, "placement": "auto" },
-  "backend": { "kind": "sim", "profile": "full" },
+  "backend": { "kind": "tc", "keep_rules": false, "adopt_rules": true, "journal": "/var/lib/flowtable/journal.jsonl" },
   "records": { "path": null, "rotate_bytes": 104857600, "keep": 5 },
   "export": {
     "_comment": "IPFIX to collectors such as nfcapd; none listed: no export",

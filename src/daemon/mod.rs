@@ -1522,13 +1522,26 @@ impl Daemon {
             tracing::error!(rules_left, "rules could not be removed at shutdown");
         }
         let rules_removed = rules_before.saturating_sub(rules_left);
+        let left_in_place = finished.stats.flows_left_in_place;
+        if left_in_place > 0 {
+            tracing::info!(
+                flows = left_in_place,
+                journal = %self.config.backend.journal().map(|p| p.display().to_string()).unwrap_or_default(),
+                "offloaded flows left in place with their rules for the next run, which takes them over and writes their records"
+            );
+        }
         if records_lost == 0 {
             tracing::info!(
                 flows = flows_at_exit,
                 rules_removed,
                 rules_left,
                 records_written,
-                "stopped: every live flow ended with its record"
+                "{}",
+                if left_in_place > 0 {
+                    "stopped: every other live flow ended with its record"
+                } else {
+                    "stopped: every live flow ended with its record"
+                }
             );
         } else {
             tracing::error!(
