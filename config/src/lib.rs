@@ -313,6 +313,9 @@ mod tests {
         assert_eq!(no_adopt.backend.journal(), None, "adopt_rules off: nothing to take over, no journal");
         let tc = parse("t.json", r#"{"backend": {"kind": "tc", "journal": "/j"}}"#).unwrap();
         assert!(tc.backend.journal().is_some(), "adopt_rules is on by default");
+        let warned = |c: &str| parse("t.json", c).unwrap().warnings().iter().any(|(at, _)| at == "backend.keep_rules");
+        assert!(warned(r#"{"backend": {"kind": "tc", "keep_rules": true}}"#), "kept rules nobody takes over");
+        assert!(!warned(r#"{"backend": {"kind": "tc", "keep_rules": true, "journal": "/j"}}"#));
         let empty = parse("empty.json", "{}").unwrap();
         assert!(empty.export.ipfix.is_empty(), "no export unless asked for");
         assert_eq!((empty.export.mtu, empty.export.enterprise_number), (1500, 32473));

@@ -908,6 +908,14 @@ impl Config {
                 ));
             }
         }
+        if let BackendConfig::Tc { keep_rules: true, adopt_rules, journal, .. } = &self.backend {
+            if !*adopt_rules || journal.is_none() {
+                out.push((
+                    "backend.keep_rules".into(),
+                    "the rules kept at a stop are removed by the next start, which has no journal to take them over from: set backend.journal (and leave adopt_rules on)".into(),
+                ));
+            }
+        }
         if self.sources.is_empty() {
             out.push((
                 "sources".into(),

@@ -450,6 +450,7 @@ impl Coordinator {
         let mut buf = std::mem::take(&mut self.counters_buf);
         buf.clear();
         self.stats.counter_reads += 1;
+        let read_ns = self.now_ns;
         if let Err(e) = self.backend.read_counters(&mut buf) {
             self.stats.counter_errors += 1;
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");
@@ -473,11 +474,11 @@ impl Coordinator {
             // few polls, never holding its packets for all of it at once.
             let mut pieces = counters.chunks(COUNTERS_PER_ANSWER).peekable();
             if pieces.peek().is_none() && asked {
-                self.send(shard, Response::Counters { counters: Vec::new(), asked });
+                self.send(shard, Response::Counters { counters: Vec::new(), asked, read_ns });
             }
             while let Some(piece) = pieces.next() {
                 let last = pieces.peek().is_none();
-                self.send(shard, Response::Counters { counters: piece.to_vec(), asked: asked && last });
+                self.send(shard, Response::Counters { counters: piece.to_vec(), asked: asked && last, read_ns });
             }
         }
         self.counters_buf = buf;

@@ -76,6 +76,8 @@ pub enum Response {
     Counters {
         counters: Vec<(Cookie, RuleCounters)>,
         asked: bool,
+        /// The offload thread's clock when the read began.
+        read_ns: u64,
     },
     /// Every answer to the shard's requests up to `epoch` came before this.
     EpochDone(u64),

@@ -97,7 +97,7 @@ impl Shard {
                 }
                 self.after_rules_gone(id, then.or(Some(Then::Idle)));
             }
-            Response::Counters { counters, asked } => {
+            Response::Counters { counters, asked, read_ns } => {
                 if asked {
                     self.outstanding = self.outstanding.saturating_sub(1);
                 }
@@ -108,7 +108,7 @@ impl Shard {
                 }
                 if self.cfg.journal {
                     for (cookie, _) in &counters {
-                        self.estimate_slip(FlowId(cookie.flow), cookie.direction());
+                        self.note_read(FlowId(cookie.flow), cookie.direction(), read_ns);
                     }
                 }
             }
@@ -281,20 +281,53 @@ impl Shard {
         self.table.note_counted(id);
     }
 
-    /// One more read towards the journal's figure of what slipped past
-    /// `dir`'s rule going in (see `OffloadState::slip`); the flow's entry
-    /// goes to the journal again once both directions' are settled.
-    fn estimate_slip(&mut self, id: FlowId, dir: Direction) {
+    /// A read of `dir`'s rule, made at `read_ns`, towards the journal's
+    /// figure of what slipped past the rule going in (see
+    /// `OffloadState::slip`). What software had seen of the direction when
+    /// the read was made is known only once it has handled a packet from
+    /// after it (the capture hands packets over some milliseconds late):
+    /// `seen_after_read` finishes the estimate then. A direction that has
+    /// seen nothing and counted nothing has nothing in flight either.
+    fn note_read(&mut self, id: FlowId, dir: Direction, read_ns: u64) {
         let d = dir.index();
         let Some(state) = self.offloads.get_mut(&id) else { return };
         if state.slip[d].is_some() || state.placement[d].is_none() || state.adopted_ns.is_some() {
             return;
         }
-        let (seen, counted) = (state.tapped[d], state.rule_counted[d]);
+        let counted = state.rule_counted[d];
+        if counted.packets == 0 && state.tapped[d].packets == 0 {
+            self.slip_estimate(id, dir, DirCounters::default());
+        } else if state.slip_read[d].is_none() {
+            state.slip_read[d] = Some((read_ns, counted));
+        }
+    }
+
+    /// The first packet software handles of `dir` from after a pending
+    /// read: everything before that read has been handled.
+    #[inline]
+    pub(super) fn seen_after_read(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let Some((read_ns, counted)) = state.slip_read[d] else { return };
+        // A packet of the read's own instant is taken as after it: the
+        // read began at that time, the packet reached software later.
+        if ts_ns < read_ns {
+            return;
+        }
+        state.slip_read[d] = None;
+        let seen = state.tapped[d];
         let estimate = DirCounters {
             packets: seen.packets.saturating_sub(counted.packets),
             bytes: seen.bytes.saturating_sub(counted.bytes),
         };
+        self.slip_estimate(id, dir, estimate);
+    }
+
+    /// Two estimates in a row that agree settle it; once both directions
+    /// are, the flow's entry goes to the journal again.
+    fn slip_estimate(&mut self, id: FlowId, dir: Direction, estimate: DirCounters) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
         if state.slip_seen[d] == Some(estimate) {
             state.slip[d] = Some(estimate);
             if state.slip.iter().all(Option::is_some) {

@@ -127,15 +127,21 @@ pub struct OffloadState {
     #[serde(skip)]
     pub rule_counted: [DirCounters; 2],
     /// For the journal, per direction: what slipped past the rule going
-    /// in, as `tapped - rule_counted` at a counter read (`slip_seen`, the
-    /// last read's) once two reads in a row agree (`slip`). A read can be
-    /// off by a packet that crossed while it was made; two that agree are
-    /// taken as the settled figure, which the journal adds to software's
-    /// part, since a killed run never settles.
+    /// in, estimated at each counter read as what software had seen of
+    /// the packets from before the read less what the rule had counted
+    /// (`slip_seen`, the last estimate), settled once two in a row agree
+    /// (`slip`). One read can be off by a packet that crossed the rule
+    /// while it was made; two that agree are taken as the figure, which
+    /// the journal adds to software's part, since a killed run never
+    /// settles.
     #[serde(skip)]
     pub slip_seen: [Option<DirCounters>; 2],
     #[serde(skip)]
     pub slip: [Option<DirCounters>; 2],
+    /// A read whose estimate waits for software to handle what came
+    /// before it: when it was made, and what the rule had counted then.
+    #[serde(skip)]
+    pub slip_read: [Option<(u64, DirCounters)>; 2],
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
@@ -188,6 +194,7 @@ impl OffloadState {
             rule_counted: [DirCounters::default(); 2],
             slip_seen: [None; 2],
             slip: [None; 2],
+            slip_read: [None; 2],
             refusal: None,
             pinned_software: false,
             then: None,
@@ -598,7 +605,16 @@ impl Shard {
         };
         let count = match tapped {
             Some(state) => {
-                state.tapped[d].add(DirCounters { packets: 1, bytes: pkt.wire_len as u64 });
+                let tap = DirCounters { packets: 1, bytes: pkt.wire_len as u64 };
+                if state.slip_read[d].is_none() {
+                    state.tapped[d].add(tap);
+                } else {
+                    // Rare (a read's estimate pending): looked up again.
+                    self.seen_after_read(id, pkt.dir, now_ns);
+                    if let Some(state) = self.offloads.get_mut(&id) {
+                        state.tapped[d].add(tap);
+                    }
+                }
                 self.stats.tap_packets_skipped += 1;
                 false
             }
