@@ -813,3 +813,275 @@ fn offloaded_tcp_connection_reset_is_torn_down_and_counted_exactly() {
     }
     offloaded_connection_is_torn_down("tr", 49, Close::Reset);
 }
+
+/// Restarts that keep the rules: a UDP flow (dropped) and a TCP connection
+/// (passed) are offloaded across an inline pair whose software path is a
+/// catch-all redirect; the daemon is killed with SIGKILL, started again,
+/// stopped with SIGTERM and `keep_rules`, and started a third time, while
+/// both carry traffic throughout. The flows' filters stay in place, the
+/// same handles from first to last (never reinstalled), and go on
+/// dropping and passing while no daemon runs; each run takes them over
+/// from the offload journal. Each flow ends in one record, from the last
+/// run, marked adopted, whose packets equal what was sent (UDP) and what a
+/// capture in B saw (TCP, per direction). A foreign filter on the same
+/// device is untouched.
+#[test]
+fn restarts_take_over_offloaded_flows_and_lose_no_packet() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    if !in_vm("restarts_take_over_offloaded_flows_and_lose_no_packet") {
+        return;
+    }
+    let pair = Pair::new("rs", 50);
+    for (ns, dev) in [(Some(&pair.ns_a), "a0"), (Some(&pair.ns_b), "b0"), (None, &*pair.host_a), (None, &*pair.host_b)]
+    {
+        let exec = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+        sh(&format!("{exec}ethtool -K {dev} tso off gso off gro off"));
+    }
+    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
+        sh(&format!("tc qdisc add dev {from} clsact"));
+        sh(&format!(
+            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+        ));
+    }
+    // Someone else's filter, on a port we use.
+    sh(&format!(
+        "tc filter add dev {} ingress prio 7 protocol ip flower ip_proto udp dst_port 9999 action drop",
+        pair.host_a
+    ));
+    let dir = std::path::PathBuf::from("/tmp/ft-rs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |keep_rules: bool| {
+        format!(
+            r#"{{
+  "instance_id": 5050,
+  "ports": [{{ "name": "{a}" }}, {{ "name": "{b}", "pair": "{a}" }}],
+  "sources": [{{ "interface": {{ "name": "{a}", "ingress": 0 }} }}, {{ "interface": {{ "name": "{b}", "ingress": 1 }} }}],
+  "classifier": {{
+    "rules": [{{ "name": "bulk", "match": {{ "proto": "tcp", "server_ports": [7000] }},
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "pass" }} }} }},
+              {{ "name": "sink", "match": {{ "proto": "udp", "server_ports": [6500] }},
+                 "trigger": {{ "after_packets": 3 }}, "result": {{ "offload": {{ "type": "drop" }} }} }}],
+    "default": "software"
+  }},
+  "timeouts": {{ "tcp_closing_s": 2, "tcp_closed_s": 2 }},
+  "offload": {{ "poll_interval_ms": 100, "placement": "auto" }},
+  "backend": {{ "kind": "tc", "keep_rules": {keep_rules}, "journal": "{dir}/journal.jsonl" }},
+  "records": {{ "path": "{dir}/records.jsonl" }},
+  "control": {{ "socket": "{dir}/ft.sock" }}
+}}"#,
+            a = pair.host_a,
+            b = pair.host_b,
+            dir = dir.display(),
+        )
+    };
+    let socket = dir.join("ft.sock");
+    let ours = || {
+        let mut handles = Vec::new();
+        for dev in [&pair.host_a, &pair.host_b] {
+            for l in sh(&format!("tc filter show dev {dev} ingress")).lines() {
+                if l.contains(" handle ") && !l.contains(" pref 61000 ") && !l.contains(" pref 7 ") {
+                    handles.push(format!("{dev} {}", l.trim()));
+                }
+            }
+        }
+        handles.sort();
+        handles
+    };
+    let log_of = |run: u32| std::fs::read_to_string(dir.join(format!("daemon-{run}.log"))).unwrap_or_default();
+    let start = |run: u32, keep_rules: bool| {
+        let _ = std::fs::remove_file(&socket);
+        let child = start_daemon(&dir, &config(keep_rules), &socket);
+        std::fs::rename(dir.join("daemon.log"), dir.join(format!("daemon-{run}.log"))).unwrap();
+        child
+    };
+
+    let capture = vmnet::RawCapture::start(&pair.ns_b, "b0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ns_b, ip_b) = (pair.ns_b.clone(), pair.ip_b);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        enter_netns(&ns_b);
+        let l = TcpListener::bind((ip_b, 7000)).expect("bind server");
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = 0usize;
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            got += n;
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    let mut daemon = start(1, false);
+    let (ns_a, ip_a) = (pair.ns_a.clone(), pair.ip_a);
+    let (tcp_stop, udp_stop) = (stop.clone(), stop.clone());
+    let client = std::thread::spawn(move || {
+        enter_netns(&ns_a);
+        let mut c = TcpStream::connect((ip_b, 7000)).expect("connect");
+        c.set_nodelay(true).unwrap();
+        let mut sent = 0usize;
+        while !tcp_stop.load(Ordering::Acquire) {
+            c.write_all(&[0x5a; 1000]).unwrap();
+            sent += 1000;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = c.read_to_end(&mut vec![]);
+        sent
+    });
+    let ns_a = pair.ns_a.clone();
+    let udp = std::thread::spawn(move || {
+        enter_netns(&ns_a);
+        let s = UdpSocket::bind((ip_a, 6400)).expect("bind sender");
+        let mut sent = 0u64;
+        while !udp_stop.load(Ordering::Acquire) {
+            s.send_to(&[0x33; 200], (ip_b, 6500)).expect("send");
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sent
+    });
+
+    let wait_for = |what: &str, run: u32, cond: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{what}; log:\n{}", log_of(run));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first run never put both flows' rules in", 1, &|| ours().len() == 4);
+    let handles = ours();
+    println!("rules of the first run:\n{}", handles.join("\n"));
+    std::thread::sleep(Duration::from_millis(1500));
+    // What each run holds and journals, to tell on a mismatch where a
+    // packet went.
+    let show = |when: &str| {
+        let flows = Command::new(env!("CARGO_BIN_EXE_flowtable"))
+            .args(["flows", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap_or_default();
+        println!("{when}: flows {flows}\njournal:\n{journal}");
+    };
+    show("before the kill");
+
+    // SIGKILL: no cleanup, no records.
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let udp_hits = || {
+        let out = sh(&format!("tc -s filter show dev {} ingress", pair.host_a));
+        let at = out.find("dst_port 6500").expect("the UDP rule is there");
+        let sent = out[at..].split("Sent ").nth(1).expect("its counters");
+        sent.split(" pkt").next().unwrap().split_whitespace().last().unwrap().parse::<u64>().unwrap()
+    };
+    let hits = udp_hits();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(udp_hits() > hits, "the UDP rule goes on dropping with no daemon");
+    assert_eq!(ours(), handles, "the killed run's rules stay");
+    assert!(records_in(&dir.join("records.jsonl")).iter().all(|r| r["dport"] != 7000 && r["dport"] != 6500));
+
+    // Second run: takes them over; stopped keeping them.
+    let daemon = start(2, true);
+    wait_for("the second run never took the flows over", 2, &|| log_of(2).contains("taken over"));
+    assert_eq!(ours(), handles, "taken over, not reinstalled; log:\n{}", log_of(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    show("second run, before its stop");
+    stop_daemon(daemon, &dir);
+    show("after the second run's stop");
+    assert!(log_of(2).contains("left in place"), "{}", log_of(2));
+    assert_eq!(ours(), handles, "kept at the stop; log:\n{}", log_of(2));
+    assert!(records_in(&dir.join("records.jsonl")).iter().all(|r| r["dport"] != 7000 && r["dport"] != 6500));
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Third run: takes them over again, and ends them.
+    let daemon = start(3, false);
+    wait_for("the third run never took the flows over", 3, &|| log_of(3).contains("taken over"));
+    assert_eq!(ours(), handles, "taken over again; log:\n{}", log_of(3));
+    std::thread::sleep(Duration::from_millis(1500));
+    show("third run");
+    stop.store(true, Ordering::Release);
+    let tcp_sent = client.join().unwrap();
+    let udp_sent = udp.join().unwrap();
+    let received = server.join().unwrap();
+    assert_eq!(received, tcp_sent, "every byte crossed, through the rule and the software path");
+    let records = dir.join("records.jsonl");
+    wait_for("no tcp-close record", 3, &|| records_in(&records).iter().any(|r| r["dport"] == 7000));
+    std::thread::sleep(Duration::from_millis(300));
+    stop_daemon(daemon, &dir);
+    assert!(ours().is_empty(), "the last run removed them: {:?}", ours());
+    let foreign = sh(&format!("tc filter show dev {} ingress", pair.host_a));
+    assert!(foreign.contains("dst_port 9999"), "the foreign filter is untouched:\n{foreign}");
+
+    let recs = records_in(&records);
+    let tcp: Vec<_> = recs.iter().filter(|r| r["dport"] == 7000).collect();
+    let udp: Vec<_> = recs.iter().filter(|r| r["dport"] == 6500).collect();
+    println!("records:\n{tcp:#?}\n{udp:#?}");
+    assert_eq!((tcp.len(), udp.len()), (1, 1), "one record per flow over the three runs");
+    let (tcp, udp) = (tcp[0], udp[0]);
+    assert_eq!(tcp["end_reason"], "tcp-close", "{tcp}");
+    for r in [tcp, udp] {
+        assert!(r["offload"]["adopted_ns"].is_u64(), "taken over: {r}");
+        assert!(r["offload"]["installed_ns"].as_u64() < Some(r["offload"]["adopted_ns"].as_u64().unwrap()));
+    }
+    assert_eq!(udp["orig"]["packets"].as_u64(), Some(udp_sent), "every datagram sent, counted once: {udp}");
+
+    let (frames, dropped) = capture.finish();
+    assert_eq!(dropped, 0, "the capture in B dropped packets");
+    let (mut tcp_from_a, mut tcp_from_b, mut udp_in_b) = (0u64, 0u64, 0u64);
+    for d in &frames {
+        if d.len() < 38 || d[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
+        let port = |at: usize| d.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
+        match d[23] {
+            6 if port(l4) == Some(7000) || port(l4 + 2) == Some(7000) => {
+                if d[26..30] == pair.ip_a.octets() {
+                    tcp_from_a += 1
+                } else {
+                    tcp_from_b += 1
+                }
+            }
+            17 if port(l4 + 2) == Some(6500) => udp_in_b += 1,
+            _ => {}
+        }
+    }
+    println!("capture in B: TCP {tcp_from_a} from A, {tcp_from_b} from B; UDP {udp_in_b} to 6500");
+    if (tcp["orig"]["packets"].as_u64(), tcp["reply"]["packets"].as_u64()) != (Some(tcp_from_a), Some(tcp_from_b)) {
+        for run in 1..=3 {
+            println!("log of run {run}:\n{}", log_of(run));
+        }
+        // The connection's packets as B saw them, first and last.
+        let tcp_frames: Vec<String> = frames
+            .iter()
+            .filter(|d| d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6)
+            .map(|d| {
+                let from = if d[26..30] == pair.ip_a.octets() { 'A' } else { 'B' };
+                let h = &d[14 + usize::from(d[14] & 0x0f) * 4..];
+                format!("{from} flags {:#04x} seq {}", h[13], u32::from_be_bytes([h[4], h[5], h[6], h[7]]))
+            })
+            .collect();
+        println!(
+            "first: {:#?}\nlast: {:#?}",
+            &tcp_frames[..tcp_frames.len().min(10)],
+            &tcp_frames[tcp_frames.len().saturating_sub(10)..]
+        );
+    }
+    assert_eq!(
+        (tcp["orig"]["packets"].as_u64(), tcp["reply"]["packets"].as_u64()),
+        (Some(tcp_from_a), Some(tcp_from_b)),
+        "{tcp}"
+    );
+    assert_eq!(
+        udp["orig"]["sw_packets"].as_u64(),
+        Some(udp_in_b),
+        "only what software saw before the drop rule got through"
+    );
+}
