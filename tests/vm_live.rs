@@ -745,42 +745,7 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     std::thread::sleep(Duration::from_millis(500));
     let (frames, dropped) = capture.finish();
     assert_eq!(dropped, 0, "the capture in B dropped packets");
-    let (mut from_a, mut from_b) = (0u64, 0u64);
-    // Each packet as (from, TCP flags, sequence number, payload bytes), to
-    // tell on a mismatch which packet one side has and the other lacks.
-    let mut seen = Vec::new();
-    for d in &frames {
-        // Ethernet, then IPv4 (the source address at 14 + 12), then TCP to
-        // or from port 7000.
-        let is_ipv4_tcp = d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6;
-        if !is_ipv4_tcp {
-            continue;
-        }
-        let ports = 14 + usize::from(d[14] & 0x0f) * 4;
-        let port_7000 = |at: usize| d.get(at..at + 2) == Some(&7000u16.to_be_bytes()[..]);
-        if !(port_7000(ports) || port_7000(ports + 2)) {
-            continue;
-        }
-        let from = match d.get(26..30) {
-            Some(src) if src == pair.ip_a.octets() => {
-                from_a += 1;
-                'A'
-            }
-            Some(src) if src == pair.ip_b.octets() => {
-                from_b += 1;
-                'B'
-            }
-            _ => continue,
-        };
-        let ihl = usize::from(d[14] & 0x0f) * 4;
-        let tcp = 14 + ihl;
-        let total = usize::from(u16::from_be_bytes([d[16], d[17]]));
-        if let Some(h) = d.get(tcp..tcp + 20) {
-            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            let payload = total.saturating_sub(ihl + usize::from(h[12] >> 4) * 4);
-            seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
-        }
-    }
+    let (from_a, from_b, seen) = vmnet::tcp_tally(&frames, 7000, pair.ip_a, pair.ip_b);
     println!("capture in B: {from_a} packets from A, {from_b} from B");
     if (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()) != (Some(from_a), Some(from_b)) {
         println!(
@@ -812,4 +777,161 @@ fn offloaded_tcp_connection_reset_is_torn_down_and_counted_exactly() {
         return;
     }
     offloaded_connection_is_torn_down("tr", 49, Close::Reset);
+}
+
+/// The daemon on the server's own interface, the one port carrying both
+/// directions (`"egress": true`): a real TCP connection from a client
+/// namespace to a server in this (the root) namespace, offloaded (`pass`)
+/// mid-connection. The client's packets come in on the port and its rule
+/// sits on the ingress hook; the server's answers leave by the port, are
+/// read as the port's egress twin, and their rule sits on the egress hook,
+/// where it counts them. One flow, the close (FIN both ways) seen as
+/// `tcp-close`, and each direction's packets equal a capture in the
+/// client's namespace.
+#[test]
+fn daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    if !in_vm("daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress") {
+        return;
+    }
+    const PORT: u16 = 7100;
+    const ROUNDS: usize = 100;
+    let host = vmnet::OwnPort::new("ow", 50);
+    // One packet per segment (tc counts a GSO packet as its segments).
+    sh(&format!("ip netns exec {} ethtool -K c0 tso off gso off gro off", host.ns));
+    sh(&format!("ethtool -K {} tso off gso off gro off", host.dev));
+    let dir = Path::new("/tmp/ft-own");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let (closing_s, poll_ms) = (2.0, 100);
+    let config = format!(
+        r#"{{
+  "instance_id": 3637,
+  "ports": [{{ "name": "{dev}", "egress": true }}],
+  "sources": [{{ "interface": {{ "name": "{dev}", "ingress": 0 }} }}],
+  "classifier": {{
+    "rules": [{{ "name": "echo", "match": {{ "proto": "tcp", "server_ports": [{PORT}] }},
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "pass" }} }} }}],
+    "default": "software"
+  }},
+  "timeouts": {{ "tcp_closing_s": {closing_s}, "tcp_closed_s": {closing_s} }},
+  "offload": {{ "poll_interval_ms": {poll_ms}, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{dir}/records.jsonl" }},
+  "control": {{ "socket": "{dir}/ft.sock" }}
+}}"#,
+        dev = host.dev,
+        dir = dir.display(),
+    );
+    let daemon = start_daemon(dir, &config, &dir.join("ft.sock"));
+    let capture = vmnet::RawCapture::start(&host.ns, "c0");
+
+    // The server, here in the root namespace: echoes what it reads.
+    let listener = TcpListener::bind((host.ip_server, PORT)).expect("bind server");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut echoed = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    s.write_all(&buf[..n]).unwrap();
+                    echoed += n;
+                }
+            }
+        }
+        echoed // dropped: the server's FIN
+    });
+    let (ns, ip_server) = (host.ns.clone(), host.ip_server);
+    let client = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let mut c = TcpStream::connect((ip_server, PORT)).expect("connect");
+        c.set_nodelay(true).unwrap();
+        let mut back = 0usize;
+        for _ in 0..ROUNDS {
+            c.write_all(&[0x5a; 1000]).unwrap();
+            let mut buf = [0u8; 1000];
+            c.read_exact(&mut buf).unwrap();
+            back += buf.len();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = vec![];
+        let _ = c.read_to_end(&mut rest);
+        back
+    });
+    // Our filters on each hook (no one else's are on this device).
+    let ours = |hook: &str| sh(&format!("tc filter show dev {} {hook}", host.dev)).matches(" handle ").count();
+    // The packets the egress rule counted, from `tc -s`.
+    let egress_packets = |show: &str| -> u64 {
+        show.lines()
+            .filter_map(|l| l.trim().strip_prefix("Sent "))
+            .filter_map(|l| l.split_whitespace().nth(2).and_then(|n| n.parse().ok()))
+            .max()
+            .unwrap_or(0)
+    };
+    let (mut rules_seen, mut egress_show) = (false, String::new());
+    while !client.is_finished() {
+        if ours("ingress") == 1 && ours("egress") == 1 {
+            rules_seen = true;
+            let show = sh(&format!("tc -s filter show dev {} egress", host.dev));
+            if egress_packets(&show) >= egress_packets(&egress_show) {
+                egress_show = show;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = client.join().unwrap();
+    let closed_at = Instant::now();
+    let echoed = server.join().unwrap();
+    assert!(rules_seen, "one rule on ingress and one on egress while the connection carried data");
+    assert_eq!((back, echoed), (ROUNDS * 1000, ROUNDS * 1000), "every byte crossed both ways");
+    println!("tc -s filter show dev {} egress, the last read with the rules in:\n{egress_show}", host.dev);
+    assert!(egress_show.contains("gact action pass"), "the answers' rule passes them on:\n{egress_show}");
+    assert!(egress_packets(&egress_show) > 0, "the egress rule carried the answers:\n{egress_show}");
+
+    let records = dir.join("records.jsonl");
+    let record = loop {
+        let mine: Vec<serde_json::Value> = records_in(&records).into_iter().filter(|r| r["dport"] == PORT).collect();
+        if let Some(r) = mine.first() {
+            assert_eq!(mine.len(), 1, "one flow for both directions: {mine:#?}");
+            break r.clone();
+        }
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(30),
+            "no record after the close; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = closed_at.elapsed();
+    println!("record after {waited:?}: {record}");
+    assert_eq!(record["end_reason"], "tcp-close", "{record}");
+    assert_eq!((ours("ingress"), ours("egress")), (0, 0), "the rules went at the close");
+    let bound = Duration::from_secs_f64(closing_s) + Duration::from_millis(poll_ms) + Duration::from_millis(1500);
+    assert!(waited < bound, "ended {waited:?} after the close, bound {bound:?}");
+    assert_eq!((&record["orig"]["ingress"], &record["reply"]["ingress"]), (&0.into(), &1.into()), "{record}");
+    assert_eq!(record["offload"]["placement"], serde_json::json!(["kernel-software", "kernel-software"]));
+    assert!(record["orig"]["hw_packets"].as_u64() > Some(0), "the ingress rule counted: {record}");
+    assert!(record["reply"]["hw_packets"].as_u64() > Some(0), "the egress rule counted: {record}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let (frames, dropped) = capture.finish();
+    assert_eq!(dropped, 0, "the client's capture dropped packets");
+    let (from_client, from_server, seen) = vmnet::tcp_tally(&frames, PORT, host.ip_client, host.ip_server);
+    println!("capture in the client's namespace: {from_client} packets from the client, {from_server} from the server");
+    let counted = (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64());
+    if counted != (Some(from_client), Some(from_server)) {
+        println!(
+            "capture, first and last packets: {:#?} ... {:#?}",
+            &seen[..seen.len().min(8)],
+            &seen[seen.len().saturating_sub(12)..]
+        );
+        println!("daemon log:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    }
+    assert_eq!(counted, (Some(from_client), Some(from_server)), "{record}");
+    stop_daemon(daemon, dir);
 }
