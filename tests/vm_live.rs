@@ -935,3 +935,85 @@ fn daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rul
     assert_eq!(counted, (Some(from_client), Some(from_server)), "{record}");
     stop_daemon(daemon, dir);
 }
+
+/// The tc backend on a port's egress twin, straight: its rule goes under
+/// clsact's egress hook (not ingress), drops and counts what the host
+/// sends out of the device, with bytes counted from the Ethernet header,
+/// and is read back by the egress dump and removed with its final counts.
+/// A device whose hook is an `ingress` qdisc, which has no egress block,
+/// is refused at start with the fix named.
+#[test]
+fn tc_backend_puts_an_egress_twins_rule_on_the_egress_hook() {
+    use flowtable_hw::tc::{Hook, TcBackend, TcConfig};
+    use flowtable_hw::{Action, Backend, Cookie, InstallOutcome, MatchFields, PlacementPolicy, RuleSpec};
+    if !in_vm("tc_backend_puts_an_egress_twins_rule_on_the_egress_hook") {
+        return;
+    }
+    let host = vmnet::OwnPort::new("oe", 51);
+    let owner = 0x1700;
+    let dev = host.dev.clone();
+    let mut be =
+        TcBackend::open(TcConfig { egress: vec![1], ..TcConfig::new(vec![dev.clone(), dev.clone()], owner) }).unwrap();
+    assert_eq!((be.hook(0), be.hook(1)), (Some(Hook::Ingress), Some(Hook::Egress)));
+    assert_eq!(be.devices().count(), 1, "the twin's device is its port's");
+    // The host (here) sends to the client: that direction leaves by the twin.
+    let (mut key, dir) = FlowKey::from_v4(host.ip_server, host.ip_client, 5500, 6500, 17);
+    key.zone = 0;
+    let rule = RuleSpec {
+        cookie: Cookie::new(owner, 1, dir),
+        matches: MatchFields { key, dir, port: 1 },
+        action: Action::Drop,
+        policy: PlacementPolicy::Software,
+    };
+    let out = be.install(&[rule]);
+    assert!(matches!(out[0], InstallOutcome::Installed { .. }), "{out:?}");
+    let ours = |hook: &str| sh(&format!("tc filter show dev {dev} {hook}")).matches(" handle ").count();
+    assert_eq!((ours("ingress"), ours("egress")), (0, 1), "the rule is on egress");
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, ip_client) = (host.ns.clone(), host.ip_client);
+    let receiver = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let s = UdpSocket::bind((ip_client, 6500)).expect("bind receiver");
+        s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    ready_rx.recv().unwrap();
+    let s = UdpSocket::bind((host.ip_server, 5500)).unwrap();
+    for _ in 0..12 {
+        s.send_to(&[0x33; 100], (host.ip_client, 6500)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let other = UdpSocket::bind((host.ip_server, 5501)).unwrap();
+    for _ in 0..3 {
+        other.send_to(&[0x33; 100], (host.ip_client, 6500)).unwrap();
+    }
+    assert_eq!(receiver.join().unwrap(), 3, "the rule dropped its flow's 12 and let the other 3 go");
+
+    let mut counters = Vec::new();
+    be.read_counters(&mut counters).unwrap();
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    // 100 bytes of data + UDP 8 + IPv4 20 + Ethernet 14, as tc counts them at egress.
+    assert_eq!((counters[0].1.packets, counters[0].1.bytes), (12, 12 * 142), "{counters:?}");
+    let listed = be.list_filters().unwrap();
+    assert_eq!(listed.iter().map(|f| f.port).collect::<Vec<_>>(), [1], "read back as the twin's: {listed:?}");
+    let fin = be.remove(&[rule.cookie]);
+    let fin = fin[0].as_ref().expect("removed").expect("final counters from the delete echo");
+    assert_eq!((fin.packets, fin.bytes), (12, 12 * 142));
+    assert_eq!(ours("egress"), 0);
+    be.shutdown().unwrap();
+
+    let plain = vmnet::OwnPort::new("oi", 52);
+    sh(&format!("tc qdisc add dev {} ingress", plain.dev));
+    let err = TcBackend::open(TcConfig { egress: vec![1], ..TcConfig::new(vec![plain.dev.clone(); 2], owner) })
+        .err()
+        .expect("an ingress qdisc has no egress hook");
+    println!("{err}");
+    assert!(err.to_string().contains(&format!("{}: its `ingress` qdisc has no egress hook", plain.dev)), "{err}");
+}
