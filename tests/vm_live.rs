@@ -745,7 +745,7 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     std::thread::sleep(Duration::from_millis(500));
     let (frames, dropped) = capture.finish();
     assert_eq!(dropped, 0, "the capture in B dropped packets");
-    let (from_a, from_b, seen) = vmnet::tcp_tally(&frames, 7000, pair.ip_a, pair.ip_b);
+    let vmnet::Tally { from_a, from_b, seen, .. } = vmnet::tcp_tally(&frames, 7000, pair.ip_a, pair.ip_b);
     println!("capture in B: {from_a} packets from A, {from_b} from B");
     if (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()) != (Some(from_a), Some(from_b)) {
         println!(
@@ -921,18 +921,26 @@ fn daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rul
     std::thread::sleep(Duration::from_millis(500));
     let (frames, dropped) = capture.finish();
     assert_eq!(dropped, 0, "the client's capture dropped packets");
-    let (from_client, from_server, seen) = vmnet::tcp_tally(&frames, PORT, host.ip_client, host.ip_server);
-    println!("capture in the client's namespace: {from_client} packets from the client, {from_server} from the server");
-    let counted = (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64());
-    if counted != (Some(from_client), Some(from_server)) {
+    let tally = vmnet::tcp_tally(&frames, PORT, host.ip_client, host.ip_server);
+    println!(
+        "capture in the client's namespace: {} packets ({} bytes) from the client, {} ({} bytes) from the server",
+        tally.from_a, tally.bytes_a, tally.from_b, tally.bytes_b
+    );
+    let count = |d: &str, what: &str| record[d][what].as_u64().unwrap_or(0);
+    let counted =
+        [count("orig", "packets"), count("reply", "packets"), count("orig", "bytes"), count("reply", "bytes")];
+    let captured = [tally.from_a, tally.from_b, tally.bytes_a, tally.bytes_b];
+    if counted != captured {
         println!(
             "capture, first and last packets: {:#?} ... {:#?}",
-            &seen[..seen.len().min(8)],
-            &seen[seen.len().saturating_sub(12)..]
+            &tally.seen[..tally.seen.len().min(8)],
+            &tally.seen[tally.seen.len().saturating_sub(12)..]
         );
         println!("daemon log:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
     }
-    assert_eq!(counted, (Some(from_client), Some(from_server)), "{record}");
+    // Frame bytes too: the egress rule's bytes are counted from the
+    // Ethernet header, the ingress rule's have it added back.
+    assert_eq!(counted, captured, "packets client, server; bytes client, server: {record}");
     stop_daemon(daemon, dir);
 }
 

@@ -228,13 +228,23 @@ impl Drop for OwnPort {
     }
 }
 
+/// The TCP packets to or from a port in a capture, by sender.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub from_a: u64,
+    pub from_b: u64,
+    /// Frame bytes (Ethernet header on), as the flow records count them.
+    pub bytes_a: u64,
+    pub bytes_b: u64,
+    /// Each packet as (sender, flags, sequence number, payload bytes), to
+    /// tell on a mismatch which packet one side has and the other lacks.
+    pub seen: Vec<String>,
+}
+
 /// The TCP packets to or from `port` in a capture's frames (Ethernet,
-/// IPv4), counted by sender (`a`, `b`), with each one's description (sender,
-/// flags, sequence number, payload bytes) to tell on a mismatch which
-/// packet one side has and the other lacks.
-pub fn tcp_tally(frames: &[Vec<u8>], port: u16, a: Ipv4Addr, b: Ipv4Addr) -> (u64, u64, Vec<String>) {
-    let (mut from_a, mut from_b) = (0u64, 0u64);
-    let mut seen = Vec::new();
+/// IPv4), counted by sender (`a`, `b`).
+pub fn tcp_tally(frames: &[Vec<u8>], port: u16, a: Ipv4Addr, b: Ipv4Addr) -> Tally {
+    let mut t = Tally::default();
     for d in frames {
         // Ethernet, then IPv4 (the source address at 14 + 12), then TCP.
         let is_ipv4_tcp = d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6;
@@ -249,11 +259,13 @@ pub fn tcp_tally(frames: &[Vec<u8>], port: u16, a: Ipv4Addr, b: Ipv4Addr) -> (u6
         }
         let from = match d.get(26..30) {
             Some(src) if src == a.octets() => {
-                from_a += 1;
+                t.from_a += 1;
+                t.bytes_a += d.len() as u64;
                 'A'
             }
             Some(src) if src == b.octets() => {
-                from_b += 1;
+                t.from_b += 1;
+                t.bytes_b += d.len() as u64;
                 'B'
             }
             _ => continue,
@@ -262,10 +274,10 @@ pub fn tcp_tally(frames: &[Vec<u8>], port: u16, a: Ipv4Addr, b: Ipv4Addr) -> (u6
         if let Some(h) = d.get(tcp..tcp + 20) {
             let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
             let payload = total.saturating_sub(ihl + usize::from(h[12] >> 4) * 4);
-            seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
+            t.seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
         }
     }
-    (from_a, from_b, seen)
+    t
 }
 
 /// A plain AF_PACKET socket on one device of a namespace, independent of
