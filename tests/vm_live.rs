@@ -201,6 +201,44 @@ fn afpacket_stops_on_request_and_names_missing_interfaces() {
     t.join().unwrap();
 }
 
+/// On a host's own interface, the frames the host sends are delivered
+/// with the port index asked for them (the port's egress twin) beside the
+/// frames it receives, each once; without one asked, they are left out.
+#[test]
+fn afpacket_delivers_what_the_host_sends_as_its_own_port_where_asked() {
+    use flowtable::source::afpacket::Interface;
+    if !in_vm("afpacket_delivers_what_the_host_sends_as_its_own_port_where_asked") {
+        return;
+    }
+    let host = vmnet::OwnPort::new("ao", 53);
+    let own = |outgoing| Interface { name: host.dev.clone(), ingress: 0, outgoing };
+    let mut both = AfPacketSource::open_ports(&[own(Some(7))], AfPacketConfig::default()).unwrap();
+    let mut received = AfPacketSource::open_ports(&[own(None)], AfPacketConfig::default()).unwrap();
+    // From the client in, then from the host (here) out.
+    send_udp_from(&host.ns, (host.ip_client, 4600), (host.ip_server, 5600), 4, 64, Duration::from_millis(2));
+    let out = UdpSocket::bind((host.ip_server, 5600)).unwrap();
+    for _ in 0..6 {
+        out.send_to(&[0x11; 64], (host.ip_client, 4600)).unwrap();
+    }
+    let udp_ports = |src: &mut AfPacketSource| {
+        let mut seen = Vec::new();
+        while let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() {
+            let ingress = pkt.ingress;
+            if let Ok(info) = pkt.parse(&PortMap::unpaired()) {
+                if info.key.proto == 17 {
+                    seen.push((ingress, info.key.endpoints(info.dir).sport));
+                }
+            }
+        }
+        seen
+    };
+    let seen = udp_ports(&mut both);
+    assert_eq!(seen.iter().filter(|s| **s == (0, 4600)).count(), 4, "received, as the port: {seen:?}");
+    assert_eq!(seen.iter().filter(|s| **s == (7, 5600)).count(), 6, "sent, as the twin: {seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert_eq!(udp_ports(&mut received), vec![(0, 4600); 4], "without a twin, only what came in");
+}
+
 /// `flowtable run` with the tc backend on a bump in the wire: a foreign
 /// filter forwards everything between two veths; the daemon captures the
 /// first packets of each flow with AF_PACKET, classifies them, installs a
