@@ -1062,4 +1062,15 @@ fn tc_backend_puts_an_egress_twins_rule_on_the_egress_hook() {
         .expect("an ingress qdisc has no egress hook");
     println!("{err}");
     assert!(err.to_string().contains(&format!("{}: its `ingress` qdisc has no egress hook", plain.dev)), "{err}");
+    // Why the check: where such a filter lands on this kernel.
+    let filed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tc filter add dev {d} parent ffff:fff3 protocol ip prio 9 flower action pass 2>&1; \
+             echo '-- tc filter show dev {d} ingress:'; tc filter show dev {d} ingress",
+            d = plain.dev
+        ))
+        .output()
+        .unwrap();
+    println!("a filter sent to ffff:fff3 under an ingress qdisc:\n{}", String::from_utf8_lossy(&filed.stdout));
 }

@@ -1,10 +1,10 @@
 //! The tc-flower backend: flow rules as flower filters on the ingress hook
 //! of each configured port (or the egress hook, for a port that is another's
 //! egress twin: the frames a host sends out of its own interface),
-//! installed, read and removed over rtnetlink in batches. Each filter's first action carries the rule's 16-byte cookie,
-//! which is how rules are found again (counters, removal, and cleanup after
-//! a killed run) and how filters that aren't ours are told apart and left
-//! alone.
+//! installed, read and removed over rtnetlink in batches. Each filter's
+//! first action carries the rule's 16-byte cookie, which is how rules are
+//! found again (counters, removal, and cleanup after a killed run) and how
+//! filters that aren't ours are told apart and left alone.
 //!
 //! Placement: `Hardware` installs with `skip_sw`, `Software` with `skip_hw`
 //! (the kernel's software flower path), `Auto` tries `skip_sw` first and on
