@@ -828,24 +828,42 @@ fn offloaded_tcp_connection_reset_is_torn_down_and_counted_exactly() {
 /// client's namespace.
 #[test]
 fn daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress() {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     if !in_vm("daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress") {
         return;
     }
+    own_port_connection("ow", 50, 1);
+}
+
+/// The same with two workers, each reading its share of the port by the
+/// kernel's fanout hash: what the host sends (through the same group)
+/// lands on the worker that has the flow, so the conversation stays one
+/// flow.
+#[test]
+fn two_workers_on_the_servers_own_interface_keep_a_connection_one_flow() {
+    if !in_vm("two_workers_on_the_servers_own_interface_keep_a_connection_one_flow") {
+        return;
+    }
+    own_port_connection("o2", 54, 2);
+}
+
+fn own_port_connection(tag: &str, subnet: u8, workers: usize) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
     const PORT: u16 = 7100;
     const ROUNDS: usize = 100;
-    let host = vmnet::OwnPort::new("ow", 50);
+    let host = vmnet::OwnPort::new(tag, subnet);
     // One packet per segment (tc counts a GSO packet as its segments).
     sh(&format!("ip netns exec {} ethtool -K c0 tso off gso off gro off", host.ns));
     sh(&format!("ethtool -K {} tso off gso off gro off", host.dev));
-    let dir = Path::new("/tmp/ft-own");
+    let dir = std::path::PathBuf::from(format!("/tmp/ft-{tag}"));
+    let dir = dir.as_path();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let (closing_s, poll_ms) = (2.0, 100);
     let config = format!(
         r#"{{
   "instance_id": 3637,
+  "workers": {workers},
   "ports": [{{ "name": "{dev}", "egress": true }}],
   "sources": [{{ "interface": {{ "name": "{dev}", "ingress": 0 }} }}],
   "classifier": {{
