@@ -519,11 +519,14 @@ struct Wrapped {
 struct Tap {
     late: usize,
     until_effective: usize,
-    /// Rules on egress twins run before the tap, as tc's egress hook runs
-    /// before AF_PACKET sees a frame leave: a packet such a rule took is
-    /// seen by software only if `passes` says the rule let it go on.
-    egress: Option<(PortMap, fn(&PacketInfo) -> bool)>,
+    egress: Option<EgressFirst>,
 }
+
+/// Rules on the egress twins of these ports run before the tap, as tc's
+/// egress hook runs before AF_PACKET sees a frame leave: a packet such a
+/// rule took is seen by software only if the function says the rule let
+/// it go on.
+type EgressFirst = (PortMap, fn(&PacketInfo) -> bool);
 
 impl Wrapped {
     fn new(profile: SimProfile) -> Wrapped {
@@ -539,7 +542,7 @@ impl Wrapped {
     }
 
     /// `behind_tap` at ingress; on the egress twins of `ports`, rules
-    /// before the tap (see `Tap::egress`).
+    /// before the tap (see `EgressFirst`).
     fn tc_like(mut self, late: usize, ports: PortMap, passes: fn(&PacketInfo) -> bool) -> Wrapped {
         self.caps.software_sees_offloaded = true;
         self.caps.egress_rules_before_taps = true;
