@@ -73,7 +73,12 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
             Ok(Box::new(SimNic::new(p)))
         }
         BackendConfig::Tc { keep_rules, icmp_by_hosts, .. } => {
-            let mut tc = TcConfig::new(config.ports.iter().map(|p| p.name.clone()).collect(), config.instance_id);
+            let mut devices: Vec<String> = config.ports.iter().map(|p| p.name.clone()).collect();
+            // An egress twin is its port's device again, its rules on egress.
+            let twins = config.egress_twins();
+            devices.extend(twins.iter().map(|&(port, _)| config.ports[port as usize].name.clone()));
+            let mut tc = TcConfig::new(devices, config.instance_id);
+            tc.egress = twins.iter().map(|&(_, twin)| twin).collect();
             tc.keep_rules = *keep_rules;
             tc.icmp_by_hosts = *icmp_by_hosts;
             // Taken over here; the runtime keeps those the journal knows

@@ -201,6 +201,44 @@ fn afpacket_stops_on_request_and_names_missing_interfaces() {
     t.join().unwrap();
 }
 
+/// On a host's own interface, the frames the host sends are delivered
+/// with the port index asked for them (the port's egress twin) beside the
+/// frames it receives, each once; without one asked, they are left out.
+#[test]
+fn afpacket_delivers_what_the_host_sends_as_its_own_port_where_asked() {
+    use flowtable::source::afpacket::Interface;
+    if !in_vm("afpacket_delivers_what_the_host_sends_as_its_own_port_where_asked") {
+        return;
+    }
+    let host = vmnet::OwnPort::new("ao", 53);
+    let own = |outgoing| Interface { name: host.dev.clone(), ingress: 0, outgoing };
+    let mut both = AfPacketSource::open_ports(&[own(Some(7))], AfPacketConfig::default()).unwrap();
+    let mut received = AfPacketSource::open_ports(&[own(None)], AfPacketConfig::default()).unwrap();
+    // From the client in, then from the host (here) out.
+    send_udp_from(&host.ns, (host.ip_client, 4600), (host.ip_server, 5600), 4, 64, Duration::from_millis(2));
+    let out = UdpSocket::bind((host.ip_server, 5600)).unwrap();
+    for _ in 0..6 {
+        out.send_to(&[0x11; 64], (host.ip_client, 4600)).unwrap();
+    }
+    let udp_ports = |src: &mut AfPacketSource| {
+        let mut seen = Vec::new();
+        while let Some(pkt) = src.next_packet_within(Duration::from_millis(500)).unwrap() {
+            let ingress = pkt.ingress;
+            if let Ok(info) = pkt.parse(&PortMap::unpaired()) {
+                if info.key.proto == 17 {
+                    seen.push((ingress, info.key.endpoints(info.dir).sport));
+                }
+            }
+        }
+        seen
+    };
+    let seen = udp_ports(&mut both);
+    assert_eq!(seen.iter().filter(|s| **s == (0, 4600)).count(), 4, "received, as the port: {seen:?}");
+    assert_eq!(seen.iter().filter(|s| **s == (7, 5600)).count(), 6, "sent, as the twin: {seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    assert_eq!(udp_ports(&mut received), vec![(0, 4600); 4], "without a twin, only what came in");
+}
+
 /// `flowtable run` with the tc backend on a bump in the wire: a foreign
 /// filter forwards everything between two veths; the daemon captures the
 /// first packets of each flow with AF_PACKET, classifies them, installs a
@@ -745,42 +783,7 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     std::thread::sleep(Duration::from_millis(500));
     let (frames, dropped) = capture.finish();
     assert_eq!(dropped, 0, "the capture in B dropped packets");
-    let (mut from_a, mut from_b) = (0u64, 0u64);
-    // Each packet as (from, TCP flags, sequence number, payload bytes), to
-    // tell on a mismatch which packet one side has and the other lacks.
-    let mut seen = Vec::new();
-    for d in &frames {
-        // Ethernet, then IPv4 (the source address at 14 + 12), then TCP to
-        // or from port 7000.
-        let is_ipv4_tcp = d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6;
-        if !is_ipv4_tcp {
-            continue;
-        }
-        let ports = 14 + usize::from(d[14] & 0x0f) * 4;
-        let port_7000 = |at: usize| d.get(at..at + 2) == Some(&7000u16.to_be_bytes()[..]);
-        if !(port_7000(ports) || port_7000(ports + 2)) {
-            continue;
-        }
-        let from = match d.get(26..30) {
-            Some(src) if src == pair.ip_a.octets() => {
-                from_a += 1;
-                'A'
-            }
-            Some(src) if src == pair.ip_b.octets() => {
-                from_b += 1;
-                'B'
-            }
-            _ => continue,
-        };
-        let ihl = usize::from(d[14] & 0x0f) * 4;
-        let tcp = 14 + ihl;
-        let total = usize::from(u16::from_be_bytes([d[16], d[17]]));
-        if let Some(h) = d.get(tcp..tcp + 20) {
-            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            let payload = total.saturating_sub(ihl + usize::from(h[12] >> 4) * 4);
-            seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
-        }
-    }
+    let vmnet::Tally { from_a, from_b, seen, .. } = vmnet::tcp_tally(&frames, 7000, pair.ip_a, pair.ip_b);
     println!("capture in B: {from_a} packets from A, {from_b} from B");
     if (record["orig"]["packets"].as_u64(), record["reply"]["packets"].as_u64()) != (Some(from_a), Some(from_b)) {
         println!(
@@ -1034,44 +1037,25 @@ fn restarts_take_over_offloaded_flows_and_lose_no_packet() {
 
     let (frames, dropped) = capture.finish();
     assert_eq!(dropped, 0, "the capture in B dropped packets");
-    let (mut tcp_from_a, mut tcp_from_b, mut udp_in_b) = (0u64, 0u64, 0u64);
-    for d in &frames {
-        if d.len() < 38 || d[12..14] != [0x08, 0x00] {
-            continue;
-        }
-        let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
-        let port = |at: usize| d.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
-        match d[23] {
-            6 if port(l4) == Some(7000) || port(l4 + 2) == Some(7000) => {
-                if d[26..30] == pair.ip_a.octets() {
-                    tcp_from_a += 1
-                } else {
-                    tcp_from_b += 1
-                }
-            }
-            17 if port(l4 + 2) == Some(6500) => udp_in_b += 1,
-            _ => {}
-        }
-    }
+    let tally = vmnet::tcp_tally(&frames, 7000, pair.ip_a, pair.ip_b);
+    let (tcp_from_a, tcp_from_b) = (tally.from_a, tally.from_b);
+    let udp_in_b = frames
+        .iter()
+        .filter(|d| d.len() >= 38 && d[12..14] == [0x08, 0x00] && d[23] == 17)
+        .filter(|d| {
+            let l4 = 14 + usize::from(d[14] & 0x0f) * 4;
+            d.get(l4 + 2..l4 + 4) == Some(&6500u16.to_be_bytes()[..])
+        })
+        .count() as u64;
     println!("capture in B: TCP {tcp_from_a} from A, {tcp_from_b} from B; UDP {udp_in_b} to 6500");
     if (tcp["orig"]["packets"].as_u64(), tcp["reply"]["packets"].as_u64()) != (Some(tcp_from_a), Some(tcp_from_b)) {
         for run in 1..=3 {
             println!("log of run {run}:\n{}", log_of(run));
         }
-        // The connection's packets as B saw them, first and last.
-        let tcp_frames: Vec<String> = frames
-            .iter()
-            .filter(|d| d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6)
-            .map(|d| {
-                let from = if d[26..30] == pair.ip_a.octets() { 'A' } else { 'B' };
-                let h = &d[14 + usize::from(d[14] & 0x0f) * 4..];
-                format!("{from} flags {:#04x} seq {}", h[13], u32::from_be_bytes([h[4], h[5], h[6], h[7]]))
-            })
-            .collect();
         println!(
-            "first: {:#?}\nlast: {:#?}",
-            &tcp_frames[..tcp_frames.len().min(10)],
-            &tcp_frames[tcp_frames.len().saturating_sub(10)..]
+            "capture, first and last packets: {:#?} ... {:#?}",
+            &tally.seen[..tally.seen.len().min(10)],
+            &tally.seen[tally.seen.len().saturating_sub(10)..]
         );
     }
     assert_eq!(
@@ -1084,4 +1068,280 @@ fn restarts_take_over_offloaded_flows_and_lose_no_packet() {
         Some(udp_in_b),
         "only what software saw before the drop rule got through"
     );
+}
+
+/// The daemon on the server's own interface, the one port carrying both
+/// directions (`"egress": true`): a real TCP connection from a client
+/// namespace to a server in this (the root) namespace, offloaded (`pass`)
+/// mid-connection. The client's packets come in on the port and its rule
+/// sits on the ingress hook; the server's answers leave by the port, are
+/// read as the port's egress twin, and their rule sits on the egress hook,
+/// where it counts them. One flow, the close (FIN both ways) seen as
+/// `tcp-close`, and each direction's packets equal a capture in the
+/// client's namespace.
+#[test]
+fn daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress() {
+    if !in_vm("daemon_on_the_servers_own_interface_counts_both_directions_with_the_reply_rule_on_egress") {
+        return;
+    }
+    own_port_connection("ow", 50, 1);
+}
+
+/// The same with two workers, each reading its share of the port by the
+/// kernel's fanout hash: what the host sends (through the same group)
+/// lands on the worker that has the flow, so the conversation stays one
+/// flow.
+#[test]
+fn two_workers_on_the_servers_own_interface_keep_a_connection_one_flow() {
+    if !in_vm("two_workers_on_the_servers_own_interface_keep_a_connection_one_flow") {
+        return;
+    }
+    own_port_connection("o2", 54, 2);
+}
+
+fn own_port_connection(tag: &str, subnet: u8, workers: usize) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    const PORT: u16 = 7100;
+    const ROUNDS: usize = 100;
+    let host = vmnet::OwnPort::new(tag, subnet);
+    // One packet per segment (tc counts a GSO packet as its segments).
+    sh(&format!("ip netns exec {} ethtool -K c0 tso off gso off gro off", host.ns));
+    sh(&format!("ethtool -K {} tso off gso off gro off", host.dev));
+    let dir = std::path::PathBuf::from(format!("/tmp/ft-{tag}"));
+    let dir = dir.as_path();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let (closing_s, poll_ms) = (2.0, 100);
+    let config = format!(
+        r#"{{
+  "instance_id": 3637,
+  "workers": {workers},
+  "ports": [{{ "name": "{dev}", "egress": true }}],
+  "sources": [{{ "interface": {{ "name": "{dev}", "ingress": 0 }} }}],
+  "classifier": {{
+    "rules": [{{ "name": "echo", "match": {{ "proto": "tcp", "server_ports": [{PORT}] }},
+                 "trigger": {{ "after_packets": 6 }}, "result": {{ "offload": {{ "type": "pass" }} }} }}],
+    "default": "software"
+  }},
+  "timeouts": {{ "tcp_closing_s": {closing_s}, "tcp_closed_s": {closing_s} }},
+  "offload": {{ "poll_interval_ms": {poll_ms}, "placement": "auto" }},
+  "backend": {{ "kind": "tc" }},
+  "records": {{ "path": "{dir}/records.jsonl" }},
+  "control": {{ "socket": "{dir}/ft.sock" }}
+}}"#,
+        dev = host.dev,
+        dir = dir.display(),
+    );
+    let daemon = start_daemon(dir, &config, &dir.join("ft.sock"));
+    let capture = vmnet::RawCapture::start(&host.ns, "c0");
+
+    // The server, here in the root namespace: echoes what it reads.
+    let listener = TcpListener::bind((host.ip_server, PORT)).expect("bind server");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut echoed = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    s.write_all(&buf[..n]).unwrap();
+                    echoed += n;
+                }
+            }
+        }
+        echoed // dropped: the server's FIN
+    });
+    let (ns, ip_server) = (host.ns.clone(), host.ip_server);
+    let client = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let mut c = TcpStream::connect((ip_server, PORT)).expect("connect");
+        c.set_nodelay(true).unwrap();
+        let mut back = 0usize;
+        for _ in 0..ROUNDS {
+            c.write_all(&[0x5a; 1000]).unwrap();
+            let mut buf = [0u8; 1000];
+            c.read_exact(&mut buf).unwrap();
+            back += buf.len();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = vec![];
+        let _ = c.read_to_end(&mut rest);
+        back
+    });
+    // Our filters on each hook (no one else's are on this device).
+    let ours = |hook: &str| sh(&format!("tc filter show dev {} {hook}", host.dev)).matches(" handle ").count();
+    // The packets the egress rule counted, from `tc -s`.
+    let egress_packets = |show: &str| -> u64 {
+        show.lines()
+            .filter_map(|l| l.trim().strip_prefix("Sent "))
+            .filter_map(|l| l.split_whitespace().nth(2).and_then(|n| n.parse().ok()))
+            .max()
+            .unwrap_or(0)
+    };
+    let (mut rules_seen, mut egress_show) = (false, String::new());
+    while !client.is_finished() {
+        if ours("ingress") == 1 && ours("egress") == 1 {
+            rules_seen = true;
+            let show = sh(&format!("tc -s filter show dev {} egress", host.dev));
+            if egress_packets(&show) >= egress_packets(&egress_show) {
+                egress_show = show;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = client.join().unwrap();
+    let closed_at = Instant::now();
+    let echoed = server.join().unwrap();
+    assert!(rules_seen, "one rule on ingress and one on egress while the connection carried data");
+    assert_eq!((back, echoed), (ROUNDS * 1000, ROUNDS * 1000), "every byte crossed both ways");
+    println!("tc -s filter show dev {} egress, the last read with the rules in:\n{egress_show}", host.dev);
+    assert!(egress_show.contains("gact action pass"), "the answers' rule passes them on:\n{egress_show}");
+    assert!(egress_packets(&egress_show) > 0, "the egress rule carried the answers:\n{egress_show}");
+
+    let records = dir.join("records.jsonl");
+    let record = loop {
+        let mine: Vec<serde_json::Value> = records_in(&records).into_iter().filter(|r| r["dport"] == PORT).collect();
+        if let Some(r) = mine.first() {
+            assert_eq!(mine.len(), 1, "one flow for both directions: {mine:#?}");
+            break r.clone();
+        }
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(30),
+            "no record after the close; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = closed_at.elapsed();
+    println!("record after {waited:?}: {record}");
+    assert_eq!(record["end_reason"], "tcp-close", "{record}");
+    assert_eq!((ours("ingress"), ours("egress")), (0, 0), "the rules went at the close");
+    let bound = Duration::from_secs_f64(closing_s) + Duration::from_millis(poll_ms) + Duration::from_millis(1500);
+    assert!(waited < bound, "ended {waited:?} after the close, bound {bound:?}");
+    assert_eq!((&record["orig"]["ingress"], &record["reply"]["ingress"]), (&0.into(), &1.into()), "{record}");
+    assert_eq!(record["offload"]["placement"], serde_json::json!(["kernel-software", "kernel-software"]));
+    assert!(record["orig"]["hw_packets"].as_u64() > Some(0), "the ingress rule counted: {record}");
+    assert!(record["reply"]["hw_packets"].as_u64() > Some(0), "the egress rule counted: {record}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let (frames, dropped) = capture.finish();
+    assert_eq!(dropped, 0, "the client's capture dropped packets");
+    let tally = vmnet::tcp_tally(&frames, PORT, host.ip_client, host.ip_server);
+    println!(
+        "capture in the client's namespace: {} packets ({} bytes) from the client, {} ({} bytes) from the server",
+        tally.from_a, tally.bytes_a, tally.from_b, tally.bytes_b
+    );
+    let count = |d: &str, what: &str| record[d][what].as_u64().unwrap_or(0);
+    let counted =
+        [count("orig", "packets"), count("reply", "packets"), count("orig", "bytes"), count("reply", "bytes")];
+    let captured = [tally.from_a, tally.from_b, tally.bytes_a, tally.bytes_b];
+    if counted != captured {
+        println!(
+            "capture, first and last packets: {:#?} ... {:#?}",
+            &tally.seen[..tally.seen.len().min(8)],
+            &tally.seen[tally.seen.len().saturating_sub(12)..]
+        );
+        println!("daemon log:\n{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+    }
+    // Frame bytes too: the egress rule's bytes are counted from the
+    // Ethernet header, the ingress rule's have it added back.
+    assert_eq!(counted, captured, "packets client, server; bytes client, server: {record}");
+    stop_daemon(daemon, dir);
+}
+
+/// The tc backend on a port's egress twin, straight: its rule goes under
+/// clsact's egress hook (not ingress), drops and counts what the host
+/// sends out of the device, with bytes counted from the Ethernet header,
+/// and is read back by the egress dump and removed with its final counts.
+/// A device whose hook is an `ingress` qdisc, which has no egress block,
+/// is refused at start with the fix named.
+#[test]
+fn tc_backend_puts_an_egress_twins_rule_on_the_egress_hook() {
+    use flowtable_hw::tc::{Hook, TcBackend, TcConfig};
+    use flowtable_hw::{Action, Backend, Cookie, InstallOutcome, MatchFields, PlacementPolicy, RuleSpec};
+    if !in_vm("tc_backend_puts_an_egress_twins_rule_on_the_egress_hook") {
+        return;
+    }
+    let host = vmnet::OwnPort::new("oe", 51);
+    let owner = 0x1700;
+    let dev = host.dev.clone();
+    let mut be =
+        TcBackend::open(TcConfig { egress: vec![1], ..TcConfig::new(vec![dev.clone(), dev.clone()], owner) }).unwrap();
+    assert_eq!((be.hook(0), be.hook(1)), (Some(Hook::Ingress), Some(Hook::Egress)));
+    assert_eq!(be.devices().count(), 1, "the twin's device is its port's");
+    // The host (here) sends to the client: that direction leaves by the twin.
+    let (mut key, dir) = FlowKey::from_v4(host.ip_server, host.ip_client, 5500, 6500, 17);
+    key.zone = 0;
+    let rule = RuleSpec {
+        cookie: Cookie::new(owner, 1, dir),
+        matches: MatchFields { key, dir, port: 1 },
+        action: Action::Drop,
+        policy: PlacementPolicy::Software,
+    };
+    let out = be.install(&[rule]);
+    assert!(matches!(out[0], InstallOutcome::Installed { .. }), "{out:?}");
+    let ours = |hook: &str| sh(&format!("tc filter show dev {dev} {hook}")).matches(" handle ").count();
+    assert_eq!((ours("ingress"), ours("egress")), (0, 1), "the rule is on egress");
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, ip_client) = (host.ns.clone(), host.ip_client);
+    let receiver = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let s = UdpSocket::bind((ip_client, 6500)).expect("bind receiver");
+        s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    ready_rx.recv().unwrap();
+    let s = UdpSocket::bind((host.ip_server, 5500)).unwrap();
+    for _ in 0..12 {
+        s.send_to(&[0x33; 100], (host.ip_client, 6500)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let other = UdpSocket::bind((host.ip_server, 5501)).unwrap();
+    for _ in 0..3 {
+        other.send_to(&[0x33; 100], (host.ip_client, 6500)).unwrap();
+    }
+    assert_eq!(receiver.join().unwrap(), 3, "the rule dropped its flow's 12 and let the other 3 go");
+
+    let mut counters = Vec::new();
+    be.read_counters(&mut counters).unwrap();
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    // 100 bytes of data + UDP 8 + IPv4 20 + Ethernet 14, as tc counts them at egress.
+    assert_eq!((counters[0].1.packets, counters[0].1.bytes), (12, 12 * 142), "{counters:?}");
+    let listed = be.list_filters().unwrap();
+    assert_eq!(listed.iter().map(|f| f.port).collect::<Vec<_>>(), [1], "read back as the twin's: {listed:?}");
+    let fin = be.remove(&[rule.cookie]);
+    let fin = fin[0].as_ref().expect("removed").expect("final counters from the delete echo");
+    assert_eq!((fin.packets, fin.bytes), (12, 12 * 142));
+    assert_eq!(ours("egress"), 0);
+    be.shutdown().unwrap();
+
+    let plain = vmnet::OwnPort::new("oi", 52);
+    sh(&format!("tc qdisc add dev {} ingress", plain.dev));
+    let err = TcBackend::open(TcConfig { egress: vec![1], ..TcConfig::new(vec![plain.dev.clone(); 2], owner) })
+        .err()
+        .expect("an ingress qdisc has no egress hook");
+    println!("{err}");
+    assert!(err.to_string().contains(&format!("{}: its `ingress` qdisc has no egress hook", plain.dev)), "{err}");
+    // Why the check: where such a filter lands on this kernel.
+    let filed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tc filter add dev {d} parent ffff:fff3 protocol ip prio 9 flower action pass 2>&1; \
+             echo '-- tc filter show dev {d} ingress:'; tc filter show dev {d} ingress",
+            d = plain.dev
+        ))
+        .output()
+        .unwrap();
+    println!("a filter sent to ffff:fff3 under an ingress qdisc:\n{}", String::from_utf8_lossy(&filed.stdout));
 }

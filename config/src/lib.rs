@@ -403,6 +403,41 @@ mod tests {
     }
 
     #[test]
+    fn egress_gives_a_hosts_own_port_a_twin_after_the_listed_ports() {
+        let c = parse(
+            "e.json",
+            r#"{"ports": [{"name": "wan"}, {"name": "eth0", "egress": true}, {"name": "eth1", "egress": true}],
+                "classifier": {"rules": [{"name": "mine", "match": {"ingress": 4}, "result": "software"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.egress_twins(), [(1, 3), (2, 4)]);
+        assert_eq!((c.egress_twin(1), c.egress_twin(0), c.port_count()), (Some(3), None, 5));
+        assert_eq!(
+            (c.port_label(1), c.port_label(3), c.port_label(4), c.port_label(9)),
+            ("eth0".to_string(), "eth0 egress".to_string(), "eth1 egress".to_string(), "port9".to_string())
+        );
+        let map = c.port_map().unwrap();
+        assert_eq!((map.ingress(3).zone, map.ingress(4).zone), (1, 2), "a twin's flows are keyed by its port");
+        assert!(map.is_egress(3) && !map.is_egress(1) && map.inline_partner(1).is_none());
+        assert!(!serde_json::to_string(&c.ports[0]).unwrap().contains("egress"), "left out when off");
+
+        let bad = |text: &str| parse("e.json", text).unwrap_err();
+        let err = bad(r#"{"ports": [{"name": "a", "egress": true, "pair": "b"}, {"name": "b"}]}"#);
+        assert_eq!(err.field(), Some("ports[0].egress"), "{err}");
+        assert!(err.to_string().contains("inline pair with \"b\""), "{err}");
+        let err = bad(r#"{"ports": [{"name": "a"}, {"name": "b", "pair": "a"}, {"name": "c"}], "classifier":
+            {"rules": [{"name": "x", "match": {"ingress": 3}, "result": "software"}]}}"#);
+        assert_eq!(err.field(), Some("classifier.rules[0].match.ingress"), "{err}");
+        let err = bad(r#"{"ports": [{"name": "a", "egress": true}], "backend": {"kind": "dpdk"}}"#);
+        assert_eq!(err.field(), Some("ports[0].egress"), "{err}");
+        assert!(err.to_string().contains("no egress hook"), "{err}");
+        let many: Vec<String> = (0..200).map(|i| format!(r#"{{"name": "p{i}", "egress": true}}"#)).collect();
+        let err = bad(&format!(r#"{{"ports": [{}]}}"#, many.join(",")));
+        assert_eq!(err.field(), Some("ports[0].egress"), "{err}");
+        assert!(err.to_string().contains("more than 256 port indexes"), "{err}");
+    }
+
+    #[test]
     fn tc_backend_options() {
         let c = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_hosts": true}}"#).unwrap();
         assert!(matches!(

@@ -112,7 +112,7 @@ fn default_workers() -> usize {
 pub const MAX_WORKERS: usize = 64;
 
 fn default_ports() -> Vec<PortConfig> {
-    vec![PortConfig { name: "port0".into(), pair: None }, PortConfig { name: "port1".into(), pair: None }]
+    vec![PortConfig::named("port0"), PortConfig::named("port1")]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +126,25 @@ pub struct PortConfig {
     /// Naming the pair on one of its ports is enough.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<String>,
+    /// This host is itself an endpoint on the port (its own interface), so
+    /// the port carries both directions of its conversations: the frames
+    /// the host sends out of it are read too, as the port's egress twin (a
+    /// port index of their own, after the listed ports, see
+    /// [`Config::egress_twins`]), joined to the port so a conversation is
+    /// one flow, and the rules of that direction go on the device's egress
+    /// hook (tc: clsact egress).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress: bool,
+    /// An explanation for the reader (JSON has no comments); ignored.
+    #[serde(rename = "_comment", default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl PortConfig {
+    /// A port of that name, unpaired, ingress only.
+    pub fn named(name: &str) -> PortConfig {
+        PortConfig { name: name.into(), pair: None, egress: false, comment: None }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,8 +246,47 @@ impl TimeoutSection {
 }
 
 impl Config {
-    /// The ports' inline pairs, by index. Checked by `validate`; an error
-    /// names the `pair` field that breaks the map.
+    /// The egress twins, as (port, twin) indices: the ports with `egress`
+    /// set, in order, give the indices after the listed ports to the frames
+    /// the host sends out of them (ports `a`, `b` with egress on `b` alone:
+    /// `b`'s twin is 2).
+    pub fn egress_twins(&self) -> Vec<(u8, u8)> {
+        let n = self.ports.len();
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.egress)
+            .enumerate()
+            .map(|(k, (i, _))| (i as u8, (n + k).min(255) as u8))
+            .collect()
+    }
+
+    /// The index the frames the host sends out of port `port` are given,
+    /// if that port has `egress` set.
+    pub fn egress_twin(&self, port: u8) -> Option<u8> {
+        self.egress_twins().into_iter().find(|&(p, _)| p == port).map(|(_, t)| t)
+    }
+
+    /// Every port index in use: the listed ports and their egress twins.
+    pub fn port_count(&self) -> usize {
+        self.ports.len() + self.ports.iter().filter(|p| p.egress).count()
+    }
+
+    /// What to call port index `port`: its name, or for an egress twin its
+    /// port's name and `egress` (as tc names the hook).
+    pub fn port_label(&self, port: u8) -> String {
+        if let Some(p) = self.ports.get(port as usize) {
+            return p.name.clone();
+        }
+        match self.egress_twins().into_iter().find(|&(_, t)| t == port) {
+            Some((p, _)) => format!("{} egress", self.ports[p as usize].name),
+            None => format!("port{port}"),
+        }
+    }
+
+    /// The ports' inline pairs and egress twins, by index. Checked by
+    /// `validate`; an error names the `pair` (or `egress`) field that
+    /// breaks the map.
     pub fn port_map(&self) -> Result<PortMap, Invalid> {
         let name = |p: u8| self.ports.get(p as usize).map_or("?", |x| x.name.as_str());
         let mut pairs = Vec::new();
@@ -253,6 +311,21 @@ impl Config {
                 };
                 (at.clone(), message)
             })?;
+        }
+        for (port, twin) in self.egress_twins() {
+            let p = &self.ports[port as usize];
+            if map.partner(port).is_some() {
+                let other = map.partner(port).map_or("?", name);
+                return Err((
+                    format!("ports[{port}].egress"),
+                    format!(
+                        "port {:?} is in an inline pair with {other:?}: what it sends is what the pair forwards, \
+                         already seen on the other port; `egress` is for a host's own interface",
+                        p.name
+                    ),
+                ));
+            }
+            map.join_egress(port, twin).map_err(|e| (format!("ports[{port}].egress"), e.to_string()))?;
         }
         Ok(map)
     }
@@ -997,6 +1070,25 @@ impl Config {
         if self.ports.is_empty() || self.ports.len() > 256 {
             return Err(("ports".into(), "give 1 to 256 ports".into()));
         }
+        if self.port_count() > 256 {
+            let first = self.ports.iter().position(|p| p.egress).unwrap_or(0);
+            return Err((
+                format!("ports[{first}].egress"),
+                format!(
+                    "{} ports and {} egress twins make more than 256 port indexes",
+                    self.ports.len(),
+                    self.port_count() - self.ports.len()
+                ),
+            ));
+        }
+        if let (BackendConfig::Dpdk(_), Some(i)) = (&self.backend, self.ports.iter().position(|p| p.egress)) {
+            return Err((
+                format!("ports[{i}].egress"),
+                "the dpdk backend reads and programs what ports receive; it has no egress hook for what this \
+                 host sends (the tc backend has)"
+                    .into(),
+            ));
+        }
         for (i, port) in self.ports.iter().enumerate() {
             if let Some(j) = self.ports[..i].iter().position(|p| p.name == port.name) {
                 return Err((format!("ports[{i}].name"), format!("{:?} is also the name of ports[{j}]", port.name)));
@@ -1080,7 +1172,9 @@ impl Config {
                 }
             }
             if let Some(p) = m.ingress {
-                if p as usize >= self.ports.len() {
+                // An egress twin is a port a flow can start on (the host
+                // sent its first packet).
+                if p as usize >= self.port_count() {
                     return Err((format!("{base}.match.ingress"), format!("port {p} does not exist")));
                 }
             }
@@ -1159,7 +1253,9 @@ fn check_synthetic(at: &str, map: &serde_json::Map<String, serde_json::Value>) -
 /// What `flowtable config example` prints.
 pub const EXAMPLE: &str = r#"{
   "instance_id": 1,
-  "ports": [{ "name": "port0" }, { "name": "port1" }],
+  "ports": [{ "name": "port0" },
+            { "name": "port1", "egress": false,
+              "_comment": "egress true: this host is an endpoint on port1 (its own interface): what it sends is tracked too, as port index 2, rules on tc's egress hook" }],
   "table": { "max_flows": 1048576, "full_policy": "evict-idle" },
   "timeouts": {
     "tcp_handshake_s": 30, "tcp_established_s": 300, "tcp_closing_s": 30,

@@ -229,6 +229,14 @@ pub struct Capabilities {
     /// installed (tc software path, AF_PACKET taps before tc ingress). When
     /// true the engine must not count those packets a second time.
     pub software_sees_offloaded: bool,
+    /// Whether a rule on a port's egress hook (an egress twin, see
+    /// `flowtable_sw::PortMap::join_egress`) runs before software's taps, as
+    /// tc's egress hook runs before AF_PACKET sees a frame leave: software
+    /// then sees a packet the rule counted only if the rule let it go on
+    /// (`pass`; mark and mirror always), and never one it dropped or
+    /// redirected. False: egress is as ingress (`software_sees_offloaded`).
+    #[serde(default)]
+    pub egress_rules_before_taps: bool,
     /// Whether the backend's rules of a TCP flow leave packets with FIN or
     /// RST set to software (a match on the TCP flags, FIN|RST clear, as the
     /// kernel's flowtable offload puts on its rules), so software sees a
@@ -444,6 +452,7 @@ mod tests {
             max_insert_rate: 0,
             counters: true,
             software_sees_offloaded: false,
+            egress_rules_before_taps: false,
             tcp_teardown_to_software: true,
         };
         let v = serde_json::to_value(&caps).unwrap();

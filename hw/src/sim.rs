@@ -45,6 +45,7 @@ impl SimProfile {
                 max_insert_rate: 100_000,
                 counters: true,
                 software_sees_offloaded: false,
+                egress_rules_before_taps: false,
                 tcp_teardown_to_software: true,
             },
             refuse_all: None,

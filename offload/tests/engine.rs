@@ -519,7 +519,14 @@ struct Wrapped {
 struct Tap {
     late: usize,
     until_effective: usize,
+    egress: Option<EgressFirst>,
 }
+
+/// Rules on the egress twins of these ports run before the tap, as tc's
+/// egress hook runs before AF_PACKET sees a frame leave: a packet such a
+/// rule took is seen by software only if the function says the rule let
+/// it go on.
+type EgressFirst = (PortMap, fn(&PacketInfo) -> bool);
 
 impl Wrapped {
     fn new(profile: SimProfile) -> Wrapped {
@@ -530,7 +537,16 @@ impl Wrapped {
 
     fn behind_tap(mut self, late: usize) -> Wrapped {
         self.caps.software_sees_offloaded = true;
-        self.tap = Some(Arc::new(Mutex::new(Tap { late, until_effective: 0 })));
+        self.tap = Some(Arc::new(Mutex::new(Tap { late, until_effective: 0, egress: None })));
+        self
+    }
+
+    /// `behind_tap` at ingress; on the egress twins of `ports`, rules
+    /// before the tap (see `EgressFirst`).
+    fn tc_like(mut self, late: usize, ports: PortMap, passes: fn(&PacketInfo) -> bool) -> Wrapped {
+        self.caps.software_sees_offloaded = true;
+        self.caps.egress_rules_before_taps = true;
+        self.tap = Some(Arc::new(Mutex::new(Tap { late, until_effective: 0, egress: Some((ports, passes)) })));
         self
     }
 }
@@ -575,7 +591,7 @@ impl Wrapped {
             nic: self.nic.successor(),
             caps: self.caps.clone(),
             asked: Default::default(),
-            tap: self.tap.as_ref().map(|_| Arc::new(Mutex::new(Tap { late: 0, until_effective: 0 }))),
+            tap: self.tap.as_ref().map(|_| Arc::new(Mutex::new(Tap { late: 0, until_effective: 0, egress: None }))),
         }
     }
 }
@@ -591,11 +607,15 @@ impl InlineNic for WrappedPath {
         let mut tap = tap.lock().unwrap();
         if tap.until_effective > 0 {
             tap.until_effective -= 1;
-        } else {
-            self.path.offer(pkt, now_ns);
+            return false;
         }
-        // The tap saw it first either way: software handles it too.
-        false
+        let taken = self.path.offer(pkt, now_ns);
+        match tap.egress {
+            // The rule first: what it dropped never reaches the tap.
+            Some((ports, passes)) if ports.is_egress(pkt.port) => taken && !passes(pkt),
+            // The tap saw it first: software handles it too.
+            _ => false,
+        }
     }
 }
 
@@ -679,6 +699,74 @@ fn packets_that_slip_past_a_rule_going_in_are_counted_by_software_once() {
         assert!(orig.hw_packets > 0 && orig.hw_packets + late as u64 <= 27, "late {late}: {orig:?}");
         assert_eq!(e.stats().slipped_packets, late as u64, "late {late}");
         assert_eq!(e.stats().sw_packets, orig.sw_packets, "late {late}");
+    }
+}
+
+/// A host that is itself the endpoint on its one port: requests come in
+/// on the port, its answers leave by the port's egress twin. A
+/// conversation is one flow, each direction's rule on the port its packets
+/// pass (the answers' on the twin, where `pass` stays a pass), and every
+/// packet is counted once, whether software sees it before the rule (in)
+/// or after it, and only if the rule let it go on (out).
+#[test]
+fn a_hosts_own_port_is_one_flow_counted_once_with_the_answers_rule_on_egress() {
+    const OWN_PORT: &str = r#"{
+      "ports": [{"name": "eth0", "egress": true}],
+      "classifier": {"rules": [
+        {"name": "dns", "match": {"proto": "udp", "server_ports": [53]},
+         "trigger": {"after_packets": 3}, "result": {"offload": {"type": "drop"}}},
+        {"name": "web", "match": {"proto": "udp", "server_ports": [80]},
+         "trigger": {"after_packets": 3}, "result": {"offload": {"type": "pass"}}}]},
+      "offload": {"poll_interval_ms": 100}
+    }"#;
+    let config = parse("test.json", OWN_PORT).unwrap();
+    let ports = config.port_map().unwrap();
+    let (port, twin) = (0, 1);
+    assert_eq!(config.egress_twins(), [(port, twin)]);
+    assert!(ports.is_egress(twin) && ports.ingress(twin).zone == port);
+    let passes = |p: &PacketInfo| p.key.endpoints(p.dir).sport == 80 || p.key.endpoints(p.dir).dport == 80;
+    for late in [0, 3] {
+        let backend = Wrapped::new(SimProfile::full()).tc_like(late, ports, passes);
+        let asked = backend.asked.clone();
+        let mut e = Engine::from_config(&config, Box::new(backend)).unwrap();
+        let mut t = 0;
+        for i in 0..30 {
+            for server in [53, 80] {
+                feed(&mut e, &arriving(&ports, pkt(1, 5000, server, 17, true, 0, 100 + i), port), t);
+                feed(&mut e, &arriving(&ports, pkt(1, 5000, server, 17, false, 0, 200 + i), twin), t + MS);
+            }
+            t += 40 * MS;
+            e.poll(t);
+        }
+        assert_eq!(e.flows().count(), 2, "late {late}: one flow per conversation");
+        let mut rules: Vec<(u16, u8, Action)> = asked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let ends = r.matches.key.endpoints(r.matches.dir);
+                (ends.sport.min(ends.dport), r.matches.port, r.action)
+            })
+            .collect();
+        rules.sort_by_key(|r| (r.0, r.1));
+        assert_eq!(
+            rules,
+            [(53, port, Action::Drop), (53, twin, Action::Drop), (80, port, Action::Pass), (80, twin, Action::Pass)],
+            "late {late}: requests' rules on the port, answers' on its twin, pass left a pass"
+        );
+        e.shutdown(false);
+        let mut recs = e.drain_records();
+        recs.sort_by_key(|r| r.dport);
+        assert_eq!(recs.iter().map(|r| r.dport).collect::<Vec<_>>(), [53, 80], "late {late}");
+        for r in &recs {
+            let what = format!("late {late}, server port {}", r.dport);
+            assert_eq!((r.orig.ingress, r.reply.ingress), (port, twin), "{what}");
+            assert_eq!((r.orig.packets, r.reply.packets), (30, 30), "{what}: every packet once: {r:?}");
+            assert_eq!(r.orig.bytes, (0..30).map(|i| 100 + i).sum::<u64>(), "{what}");
+            assert_eq!(r.reply.bytes, (0..30).map(|i| 200 + i).sum::<u64>(), "{what}");
+            assert!(r.orig.hw_packets > 0 && r.reply.hw_packets > 0, "{what}: both rules counted: {r:?}");
+        }
+        assert_eq!(e.stats().sw_packets, recs.iter().map(|r| r.orig.sw_packets + r.reply.sw_packets).sum::<u64>());
     }
 }
 

@@ -587,10 +587,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         // Each worker reads the interfaces itself, sharing each port's
         // frames with the others by the kernel's symmetric flow hash.
         let sources = config.sources.clone();
+        let twins = config.egress_twins();
         let fanout = (config.workers > 1).then(|| (std::process::id() as u16).rotate_left(5));
         rt_config.live = Some(Arc::new(move |_worker| {
             let cfg = AfPacketConfig { fanout_base: fanout, ..AfPacketConfig::default() };
-            sources::open_interfaces(&sources, cfg).map(|slot| (slot.name, slot.source))
+            sources::open_interfaces(&sources, &twins, cfg).map(|slot| (slot.name, slot.source))
         }));
     } else if dpdk_share {
         let (workers, stop) = (config.workers, controls.stop.clone());
@@ -610,13 +611,14 @@ pub fn run(config: Config, config_path: Option<PathBuf>, controls: &Controls) ->
         let outer_stop = controls.stop.clone();
         let shared = reader_status.clone();
         let ports = config.port_map().unwrap_or_default();
+        let twins = config.egress_twins();
         let clock = clock.clone();
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
                 // Sources are opened on the thread that reads them: a
                 // capture ring's mapping never crosses threads.
-                let slots = match sources::open_sources(&sources, &outer_stop, !interfaces, !dpdk_share) {
+                let slots = match sources::open_sources(&sources, &twins, &outer_stop, !interfaces, !dpdk_share) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
@@ -1360,9 +1362,10 @@ impl Daemon {
         })
     }
 
-    /// A port's name from the configuration, or its index where it has none.
+    /// A port's name from the configuration (an egress twin's: its port's
+    /// and `egress`), or its index where it has none.
     fn port_name(&self, port: u8) -> String {
-        self.config.ports.get(port as usize).map_or_else(|| format!("port{port}"), |p| p.name.clone())
+        self.config.port_label(port)
     }
 
     /// What the reader and the workers' own live sources have read.

@@ -1,7 +1,7 @@
 //! The daemon's packet sources, built from the configuration's `sources`,
 //! each with its progress and its pacing.
 
-use crate::source::afpacket::{AfPacketConfig, AfPacketSource};
+use crate::source::afpacket::{AfPacketConfig, AfPacketSource, Interface};
 use crate::source::pcap::PcapFileSource;
 use crate::source::synth::{SynthConfig, SyntheticSource};
 use crate::source::{CaptureLosses, PacketSource, SourceError};
@@ -93,15 +93,18 @@ impl Slot {
 /// the start, naming its index and why. The `interface` sources together
 /// make one source, in the place of the first. A `dpdk` source reads the ports of
 /// the DPDK backend, which must be built first. `stop` ends blocking reads.
+/// No port has an egress twin (see `open_sources`).
 pub fn open_all(sources: &[SourceConfig], stop: &Arc<AtomicBool>) -> Result<Vec<Slot>, String> {
-    open_sources(sources, stop, true, true)
+    open_sources(sources, &[], stop, true, true)
 }
 
 /// `open_all`, leaving out the `interface` sources when `interfaces` is
 /// false and the `dpdk` one when `dpdk` is (the workers then open those
-/// themselves, see `open_interfaces` and `open_dpdk_share`).
+/// themselves, see `open_interfaces` and `open_dpdk_share`). `twins` are
+/// the configuration's egress twins (`Config::egress_twins`).
 pub fn open_sources(
     sources: &[SourceConfig],
+    twins: &[(u8, u8)],
     stop: &Arc<AtomicBool>,
     interfaces: bool,
     dpdk: bool,
@@ -136,7 +139,7 @@ pub fn open_sources(
             SourceConfig::Interface { .. } if interfaces_opened => {}
             SourceConfig::Interface { .. } => {
                 interfaces_opened = true;
-                slots.push(open_interfaces(sources, AfPacketConfig::default())?);
+                slots.push(open_interfaces(sources, twins, AfPacketConfig::default())?);
             }
             SourceConfig::Dpdk {} if !dpdk => {}
             SourceConfig::Dpdk {} => slots.push(open_dpdk(&at, stop)?),
@@ -153,12 +156,18 @@ pub fn has_interfaces(sources: &[SourceConfig]) -> bool {
 /// The `interface` sources as one source: all interfaces together, so that
 /// their frames are merged in capture order (an inline pair's reply must
 /// not overtake its request because another ring was read first). With
-/// `cfg.fanout_base`, a worker's share of them.
-pub fn open_interfaces(sources: &[SourceConfig], cfg: AfPacketConfig) -> Result<Slot, String> {
-    let ports: Vec<(String, u8)> = sources
+/// `cfg.fanout_base`, a worker's share of them. An interface whose port
+/// has an egress twin (`twins`: port, twin) reads what the host sends out
+/// of it too, as the twin's frames.
+pub fn open_interfaces(sources: &[SourceConfig], twins: &[(u8, u8)], cfg: AfPacketConfig) -> Result<Slot, String> {
+    let ports: Vec<Interface> = sources
         .iter()
         .filter_map(|s| match s {
-            SourceConfig::Interface { name, ingress } => Some((name.clone(), *ingress)),
+            SourceConfig::Interface { name, ingress } => Some(Interface {
+                name: name.clone(),
+                ingress: *ingress,
+                outgoing: twins.iter().find(|(p, _)| p == ingress).map(|&(_, t)| t),
+            }),
             _ => None,
         })
         .collect();
@@ -172,7 +181,7 @@ pub fn open_interfaces(sources: &[SourceConfig], cfg: AfPacketConfig) -> Result<
         };
         format!("sources[{}].interface: {e}", failed.unwrap_or(first))
     })?;
-    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
     let name = format!("interface{} {}", if names.len() > 1 { "s" } else { "" }, names.join(", "));
     // Live frames are due when they arrive.
     Ok(Slot::new(name, Box::new(src), Pace::Timestamps))

@@ -5,7 +5,10 @@
 //! Frames whose VLAN tag the NIC stripped (rx VLAN offload) get the tag put
 //! back, so the parser sees the frame as it was on the wire. Outgoing frames
 //! are ignored by default: on a multi-port setup they are frames another
-//! port already delivered.
+//! port already delivered. On a host's own interface, where the port
+//! carries both directions, they are the host's half of its conversations:
+//! an interface opened with an `outgoing` port index delivers them, marked
+//! with that index (the port's egress twin).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -53,8 +56,6 @@ pub struct AfPacketConfig {
     /// How long the kernel may hold a partly filled block before handing it
     /// over, in ms: the latency bound at low packet rates.
     pub block_timeout_ms: u32,
-    /// Also deliver frames this host sends out of the ports.
-    pub include_outgoing: bool,
     /// How long one wait for packets lasts before the stop flag is checked.
     pub poll_interval: Duration,
     /// Join each port's socket to fanout group `base + port index`, so
@@ -69,7 +70,6 @@ impl Default for AfPacketConfig {
             block_count: 16,
             frame_size: 2048,
             block_timeout_ms: 10,
-            include_outgoing: false,
             poll_interval: Duration::from_millis(50),
             fanout_base: None,
         }
@@ -181,10 +181,11 @@ struct Ring {
     link: Option<LinkType>,
     linktype: u32,
     ingress: u8,
-    /// Frames this host sent are passed over here: a socket in a fanout
-    /// group gets them even with PACKET_IGNORE_OUTGOING, on kernels older
-    /// than the group's own flag (Debian 12's 6.1 among them).
-    skip_outgoing: bool,
+    /// The port index frames this host sent out of the interface are given;
+    /// `None`: they are passed over here (a socket in a fanout group gets
+    /// them even with PACKET_IGNORE_OUTGOING, on kernels older than the
+    /// group's own flag, Debian 12's 6.1 among them).
+    outgoing: Option<u8>,
 }
 
 // SAFETY: the mapping is owned by the ring and only touched through &mut.
@@ -245,7 +246,7 @@ impl Ring {
             if f.mac as usize + f.snaplen as usize > self.block_size - (at - base) {
                 continue; // a frame reaching past its block: skip it
             }
-            if self.skip_outgoing && f.pkttype == PACKET_OUTGOING {
+            if self.outgoing.is_none() && f.pkttype == PACKET_OUTGOING {
                 continue;
             }
             return Some((f, at));
@@ -308,6 +309,17 @@ fn wall_clock_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// One interface to read and the port indices its frames are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// The port index of the frames the interface receives.
+    pub ingress: u8,
+    /// The port index of the frames this host sends out of it; `None`:
+    /// they are not read.
+    pub outgoing: Option<u8>,
+}
+
 /// Live frames from one or more interfaces; the frame's `ingress` is the
 /// interface's index in the list it was opened with.
 pub struct AfPacketSource {
@@ -360,15 +372,20 @@ fn link_of(name: &str) -> (Option<LinkType>, u32) {
 }
 
 impl AfPacketSource {
-    /// Opens a ring on each named interface (port i = `ifaces[i]`).
+    /// Opens a ring on each named interface (port i = `ifaces[i]`), frames
+    /// the host sends left out.
     pub fn open(ifaces: &[String], cfg: AfPacketConfig) -> Result<AfPacketSource, SourceError> {
-        let ports: Vec<(String, u8)> = ifaces.iter().enumerate().map(|(i, n)| (n.clone(), i as u8)).collect();
+        let ports: Vec<Interface> = ifaces
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Interface { name: n.clone(), ingress: i as u8, outgoing: None })
+            .collect();
         Self::open_ports(&ports, cfg)
     }
 
-    /// Opens a ring on each interface, its frames marked with the given
-    /// ingress port index.
-    pub fn open_ports(ports: &[(String, u8)], cfg: AfPacketConfig) -> Result<AfPacketSource, SourceError> {
+    /// Opens a ring on each interface, its frames marked with the port
+    /// index given for their direction.
+    pub fn open_ports(ports: &[Interface], cfg: AfPacketConfig) -> Result<AfPacketSource, SourceError> {
         if ports.is_empty() {
             return Err(SourceError::Open { path: "af_packet".into(), message: "no interface given".into() });
         }
@@ -390,14 +407,15 @@ impl AfPacketSource {
             });
         }
         let mut rings = Vec::with_capacity(ports.len());
-        for (i, (name, ingress)) in ports.iter().enumerate() {
-            let ring = Self::open_ring(name, *ingress, &cfg)?;
+        for (i, port) in ports.iter().enumerate() {
+            let name = &port.name;
+            let ring = Self::open_ring(port, &cfg)?;
             if let Some(base) = cfg.fanout_base {
                 // Members of a group are numbered in the order they join:
                 // the caller joins every port's group in the same worker
                 // order, so a flow's hash picks the same worker on each port.
                 let mut kind = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG;
-                if !cfg.include_outgoing {
+                if port.outgoing.is_none() {
                     kind |= PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
                 }
                 let arg = (base.wrapping_add(i as u16) as u32) | kind << 16;
@@ -424,7 +442,8 @@ impl AfPacketSource {
         })
     }
 
-    fn open_ring(name: &str, ingress: u8, cfg: &AfPacketConfig) -> Result<Ring, SourceError> {
+    fn open_ring(port: &Interface, cfg: &AfPacketConfig) -> Result<Ring, SourceError> {
+        let (name, ingress) = (port.name.as_str(), port.ingress);
         let c = std::ffi::CString::new(name)
             .map_err(|_| SourceError::Open { path: name.into(), message: "bad interface name".into() })?;
         // SAFETY: a NUL-terminated string.
@@ -459,7 +478,7 @@ impl AfPacketSource {
         if !setsockopt(&fd, libc::SOL_PACKET, PACKET_RX_RING, &req) {
             return Err(os_err("PACKET_RX_RING", name));
         }
-        if !cfg.include_outgoing && !setsockopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32) {
+        if port.outgoing.is_none() && !setsockopt(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1i32) {
             return Err(os_err("PACKET_IGNORE_OUTGOING", name));
         }
         let map_len = cfg.block_size as usize * cfg.block_count as usize;
@@ -493,7 +512,7 @@ impl AfPacketSource {
             link,
             linktype,
             ingress,
-            skip_outgoing: !cfg.include_outgoing,
+            outgoing: port.outgoing,
         };
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -665,7 +684,9 @@ impl AfPacketSource {
         // SAFETY: next_frame checked the frame lies within its block, which
         // we hold until the next call.
         let data = unsafe { std::slice::from_raw_parts(r.map.add(at + f.mac as usize), f.snaplen as usize) };
-        let (link, linktype, ingress) = (r.link, r.linktype, r.ingress);
+        let (link, linktype) = (r.link, r.linktype);
+        // next_frame passed over outgoing frames of a ring without an index for them.
+        let ingress = if f.pkttype == PACKET_OUTGOING { r.outgoing.unwrap_or(r.ingress) } else { r.ingress };
         let stripped = f.status & TP_STATUS_VLAN_VALID != 0 && link == Some(LinkType::Ethernet) && data.len() >= 12;
         if !stripped {
             return RawPacket { ts_ns: f.ts_ns, data, wire_len: f.len, link, linktype, ingress, mark: None };

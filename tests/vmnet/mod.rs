@@ -178,6 +178,108 @@ impl Drop for Pair {
     }
 }
 
+/// A host that is itself the server, on its own interface: a client
+/// namespace behind a veth pair whose host end (`dev`, in the root
+/// namespace) carries the server's address, so what the client sends
+/// arrives on `dev` and what the server answers leaves by it. Neighbours
+/// are static (no ARP).
+pub struct OwnPort {
+    pub ns: String,
+    pub dev: String,
+    pub ip_client: Ipv4Addr,
+    pub ip_server: Ipv4Addr,
+}
+
+impl OwnPort {
+    pub fn new(tag: &str, subnet: u8) -> OwnPort {
+        let p = OwnPort {
+            ns: format!("ftC{tag}"),
+            dev: format!("hS{tag}"),
+            ip_client: Ipv4Addr::new(10, subnet, 0, 1),
+            ip_server: Ipv4Addr::new(10, subnet, 0, 2),
+        };
+        p.cleanup();
+        let (ns, dev) = (&p.ns, &p.dev);
+        sh(&format!("ip netns add {ns}"));
+        sh(&format!("ip link add {dev} type veth peer name c0 netns {ns}"));
+        sh_quiet(&format!("ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1"));
+        sh_quiet(&format!("sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1"));
+        sh(&format!("ip -n {ns} link set lo up"));
+        sh(&format!("ip -n {ns} addr add {}/24 dev c0", p.ip_client));
+        sh(&format!("ip -n {ns} link set c0 up"));
+        sh(&format!("ip addr add {}/24 dev {dev}", p.ip_server));
+        sh(&format!("ip link set {dev} up"));
+        let mac_c = sh(&format!("ip netns exec {ns} cat /sys/class/net/c0/address")).trim().to_string();
+        let mac_s = sh(&format!("cat /sys/class/net/{dev}/address")).trim().to_string();
+        sh(&format!("ip -n {ns} neigh replace {} lladdr {mac_s} dev c0 nud permanent", p.ip_server));
+        sh(&format!("ip neigh replace {} lladdr {mac_c} dev {dev} nud permanent", p.ip_client));
+        p
+    }
+
+    pub fn cleanup(&self) {
+        sh_quiet(&format!("ip netns del {}", self.ns));
+        sh_quiet(&format!("ip link del {}", self.dev));
+    }
+}
+
+impl Drop for OwnPort {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// The TCP packets to or from a port in a capture, by sender.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub from_a: u64,
+    pub from_b: u64,
+    /// Frame bytes (Ethernet header on), as the flow records count them.
+    pub bytes_a: u64,
+    pub bytes_b: u64,
+    /// Each packet as (sender, flags, sequence number, payload bytes), to
+    /// tell on a mismatch which packet one side has and the other lacks.
+    pub seen: Vec<String>,
+}
+
+/// The TCP packets to or from `port` in a capture's frames (Ethernet,
+/// IPv4), counted by sender (`a`, `b`).
+pub fn tcp_tally(frames: &[Vec<u8>], port: u16, a: Ipv4Addr, b: Ipv4Addr) -> Tally {
+    let mut t = Tally::default();
+    for d in frames {
+        // Ethernet, then IPv4 (the source address at 14 + 12), then TCP.
+        let is_ipv4_tcp = d.len() >= 54 && d[12..14] == [0x08, 0x00] && d[23] == 6;
+        if !is_ipv4_tcp {
+            continue;
+        }
+        let ihl = usize::from(d[14] & 0x0f) * 4;
+        let tcp = 14 + ihl;
+        let at_port = |at: usize| d.get(at..at + 2) == Some(&port.to_be_bytes()[..]);
+        if !(at_port(tcp) || at_port(tcp + 2)) {
+            continue;
+        }
+        let from = match d.get(26..30) {
+            Some(src) if src == a.octets() => {
+                t.from_a += 1;
+                t.bytes_a += d.len() as u64;
+                'A'
+            }
+            Some(src) if src == b.octets() => {
+                t.from_b += 1;
+                t.bytes_b += d.len() as u64;
+                'B'
+            }
+            _ => continue,
+        };
+        let total = usize::from(u16::from_be_bytes([d[16], d[17]]));
+        if let Some(h) = d.get(tcp..tcp + 20) {
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let payload = total.saturating_sub(ihl + usize::from(h[12] >> 4) * 4);
+            t.seen.push(format!("{from} flags {:#04x} seq {seq} len {payload}", h[13]));
+        }
+    }
+    t
+}
+
 /// A plain AF_PACKET socket on one device of a namespace, independent of
 /// the code under test. It is open and bound when [`RawCapture::start`]
 /// returns, so no packet sent afterwards is missed (dumpcap announces

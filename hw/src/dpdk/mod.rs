@@ -157,6 +157,7 @@ impl DpdkBackend {
                 max_insert_rate: 0,
                 counters: false,
                 software_sees_offloaded: false,
+                egress_rules_before_taps: false,
                 tcp_teardown_to_software: false,
             },
             cache: HashMap::new(),

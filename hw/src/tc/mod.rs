@@ -1,9 +1,10 @@
 //! The tc-flower backend: flow rules as flower filters on the ingress hook
-//! of each configured port, installed, read and removed over rtnetlink in
-//! batches. Each filter's first action carries the rule's 16-byte cookie,
-//! which is how rules are found again (counters, removal, and cleanup after
-//! a killed run) and how filters that aren't ours are told apart and left
-//! alone.
+//! of each configured port (or the egress hook, for a port that is another's
+//! egress twin: the frames a host sends out of its own interface),
+//! installed, read and removed over rtnetlink in batches. Each filter's
+//! first action carries the rule's 16-byte cookie, which is how rules are
+//! found again (counters, removal, and cleanup after a killed run) and how
+//! filters that aren't ours are told apart and left alone.
 //!
 //! Placement: `Hardware` installs with `skip_sw`, `Software` with `skip_hw`
 //! (the kernel's software flower path), `Auto` tries `skip_sw` first and on
@@ -35,7 +36,7 @@ use attr::AttrWriter;
 use device::DeviceInfo;
 use flower::{FilterView, FlowerMatch, FLAG_IN_HW, FLAG_NOT_IN_HW, FLAG_SKIP_HW, FLAG_SKIP_SW};
 use netlink::{NlError, OutMsg, TcSocket};
-use tcmsg::{TcmsgRepr, PARENT_INGRESS, QDISC_HANDLE_INGRESS, TC_H_CLSACT};
+use tcmsg::{Tcmsg, TcmsgRepr, PARENT_EGRESS, PARENT_INGRESS, QDISC_HANDLE_INGRESS, TC_H_CLSACT};
 
 const NAME: &str = "tc";
 const IPPROTO_ICMP: u8 = 1;
@@ -54,12 +55,46 @@ pub enum Leftovers {
     Adopt,
 }
 
+/// Where on its device a port's filters sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hook {
+    /// clsact's (or an ingress qdisc's) ingress: what the device receives.
+    #[default]
+    Ingress,
+    /// clsact's egress: what the host sends out of the device. tc runs it
+    /// before AF_PACKET's taps see the frame leave (`sch_handle_egress` in
+    /// `__dev_queue_xmit`, before `dev_queue_xmit_nit`), where at ingress
+    /// the taps come first.
+    Egress,
+}
+
+impl Hook {
+    /// The filter parent (`tcm_parent`) of the hook.
+    pub fn parent(self) -> u32 {
+        match self {
+            Hook::Ingress => PARENT_INGRESS,
+            Hook::Egress => PARENT_EGRESS,
+        }
+    }
+
+    /// As `tc filter show dev X ingress|egress` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
 /// How the tc backend is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcConfig {
     /// Interface names; a rule's ingress port and its forward / mirror
     /// targets are indices into this list.
     pub ports: Vec<String>,
+    /// Indices of `ports` whose rules go on the device's egress hook: a
+    /// port's egress twin, whose device is listed again under its own index.
+    pub egress: Vec<u8>,
     /// The owner id written into every cookie.
     pub owner: u32,
     /// Filters go at this priority (IPv4), +1 (IPv6), +2 (802.1Q), +3
@@ -82,6 +117,7 @@ impl TcConfig {
     pub fn new(ports: Vec<String>, owner: u32) -> TcConfig {
         TcConfig {
             ports,
+            egress: Vec::new(),
             owner,
             prio_base: 0x100,
             chain: 0,
@@ -158,6 +194,7 @@ struct Placed {
 
 struct Port {
     info: DeviceInfo,
+    hook: Hook,
     next_handle: u32,
 }
 
@@ -195,9 +232,9 @@ fn io_err(message: impl Into<String>) -> BackendError {
 }
 
 impl TcBackend {
-    /// Resolves the ports, makes sure each has an ingress hook (a clsact
-    /// qdisc, unless a clsact or ingress qdisc is already there), and deals
-    /// with our leftovers from an earlier run.
+    /// Resolves the ports, makes sure each has its hook (a clsact qdisc,
+    /// unless a clsact or, for ingress alone, an ingress qdisc is already
+    /// there), and deals with our leftovers from an earlier run.
     pub fn open(cfg: TcConfig) -> Result<TcBackend, BackendError> {
         if cfg.ports.is_empty() {
             return Err(io_err("no ports configured"));
@@ -205,10 +242,14 @@ impl TcBackend {
         if cfg.ports.len() > u8::MAX as usize + 1 {
             return Err(io_err(format!("{} ports configured, at most 256 supported", cfg.ports.len())));
         }
+        if let Some(&e) = cfg.egress.iter().find(|&&e| e as usize >= cfg.ports.len()) {
+            return Err(io_err(format!("egress port {e} is not configured ({} ports)", cfg.ports.len())));
+        }
         let mut ports = Vec::with_capacity(cfg.ports.len());
         for (i, name) in cfg.ports.iter().enumerate() {
             let info = device::probe(name).map_err(|e| io_err(format!("port {i}: {e}")))?;
-            ports.push(Port { info, next_handle: 1 });
+            let hook = if cfg.egress.contains(&(i as u8)) { Hook::Egress } else { Hook::Ingress };
+            ports.push(Port { info, hook, next_handle: 1 });
         }
         let sock = TcSocket::open().map_err(|e| io_err(format!("opening rtnetlink socket: {e}")))?;
         let caps = Capabilities {
@@ -220,6 +261,8 @@ impl TcBackend {
             // AF_PACKET taps and the software flower path both see packets
             // before (or instead of) any hardware.
             software_sees_offloaded: true,
+            // ...but at egress tc runs first (see `Hook::Egress`).
+            egress_rules_before_taps: true,
             // Every flower rule of a TCP flow requires FIN and RST clear
             // (flower::TCP_TEARDOWN_FLAGS), in hardware and in the software
             // fallback alike.
@@ -253,8 +296,15 @@ impl TcBackend {
         self.recovery
     }
 
+    /// The ports' devices, each once: an egress twin's device is its
+    /// port's.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceInfo> {
-        self.ports.iter().map(|p| &p.info)
+        self.ports.iter().filter(|p| p.hook == Hook::Ingress).map(|p| &p.info)
+    }
+
+    /// The hook port `port`'s filters sit on.
+    pub fn hook(&self, port: u8) -> Option<Hook> {
+        self.ports.get(port as usize).map(|p| p.hook)
     }
 
     /// Rules this backend currently holds.
@@ -303,9 +353,50 @@ impl TcBackend {
             match r {
                 Ok(()) => tracing::debug!(dev = %p.info.name, "added clsact qdisc"),
                 // A clsact or ingress qdisc is already there: either gives
-                // us the ingress hook.
+                // us the ingress hook (the egress one is checked below).
                 Err(NlError::Kernel { errno: libc::EEXIST, .. }) => {}
                 Err(e) => return Err(io_err(format!("{}: adding clsact qdisc: {e}", p.info.name))),
+            }
+        }
+        if self.ports.iter().any(|p| p.hook == Hook::Egress) {
+            self.check_egress_hooks()?;
+        }
+        Ok(())
+    }
+
+    /// An ingress qdisc (`tc qdisc add dev X ingress`) has no egress hook,
+    /// and the kernel files a filter sent to `ffff:fff3` under it in its
+    /// one (ingress) block: so a port whose rules go on egress needs the
+    /// qdisc at `ffff:` to be clsact, read back from a qdisc dump.
+    fn check_egress_hooks(&mut self) -> Result<(), BackendError> {
+        let mut kinds: HashMap<u32, String> = HashMap::new();
+        let mut req = Vec::with_capacity(20);
+        TcmsgRepr::default().emit(&mut req);
+        self.sock
+            .dump(Rtm::Getqdisc, &req, &mut |ty, payload| {
+                if ty != u16::from(Rtm::Newqdisc) {
+                    return;
+                }
+                let Ok(t) = Tcmsg::new_checked(payload) else { return };
+                if t.parent() != TC_H_CLSACT {
+                    return;
+                }
+                if let Ok(Some(kind)) = t.attrs().find(flower::TCA_KIND) {
+                    kinds.insert(t.ifindex(), kind.str().unwrap_or("?").to_string());
+                }
+            })
+            .map_err(|e| io_err(format!("dumping qdiscs: {e}")))?;
+        for p in self.ports.iter().filter(|p| p.hook == Hook::Egress) {
+            match kinds.get(&p.info.ifindex).map(String::as_str) {
+                Some("clsact") => {}
+                Some(kind) => {
+                    return Err(io_err(format!(
+                        "{dev}: its `{kind}` qdisc has no egress hook, which the port's egress twin needs: \
+                         replace it with clsact (`tc qdisc del dev {dev} {kind}`; flowtable adds clsact)",
+                        dev = p.info.name
+                    )))
+                }
+                None => return Err(io_err(format!("{}: no clsact qdisc found after adding one", p.info.name))),
             }
         }
         Ok(())
@@ -316,7 +407,7 @@ impl TcBackend {
     fn walk_filters(&mut self, mut f: impl FnMut(FilterInfo), foreign: &mut usize) -> Result<(), BackendError> {
         for (idx, port) in self.ports.iter_mut().enumerate() {
             let mut req = Vec::with_capacity(20);
-            TcmsgRepr { ifindex: port.info.ifindex, handle: 0, parent: PARENT_INGRESS, info: 0 }.emit(&mut req);
+            TcmsgRepr { ifindex: port.info.ifindex, handle: 0, parent: port.hook.parent(), info: 0 }.emit(&mut req);
             let now = now_ns();
             let mut decode_errors = 0u64;
             let mut max_handle = 0u32;
@@ -324,7 +415,7 @@ impl TcBackend {
                 if ty != u16::from(Rtm::Newtfilter) {
                     return;
                 }
-                match filter_info(payload, idx as u8, now) {
+                match filter_info_on(payload, idx as u8, port.hook, now) {
                     Ok(Some(info)) => {
                         max_handle = max_handle.max(info.handle);
                         f(info)
@@ -349,7 +440,7 @@ impl TcBackend {
             if max_handle >= port.next_handle {
                 port.next_handle = max_handle.wrapping_add(1).max(1);
             }
-            res.map_err(|e| io_err(format!("{}: dumping filters: {e}", port.info.name)))?;
+            res.map_err(|e| io_err(format!("{}: dumping {} filters: {e}", port.info.name, port.hook.name())))?;
         }
         Ok(())
     }
@@ -460,8 +551,8 @@ impl TcBackend {
 
     fn delete_msg(&self, p: &Placed, echo: bool) -> OutMsg {
         let mut payload = Vec::with_capacity(40);
-        let hdr =
-            TcmsgRepr::filter(self.ports[p.port as usize].info.ifindex, PARENT_INGRESS, p.prio, p.protocol, p.handle);
+        let port = &self.ports[p.port as usize];
+        let hdr = TcmsgRepr::filter(port.info.ifindex, port.hook.parent(), p.prio, p.protocol, p.handle);
         flower::emit_filter_ref(&mut payload, &hdr, self.cfg.chain);
         OutMsg { kind: Rtm::Deltfilter, flags: if echo { NlmF::ECHO } else { NlmF::empty() }, payload }
     }
@@ -610,11 +701,11 @@ impl TcBackend {
         let port = r.matches.port;
         let prio = self.prio_for(m.protocol);
         let handle = self.ports[port as usize].take_handle();
-        let ifindex = self.ports[port as usize].info.ifindex;
+        let (ifindex, hook) = (self.ports[port as usize].info.ifindex, self.ports[port as usize].hook);
         // Validated in prepare().
         let act = self.action_reprs(&r.action).unwrap_or(ActionRepr::Gact { verdict: action::TC_ACT_OK });
         let mut payload = Vec::with_capacity(192);
-        let hdr = TcmsgRepr::filter(ifindex, PARENT_INGRESS, prio, m.protocol, handle);
+        let hdr = TcmsgRepr::filter(ifindex, hook.parent(), prio, m.protocol, handle);
         flower::emit_filter(&mut payload, &hdr, self.cfg.chain, m, flags, &[act], &r.cookie.to_bytes());
         // Hardware attempts are echoed so the in_hw flag can be read back.
         let echo = if flags & FLAG_SKIP_SW != 0 { NlmF::ECHO } else { NlmF::empty() };
@@ -655,13 +746,26 @@ impl TcBackend {
     }
 }
 
-/// Reads one dumped or echoed filter: `Some` when it carries our cookie
-/// magic (any owner), with the counters of the cookie's action.
+/// Reads one dumped or echoed filter of an ingress hook: `Some` when it
+/// carries our cookie magic (any owner), with the counters of the cookie's
+/// action.
 ///
 /// Public (hidden) for the fuzz targets in `fuzz/`: it is what every dump
 /// entry and echo from the kernel goes through.
 #[doc(hidden)]
 pub fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<FilterInfo>, attr::WireError> {
+    filter_info_on(payload, port, Hook::Ingress, now_ns)
+}
+
+/// `filter_info` of a filter on `hook`, which decides what its software
+/// byte count leaves out.
+#[doc(hidden)]
+pub fn filter_info_on(
+    payload: &[u8],
+    port: u8,
+    hook: Hook,
+    now_ns: u64,
+) -> Result<Option<FilterInfo>, attr::WireError> {
     let v = FilterView::parse(payload)?;
     let Some(fl) = v.flower else { return Ok(None) };
     let Some(act) = fl.cookie_action()? else { return Ok(None) };
@@ -673,7 +777,7 @@ pub fn filter_info(payload: &[u8], port: u8, now_ns: u64) -> Result<Option<Filte
         handle: v.handle,
         cookie,
         flags: fl.flags,
-        counters: action_counters(&act, now_ns, sw_l2_len(&fl))?,
+        counters: action_counters(&act, now_ns, sw_l2_len(&fl, hook))?,
         matches: rule_match(&fl),
         action: action_repr(&act)?,
     }))
@@ -706,12 +810,16 @@ fn action_repr(act: &action::ActionView<'_>) -> Result<Option<ActionRepr>, attr:
 /// Bytes per packet that the kernel's software path leaves out of its byte
 /// count: at the ingress hook a frame starts at its network header (or at
 /// the inner tag of a QinQ pair) and the outer VLAN tag sits in metadata,
-/// so the Ethernet header and that tag go uncounted.
-fn sw_l2_len(fl: &flower::FlowerView<'_>) -> u64 {
-    if fl.vlan.is_some() {
-        18
-    } else {
-        14
+/// so the Ethernet header and that tag go uncounted. At the egress hook
+/// the frame starts at its Ethernet header (`qdisc_pkt_len_init` takes
+/// `skb->len` once the link header is on); only an outer tag, still in
+/// metadata until the device (or `validate_xmit_vlan`, after tc) puts it
+/// in, is left out.
+fn sw_l2_len(fl: &flower::FlowerView<'_>, hook: Hook) -> u64 {
+    let tag = if fl.vlan.is_some() { 4 } else { 0 };
+    match hook {
+        Hook::Ingress => 14 + tag,
+        Hook::Egress => tag,
     }
 }
 
@@ -839,9 +947,13 @@ impl Backend for TcBackend {
         }
         let now = now_ns();
         let mut finals: Vec<Option<RuleCounters>> = vec![None; msgs.len()];
+        let hooks: Vec<Hook> = which
+            .iter()
+            .map(|&i| self.rules.get(&cookies[i]).map_or(Hook::Ingress, |p| self.ports[p.port as usize].hook))
+            .collect();
         let results = self.sock.batch(&msgs, &mut |i, ty, payload| {
             if ty == u16::from(Rtm::Deltfilter) {
-                match filter_info(payload, 0, now) {
+                match filter_info_on(payload, 0, hooks[i], now) {
                     Ok(Some(f)) => finals[i] = Some(f.counters),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "undecodable delete echo"),
@@ -914,6 +1026,12 @@ mod tests {
         assert_eq!((f.counters.packets, f.counters.bytes), (20, 20 * 142));
         let last = f.counters.last_used_ns.unwrap();
         assert!(last < now && now - last < 60 * 1_000_000_000, "hit within the recording's minute");
+        // The same filter read from an egress hook: tc counted frames from
+        // their Ethernet header there, so nothing is added back.
+        let egress = filter_info_on(include_bytes!("testdata/dump-drop-udp.bin"), 3, Hook::Egress, now).unwrap();
+        let egress = egress.unwrap();
+        assert_eq!((egress.counters.packets, egress.counters.bytes), (20, 20 * 128));
+        assert_eq!((Hook::Ingress.parent(), Hook::Egress.parent()), (PARENT_INGRESS, PARENT_EGRESS));
         assert!(filter_info(include_bytes!("testdata/dump-foreign-redirect.bin"), 0, now).unwrap().is_none());
         assert!(filter_info(include_bytes!("testdata/dump-prio-head.bin"), 0, now).unwrap().is_none());
     }

@@ -11,6 +11,9 @@ pub const TC_H_INGRESS: u32 = TC_H_CLSACT;
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress hook, the parent
 /// of ingress filters under either a clsact or an ingress qdisc.
 pub const PARENT_INGRESS: u32 = 0xffff_fff2;
+/// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`: the egress hook of a clsact
+/// qdisc (an ingress qdisc has none).
+pub const PARENT_EGRESS: u32 = 0xffff_fff3;
 /// The handle `ffff:` that clsact and ingress qdiscs take.
 pub const QDISC_HANDLE_INGRESS: u32 = 0xffff_0000;
 
@@ -133,6 +136,19 @@ mod tests {
             assert_eq!(&buf[16..18], &[0x08, 0x00]);
         }
         assert_eq!(t.attrs().count(), 0);
+    }
+
+    /// An egress filter's header is an ingress one's but for the parent,
+    /// which is clsact's egress minor, as `tc filter add dev X egress` sends.
+    #[test]
+    fn egress_filter_header_names_the_clsact_egress_hook() {
+        let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+        TcmsgRepr::filter(7, PARENT_INGRESS, 0x100, 0x0800, 42).emit(&mut ingress);
+        TcmsgRepr::filter(7, PARENT_EGRESS, 0x100, 0x0800, 42).emit(&mut egress);
+        assert_eq!(&egress[12..16], &0xffff_fff3u32.to_ne_bytes(), "tcm_parent ffff:fff3");
+        assert_eq!(&ingress[12..16], &0xffff_fff2u32.to_ne_bytes(), "tcm_parent ffff:fff2");
+        assert_eq!((&egress[..12], &egress[16..]), (&ingress[..12], &ingress[16..]), "nothing else differs");
+        assert_eq!(Tcmsg::new_checked(&egress[..]).unwrap().parent(), PARENT_EGRESS);
     }
 
     #[test]

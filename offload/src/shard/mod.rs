@@ -506,12 +506,14 @@ impl Shard {
 
     /// What the rule on `port` for one direction of flow `id` does: `pass`
     /// on a port of an inline pair goes on to the partner port in hardware,
-    /// as the pair would have carried it; `mark: 0` marks packets with the
-    /// flow's slot plus one, so software finds the flow without hashing.
+    /// as the pair would have carried it (on a port and its egress twin it
+    /// stays a pass: the host's own stack is the path); `mark: 0` marks
+    /// packets with the flow's slot plus one, so software finds the flow
+    /// without hashing.
     fn rule_action(&self, action: Action, id: FlowId, port: u8) -> Action {
         match action {
             Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
-            Action::Pass => self.cfg.ports.partner(port).map_or(Action::Pass, |to| Action::Forward { port: to }),
+            Action::Pass => self.cfg.ports.inline_partner(port).map_or(Action::Pass, |to| Action::Forward { port: to }),
             a => a,
         }
     }
@@ -591,14 +593,20 @@ impl Shard {
         // Rules that leave FIN and RST to software never count them.
         let rule_skips = closing && self.backend.capabilities.tcp_teardown_to_software;
         let tapped = if !rule_skips && matches!(stage, Stage::Installing | Stage::Offloaded | Stage::Removing) {
-            let sees_offloaded = self.backend.capabilities.software_sees_offloaded;
-            let counters = self.backend.capabilities.counters;
+            let caps = &self.backend.capabilities;
+            let counters = caps.counters;
+            // On an egress twin the rule may run before the taps (tc's
+            // egress hook runs before AF_PACKET's): software then sees only
+            // what the rule let go on, after counting it.
+            let before_taps = caps.egress_rules_before_taps && self.cfg.ports.is_egress(pkt.port);
+            let sees_offloaded = caps.software_sees_offloaded;
             self.offloads.get_mut(&id).filter(|s| {
                 let rule_counts = match stage {
                     Stage::Installing => counters,
                     _ => s.placement[d].is_some() && s.hw_counters,
                 };
-                rule_counts && (sees_offloaded || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
+                let sees = if before_taps { s.action == Action::Pass } else { sees_offloaded };
+                rule_counts && (sees || matches!(s.action, Action::Mark { .. } | Action::Mirror { .. }))
             })
         } else {
             None
