@@ -51,6 +51,26 @@ fn records_in(records: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(records).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// The one record of the flow to or from `port`, waited for up to 30 s
+/// after `since` (a close); fails with the daemon's log if none comes, or
+/// if there are two.
+fn the_one_record(records: &Path, port: u16, since: Instant, dir: &Path) -> serde_json::Value {
+    loop {
+        let mine: Vec<serde_json::Value> =
+            records_in(records).into_iter().filter(|r| r["dport"] == port || r["sport"] == port).collect();
+        if let Some(r) = mine.first() {
+            assert_eq!(mine.len(), 1, "one flow, one record: {mine:#?}");
+            return r.clone();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "no record after the close; log:\n{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
@@ -756,19 +776,7 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     // The record comes within the closing timeout plus a poll (and the
     // emulated machine's slack), and the rules are gone by then.
     let records = dir.join("records.jsonl");
-    let record = loop {
-        let mine: Vec<serde_json::Value> = records_in(&records).into_iter().filter(|r| r["dport"] == 7000).collect();
-        if let Some(r) = mine.first() {
-            assert_eq!(mine.len(), 1, "one flow: {mine:#?}");
-            break r.clone();
-        }
-        assert!(
-            closed_at.elapsed() < Duration::from_secs(30),
-            "no record after the close; log:\n{}",
-            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let record = the_one_record(&records, 7000, closed_at, &dir);
     let waited = closed_at.elapsed();
     println!("{close:?}: record after {waited:?}: {record}");
     assert_eq!(record["end_reason"], "tcp-close", "{record}");
@@ -1203,19 +1211,7 @@ fn own_port_connection(tag: &str, subnet: u8, workers: usize) {
     assert!(egress_packets(&egress_show) > 0, "the egress rule carried the answers:\n{egress_show}");
 
     let records = dir.join("records.jsonl");
-    let record = loop {
-        let mine: Vec<serde_json::Value> = records_in(&records).into_iter().filter(|r| r["dport"] == PORT).collect();
-        if let Some(r) = mine.first() {
-            assert_eq!(mine.len(), 1, "one flow for both directions: {mine:#?}");
-            break r.clone();
-        }
-        assert!(
-            closed_at.elapsed() < Duration::from_secs(30),
-            "no record after the close; log:\n{}",
-            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let record = the_one_record(&records, PORT, closed_at, &dir);
     let waited = closed_at.elapsed();
     println!("record after {waited:?}: {record}");
     assert_eq!(record["end_reason"], "tcp-close", "{record}");

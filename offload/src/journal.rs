@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub struct JournalEntry {
     /// The flow id, as in its rules' cookies.
     pub flow: u64,
-    pub key: KeyEntry,
+    pub key: FlowKey,
     /// 0: the first packet went lo to hi; 1: hi to lo.
     pub initiator: u8,
     /// Each direction's port.
@@ -52,55 +52,6 @@ pub struct JournalEntry {
 impl JournalEntry {
     pub fn initiator(&self) -> Direction {
         Direction::from_index(usize::from(self.initiator & 1))
-    }
-}
-
-/// The flow key's fields, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyEntry {
-    pub addr_lo: [u8; 16],
-    pub addr_hi: [u8; 16],
-    pub port_lo: u16,
-    pub port_hi: u16,
-    pub vlan_outer: u16,
-    pub vlan_inner: u16,
-    pub proto: u8,
-    pub zone: u8,
-    pub flags: u8,
-    pub encap: u8,
-}
-
-impl From<&FlowKey> for KeyEntry {
-    fn from(k: &FlowKey) -> KeyEntry {
-        KeyEntry {
-            addr_lo: k.addr_lo,
-            addr_hi: k.addr_hi,
-            port_lo: k.port_lo,
-            port_hi: k.port_hi,
-            vlan_outer: k.vlan_outer,
-            vlan_inner: k.vlan_inner,
-            proto: k.proto,
-            zone: k.zone,
-            flags: k.flags,
-            encap: k.encap,
-        }
-    }
-}
-
-impl From<&KeyEntry> for FlowKey {
-    fn from(k: &KeyEntry) -> FlowKey {
-        FlowKey {
-            addr_lo: k.addr_lo,
-            addr_hi: k.addr_hi,
-            port_lo: k.port_lo,
-            port_hi: k.port_hi,
-            vlan_outer: k.vlan_outer,
-            vlan_inner: k.vlan_inner,
-            proto: k.proto,
-            zone: k.zone,
-            flags: k.flags,
-            encap: k.encap,
-        }
     }
 }
 
@@ -223,7 +174,7 @@ mod tests {
         let (key, _) = FlowKey::from_v4([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 1000, 80, 6);
         JournalEntry {
             flow,
-            key: KeyEntry::from(&key),
+            key,
             initiator: 0,
             ports: [0, 1],
             tcp: TcpState::Established,
@@ -259,7 +210,7 @@ mod tests {
         assert_eq!(bad, 1);
         assert_eq!(found.len(), 1);
         assert_eq!(found[&1].sw[0].packets, 7);
-        assert_eq!(FlowKey::from(&found[&1].key), FlowKey::from(&entry(1, 7).key));
+        assert_eq!(found[&1].key, entry(1, 7).key);
         j.rewrite(found.values()).unwrap();
         j.write(&JournalLine::Flow(Box::new(entry(4, 1))));
         j.flush();

@@ -67,7 +67,7 @@ pub mod encap {
 /// the rest zero and `FLAG_IPV6` clear. The `lo` endpoint is the smaller
 /// (address, port) pair, so both directions of a conversation build the
 /// same key. For ICMP echo the identifier stands in both port fields.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[repr(C)]
 pub struct FlowKey {
     pub addr_lo: [u8; 16],

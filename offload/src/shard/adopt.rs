@@ -26,7 +26,7 @@ impl Shard {
     /// removal is asked for.
     pub fn adopt(&mut self, entry: &JournalEntry, rules: [AdoptedRule; 2], now_ns: u64) -> Result<bool, AdoptRefusal> {
         let id = FlowId(entry.flow);
-        let key = FlowKey::from(&entry.key);
+        let key = entry.key;
         for dir in DIRS {
             if !rules[dir.index()].matches.is_for(&key, dir) {
                 return Err(AdoptRefusal::Mismatch(if dir == entry.initiator() { "orig" } else { "reply" }));
@@ -104,7 +104,7 @@ impl Shard {
         let framing = self.table.framing(id);
         Some(JournalEntry {
             flow: id.0,
-            key: (&flow.key).into(),
+            key: flow.key,
             initiator: flow.initiator() as u8,
             ports: [flow.port(Direction::LoToHi), flow.port(Direction::HiToLo)],
             tcp: flow.tcp,

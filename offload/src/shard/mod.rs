@@ -28,7 +28,7 @@ use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::Schedule;
 use flowtable_sw::{
-    DirCounters, Direction, Flow, FlowId, FlowKey, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
+    DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
