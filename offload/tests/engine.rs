@@ -1260,3 +1260,56 @@ fn what_slipped_past_a_rule_going_in_survives_a_kill_through_the_journal() {
         assert_eq!(orig.sw_packets, 3 + late as u64, "late {late} lagging {lagging}: the slipped ones are software's");
     }
 }
+
+/// A flow of the earlier run that this run can't put back under its id
+/// (here: its slot is past a smaller `table.max_flows`; the same path is
+/// taken for a worker the new run doesn't have, or a key already in use)
+/// has its rules removed at start. What the journal and its rules knew of
+/// it must still end in its one record: it may not vanish.
+#[test]
+fn a_flow_the_next_run_cannot_take_over_still_ends_in_one_record() {
+    let journal = journal_path("refused");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let big = OFFLOAD_UDP_AFTER_3_JOURNALED.replacen('{', r#"{"table": {"max_flows": 64},"#, 1);
+    let mut e = first_run(&big, nic, &journal);
+    let mut t = 0;
+    for i in 0..20u32 {
+        for flow in 0..4u16 {
+            feed(&mut e, &pkt(1, 5000 + flow, 53, 17, true, 0, 100 + i), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    assert_eq!(e.flows().count(), 4);
+    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    // Killed, then started with a smaller table.
+    drop(e);
+    let small = big.replace(r#""max_flows": 64"#, r#""max_flows": 2"#);
+    let mut e = next_run(&small, successor, &journal, t);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    let total: u64 = recs.iter().map(|r| r.packets()).sum();
+    assert_eq!((recs.len(), total), (4, 80), "one record per flow, every packet once: {recs:#?}");
+}
+
+/// A stop with `keep_rules` writes no record of the flows it leaves in
+/// place: the next run is to write them. When that run finds the journal's
+/// flows but not their rules (the host rebooted, or someone ran `tc qdisc
+/// del`, between the runs), the flows must still end in one record each,
+/// with what the journal knew: here they vanish without a word.
+#[test]
+fn flows_left_in_place_whose_rules_are_gone_by_the_next_run_still_end_in_a_record() {
+    let journal = journal_path("rebooted");
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, SimNic::new(SimProfile::full()), &journal);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 40);
+    e.shutdown(true);
+    assert!(e.drain_records().is_empty(), "left to the next run");
+    drop(e);
+    // A NIC without the earlier run's rules.
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, SimNic::new(SimProfile::full()), &journal, t);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1, "the flow left in place ends in one record");
+}
