@@ -1313,3 +1313,27 @@ fn flows_left_in_place_whose_rules_are_gone_by_the_next_run_still_end_in_a_recor
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1, "the flow left in place ends in one record");
 }
+
+/// The journal keeps what a flow's interim records carried, so the run
+/// that takes it over leaves that out of its final record. A next run
+/// without an active timeout (it was turned off in the new configuration)
+/// must still leave it out, or the collector counts it twice.
+#[test]
+fn what_interim_records_carried_is_not_carried_again_by_a_run_without_active_timeout() {
+    let journal = journal_path("interim");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let with_active = OFFLOAD_UDP_AFTER_3_JOURNALED.replacen('{', r#"{"export": {"active_timeout_s": 1},"#, 1);
+    let mut e = first_run(&with_active, nic, &journal);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 150);
+    let interim = e.drain_records();
+    assert!(!interim.is_empty() && interim.iter().all(|r| r.kind == flowtable_offload::RecordKind::Interim));
+    drop(e);
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor, &journal, t);
+    e.shutdown(false);
+    let last = e.drain_records();
+    assert_eq!(last.len(), 1);
+    let total: u64 = interim.iter().chain(&last).map(|r| r.packets()).sum();
+    assert_eq!(total, 150, "interim records and the final one add up to the flow, once");
+}
