@@ -1337,3 +1337,28 @@ fn what_interim_records_carried_is_not_carried_again_by_a_run_without_active_tim
     let total: u64 = interim.iter().chain(&last).map(|r| r.packets()).sum();
     assert_eq!(total, 150, "interim records and the final one add up to the flow, once");
 }
+
+/// An operator's `flowtable offload ID --action drop` (the control API's
+/// offload) is a decision of its own, as an application's verdict is: a
+/// crash and restart with the same configuration must not take the drop
+/// away and let the flow's traffic through.
+#[test]
+fn an_offload_the_operator_asked_for_survives_a_restart_with_the_same_configuration() {
+    let journal = journal_path("manual");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    // Nothing offloads by configuration.
+    let config = r#"{"offload": {"poll_interval_ms": 100}, "backend": {"kind": "tc", "journal": "/unused"}}"#;
+    let mut e = first_run(config, nic, &journal);
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 5);
+    let id = only_flow(&e);
+    e.request_offload(id, Action::Drop).unwrap();
+    udp_traffic(&mut e, &mut t, &mut sent, 20);
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
+    drop(e);
+    let mut e = next_run(config, successor, &journal, t);
+    e.poll(t + MS);
+    assert_eq!(e.rules_live(), 2, "the operator's drop rules stay");
+    assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
+}
