@@ -1362,3 +1362,46 @@ fn an_offload_the_operator_asked_for_survives_a_restart_with_the_same_configurat
     assert_eq!(e.rules_live(), 2, "the operator's drop rules stay");
     assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
 }
+
+/// A stop with `keep_rules` that can't hand a flow's parting line to the
+/// journal (here the synchronous engine's queue is full; in the daemon, an
+/// offload thread that is gone) writes that flow's record itself, rules
+/// left in place. The journal still has the flow from when its rules went
+/// in, so the next run takes it over and writes a second record, counting
+/// it all again.
+#[test]
+fn a_flow_recorded_at_a_keep_rules_stop_is_not_taken_over_and_recorded_again() {
+    let journal = journal_path("twice");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
+    let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
+    let mut t = 0;
+    for round in 0..4u32 {
+        for f in 0..flows {
+            feed(&mut e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    for _ in 0..20 {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    e.shutdown(true);
+    let mut recs = e.drain_records();
+    let recorded_at_stop = recs.len();
+    drop(e);
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor, &journal, t);
+    e.shutdown(false);
+    recs.extend(e.drain_records());
+    let mut ids: Vec<_> = recs.iter().map(|r| r.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (recs.len(), ids.len()),
+        (flows as usize, flows as usize),
+        "one record per flow ({recorded_at_stop} written at the stop)"
+    );
+}
