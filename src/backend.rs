@@ -83,7 +83,10 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
             tc.icmp_by_hosts = *icmp_by_hosts;
             // Taken over here; the runtime keeps those the journal knows
             // and removes the others.
-            if config.backend.journal().is_some() {
+            if let Some(journal) = config.backend.journal() {
+                // Before the backend opens: a start that fails afterwards
+                // would remove the rules it was to take over.
+                flowtable_offload::journal::Journal::probe(journal).map_err(|e| e.to_string())?;
                 tc.leftovers = Leftovers::Adopt;
             }
             let backend = TcBackend::open(tc).map_err(|e| format!("backend: {e}"))?;
@@ -92,7 +95,7 @@ pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
                 tracing::info!(
                     flushed = r.flushed,
                     adopted = r.adopted,
-                    "rules left by an earlier run of this instance"
+                    "rules left by an earlier run of this instance (read back: taken over where the journal knows them, removed otherwise)"
                 );
             }
             for d in backend.devices() {

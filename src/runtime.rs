@@ -343,14 +343,25 @@ impl Runtime {
         // Each shard holds its part of the table: the configured maximum
         // is for the whole run.
         let per_shard = cfg.table.max_flows.div_ceil(n).max(1);
+        // Every shard takes its flows back before any worker reads a packet;
+        // the first then ends those that can't go back.
+        let mut shards = Vec::with_capacity(n);
         for i in 0..n {
             let (shard_end, offload_end) = link(cfg.queue_depth);
             offload_ends.push(offload_end);
             let table = TableConfig { max_flows: per_shard, shard: i as u8, ..cfg.table };
             // Contexts are shared out the same way.
-            let engine = EngineConfig { max_context_bytes: cfg.engine.max_context_bytes.div_ceil(n), ..cfg.engine };
+            let engine = EngineConfig {
+                max_context_bytes: cfg.engine.max_context_bytes.div_ceil(n),
+                workers: n as u8,
+                ..cfg.engine
+            };
             let mut shard = Shard::new(table, classifier.clone(), info.clone(), shard_end, engine);
-            takeover.adopt_into(&mut shard, i, clock.now());
+            takeover.adopt_into(&mut shard, i, clock.now(), backend.as_mut());
+            shards.push(shard);
+        }
+        takeover.end_left(&mut shards[0], clock.now());
+        for (i, shard) in shards.into_iter().enumerate() {
             let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(INBOX_DEPTH);
             let (ftx, frx) = crossbeam_channel::bounded(INBOX_DEPTH + 2);
             let status = Arc::new(Mutex::new(LiveStatus::default()));
@@ -380,11 +391,13 @@ impl Runtime {
             workers.push(WorkerHandle { inbox: inbox_tx, thread });
             free.push(frx);
         }
-        let journal = takeover.finish(backend.as_mut())?;
+        let journal = takeover.finish()?;
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
         coordinator.adopt(takeover.kept_rules());
         if let Some(j) = journal {
             coordinator.set_journal(j);
+            let read_clock = clock.clone();
+            coordinator.set_read_clock(Box::new(move || read_clock.now()));
         }
         let status = coordinator.status();
         let (lockstep, gate) = if cfg.lockstep {
@@ -870,6 +883,12 @@ impl Worker {
             self.shard.wait_response(Duration::from_millis(100));
         }
         self.shard.finish_shutdown(keep_rules);
+        // Waits for room: the offload thread runs until every shard hangs up.
+        for line in self.shard.take_parting() {
+            if self.shard.link_to_offload().send(flowtable_offload::Request::Journal(Box::new(line))).is_err() {
+                tracing::error!("the offload thread is gone: a flow left in place for the next run is not in the journal, and ends with no record");
+            }
+        }
         self.forward();
     }
 

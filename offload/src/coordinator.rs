@@ -56,6 +56,9 @@ pub struct CoordinatorStats {
     pub retried: BTreeMap<String, u64>,
     pub install_calls: u64,
     pub remove_calls: u64,
+    /// Offload journal lines that could not be written (see `journal`):
+    /// a restart can't take over the flows they were about.
+    pub journal_write_errors: u64,
     /// What our rules counted, all rules ever installed together (each
     /// rule's cumulative counters as last read, or as it was removed).
     pub rule_counted: RuleCounters,
@@ -133,6 +136,8 @@ pub struct Coordinator {
     rules_by_port: BTreeMap<u8, usize>,
     status: Arc<Mutex<OffloadStatus>>,
     journal: Option<Journal>,
+    /// The run's clock, read as a counter read begins.
+    read_clock: Option<Box<dyn Fn() -> u64 + Send>>,
 }
 
 impl Coordinator {
@@ -168,12 +173,29 @@ impl Coordinator {
             rules_by_port: BTreeMap::new(),
             status: Arc::new(Mutex::new(status)),
             journal: None,
+            read_clock: None,
         }
+    }
+
+    /// Reads `clock` as each counter read begins (free-running; in
+    /// lockstep the step's time is the read's).
+    pub fn set_read_clock(&mut self, clock: Box<dyn Fn() -> u64 + Send>) {
+        self.read_clock = Some(clock);
     }
 
     /// Writes what shards send for the journal into `journal`.
     pub fn set_journal(&mut self, journal: Journal) {
         self.journal = Some(journal);
+    }
+
+    /// Writes journal lines handed over directly (a synchronous engine's stop).
+    pub fn write_journal(&mut self, lines: &[crate::journal::JournalLine]) {
+        if let Some(j) = self.journal.as_mut() {
+            for l in lines {
+                j.write(l);
+            }
+            j.flush();
+        }
     }
 
     /// Counts rules an earlier run left and this one took over as in
@@ -279,6 +301,8 @@ impl Coordinator {
         self.flush();
         if let Some(j) = self.journal.as_mut() {
             j.flush();
+            j.compact_if_due(self.rules_live / 2);
+            self.stats.journal_write_errors = j.write_errors;
         }
         self.publish();
     }
@@ -450,7 +474,9 @@ impl Coordinator {
         let mut buf = std::mem::take(&mut self.counters_buf);
         buf.clear();
         self.stats.counter_reads += 1;
-        let read_ns = self.now_ns;
+        // The time the read begins, after this step's removals and
+        // installs: a packet before it is in the read.
+        let read_ns = self.read_clock.as_ref().map_or(self.now_ns, |c| c().max(self.now_ns));
         if let Err(e) = self.backend.read_counters(&mut buf) {
             self.stats.counter_errors += 1;
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");

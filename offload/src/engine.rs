@@ -46,8 +46,9 @@ impl Engine {
         let info = BackendInfo { name: backend.name().to_string(), capabilities: backend.capabilities().clone() };
         let nic = backend.inline_nic();
         let mut shard = Shard::new(TableConfig { shard: 0, ..table }, Arc::new(classifier), info, shard_end, cfg);
-        takeover.adopt_into(&mut shard, 0, now_ns);
-        let j = takeover.finish(backend.as_mut())?;
+        takeover.adopt_into(&mut shard, 0, now_ns, backend.as_mut());
+        takeover.end_left(&mut shard, now_ns);
+        let j = takeover.finish()?;
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg), vec![offload_end]);
         coordinator.adopt(takeover.kept_rules());
         if let Some(j) = j {
@@ -181,6 +182,8 @@ impl Engine {
         }
         self.shard.finish_shutdown(keep_rules);
         // The journal lines of the flows left in place.
+        let parting = self.shard.take_parting();
+        self.coordinator.write_journal(&parting);
         self.settle_offload(now);
     }
 

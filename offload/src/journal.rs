@@ -43,6 +43,21 @@ pub struct JournalEntry {
     /// TCP flags software saw move the state, by direction.
     #[serde(default)]
     pub tcp_flags: [u8; 2],
+    /// Offloaded on request (the control API), not by the classifier.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested: bool,
+    /// What the flow's rules had counted (`hw`), and their cumulative
+    /// counters when this line was written (`rules_at`): a later run adds
+    /// what the rules counted beyond `rules_at`, and without the rules
+    /// still has `hw` for the record.
+    #[serde(default)]
+    pub hw: [DirCounters; 2],
+    #[serde(default)]
+    pub rules_at: [DirCounters; 2],
+    /// How many workers the run had: a flow's worker is in its id, and
+    /// the kernel spreads packets over as many as there are.
+    #[serde(default)]
+    pub workers: u8,
     /// What the flow's interim records carried so far (orig, reply), when
     /// it outlasted the active timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,14 +80,52 @@ pub enum JournalLine {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("offload journal {path}: {source}")]
+    #[error("the offload journal {path} (backend.journal) can't be read or written: {source}; give a file in a directory the daemon can write (the systemd unit's is /var/lib/flowtable)")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the offload journal {path} (backend.journal) is in use by another flowtable run; give each instance its own journal file")]
+    InUse { path: PathBuf },
 }
+
+/// Holds `<journal>.lock` for as long as a run may write the journal: two
+/// runs on one file would each take the other's flows for ones whose rules
+/// are gone, and end them. A lock file apart from the journal, because a
+/// rewrite renames a new journal into place.
+struct JournalLock(#[allow(dead_code)] std::fs::File);
+
+impl JournalLock {
+    fn take(path: &Path) -> Result<JournalLock, JournalError> {
+        use std::os::fd::AsRawFd;
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&name)
+            .map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+        // std's `File::try_lock` is newer than the supported toolchain.
+        // SAFETY: flock on a descriptor `file` owns and keeps open; it
+        // touches no memory.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+                JournalError::InUse { path: path.to_path_buf() }
+            } else {
+                JournalError::Io { path: path.to_path_buf(), source: err }
+            });
+        }
+        Ok(JournalLock(file))
+    }
+}
+
+/// Lines appended before the journal is compacted, at the least.
+const COMPACT_AFTER_LINES: u64 = 100_000;
 
 /// The writing end, held by the offload thread.
 pub struct Journal {
     path: PathBuf,
     out: BufWriter<std::fs::File>,
+    _lock: JournalLock,
     /// Lines written since the file was last rewritten.
     lines: u64,
     /// Lines that failed to go out (counted, logged once).
@@ -84,6 +137,36 @@ impl Journal {
     /// flow still offloaded; lines that don't parse are skipped and
     /// counted), then opens it for appending.
     pub fn open(path: &Path) -> Result<(Journal, HashMap<u64, JournalEntry>, usize), JournalError> {
+        let io = |source| JournalError::Io { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let lock = JournalLock::take(path)?;
+        let (entries, unreadable) = Self::read(path)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let journal =
+            Journal { path: path.to_path_buf(), out: BufWriter::new(file), _lock: lock, lines: 0, write_errors: 0 };
+        Ok((journal, entries, unreadable))
+    }
+
+    /// Whether the journal at `path` can be opened for writing (its
+    /// directory made) and no other run holds it, before anything depends
+    /// on it.
+    pub fn probe(path: &Path) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: path.to_path_buf(), source };
+        if path.is_dir() {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::IsADirectory, "it is a directory")));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        drop(JournalLock::take(path)?);
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io).map(drop)
+    }
+
+    /// The last entry of each flow still offloaded, and how many lines
+    /// didn't parse.
+    fn read(path: &Path) -> Result<(HashMap<u64, JournalEntry>, usize), JournalError> {
         let io = |source| JournalError::Io { path: path.to_path_buf(), source };
         let mut entries = HashMap::new();
         let mut unreadable = 0;
@@ -106,12 +189,24 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        Ok((entries, unreadable))
+    }
+
+    /// Rewrites the file with only the flows still offloaded once it holds
+    /// many more lines than flows (`offloaded`), so it stays near the size
+    /// of the live rules' entries. On the offload thread, never the
+    /// packet path.
+    pub fn compact_if_due(&mut self, offloaded: usize) {
+        if self.lines < COMPACT_AFTER_LINES.max(4 * offloaded as u64) {
+            return;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        let journal = Journal { path: path.to_path_buf(), out: BufWriter::new(file), lines: 0, write_errors: 0 };
-        Ok((journal, entries, unreadable))
+        self.flush();
+        let res = Self::read(&self.path).and_then(|(entries, _)| self.rewrite(entries.values()));
+        if let Err(e) = res {
+            self.note(Err(std::io::Error::other(e.to_string())));
+        }
+        // Not again for as many lines, should the rewrite have failed.
+        self.lines = 0;
     }
 
     pub fn path(&self) -> &Path {
@@ -186,6 +281,10 @@ mod tests {
             l2_len: [14, 14],
             tcp_flags: [0x12, 0x12],
             reported: None,
+            requested: false,
+            hw: [DirCounters::default(); 2],
+            rules_at: [DirCounters::default(); 2],
+            workers: 1,
         }
     }
 
@@ -216,6 +315,23 @@ mod tests {
         j.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_journal_is_refused_until_the_first_lets_go() {
+        let dir = std::env::temp_dir().join(format!("ft-journal-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("journal.jsonl");
+        let (first, _, _) = Journal::open(&path).unwrap();
+        for refused in [Journal::probe(&path).err(), Journal::open(&path).err()] {
+            let err = refused.expect("another run holds the journal");
+            assert!(matches!(err, JournalError::InUse { .. }), "{err}");
+            assert!(err.to_string().contains("in use by another flowtable run"), "{err}");
+        }
+        drop(first);
+        Journal::probe(&path).expect("free once the first run is gone");
+        let _ = Journal::open(&path).expect("free once the first run is gone");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,27 +1,31 @@
 //! Taking over, at start, what an earlier run left: its rules, found by
 //! the backend, paired by flow and matched with the offload journal, go
-//! back into their shards before any packet is read (see `shard::adopt`);
-//! the rest are removed.
+//! back into their shards before any packet is read (see `shard::adopt`).
+//! A flow that can't go back (no journal line for its rules' flow, half a
+//! pair, another number of workers, no room under its id, its rules gone)
+//! has its rules removed and, where the journal knows it, ends now in its
+//! one record, with what the rules counted to the end. Rules the journal
+//! doesn't know are removed: nothing can say whose they were.
 
+use crate::journal::{Journal, JournalEntry};
 use crate::shard::Shard;
-use flowtable_hw::Backend;
+use flowtable_hw::{AdoptedRule, Backend, Cookie, RuleCounters};
+use std::collections::{BTreeMap, HashMap};
 
-/// Taking over, at start, the flows whose rules an earlier run left: the
-/// rules the backend found are paired by flow and matched with the
-/// journal's entries; each pair whose flow the journal knows goes back
-/// into its own shard (the shard is in the flow id: a restart with the
-/// same workers puts it where the kernel's fanout sends its packets),
-/// and every other rule is removed before any packet is read.
 pub struct Takeover {
-    journal: Option<crate::journal::Journal>,
+    journal: Option<Journal>,
     /// By shard: each flow's journal entry and its rules by direction.
-    per_shard: Vec<Vec<(crate::journal::JournalEntry, [flowtable_hw::AdoptedRule; 2])>>,
-    remove: Vec<flowtable_hw::Cookie>,
-    kept: Vec<crate::journal::JournalEntry>,
-    kept_rules: Vec<flowtable_hw::AdoptedRule>,
-    /// Taken over, but this configuration doesn't offload them so: their
-    /// rules are on their way out.
+    per_shard: Vec<Vec<(JournalEntry, [AdoptedRule; 2])>>,
+    /// Flows that can't go back, with their rules' final counters: their
+    /// records are made by the first shard.
+    left: Vec<(JournalEntry, [Option<RuleCounters>; 2])>,
+    kept: Vec<JournalEntry>,
+    kept_rules: Vec<AdoptedRule>,
+    /// Taken over, but this configuration doesn't put their rules in so:
+    /// their rules are on their way out.
     unwanted: usize,
+    /// Rules removed with no journal line to make a record from.
+    unknown: usize,
 }
 
 impl Takeover {
@@ -30,17 +34,17 @@ impl Takeover {
         journal: Option<&std::path::Path>,
         shards: usize,
     ) -> Result<Takeover, String> {
-        use crate::journal::Journal;
         let rules = backend.take_adopted();
         let mut t = Takeover {
             journal: None,
             per_shard: vec![Vec::new(); shards],
-            remove: Vec::new(),
+            left: Vec::new(),
             kept: Vec::new(),
             kept_rules: Vec::new(),
             unwanted: 0,
+            unknown: 0,
         };
-        let mut entries = std::collections::HashMap::new();
+        let mut entries = HashMap::new();
         if let Some(path) = journal {
             let (j, found, unreadable) = Journal::open(path).map_err(|e| e.to_string())?;
             if unreadable > 0 {
@@ -49,21 +53,44 @@ impl Takeover {
             entries = found;
             t.journal = Some(j);
         }
-        let mut by_flow: std::collections::BTreeMap<u64, [Option<flowtable_hw::AdoptedRule>; 2]> = Default::default();
+        let mut by_flow: BTreeMap<u64, [Option<AdoptedRule>; 2]> = BTreeMap::new();
         for r in rules {
             by_flow.entry(r.cookie.flow).or_default()[r.cookie.direction().index()] = Some(r);
         }
+        let mut unknown = Vec::new();
+        let mut leaving = Vec::new();
         for (flow, pair) in by_flow {
             let shard = flowtable_sw::FlowId(flow).shard() as usize;
             match (pair, entries.remove(&flow)) {
-                ([Some(a), Some(b)], Some(entry)) if shard < shards => t.per_shard[shard].push((entry, [a, b])),
-                (pair, _) => t.remove.extend(pair.iter().flatten().map(|r| r.cookie)),
+                // The same workers, so the kernel's fanout sends the flow's
+                // packets to the worker its id names.
+                ([Some(a), Some(b)], Some(entry))
+                    if shard < shards && (entry.workers == 0 || entry.workers as usize == shards) =>
+                {
+                    t.per_shard[shard].push((entry, [a, b]))
+                }
+                (pair, Some(entry)) => leaving.push((entry, pair)),
+                (pair, None) => unknown.extend(pair.iter().flatten().map(|r| r.cookie)),
             }
+        }
+        // Journal lines whose rules are gone (a reboot, a `tc qdisc del`):
+        // the flows ended while no run was there; their records come now.
+        leaving.extend(entries.into_values().map(|e| (e, [None, None])));
+        for (entry, pair) in leaving {
+            let finals = remove_rules(backend, &pair);
+            t.left.push((entry, finals));
+        }
+        if !unknown.is_empty() {
+            t.unknown = unknown.len();
+            let _ = backend.remove(&unknown);
         }
         Ok(t)
     }
 
-    pub fn adopt_into(&mut self, shard: &mut Shard, index: usize, now_ns: u64) {
+    /// Puts shard `index`'s flows back into it, before the shard's worker
+    /// starts: no packet of those flows is read before. Those that can't go
+    /// back wait for `end_left`.
+    pub fn adopt_into(&mut self, shard: &mut Shard, index: usize, now_ns: u64, backend: &mut dyn Backend) {
         for (entry, rules) in std::mem::take(&mut self.per_shard[index]) {
             match shard.adopt(&entry, rules, now_ns) {
                 Ok(keep) => {
@@ -72,26 +99,41 @@ impl Takeover {
                     self.kept.push(entry);
                 }
                 Err(e) => {
-                    tracing::warn!(flow = entry.flow, error = %e, "a flow of an earlier run can't be taken over: its rules are removed");
-                    self.remove.extend(rules.iter().map(|r| r.cookie));
+                    tracing::debug!(flow = entry.flow, error = %e, "a flow of an earlier run can't be put back under its id");
+                    let finals = remove_rules(backend, &rules.map(Some));
+                    self.left.push((entry, finals));
                 }
             }
         }
     }
 
-    /// Removes the rules not taken over and rewrites the journal with the
-    /// flows that were; hands the journal on to the offload thread.
-    pub fn finish(&mut self, backend: &mut dyn Backend) -> Result<Option<crate::journal::Journal>, String> {
-        if !self.remove.is_empty() {
-            let failed = backend.remove(&self.remove).iter().filter(|r| r.is_err()).count();
-            tracing::info!(removed = self.remove.len() - failed, failed, "rules of an earlier run not taken over");
+    /// Ends, in `shard` (any one: the first), the flows that can't be taken
+    /// over, each with its one record. After `adopt_into` of every shard.
+    pub fn end_left(&mut self, shard: &mut Shard, now_ns: u64) {
+        let left = std::mem::take(&mut self.left);
+        if !left.is_empty() {
+            tracing::warn!(
+                flows = left.len(),
+                "flows of an earlier run that can't be taken over (another number of workers, no room under their ids, rules gone or not as the journal has them): their rules are removed and they end now with their records"
+            );
+        }
+        for (entry, finals) in left {
+            shard.end_left(&entry, finals, now_ns);
+        }
+    }
+
+    /// Rewrites the journal with the flows taken over; hands it on to the
+    /// offload thread.
+    pub fn finish(&mut self) -> Result<Option<Journal>, String> {
+        if self.unknown > 0 {
+            tracing::info!(rules = self.unknown, "rules of an earlier run the journal doesn't know: removed");
         }
         if !self.kept.is_empty() {
             tracing::info!(
                 flows = self.kept.len(),
                 rules = self.kept_rules.len(),
-                not_offloaded_now = self.unwanted,
-                "flows of an earlier run taken over, rules and all (those this configuration doesn't offload so go on in software)"
+                not_as_configured = self.unwanted,
+                "flows of an earlier run taken over, rules and all (those this configuration wouldn't put in so go on in software)"
             );
         }
         if let Some(j) = self.journal.as_mut() {
@@ -102,7 +144,19 @@ impl Takeover {
 
     /// The rules of the flows taken over, for the offload thread to count
     /// as in place.
-    pub fn kept_rules(&self) -> &[flowtable_hw::AdoptedRule] {
+    pub fn kept_rules(&self) -> &[AdoptedRule] {
         &self.kept_rules
     }
+}
+
+/// Removes a flow's rules; their final counters by direction (none where
+/// a rule was missing or its removal failed).
+fn remove_rules(backend: &mut dyn Backend, pair: &[Option<AdoptedRule>; 2]) -> [Option<RuleCounters>; 2] {
+    let cookies: Vec<Cookie> = pair.iter().flatten().map(|r| r.cookie).collect();
+    let mut results = backend.remove(&cookies).into_iter();
+    pair.map(|r| {
+        let r = r?;
+        // The final counters, else the ones read at start.
+        Some(results.next().and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
+    })
 }

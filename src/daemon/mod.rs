@@ -1526,6 +1526,13 @@ impl Daemon {
         }
         let rules_removed = rules_before.saturating_sub(rules_left);
         let left_in_place = finished.stats.flows_left_in_place;
+        let journal_errors = finished.coordinator.stats().journal_write_errors;
+        if journal_errors > 0 {
+            tracing::error!(
+                lines = journal_errors,
+                "offload journal lines could not be written: the next run can't take over the flows they were about, and those of them left in place end with no record"
+            );
+        }
         if left_in_place > 0 {
             tracing::info!(
                 flows = left_in_place,

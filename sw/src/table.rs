@@ -805,16 +805,31 @@ impl FlowTable {
             return Err(AdoptError::Full);
         }
         let generation = id.generation();
+        let (flow, framing) = FlowTable::detached(&adopted);
+        self.framing[index] = framing;
+        let slot = &mut self.flows[index];
+        *slot = flow;
+        let deadline = adopted.last_ns + self.config.timeouts.for_flow(slot);
+        self.wheel.schedule(TimerEntry { index: index as u32, generation }, deadline);
+        self.live += 1;
+        self.by_stage[Stage::Tracking as usize] += 1;
+        self.stats.inserted += 1;
+        Ok(())
+    }
+
+    /// A flow of an earlier run as `adopt` would put it back, outside any
+    /// table: for the record of one that can't be put back.
+    pub fn detached(adopted: &AdoptedFlow) -> (Flow, Framing) {
+        let generation = adopted.id.generation();
         let known = |l: u8| (l != 0).then_some(l);
-        self.framing[index] = Framing {
+        let framing = Framing {
             generation,
             first_ns: adopted.first_ns,
             l2_len: adopted.l2_len.map(known),
             tcp_flags: adopted.tcp_flags,
             ..Framing::default()
         };
-        let slot = &mut self.flows[index];
-        *slot = Flow {
+        let flow = Flow {
             key: adopted.key,
             generation,
             tcp: adopted.tcp,
@@ -828,12 +843,7 @@ impl FlowTable {
             sw: [DirCounters::default(); 2],
             hw: [DirCounters::default(); 2],
         };
-        let deadline = adopted.last_ns + self.config.timeouts.for_flow(slot);
-        self.wheel.schedule(TimerEntry { index: index as u32, generation }, deadline);
-        self.live += 1;
-        self.by_stage[Stage::Tracking as usize] += 1;
-        self.stats.inserted += 1;
-        Ok(())
+        (flow, framing)
     }
 
     /// The software flow nearest to its deadline, looking at a bounded

@@ -49,9 +49,9 @@ impl ActiveTimeout {
     /// A flow taken over from an earlier run, whose interim records
     /// carried `reported` (orig, reply) so far.
     pub(super) fn resume(&mut self, id: FlowId, reported: [DirRecord; 2], now_ns: u64) {
-        if self.wheel.is_some() {
-            self.reported.insert(id, Reported { orig: reported[0], reply: reported[1] });
-        }
+        // Kept even with the active timeout off in this run: the final
+        // record must still leave out what the earlier run's carried.
+        self.reported.insert(id, Reported { orig: reported[0], reply: reported[1] });
         self.start(id, now_ns);
     }
 

@@ -16,6 +16,7 @@
 //! rule counted is software's again once the rule is gone (`settle`).
 
 use crate::classifier::{Classifier, Decision, CLASS_VERDICT};
+use crate::journal::JournalLine;
 use crate::link::{Request, Response, ShardLink};
 use crate::record::{endpoints_of, DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
@@ -56,10 +57,6 @@ const OUTBOX_PER_CALL: usize = 256;
 /// rules' counters); the rest wait for the next poll.
 const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
 
-/// How long a stop that leaves rules for the next run waits for the
-/// offload thread to take each flow's journal line.
-const PARTING_WAIT: Duration = Duration::from_secs(2);
-
 /// Most packets `process_batch` takes at once.
 pub const BATCH: usize = 32;
 
@@ -81,6 +78,8 @@ pub struct EngineConfig {
     /// Send the offload journal (see `journal`) each offloaded flow's
     /// entry, so a restart can take the flow over with its rules.
     pub journal: bool,
+    /// How many workers (shards) the run has, for the journal.
+    pub workers: u8,
 }
 
 impl EngineConfig {
@@ -96,6 +95,7 @@ impl EngineConfig {
             ports: c.port_map().unwrap_or_default(),
             active_timeout_ns: (c.export.active_timeout_s * 1e9) as u64,
             journal: c.backend.journal().is_some(),
+            workers: 1,
         }
     }
 }
@@ -145,6 +145,10 @@ pub struct OffloadState {
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
+    /// Offloaded on request (the control API), not by the classifier: a
+    /// restart keeps it so whatever the configuration says.
+    #[serde(skip)]
+    pub requested: bool,
     /// What becomes of the flow once its rules are gone (or its install
     /// withdrawn): set while it is `removing`, or when it must go while
     /// `installing`.
@@ -197,6 +201,7 @@ impl OffloadState {
             slip_read: [None; 2],
             refusal: None,
             pinned_software: false,
+            requested: false,
             then: None,
             cancel_sent: false,
             read_ns: [0; 2],
@@ -343,6 +348,8 @@ pub struct Shard {
     due_buf: Vec<FlowId>,
     active: active::ActiveTimeout,
     rates: rate::RateSampler,
+    /// Journal lines of a stop that keeps its rules (`take_parting`).
+    parting: Vec<JournalLine>,
 }
 
 impl Shard {
@@ -375,6 +382,7 @@ impl Shard {
             due_buf: Vec::new(),
             active: active::ActiveTimeout::new(cfg.active_timeout_ns),
             rates: rate::RateSampler::default(),
+            parting: Vec::new(),
         }
     }
 
@@ -510,7 +518,7 @@ impl Shard {
     /// stays a pass: the host's own stack is the path); `mark: 0` marks
     /// packets with the flow's slot plus one, so software finds the flow
     /// without hashing.
-    fn rule_action(&self, action: Action, id: FlowId, port: u8) -> Action {
+    pub(super) fn rule_action(&self, action: Action, id: FlowId, port: u8) -> Action {
         match action {
             Action::Mark { mark: 0 } => Action::Mark { mark: id.index().wrapping_add(1) },
             Action::Pass => self.cfg.ports.inline_partner(port).map_or(Action::Pass, |to| Action::Forward { port: to }),
@@ -980,7 +988,6 @@ impl Shard {
     /// Ends every flow with reason `shutdown`, its record written.
     pub fn finish_shutdown(&mut self, keep_rules: bool) {
         if keep_rules {
-            let mut journal_open = true;
             for id in self.offloads.keys().copied().collect::<Vec<_>>() {
                 // What slipped past the rules going in: the journal's
                 // settled figure where there is one (reads made while
@@ -990,21 +997,11 @@ impl Shard {
                 }
                 let in_place = self.table.get(id).is_some_and(|f| f.stage() == Stage::Offloaded)
                     && self.offloads.get(&id).is_some_and(|s| s.placement.iter().all(Option::is_some));
-                if !(in_place && self.cfg.journal && !self.orphaned) {
-                    // The rules stay, but their flow's record is written now.
-                    self.settle_all(id);
-                    continue;
-                }
-                // The next run takes the flow over from the journal and
-                // writes its one record; this run writes none.
-                if let Some(entry) = self.journal_entry(id).filter(|_| journal_open) {
-                    let line = Request::Journal(Box::new(crate::journal::JournalLine::Flow(Box::new(entry))));
-                    // Straight to the offload thread, past the outbox this
-                    // stop throws away; should it not take the line (a
-                    // synchronous engine whose queue is full), this flow
-                    // and the rest get their records here instead.
-                    journal_open = self.link.to_offload.send_timeout(line, PARTING_WAIT).is_ok();
-                    if journal_open {
+                if in_place && self.cfg.journal && !self.orphaned {
+                    if let Some(entry) = self.journal_entry(id) {
+                        // The next run takes the flow over from the journal
+                        // and writes its one record; this run writes none.
+                        self.parting.push(JournalLine::Flow(Box::new(entry)));
                         self.table.remove(id);
                         self.offloads.remove(&id);
                         self.contexts.remove(id);
@@ -1012,7 +1009,12 @@ impl Shard {
                         continue;
                     }
                 }
+                // The rules stay, but the flow's record is written now: its
+                // earlier journal lines must not bring it back.
                 self.settle_all(id);
+                if self.cfg.journal {
+                    self.parting.push(JournalLine::Gone { flow: id.0, gone: true });
+                }
             }
         }
         for id in self.table.ids() {
@@ -1020,6 +1022,18 @@ impl Shard {
         }
         self.outbox.clear();
         self.queued = 0;
+    }
+
+    /// The sending end of the queue to the offload thread.
+    pub fn link_to_offload(&self) -> &crossbeam_channel::Sender<Request> {
+        &self.link.to_offload
+    }
+
+    /// The journal lines of a stop that keeps its rules (`finish_shutdown`),
+    /// for the caller to hand to the offload thread past the queue the stop
+    /// empties: the flows they leave in place have no record of this run.
+    pub fn take_parting(&mut self) -> Vec<JournalLine> {
+        std::mem::take(&mut self.parting)
     }
 
     // ---- the control API: what an external application asks ----
@@ -1094,6 +1108,9 @@ impl Shard {
         // Counters already folded in stay; a new rule starts from zero.
         self.offloads.remove(&id);
         self.enqueue(id, action);
+        if let Some(state) = self.offloads.get_mut(&id) {
+            state.requested = true;
+        }
         Ok(())
     }
 

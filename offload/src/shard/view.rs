@@ -43,9 +43,21 @@ impl Shard {
         context: Option<FlowContext>,
         end_reason: EndReason,
     ) -> FlowRecord {
+        self.record_of(id, flow, &self.table.framing(id), state, context, end_reason)
+    }
+
+    /// `build_record` for a flow that may be in no table (`framing` given).
+    pub(super) fn record_of(
+        &self,
+        id: FlowId,
+        flow: &Flow,
+        framing: &flowtable_sw::Framing,
+        state: Option<&OffloadState>,
+        context: Option<FlowContext>,
+        end_reason: EndReason,
+    ) -> FlowRecord {
         let (src, dst, sport, dport) = endpoints_of(flow);
         let init = flow.initiator();
-        let framing = self.table.framing(id);
         let offload = state.filter(|s| s.installed_ns != 0).map(|s| OffloadRecord {
             backend: self.backend.name.clone(),
             action: s.action,
@@ -72,8 +84,8 @@ impl Shard {
             ingress: flow.port(init),
             start_ns: framing.first_ns,
             end_ns: flow.last_ns(),
-            orig: DirRecord::of(flow, init, &framing),
-            reply: DirRecord::of(flow, init.reverse(), &framing),
+            orig: DirRecord::of(flow, init, framing),
+            reply: DirRecord::of(flow, init.reverse(), framing),
             tcp_state: flow.tcp,
             class: self.classifier.class_name(flow.class).map(str::to_string),
             class_removed_in_generation: self.classifier.removed_in_generation(flow.class),
