@@ -860,14 +860,19 @@ pub fn stats_report(s: &Stats) -> String {
     ));
     let f = &s.flows;
     o.push_str(&format!(
-        "flows     {} live of {} ({:.1}% full); {} created, {} ended, {} offloaded, {} refused\n",
+        "flows     {} live of {} ({:.1}% full); {} created, {} ended, {} offloaded, {} refused{}\n",
         f.live,
         f.capacity,
         f.fill * 100.0,
         report::count(f.created),
         report::count(f.ended),
         report::count(f.offloaded_total),
-        report::count(f.refused_total)
+        report::count(f.refused_total),
+        if f.adopted_total > 0 {
+            format!(", {} taken over from the last run", report::count(f.adopted_total))
+        } else {
+            String::new()
+        }
     ));
     o.push_str(&format!("  by stage      {}\n", map_text(&f.by_stage)));
     o.push_str(&format!("  by placement  {}\n", map_text(&f.by_placement)));

@@ -215,6 +215,7 @@ fn expected(st: &Value) -> BTreeMap<String, f64> {
     }
     put("flowtable_flows_offloaded_total".into(), u(&st["flows"]["offloaded_total"]));
     put("flowtable_flows_refused_total".into(), u(&st["flows"]["refused_total"]));
+    put("flowtable_flows_adopted_total".into(), u(&st["flows"]["adopted_total"]));
     for (reason, n) in st["refusals"].as_object().unwrap() {
         put(format!("flowtable_offload_refusals_total{{reason=\"{reason}\"}}"), u(n));
     }

@@ -478,6 +478,9 @@ pub struct FlowStats {
     pub by_placement: BTreeMap<String, u64>,
     pub offloaded_total: u64,
     pub refused_total: u64,
+    /// Flows of an earlier run taken over at start, rules and all.
+    #[serde(default)]
+    pub adopted_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -288,6 +288,12 @@ impl Collector for StatsCollector {
         o.counter("flows_ended", "Flows ended, by reason.", None, by("reason", every([], &st.ended)))?;
         o.counter("flows_offloaded", "Flows whose rules went in.", None, one(st.flows.offloaded_total))?;
         o.counter("flows_refused", "Flows the backend refused to offload.", None, one(st.flows.refused_total))?;
+        o.counter(
+            "flows_adopted",
+            "Flows of an earlier run taken over at start with their rules.",
+            None,
+            one(st.flows.adopted_total),
+        )?;
         o.counter("offload_refusals", "Offload refusals, by reason.", None, by("reason", every([], &st.refusals)))?;
 
         // Rules.

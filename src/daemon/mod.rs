@@ -1304,6 +1304,7 @@ impl Daemon {
                 by_placement,
                 offloaded_total: st.flows_offloaded,
                 refused_total: st.flows_refused,
+                adopted_total: st.flows_adopted,
             },
             rules: RuleStats {
                 backend: offload.backend.clone(),
