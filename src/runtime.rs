@@ -383,7 +383,7 @@ impl Runtime {
                 control: ControlBudget::new(),
                 deferred: VecDeque::new(),
             };
-            let opener = cfg.live.clone().map(|open| (open, turn.clone(), opened_tx.clone()));
+            let opener = cfg.live.clone().map(|open| (open, turn.clone(), n, opened_tx.clone()));
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || worker.run(i, opener))
@@ -648,13 +648,17 @@ impl ControlBudget {
     }
 }
 
-type Opener = (LiveOpener, Arc<(Mutex<usize>, std::sync::Condvar)>, Sender<Result<(), String>>);
+/// A worker's live opener, the turn every worker opens in (and how many
+/// there are), and where to say how it went.
+type Opener = (LiveOpener, Arc<(Mutex<usize>, std::sync::Condvar)>, usize, Sender<Result<(), String>>);
 
 impl Worker {
     /// Opens this worker's live source on its own thread, when its turn
-    /// comes (the workers join each port's fanout group in order).
+    /// comes (the workers join each port's fanout group in order), and
+    /// starts it once every worker's has opened: a group takes its flows'
+    /// frames only when it has all its members.
     fn open_live(&mut self, index: usize, opener: Opener) -> Option<Box<dyn PacketSource>> {
-        let (open, turn, opened) = opener;
+        let (open, turn, workers, opened) = opener;
         let (lock, cv) = &*turn;
         let mut next = lock.lock().unwrap_or_else(|e| e.into_inner());
         while *next != index {
@@ -671,7 +675,17 @@ impl Worker {
         };
         *next += 1;
         cv.notify_all();
+        while *next < workers {
+            next = cv.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
         drop(next);
+        let (result, live) = match (result, live) {
+            (Ok(()), Some(mut src)) => match src.start() {
+                Ok(()) => (Ok(()), Some(src)),
+                Err(e) => (Err(e.to_string()), None),
+            },
+            other => other,
+        };
         let _ = opened.send(result);
         live
     }

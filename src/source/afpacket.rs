@@ -29,6 +29,8 @@ const PACKET_FANOUT: libc::c_int = 18;
 /// (`__skb_get_hash_symmetric`): both directions of a flow, on any port,
 /// go to the same member.
 const PACKET_FANOUT_HASH: u32 = 0;
+/// Classic BPF `ret #k`: a filter of this alone with k = 0 takes nothing.
+const BPF_RET_K: u16 = 0x06;
 /// Reassemble IP fragments before the fanout hashes them, so a datagram's
 /// later fragments (which carry no ports) go where its first goes.
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
@@ -514,6 +516,17 @@ impl AfPacketSource {
             ingress,
             outgoing: port.outgoing,
         };
+        if cfg.fanout_base.is_some() {
+            // A fanout member takes nothing until every worker has joined
+            // (`start`): bound before its group, it would see every frame
+            // of the port, and a group short of members hashes the flows
+            // of the ones still to come onto those already in it.
+            let drop_all = [libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 }];
+            let prog = libc::sock_fprog { len: 1, filter: drop_all.as_ptr() as *mut libc::sock_filter };
+            if !setsockopt(&ring.fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog) {
+                return Err(os_err("SO_ATTACH_FILTER", name));
+            }
+        }
         // SAFETY: sockaddr_ll is plain data; zero is a valid start.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -705,6 +718,20 @@ impl AfPacketSource {
 impl PacketSource for AfPacketSource {
     fn is_live(&self) -> bool {
         true
+    }
+
+    /// Lifts the filter a fanout member was opened with: frames of its
+    /// share of the flows come in from now on.
+    fn start(&mut self) -> Result<(), SourceError> {
+        if self.cfg.fanout_base.is_none() {
+            return Ok(());
+        }
+        for ring in &self.rings {
+            if !setsockopt(&ring.fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, &0u32) {
+                return Err(os_err("SO_DETACH_FILTER", &ring.name));
+            }
+        }
+        Ok(())
     }
 
     fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {

@@ -66,6 +66,13 @@ pub trait PacketSource {
         false
     }
 
+    /// Begins taking frames, for a live source opened as one of several
+    /// that share its ports (a worker's fanout member, which takes nothing
+    /// until every worker has joined); the others take them from opening.
+    fn start(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
     /// A live source's next frame if one is ready now, `Ok(None)` if none
     /// is (not the end of the stream). Other sources: `next_packet`.
     fn poll_packet(&mut self) -> Result<Option<RawPacket<'_>>, SourceError> {
