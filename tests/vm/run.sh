@@ -8,6 +8,7 @@
 #   CARGO_TARGET_DIR   where cargo builds (default: <repo>/target)
 #   FT_VM_ONLY         space-separated suite script names to run (e.g. "10-tc")
 #   FT_VM_BENCH=1      also run the benchmarks (suite scripts check it)
+#   FT_VM_TESTS        a test-name filter the cargo-test scripts pass on
 #   FT_VM_TIMEOUT      seconds before the VM is given up on (default 1200)
 set -euo pipefail
 
@@ -74,6 +75,7 @@ done
     echo "FT_NETDEVSIM_KO=$ko"
     echo "FT_VM_BENCH=${FT_VM_BENCH:-0}"
     echo "FT_VM_ONLY=\"${FT_VM_ONLY:-}\""
+    echo "FT_VM_TESTS=\"${FT_VM_TESTS:-}\""
     # Other FT_* settings of the caller reach the guest too (e.g. FT_TC_BENCH_COUNTS).
     env | grep -E '^FT_[A-Z0-9_]+=' | grep -vE '^FT_(VM_BENCH|VM_ONLY|REPO|KVER|NETDEVSIM_KO)=' \
         | sed -E 's/^([^=]+)=(.*)$/\1="\2"/' || true
