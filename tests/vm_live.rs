@@ -654,7 +654,7 @@ fn two_workers_started_under_traffic_see_each_flow_once() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     const FLOWS: u16 = 16;
-    let pair = Pair::new("su", 53);
+    let pair = Pair::new("su", 55);
     let dir = std::path::PathBuf::from("/tmp/ft-su");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
