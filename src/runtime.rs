@@ -392,6 +392,7 @@ impl Runtime {
             free.push(frx);
         }
         let journal = takeover.finish()?;
+        let journal_kept = journal.is_some();
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
         coordinator.adopt(takeover.kept_rules());
         if let Some(j) = journal {
@@ -443,7 +444,9 @@ impl Runtime {
                 }
             }
             if let Some(e) = failure {
-                let _ = rt.shutdown(false);
+                // Nothing read yet: the flows taken over stay, rules and
+                // journal lines, for the next start.
+                let _ = rt.shutdown(journal_kept);
                 return Err(e);
             }
         }
@@ -694,7 +697,13 @@ impl Worker {
     fn run(mut self, index: usize, opener: Option<Opener>) -> (EngineStats, WorkerTimes) {
         // This worker's own live source, if it reads one; opened here, so
         // a capture ring's mapping never crosses threads.
+        let reads_live = opener.is_some();
         let mut live = opener.and_then(|o| self.open_live(index, o));
+        if live.is_some() || !reads_live {
+            // Started: the flows of an earlier run ended at start may leave
+            // the journal (a failed start leaves them to the next run).
+            self.shard.release_left();
+        }
         self.shard.set_lockstep(self.lockstep);
         let mut next_poll = self.clock.now();
         let mut last_epoch: Option<u64> = None;
@@ -897,10 +906,12 @@ impl Worker {
             self.shard.wait_response(Duration::from_millis(100));
         }
         self.shard.finish_shutdown(keep_rules);
-        // Waits for room: the offload thread runs until every shard hangs up.
+        // Waits for room: the offload thread runs until every shard hangs
+        // up; a wedged one is given up on.
         for line in self.shard.take_parting() {
-            if self.shard.link_to_offload().send(flowtable_offload::Request::Journal(Box::new(line))).is_err() {
-                tracing::error!("the offload thread is gone: a flow left in place for the next run is not in the journal, and ends with no record");
+            let req = flowtable_offload::Request::Journal(Box::new(line));
+            if self.shard.link_to_offload().send_timeout(req, Duration::from_secs(2)).is_err() {
+                tracing::error!("the offload thread is gone or stuck: a journal line of this stop is not written (a flow left in place ends with no record, or one recorded now is taken over again)");
             }
         }
         self.forward();

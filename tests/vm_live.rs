@@ -1303,7 +1303,11 @@ fn own_port_connection(tag: &str, subnet: u8, workers: usize) {
     assert_eq!((back, echoed), (ROUNDS * 1000, ROUNDS * 1000), "every byte crossed both ways");
     println!("tc -s filter show dev {} egress, the last read with the rules in:\n{egress_show}", host.dev);
     let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-    assert!(egress_show.contains("gact action pass"), "the answers' rule passes them on:\n{egress_show}\nlog:\n{}", log());
+    assert!(
+        egress_show.contains("gact action pass"),
+        "the answers' rule passes them on:\n{egress_show}\nlog:\n{}",
+        log()
+    );
     assert!(egress_packets(&egress_show) > 0, "the egress rule carried the answers:\n{egress_show}");
 
     let records = dir.join("records.jsonl");

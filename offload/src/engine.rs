@@ -48,6 +48,7 @@ impl Engine {
         let mut shard = Shard::new(TableConfig { shard: 0, ..table }, Arc::new(classifier), info, shard_end, cfg);
         takeover.adopt_into(&mut shard, 0, now_ns, backend.as_mut());
         takeover.end_left(&mut shard, now_ns);
+        shard.release_left();
         let j = takeover.finish()?;
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg), vec![offload_end]);
         coordinator.adopt(takeover.kept_rules());

@@ -20,6 +20,9 @@ pub struct Takeover {
     /// records are made by the first shard.
     left: Vec<(JournalEntry, [Option<RuleCounters>; 2])>,
     kept: Vec<JournalEntry>,
+    /// The lines of the flows `end_left` ended: kept in the journal until
+    /// their gone lines say the records went out (`Shard::release_left`).
+    ended: Vec<JournalEntry>,
     kept_rules: Vec<AdoptedRule>,
     /// Taken over, but this configuration doesn't put their rules in so:
     /// their rules are on their way out.
@@ -40,6 +43,7 @@ impl Takeover {
             per_shard: vec![Vec::new(); shards],
             left: Vec::new(),
             kept: Vec::new(),
+            ended: Vec::new(),
             kept_rules: Vec::new(),
             unwanted: 0,
             unknown: 0,
@@ -119,11 +123,12 @@ impl Takeover {
         }
         for (entry, finals) in left {
             shard.end_left(&entry, finals, now_ns);
+            self.ended.push(entry);
         }
     }
 
-    /// Rewrites the journal with the flows taken over; hands it on to the
-    /// offload thread.
+    /// Rewrites the journal with the flows taken over and those just ended
+    /// (until their gone lines); hands it on to the offload thread.
     pub fn finish(&mut self) -> Result<Option<Journal>, String> {
         if self.unknown > 0 {
             tracing::info!(rules = self.unknown, "rules of an earlier run the journal doesn't know: removed");
@@ -137,7 +142,7 @@ impl Takeover {
             );
         }
         if let Some(j) = self.journal.as_mut() {
-            j.rewrite(self.kept.iter()).map_err(|e| e.to_string())?;
+            j.rewrite(self.kept.iter().chain(&self.ended)).map_err(|e| e.to_string())?;
         }
         Ok(self.journal.take())
     }

@@ -511,6 +511,8 @@ struct Wrapped {
     caps: Capabilities,
     asked: Arc<Mutex<Vec<RuleSpec>>>,
     tap: Option<Arc<Mutex<Tap>>>,
+    /// While set, every removal fails as a netlink error would.
+    fail_removals: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Software sees every packet and the rule counts (and drops) it
@@ -532,7 +534,7 @@ impl Wrapped {
     fn new(profile: SimProfile) -> Wrapped {
         let nic = SimNic::new(profile);
         let caps = nic.capabilities().clone();
-        Wrapped { nic, caps, asked: Default::default(), tap: None }
+        Wrapped { nic, caps, asked: Default::default(), tap: None, fail_removals: Default::default() }
     }
 
     fn behind_tap(mut self, late: usize) -> Wrapped {
@@ -567,6 +569,12 @@ impl Backend for Wrapped {
         self.nic.install(rules)
     }
     fn remove(&mut self, cookies: &[Cookie]) -> Vec<Result<Option<RuleCounters>, BackendError>> {
+        if self.fail_removals.load(std::sync::atomic::Ordering::Relaxed) {
+            return cookies
+                .iter()
+                .map(|_| Err(BackendError::Io { backend: "sim".into(), message: "removal refused (test)".into() }))
+                .collect();
+        }
         self.nic.remove(cookies)
     }
     fn read_counters(&mut self, out: &mut Vec<(Cookie, RuleCounters)>) -> Result<(), BackendError> {
@@ -592,6 +600,7 @@ impl Wrapped {
             caps: self.caps.clone(),
             asked: Default::default(),
             tap: self.tap.as_ref().map(|_| Arc::new(Mutex::new(Tap { late: 0, until_effective: 0, egress: None }))),
+            fail_removals: Default::default(),
         }
     }
 }
@@ -1404,4 +1413,72 @@ fn a_flow_recorded_at_a_keep_rules_stop_is_not_taken_over_and_recorded_again() {
         (flows as usize, flows as usize),
         "one record per flow ({recorded_at_stop} written at the stop)"
     );
+}
+
+/// A stop that removes its rules, with more flows than the queue to the
+/// offload thread holds: every flow's gone line reaches the journal (in
+/// the daemon, the last ones can still wait in the shard's outbox when the
+/// stop ends, and go with its parting lines). One lost, the next run would
+/// find the flow's journal line with no rules and record it a second time.
+#[test]
+fn a_plain_stop_with_more_flows_than_the_queue_leaves_none_for_the_next_run_to_record() {
+    let journal = journal_path("plain-stop");
+    let nic = SimNic::new(SimProfile::full());
+    let successor = nic.successor();
+    let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
+    let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
+    let mut t = 0;
+    for round in 0..4u32 {
+        for f in 0..flows {
+            feed(&mut e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    for _ in 0..20 {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    e.shutdown(false);
+    let first = e.drain_records().len();
+    assert_eq!(first, flows as usize, "every flow recorded at the stop");
+    drop(e);
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor, &journal, t);
+    e.shutdown(false);
+    let again = e.drain_records();
+    assert!(again.is_empty(), "{} flows recorded a second time by the next run", again.len());
+}
+
+/// A stop that removes its rules, but the backend refuses the removals:
+/// the flow's record is written at the stop and its rules stay in the NIC.
+/// The next run must remove them, not take the flow over (and record it
+/// again, every packet counted twice).
+#[test]
+fn rules_a_stop_failed_to_remove_are_removed_by_the_next_run_not_taken_over() {
+    let journal = journal_path("failed-removal");
+    let w = Wrapped::new(SimProfile::full());
+    let mut successor = w.nic.successor();
+    let fail = w.fail_removals.clone();
+    let c = parse("test.json", OFFLOAD_UDP_AFTER_3_JOURNALED).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(w)).unwrap();
+    e.set_journal(&journal).unwrap();
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    udp_traffic(&mut e, &mut t, &mut sent, 20);
+    assert_eq!(e.flow(only_flow(&e)).unwrap().stage, Stage::Offloaded);
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    e.shutdown(false);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1, "recorded at the stop");
+    drop(e);
+    let mut left = Vec::new();
+    successor.read_counters(&mut left).unwrap();
+    assert_eq!(left.len(), 2, "the rules the stop failed to remove are still in");
+    let mut e = next_run(OFFLOAD_UDP_AFTER_3_JOURNALED, successor.successor(), &journal, t);
+    assert_eq!(e.rules_live(), 0, "not taken over");
+    e.shutdown(false);
+    assert!(e.drain_records().is_empty(), "the flow's one record was the first run's");
+    let mut left = Vec::new();
+    successor.read_counters(&mut left).unwrap();
+    assert!(left.is_empty(), "the next run removed them: {left:?}");
 }

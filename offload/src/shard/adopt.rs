@@ -139,11 +139,24 @@ impl Shard {
 
     /// Ends a flow an earlier run left that this run can't take over: its
     /// record (see `record_of_left`) goes out with this shard's.
+    /// Its gone line waits for `release_left` (the run has started): a
+    /// start that fails drops the record, and the next run makes it.
     pub fn end_left(&mut self, entry: &JournalEntry, finals: [Option<RuleCounters>; 2], now_ns: u64) {
         let record = self.record_of_left(entry, finals, now_ns);
         self.stats.flows_ended += 1;
         *self.stats.ended_by.entry(EndReason::Shutdown.as_str().to_string()).or_insert(0) += 1;
         self.records.push(record);
+        if self.cfg.journal {
+            self.left_gone.push(entry.flow);
+        }
+    }
+
+    /// Sends the gone lines of the flows `end_left` ended, once the run
+    /// that writes their records has started.
+    pub fn release_left(&mut self) {
+        for flow in std::mem::take(&mut self.left_gone) {
+            self.send(Request::Journal(Box::new(JournalLine::Gone { flow, gone: true })));
+        }
     }
 
     /// Sends the journal a flow's entry as it stands (its rules are in).

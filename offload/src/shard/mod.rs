@@ -350,6 +350,9 @@ pub struct Shard {
     rates: rate::RateSampler,
     /// Journal lines of a stop that keeps its rules (`take_parting`).
     parting: Vec<JournalLine>,
+    /// Flows of an earlier run ended at start, their gone lines held
+    /// (`release_left`).
+    left_gone: Vec<u64>,
 }
 
 impl Shard {
@@ -383,6 +386,7 @@ impl Shard {
             active: active::ActiveTimeout::new(cfg.active_timeout_ns),
             rates: rate::RateSampler::default(),
             parting: Vec::new(),
+            left_gone: Vec::new(),
         }
     }
 
@@ -1018,9 +1022,24 @@ impl Shard {
             }
         }
         for id in self.table.ids() {
+            // A stop that removes its rules but failed to for this flow:
+            // its record is written now, so the next run must not take it
+            // over from an earlier line (it removes the rules instead).
+            if !keep_rules
+                && self.cfg.journal
+                && self.offloads.get(&id).is_some_and(|s| s.placement.iter().any(Option::is_some))
+            {
+                self.parting.push(JournalLine::Gone { flow: id.0, gone: true });
+            }
             self.end(id, EndReason::Shutdown);
         }
-        self.outbox.clear();
+        // Journal lines still waiting for room in the queue go with the
+        // parting ones, which the caller sends past it.
+        for req in std::mem::take(&mut self.outbox) {
+            if let Request::Journal(line) = req {
+                self.parting.push(*line);
+            }
+        }
         self.queued = 0;
     }
 
