@@ -1372,6 +1372,26 @@ fn an_offload_the_operator_asked_for_survives_a_restart_with_the_same_configurat
     assert_eq!(e.flow(id).unwrap().stage, Stage::Offloaded);
 }
 
+/// Offloads more UDP flows than the queue to the offload thread holds,
+/// 4 packets each; how many, and the time after.
+fn offload_more_flows_than_the_queue(e: &mut Engine) -> (u16, u64) {
+    let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
+    let mut t = 0;
+    for round in 0..4u32 {
+        for f in 0..flows {
+            feed(e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    for _ in 0..20 {
+        t += 10 * MS;
+        e.poll(t);
+    }
+    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    (flows, t)
+}
+
 /// A stop with `keep_rules` that can't hand a flow's parting line to the
 /// journal (here the synchronous engine's queue is full; in the daemon, an
 /// offload thread that is gone) writes that flow's record itself, rules
@@ -1384,20 +1404,7 @@ fn a_flow_recorded_at_a_keep_rules_stop_is_not_taken_over_and_recorded_again() {
     let nic = SimNic::new(SimProfile::full());
     let successor = nic.successor();
     let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
-    let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
-    let mut t = 0;
-    for round in 0..4u32 {
-        for f in 0..flows {
-            feed(&mut e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
-        }
-        t += 10 * MS;
-        e.poll(t);
-    }
-    for _ in 0..20 {
-        t += 10 * MS;
-        e.poll(t);
-    }
-    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    let (flows, t) = offload_more_flows_than_the_queue(&mut e);
     e.shutdown(true);
     let mut recs = e.drain_records();
     let recorded_at_stop = recs.len();
@@ -1426,20 +1433,7 @@ fn a_plain_stop_with_more_flows_than_the_queue_leaves_none_for_the_next_run_to_r
     let nic = SimNic::new(SimProfile::full());
     let successor = nic.successor();
     let mut e = first_run(OFFLOAD_UDP_AFTER_3_JOURNALED, nic, &journal);
-    let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
-    let mut t = 0;
-    for round in 0..4u32 {
-        for f in 0..flows {
-            feed(&mut e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
-        }
-        t += 10 * MS;
-        e.poll(t);
-    }
-    for _ in 0..20 {
-        t += 10 * MS;
-        e.poll(t);
-    }
-    assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
+    let (flows, t) = offload_more_flows_than_the_queue(&mut e);
     e.shutdown(false);
     let first = e.drain_records().len();
     assert_eq!(first, flows as usize, "every flow recorded at the stop");
