@@ -270,12 +270,7 @@ fn daemon_offloads_live_flows_to_tc_and_ages_them_out() {
         return;
     }
     let pair = Pair::new("e2", 44);
-    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
-        sh(&format!("tc qdisc add dev {from} clsact"));
-        sh(&format!(
-            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
-        ));
-    }
+    pair.redirect_between_hosts();
     let dir = std::path::Path::new("/tmp/ft-e2e");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
@@ -378,12 +373,7 @@ impl InlinePair {
     /// by a comma) added to the configuration.
     fn start_with(tag: &str, subnet: u8, dir: &'static Path, action: &str, extra: &str) -> InlinePair {
         let pair = Pair::new(tag, subnet);
-        for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
-            sh(&format!("tc qdisc add dev {from} clsact"));
-            sh(&format!(
-                "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
-            ));
-        }
+        pair.redirect_between_hosts();
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
         let config = format!(
@@ -732,19 +722,8 @@ fn offloaded_connection_is_torn_down(tag: &str, subnet: u8, close: Close) {
     use std::os::fd::AsRawFd;
 
     let pair = Pair::new(tag, subnet);
-    // One packet per segment everywhere, so the tap, the rules and the
-    // capture count the same packets (tc counts a GSO packet as its segments).
-    for (ns, dev) in [(Some(&pair.ns_a), "a0"), (Some(&pair.ns_b), "b0"), (None, &*pair.host_a), (None, &*pair.host_b)]
-    {
-        let exec = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
-        sh(&format!("{exec}ethtool -K {dev} tso off gso off gro off"));
-    }
-    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
-        sh(&format!("tc qdisc add dev {from} clsact"));
-        sh(&format!(
-            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
-        ));
-    }
+    pair.one_packet_per_segment();
+    pair.redirect_between_hosts();
     let dir = std::path::PathBuf::from(format!("/tmp/ft-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -933,17 +912,8 @@ fn restarts_take_over(tag: &str, subnet: u8, workers: usize) {
     use std::sync::Arc;
 
     let pair = Pair::new(tag, subnet);
-    for (ns, dev) in [(Some(&pair.ns_a), "a0"), (Some(&pair.ns_b), "b0"), (None, &*pair.host_a), (None, &*pair.host_b)]
-    {
-        let exec = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
-        sh(&format!("{exec}ethtool -K {dev} tso off gso off gro off"));
-    }
-    for (from, to) in [(&pair.host_a, &pair.host_b), (&pair.host_b, &pair.host_a)] {
-        sh(&format!("tc qdisc add dev {from} clsact"));
-        sh(&format!(
-            "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
-        ));
-    }
+    pair.one_packet_per_segment();
+    pair.redirect_between_hosts();
     // Someone else's filter, on a port we use.
     sh(&format!(
         "tc filter add dev {} ingress prio 7 protocol ip flower ip_proto udp dst_port 9999 action drop",

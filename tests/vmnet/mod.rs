@@ -129,6 +129,30 @@ pub fn send_udp_from(
 }
 
 impl Pair {
+    /// The software path of an inline pair: a catch-all tc filter on each
+    /// host end's ingress (prio 61000, below ours) redirects what comes in
+    /// to the other end.
+    pub fn redirect_between_hosts(&self) {
+        for (from, to) in [(&self.host_a, &self.host_b), (&self.host_b, &self.host_a)] {
+            sh(&format!("tc qdisc add dev {from} clsact"));
+            sh(&format!(
+                "tc filter add dev {from} ingress prio 61000 protocol ip flower action mirred egress redirect dev {to}"
+            ));
+        }
+    }
+
+    /// One packet per segment on all four ends, so the tap, the rules and
+    /// a capture count the same packets (tc counts a GSO packet as its
+    /// segments).
+    pub fn one_packet_per_segment(&self) {
+        for (ns, dev) in
+            [(Some(&self.ns_a), "a0"), (Some(&self.ns_b), "b0"), (None, &*self.host_a), (None, &*self.host_b)]
+        {
+            let exec = ns.map(|n| format!("ip netns exec {n} ")).unwrap_or_default();
+            sh(&format!("{exec}ethtool -K {dev} tso off gso off gro off"));
+        }
+    }
+
     /// Whether `count` pings from A to B are all answered.
     pub fn ping(&self, count: u32) -> bool {
         Command::new("ip")
