@@ -391,12 +391,9 @@ impl Runtime {
             workers.push(WorkerHandle { inbox: inbox_tx, thread });
             free.push(frx);
         }
-        let journal = takeover.finish()?;
-        let journal_kept = journal.is_some();
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
-        coordinator.adopt(takeover.kept_rules());
-        if let Some(j) = journal {
-            coordinator.set_journal(j);
+        let journal_kept = takeover.finish(&mut coordinator)?;
+        if journal_kept {
             let read_clock = clock.clone();
             coordinator.set_read_clock(Box::new(move || read_clock.now()));
         }

@@ -49,12 +49,8 @@ impl Engine {
         takeover.adopt_into(&mut shard, 0, now_ns, backend.as_mut());
         takeover.end_left(&mut shard, now_ns);
         shard.release_left();
-        let j = takeover.finish()?;
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg), vec![offload_end]);
-        coordinator.adopt(takeover.kept_rules());
-        if let Some(j) = j {
-            coordinator.set_journal(j);
-        }
+        takeover.finish(&mut coordinator)?;
         Ok(Engine { shard, coordinator, nic })
     }
 

@@ -7,6 +7,7 @@
 //! one record, with what the rules counted to the end. Rules the journal
 //! doesn't know are removed: nothing can say whose they were.
 
+use crate::coordinator::Coordinator;
 use crate::journal::{Journal, JournalEntry};
 use crate::shard::Shard;
 use flowtable_hw::{AdoptedRule, Backend, Cookie, RuleCounters};
@@ -80,10 +81,9 @@ impl Takeover {
         // Journal lines whose rules are gone (a reboot, a `tc qdisc del`):
         // the flows ended while no run was there; their records come now.
         leaving.extend(entries.into_values().map(|e| (e, [None, None])));
-        for (entry, pair) in leaving {
-            let finals = remove_rules(backend, &pair);
-            t.left.push((entry, finals));
-        }
+        let pairs: Vec<_> = leaving.iter().map(|(_, pair)| pair.clone()).collect();
+        let finals = remove_rules(backend, &pairs);
+        t.left.extend(leaving.into_iter().map(|(entry, _)| entry).zip(finals));
         if !unknown.is_empty() {
             t.unknown = unknown.len();
             let _ = backend.remove(&unknown);
@@ -104,8 +104,8 @@ impl Takeover {
                 }
                 Err(e) => {
                     tracing::debug!(flow = entry.flow, error = %e, "a flow of an earlier run can't be put back under its id");
-                    let finals = remove_rules(backend, &rules.map(Some));
-                    self.left.push((entry, finals));
+                    let finals = remove_rules(backend, &[rules.map(Some)]);
+                    self.left.push((entry, finals[0]));
                 }
             }
         }
@@ -128,8 +128,9 @@ impl Takeover {
     }
 
     /// Rewrites the journal with the flows taken over and those just ended
-    /// (until their gone lines); hands it on to the offload thread.
-    pub fn finish(&mut self) -> Result<Option<Journal>, String> {
+    /// (until their gone lines), and hands it and the rules taken over to
+    /// the offload thread's `coordinator`. Whether there is a journal.
+    pub fn finish(self, coordinator: &mut Coordinator) -> Result<bool, String> {
         if self.unknown > 0 {
             tracing::info!(rules = self.unknown, "rules of an earlier run the journal doesn't know: removed");
         }
@@ -141,27 +142,27 @@ impl Takeover {
                 "flows of an earlier run taken over, rules and all (those this configuration wouldn't put in so go on in software)"
             );
         }
-        if let Some(j) = self.journal.as_mut() {
-            j.rewrite(self.kept.iter().chain(&self.ended)).map_err(|e| e.to_string())?;
-        }
-        Ok(self.journal.take())
-    }
-
-    /// The rules of the flows taken over, for the offload thread to count
-    /// as in place.
-    pub fn kept_rules(&self) -> &[AdoptedRule] {
-        &self.kept_rules
+        coordinator.adopt(&self.kept_rules);
+        let Some(mut journal) = self.journal else { return Ok(false) };
+        journal.rewrite(self.kept.iter().chain(&self.ended)).map_err(|e| e.to_string())?;
+        coordinator.set_journal(journal);
+        Ok(true)
     }
 }
 
-/// Removes a flow's rules; their final counters by direction (none where
-/// a rule was missing or its removal failed).
-fn remove_rules(backend: &mut dyn Backend, pair: &[Option<AdoptedRule>; 2]) -> [Option<RuleCounters>; 2] {
-    let cookies: Vec<Cookie> = pair.iter().flatten().map(|r| r.cookie).collect();
+/// Removes flows' rules (`pairs`, each by direction) in one backend call;
+/// each flow's final counters by direction: none where a rule was missing,
+/// the counters read at start where its removal gave none.
+fn remove_rules(backend: &mut dyn Backend, pairs: &[[Option<AdoptedRule>; 2]]) -> Vec<[Option<RuleCounters>; 2]> {
+    let cookies: Vec<Cookie> = pairs.iter().flatten().flatten().map(|r| r.cookie).collect();
     let mut results = backend.remove(&cookies).into_iter();
-    pair.map(|r| {
-        let r = r?;
-        // The final counters, else the ones read at start.
-        Some(results.next().and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
-    })
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.each_ref().map(|r| {
+                let r = r.as_ref()?;
+                Some(results.next().and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
+            })
+        })
+        .collect()
 }
