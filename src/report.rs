@@ -3,15 +3,7 @@
 
 use flowtable_offload::FlowRecord;
 
-/// An I/O error in the operator's words where the system's are the usual
-/// slips ("no such file", "permission denied"), else the system's own.
-pub fn io_error(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
-}
+pub use flowtable_capture::io_error;
 
 const BINARY: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
 

@@ -598,8 +598,7 @@ fn config_defaults_and_errors() {
         icmp_echo: 0.0,
     };
     assert_eq!(field(no_mix), Some("mix"));
-    let err: flowtable::source::SourceError =
-        SyntheticSource::new(SynthConfig { rate_pps: -1.0, ..base }).err().unwrap().into();
+    let err = SyntheticSource::new(SynthConfig { rate_pps: -1.0, ..base }).err().unwrap();
     assert!(err.to_string().contains("rate_pps"), "{err}");
     // A run of zero flows is empty, not an error.
     let mut empty = SyntheticSource::new(SynthConfig { flows: 0, ..SynthConfig::default() }).unwrap();

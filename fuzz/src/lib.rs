@@ -10,8 +10,8 @@
 
 use std::io::Read;
 
-use flowtable::source::pcap::PcapFileSource;
-use flowtable::source::{PacketSource, RawPacket};
+use flowtable_capture::pcap::PcapFileSource;
+use flowtable_capture::{PacketSource, RawPacket};
 use flowtable_hw::tc::action::{self, ActionRepr, ActionView, COOKIE_MAX};
 use flowtable_hw::tc::attr::{Attr, AttrWriter};
 use flowtable_hw::tc::flower::{self, FilterView, FlowerMatch, FlowerView};
@@ -285,7 +285,7 @@ fn check_error(r: Result<(), netlink::NlError>) {
 /// `unoffload`, `flush`, `subscribe`) parses or is refused without
 /// panicking, naming a column within it.
 pub fn control(data: &[u8]) {
-    use flowtable::control::{parse_request, Command, Request, VERSION};
+    use flowtable_control::{parse_request, Command, Request, VERSION};
     let (id, cmd) = parse_request(data);
     let Ok(cmd) = cmd else { return };
     if let Command::Flows { filter: Some(f), .. }
@@ -293,7 +293,7 @@ pub fn control(data: &[u8]) {
     | Command::Flush { filter: Some(f) }
     | Command::Subscribe { filter: Some(f) } = &cmd
     {
-        if let Err(e) = flowtable::daemon::filter::Filter::parse(f) {
+        if let Err(e) = flowtable_control::filter::Filter::parse(f) {
             assert!(e.column >= 1 && e.column <= f.chars().count() + 1, "{f:?}: {e}");
         }
     }

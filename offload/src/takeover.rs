@@ -81,7 +81,7 @@ impl Takeover {
         // Journal lines whose rules are gone (a reboot, a `tc qdisc del`):
         // the flows ended while no run was there; their records come now.
         leaving.extend(entries.into_values().map(|e| (e, [None, None])));
-        let pairs: Vec<_> = leaving.iter().map(|(_, pair)| pair.clone()).collect();
+        let pairs: Vec<_> = leaving.iter().map(|(_, pair)| *pair).collect();
         let finals = remove_rules(backend, &pairs);
         t.left.extend(leaving.into_iter().map(|(entry, _)| entry).zip(finals));
         if !unknown.is_empty() {

@@ -10,7 +10,7 @@
 //! every flow.
 
 pub mod bench;
-pub mod filter;
+pub use flowtable_control::filter;
 pub mod metrics;
 pub mod query;
 pub mod records;

@@ -41,12 +41,6 @@ use std::time::Duration;
 use flowtable_config::synth::invalid;
 pub use flowtable_config::synth::{FlowMix, InvalidSynthConfig, SynthConfig, MAX_FLOWS};
 
-impl From<InvalidSynthConfig> for SourceError {
-    fn from(e: InvalidSynthConfig) -> SourceError {
-        SourceError::Open { path: "synthetic source".into(), message: format!("{}: {}", e.field, e.message) }
-    }
-}
-
 /// What kind of conversation a flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -287,7 +287,7 @@ impl PcapFileSource {
         if path.is_dir() {
             return Err(refused("is a directory, not a capture file".into()));
         }
-        let file = File::open(path).map_err(|e| refused(crate::report::io_error(&e)))?;
+        let file = File::open(path).map_err(|e| refused(crate::io_error(&e)))?;
         if mapped {
             if let Some(map) = map_file(&file) {
                 let end = map.len();
