@@ -580,14 +580,10 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
 
 // ---- human output ----
 
+/// An action as `--action` takes it (`mirror:1`, `mark:0xff`): one
+/// spelling in tables, events and the daemon's log.
 pub fn action_text(a: &Action) -> String {
-    match a {
-        Action::Drop => "drop".into(),
-        Action::Pass => "pass".into(),
-        Action::Forward { port } => format!("forward:{port}"),
-        Action::Mirror { port } => format!("mirror:{port}"),
-        Action::Mark { mark } => format!("mark:{mark}"),
-    }
+    a.to_string()
 }
 
 /// Bits per second from bytes per second.

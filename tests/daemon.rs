@@ -465,6 +465,10 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+    // The daemon's log names the action as it was written, not as Rust prints it.
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("offload requested")).unwrap_or_else(|| panic!("not logged:\n{log}"));
+    assert!(line.contains("action=mark:0x7") && !line.contains("Mark {"), "{line}");
 
     // Requests that can't be done say why, and name the flow or port.
     let out = d.cli(&["offload", &id, "--action", "forward:9"]);
@@ -1264,7 +1268,7 @@ fn export_to_absent_and_stopping_collectors_counts_drops_and_holds_nothing_up() 
 #[test]
 fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     let mut d = Daemon::start(&format!(
-        r#"{LONG_TIMEOUTS}, "backend": {{"kind": "sim", "profile": "refuse-all"}}, {}"#,
+        r#"{LONG_TIMEOUTS}, "log": {{"format": "json"}}, "backend": {{"kind": "sim", "profile": "refuse-all"}}, {}"#,
         pcap_source("teams.pcap", "fast")
     ));
     d.wait_sources_done();
@@ -1286,6 +1290,14 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     assert!(!out.status.success(), "a refusal is a failure: {err}");
     assert!(err.contains("refused") && err.contains(&id), "{err}");
     assert_eq!(d.json(&["flow", &id])["stage"], "refused");
+    // The JSON log too names the action as `--action` takes it.
+    let log = d.log_text();
+    let asked = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "offload requested")
+        .unwrap_or_else(|| panic!("no JSON log line of the request:\n{log}"));
+    assert_eq!(asked["fields"]["action"], "mark:0xff", "{asked}");
 
     let events = std::process::Command::new(BIN)
         .args(["events", "--socket"])

@@ -1153,7 +1153,7 @@ impl Daemon {
                     })
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                tracing::info!(flow = %flow, ?action, stage = first.0.as_str(), "offload requested");
+                tracing::info!(flow = %flow, action = %action, stage = first.0.as_str(), "offload requested");
                 // The answer says how it went: the offload thread's outcome.
                 let (stage, refusal) = self.await_outcome(shard, flow, first, |stage, refused| {
                     !refused && matches!(stage, Stage::Queued | Stage::Installing)
