@@ -310,8 +310,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let profile: flowtable_config::SimProfile =
                 serde_json::from_value(serde_json::Value::String(profile.clone()))
                     .map_err(|_| format!("--profile {profile:?}: give full, small or refuse-all"))?;
-            if let flowtable_config::BackendConfig::Sim { profile: p, .. } = &mut config.backend {
-                *p = profile;
+            if let flowtable_config::BackendConfig::Sim(sim) = &mut config.backend {
+                sim.profile = profile;
             }
             let synth = flowtable::source::synth::SynthConfig {
                 flows,
