@@ -78,6 +78,7 @@ impl Client {
     /// Connects; when no daemon is there the error says so and names the path.
     pub fn connect(path: &Path) -> Result<Client, String> {
         let shown = path.display();
+        crate::control::socket_path_fits(path)?;
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => format!("the daemon is not running: no socket at {shown} (start it with `flowtable run --config FILE`, or give --socket)"),
             io::ErrorKind::ConnectionRefused => match std::fs::metadata(path) {
@@ -239,7 +240,7 @@ pub struct FlowsArgs {
     #[command(flatten)]
     pub target: Target,
     /// Rows to show.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::args::whole::<usize>)]
     pub top: usize,
     /// bytes, packets, rate (mean since start) or age.
     #[arg(long, default_value = "bytes", value_parser = parse_sort)]
@@ -249,7 +250,7 @@ pub struct FlowsArgs {
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
     /// Skip this many rows first (paging).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::whole::<usize>)]
     pub offset: usize,
     /// Only count the flows (the filter's, or all), as conntrack -C does.
     #[arg(long)]
@@ -350,7 +351,7 @@ pub struct EventsArgs {
     #[command(flatten)]
     pub target: Target,
     /// Exit after this many events.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::whole::<u64>)]
     pub count: Option<u64>,
     /// The daemon's event objects, one per line.
     #[arg(long)]

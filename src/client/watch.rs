@@ -25,7 +25,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub target: Target,
     /// Milliseconds between refreshes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::whole::<u64>)]
     pub interval_ms: u64,
     /// bytes, packets, rate or age (`s` cycles through them).
     #[arg(long, default_value = "bytes", value_parser = super::parse_sort)]

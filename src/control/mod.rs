@@ -248,6 +248,24 @@ impl Response {
     }
 }
 
+/// Whether a control socket path fits a Unix socket address: `sun_path`
+/// is 108 bytes on Linux, the terminating NUL included, so a path holds at
+/// most 107. Said with the limit and the length given (the system says
+/// only "path must be shorter than SUN_LEN").
+pub fn socket_path_fits(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > flowtable_config::MAX_SOCKET_PATH {
+        return Err(format!(
+            "{}: the path is {len} bytes long; a Unix socket path can be at most {} bytes (108 on Linux, the \
+             terminating NUL included): give a shorter one",
+            path.display(),
+            flowtable_config::MAX_SOCKET_PATH
+        ));
+    }
+    Ok(())
+}
+
 /// Parses one request line into its id and command. The id is returned
 /// even when the rest is wrong, so the error answer can carry it.
 pub fn parse_request(line: &[u8]) -> (Value, Result<Command, ControlError>) {
