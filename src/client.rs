@@ -592,6 +592,25 @@ pub fn bitrate(bytes_per_s: f64) -> String {
     report::rate(bytes_per_s * 8.0, "bit")
 }
 
+/// Where an offload's rules went, from its two directions' placements
+/// (`["hardware", "hardware"]`), in the words of the flows listing:
+/// `hardware` or `kernel` when the directions agree, else `mixed` with
+/// each direction's (`mixed (hardware/kernel)`).
+pub fn placement_text(placement: &Value) -> String {
+    fn word(p: &Value) -> &str {
+        match p.as_str() {
+            Some("kernel-software") => "kernel",
+            Some(p) => p,
+            None => "none",
+        }
+    }
+    match placement.as_array().map(Vec::as_slice) {
+        Some([a, b]) if a == b => word(a).to_string(),
+        Some([a, b]) => format!("mixed ({}/{})", word(a), word(b)),
+        _ => "none".to_string(),
+    }
+}
+
 /// Where a flow is handled, in one word or two.
 fn where_text(f: &FlowSummary) -> String {
     match (&f.action, f.placement.as_str()) {
@@ -985,7 +1004,8 @@ pub fn stats_report(s: &Stats) -> String {
 
 /// One event as a line of text.
 /// An event as a line, after its time in seconds since the epoch as
-/// `conntrack -E -o timestamp` prints it (an expiry's is its last packet's).
+/// `conntrack -E -o timestamp` prints it: when it happened (an expiry from
+/// a daemon older than its `ts_ns`: its last packet's).
 pub fn event_text(ev: &Value) -> String {
     let ts = ev["ts_ns"].as_u64().or_else(|| ev["record"]["end_ns"].as_u64()).unwrap_or(0);
     format!("[{}.{:06}] {}", ts / 1_000_000_000, ts % 1_000_000_000 / 1000, event_body(ev))
@@ -1025,7 +1045,7 @@ fn event_body(ev: &Value) -> String {
         "offloaded" => {
             let action =
                 serde_json::from_value::<Action>(ev["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
-            format!("offloaded   flow {} {action} placement {}", ev["id"], ev["placement"])
+            format!("offloaded   flow {} {action} {}", ev["id"], placement_text(&ev["placement"]))
         }
         "refused" => format!("refused     flow {}: {}", ev["id"], ev["reason"].as_str().unwrap_or("")),
         "unoffloaded" => format!("unoffloaded flow {}", ev["id"]),

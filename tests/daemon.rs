@@ -795,6 +795,24 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
     let expired = events.iter().find(|e| e["event"] == "expired").unwrap();
     assert!(expired["record"]["end_reason"].is_string());
     assert!(expired["record"]["orig"]["packets"].as_u64().unwrap() > 0);
+    // Every event is stamped when it happened (conntrack -E): the stream
+    // never goes back in time, and an expiry is stamped when the flow
+    // ended, its idle timeout after its last packet (the record's end_ns).
+    let stamps: Vec<u64> = events.iter().map(|e| e["ts_ns"].as_u64().unwrap_or(0)).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1] && w[0] > 0), "events out of time order: {stamps:?}");
+    for e in events.iter().filter(|e| e["event"] == "expired" && e["record"]["end_reason"] == "idle") {
+        let (at, last) = (e["ts_ns"].as_u64().unwrap(), e["record"]["end_ns"].as_u64().unwrap());
+        assert!(at >= last + 300_000_000, "an idle expiry stamped before its timeout passed: {e}");
+        let line = flowtable::client::event_text(e);
+        assert!(
+            line.starts_with(&format!("[{}.{:06}] expired", at / 1_000_000_000, at % 1_000_000_000 / 1000)),
+            "{line}"
+        );
+    }
+    // An offload's placement in the words of the flows listing.
+    let offloaded = events.iter().find(|e| e["event"] == "offloaded").unwrap();
+    let line = flowtable::client::event_text(offloaded);
+    assert!(line.ends_with(&format!("offloaded   flow {} pass hardware", offloaded["id"])), "{line}");
     // Human lines too.
     let out = Command::new(BIN).args(["events", "--count", "20", "--socket"]).arg(&d.socket).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();

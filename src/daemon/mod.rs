@@ -929,7 +929,7 @@ impl Daemon {
             events
                 .iter()
                 .filter_map(|e| match e {
-                    Event::Expired { record } => Some((record.id, &**record)),
+                    Event::Expired { record, .. } => Some((record.id, &**record)),
                     _ => None,
                 })
                 .collect()
@@ -940,7 +940,7 @@ impl Daemon {
             let Ok(line) = serde_json::to_string(ev) else { continue };
             let line: Arc<str> = line.into();
             let subject: Option<&dyn Subject> = match ev {
-                Event::Expired { record } => Some(&**record),
+                Event::Expired { record, .. } => Some(&**record),
                 _ => match flows.get(i).and_then(Option::as_ref) {
                     Some(snapshot) => Some(snapshot),
                     None => ended.get(&query::event_flow(ev)).map(|r| *r as &dyn Subject),

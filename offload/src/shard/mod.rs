@@ -558,22 +558,14 @@ impl Shard {
                     let key = pkt.key.to_string();
                     let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
                     let proto = pkt.key.proto;
+                    // The shard's clock, never behind an event already sent
+                    // (a packet may carry an older time than a sweep's).
+                    let ts_ns = self.now_ns;
                     let (icmp_type, icmp_code) = match proto {
                         1 | 58 => (Some(pkt.icmp[0]), Some(pkt.icmp[1])),
                         _ => (None, None),
                     };
-                    self.emit(|| Event::New {
-                        id,
-                        key,
-                        proto,
-                        src,
-                        dst,
-                        sport,
-                        dport,
-                        icmp_type,
-                        icmp_code,
-                        ts_ns: now_ns,
-                    });
+                    self.emit(|| Event::New { id, key, proto, src, dst, sport, dport, icmp_type, icmp_code, ts_ns });
                 }
                 id
             }
@@ -953,7 +945,10 @@ impl Shard {
         *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
         if self.events.is_some() {
             let boxed = Box::new(record.clone());
-            self.emit(|| Event::Expired { record: boxed });
+            // Stamped when it ends, as the other events are: a flush or a
+            // sweep ends a flow well after its last packet.
+            let ts_ns = self.now_ns.max(record.end_ns);
+            self.emit(|| Event::Expired { record: boxed, ts_ns });
         }
         self.records.push(record);
     }
