@@ -900,9 +900,9 @@ pub fn stats_report(s: &Stats) -> String {
         if r.capacity > 0 { format!(" of {}", r.capacity) } else { String::new() },
         r.queued,
         report::count(r.installed),
-        report::rate(r.install_rate, ""),
+        report::rate(r.installs_per_s, "rules"),
         report::count(r.removed),
-        report::rate(r.remove_rate, ""),
+        report::rate(r.removals_per_s, "rules"),
         if r.remove_errors + r.counter_errors > 0 {
             format!("; {} remove errors, {} counter read errors", r.remove_errors, r.counter_errors)
         } else {
@@ -935,7 +935,7 @@ pub fn stats_report(s: &Stats) -> String {
          ({} slipped past rules going in)\n",
         report::count(p.received),
         report::bytes(p.bytes),
-        report::rate(p.rate_pps, "pkt"),
+        report::rate(p.packets_per_s, "pkt"),
         report::count(p.nic),
         report::count(p.software),
         report::count(p.tap_skipped),

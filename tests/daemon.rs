@@ -1302,6 +1302,15 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     assert!(one["mean_bits_per_s"].as_f64().unwrap() > 0.0 && one.get("rate_bps").is_none(), "{one}");
     // The capability report says how a close is seen on this backend.
     assert_eq!(d.stats()["rules"]["tcp_teardown"], "fin-rst");
+    // Rates named by their unit, as the flows' are.
+    let s = d.stats();
+    for (section, name) in [("rules", "installs_per_s"), ("rules", "removals_per_s"), ("packets", "packets_per_s")] {
+        assert!(s[section][name].is_f64(), "no {section}.{name}: {s}");
+    }
+    for (section, old) in [("rules", "install_rate"), ("rules", "remove_rate"), ("packets", "rate_pps")] {
+        assert!(s[section].get(old).is_none(), "{section}.{old} is still there: {s}");
+    }
+    assert!(d.ok(&["stats"]).contains(" rules/s)"), "{}", d.ok(&["stats"]));
     assert!(d.ok(&["stats"]).contains("tcp teardown  fin-rst"));
     let out = d.cli(&["offload", &id, "--action", "mark:0xff"]);
     let err = String::from_utf8_lossy(&out.stderr);

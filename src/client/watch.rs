@@ -245,7 +245,7 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         lines.push(Line::from(format!(
             "packets {} at {}: NIC {}, software {}; ended {}, refused {}",
             report::count(s.packets.received),
-            report::rate(s.packets.rate_pps, "pkt"),
+            report::rate(s.packets.packets_per_s, "pkt"),
             report::count(s.packets.nic),
             report::count(s.packets.software),
             report::count(s.flows.ended),

@@ -512,9 +512,13 @@ pub struct RuleStats {
     pub queued: usize,
     pub installed: u64,
     pub removed: u64,
-    /// Per second, over the last few seconds.
-    pub install_rate: f64,
-    pub remove_rate: f64,
+    /// Rules installed per second, over the last few seconds (called
+    /// `install_rate` before; the old name is still read).
+    #[serde(alias = "install_rate")]
+    pub installs_per_s: f64,
+    /// Rules removed per second, likewise (was `remove_rate`).
+    #[serde(alias = "remove_rate")]
+    pub removals_per_s: f64,
     pub remove_errors: u64,
     pub counter_reads: u64,
     pub counter_errors: u64,
@@ -560,8 +564,10 @@ pub struct PacketStats {
     /// uncounted: counted by software once the rule was gone.
     #[serde(default)]
     pub slipped: u64,
-    /// Per second, over the last few seconds.
-    pub rate_pps: f64,
+    /// Frames received per second, over the last few seconds (was
+    /// `rate_pps`; the old name is still read).
+    #[serde(alias = "rate_pps")]
+    pub packets_per_s: f64,
     /// Frames the parser skipped, by reason.
     pub skipped: BTreeMap<String, u64>,
     /// Parsed but not tracked, by reason.

@@ -1279,7 +1279,8 @@ impl Daemon {
         // Flows with no rule in place are handled by software.
         let by_placement =
             named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
-        let (install_rate, remove_rate, rate_pps) = self.rates(st.rules_installed, st.rules_removed, reader.received);
+        let (installs_per_s, removals_per_s, packets_per_s) =
+            self.rates(st.rules_installed, st.rules_removed, reader.received);
         let mut untracked = BTreeMap::new();
         untracked.insert("table-full".to_string(), st.untracked_table_full);
         untracked.insert("orphan-fragment".to_string(), st.orphan_fragments);
@@ -1314,8 +1315,8 @@ impl Daemon {
                 queued,
                 installed: st.rules_installed,
                 removed: st.rules_removed,
-                install_rate,
-                remove_rate,
+                installs_per_s,
+                removals_per_s,
                 remove_errors: st.remove_errors,
                 counter_reads: st.counter_reads,
                 counter_errors: st.counter_errors,
@@ -1337,7 +1338,7 @@ impl Daemon {
                 software_bytes: reader.sw_bytes,
                 tap_skipped: st.tap_packets_skipped,
                 slipped: st.slipped_packets,
-                rate_pps,
+                packets_per_s,
                 skipped: reader
                     .skipped
                     .iter()
