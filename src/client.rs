@@ -295,7 +295,14 @@ pub struct LabelArgs {
     /// kept in its record).
     #[arg(long)]
     pub label: Option<String>,
-    /// offload, drop or software: overrides the classifier.
+    /// offload, drop or software: overrides the classifier, whatever the
+    /// flow's stage. `software` takes an offloaded flow back to software
+    /// (as `unoffload` does); `drop` and `offload` offload a flow in
+    /// software, `drop` replacing the rules of one offloaded with another
+    /// action (`offload` leaves an offloaded flow as it is). The answer
+    /// waits for the rules; a verdict that can't be applied (the backend
+    /// can't do it or refuses, the flow's rules are on their way out)
+    /// exits non-zero with the reason.
     #[arg(long, value_parser = parse_verdict)]
     pub verdict: Option<Verdict>,
     /// The daemon's answer as JSON.

@@ -465,6 +465,21 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+    // A drop verdict on a flow offloaded with another action replaces its
+    // rules (it is not stored and left unapplied); `offload` on an
+    // offloaded flow leaves it as it is.
+    let out = d.json(&["label", &id, "--verdict", "drop"]);
+    assert_eq!(out["stage"], "offloaded", "the answer waits for the new rules: {out}");
+    let v = d.json(&["flow", &id]);
+    assert_eq!((&v["stage"], &v["offload"]["action"]["type"]), (&"offloaded".into(), &"drop".into()), "{v}");
+    assert_eq!(v["rules"].as_array().unwrap().len(), 2, "{v}");
+    let out = d.json(&["label", &id, "--verdict", "offload"]);
+    assert_eq!(out["stage"], "offloaded");
+    assert_eq!(d.json(&["flow", &id])["offload"]["action"]["type"], "drop");
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+    let help = String::from_utf8(Command::new(BIN).args(["label", "--help"]).output().unwrap().stdout).unwrap();
+    assert!(help.contains("replacing the rules") && help.contains("exits non-zero"), "{help}");
+
     // The daemon's log names the action as it was written, not as Rust prints it.
     let log = d.log_text();
     let line = log.lines().find(|l| l.contains("offload requested")).unwrap_or_else(|| panic!("not logged:\n{log}"));
@@ -1317,6 +1332,15 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     assert!(!out.status.success(), "a refusal is a failure: {err}");
     assert!(err.contains("refused") && err.contains(&id), "{err}");
     assert_eq!(d.json(&["flow", &id])["stage"], "refused");
+    // So is a verdict whose offload the backend refuses: said, non-zero.
+    let other = top["flows"][0]["id"].as_u64().unwrap();
+    let page = d.json(&["flows", "--top", "5", "--filter", "stage=software"]);
+    let soft = page["flows"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).find(|i| *i != other);
+    let soft = soft.expect("a flow in software").to_string();
+    let out = d.cli(&["label", &soft, "--verdict", "drop"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a verdict not applied is a failure: {err}");
+    assert!(err.contains("the verdict is kept, but its offload was refused"), "{err}");
     // The JSON log too names the action as `--action` takes it.
     let log = d.log_text();
     let asked = log

@@ -28,7 +28,7 @@ use filter::{Filter, Subject};
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::{Action, Refusal};
 use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
-use flowtable_sw::context::{ContextError, FlowContext};
+use flowtable_sw::context::{ContextError, FlowContext, Verdict};
 use flowtable_sw::{FlowId, PortMap, SkipCounters, Stage};
 use records::RecordsFile;
 use serde_json::{json, Value};
@@ -1124,15 +1124,32 @@ impl Daemon {
             Command::Stats {} => to_value(&self.stats(now)?)?,
             Command::SetContext { flow, label, verdict, metadata } => {
                 let shard = self.shard_of(flow)?;
-                let (ctx, stage) = self
+                let offloading = matches!(verdict, Some(Verdict::Drop | Verdict::Offload));
+                let asked = verdict.as_ref().map(Verdict::as_str);
+                let (ctx, first) = self
                     .rt()
                     .ask_one(shard, move |s| {
                         let ctx = s.set_context(flow, FlowContext { label, verdict, metadata })?;
-                        Ok::<_, EngineError>((ctx, s.table().get(flow).map_or(Stage::Free, |f| f.stage())))
+                        Ok::<_, EngineError>((ctx, outcome_of(s, flow)))
                     })
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                tracing::info!(flow = %flow, "context set");
+                tracing::info!(flow = %flow, verdict = asked, "context set");
+                // A verdict that offloads is answered, as `offload` is, once
+                // the rules are in (or refused); rules it replaces go first.
+                let (stage, refusal) = if offloading {
+                    self.await_outcome(shard, flow, first, |stage, refused| {
+                        !refused && matches!(stage, Stage::Queued | Stage::Installing | Stage::Removing)
+                    })?
+                } else {
+                    first
+                };
+                if let (true, Some(r)) = (offloading && stage == Stage::Refused, refusal) {
+                    return Err(ControlError::new(
+                        ErrorCode::Backend,
+                        format!("flow {flow}: the verdict is kept, but its offload was refused: {r}"),
+                    ));
+                }
                 json!({"flow": flow, "context": ctx, "stage": stage})
             }
             Command::Offload { flow, action } => {
