@@ -55,8 +55,8 @@ pub fn check_actions(config: &Config, name: &str, caps: &Capabilities) -> Result
 /// fixes them (the sim NIC); the devices decide for tc and DPDK.
 pub fn static_capabilities(config: &Config) -> Option<(String, Capabilities)> {
     match &config.backend {
-        BackendConfig::Sim { profile, max_rules, insert_rate, .. } => {
-            let p = sim_profile(*profile, *max_rules, *insert_rate);
+        BackendConfig::Sim(sim) => {
+            let p = sim_profile(sim.profile, sim.max_rules, sim.insert_rate);
             Some((format!("sim ({})", p.name), p.capabilities))
         }
         _ => None,
@@ -66,13 +66,14 @@ pub fn static_capabilities(config: &Config) -> Option<(String, Capabilities)> {
 /// Creates the backend a configuration asks for.
 pub fn build(config: &Config) -> Result<Box<dyn Backend>, String> {
     match &config.backend {
-        BackendConfig::Sim { profile, max_rules, insert_rate, latency } => {
-            let mut p = sim_profile(*profile, *max_rules, *insert_rate);
+        BackendConfig::Sim(sim) => {
+            let mut p = sim_profile(sim.profile, sim.max_rules, sim.insert_rate);
+            let latency = &sim.latency;
             p.latency =
                 SimLatency { per_rule_ns: latency.per_rule_us * 1_000, per_read_ns: latency.per_read_ms * 1_000_000 };
             Ok(Box::new(SimNic::new(p)))
         }
-        BackendConfig::Tc { keep_rules, icmp_by_hosts, .. } => {
+        BackendConfig::Tc(flowtable_config::TcBackendConfig { keep_rules, icmp_by_hosts, .. }) => {
             let mut devices: Vec<String> = config.ports.iter().map(|p| p.name.clone()).collect();
             // An egress twin is its port's device again, its rules on egress.
             let twins = config.egress_twins();

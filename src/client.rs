@@ -78,6 +78,7 @@ impl Client {
     /// Connects; when no daemon is there the error says so and names the path.
     pub fn connect(path: &Path) -> Result<Client, String> {
         let shown = path.display();
+        crate::control::socket_path_fits(path)?;
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => format!("the daemon is not running: no socket at {shown} (start it with `flowtable run --config FILE`, or give --socket)"),
             io::ErrorKind::ConnectionRefused => match std::fs::metadata(path) {
@@ -239,7 +240,7 @@ pub struct FlowsArgs {
     #[command(flatten)]
     pub target: Target,
     /// Rows to show.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::args::whole::<usize>)]
     pub top: usize,
     /// bytes, packets, rate (mean since start) or age.
     #[arg(long, default_value = "bytes", value_parser = parse_sort)]
@@ -249,7 +250,7 @@ pub struct FlowsArgs {
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
     /// Skip this many rows first (paging).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::args::whole::<usize>)]
     pub offset: usize,
     /// Only count the flows (the filter's, or all), as conntrack -C does.
     #[arg(long)]
@@ -294,7 +295,14 @@ pub struct LabelArgs {
     /// kept in its record).
     #[arg(long)]
     pub label: Option<String>,
-    /// offload, drop or software: overrides the classifier.
+    /// offload, drop or software: overrides the classifier, whatever the
+    /// flow's stage. `software` takes an offloaded flow back to software
+    /// (as `unoffload` does); `drop` and `offload` offload a flow in
+    /// software, `drop` replacing the rules of one offloaded with another
+    /// action (`offload` leaves an offloaded flow as it is). The answer
+    /// waits for the rules; a verdict that can't be applied (the backend
+    /// can't do it or refuses, the flow's rules are on their way out)
+    /// exits non-zero with the reason.
     #[arg(long, value_parser = parse_verdict)]
     pub verdict: Option<Verdict>,
     /// The daemon's answer as JSON.
@@ -350,7 +358,7 @@ pub struct EventsArgs {
     #[command(flatten)]
     pub target: Target,
     /// Exit after this many events.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::whole::<u64>)]
     pub count: Option<u64>,
     /// The daemon's event objects, one per line.
     #[arg(long)]
@@ -580,19 +588,34 @@ pub fn events(a: EventsArgs) -> Result<(), String> {
 
 // ---- human output ----
 
+/// An action as `--action` takes it (`mirror:1`, `mark:0xff`): one
+/// spelling in tables, events and the daemon's log.
 pub fn action_text(a: &Action) -> String {
-    match a {
-        Action::Drop => "drop".into(),
-        Action::Pass => "pass".into(),
-        Action::Forward { port } => format!("forward:{port}"),
-        Action::Mirror { port } => format!("mirror:{port}"),
-        Action::Mark { mark } => format!("mark:{mark}"),
-    }
+    a.to_string()
 }
 
 /// Bits per second from bytes per second.
 pub fn bitrate(bytes_per_s: f64) -> String {
     report::rate(bytes_per_s * 8.0, "bit")
+}
+
+/// Where an offload's rules went, from its two directions' placements
+/// (`["hardware", "hardware"]`), in the words of the flows listing:
+/// `hardware` or `kernel` when the directions agree, else `mixed` with
+/// each direction's (`mixed (hardware/kernel)`).
+pub fn placement_text(placement: &Value) -> String {
+    fn word(p: &Value) -> &str {
+        match p.as_str() {
+            Some("kernel-software") => "kernel",
+            Some(p) => p,
+            None => "none",
+        }
+    }
+    match placement.as_array().map(Vec::as_slice) {
+        Some([a, b]) if a == b => word(a).to_string(),
+        Some([a, b]) => format!("mixed ({}/{})", word(a), word(b)),
+        _ => "none".to_string(),
+    }
 }
 
 /// Where a flow is handled, in one word or two.
@@ -884,9 +907,9 @@ pub fn stats_report(s: &Stats) -> String {
         if r.capacity > 0 { format!(" of {}", r.capacity) } else { String::new() },
         r.queued,
         report::count(r.installed),
-        report::rate(r.install_rate, ""),
+        report::rate(r.installs_per_s, "rules"),
         report::count(r.removed),
-        report::rate(r.remove_rate, ""),
+        report::rate(r.removals_per_s, "rules"),
         if r.remove_errors + r.counter_errors > 0 {
             format!("; {} remove errors, {} counter read errors", r.remove_errors, r.counter_errors)
         } else {
@@ -919,7 +942,7 @@ pub fn stats_report(s: &Stats) -> String {
          ({} slipped past rules going in)\n",
         report::count(p.received),
         report::bytes(p.bytes),
-        report::rate(p.rate_pps, "pkt"),
+        report::rate(p.packets_per_s, "pkt"),
         report::count(p.nic),
         report::count(p.software),
         report::count(p.tap_skipped),
@@ -988,7 +1011,8 @@ pub fn stats_report(s: &Stats) -> String {
 
 /// One event as a line of text.
 /// An event as a line, after its time in seconds since the epoch as
-/// `conntrack -E -o timestamp` prints it (an expiry's is its last packet's).
+/// `conntrack -E -o timestamp` prints it: when it happened (an expiry from
+/// a daemon older than its `ts_ns`: its last packet's).
 pub fn event_text(ev: &Value) -> String {
     let ts = ev["ts_ns"].as_u64().or_else(|| ev["record"]["end_ns"].as_u64()).unwrap_or(0);
     format!("[{}.{:06}] {}", ts / 1_000_000_000, ts % 1_000_000_000 / 1000, event_body(ev))
@@ -1028,7 +1052,7 @@ fn event_body(ev: &Value) -> String {
         "offloaded" => {
             let action =
                 serde_json::from_value::<Action>(ev["action"].clone()).map(|a| action_text(&a)).unwrap_or_default();
-            format!("offloaded   flow {} {action} placement {}", ev["id"], ev["placement"])
+            format!("offloaded   flow {} {action} {}", ev["id"], placement_text(&ev["placement"]))
         }
         "refused" => format!("refused     flow {}: {}", ev["id"], ev["reason"].as_str().unwrap_or("")),
         "unoffloaded" => format!("unoffloaded flow {}", ev["id"]),

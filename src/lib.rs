@@ -1,6 +1,7 @@
 //! flowtable: the pieces the binary wires together — packet sources, the
 //! replay driver and the daemon — kept in a library so tests reach them.
 
+pub mod args;
 pub mod backend;
 pub mod bench;
 #[cfg(feature = "dpdk")]

@@ -29,16 +29,16 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Rows in the top-flows table.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = flowtable::args::whole::<usize>)]
         top: usize,
         /// Worker threads (default: the configuration's `workers`).
-        #[arg(long)]
+        #[arg(long, value_parser = flowtable::args::whole::<usize>)]
         workers: Option<usize>,
         /// Export the records as IPFIX to this collector (IP:PORT; may be
         /// given more than once), as `softflowd -r` does; the rest of the
         /// settings (observation domain, MTU, ...) from the configuration's
         /// `export` section.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = flowtable::args::socket_addr)]
         ipfix: Vec<std::net::SocketAddr>,
         /// Transport to the `--ipfix` collectors.
         #[arg(long, value_enum, default_value = "udp")]
@@ -48,10 +48,10 @@ enum Command {
     /// realistic mix, checked against the generator's ground truth.
     Demo {
         /// Flows to generate.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = flowtable::args::whole::<u64>)]
         flows: u64,
         /// Seed of the traffic generator: the same seed, the same traffic.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = flowtable::args::whole::<u64>)]
         seed: u64,
         /// Sim NIC profile: full, small or refuse-all.
         #[arg(long, default_value = "full")]
@@ -63,10 +63,10 @@ enum Command {
         #[arg(long)]
         write_pcap: Option<PathBuf>,
         /// Rows in the top-flows table.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = flowtable::args::whole::<usize>)]
         top: usize,
         /// Worker threads (default: the configuration's `workers`).
-        #[arg(long)]
+        #[arg(long, value_parser = flowtable::args::whole::<usize>)]
         workers: Option<usize>,
     },
     /// Speed and memory figures, each beside a peer measured in the same run.
@@ -135,13 +135,13 @@ enum BenchCommand {
     /// flows, against std's HashMap doing the same work.
     Table {
         /// Flows in the table.
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = flowtable::args::whole::<usize>)]
         flows: usize,
         /// Lookups of existing flows in each round.
-        #[arg(long, default_value_t = 10_000_000)]
+        #[arg(long, default_value_t = 10_000_000, value_parser = flowtable::args::whole::<usize>)]
         lookups: usize,
         /// Rounds of lookups; the medians are reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = flowtable::args::whole::<usize>)]
         rounds: usize,
         /// The figures as one JSON object.
         #[arg(long)]
@@ -151,13 +151,13 @@ enum BenchCommand {
     /// flow table of N flows allocates, one chain and several at once.
     Chase {
         /// Chase over as much memory as a flow table of this many flows.
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = flowtable::args::whole::<usize>)]
         flows: usize,
         /// Loads per measurement.
-        #[arg(long, default_value_t = 20_000_000)]
+        #[arg(long, default_value_t = 20_000_000, value_parser = flowtable::args::whole::<usize>)]
         loads: usize,
         /// Rounds, the chain counts alternating; the medians are reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = flowtable::args::whole::<usize>)]
         rounds: usize,
         /// The figures as one JSON object.
         #[arg(long)]
@@ -171,14 +171,14 @@ enum BenchCommand {
         #[arg(long)]
         file: Option<PathBuf>,
         /// Packets of synthetic traffic when no file is given.
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = flowtable::args::whole::<u64>)]
         packets: u64,
         /// Runs of each side; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = flowtable::args::whole::<usize>)]
         runs: usize,
         /// Also replay in memory with each of these worker counts (e.g.
         /// `1,2`), rounds alternating, records compared with the first's.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = flowtable::args::whole::<usize>)]
         workers: Vec<usize>,
         /// Only the whole-process comparison: `flowtable replay` reading and
         /// mapping the file against softflowd, nfpcapd and argus (each
@@ -310,8 +310,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let profile: flowtable_config::SimProfile =
                 serde_json::from_value(serde_json::Value::String(profile.clone()))
                     .map_err(|_| format!("--profile {profile:?}: give full, small or refuse-all"))?;
-            if let flowtable_config::BackendConfig::Sim { profile: p, .. } = &mut config.backend {
-                *p = profile;
+            if let flowtable_config::BackendConfig::Sim(sim) = &mut config.backend {
+                sim.profile = profile;
             }
             let synth = flowtable::source::synth::SynthConfig {
                 flows,
@@ -570,5 +570,49 @@ mod tests {
         for want in ["not (stage=offloaded", "bytes > 1M", "ingress", "rate", "1024s"] {
             assert!(long.contains(want), "flows --help lacks {want:?}:\n{long}");
         }
+    }
+
+    /// Every option and argument that takes a value, given a word that is
+    /// no number or address, says what to give, not what Rust's parser
+    /// found ("invalid digit found in string"); walked from the
+    /// definitions, so a new number without its value parser fails here.
+    #[test]
+    fn every_value_refused_says_what_to_give() {
+        fn walk(cmd: &clap::Command, path: &mut Vec<String>, seen: &mut usize, bad: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if !arg.get_action().takes_values() || !arg.get_possible_values().is_empty() {
+                    continue;
+                }
+                let mut argv: Vec<String> = std::iter::once("flowtable".to_string()).chain(path.clone()).collect();
+                if let Some(long) = arg.get_long() {
+                    argv.push(format!("--{long}"));
+                }
+                argv.push("x1".to_string());
+                let Err(e) = Cli::try_parse_from(&argv) else { continue };
+                if e.kind() != clap::error::ErrorKind::ValueValidation {
+                    continue;
+                }
+                *seen += 1;
+                let said = e.to_string();
+                let rust =
+                    ["invalid digit", "invalid float literal", "address syntax", "cannot parse", "ParseIntError"];
+                if rust.iter().any(|r| said.contains(r)) {
+                    bad.push(format!("{}: {}", argv.join(" "), said.lines().next().unwrap_or("")));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                path.push(sub.get_name().to_string());
+                walk(sub, path, seen, bad);
+                path.pop();
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let (mut seen, mut bad) = (0, Vec::new());
+        walk(&cli, &mut Vec::new(), &mut seen, &mut bad);
+        assert!(seen >= 30, "only {seen} values refused: the walk misses options");
+        assert!(bad.is_empty(), "in Rust's words:\n{}", bad.join("\n"));
+        let said = Cli::try_parse_from(["flowtable", "flows", "--top", "abc"]).err().unwrap().to_string();
+        assert!(said.contains("expected a whole number, 0 or more"), "{said}");
     }
 }

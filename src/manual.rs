@@ -39,11 +39,56 @@ pub fn page(cmd: clap::Command, path: &[String]) -> Result<Vec<u8>, String> {
 /// page the files the daemon and the package use.
 fn render(top: &clap::Command, cmd: &clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
     let source = format!("flowtable {}", top.get_version().unwrap_or_default());
-    clap_mangen::Man::new(cmd.clone()).source(source).manual("flowtable manual").render(out)?;
+    let man = clap_mangen::Man::new(cmd.clone()).source(source).manual("flowtable manual");
+    // clap_mangen's own order (Man::render), but for the text after the
+    // options, which it gives as one paragraph that roff refills: `flows`'s
+    // is the filter grammar, laid out in lines and columns.
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(out)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(out)?;
+    }
+    if let Some(text) = cmd.get_after_long_help().or_else(|| cmd.get_after_help()) {
+        out.write_all(preformatted(&text.to_string()).as_bytes())?;
+    }
+    if cmd.get_version().or_else(|| cmd.get_long_version()).is_some() {
+        man.render_version_section(out)?;
+    }
+    if cmd.get_author().is_some() {
+        man.render_authors_section(out)?;
+    }
     if std::ptr::eq(top, cmd) {
         out.write_all(FILES.as_bytes())?;
     }
     Ok(())
+}
+
+/// Text laid out by hand (the filter grammar: examples, a table of
+/// fields) as a section of its own whose lines roff keeps as they are
+/// (`.nf`), named by its first word when that is a heading (`FILTER:`).
+fn preformatted(text: &str) -> String {
+    let (name, body) = match text.split_once(':') {
+        Some((head, rest)) if !head.is_empty() && head.chars().all(|c| c.is_ascii_uppercase()) => {
+            (head.to_string(), rest.trim_start_matches(' '))
+        }
+        _ => ("NOTES".to_string(), text),
+    };
+    // What followed the heading starts the section: a sentence.
+    let mut chars = body.chars();
+    let body: String = chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
+    let mut roff = roff::Roff::new();
+    roff.control("SH", [name.as_str()]);
+    roff.control("nf", []);
+    for line in body.lines() {
+        roff.text([roff::roman(line)]);
+    }
+    roff.control("fi", []);
+    roff.to_roff()
 }
 
 /// The top page's FILES and SEE ALSO sections, in roff.

@@ -246,7 +246,7 @@ pub fn top_records(records: &[FlowRecord], n: usize) -> String {
             let hw = r.orig.hw_packets + r.reply.hw_packets;
             let share = if r.packets() == 0 { 0.0 } else { 100.0 * hw as f64 / r.packets() as f64 };
             let offload = match (&r.offload, &r.refused) {
-                (Some(o), _) => format!("{:?}", o.action.kind()).to_lowercase(),
+                (Some(o), _) => o.action.kind().to_string(),
                 (None, Some(_)) => "refused".into(),
                 (None, None) => "-".into(),
             };

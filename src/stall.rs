@@ -17,22 +17,22 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, clap::Args)]
 pub struct StallArgs {
     /// Flows in the traffic; each is offloaded after its second packet.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = crate::args::whole::<u32>)]
     pub flows: u32,
     /// Packets per second offered.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 200_000, value_parser = crate::args::whole::<u64>)]
     pub rate: u64,
     /// Seconds of traffic for each side.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = crate::args::number)]
     pub seconds: f64,
     /// Milliseconds one counter read (a dump of every rule) takes.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::whole::<u64>)]
     pub read_ms: u64,
     /// Microseconds each rule installed or removed takes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::whole::<u64>)]
     pub rule_us: u64,
     /// Workers for the threaded side.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::whole::<usize>)]
     pub workers: usize,
     /// Use this configuration (its backend, e.g. tc in the VM) instead of
     /// the slow sim NIC.

@@ -46,6 +46,42 @@ fn config_check_refuses_what_run_could_not_start_with() {
         (r#"{"export": {"template_refresh_s": 0}}"#, "export.template_refresh_s", "more than 0"),
         (r#"{"metrics": {"listen": "localhost:9464"}}"#, "metrics.listen", "is not an IP address and port"),
         (r#"{"metrics": {"listen": "[::1]:0"}}"#, "metrics.listen", "port 0"),
+        // What `run` finds on the file system before it starts.
+        (
+            r#"{"records": {"path": "/nonexistent-flowtable-dir/x.jsonl"}}"#,
+            "records.path",
+            "the directory /nonexistent-flowtable-dir does not exist",
+        ),
+        (r#"{"control": {"socket": "/tmp"}}"#, "control.socket", "/tmp exists and is not a socket but a directory"),
+        (
+            r#"{"control": {"socket": "/nonexistent-flowtable-dir/s.sock"}}"#,
+            "control.socket",
+            "the directory /nonexistent-flowtable-dir does not exist",
+        ),
+        // What was once accepted and silently ignored or misread.
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "match": {}, "result": {"offload": {"type": "drop", "port": 1}}}]}}"#,
+            "classifier.rules[0].result.offload",
+            r#""port" is not a field of a drop action: drop takes only "type""#,
+        ),
+        (
+            r#"{"classifier": {"default": {"offload": {"type": "mark", "mark": 1, "port": 2}}}}"#,
+            "classifier.default.offload",
+            r#""port" is not a field of a mark action: mark takes "type" and "mark""#,
+        ),
+        (r#"{"backend": {"kind": "dpdk", "bogus": 1}}"#, "backend.bogus", "unknown field `bogus`"),
+        (r#"{"backend": {"kind": "tc", "jornal": "/j"}}"#, "backend.jornal", "unknown field `jornal`"),
+        (r#"{"sources": [{"synthetic": {"mix": [1, 2]}}]}"#, "sources[0].synthetic.mix", "must be a JSON object"),
+        (
+            r#"{"sources": [{"interface": {"name": "eth0", "ingress": 5}}]}"#,
+            "sources[0].interface.ingress",
+            "port 5 does not exist: 2 port(s) are configured",
+        ),
+        (
+            r#"{"sources": [{"pcap": {"path": "x.pcap", "ingress": 2}}]}"#,
+            "sources[0].pcap.ingress",
+            "port 2 does not exist",
+        ),
     ] {
         let (ok, said) = check(text);
         assert!(!ok, "accepted {text}: {said}");
@@ -94,14 +130,82 @@ fn config_errors_are_in_the_operators_words_not_rusts() {
             r#""10.0.0.300" is not an IPv4 or IPv6 address"#,
         ),
         (r#"{"table": {"max_flows": 1000,}}"#, "table", "a comma after the last entry"),
+        // A synthetic source's settings, read as the generator reads them.
+        (
+            r#"{"sources": [{"synthetic": {"ipv6_share": "x"}}]}"#,
+            "sources[0].synthetic.ipv6_share",
+            r#"the text "x" is not accepted here: give a number"#,
+        ),
+        (
+            r#"{"sources": [{"synthetic": {"flows": -3}}]}"#,
+            "sources[0].synthetic.flows",
+            "-3 is out of range: give a whole number, 0 or more",
+        ),
+        (
+            r#"{"sources": [{"synthetic": {"vlan_first": 70000}}]}"#,
+            "sources[0].synthetic.vlan_first",
+            "70000 is out of range: give a whole number, 0 to 65535",
+        ),
+        (
+            r#"{"sources": [{"synthetic": {"concurrency": 1.5}}]}"#,
+            "sources[0].synthetic.concurrency",
+            "1.5 (a number with a fraction or exponent) is not accepted here: give a whole number",
+        ),
+        (
+            r#"{"sources": [{"synthetic": {"keep_truth": "yes"}}]}"#,
+            "sources[0].synthetic.keep_truth",
+            r#"the text "yes" is not accepted here: give true or false"#,
+        ),
+        // Results, actions and the backend: what to write instead.
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "result": {"offload": "drop"}}]}}"#,
+            "classifier.rules[0].result.offload",
+            r#"the text "drop" is not accepted here: give an action object such as {"type": "drop"}"#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "result": "offload"}]}}"#,
+            "classifier.rules[0].result",
+            r#""offload" needs its action: write {"offload": {"type": "drop"}}"#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "result": {"software": {}}}]}}"#,
+            "classifier.rules[0].result",
+            r#""software" takes no settings: write "result": "software""#,
+        ),
+        (
+            r#"{"classifier": {"rules": [{"name": "a", "result": "inspect"}]}}"#,
+            "classifier.rules[0].result",
+            r#""inspect" is not a result: give "software" or {"offload": ACTION}"#,
+        ),
+        (
+            r#"{"backend": {"kind": "tc", "journal": 5}}"#,
+            "backend.journal",
+            "5 is not accepted here: give a file path as a string",
+        ),
+        (r#"{"backend": {"kind": "nic"}}"#, "backend.kind", r#""nic" is not a backend: give "sim", "tc" or "dpdk""#),
         (r#"{"table": {"max_flows": 1000}"#, "(top level)", "the file ends inside an object (a } is missing)"),
     ] {
         let (ok, said) = check(text);
         assert!(!ok, "accepted {text}: {said}");
         assert!(said.contains(&format!("at `{field}`")) && said.contains(words), "{text}: {said}");
-        for rust in
-            ["usize", "f64", "untagged enum", "PortSpec", "invalid IP address syntax", "`table.?`", "expected value"]
-        {
+        for rust in [
+            "usize",
+            "f64",
+            "u64",
+            "u32",
+            "u16",
+            "a boolean",
+            "untagged enum",
+            "internally tagged",
+            "variant",
+            "give unit",
+            "path string",
+            "PortSpec",
+            "invalid IP address syntax",
+            "`table.?`",
+            "expected value",
+            "invalid type",
+        ] {
             assert!(!said.contains(rust), "{text}: {said}");
         }
     }
@@ -167,4 +271,45 @@ fn config_check_finds_refused_actions_shadowed_rules_and_missing_sources() {
     let example = Command::new(BIN).args(["config", "example"]).output().unwrap();
     let (ok, said) = check(&String::from_utf8(example.stdout).unwrap());
     assert!(ok && !said.contains("warning"), "{said}");
+}
+
+/// The synthetic source's errors read the same wherever its settings are
+/// read: `run`, `demo --config`.
+#[test]
+fn synthetic_settings_are_refused_in_the_same_words_by_run_and_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.json");
+    let text = format!(
+        r#"{{"control": {{"socket": {:?}}}, "sources": [{{"synthetic": {{"flows": -3}}}}]}}"#,
+        dir.path().join("s.sock").display().to_string()
+    );
+    std::fs::write(&file, text).unwrap();
+    for args in [&["run", "--config"][..], &["demo", "--config"][..]] {
+        let out = Command::new(BIN).args(args).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("at `sources[0].synthetic.flows`: -3 is out of range: give a whole number, 0 or more"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("u64"), "{err}");
+    }
+}
+
+/// A configuration path that is a directory or names nothing is called
+/// that, without the system's error number.
+#[test]
+fn a_configuration_path_that_is_a_directory_or_missing_is_called_that() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).arg(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(": is a directory, not a configuration file"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+    let missing = dir.path().join("absent.json");
+    for args in [&["config", "check"][..], &["run", "--config"][..], &["stats", "--config"][..]] {
+        let out = Command::new(BIN).args(args).arg(&missing).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("absent.json: no such file"), "{args:?}: {err}");
+        assert!(!err.contains("os error"), "{err}");
+    }
 }

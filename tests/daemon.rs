@@ -465,6 +465,25 @@ fn one_flow_in_full_and_control_of_context_and_offload() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+    // A drop verdict on a flow offloaded with another action replaces its
+    // rules (it is not stored and left unapplied); `offload` on an
+    // offloaded flow leaves it as it is.
+    let out = d.json(&["label", &id, "--verdict", "drop"]);
+    assert_eq!(out["stage"], "offloaded", "the answer waits for the new rules: {out}");
+    let v = d.json(&["flow", &id]);
+    assert_eq!((&v["stage"], &v["offload"]["action"]["type"]), (&"offloaded".into(), &"drop".into()), "{v}");
+    assert_eq!(v["rules"].as_array().unwrap().len(), 2, "{v}");
+    let out = d.json(&["label", &id, "--verdict", "offload"]);
+    assert_eq!(out["stage"], "offloaded");
+    assert_eq!(d.json(&["flow", &id])["offload"]["action"]["type"], "drop");
+    assert_eq!(d.stats()["rules"]["live"].as_u64().unwrap(), rules_before);
+    let help = String::from_utf8(Command::new(BIN).args(["label", "--help"]).output().unwrap().stdout).unwrap();
+    assert!(help.contains("replacing the rules") && help.contains("exits non-zero"), "{help}");
+
+    // The daemon's log names the action as it was written, not as Rust prints it.
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("offload requested")).unwrap_or_else(|| panic!("not logged:\n{log}"));
+    assert!(line.contains("action=mark:0x7") && !line.contains("Mark {"), "{line}");
 
     // Requests that can't be done say why, and name the flow or port.
     let out = d.cli(&["offload", &id, "--action", "forward:9"]);
@@ -791,6 +810,24 @@ fn events_stream_new_classified_offloaded_and_expired_with_records() {
     let expired = events.iter().find(|e| e["event"] == "expired").unwrap();
     assert!(expired["record"]["end_reason"].is_string());
     assert!(expired["record"]["orig"]["packets"].as_u64().unwrap() > 0);
+    // Every event is stamped when it happened (conntrack -E): the stream
+    // never goes back in time, and an expiry is stamped when the flow
+    // ended, its idle timeout after its last packet (the record's end_ns).
+    let stamps: Vec<u64> = events.iter().map(|e| e["ts_ns"].as_u64().unwrap_or(0)).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1] && w[0] > 0), "events out of time order: {stamps:?}");
+    for e in events.iter().filter(|e| e["event"] == "expired" && e["record"]["end_reason"] == "idle") {
+        let (at, last) = (e["ts_ns"].as_u64().unwrap(), e["record"]["end_ns"].as_u64().unwrap());
+        assert!(at >= last + 300_000_000, "an idle expiry stamped before its timeout passed: {e}");
+        let line = flowtable::client::event_text(e);
+        assert!(
+            line.starts_with(&format!("[{}.{:06}] expired", at / 1_000_000_000, at % 1_000_000_000 / 1000)),
+            "{line}"
+        );
+    }
+    // An offload's placement in the words of the flows listing.
+    let offloaded = events.iter().find(|e| e["event"] == "offloaded").unwrap();
+    let line = flowtable::client::event_text(offloaded);
+    assert!(line.ends_with(&format!("offloaded   flow {} pass hardware", offloaded["id"])), "{line}");
     // Human lines too.
     let out = Command::new(BIN).args(["events", "--count", "20", "--socket"]).arg(&d.socket).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -1264,7 +1301,7 @@ fn export_to_absent_and_stopping_collectors_counts_drops_and_holds_nothing_up() 
 #[test]
 fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     let mut d = Daemon::start(&format!(
-        r#"{LONG_TIMEOUTS}, "backend": {{"kind": "sim", "profile": "refuse-all"}}, {}"#,
+        r#"{LONG_TIMEOUTS}, "log": {{"format": "json"}}, "backend": {{"kind": "sim", "profile": "refuse-all"}}, {}"#,
         pcap_source("teams.pcap", "fast")
     ));
     d.wait_sources_done();
@@ -1280,12 +1317,38 @@ fn a_refused_offload_and_a_stopped_event_stream_fail_with_the_reason() {
     assert!(one["mean_bits_per_s"].as_f64().unwrap() > 0.0 && one.get("rate_bps").is_none(), "{one}");
     // The capability report says how a close is seen on this backend.
     assert_eq!(d.stats()["rules"]["tcp_teardown"], "fin-rst");
+    // Rates named by their unit, as the flows' are.
+    let s = d.stats();
+    for (section, name) in [("rules", "installs_per_s"), ("rules", "removals_per_s"), ("packets", "packets_per_s")] {
+        assert!(s[section][name].is_f64(), "no {section}.{name}: {s}");
+    }
+    for (section, old) in [("rules", "install_rate"), ("rules", "remove_rate"), ("packets", "rate_pps")] {
+        assert!(s[section].get(old).is_none(), "{section}.{old} is still there: {s}");
+    }
+    assert!(d.ok(&["stats"]).contains(" rules/s)"), "{}", d.ok(&["stats"]));
     assert!(d.ok(&["stats"]).contains("tcp teardown  fin-rst"));
     let out = d.cli(&["offload", &id, "--action", "mark:0xff"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a refusal is a failure: {err}");
     assert!(err.contains("refused") && err.contains(&id), "{err}");
     assert_eq!(d.json(&["flow", &id])["stage"], "refused");
+    // So is a verdict whose offload the backend refuses: said, non-zero.
+    let other = top["flows"][0]["id"].as_u64().unwrap();
+    let page = d.json(&["flows", "--top", "5", "--filter", "stage=software"]);
+    let soft = page["flows"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).find(|i| *i != other);
+    let soft = soft.expect("a flow in software").to_string();
+    let out = d.cli(&["label", &soft, "--verdict", "drop"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a verdict not applied is a failure: {err}");
+    assert!(err.contains("the verdict is kept, but its offload was refused"), "{err}");
+    // The JSON log too names the action as `--action` takes it.
+    let log = d.log_text();
+    let asked = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "offload requested")
+        .unwrap_or_else(|| panic!("no JSON log line of the request:\n{log}"));
+    assert_eq!(asked["fields"]["action"], "mark:0xff", "{asked}");
 
     let events = std::process::Command::new(BIN)
         .args(["events", "--socket"])

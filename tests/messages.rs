@@ -95,3 +95,35 @@ fn a_capture_path_that_is_a_directory_or_missing_is_called_that() {
     let (out, _, err) = run(&["run", "--config", config.to_str().unwrap()]);
     assert!(!out.status.success() && err.contains("sources[0].pcap: ") && err.contains("is a directory"), "{err}");
 }
+
+#[test]
+fn numbers_and_addresses_refused_say_what_to_give() {
+    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/pcaps/http.pcapng");
+    for (args, words) in [
+        (&["flows", "--top", "abc"][..], "expected a whole number, 0 or more"),
+        (&["demo", "--seed", "x"][..], "expected a whole number, 0 or more"),
+        (&["events", "--count=-1"][..], "expected a whole number, 0 or more"),
+        (&["replay", capture, "--ipfix", "foo"][..], "expected an IP address and port such as 127.0.0.1:4739"),
+    ] {
+        let (out, _, err) = run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(words), "{args:?}: {err}");
+        assert!(!err.contains("invalid digit") && !err.contains("address syntax"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_socket_path_too_long_is_refused_with_the_limit_and_its_length() {
+    let long = format!("/tmp/{}", "s".repeat(120));
+    let (out, _, err) = run(&["stats", "--socket", &long]);
+    assert!(!out.status.success());
+    assert!(err.contains("the path is 125 bytes long; a Unix socket path can be at most 107 bytes"), "{err}");
+    assert!(err.contains("108 on Linux") && !err.contains("SUN_LEN"), "{err}");
+    // The daemon told to listen there says the same.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("f.json");
+    std::fs::write(&config, r#"{"sources": [{"synthetic": {"flows": 10}}]}"#).unwrap();
+    let (out, _, err) = run(&["run", "--config", config.to_str().unwrap(), "--socket", &long]);
+    assert!(!out.status.success());
+    assert!(err.contains("the path is 125 bytes long") && !err.contains("SUN_LEN"), "{err}");
+}

@@ -140,10 +140,10 @@ impl Daemon {
             for volatile in ["uptime_s", "now_ns", "control"] {
                 s.as_object_mut().unwrap().remove(volatile);
             }
-            for volatile in ["counter_reads", "install_rate", "remove_rate"] {
+            for volatile in ["counter_reads", "installs_per_s", "removals_per_s"] {
                 s["rules"].as_object_mut().unwrap().remove(volatile);
             }
-            s["packets"].as_object_mut().unwrap().remove("rate_pps");
+            s["packets"].as_object_mut().unwrap().remove("packets_per_s");
             for src in s["sources"].as_array_mut().unwrap() {
                 src.as_object_mut().unwrap().remove("wall_s");
             }

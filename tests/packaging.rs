@@ -342,3 +342,48 @@ fn the_daemon_tells_systemd_it_is_ready_only_once_its_socket_answers() {
     };
     assert!(status.success(), "{status}; log:\n{}", log_text());
 }
+
+/// `flowtable man flows` keeps the filter grammar's lines and columns, as
+/// `flows --help` has them, in a section of its own: roff would otherwise
+/// fill them into one paragraph ("... rate >= 10Mbit Operators: = ...").
+#[test]
+fn the_manual_page_keeps_the_filter_grammar_as_it_is_laid_out() {
+    let help = text(&run(Command::new(BIN).args(["flows", "--help"])));
+    assert!(help.contains("udplite"), "flows --help leaves udplite out:\n{help}");
+    let roff = run(Command::new(BIN).args(["man", "flows"])).stdout;
+    if !have("groff", &["--version"], "apt-get install groff-base") {
+        return;
+    }
+    let mut groff = Command::new("groff")
+        .args(["-man", "-Tutf8", "-rLL=100n"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    groff.stdin.take().unwrap().write_all(&roff).unwrap();
+    let out = groff.wait_with_output().unwrap();
+    // Bold is drawn by overstriking (a character, a backspace, the
+    // character again): the words without it.
+    let plain: String = {
+        let mut s = String::new();
+        for c in String::from_utf8_lossy(&out.stdout).chars() {
+            if c == '\u{8}' {
+                s.pop();
+            } else {
+                s.push(c);
+            }
+        }
+        s
+    };
+    let lines: Vec<&str> = plain.lines().map(str::trim).collect();
+    assert!(lines.contains(&"FILTER"), "no FILTER section:\n{plain}");
+    for want in [
+        "ingress=wan0 and rate >= 10Mbit",
+        "Fields:",
+        "proto      tcp, udp, udplite, sctp, icmp (v4 and v6), icmpv6, gre, esp, ah,",
+    ] {
+        assert!(lines.contains(&want), "no line {want:?} on the page:\n{plain}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("proto=tcp,udp and bytes > 1M ")), "{plain}");
+    assert!(!plain.contains("10Mbit Operators"), "the grammar run together:\n{plain}");
+}

@@ -296,3 +296,96 @@ fn watch_at_80x24_shows_whole_ids_ends_bytes_rate_and_placement_and_200x50_adds_
         tmux.run(&["send-keys", "-t", "watch", "q"]);
     }
 }
+
+/// A cell that shows `full` whole, or cut visibly on its one line: the
+/// start of it, a `…`, and its port kept.
+fn shows(cell: &str, full: &str) -> bool {
+    if cell == full {
+        return true;
+    }
+    match cell.split_once('…') {
+        Some((head, port)) => {
+            full.starts_with(head)
+                && full.ends_with(port)
+                && port.starts_with("]:")
+                && head.len() + port.len() < full.len()
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn watch_at_80x24_keeps_ipv6_ends_on_one_line_and_counts_the_rows_it_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    // IPv6 and IPv4 flows (no ICMP: its ends are no address and port);
+    // nothing expires while the test looks.
+    let (_daemon, socket) = start_daemon_with(
+        dir.path(),
+        r#""classifier": {"rules": [{"name": "rest", "match": {}, "trigger": {"after_packets": 2}, "result": {"offload": {"type": "pass"}}}]},
+  "offload": {"poll_interval_ms": 50},
+  "timeouts": {"tcp_handshake_s": 3600, "tcp_established_s": 3600, "tcp_closing_s": 3600, "tcp_closed_s": 3600, "udp_s": 3600, "icmp_s": 3600, "other_s": 3600},
+  "sources": [{"synthetic": {"flows": 400, "concurrency": 400, "seed": 9, "ipv6_share": 0.5, "pace": "fast",
+    "mix": {"tcp_short": 1, "tcp_elephant": 0, "udp_dns": 1, "udp_stream": 0.2, "icmp_echo": 0}}}]"#,
+    );
+    let filter = "addr=2001:db8::/32";
+    let selected = |socket: &Path| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["flows", "--top", "1000", "--json", "--filter", filter, "--socket"])
+            .arg(socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown_of = |page: &serde_json::Value| -> Vec<String> {
+        page["flows"].as_array().unwrap().iter().map(|f| format!("{} {} {}", f["id"], f["bytes"], f["stage"])).collect()
+    };
+    let mut last = selected(&socket);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = selected(&socket);
+        if now["total"].as_u64().unwrap() > 100 && shown_of(&now) == shown_of(&last) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "flows never settled: {} flows", now["total"]);
+        last = now;
+    }
+    let total = last["total"].as_u64().unwrap();
+    let flows: std::collections::HashMap<String, serde_json::Value> =
+        last["flows"].as_array().unwrap().iter().map(|f| (f["id"].to_string(), f.clone())).collect();
+
+    for (width, height) in [(80usize, 24usize), (60, 15)] {
+        let tmux = Tmux { server: format!("flowtable-watch6-{}-{width}", std::process::id()) };
+        let cmd = format!("{BIN} watch --socket {} --interval-ms 300 --filter '{filter}'", socket.display());
+        let out =
+            tmux.run(&["new-session", "-d", "-s", "watch", "-x", &width.to_string(), "-y", &height.to_string(), &cmd]);
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        // Four summary lines, two borders and the header: a row on each other line.
+        let rows_fit = height - 7;
+        let screen =
+            tmux.wait_for("the table", |s| s.contains(&format!(" of {total} flows")) && s.contains(" client "));
+        assert!(screen.lines().all(|l| l.chars().count() <= width), "a line wider than the screen:\n{screen}");
+        assert!(
+            screen.contains(&format!("top {rows_fit} of {total} flows")),
+            "{width}x{height}: the title counts the rows shown:\n{screen}"
+        );
+        // No line of the table but the header, rows and borders: no end wrapped onto a line of its own.
+        let body: Vec<&str> = screen.lines().filter(|l| l.starts_with('│') && !l.contains(" client ")).collect();
+        assert_eq!(body.len(), rows_fit, "{width}x{height}: one line a flow:\n{screen}");
+        let (_, rows) = table_of(&screen);
+        assert_eq!(rows.len(), rows_fit, "{screen}");
+        for row in &rows {
+            let f = flows.get(&row["id"]).unwrap_or_else(|| panic!("row id {} is not a flow's:\n{screen}", row["id"]));
+            let (src, dst) = (f["src"].as_str().unwrap(), f["dst"].as_str().unwrap());
+            assert!(src.starts_with("2001:db8") || dst.starts_with("2001:db8"), "{f}");
+            assert!(shows(&row["client"], &endpoint(src, f["sport"].as_u64().unwrap())), "{row:?}\n{screen}");
+            assert!(shows(&row["server"], &endpoint(dst, f["dport"].as_u64().unwrap())), "{row:?}\n{screen}");
+        }
+        if width == 80 {
+            // The server ends fit whole beside a cut client.
+            assert!(rows.iter().all(|r| !r["server"].contains('…')), "{screen}");
+        }
+        tmux.run(&["send-keys", "-t", "watch", "q"]);
+    }
+}

@@ -11,7 +11,9 @@ use std::path::Path;
 /// A configuration error, always naming where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {message}")]
+    /// `message` says what the path is or why it can't be read ("no
+    /// such file", "is a directory, not a configuration file").
+    #[error("{file}: {message}")]
     Read { file: String, message: String },
     #[error("{file}: at `{field}` (line {line}, column {column}): {message}")]
     Parse { file: String, field: String, line: usize, column: usize, message: String },
@@ -32,20 +34,37 @@ impl ConfigError {
 /// Reads and checks a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Read { file: file.clone(), message: read_error(path, &e) })?;
     parse(&file, &text)
+}
+
+/// Why a configuration file can't be read, in words rather than as the
+/// system's error and number ("Is a directory (os error 21)").
+fn read_error(path: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    if path.is_dir() {
+        return "is a directory, not a configuration file".to_string();
+    }
+    match e.kind() {
+        ErrorKind::NotFound => "no such file".to_string(),
+        ErrorKind::PermissionDenied => "cannot read: permission denied".to_string(),
+        ErrorKind::InvalidData => "cannot read: the file is not UTF-8 text, as a JSON configuration is".to_string(),
+        _ => {
+            let text = e.to_string();
+            let text = text.find(" (os error ").map_or(text.as_str(), |i| &text[..i]);
+            format!("cannot read: {}", text.to_lowercase())
+        }
+    }
 }
 
 /// Parses and checks configuration text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let doc = serde_json::from_str::<serde_json::Value>(text).ok();
     if let Some(doc) = &doc {
-        objects_where_expected(doc).map_err(|(field, message)| ConfigError::Invalid {
-            file: file.to_string(),
-            field,
-            message,
-        })?;
+        objects_where_expected(doc)
+            .and_then(|()| backend_fields(doc))
+            .map_err(|(field, message)| ConfigError::Invalid { file: file.to_string(), field, message })?;
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -123,6 +142,38 @@ fn objects_where_expected(doc: &serde_json::Value) -> Result<(), (String, String
     Ok(())
 }
 
+/// The backend section read as its kind's own settings, so that an error
+/// names its field: serde reads an internally tagged enum (`"kind"`) whole
+/// and its errors name only `backend` ("give path string" for a journal
+/// given as a number). The dpdk kind is read as the DPDK backend reads it,
+/// in every build.
+fn backend_fields(doc: &serde_json::Value) -> Result<(), (String, String)> {
+    use serde_json::Value;
+    let Some(Value::Object(section)) = doc.get("backend") else { return Ok(()) };
+    let mut rest = section.clone();
+    let kind = rest.remove("kind");
+    let rest = Value::Object(rest);
+    let named = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let field = match field_path(e.path()).as_str() {
+            "(top level)" => "backend".to_string(),
+            p => format!("backend.{p}"),
+        };
+        (field, in_plain_words(&strip_position(&e.into_inner().to_string())))
+    };
+    const KINDS: &str = r#"give "sim", "tc" or "dpdk""#;
+    match kind.as_ref().map(|k| (k, k.as_str())) {
+        None => Err(("backend.kind".into(), format!("missing: {KINDS}"))),
+        Some((_, Some("sim"))) => {
+            serde_path_to_error::deserialize::<_, SimBackendConfig>(rest).map(drop).map_err(named)
+        }
+        Some((_, Some("tc"))) => serde_path_to_error::deserialize::<_, TcBackendConfig>(rest).map(drop).map_err(named),
+        Some((_, Some("dpdk"))) => {
+            serde_path_to_error::deserialize::<_, flowtable_hw::dpdk_config::DpdkConfig>(rest).map(drop).map_err(named)
+        }
+        Some((k, _)) => Err(("backend.kind".into(), format!("{k} is not a backend: {KINDS}"))),
+    }
+}
+
 /// The value the typed parse stopped at, found in the parsed document.
 fn value_at<'a>(doc: &'a serde_json::Value, path: &serde_path_to_error::Path) -> Option<&'a serde_json::Value> {
     use serde_path_to_error::Segment;
@@ -149,7 +200,7 @@ fn names_hint(field: &str) -> &'static str {
     }
 }
 
-fn kind(v: &serde_json::Value) -> &'static str {
+pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::String(_) => "a string",
@@ -208,7 +259,7 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 /// serde's messages speak of Rust types ("invalid type: floating point
 /// `1000.0`, expected usize"); an operator needs what was written and what
 /// to write instead. Messages of other shapes pass through.
-fn in_plain_words(msg: &str) -> String {
+pub(crate) fn in_plain_words(msg: &str) -> String {
     if msg == "trailing comma" {
         return "a comma after the last entry: JSON allows none there, remove it".to_string();
     }
@@ -246,6 +297,7 @@ fn in_plain_words(msg: &str) -> String {
         "f64" | "f32" => "a number".to_string(),
         "a boolean" => "true or false".to_string(),
         "a string" | "a borrowed string" => "text in quotes".to_string(),
+        "path string" => "a file path as a string (in quotes)".to_string(),
         "a sequence" => "an array ([ ... ])".to_string(),
         w if w.starts_with("struct ") || w == "a map" => "an object ({ ... })".to_string(),
         w => w.to_string(),
@@ -281,7 +333,7 @@ fn plain_value(given: &str) -> String {
 }
 
 /// serde_json appends " at line L column C", which we already report.
-fn strip_position(msg: &str) -> String {
+pub(crate) fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
@@ -442,31 +494,49 @@ mod tests {
         let c = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_hosts": true}}"#).unwrap();
         assert!(matches!(
             c.backend,
-            BackendConfig::Tc { icmp_by_hosts: true, keep_rules: false, adopt_rules: true, journal: None }
+            BackendConfig::Tc(TcBackendConfig {
+                icmp_by_hosts: true,
+                keep_rules: false,
+                adopt_rules: true,
+                journal: None
+            })
         ));
         let c = parse("t.json", r#"{"backend": {"kind": "tc"}}"#).unwrap();
-        assert!(matches!(c.backend, BackendConfig::Tc { icmp_by_hosts: false, .. }));
+        assert!(matches!(c.backend, BackendConfig::Tc(TcBackendConfig { icmp_by_hosts: false, .. })));
         let err = parse("t.json", r#"{"backend": {"kind": "tc", "icmp_by_host": true}}"#).unwrap_err();
         assert!(err.to_string().contains("icmp_by_host"), "{err}");
     }
 
     #[test]
     fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
+        let dpdk = r#""kind": "dpdk", "ports": [{"device": "net_tap0"}]"#;
         let ok =
-            parse("d.json", r#"{"backend": {"kind": "dpdk", "eal_args": []}, "sources": [{"dpdk": {}}]}"#).unwrap();
+            parse("d.json", &format!(r#"{{"backend": {{{dpdk}, "eal_args": []}}, "sources": [{{"dpdk": {{}}}}]}}"#))
+                .unwrap();
         assert!(matches!(ok.sources[..], [SourceConfig::Dpdk {}]));
         let err = parse("d.json", r#"{"sources": [{"pcap": {"path": "x"}}, {"dpdk": {}}]}"#).unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
         assert!(err.to_string().contains("backend kind \"dpdk\""), "{err}");
         assert!(!ok.backend.keep_rules());
-        let keep = parse("d.json", r#"{"backend": {"kind": "dpdk", "keep_rules": true}}"#).unwrap();
+        let keep = parse("d.json", &format!(r#"{{"backend": {{{dpdk}, "keep_rules": true}}}}"#)).unwrap();
         assert!(keep.backend.keep_rules());
         let err =
-            parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {}}, {"dpdk": {}}]}"#).unwrap_err();
+            parse("d.json", &format!(r#"{{"backend": {{{dpdk}}}, "sources": [{{"dpdk": {{}}}}, {{"dpdk": {{}}}}]}}"#))
+                .unwrap_err();
         assert_eq!(err.field(), Some("sources[1].dpdk"));
-        let err =
-            parse("d.json", r#"{"backend": {"kind": "dpdk"}, "sources": [{"dpdk": {"queues": 2}}]}"#).unwrap_err();
+        let err = parse("d.json", &format!(r#"{{"backend": {{{dpdk}}}, "sources": [{{"dpdk": {{"queues": 2}}}}]}}"#))
+            .unwrap_err();
         assert!(err.to_string().contains("queues"), "{err}");
+        // The section is read as the DPDK backend reads it, in every build.
+        let err = parse("d.json", &format!(r#"{{"backend": {{{dpdk}, "bogus": 1}}}}"#)).unwrap_err();
+        assert_eq!(err.field(), Some("backend.bogus"), "{err}");
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
+        let err = parse("d.json", r#"{"backend": {"kind": "dpdk", "rx_queues": "2"}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("backend.rx_queues"), "{err}");
+        assert!(err.to_string().contains(r#"the text "2" is not accepted here: give a whole number, 0 to 65535"#));
+        let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("backend.ports"), "{err}");
+        assert!(err.to_string().contains("at least one port"), "{err}");
     }
 
     #[test]
@@ -484,7 +554,10 @@ mod tests {
     #[test]
     fn missing_file_names_it() {
         let err = load(Path::new("/nonexistent/flowtable.json")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/flowtable.json: cannot read"));
+        assert_eq!(err.to_string(), "/nonexistent/flowtable.json: no such file");
+        let dir = std::env::temp_dir();
+        let err = load(&dir).unwrap_err();
+        assert!(err.to_string().ends_with(": is a directory, not a configuration file"), "{err}");
     }
 
     /// Refused with its field named; the message, without the file and

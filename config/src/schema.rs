@@ -549,14 +549,65 @@ pub struct TriggerConfig {
     pub comment: Option<String>,
 }
 
-/// A classification result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A classification result: `"software"` or `{"offload": ACTION}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClassResult {
     /// Keep the flow in software.
     Software,
     /// Offload the flow with this action.
     Offload(Action),
+}
+
+const RESULT_HINT: &str = r#"give "software" or {"offload": ACTION}, e.g. {"offload": {"type": "drop"}}"#;
+
+/// By hand rather than derived: serde's words for an enum written the
+/// wrong way are Rust's ("unit variant ... give newtype variant" for a
+/// bare `"offload"`, "give unit" for `{"software": {}}`).
+impl<'de> Deserialize<'de> for ClassResult {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<ClassResult, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ClassResult;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#""software" or {"offload": ACTION}, e.g. {"offload": {"type": "drop"}}"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClassResult, E> {
+                match v {
+                    "software" => Ok(ClassResult::Software),
+                    "offload" => Err(E::custom(
+                        r#""offload" needs its action: write {"offload": {"type": "drop"}} (or "pass", or "forward", "mirror" with a "port", or "mark" with a "mark")"#,
+                    )),
+                    other => Err(E::custom(format!("{other:?} is not a result: {RESULT_HINT}"))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ClassResult, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(format!("an empty object is not a result: {RESULT_HINT}")));
+                };
+                let result = match key.as_str() {
+                    "offload" => ClassResult::Offload(map.next_value::<Action>()?),
+                    // `{"software": null}` is how serde writes a unit variant
+                    // in an object; taken, as it always was.
+                    "software" => match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => ClassResult::Software,
+                        _ => {
+                            return Err(A::Error::custom(r#""software" takes no settings: write "result": "software""#))
+                        }
+                    },
+                    other => return Err(A::Error::custom(format!("{other:?} is not a result: {RESULT_HINT}"))),
+                };
+                if let Some(more) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "{more:?} after {key:?}: a result is one of \"software\" or {{\"offload\": ACTION}}"
+                    )));
+                }
+                Ok(result)
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -593,48 +644,62 @@ impl Default for OffloadSection {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum BackendConfig {
     /// The embedded simulated NIC.
-    Sim {
-        #[serde(default)]
-        profile: SimProfile,
-        /// Overrides the profile's capacity.
-        #[serde(default)]
-        max_rules: Option<usize>,
-        /// Overrides the profile's insertion rate (rules per second).
-        #[serde(default)]
-        insert_rate: Option<u32>,
-        /// How long its calls take, to stand in for a slow NIC or kernel.
-        #[serde(default)]
-        latency: SimLatencyConfig,
-    },
+    Sim(SimBackendConfig),
     /// Linux tc-flower on the ports' interfaces.
-    Tc {
-        /// Leave rules in place on shutdown (for an upgrade: the next run
-        /// takes them over, see `adopt_rules`).
-        #[serde(default)]
-        keep_rules: bool,
-        /// At start, take over the rules an earlier run of this instance
-        /// left (killed, or stopped with `keep_rules`) whose flows the
-        /// journal knows and this configuration still offloads so: they
-        /// stay in place and count on. The rest are removed. Off: every
-        /// rule an earlier run left is removed.
-        #[serde(default = "yes")]
-        adopt_rules: bool,
-        /// The offload journal: what the rules don't carry of each
-        /// offloaded flow (its software part, start, TCP state, class),
-        /// for a restart to take it over. Without one, a restart removes
-        /// what an earlier run left.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        journal: Option<std::path::PathBuf>,
-        /// Offload ICMP flows with rules on the two hosts and the protocol
-        /// alone (flower has no key for the echo identifier), which take
-        /// every ICMP packet between the hosts, other flows' included, and
-        /// count them to the flow that got the rule. Off: ICMP stays in
-        /// software.
-        #[serde(default)]
-        icmp_by_hosts: bool,
-    },
-    /// DPDK rte_flow; the section is read by the DPDK backend.
+    Tc(TcBackendConfig),
+    /// DPDK rte_flow; the section is read by the DPDK backend
+    /// (`flowtable_hw::dpdk_config::DpdkConfig`), and checked against it
+    /// by `Config::validate` in every build.
     Dpdk(serde_json::Map<String, serde_json::Value>),
+}
+
+/// `{"kind": "sim", ...}`: a struct of its own (not fields of the enum's
+/// variant) so that an error in it can be named by its field (serde's
+/// internally tagged enums lose the path; see `check_backend` in lib.rs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimBackendConfig {
+    #[serde(default)]
+    pub profile: SimProfile,
+    /// Overrides the profile's capacity.
+    #[serde(default)]
+    pub max_rules: Option<usize>,
+    /// Overrides the profile's insertion rate (rules per second).
+    #[serde(default)]
+    pub insert_rate: Option<u32>,
+    /// How long its calls take, to stand in for a slow NIC or kernel.
+    #[serde(default)]
+    pub latency: SimLatencyConfig,
+}
+
+/// `{"kind": "tc", ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcBackendConfig {
+    /// Leave rules in place on shutdown (for an upgrade: the next run
+    /// takes them over, see `adopt_rules`).
+    #[serde(default)]
+    pub keep_rules: bool,
+    /// At start, take over the rules an earlier run of this instance
+    /// left (killed, or stopped with `keep_rules`) whose flows the
+    /// journal knows and this configuration still offloads so: they
+    /// stay in place and count on. The rest are removed. Off: every
+    /// rule an earlier run left is removed.
+    #[serde(default = "yes")]
+    pub adopt_rules: bool,
+    /// The offload journal: what the rules don't carry of each
+    /// offloaded flow (its software part, start, TCP state, class),
+    /// for a restart to take it over. Without one, a restart removes
+    /// what an earlier run left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<std::path::PathBuf>,
+    /// Offload ICMP flows with rules on the two hosts and the protocol
+    /// alone (flower has no key for the echo identifier), which take
+    /// every ICMP packet between the hosts, other flows' included, and
+    /// count them to the flow that got the rule. Off: ICMP stays in
+    /// software.
+    #[serde(default)]
+    pub icmp_by_hosts: bool,
 }
 
 fn yes() -> bool {
@@ -645,7 +710,7 @@ impl BackendConfig {
     /// The offload journal's path, when restarts take rules over.
     pub fn journal(&self) -> Option<&std::path::Path> {
         match self {
-            BackendConfig::Tc { adopt_rules: true, journal: Some(p), .. } => Some(p),
+            BackendConfig::Tc(TcBackendConfig { adopt_rules: true, journal: Some(p), .. }) => Some(p),
             _ => None,
         }
     }
@@ -654,8 +719,8 @@ impl BackendConfig {
     /// (`keep_rules`, for tc and dpdk).
     pub fn keep_rules(&self) -> bool {
         match self {
-            BackendConfig::Sim { .. } => false,
-            BackendConfig::Tc { keep_rules, .. } => *keep_rules,
+            BackendConfig::Sim(_) => false,
+            BackendConfig::Tc(tc) => tc.keep_rules,
             BackendConfig::Dpdk(map) => map.get("keep_rules") == Some(&serde_json::Value::Bool(true)),
         }
     }
@@ -663,12 +728,7 @@ impl BackendConfig {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig::Sim {
-            profile: SimProfile::default(),
-            max_rules: None,
-            insert_rate: None,
-            latency: SimLatencyConfig::default(),
-        }
+        BackendConfig::Sim(SimBackendConfig::default())
     }
 }
 
@@ -981,7 +1041,7 @@ impl Config {
                 ));
             }
         }
-        if let BackendConfig::Tc { keep_rules: true, adopt_rules, journal, .. } = &self.backend {
+        if let BackendConfig::Tc(TcBackendConfig { keep_rules: true, adopt_rules, journal, .. }) = &self.backend {
             if !*adopt_rules || journal.is_none() {
                 out.push((
                     "backend.keep_rules".into(),
@@ -1110,7 +1170,7 @@ impl Config {
                 "must be at least 1: with no room to wait for its rules, no flow would ever be offloaded".into(),
             ));
         }
-        if let BackendConfig::Sim { max_rules, insert_rate, .. } = &self.backend {
+        if let BackendConfig::Sim(SimBackendConfig { max_rules, insert_rate, .. }) = &self.backend {
             // Every offloaded flow takes two rules (one per direction),
             // installed together.
             if let Some(n @ 1) = max_rules {
@@ -1205,12 +1265,45 @@ impl Config {
         if self.control.socket.contains('\0') {
             return Err(("control.socket".into(), "must not contain a NUL byte".into()));
         }
+        self.check_paths()?;
         check_log_level(&self.log.level).map_err(|m| ("log.level".to_string(), m))?;
         self.metrics.address().map_err(|m| ("metrics.listen".to_string(), m))?;
         for (i, source) in self.sources.iter().enumerate() {
             if let SourceConfig::Synthetic(map) = source {
                 check_synthetic(&format!("sources[{i}].synthetic"), map)?;
             }
+            // An interface's frames arrive on a listed port; a file's or
+            // the generator's may be given an egress twin's index.
+            let (at, ingress, ports) = match source {
+                SourceConfig::Interface { ingress, .. } => ("interface", u64::from(*ingress), self.ports.len()),
+                SourceConfig::Pcap { ingress, .. } => ("pcap", u64::from(*ingress), self.port_count()),
+                SourceConfig::Synthetic(map) => {
+                    ("synthetic", map.get("ingress").and_then(|v| v.as_u64()).unwrap_or(0), self.port_count())
+                }
+                SourceConfig::Dpdk {} => continue,
+            };
+            if ingress as usize >= ports {
+                return Err((
+                    format!("sources[{i}].{at}.ingress"),
+                    format!(
+                        "port {ingress} does not exist: {} port(s) are configured (indexes 0 to {}); \
+                         list it in `ports`, or give one of those",
+                        ports,
+                        ports - 1
+                    ),
+                ));
+            }
+        }
+        if let BackendConfig::Dpdk(map) = &self.backend {
+            // Its fields and their types are checked as the file is read
+            // (lib.rs, `backend_fields`); then what the DPDK backend checks.
+            let dpdk: flowtable_hw::dpdk_config::DpdkConfig =
+                serde_json::from_value(serde_json::Value::Object(map.clone()))
+                    .map_err(|e| ("backend".to_string(), crate::in_plain_words(&e.to_string())))?;
+            dpdk.check().map_err(|e| match e.split_once(": ") {
+                Some((field, message)) if field.starts_with("backend") => (field.to_string(), message.to_string()),
+                _ => ("backend".to_string(), e),
+            })?;
         }
         let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
         if let Some((i, _)) = dpdk_sources.next() {
@@ -1231,6 +1324,59 @@ impl Config {
     }
 }
 
+/// The directories the packaged unit (packaging/flowtable.service) makes
+/// when it starts (RuntimeDirectory=, LogsDirectory=, StateDirectory=): a
+/// path in one is fine before the first start, when it doesn't exist yet.
+pub const UNIT_DIRECTORIES: [&str; 3] = ["/run/flowtable", "/var/log/flowtable", "/var/lib/flowtable"];
+
+impl Config {
+    /// What `flowtable run` finds on the file system before it starts and
+    /// refuses: the records file in a directory that doesn't exist, a
+    /// control socket path taken by something that is no socket, or in a
+    /// directory that doesn't exist.
+    fn check_paths(&self) -> Result<(), Invalid> {
+        use std::os::unix::fs::FileTypeExt;
+        let missing_dir = |p: &str| -> Option<String> {
+            let dir = std::path::Path::new(p).parent().filter(|d| !d.as_os_str().is_empty())?;
+            if dir.is_dir() || UNIT_DIRECTORIES.iter().any(|u| dir == std::path::Path::new(u)) {
+                return None;
+            }
+            Some(if dir.exists() {
+                format!("{p}: {} is not a directory", dir.display())
+            } else {
+                format!("{p}: the directory {} does not exist", dir.display())
+            })
+        };
+        if let Some(p) = &self.records.path {
+            if let Some(message) = missing_dir(p) {
+                return Err(("records.path".into(), message));
+            }
+        }
+        let socket = &self.control.socket;
+        if let Ok(md) = std::fs::symlink_metadata(socket) {
+            if !md.file_type().is_socket() {
+                let what = if md.is_dir() {
+                    " but a directory"
+                } else if md.is_file() {
+                    " but a regular file"
+                } else {
+                    ""
+                };
+                return Err((
+                    "control.socket".into(),
+                    format!(
+                        "{socket} exists and is not a socket{what}: the daemon would not replace it; \
+                         give the path of the socket to make, e.g. {DEFAULT_SOCKET}"
+                    ),
+                ));
+            }
+        } else if let Some(message) = missing_dir(socket) {
+            return Err(("control.socket".into(), message));
+        }
+        Ok(())
+    }
+}
+
 /// Checks a synthetic source's settings as the generator will read them:
 /// `pace` is the source's, the rest the generator's.
 fn check_synthetic(at: &str, map: &serde_json::Map<String, serde_json::Value>) -> Result<(), Invalid> {
@@ -1239,13 +1385,24 @@ fn check_synthetic(at: &str, map: &serde_json::Map<String, serde_json::Value>) -
         serde_json::from_value::<Pace>(pace)
             .map_err(|_| (format!("{at}.pace"), "give \"timestamps\" or \"fast\"".to_string()))?;
     }
+    // serde fills a struct from an array too, field by field in order
+    // (`"mix": [1, 2]` would be tcp_short 1, tcp_elephant 2).
+    if let Some(mix) = map.get("mix").filter(|m| !m.is_object()) {
+        return Err((
+            format!("{at}.mix"),
+            format!(
+                "must be a JSON object of weights such as {{\"tcp_short\": 1, \"udp_dns\": 0.5}}, not {}",
+                crate::kind(mix)
+            ),
+        ));
+    }
     let cfg: crate::synth::SynthConfig =
         serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
             let field = match e.path().to_string() {
                 p if p == "." => at.to_string(),
                 p => format!("{at}.{p}"),
             };
-            (field, e.into_inner().to_string())
+            (field, crate::in_plain_words(&crate::strip_position(&e.into_inner().to_string())))
         })?;
     cfg.validate().map_err(|e| (format!("{at}.{}", e.field), e.message))
 }

@@ -49,7 +49,8 @@ Operators: = (also ==), !=, <, <=, >, >=. Lists and ranges (`port=8000-8999`)
 go with = and != only; != is true when = is not (`port!=443`: neither side).
 Fields:
     id         flow id, as `flows` shows it
-    proto      tcp, udp, sctp, icmp (v4 and v6), icmpv6, gre, esp, ah, or a number
+    proto      tcp, udp, udplite, sctp, icmp (v4 and v6), icmpv6, gre, esp, ah,
+               or a number (0-255)
     port       either side's port (sport, dport: the initiator's, the responder's);
                a number or a range a-b
     addr       either side's address (also host; src, dst: the initiator's, the

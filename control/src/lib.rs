@@ -252,6 +252,24 @@ impl Response {
     }
 }
 
+/// Whether a control socket path fits a Unix socket address: `sun_path`
+/// is 108 bytes on Linux, the terminating NUL included, so a path holds at
+/// most 107. Said with the limit and the length given (the system says
+/// only "path must be shorter than SUN_LEN").
+pub fn socket_path_fits(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > flowtable_config::MAX_SOCKET_PATH {
+        return Err(format!(
+            "{}: the path is {len} bytes long; a Unix socket path can be at most {} bytes (108 on Linux, the \
+             terminating NUL included): give a shorter one",
+            path.display(),
+            flowtable_config::MAX_SOCKET_PATH
+        ));
+    }
+    Ok(())
+}
+
 /// Parses one request line into its id and command. The id is returned
 /// even when the rest is wrong, so the error answer can carry it.
 pub fn parse_request(line: &[u8]) -> (Value, Result<Command, ControlError>) {
@@ -498,9 +516,13 @@ pub struct RuleStats {
     pub queued: usize,
     pub installed: u64,
     pub removed: u64,
-    /// Per second, over the last few seconds.
-    pub install_rate: f64,
-    pub remove_rate: f64,
+    /// Rules installed per second, over the last few seconds (called
+    /// `install_rate` before; the old name is still read).
+    #[serde(alias = "install_rate")]
+    pub installs_per_s: f64,
+    /// Rules removed per second, likewise (was `remove_rate`).
+    #[serde(alias = "remove_rate")]
+    pub removals_per_s: f64,
     pub remove_errors: u64,
     pub counter_reads: u64,
     pub counter_errors: u64,
@@ -546,8 +568,10 @@ pub struct PacketStats {
     /// uncounted: counted by software once the rule was gone.
     #[serde(default)]
     pub slipped: u64,
-    /// Per second, over the last few seconds.
-    pub rate_pps: f64,
+    /// Frames received per second, over the last few seconds (was
+    /// `rate_pps`; the old name is still read).
+    #[serde(alias = "rate_pps")]
+    pub packets_per_s: f64,
     /// Frames the parser skipped, by reason.
     pub skipped: BTreeMap<String, u64>,
     /// Parsed but not tracked, by reason.

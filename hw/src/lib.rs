@@ -4,6 +4,7 @@
 
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod dpdk_config;
 pub mod rule;
 pub mod sim;
 pub mod tc;

@@ -64,8 +64,12 @@ impl fmt::Debug for Cookie {
     }
 }
 
-/// What a rule does with the packets it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a rule does with the packets it matches. In JSON an object with
+/// its `type` and that type's one field, if it has one:
+/// `{"type": "drop"}`, `{"type": "forward", "port": 1}`,
+/// `{"type": "mark", "mark": 255}` (read by hand, see the `Deserialize`
+/// impl, so that a field the type doesn't take is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Action {
     /// Drop in hardware (firewall deny, DDoS scrub).
@@ -107,6 +111,72 @@ impl fmt::Display for Action {
             Action::Mirror { port } => write!(f, "mirror:{port}"),
             Action::Mark { mark } => write!(f, "mark:{mark:#x}"),
         }
+    }
+}
+
+const ACTION_TYPES: &str = r#""drop", "pass", "forward", "mirror" or "mark""#;
+
+impl Action {
+    /// The action an object's fields describe, or why they describe none,
+    /// in the words of the configuration: a field the type doesn't take
+    /// (`{"type": "drop", "port": 1}`) is refused rather than ignored.
+    fn from_fields(fields: &[(String, serde_json::Value)]) -> Result<Action, String> {
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let kind = match get("type") {
+            None => return Err(format!(r#"an action needs "type": give {ACTION_TYPES}"#)),
+            Some(serde_json::Value::String(t)) => t.as_str(),
+            Some(other) => return Err(format!(r#""type": {other} is not an action type: give {ACTION_TYPES}"#)),
+        };
+        let (field, takes) = match kind {
+            "drop" | "pass" => (None, r#"only "type""#),
+            "forward" | "mirror" => (Some("port"), r#""type" and "port""#),
+            "mark" => (Some("mark"), r#""type" and "mark""#),
+            other => return Err(format!("{other:?} is not an action type: give {ACTION_TYPES}")),
+        };
+        if let Some((stray, _)) = fields.iter().find(|(k, _)| k != "type" && Some(k.as_str()) != field) {
+            return Err(format!("{stray:?} is not a field of a {kind} action: {kind} takes {takes}"));
+        }
+        let number = |name: &str, max: u64, what: &str| -> Result<u64, String> {
+            match get(name) {
+                None => Err(format!("a {kind} action needs {name:?}: {what}, a whole number 0 to {max}")),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| format!("{name:?}: {v} is not {what}: give a whole number, 0 to {max}")),
+            }
+        };
+        Ok(match kind {
+            "drop" => Action::Drop,
+            "pass" => Action::Pass,
+            "forward" => Action::Forward { port: number("port", 255, "a port index")? as u8 },
+            "mirror" => Action::Mirror { port: number("port", 255, "a port index")? as u8 },
+            _ => Action::Mark { mark: number("mark", u32::MAX.into(), "a mark")? as u32 },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Action, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Action;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"an action object such as {"type": "drop"} or {"type": "forward", "port": 1}"#)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Action, A::Error> {
+                use serde::de::Error;
+                let mut fields: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<serde_json::Value>()?;
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(A::Error::custom(format!("{key:?} is given twice")));
+                    }
+                    fields.push((key, value));
+                }
+                Action::from_fields(&fields).map_err(A::Error::custom)
+            }
+        }
+        de.deserialize_map(Visitor)
     }
 }
 
@@ -441,6 +511,39 @@ mod tests {
         .collect();
         assert_eq!(shown, ["drop", "pass", "forward:1", "mirror:2", "mark:0xff"]);
         assert_eq!(ActionKind::Mirror.to_string(), "mirror");
+    }
+
+    #[test]
+    fn actions_in_json_round_trip_and_take_only_their_own_fields() {
+        for a in [
+            Action::Drop,
+            Action::Pass,
+            Action::Forward { port: 1 },
+            Action::Mirror { port: 255 },
+            Action::Mark { mark: u32::MAX },
+        ] {
+            let text = serde_json::to_string(&a).unwrap();
+            assert_eq!(serde_json::from_str::<Action>(&text).unwrap(), a, "{text}");
+        }
+        // The type may come last.
+        assert_eq!(
+            serde_json::from_str::<Action>(r#"{"port": 3, "type": "forward"}"#).unwrap(),
+            Action::Forward { port: 3 }
+        );
+        let refused = |text: &str| serde_json::from_str::<Action>(text).unwrap_err().to_string();
+        let e = refused(r#"{"type": "drop", "port": 1}"#);
+        assert!(e.contains(r#""port" is not a field of a drop action: drop takes only "type""#), "{e}");
+        let e = refused(r#"{"type": "forward", "port": 1, "mark": 2}"#);
+        assert!(e.contains(r#""mark" is not a field of a forward action: forward takes "type" and "port""#), "{e}");
+        assert!(refused(r#"{"type": "mirror"}"#).contains(r#"a mirror action needs "port""#));
+        assert!(refused(r#"{"type": "forward", "port": 256}"#)
+            .contains("256 is not a port index: give a whole number, 0 to 255"));
+        assert!(refused(r#"{"type": "mark", "mark": -1}"#).contains("-1 is not a mark"));
+        assert!(refused(r#"{"type": "teleport"}"#).contains(r#""teleport" is not an action type: give "drop""#));
+        assert!(refused(r#"{"port": 1}"#).contains(r#"an action needs "type""#));
+        assert!(refused(r#"{"type": "drop", "type": "pass"}"#).contains("given twice"));
+        let e = refused(r#""drop""#);
+        assert!(e.contains(r#"expected an action object such as {"type": "drop"}"#), "{e}");
     }
 
     #[test]

@@ -264,7 +264,10 @@ pub enum Event {
         id: FlowId,
         ts_ns: u64,
     },
+    /// `ts_ns` is when the flow ended (the daemon's clock then, as every
+    /// event's); the record's `end_ns` is its last packet's time.
     Expired {
         record: Box<FlowRecord>,
+        ts_ns: u64,
     },
 }

@@ -7,7 +7,11 @@
 //! current rate and where the flow is handled always show (an 80-column
 //! terminal has room for them with IPv4 addresses); each further column,
 //! most useful first, shows if it fits whole. Numeric columns carry their
-//! unit in the header, one scale per column, so no cell is cut.
+//! unit in the header, one scale per column, so no cell is cut. Each flow
+//! is one line: the ends take the width of the widest shown, and where even
+//! the must-have columns leave too little (IPv6 at 80 columns) an end is
+//! cut with a visible `…`, keeping its port, never wrapped; the title says
+//! how many rows are shown.
 
 use super::{Client, Target};
 use crate::control::{Command, FlowSummary, FlowsPage, SortKey, Stats};
@@ -25,7 +29,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub target: Target,
     /// Milliseconds between refreshes.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::whole::<u64>)]
     pub interval_ms: u64,
     /// bytes, packets, rate or age (`s` cycles through them).
     #[arg(long, default_value = "bytes", value_parser = super::parse_sort)]
@@ -241,7 +245,7 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         lines.push(Line::from(format!(
             "packets {} at {}: NIC {}, software {}; ended {}, refused {}",
             report::count(s.packets.received),
-            report::rate(s.packets.rate_pps, "pkt"),
+            report::rate(s.packets.packets_per_s, "pkt"),
             report::count(s.packets.nic),
             report::count(s.packets.software),
             report::count(s.flows.ended),
@@ -252,15 +256,17 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         lines.push(Line::from(format!("error: {e}")).style(Style::default().add_modifier(Modifier::BOLD)));
     }
     frame.render_widget(Paragraph::new(lines), top);
-    let flows: &[FlowSummary] = view.page.as_ref().map_or(&[], |p| &p.flows);
+    // One line a flow, as many as the table has room for (its two borders
+    // and header taken off); the columns are sized for those shown.
+    let room = usize::from(table_area.height).saturating_sub(3);
+    let flows: &[FlowSummary] = view.page.as_ref().map_or(&[], |p| &p.flows[..p.flows.len().min(room)]);
     let cols = columns(flows);
     let shown = fit(&cols, usize::from(table_area.width));
     let widths = widths(&cols, &shown, usize::from(table_area.width));
     let cell = |c: &Column, text: &str, width: usize| {
-        // An end too long for its column (IPv6 on a narrow screen) goes
-        // on two lines or more rather than being cut.
-        let lines: Vec<Line> = wrap(text, width).into_iter().map(Line::from).collect();
-        let text = ratatui::text::Text::from(lines);
+        // An end too long for its column (IPv6 on a narrow screen) is cut
+        // where it shows, on its one line, never wrapped.
+        let text = ratatui::text::Text::from(Line::from(fit_cell(text, width)));
         if c.right {
             text.right_aligned()
         } else {
@@ -268,20 +274,18 @@ fn render(frame: &mut Frame, view: &View, sort: SortKey, socket: &str, interval:
         }
     };
     let rows: Vec<Row> = (0..flows.len())
-        .map(|r| {
-            let cells: Vec<_> =
-                shown.iter().zip(&widths).map(|(&i, &w)| cell(&cols[i], &cols[i].cells[r], w)).collect();
-            let height = cells.iter().map(|t| t.height()).max().unwrap_or(1).max(1) as u16;
-            Row::new(cells).height(height)
-        })
+        .map(|r| Row::new(shown.iter().zip(&widths).map(|(&i, &w)| cell(&cols[i], &cols[i].cells[r], w))))
         .collect();
     let widths: Vec<Constraint> = widths.iter().map(|w| Constraint::Length(*w as u16)).collect();
     let header = Row::new(shown.iter().map(|&i| cell(&cols[i], &cols[i].header, usize::MAX)))
         .style(Style::default().add_modifier(Modifier::BOLD));
-    let title =
-        view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", p.flows.len(), p.total));
+    let title = view.page.as_ref().map_or_else(String::new, |p| format!(" top {} of {} flows ", flows.len(), p.total));
     frame.render_widget(Table::new(rows, widths).header(header).block(Block::bordered().title(title)), table_area);
 }
+
+/// The least an end cut to fit is given beside a whole one: room for
+/// the start of an IPv6 address, the `…` and the port.
+const MIN_END: usize = 16;
 
 /// The width of each shown column: its widest cell, except that the two
 /// ends share what the others leave when they don't fit whole.
@@ -293,11 +297,13 @@ fn widths(cols: &[Column], shown: &[usize], width: usize) -> Vec<usize> {
     let room = width.saturating_sub(2 + shown.len().saturating_sub(1) + others);
     if ends.len() == 2 && w[ends[0]] + w[ends[1]] > room {
         let half = room / 2;
-        // The narrower end keeps its width if it fits in half; the other takes the rest.
+        // The narrower end keeps its width if the other is left room for
+        // a cut address and its port (MIN_END); the other takes the rest.
         let (a, b) = (ends[0], ends[1]);
-        if w[a] <= half {
+        let keeps = |narrow: usize, wide: usize| narrow <= half || room.saturating_sub(narrow) >= MIN_END.min(wide);
+        if w[a] <= w[b] && keeps(w[a], w[b]) {
             w[b] = room - w[a];
-        } else if w[b] <= half {
+        } else if w[b] < w[a] && keeps(w[b], w[a]) {
             w[a] = room - w[b];
         } else {
             w[a] = half.max(1);
@@ -307,13 +313,32 @@ fn widths(cols: &[Column], shown: &[usize], width: usize) -> Vec<usize> {
     w
 }
 
-/// `text` cut into lines of at most `width` characters.
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    if width == 0 || chars.len() <= width {
-        return vec![text.to_string()];
+/// `text` in at most `width` characters: whole when it fits, else cut
+/// with a visible `…`, an endpoint keeping its port (`[fd00:f10…]:40838`).
+fn fit_cell(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width {
+        return text.to_string();
     }
-    chars.chunks(width).map(|c| c.iter().collect()).collect()
+    if width == 0 {
+        return String::new();
+    }
+    let port = port_suffix(text).filter(|p| p.chars().count() + 2 <= width).unwrap_or("");
+    let head: String = text.chars().take(width - 1 - port.chars().count()).collect();
+    format!("{head}…{port}")
+}
+
+/// The `:PORT` (`]:PORT` after an IPv6 address) an endpoint ends with.
+fn port_suffix(text: &str) -> Option<&str> {
+    let at = if text.starts_with('[') {
+        text.rfind("]:")?
+    } else if text.matches(':').count() == 1 {
+        text.rfind(':')?
+    } else {
+        return None;
+    };
+    let port = &text[at..].trim_start_matches(']')[1..];
+    (!port.is_empty() && port.chars().all(|c| c.is_ascii_digit())).then(|| &text[at..])
 }
 
 #[cfg(test)]
@@ -321,7 +346,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ends_too_wide_share_the_room_and_wrap_whole() {
+    fn ends_too_wide_share_the_room() {
         let cols = [
             Column::new("id", vec!["4294967358".into()], true, 0),
             Column::new("client", vec!["[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838".into()], false, 0),
@@ -331,16 +356,26 @@ mod tests {
         let shown = [0, 1, 2, 3];
         // 80 wide: 2 borders, 3 spaces, id 10, MiB 3 leave 62 for the ends.
         assert_eq!(widths(&cols, &shown, 80), vec![10, 40, 22, 3]);
-        assert_eq!(widths(&cols, &shown, 60), vec![10, 21, 21, 3]);
+        // The server whole while the client keeps 16.
+        assert_eq!(widths(&cols, &shown, 60), vec![10, 20, 22, 3]);
         assert_eq!(widths(&cols, &shown, 50), vec![10, 16, 16, 3]);
         // The narrower end whole when it fits in half.
         assert_eq!(widths(&cols, &shown, 75), vec![10, 35, 22, 3]);
-        assert_eq!(
-            wrap("[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838", 20).concat(),
-            "[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838"
-        );
-        assert_eq!(wrap("[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838", 20).len(), 2);
-        assert_eq!(wrap("10.0.0.1:80", 20), vec!["10.0.0.1:80"]);
+    }
+
+    #[test]
+    fn ends_too_wide_are_cut_visibly_on_one_line_keeping_the_port() {
+        let v6 = "[fd00:f10:0:1:b54c:da58:fbbe:e882]:40838";
+        assert_eq!(fit_cell(v6, 40), v6);
+        assert_eq!(fit_cell(v6, 17), "[fd00:f10…]:40838");
+        assert_eq!(fit_cell(v6, 17).chars().count(), 17);
+        assert_eq!(fit_cell("10.100.200.1:443", 12), "10.100.…:443");
+        // Too narrow for the port: cut at the end.
+        assert_eq!(fit_cell(v6, 6), "[fd00…");
+        assert_eq!(fit_cell("10.0.0.1:80", 20), "10.0.0.1:80");
+        assert_eq!(fit_cell("192.0.2.1 type 8 code 0 id 7", 12), "192.0.2.1 t…");
+        assert_eq!(port_suffix("[2001:db8::1]:53"), Some("]:53"));
+        assert_eq!(port_suffix("2001:db8::1"), None, "a bare IPv6 address has no port");
     }
 
     fn col(w: usize, priority: u8) -> Column {

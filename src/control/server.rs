@@ -110,6 +110,7 @@ impl Server {
     /// serving the path or the path is something other than a socket.
     pub fn start(path: &Path, jobs: Sender<Job>) -> Result<Server, String> {
         let shown = path.display();
+        super::socket_path_fits(path)?;
         match std::fs::symlink_metadata(path) {
             Ok(md) if md.file_type().is_socket() => {
                 if UnixStream::connect(path).is_ok() {
@@ -129,7 +130,12 @@ impl Server {
         let bound = UnixListener::bind(path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old_mask) };
-        let listener = bound.map_err(|e| format!("{shown}: cannot listen: {e}"))?;
+        let listener = bound.map_err(|e| match (e.kind(), path.parent().filter(|d| !d.as_os_str().is_empty())) {
+            (io::ErrorKind::NotFound, Some(dir)) if !dir.is_dir() => {
+                format!("{shown}: cannot listen: the directory {} does not exist", dir.display())
+            }
+            _ => format!("{shown}: cannot listen: {}", crate::report::io_error(&e)),
+        })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(|e| format!("{shown}: setting mode {SOCKET_MODE:o}: {e}"))?;
         let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);

@@ -21,24 +21,24 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlBenchArgs {
     /// Live flows while requests are measured.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = crate::args::whole::<u64>)]
     pub flows: u64,
     /// Requests of each kind measured.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::whole::<usize>)]
     pub requests: usize,
     /// Packets per packet-rate run.
-    #[arg(long, default_value_t = 4_000_000)]
+    #[arg(long, default_value_t = 4_000_000, value_parser = crate::args::whole::<u64>)]
     pub packets: u64,
     /// Packet-rate runs of each side; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::whole::<usize>)]
     pub runs: usize,
     /// The polling client's period.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::whole::<u64>)]
     pub poll_ms: u64,
     /// Clients asking for the top 10,000 flows by rate back to back, in
     /// the runs measuring what heavy queries cost the packet loop (0: no
     /// such runs).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::whole::<usize>)]
     pub hammer_clients: usize,
     /// The figures as one JSON object.
     #[arg(long)]

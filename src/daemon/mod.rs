@@ -28,7 +28,7 @@ use filter::{Filter, Subject};
 use flowtable_config::{Config, LogFormat, LogSection, Pace};
 use flowtable_hw::{Action, Refusal};
 use flowtable_offload::{Classifier, EngineError, EngineStats, Event, FlowRecord};
-use flowtable_sw::context::{ContextError, FlowContext};
+use flowtable_sw::context::{ContextError, FlowContext, Verdict};
 use flowtable_sw::{FlowId, PortMap, SkipCounters, Stage};
 use records::RecordsFile;
 use serde_json::{json, Value};
@@ -929,7 +929,7 @@ impl Daemon {
             events
                 .iter()
                 .filter_map(|e| match e {
-                    Event::Expired { record } => Some((record.id, &**record)),
+                    Event::Expired { record, .. } => Some((record.id, &**record)),
                     _ => None,
                 })
                 .collect()
@@ -940,7 +940,7 @@ impl Daemon {
             let Ok(line) = serde_json::to_string(ev) else { continue };
             let line: Arc<str> = line.into();
             let subject: Option<&dyn Subject> = match ev {
-                Event::Expired { record } => Some(&**record),
+                Event::Expired { record, .. } => Some(&**record),
                 _ => match flows.get(i).and_then(Option::as_ref) {
                     Some(snapshot) => Some(snapshot),
                     None => ended.get(&query::event_flow(ev)).map(|r| *r as &dyn Subject),
@@ -1124,15 +1124,32 @@ impl Daemon {
             Command::Stats {} => to_value(&self.stats(now)?)?,
             Command::SetContext { flow, label, verdict, metadata } => {
                 let shard = self.shard_of(flow)?;
-                let (ctx, stage) = self
+                let offloading = matches!(verdict, Some(Verdict::Drop | Verdict::Offload));
+                let asked = verdict.as_ref().map(Verdict::as_str);
+                let (ctx, first) = self
                     .rt()
                     .ask_one(shard, move |s| {
                         let ctx = s.set_context(flow, FlowContext { label, verdict, metadata })?;
-                        Ok::<_, EngineError>((ctx, s.table().get(flow).map_or(Stage::Free, |f| f.stage())))
+                        Ok::<_, EngineError>((ctx, outcome_of(s, flow)))
                     })
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                tracing::info!(flow = %flow, "context set");
+                tracing::info!(flow = %flow, verdict = asked, "context set");
+                // A verdict that offloads is answered, as `offload` is, once
+                // the rules are in (or refused); rules it replaces go first.
+                let (stage, refusal) = if offloading {
+                    self.await_outcome(shard, flow, first, |stage, refused| {
+                        !refused && matches!(stage, Stage::Queued | Stage::Installing | Stage::Removing)
+                    })?
+                } else {
+                    first
+                };
+                if let (true, Some(r)) = (offloading && stage == Stage::Refused, refusal) {
+                    return Err(ControlError::new(
+                        ErrorCode::Backend,
+                        format!("flow {flow}: the verdict is kept, but its offload was refused: {r}"),
+                    ));
+                }
                 json!({"flow": flow, "context": ctx, "stage": stage})
             }
             Command::Offload { flow, action } => {
@@ -1153,7 +1170,7 @@ impl Daemon {
                     })
                     .ok_or_else(workers_gone)?
                     .map_err(engine_error)?;
-                tracing::info!(flow = %flow, ?action, stage = first.0.as_str(), "offload requested");
+                tracing::info!(flow = %flow, action = %action, stage = first.0.as_str(), "offload requested");
                 // The answer says how it went: the offload thread's outcome.
                 let (stage, refusal) = self.await_outcome(shard, flow, first, |stage, refused| {
                     !refused && matches!(stage, Stage::Queued | Stage::Installing)
@@ -1279,7 +1296,8 @@ impl Daemon {
         // Flows with no rule in place are handled by software.
         let by_placement =
             named(&mut filter::PLACEMENTS.iter().map(|p| if *p == "none" { "software" } else { p }), &placements);
-        let (install_rate, remove_rate, rate_pps) = self.rates(st.rules_installed, st.rules_removed, reader.received);
+        let (installs_per_s, removals_per_s, packets_per_s) =
+            self.rates(st.rules_installed, st.rules_removed, reader.received);
         let mut untracked = BTreeMap::new();
         untracked.insert("table-full".to_string(), st.untracked_table_full);
         untracked.insert("orphan-fragment".to_string(), st.orphan_fragments);
@@ -1314,8 +1332,8 @@ impl Daemon {
                 queued,
                 installed: st.rules_installed,
                 removed: st.rules_removed,
-                install_rate,
-                remove_rate,
+                installs_per_s,
+                removals_per_s,
                 remove_errors: st.remove_errors,
                 counter_reads: st.counter_reads,
                 counter_errors: st.counter_errors,
@@ -1337,7 +1355,7 @@ impl Daemon {
                 software_bytes: reader.sw_bytes,
                 tap_skipped: st.tap_packets_skipped,
                 slipped: st.slipped_packets,
-                rate_pps,
+                packets_per_s,
                 skipped: reader
                     .skipped
                     .iter()

@@ -78,7 +78,7 @@ pub fn event_flow(ev: &Event) -> FlowId {
         | Event::Offloaded { id, .. }
         | Event::Refused { id, .. }
         | Event::Unoffloaded { id, .. } => *id,
-        Event::Expired { record } => record.id,
+        Event::Expired { record, .. } => record.id,
     }
 }
 

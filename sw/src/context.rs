@@ -18,6 +18,17 @@ pub enum Verdict {
     Software,
 }
 
+impl Verdict {
+    /// As the control socket and `label --verdict` write it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Offload => "offload",
+            Verdict::Drop => "drop",
+            Verdict::Software => "software",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]

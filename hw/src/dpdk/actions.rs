@@ -6,19 +6,9 @@ use core::ffi::c_void;
 use core::ptr;
 
 use dpdk_sys as sys;
-use serde::Deserialize;
 use sys::rte_flow_action_type as act;
 
-/// How a rule sends packets to another ethdev port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PortAction {
-    /// PORT_ID: the older action, taken by most PMDs with switch offload.
-    #[default]
-    PortId,
-    /// REPRESENTED_PORT: the newer one (transfer rules, representors).
-    RepresentedPort,
-}
+pub use crate::dpdk_config::PortAction;
 
 /// Where the packets of a rule go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

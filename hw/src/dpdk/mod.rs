@@ -18,7 +18,7 @@
 //! the ports only and take the close and reset packets too.
 
 pub mod actions;
-pub mod config;
+pub use crate::dpdk_config as config;
 pub mod eal;
 pub mod error;
 pub mod pattern;

@@ -153,6 +153,15 @@ impl Shard {
                 self.table.set_stage(id, Stage::Software);
                 self.emit(|| Event::Unoffloaded { id, ts_ns: now });
             }
+            // Out of hardware, and in again with the action asked for (as
+            // `unoffload` then `offload` would do).
+            Some(Then::Offload(action)) => {
+                self.table.set_stage(id, Stage::Software);
+                self.emit(|| Event::Unoffloaded { id, ts_ns: now });
+                if let Err(e) = self.request_offload(id, action) {
+                    tracing::warn!(flow = %id, error = %e, "offloading again with the verdict's action failed");
+                }
+            }
             // Shutdown ends every flow at once when the answers are in.
             Some(Then::End(EndReason::Shutdown)) => {
                 if flow.stage() == Stage::Removing {

@@ -175,6 +175,9 @@ pub enum Then {
     Idle,
     /// Taken back to software on request.
     Software,
+    /// Offloaded again with this action (a verdict that asked for another
+    /// than the rules in place had): as `Software`, then installed anew.
+    Offload(Action),
     /// Ends with this reason.
     End(EndReason),
     /// The connection closed (RST, or FIN from both sides) while its rules
@@ -310,6 +313,19 @@ pub enum EngineError {
     Context(#[from] ContextError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// What a verdict given to a flow does to it (`Shard::set_context`).
+enum VerdictPlan {
+    Nothing,
+    /// Undecided: the classifier decides now, the verdict first.
+    Classify,
+    /// Back to software.
+    Unoffload,
+    /// In software: offloaded with this action.
+    Offload(Action),
+    /// Offloaded (or on its way) with another action: its rules replaced.
+    Replace(Action),
 }
 
 /// What the backend is, as a shard needs to know it without holding it.
@@ -558,22 +574,14 @@ impl Shard {
                     let key = pkt.key.to_string();
                     let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
                     let proto = pkt.key.proto;
+                    // The shard's clock, never behind an event already sent
+                    // (a packet may carry an older time than a sweep's).
+                    let ts_ns = self.now_ns;
                     let (icmp_type, icmp_code) = match proto {
                         1 | 58 => (Some(pkt.icmp[0]), Some(pkt.icmp[1])),
                         _ => (None, None),
                     };
-                    self.emit(|| Event::New {
-                        id,
-                        key,
-                        proto,
-                        src,
-                        dst,
-                        sport,
-                        dport,
-                        icmp_type,
-                        icmp_code,
-                        ts_ns: now_ns,
-                    });
+                    self.emit(|| Event::New { id, key, proto, src, dst, sport, dport, icmp_type, icmp_code, ts_ns });
                 }
                 id
             }
@@ -673,6 +681,10 @@ impl Shard {
             (Stage::Queued | Stage::Installing, None | Some(Then::Idle)) => self.request_cancel(id, Then::Close),
             // Already going for being idle: what follows is the close's.
             (Stage::Removing, Some(Then::Idle)) => state.then = Some(Then::Close),
+            // A new offload asked for a connection now closed: not made.
+            (Stage::Removing | Stage::Queued | Stage::Installing, Some(Then::Offload(_))) => {
+                state.then = Some(Then::Close)
+            }
             _ => {}
         }
     }
@@ -953,7 +965,10 @@ impl Shard {
         *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
         if self.events.is_some() {
             let boxed = Box::new(record.clone());
-            self.emit(|| Event::Expired { record: boxed });
+            // Stamped when it ends, as the other events are: a flush or a
+            // sweep ends a flow well after its last packet.
+            let ts_ns = self.now_ns.max(record.end_ns);
+            self.emit(|| Event::Expired { record: boxed, ts_ns });
         }
         self.records.push(record);
     }
@@ -1062,27 +1077,85 @@ impl Shard {
         self.table.iter()
     }
 
-    /// Merges an application's context into a flow; a verdict on a flow
-    /// still undecided takes effect at once, and `software` on one with
-    /// rules (or getting them) takes it back to software.
+    /// Merges an application's context into a flow, and applies the
+    /// verdict it gives, whatever the flow's stage: on a flow still
+    /// undecided it decides at once; `software` takes a flow with rules
+    /// (or getting them) back to software; `drop` and `offload` offload a
+    /// flow in software (or refused before), and `drop` replaces the rules
+    /// of a flow offloaded with another action. A verdict that can't be
+    /// applied (the backend can't drop, the flow's rules are on their way
+    /// out) is refused with the reason, and nothing is stored.
     pub fn set_context(&mut self, id: FlowId, update: FlowContext) -> Result<FlowContext, EngineError> {
-        if self.table.get(id).is_none() {
-            return Err(EngineError::NoSuchFlow(id));
-        }
+        let Some(flow) = self.table.get(id) else { return Err(EngineError::NoSuchFlow(id)) };
+        let plan = match update.verdict.clone() {
+            Some(verdict) => self.verdict_plan(id, flow, verdict)?,
+            None => VerdictPlan::Nothing,
+        };
         let ctx = self.contexts.update(id, update)?.clone();
         let flow = self.table.get_mut(id).expect("checked above");
         flow.set_has_context(true);
-        match flow.stage() {
-            Stage::Tracking if ctx.verdict.is_some() => self.classify(id),
+        match plan {
+            VerdictPlan::Nothing => {}
+            VerdictPlan::Classify => self.classify(id),
             // The application wants it in software: take it back, as
             // `unoffload` does, rather than leave it in hardware.
-            Stage::Offloaded | Stage::Queued | Stage::Installing if ctx.verdict == Some(Verdict::Software) => {
+            VerdictPlan::Unoffload => {
                 self.request_unoffload(id)?;
             }
-            _ => {}
+            VerdictPlan::Offload(action) => self.request_offload(id, action)?,
+            VerdictPlan::Replace(action) => match self.table.get(id).map(|f| f.stage()) {
+                Some(Stage::Offloaded) => self.request_removal(id, Then::Offload(action)),
+                Some(Stage::Queued | Stage::Installing) => self.request_cancel(id, Then::Offload(action)),
+                _ => {}
+            },
         }
         self.flush_outbox();
         Ok(ctx)
+    }
+
+    /// What a verdict given now asks of the flow in its stage, or why it
+    /// can't be done.
+    fn verdict_plan(&self, id: FlowId, flow: &Flow, verdict: Verdict) -> Result<VerdictPlan, EngineError> {
+        let stage = flow.stage();
+        let wanted = match verdict {
+            Verdict::Software => None,
+            Verdict::Drop => Some(Action::Drop),
+            Verdict::Offload => Some(self.classifier.action_for(flow)),
+        };
+        let now = self.offloads.get(&id).map(|s| s.action);
+        let supported = |a: Action| {
+            if self.backend.capabilities.supports_action(&a) {
+                Ok(())
+            } else {
+                Err(EngineError::Unsupported { backend: self.backend.name.clone(), action: a })
+            }
+        };
+        Ok(match (stage, wanted) {
+            (Stage::Tracking, _) => VerdictPlan::Classify,
+            (Stage::Offloaded | Stage::Queued | Stage::Installing, None) => VerdictPlan::Unoffload,
+            // Offloaded as asked: `offload` takes whatever action the flow has.
+            (Stage::Offloaded | Stage::Queued | Stage::Installing, Some(a))
+                if verdict == Verdict::Offload || now == Some(a) =>
+            {
+                VerdictPlan::Nothing
+            }
+            (Stage::Offloaded | Stage::Queued | Stage::Installing, Some(a)) => {
+                supported(a)?;
+                VerdictPlan::Replace(a)
+            }
+            (Stage::Removing, Some(_)) => {
+                return Err(EngineError::WrongStage {
+                    id,
+                    stage: stage.as_str(),
+                    what: "its rules are on their way out; give the verdict again once it is in software",
+                })
+            }
+            (Stage::Software | Stage::Refused, Some(a)) => {
+                supported(a)?;
+                VerdictPlan::Offload(a)
+            }
+            _ => VerdictPlan::Nothing,
+        })
     }
 
     pub fn context(&self, id: FlowId) -> Option<&FlowContext> {

@@ -1,9 +1,20 @@
 //! The dpdk `backend` configuration section (`"kind": "dpdk"`): EAL arguments, the ethdev
-//! ports in flowtable's port order, queues, and how rules are built.
+//! ports in flowtable's port order, queues, and how rules are built. In
+//! every build, not only those with the DPDK backend, so that `config
+//! check` refuses there what the backend would.
 
 use serde::Deserialize;
 
-pub use super::actions::PortAction;
+/// How a rule sends packets to another ethdev port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortAction {
+    /// PORT_ID: the older action, taken by most PMDs with switch offload.
+    #[default]
+    PortId,
+    /// REPRESENTED_PORT: the newer one (transfer rules, representors).
+    RepresentedPort,
+}
 
 /// Which rte_flow API creates rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
