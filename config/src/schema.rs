@@ -1304,6 +1304,16 @@ impl Config {
                 Some((field, message)) if field.starts_with("backend") => (field.to_string(), message.to_string()),
                 _ => ("backend".to_string(), e),
             })?;
+            if dpdk.ports.len() != self.ports.len() {
+                return Err((
+                    "backend.ports".into(),
+                    format!(
+                        "{} DPDK port(s), but the top-level `ports` lists {}: give one device per port, in the same order",
+                        dpdk.ports.len(),
+                        self.ports.len()
+                    ),
+                ));
+            }
         }
         let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
         if let Some((i, _)) = dpdk_sources.next() {
