@@ -54,9 +54,9 @@ fn config_check_refuses_what_run_could_not_start_with() {
         ),
         (r#"{"control": {"socket": "/tmp"}}"#, "control.socket", "/tmp exists and is not a socket but a directory"),
         (
-            r#"{"control": {"socket": "/nonexistent-flowtable-dir/s.sock"}}"#,
+            r#"{"control": {"socket": "/nonexistent-flowtable-dir/run/s.sock"}}"#,
             "control.socket",
-            "the directory /nonexistent-flowtable-dir does not exist",
+            "the directory /nonexistent-flowtable-dir does not exist (the daemon makes only the socket's own directory",
         ),
         // What was once accepted and silently ignored or misread.
         (
