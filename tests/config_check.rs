@@ -54,9 +54,9 @@ fn config_check_refuses_what_run_could_not_start_with() {
         ),
         (r#"{"control": {"socket": "/tmp"}}"#, "control.socket", "/tmp exists and is not a socket but a directory"),
         (
-            r#"{"control": {"socket": "/nonexistent-flowtable-dir/s.sock"}}"#,
+            r#"{"control": {"socket": "/nonexistent-flowtable-dir/run/s.sock"}}"#,
             "control.socket",
-            "the directory /nonexistent-flowtable-dir does not exist",
+            "the directory /nonexistent-flowtable-dir does not exist (the daemon makes only the socket's own directory",
         ),
         // What was once accepted and silently ignored or misread.
         (
@@ -70,6 +70,11 @@ fn config_check_refuses_what_run_could_not_start_with() {
             r#""port" is not a field of a mark action: mark takes "type" and "mark""#,
         ),
         (r#"{"backend": {"kind": "dpdk", "bogus": 1}}"#, "backend.bogus", "unknown field `bogus`"),
+        (
+            r#"{"backend": {"kind": "dpdk", "ports": [{"device": "net_tap0"}]}}"#,
+            "backend.ports",
+            "1 DPDK port(s), but the top-level `ports` lists 2",
+        ),
         (r#"{"backend": {"kind": "tc", "jornal": "/j"}}"#, "backend.jornal", "unknown field `jornal`"),
         (r#"{"sources": [{"synthetic": {"mix": [1, 2]}}]}"#, "sources[0].synthetic.mix", "must be a JSON object"),
         (

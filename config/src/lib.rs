@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn dpdk_source_needs_the_dpdk_backend_and_comes_once() {
-        let dpdk = r#""kind": "dpdk", "ports": [{"device": "net_tap0"}]"#;
+        let dpdk = r#""kind": "dpdk", "ports": [{"device": "net_tap0"}, {"device": "net_tap1"}]"#;
         let ok =
             parse("d.json", &format!(r#"{{"backend": {{{dpdk}, "eal_args": []}}, "sources": [{{"dpdk": {{}}}}]}}"#))
                 .unwrap();
@@ -537,6 +537,10 @@ mod tests {
         let err = parse("d.json", r#"{"backend": {"kind": "dpdk"}}"#).unwrap_err();
         assert_eq!(err.field(), Some("backend.ports"), "{err}");
         assert!(err.to_string().contains("at least one port"), "{err}");
+        // One device per top-level port (two by default).
+        let err = parse("d.json", r#"{"backend": {"kind": "dpdk", "ports": [{"device": "net_tap0"}]}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("backend.ports"), "{err}");
+        assert!(err.to_string().contains("1 DPDK port(s), but the top-level `ports` lists 2"), "{err}");
     }
 
     #[test]

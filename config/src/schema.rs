@@ -1304,6 +1304,16 @@ impl Config {
                 Some((field, message)) if field.starts_with("backend") => (field.to_string(), message.to_string()),
                 _ => ("backend".to_string(), e),
             })?;
+            if dpdk.ports.len() != self.ports.len() {
+                return Err((
+                    "backend.ports".into(),
+                    format!(
+                        "{} DPDK port(s), but the top-level `ports` lists {}: give one device per port, in the same order",
+                        dpdk.ports.len(),
+                        self.ports.len()
+                    ),
+                ));
+            }
         }
         let mut dpdk_sources = self.sources.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Dpdk {}));
         if let Some((i, _)) = dpdk_sources.next() {
@@ -1332,8 +1342,8 @@ pub const UNIT_DIRECTORIES: [&str; 3] = ["/run/flowtable", "/var/log/flowtable",
 impl Config {
     /// What `flowtable run` finds on the file system before it starts and
     /// refuses: the records file in a directory that doesn't exist, a
-    /// control socket path taken by something that is no socket, or in a
-    /// directory that doesn't exist.
+    /// control socket path taken by something that is no socket, or whose
+    /// directory's parent doesn't exist.
     fn check_paths(&self) -> Result<(), Invalid> {
         use std::os::unix::fs::FileTypeExt;
         let missing_dir = |p: &str| -> Option<String> {
@@ -1370,8 +1380,17 @@ impl Config {
                     ),
                 ));
             }
-        } else if let Some(message) = missing_dir(socket) {
-            return Err(("control.socket".into(), message));
+        } else if let Some(dir) = std::path::Path::new(socket).parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The daemon makes the socket's own directory (as /run/flowtable
+            // for one started by hand), not its parents.
+            if !dir.exists() {
+                if let Some(message) = missing_dir(&dir.to_string_lossy()) {
+                    return Err((
+                        "control.socket".into(),
+                        format!("{message} (the daemon makes only the socket's own directory, {})", dir.display()),
+                    ));
+                }
+            }
         }
         Ok(())
     }

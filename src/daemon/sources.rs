@@ -266,7 +266,8 @@ mod tests {
         assert!(err.contains("--features dpdk"), "{err}");
         let config = flowtable_config::parse(
             "d.json",
-            r#"{"backend": {"kind": "dpdk", "eal_args": ["--no-huge"]}, "sources": [{"dpdk": {}}]}"#,
+            r#"{"ports": [{"name": "tap0"}], "backend": {"kind": "dpdk", "eal_args": ["--no-huge"], "ports": [{"device": "net_tap0"}]},
+                "sources": [{"dpdk": {}}]}"#,
         )
         .unwrap();
         let err = crate::backend::build(&config).err().expect("no dpdk backend in this build");
@@ -281,23 +282,20 @@ mod tests {
         assert!(err.starts_with("sources[0].dpdk: no DPDK backend is running"), "{err}");
     }
 
-    #[cfg(feature = "dpdk")]
     #[test]
     fn dpdk_backend_errors_name_the_field() {
+        // Refused as the file is read (`config check` finds them too), in
+        // every build; the fields named.
         let bad = [
-            (r#"{"kind": "dpdk", "eal_args": "-l 0", "ports": [{"device": "net_tap0"}]}"#, "backend.eal_args: "),
-            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}], "rx_queue": 2}"#, "backend.rx_queue: "),
-            (r#"{"kind": "dpdk", "ports": []}"#, "backend.ports: "),
+            (r#"{"kind": "dpdk", "eal_args": "-l 0", "ports": [{"device": "net_tap0"}]}"#, "backend.eal_args"),
+            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}], "rx_queue": 2}"#, "backend.rx_queue"),
+            (r#"{"kind": "dpdk", "ports": []}"#, "backend.ports"),
             // Two top-level ports (the default), one DPDK device.
-            (
-                r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}]}"#,
-                "backend.ports: 1 DPDK port(s), but the top-level `ports` lists 2",
-            ),
+            (r#"{"kind": "dpdk", "ports": [{"device": "net_tap0"}]}"#, "backend.ports"),
         ];
         for (backend, want) in bad {
-            let config = flowtable_config::parse("d.json", &format!(r#"{{"backend": {backend}}}"#)).unwrap();
-            let err = crate::backend::build(&config).err().expect(backend);
-            assert!(err.starts_with(want), "{backend}: {err}");
+            let err = flowtable_config::parse("d.json", &format!(r#"{{"backend": {backend}}}"#)).unwrap_err();
+            assert_eq!(err.field(), Some(want), "{backend}: {err}");
         }
     }
 }
