@@ -309,6 +309,12 @@ impl Encoder {
         out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
+    /// Bytes of the shortest record template `id` can have (every text
+    /// empty): set padding must stay below it (RFC 7011 section 3.3.1).
+    pub fn min_record_len(&self, id: u16) -> usize {
+        self.list(id).iter().map(|(f, _)| if f.len == VARIABLE { 1 } else { f.len as usize }).sum()
+    }
+
     /// Bytes the record of `facts` takes in a data set.
     pub fn record_len(&self, facts: &ExportFacts) -> usize {
         self.record_len_with(facts, &Strings::of(facts))
@@ -483,6 +489,11 @@ impl MessageBuilder {
         self.records == 0 && !self.templates
     }
 
+    /// Whether the message holds the template set.
+    pub fn has_templates(&self) -> bool {
+        self.templates
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -533,6 +544,24 @@ impl MessageBuilder {
             return Err(IpfixError::TooSmall { max: self.max_len, needed });
         }
         Ok(())
+    }
+
+    /// Pads the last data set with zero octets so the message is `len`
+    /// bytes, where RFC 7011 (section 3.3.1) allows it: the padding must be
+    /// shorter than any record the set could hold, so a collector can't
+    /// mistake it for one. True when the message is now `len` bytes.
+    pub fn pad_to(&mut self, enc: &Encoder, len: usize) -> bool {
+        let have = self.buf.len();
+        if have >= len {
+            return have == len;
+        }
+        match self.open {
+            Some((template, _)) if len - have < enc.min_record_len(template) => {
+                self.buf.resize(len, 0);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The finished message: header written with its export time (seconds
@@ -812,6 +841,37 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(b.len(), MESSAGE_HEADER_LEN);
+    }
+
+    #[test]
+    fn padding_fills_a_full_message_only_below_the_shortest_record() {
+        let enc = Encoder::new(DOCUMENTATION_PEN);
+        let r = record("10.0.0.1", "10.0.0.2");
+        let f = ExportFacts::of(&r).unwrap();
+        let min = enc.min_record_len(TEMPLATE_V4);
+        assert!(min <= enc.record_len(&f) && min > 100, "{min}");
+        let mut b = MessageBuilder::new(1472);
+        // Templates alone are never padded.
+        b.add_templates(&enc).unwrap();
+        assert!(!b.pad_to(&enc, 1472));
+        while b.add_record(&enc, &f).is_ok() {}
+        let gap = 1472 - b.len();
+        assert_eq!(b.pad_to(&enc, 1472), gap < min, "gap {gap}, shortest record {min}");
+        if gap < min {
+            let bytes = b.finish(0, 0, 0).to_vec();
+            assert_eq!(bytes.len(), 1472);
+            let m = Message::new_checked(&bytes).unwrap();
+            let (id, body) = m.sets().last().unwrap();
+            assert_eq!(id, TEMPLATE_V4);
+            // The set's length covers the padding, all of it zero.
+            assert!(body.ends_with(&vec![0u8; gap]));
+        }
+        // A message one record short of full is not padded: the gap would
+        // hold a record.
+        let mut b = MessageBuilder::new(1472);
+        b.add_record(&enc, &f).unwrap();
+        assert!(!b.pad_to(&enc, 1472));
+        assert_eq!(b.len(), MESSAGE_HEADER_LEN + 4 + enc.record_len(&f));
     }
 
     #[test]
