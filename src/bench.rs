@@ -504,6 +504,10 @@ pub struct WorkersRun {
     pub ratio: f64,
     /// The same flows, packets and bytes as with the first worker count.
     pub records_identical: bool,
+    /// CPU time per packet of the reader thread, and of all workers
+    /// together, in ns (medians): where the cores went.
+    pub reader_ns_per_packet: f64,
+    pub workers_ns_per_packet: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -762,36 +766,45 @@ pub fn replay(
         let ipfix = crate::export::ipfix_config(&c.export, collector.addr, flowtable_config::ExportTransport::Udp);
         let sinks = crate::export::start(&[ipfix], flowtable_export::QueueMode::Wait)?;
         let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-        let started = Instant::now();
         let r = crate::replay::replay_batches(&mut src, c, c.workers, crate::backend::build(c)?, |batch| {
             sinks.send(&std::sync::Arc::new(batch));
         })?;
-        // Until the last message is out: the export is part of the run.
+        // Timed as the replay without export is (from its threads started
+        // to their last record), and on until the last message is out: the
+        // export is part of the run.
+        let closing = Instant::now();
         let status = sinks.close().remove(0);
-        let wall = started.elapsed().as_secs_f64();
+        let wall = r.summary.wall_ns as f64 / 1e9 + closing.elapsed().as_secs_f64();
         Ok((r.summary.packets as f64 / wall, status))
     };
     // The same replay with each number of workers, rounds alternating, and
     // each worker count's records compared with the first's.
-    let with_workers =
-        |c: &flowtable_config::Config, n: usize| -> Result<(f64, Vec<crate::replay::RecordFacts>), String> {
-            let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-            let mut facts = Vec::new();
-            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
-                facts.push(crate::replay::record_facts(r))
-            })?;
-            facts.sort_unstable();
-            Ok((r.summary.packets_per_second(), facts))
-        };
+    let with_workers = |c: &flowtable_config::Config,
+                        n: usize|
+     -> Result<((f64, f64, f64), Vec<crate::replay::RecordFacts>), String> {
+        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let mut facts = Vec::new();
+        let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
+            facts.push(crate::replay::record_facts(r))
+        })?;
+        facts.sort_unstable();
+        let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
+        let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
+        Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
+    };
     let mut scaling: Vec<WorkersRun> = Vec::new();
     if !workers.is_empty() {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+        let mut reader_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+        let mut workers_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
         let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
         let mut same = vec![true; workers.len()];
         for _ in 0..runs {
             for (i, &n) in workers.iter().enumerate() {
-                let (pps, facts) = with_workers(&software, n)?;
+                let ((pps, reader, workers), facts) = with_workers(&software, n)?;
                 rates[i].push(pps);
+                reader_ns[i].push(reader);
+                workers_ns[i].push(workers);
                 match &first_facts {
                     None => first_facts = Some(facts),
                     Some(f) => same[i] &= *f == facts,
@@ -801,7 +814,14 @@ pub fn replay(
         let base = median(rates[0].clone());
         for (i, &n) in workers.iter().enumerate() {
             let pps = median(rates[i].clone());
-            scaling.push(WorkersRun { workers: n, pps, ratio: pps / base, records_identical: same[i] });
+            scaling.push(WorkersRun {
+                workers: n,
+                pps,
+                ratio: pps / base,
+                records_identical: same[i],
+                reader_ns_per_packet: median(reader_ns[i].clone()),
+                workers_ns_per_packet: median(workers_ns[i].clone()),
+            });
         }
     }
     let (first, flows) = one(&software)?;
@@ -906,12 +926,14 @@ pub fn replay_report(b: &ReplayBench) -> String {
     o.push_str(&processes_report(&b.file, b.runs, &b.processes));
     for w in &b.scaling {
         o.push_str(&format!(
-            "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}\n",
+            "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}   CPU a packet: reader {:.0} ns, workers {:.0} ns\n",
             w.workers,
             if w.workers == 1 { " " } else { "s" },
             w.pps,
             w.ratio,
-            if w.records_identical { "identical" } else { "DIFFER" }
+            if w.records_identical { "identical" } else { "DIFFER" },
+            w.reader_ns_per_packet,
+            w.workers_ns_per_packet
         ));
     }
     o

@@ -28,6 +28,8 @@ pub struct ReplaySummary {
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
     pub wall_ns: u64,
+    /// CPU time of the thread that read the source and handed packets out.
+    pub reader_cpu_ns: u64,
 }
 
 fn skips_as_map<S: serde::Serializer>(s: &SkipCounters, ser: S) -> Result<S::Ok, S::Error> {
@@ -89,6 +91,7 @@ pub fn replay_batches(
     let mut rt = Runtime::start(rt_config, classifier, backend, Clock::frozen())?;
     let mut dispatch = rt.dispatcher();
     let started = Instant::now();
+    let reader_cpu = crate::runtime::thread_cpu_ns();
     let mut sum = ReplaySummary::default();
     let mut next_poll = 0u64;
     let mut now = 0u64;
@@ -134,6 +137,7 @@ pub fn replay_batches(
     // What was read is kept even when the source broke off: flows end and
     // their records are written before the error is reported.
     dispatch.go_free(now);
+    sum.reader_cpu_ns = crate::runtime::thread_cpu_ns().saturating_sub(reader_cpu);
     drop(dispatch);
     let output = rt.output.clone();
     let finished = rt.shutdown(false);
