@@ -129,10 +129,10 @@ pub struct Field {
 /// Where a field's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Src {
-    SrcAddr,
-    DstAddr,
-    SrcPort,
-    DstPort,
+    SourceAddr,
+    DestinationAddr,
+    SourcePort,
+    DestinationPort,
     Proto,
     Vlan,
     VlanInner,
@@ -222,10 +222,10 @@ impl Encoder {
             vec![
                 (iana(ie::FLOW_START_MILLISECONDS, 8), Src::Start),
                 (iana(ie::FLOW_END_MILLISECONDS, 8), Src::End),
-                (iana(sa, alen), Src::SrcAddr),
-                (iana(da, alen), Src::DstAddr),
-                (iana(ie::SOURCE_TRANSPORT_PORT, 2), Src::SrcPort),
-                (iana(ie::DESTINATION_TRANSPORT_PORT, 2), Src::DstPort),
+                (iana(sa, alen), Src::SourceAddr),
+                (iana(da, alen), Src::DestinationAddr),
+                (iana(ie::SOURCE_TRANSPORT_PORT, 2), Src::SourcePort),
+                (iana(ie::DESTINATION_TRANSPORT_PORT, 2), Src::DestinationPort),
                 (iana(ie::PROTOCOL_IDENTIFIER, 1), Src::Proto),
                 (iana(ie::VLAN_ID, 2), Src::Vlan),
                 (iana(ie::DOT1Q_CUSTOMER_VLAN_ID, 2), Src::VlanInner),
@@ -339,10 +339,10 @@ impl Encoder {
         let dir = |d: Dir| if d == Dir::Fwd { &r.orig } else { &r.reply };
         for (f, src) in self.list(facts.template_id()) {
             match *src {
-                Src::SrcAddr => put_addr(out, facts.src),
-                Src::DstAddr => put_addr(out, facts.dst),
-                Src::SrcPort => put16(out, r.sport),
-                Src::DstPort => put16(out, r.dport),
+                Src::SourceAddr => put_addr(out, facts.src),
+                Src::DestinationAddr => put_addr(out, facts.dst),
+                Src::SourcePort => put16(out, r.sport),
+                Src::DestinationPort => put16(out, r.dport),
                 Src::Proto => out.push(r.proto),
                 Src::Vlan => put16(out, r.vlan & 0x0fff),
                 Src::VlanInner => put16(out, r.vlan_inner & 0x0fff),
