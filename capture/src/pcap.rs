@@ -479,7 +479,11 @@ impl PacketSource for PcapFileSource {
                 Step::Packet { consumed, data, ts_ns, wire_len, clamped, linktype, link } => {
                     let at = self.start;
                     self.start += consumed;
-                    if matches!(self.buf, Bytes::Mapped(_)) {
+                    // A whole capture in memory (mapped, or bytes handed
+                    // over) is read from DRAM, a line per record at least;
+                    // one read in pieces sits in the cache the copy just
+                    // filled.
+                    if self.reader.is_none() {
                         self.prefetch_ahead();
                     }
                     self.packets += 1;
