@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 #[cfg(feature = "dpdk")]
 pub mod bench_rte_hash;
+pub mod bench_stages;
 pub mod client;
 pub mod control;
 pub mod daemon;

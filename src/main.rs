@@ -147,6 +147,23 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Where a packet's time goes on one core: a capture in memory through
+    /// more and more of the packet path on one thread (read, parse, batch,
+    /// engine), each stage's own cost, beside the threaded replay.
+    Stages {
+        /// A capture; without it, the synthetic mix of `bench replay`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Packets of synthetic traffic when no file is given.
+        #[arg(long, default_value_t = 1_000_000, value_parser = flowtable::args::whole::<u64>)]
+        packets: u64,
+        /// Rounds, the stages alternating; the medians are reported.
+        #[arg(long, default_value_t = 5, value_parser = flowtable::args::whole::<usize>)]
+        rounds: usize,
+        /// The figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// The memory-latency limit: a pointer chase over as much memory as a
     /// flow table of N flows allocates, one chain and several at once.
     Chase {
@@ -361,6 +378,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", flowtable::bench::table_report(&b));
+            }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Stages { file, packets, rounds, json } } => {
+            let b = flowtable::bench_stages::stages(file.as_deref(), packets, rounds)?;
+            if json {
+                println!("{}", serde_json::to_string(&b).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench_stages::stages_report(&b));
             }
             Ok(())
         }
