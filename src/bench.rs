@@ -448,6 +448,10 @@ pub struct ReplayBench {
     pub memory_ipfix_pps: f64,
     /// memory_ipfix_pps / memory_pps, median of the rounds' own ratios.
     pub ratio_ipfix: f64,
+    /// CPU time of the whole process (every thread: reader, worker, offload
+    /// thread, exporter) with export on over off, median of the rounds' own
+    /// ratios: what the export costs whatever else the machine runs.
+    pub cpu_ratio_ipfix: f64,
     /// Records and messages the last exporting run sent.
     pub ipfix_records: u64,
     pub ipfix_messages: u64,
@@ -509,6 +513,22 @@ pub struct WorkersRun {
     pub reader_ns_per_packet: f64,
     pub workers_ns_per_packet: f64,
 }
+
+/// CPU time (user and system, every thread) of this process so far, in s.
+fn process_cpu_s() -> f64 {
+    // SAFETY: all-zero is a valid rusage.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes the rusage it is given; RUSAGE_SELF needs no
+    // other argument.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// Packets a second, and the reader's and all workers' CPU a packet in ns.
+type WorkersRate = (f64, f64, f64);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -748,24 +768,27 @@ pub fn replay(
     let mut offload = config(crate::demo::DEMO_CONFIG)?;
     offload.table.max_flows = 4_194_304;
 
-    let one = |c: &flowtable_config::Config| -> Result<(crate::replay::ReplaySummary, u64), String> {
+    let one = |c: &flowtable_config::Config| -> Result<(crate::replay::ReplaySummary, u64, f64), String> {
         let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let cpu = process_cpu_s();
         let r = crate::replay::replay(&mut src, c, c.workers, crate::backend::build(c)?, |r| {
             black_box(r);
         })?;
+        let cpu = process_cpu_s() - cpu;
         if let Some(e) = r.source_error {
             return Err(e.to_string());
         }
-        Ok((r.summary, r.stats.flows_created))
+        Ok((r.summary, r.stats.flows_created, cpu))
     };
     // The same, every record exported as `replay --ipfix` does (each batch
     // of records as the workers made it to the exporter's thread, which
     // waits rather than drops).
     let collector = Sink::start()?;
-    let exporting = |c: &flowtable_config::Config| -> Result<(f64, flowtable_export::SinkStatus), String> {
+    let exporting = |c: &flowtable_config::Config| -> Result<(f64, flowtable_export::SinkStatus, f64), String> {
+        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+        let cpu = process_cpu_s();
         let ipfix = crate::export::ipfix_config(&c.export, collector.addr, flowtable_config::ExportTransport::Udp);
         let sinks = crate::export::start(&[ipfix], flowtable_export::QueueMode::Wait)?;
-        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
         let r = crate::replay::replay_batches(&mut src, c, c.workers, crate::backend::build(c)?, |batch| {
             sinks.send(&std::sync::Arc::new(batch));
         })?;
@@ -775,13 +798,13 @@ pub fn replay(
         let closing = Instant::now();
         let status = sinks.close().remove(0);
         let wall = r.summary.wall_ns as f64 / 1e9 + closing.elapsed().as_secs_f64();
-        Ok((r.summary.packets as f64 / wall, status))
+        Ok((r.summary.packets as f64 / wall, status, process_cpu_s() - cpu))
     };
     // The same replay with each number of workers, rounds alternating, and
     // each worker count's records compared with the first's.
     let with_workers = |c: &flowtable_config::Config,
                         n: usize|
-     -> Result<((f64, f64, f64), Vec<crate::replay::RecordFacts>), String> {
+     -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
         let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
         let mut facts = Vec::new();
         let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
@@ -824,10 +847,12 @@ pub fn replay(
             });
         }
     }
-    let (first, flows) = one(&software)?;
+    let (first, flows, first_cpu) = one(&software)?;
     let mut mem = vec![first.packets_per_second()];
+    let mut off_cpu = first_cpu;
     let mut mem_ipfix = Vec::new();
     let mut ipfix_ratios = Vec::new();
+    let mut ipfix_cpu_ratios = Vec::new();
     let mut last_export = None;
     let mut sf_ipfix_s = Vec::new();
     let mut mem_off = Vec::new();
@@ -836,10 +861,13 @@ pub fn replay(
         // softflowd keeps a pid file: a fresh one each run.
         let pid = std::env::temp_dir().join(format!("flowtable-bench-{}-{run}.pid", std::process::id()));
         if run > 0 {
-            mem.push(one(&software)?.0.packets_per_second());
+            let (summary, _, cpu) = one(&software)?;
+            mem.push(summary.packets_per_second());
+            off_cpu = cpu;
         }
         // Export on, right after export off: the same moment of a noisy machine.
-        let (pps, status) = exporting(&software)?;
+        let (pps, status, cpu) = exporting(&software)?;
+        ipfix_cpu_ratios.push(cpu / off_cpu.max(1e-9));
         if status.dropped > 0 || status.exported != flows {
             return Err(format!("the IPFIX export lost records: {status:?}"));
         }
@@ -889,6 +917,7 @@ pub fn replay(
         scaling,
         memory_ipfix_pps: median(mem_ipfix),
         ratio_ipfix: median(ipfix_ratios),
+        cpu_ratio_ipfix: median(ipfix_cpu_ratios),
         ipfix_records: last_export.as_ref().map_or(0, |s| s.exported),
         ipfix_messages: last_export.as_ref().map_or(0, |s| s.messages),
         softflowd_ipfix_s: median(sf_ipfix_s.clone()),
@@ -903,7 +932,7 @@ pub fn replay_report(b: &ReplayBench) -> String {
          \x20 flowtable, file in memory, all in software: {:>12.0} packets/s   ratio {:.2}x softflowd\n\
          \x20 flowtable, file in memory, offload to sim:  {:>12.0} packets/s\n\
          \x20 whole process, reading the file: flowtable {:.3} s, softflowd {:.3} s ({:.0} packets/s)   ratio {:.2}x\n\
-         \x20 flowtable, file in memory, IPFIX export on: {:>12.0} packets/s   {:.3}x export off ({} records, {} messages)\n\
+         \x20 flowtable, file in memory, IPFIX export on: {:>12.0} packets/s   {:.3}x export off, CPU time {:.3}x export off's ({} records, {} messages)\n\
          \x20 softflowd -r with IPFIX export (-v 10 -n): {:.3} s   {:.3}x export off\n",
         b.file,
         b.packets,
@@ -918,6 +947,7 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.ratio_process,
         b.memory_ipfix_pps,
         b.ratio_ipfix,
+        b.cpu_ratio_ipfix,
         b.ipfix_records,
         b.ipfix_messages,
         b.softflowd_ipfix_s,

@@ -102,10 +102,13 @@ impl Drop for Nfcapd {
     }
 }
 
+/// A datagram and who sent it.
+type Datagram = (SocketAddr, Vec<u8>);
+
 /// Every datagram sent to a socket, with its sender, until stopped.
 struct Receiver {
     addr: SocketAddr,
-    got: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -129,7 +132,7 @@ impl Receiver {
         Receiver { addr, got, stop, thread: Some(thread) }
     }
 
-    fn stop(mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn stop(mut self) -> Vec<Datagram> {
         // What is sent is on loopback already; a moment for the last read.
         std::thread::sleep(Duration::from_millis(100));
         self.stop.store(true, Ordering::Relaxed);

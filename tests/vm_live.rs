@@ -1281,7 +1281,7 @@ fn own_port_connection(tag: &str, subnet: u8, workers: usize) {
     assert!(egress_packets(&egress_show) > 0, "the egress rule carried the answers:\n{egress_show}");
 
     let records = dir.join("records.jsonl");
-    let record = the_one_record(&records, PORT, closed_at, &dir);
+    let record = the_one_record(&records, PORT, closed_at, dir);
     let waited = closed_at.elapsed();
     println!("record after {waited:?}: {record}");
     assert_eq!(record["end_reason"], "tcp-close", "{record}");

@@ -841,7 +841,7 @@ fn fin_both_ways_tears_an_offloaded_connection_down_and_it_ends_tcp_close() {
     assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets);
     assert!(r.orig.hw_packets > 0 && r.reply.hw_packets > 0);
     // FIN, FIN and the last ACK at least went by software after offload.
-    assert!(r.orig.sw_packets >= 2 + 2 && r.reply.sw_packets >= 1 + 1, "{r:?}");
+    assert!(r.orig.sw_packets >= 4 && r.reply.sw_packets >= 2, "{r:?}");
     let off = r.offload.as_ref().unwrap();
     assert!(off.removed_ns.is_some(), "the rules went before the end");
     assert_eq!(off.teardown, Some(flowtable_offload::Teardown::FinRst));
