@@ -802,19 +802,18 @@ pub fn replay(
     };
     // The same replay with each number of workers, rounds alternating, and
     // each worker count's records compared with the first's.
-    let with_workers = |c: &flowtable_config::Config,
-                        n: usize|
-     -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
-        let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-        let mut facts = Vec::new();
-        let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
-            facts.push(crate::replay::record_facts(r))
-        })?;
-        facts.sort_unstable();
-        let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
-        let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
-        Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
-    };
+    let with_workers =
+        |c: &flowtable_config::Config, n: usize| -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
+            let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
+            let mut facts = Vec::new();
+            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
+                facts.push(crate::replay::record_facts(r))
+            })?;
+            facts.sort_unstable();
+            let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
+            let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
+            Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
+        };
     let mut scaling: Vec<WorkersRun> = Vec::new();
     if !workers.is_empty() {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];

@@ -204,6 +204,10 @@ fn text(s: &str) -> &[u8] {
 pub struct Encoder {
     v4: Vec<(Field, Src)>,
     v6: Vec<(Field, Src)>,
+    /// Bytes of each template's fixed-length fields, and its texts' sources:
+    /// a record's length without walking every field.
+    fixed_len: [usize; 2],
+    texts: [Vec<Src>; 2],
     pen: u32,
 }
 
@@ -254,7 +258,10 @@ impl Encoder {
                 (own(ft::OFFLOAD_REFUSAL, VARIABLE), Src::Refusal),
             ]
         };
-        Encoder { v4: fields(false), v6: fields(true), pen }
+        let (v4, v6) = (fields(false), fields(true));
+        let fixed = |l: &[(Field, Src)]| l.iter().filter(|(f, _)| f.len != VARIABLE).map(|(f, _)| f.len as usize).sum();
+        let texts = |l: &[(Field, Src)]| l.iter().filter(|(f, _)| f.len == VARIABLE).map(|(_, s)| *s).collect();
+        Encoder { fixed_len: [fixed(&v4), fixed(&v6)], texts: [texts(&v4), texts(&v6)], v4, v6, pen }
     }
 
     pub fn enterprise_number(&self) -> u32 {
@@ -321,56 +328,81 @@ impl Encoder {
     }
 
     fn record_len_with(&self, facts: &ExportFacts, strings: &Strings) -> usize {
-        self.list(facts.template_id())
-            .iter()
-            .map(|(f, src)| match f.len {
-                VARIABLE => {
+        let t = usize::from(facts.template_id() == TEMPLATE_V6);
+        self.fixed_len[t]
+            + self.texts[t]
+                .iter()
+                .map(|src| {
                     let n = string_of(strings, *src).len();
                     n + if n < 255 { 1 } else { 3 }
-                }
-                n => n as usize,
-            })
-            .sum()
+                })
+                .sum::<usize>()
     }
 
-    /// Appends the record of `facts` (without a set header).
-    fn write_record(&self, facts: &ExportFacts, strings: &Strings, out: &mut Vec<u8>) {
+    /// Writes the record of `facts` (without a set header) into `out`,
+    /// which is `record_len_with` bytes long: one bounds check a field
+    /// instead of a vector growing field by field (a third of the time).
+    fn write_record(&self, facts: &ExportFacts, strings: &Strings, out: &mut [u8]) {
         let r = facts.record;
         let dir = |d: Dir| if d == Dir::Fwd { &r.orig } else { &r.reply };
+        let mut w = Cursor { out, at: 0 };
         for (f, src) in self.list(facts.template_id()) {
             match *src {
-                Src::SourceAddr => put_addr(out, facts.src),
-                Src::DestinationAddr => put_addr(out, facts.dst),
-                Src::SourcePort => put16(out, r.sport),
-                Src::DestinationPort => put16(out, r.dport),
-                Src::Proto => out.push(r.proto),
-                Src::Vlan => put16(out, r.vlan & 0x0fff),
-                Src::VlanInner => put16(out, r.vlan_inner & 0x0fff),
-                Src::Ingress(d) => put32(out, u32::from(dir(d).ingress)),
-                Src::Start => put64(out, r.start_ns / 1_000_000),
-                Src::End => put64(out, r.end_ns / 1_000_000),
-                Src::IpOctets(d) => put64(out, dir(d).ip_bytes),
-                Src::Packets(d) => put64(out, dir(d).packets),
-                Src::L2Octets(d) => put64(out, dir(d).bytes),
-                Src::TcpFlags(d) => put16(out, u16::from(dir(d).tcp_flags)),
-                Src::EndReason => out.push(flow_end_reason(r.end_reason)),
+                Src::SourceAddr => w.addr(facts.src),
+                Src::DestinationAddr => w.addr(facts.dst),
+                Src::SourcePort => w.put(&r.sport.to_be_bytes()),
+                Src::DestinationPort => w.put(&r.dport.to_be_bytes()),
+                Src::Proto => w.put(&[r.proto]),
+                Src::Vlan => w.put(&(r.vlan & 0x0fff).to_be_bytes()),
+                Src::VlanInner => w.put(&(r.vlan_inner & 0x0fff).to_be_bytes()),
+                Src::Ingress(d) => w.put(&u32::from(dir(d).ingress).to_be_bytes()),
+                Src::Start => w.put(&(r.start_ns / 1_000_000).to_be_bytes()),
+                Src::End => w.put(&(r.end_ns / 1_000_000).to_be_bytes()),
+                Src::IpOctets(d) => w.put(&dir(d).ip_bytes.to_be_bytes()),
+                Src::Packets(d) => w.put(&dir(d).packets.to_be_bytes()),
+                Src::L2Octets(d) => w.put(&dir(d).bytes.to_be_bytes()),
+                Src::TcpFlags(d) => w.put(&u16::from(dir(d).tcp_flags).to_be_bytes()),
+                Src::EndReason => w.put(&[flow_end_reason(r.end_reason)]),
                 // The source is the flow's initiator.
-                Src::Biflow => out.push(1),
-                Src::FlowId => put64(out, r.id.0),
-                Src::HwPackets(d) => put64(out, dir(d).hw_packets),
-                Src::HwOctets(d) => put64(out, dir(d).hw_ip_bytes),
+                Src::Biflow => w.put(&[1]),
+                Src::FlowId => w.put(&r.id.0.to_be_bytes()),
+                Src::HwPackets(d) => w.put(&dir(d).hw_packets.to_be_bytes()),
+                Src::HwOctets(d) => w.put(&dir(d).hw_ip_bytes.to_be_bytes()),
                 Src::Action | Src::Placement(_) | Src::Rule | Src::Label | Src::Refusal => {
                     let s = string_of(strings, *src);
                     if s.len() < 255 {
-                        out.push(s.len() as u8);
+                        w.put(&[s.len() as u8]);
                     } else {
-                        out.push(255);
-                        put16(out, s.len() as u16);
+                        w.put(&[255]);
+                        w.put(&(s.len() as u16).to_be_bytes());
                     }
-                    out.extend_from_slice(s);
+                    w.put(s);
                 }
             }
             debug_assert!(f.len == VARIABLE || f.len > 0);
+        }
+        debug_assert_eq!(w.at, w.out.len(), "the record's length as computed");
+    }
+}
+
+/// Writes fields one after another into a record's bytes.
+struct Cursor<'b> {
+    out: &'b mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    #[inline(always)]
+    fn addr(&mut self, a: IpAddr) {
+        match a {
+            IpAddr::V4(a) => self.put(&a.octets()),
+            IpAddr::V6(a) => self.put(&a.octets()),
         }
     }
 }
@@ -429,15 +461,6 @@ fn put16(out: &mut Vec<u8>, v: u16) {
 }
 fn put32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_be_bytes());
-}
-fn put64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-fn put_addr(out: &mut Vec<u8>, a: IpAddr) {
-    match a {
-        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
-        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
-    }
 }
 
 /// One IPFIX message being filled: a header, then sets, each record only
@@ -532,7 +555,9 @@ impl MessageBuilder {
             put16(&mut self.buf, template);
             put16(&mut self.buf, 0);
         }
-        enc.write_record(facts, &strings, &mut self.buf);
+        let start = self.buf.len();
+        self.buf.resize(start + need - if new_set { SET_HEADER_LEN } else { 0 }, 0);
+        enc.write_record(facts, &strings, &mut self.buf[start..]);
         self.records += 1;
         Ok(())
     }
