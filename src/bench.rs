@@ -737,6 +737,19 @@ pub fn processes_report(file: &str, runs: usize, procs: &[ProcessRun]) -> String
     o
 }
 
+/// Writes the benches' synthetic mix of `packets` packets to `path`: a flow
+/// for every 8 packets, 20,000 open at once.
+pub fn write_synthetic_mix(path: &std::path::Path, packets: u64) -> Result<(), String> {
+    let cfg = crate::source::synth::SynthConfig {
+        flows: (packets / 8).max(1),
+        max_packets: packets,
+        concurrency: 20_000,
+        ..Default::default()
+    };
+    let mut g = crate::source::synth::SyntheticSource::new(cfg).map_err(|e| e.to_string())?;
+    g.write_pcap(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Replays `file` (or synthetic traffic written to a temporary pcap) in
 /// memory through the flow table, and times softflowd on the same file.
 pub fn replay(
@@ -751,14 +764,7 @@ pub fn replay(
         Some(p) => p.to_path_buf(),
         None => {
             tmp = std::env::temp_dir().join(format!("flowtable-bench-{}.pcap", std::process::id()));
-            let cfg = crate::source::synth::SynthConfig {
-                flows: (packets / 8).max(1),
-                max_packets: packets,
-                concurrency: 20_000,
-                ..Default::default()
-            };
-            let mut g = crate::source::synth::SyntheticSource::new(cfg).map_err(|e| e.to_string())?;
-            g.write_pcap(&tmp).map_err(|e| e.to_string())?;
+            write_synthetic_mix(&tmp, packets)?;
             tmp.clone()
         }
     };

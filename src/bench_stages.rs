@@ -113,8 +113,7 @@ fn pass(bytes: &[u8], depth: usize, config: &flowtable_config::Config) -> Result
 }
 
 /// The capture's bytes and name: `file`, or the synthetic mix `bench
-/// replay` uses (a flow for every 8 packets, 20,000 at once) written to a
-/// temporary pcap and read back.
+/// replay` uses, written to a temporary pcap and read back.
 fn capture_bytes(file: Option<&std::path::Path>, packets: u64) -> Result<(Vec<u8>, String), String> {
     if let Some(f) = file {
         let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -122,14 +121,7 @@ fn capture_bytes(file: Option<&std::path::Path>, packets: u64) -> Result<(Vec<u8
     }
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let path = dir.path().join("synthetic.pcap");
-    let cfg = crate::source::synth::SynthConfig {
-        flows: (packets / 8).max(1),
-        max_packets: packets,
-        concurrency: 20_000,
-        ..Default::default()
-    };
-    let mut g = crate::source::synth::SyntheticSource::new(cfg).map_err(|e| e.to_string())?;
-    g.write_pcap(&path).map_err(|e| e.to_string())?;
+    crate::bench::write_synthetic_mix(&path, packets)?;
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((bytes, "(synthetic)".into()))
 }

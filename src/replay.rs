@@ -28,7 +28,10 @@ pub struct ReplaySummary {
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
     pub wall_ns: u64,
-    /// CPU time of the thread that read the source and handed packets out.
+    /// CPU time of the thread that read the source and handed packets out,
+    /// for benchmarks (like `wall_ns`, a measurement, but not part of a
+    /// replay's report).
+    #[serde(skip)]
     pub reader_cpu_ns: u64,
 }
 
