@@ -400,6 +400,27 @@ fn send_segmented(socket: &UdpSocket, buf: &[u8], segment: u16) -> std::io::Resu
     Ok(())
 }
 
+/// Whether the kernel knows `UDP_SEGMENT` at all (Linux 4.18 and later).
+/// One before it would ignore the control message and send a whole train
+/// as one datagram, so ask first.
+fn kernel_cuts_datagrams(socket: &UdpSocket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, an int,
+    // and the new length into `len`.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    got == 0
+}
+
 /// The kernel can't cut datagrams on this path (rather than: the send
 /// failed).
 fn segmentation_refused(e: &std::io::Error) -> bool {
@@ -419,7 +440,11 @@ impl Exporter {
             Transport::Tcp => Socket::Tcp(None),
         };
         let msg = MessageBuilder::new(cfg.message_len());
-        let train = (matches!(socket, Socket::Udp(_)) && train_len(msg.max_len()) >= 2)
+        let cuts = match &socket {
+            Socket::Udp(s) => kernel_cuts_datagrams(s),
+            Socket::Tcp(_) => false,
+        };
+        let train = (cuts && train_len(msg.max_len()) >= 2)
             .then(|| Train { buf: Vec::with_capacity(train_len(msg.max_len()) * msg.max_len()), ..Train::default() });
         Ok(Exporter {
             encoder: Encoder::new(cfg.enterprise_number),
@@ -572,7 +597,7 @@ impl Exporter {
 
     /// Sends the message being filled, if any.
     fn send(&mut self) {
-        self.filling_since = None;
+        let filling_since = self.filling_since.take();
         if self.msg.is_empty() || self.msg.len() <= MESSAGE_HEADER_LEN {
             self.msg.clear();
             return;
@@ -586,7 +611,9 @@ impl Exporter {
             let whole = self.msg.pad_to(&self.encoder, segment);
             if train.records.is_empty() {
                 train.first_sequence = self.sequence;
-                train.since = Some(Instant::now());
+                // The train leaves when its oldest record has waited
+                // FLUSH_AFTER, however long that record sat in its message.
+                train.since = Some(filling_since.unwrap_or_else(Instant::now));
             }
             train.templates |= self.msg.has_templates();
             train.buf.extend_from_slice(self.msg.finish(now, self.sequence, self.cfg.observation_domain));
@@ -669,22 +696,33 @@ impl Exporter {
                 tracing::info!(sink = %self.cfg.name(), error = %e, "the kernel can't cut this path's datagrams (UDP GSO); sending one at a time");
                 keep = false;
                 let mut errors = None;
-                for (chunk, &records) in train.buf.chunks(segment).zip(&train.records) {
-                    let records = u64::from(records);
-                    match socket.send(chunk) {
-                        Ok(_) => self.c.update(|c| {
-                            c.pending -= records;
-                            c.exported += records;
-                            c.messages += 1;
-                        }),
+                // Sequence numbers count only what went: each message's is
+                // written again as the ones before it fared.
+                let mut sequence = train.first_sequence;
+                for (message, &records) in train.buf.chunks_mut(segment).zip(&train.records) {
+                    message[8..12].copy_from_slice(&sequence.to_be_bytes());
+                    match socket.send(message) {
+                        Ok(_) => {
+                            sequence = sequence.wrapping_add(records);
+                            self.c.update(|c| {
+                                c.pending -= u64::from(records);
+                                c.exported += u64::from(records);
+                                c.messages += 1;
+                            });
+                        }
                         Err(e) => {
                             self.c.update(|c| {
-                                c.pending -= records;
-                                c.dropped_unsent += records;
+                                c.pending -= u64::from(records);
+                                c.dropped_unsent += u64::from(records);
                             });
                             errors = Some(e);
                         }
                     }
+                }
+                self.sequence = sequence;
+                if errors.is_some() && train.templates {
+                    // Templates that may not have gone are due again.
+                    self.templates_at = None;
                 }
                 match errors {
                     Some(e) => self.failed(format!("sending to {}: {e}", self.cfg.address)),
