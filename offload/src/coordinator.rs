@@ -477,6 +477,9 @@ impl Coordinator {
         // The time the read begins, after this step's removals and
         // installs: a packet before it is in the read.
         let read_ns = self.read_clock.as_ref().map_or(self.now_ns, |c| c().max(self.now_ns));
+        for link in &self.links {
+            link.read_begun.set(read_ns);
+        }
         if let Err(e) = self.backend.read_counters(&mut buf) {
             self.stats.counter_errors += 1;
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");

@@ -153,6 +153,16 @@ impl Engine {
         self.shard.take_responses();
     }
 
+    /// The offload coordinator alone: takes what the shard asked and does
+    /// what is due at `now` (a counter read among it), leaving its answers
+    /// for the shard's next `poll`, as the offload thread runs beside a
+    /// worker that goes on handling packets meanwhile.
+    pub fn offload_step(&mut self, now_ns: u64) {
+        self.shard.flush_outbox();
+        self.coordinator.take_requests();
+        self.coordinator.step(now_ns);
+    }
+
     /// The slow path: installs what is queued, reads counters each poll
     /// interval, ages flows, removes their rules; all done when it returns.
     pub fn poll(&mut self, now_ns: u64) {

@@ -14,6 +14,8 @@
 use crossbeam_channel::{Receiver, Sender};
 use flowtable_hw::{BackendError, Cookie, Placement, Refusal, RuleCounters, RuleSpec};
 use flowtable_sw::{Direction, FlowId};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Room in each queue, in messages, unless said otherwise.
 pub const QUEUE_DEPTH: usize = 4096;
@@ -87,17 +89,41 @@ pub enum Response {
 pub struct ShardLink {
     pub to_offload: Sender<Request>,
     pub from_offload: Receiver<Response>,
+    pub read_begun: Arc<ReadBegun>,
 }
 
 /// The offload thread's end of one shard's link.
 pub struct OffloadLink {
     pub from_shard: Receiver<Request>,
     pub to_shard: Sender<Response>,
+    pub read_begun: Arc<ReadBegun>,
+}
+
+/// When the offload thread's last counter read began, on its clock (0:
+/// none yet), set before the read. Not a message: one would reach the
+/// worker only at its next look at its answers, after packets it took
+/// from after the read, and the shard must know which packets those are
+/// (see `Shard::tap_unsettled`).
+#[derive(Debug, Default)]
+pub struct ReadBegun(AtomicU64);
+
+impl ReadBegun {
+    pub fn set(&self, read_ns: u64) {
+        self.0.store(read_ns, Ordering::Release);
+    }
+    #[inline]
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
 }
 
 /// A link with `depth` messages of room each way.
 pub fn link(depth: usize) -> (ShardLink, OffloadLink) {
     let (req_tx, req_rx) = crossbeam_channel::bounded(depth.max(1));
     let (resp_tx, resp_rx) = crossbeam_channel::bounded(depth.max(1));
-    (ShardLink { to_offload: req_tx, from_offload: resp_rx }, OffloadLink { from_shard: req_rx, to_shard: resp_tx })
+    let read_begun = Arc::new(ReadBegun::default());
+    (
+        ShardLink { to_offload: req_tx, from_offload: resp_rx, read_begun: read_begun.clone() },
+        OffloadLink { from_shard: req_rx, to_shard: resp_tx, read_begun },
+    )
 }

@@ -61,6 +61,14 @@ impl DirCounters {
         self.packets += other.packets;
         self.bytes += other.bytes;
     }
+
+    /// What is left of these once `other` is taken away, none below zero.
+    pub fn less(self, other: DirCounters) -> DirCounters {
+        DirCounters {
+            packets: self.packets.saturating_sub(other.packets),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
 }
 
 /// What a flow's frames said beyond its counters, per direction

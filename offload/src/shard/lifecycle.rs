@@ -292,44 +292,85 @@ impl Shard {
 
     /// A read of `dir`'s rule, made at `read_ns`, towards the journal's
     /// figure of what slipped past the rule going in (see
-    /// `OffloadState::slip`). What software had seen of the direction when
-    /// the read was made is known only once it has handled a packet from
-    /// after it (the capture hands packets over some milliseconds late):
-    /// `seen_after_read` finishes the estimate then. A direction that has
-    /// seen nothing and counted nothing has nothing in flight either.
+    /// `OffloadState::slip`): what software had seen of the direction
+    /// before the read less what the rule had counted by it. Software
+    /// takes packets some milliseconds late (a capture ring) and goes on
+    /// while the offload thread reads, so what it had seen before the read
+    /// is known only at the first packet it takes from after the read
+    /// (`tap_unsettled`), which may come before this answer or after it.
+    /// A direction that has seen nothing and counted nothing has nothing
+    /// in flight either.
     fn note_read(&mut self, id: FlowId, dir: Direction, read_ns: u64) {
         let d = dir.index();
         let Some(state) = self.offloads.get_mut(&id) else { return };
-        if state.slip[d].is_some() || state.placement[d].is_none() || state.adopted_ns.is_some() {
+        if state.slip[d].is_some() || state.placement[d].is_none() {
             return;
         }
         let counted = state.rule_counted[d];
-        if counted.packets == 0 && state.tapped[d].packets == 0 {
+        if state.adopted_ns.is_none() && counted.packets == 0 && state.tapped[d].packets == 0 {
             self.slip_estimate(id, dir, DirCounters::default());
-        } else if state.slip_read[d].is_none() {
-            state.slip_read[d] = Some((read_ns, counted));
+            return;
+        }
+        match state.seen_before_read[d] {
+            Some((at, Some(seen))) if at == read_ns => {
+                state.slip_read[d] = None;
+                self.seen_before_read(id, dir, seen, counted);
+            }
+            // A packet from after the read came before word of the read:
+            // what was seen before it is not known; the next read will do.
+            Some((at, None)) if at == read_ns => state.slip_read[d] = None,
+            _ if state.last_tap_ns[d] < read_ns => state.slip_read[d] = Some((read_ns, counted)),
+            _ => state.slip_read[d] = None,
         }
     }
 
-    /// The first packet software handles of `dir` from after a pending
-    /// read: everything before that read has been handled.
-    #[inline]
-    pub(super) fn seen_after_read(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+    /// A packet software takes of a direction whose `slip` is not settled:
+    /// the first from after the read begun last tells what software had
+    /// seen before that read, if every packet it took until then came
+    /// before the read. Then it is counted as tapped.
+    pub(super) fn tap_unsettled(&mut self, id: FlowId, dir: Direction, ts_ns: u64, tap: DirCounters) {
         let d = dir.index();
+        let begun = self.link.read_begun.get();
         let Some(state) = self.offloads.get_mut(&id) else { return };
-        let Some((read_ns, counted)) = state.slip_read[d] else { return };
+        let mut answered = None;
         // A packet of the read's own instant is taken as after it: the
         // read began at that time, the packet reached software later.
-        if ts_ns < read_ns {
+        if let Some(r) = begun.filter(|&r| ts_ns >= r) {
+            if state.seen_before_read[d].is_none_or(|(at, _)| at != r) {
+                let seen = (state.last_tap_ns[d] < r).then_some(state.tapped[d]);
+                state.seen_before_read[d] = Some((r, seen));
+                if let (Some(seen), Some((at, counted))) = (seen, state.slip_read[d]) {
+                    if at == r {
+                        state.slip_read[d] = None;
+                        answered = Some((seen, counted));
+                    }
+                }
+            }
+        }
+        state.last_tap_ns[d] = state.last_tap_ns[d].max(ts_ns);
+        state.tapped[d].add(tap);
+        if let Some((seen, counted)) = answered {
+            self.seen_before_read(id, dir, seen, counted);
+        }
+    }
+
+    /// What software had seen of `dir` before a read (`seen`), and what
+    /// the rule had counted by it (`counted`).
+    fn seen_before_read(&mut self, id: FlowId, dir: Direction, seen: DirCounters, counted: DirCounters) {
+        let d = dir.index();
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        if state.adopted_ns.is_some() {
+            // Taken over, the rules in all along: nothing slipped past
+            // them. But software began to take packets some time after
+            // the takeover read the rules' counters, so the rules counted
+            // packets software never saw; from this read on both count
+            // the same ones, and `settle` compares only those.
+            state.tapped[d] = state.tapped[d].less(seen);
+            state.rule_counted[d] = state.rule_counted[d].less(counted);
+            state.slip[d] = Some(DirCounters::default());
             return;
         }
-        state.slip_read[d] = None;
-        let seen = state.tapped[d];
-        let estimate = DirCounters {
-            packets: seen.packets.saturating_sub(counted.packets),
-            bytes: seen.bytes.saturating_sub(counted.bytes),
-        };
-        self.slip_estimate(id, dir, estimate);
+        self.slip_estimate(id, dir, seen.less(counted));
     }
 
     /// Two estimates in a row that agree settle it; once both directions

@@ -142,6 +142,14 @@ pub struct OffloadState {
     /// before it: when it was made, and what the rule had counted then.
     #[serde(skip)]
     pub slip_read: [Option<(u64, DirCounters)>; 2],
+    /// While `slip` is not settled, per direction: the time of the last
+    /// packet software took, and what it had seen before the read begun
+    /// last (by its start), none where that can't be known because a
+    /// packet from after the read came before word that it had begun.
+    #[serde(skip)]
+    pub last_tap_ns: [u64; 2],
+    #[serde(skip)]
+    pub seen_before_read: [Option<(u64, Option<DirCounters>)>; 2],
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
@@ -202,6 +210,8 @@ impl OffloadState {
             slip_seen: [None; 2],
             slip: [None; 2],
             slip_read: [None; 2],
+            last_tap_ns: [0; 2],
+            seen_before_read: [None; 2],
             refusal: None,
             pinned_software: false,
             requested: false,
@@ -634,14 +644,12 @@ impl Shard {
         let count = match tapped {
             Some(state) => {
                 let tap = DirCounters { packets: 1, bytes: pkt.wire_len as u64 };
-                if state.slip_read[d].is_none() {
+                if state.slip[d].is_some() || !self.cfg.journal {
                     state.tapped[d].add(tap);
                 } else {
-                    // Rare (a read's estimate pending): looked up again.
-                    self.seen_after_read(id, pkt.dir, now_ns);
-                    if let Some(state) = self.offloads.get_mut(&id) {
-                        state.tapped[d].add(tap);
-                    }
+                    // Until what slipped past the rule going in is known
+                    // (a few polls after the install): looked up again.
+                    self.tap_unsettled(id, pkt.dir, now_ns, tap);
                 }
                 self.stats.tap_packets_skipped += 1;
                 false
@@ -788,7 +796,7 @@ impl Shard {
         self.flush_outbox();
     }
 
-    fn flush_outbox(&mut self) {
+    pub fn flush_outbox(&mut self) {
         // A bounded number a call: a long backlog (thousands of installs
         // held back by a full queue) goes out over a few calls, never
         // holding the packet path for all of it.
