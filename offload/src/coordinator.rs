@@ -484,6 +484,7 @@ impl Coordinator {
             self.stats.counter_errors += 1;
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");
         }
+        let read_end_ns = self.read_clock.as_ref().map_or(read_ns, |c| c().max(read_ns));
         let n = self.links.len();
         let mut per_shard: Vec<Vec<(Cookie, RuleCounters)>> = vec![Vec::new(); n];
         for (cookie, counters) in &buf {
@@ -503,11 +504,14 @@ impl Coordinator {
             // few polls, never holding its packets for all of it at once.
             let mut pieces = counters.chunks(COUNTERS_PER_ANSWER).peekable();
             if pieces.peek().is_none() && asked {
-                self.send(shard, Response::Counters { counters: Vec::new(), asked, read_ns });
+                self.send(shard, Response::Counters { counters: Vec::new(), asked, read_ns, read_end_ns });
             }
             while let Some(piece) = pieces.next() {
                 let last = pieces.peek().is_none();
-                self.send(shard, Response::Counters { counters: piece.to_vec(), asked: asked && last, read_ns });
+                self.send(
+                    shard,
+                    Response::Counters { counters: piece.to_vec(), asked: asked && last, read_ns, read_end_ns },
+                );
             }
         }
         self.counters_buf = buf;

@@ -62,6 +62,13 @@ impl Engine {
         Ok(())
     }
 
+    /// The clock the offload thread stamps its counter reads with (their
+    /// start and end), as the threaded runtime's live clock; without one,
+    /// a read takes no time.
+    pub fn set_read_clock(&mut self, clock: Box<dyn Fn() -> u64 + Send>) {
+        self.coordinator.set_read_clock(clock);
+    }
+
     /// Builds an engine from a checked configuration.
     pub fn from_config(config: &Config, backend: Box<dyn Backend>) -> Result<Engine, String> {
         let classifier = Classifier::new(&config.classifier)?;

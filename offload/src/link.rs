@@ -78,8 +78,10 @@ pub enum Response {
     Counters {
         counters: Vec<(Cookie, RuleCounters)>,
         asked: bool,
-        /// The offload thread's clock when the read began.
+        /// The offload thread's clock when the read began, and when it
+        /// ended: each rule's counters were taken at some moment between.
         read_ns: u64,
+        read_end_ns: u64,
     },
     /// Every answer to the shard's requests up to `epoch` came before this.
     EpochDone(u64),

@@ -97,7 +97,7 @@ impl Shard {
                 }
                 self.after_rules_gone(id, then.or(Some(Then::Idle)));
             }
-            Response::Counters { counters, asked, read_ns } => {
+            Response::Counters { counters, asked, read_ns, read_end_ns } => {
                 if asked {
                     self.outstanding = self.outstanding.saturating_sub(1);
                 }
@@ -108,7 +108,7 @@ impl Shard {
                 }
                 if self.cfg.journal {
                     for (cookie, _) in &counters {
-                        self.note_read(FlowId(cookie.flow), cookie.direction(), read_ns);
+                        self.note_read(FlowId(cookie.flow), cookie.direction(), (read_ns, read_end_ns));
                     }
                 }
             }
@@ -290,17 +290,19 @@ impl Shard {
         self.table.note_counted(id);
     }
 
-    /// A read of `dir`'s rule, made at `read_ns`, towards the journal's
-    /// figure of what slipped past the rule going in (see
+    /// A read of `dir`'s rule, made from `read.0` to `read.1`, towards the
+    /// journal's figure of what slipped past the rule going in (see
     /// `OffloadState::slip`): what software had seen of the direction
-    /// before the read less what the rule had counted by it. Software
-    /// takes packets some milliseconds late (a capture ring) and goes on
-    /// while the offload thread reads, so what it had seen before the read
-    /// is known only at the first packet it takes from after the read
-    /// (`tap_unsettled`), which may come before this answer or after it.
-    /// A direction that has seen nothing and counted nothing has nothing
-    /// in flight either.
-    fn note_read(&mut self, id: FlowId, dir: Direction, read_ns: u64) {
+    /// before the read less what the rule had counted by it. The rule's
+    /// counters were taken at some moment within the read, so the figure
+    /// is exact only when no packet of the direction came during it.
+    /// Software takes packets some milliseconds late (a capture ring) and
+    /// goes on while the offload thread reads, so what it had seen before
+    /// the read is known only at the first packet it takes from after the
+    /// read began (`tap_unsettled`), which may come before this answer or
+    /// after it. A direction that has seen nothing and counted nothing
+    /// has nothing in flight either.
+    fn note_read(&mut self, id: FlowId, dir: Direction, read: (u64, u64)) {
         let d = dir.index();
         let Some(state) = self.offloads.get_mut(&id) else { return };
         if state.slip[d].is_some() || state.placement[d].is_none() {
@@ -311,23 +313,26 @@ impl Shard {
             self.slip_estimate(id, dir, DirCounters::default());
             return;
         }
+        state.slip_read[d] = None;
         match state.seen_before_read[d] {
-            Some((at, Some(seen))) if at == read_ns => {
-                state.slip_read[d] = None;
-                self.seen_before_read(id, dir, seen, counted);
+            Some((began, seen)) if began == read.0 => {
+                // The first packet from after the read began came after it
+                // ended too: none came during it.
+                if let Some((seen, _)) = seen.filter(|&(_, first_ts)| first_ts >= read.1) {
+                    self.seen_before_read(id, dir, seen, counted);
+                }
             }
-            // A packet from after the read came before word of the read:
-            // what was seen before it is not known; the next read will do.
-            Some((at, None)) if at == read_ns => state.slip_read[d] = None,
-            _ if state.last_tap_ns[d] < read_ns => state.slip_read[d] = Some((read_ns, counted)),
-            _ => state.slip_read[d] = None,
+            _ if state.last_tap_ns[d] < read.0 => state.slip_read[d] = Some((read.0, read.1, counted)),
+            // A packet from after the read's start came before word that
+            // it had begun: what was seen before it is not known.
+            _ => {}
         }
     }
 
     /// A packet software takes of a direction whose `slip` is not settled:
-    /// the first from after the read begun last tells what software had
-    /// seen before that read, if every packet it took until then came
-    /// before the read. Then it is counted as tapped.
+    /// the first from after the start of the read begun last tells what
+    /// software had seen before that read, if every packet it took until
+    /// then came before the read. Then it is counted as tapped.
     pub(super) fn tap_unsettled(&mut self, id: FlowId, dir: Direction, ts_ns: u64, tap: DirCounters) {
         let d = dir.index();
         let begun = self.link.read_begun.get();
@@ -337,11 +342,12 @@ impl Shard {
         // read began at that time, the packet reached software later.
         if let Some(r) = begun.filter(|&r| ts_ns >= r) {
             if state.seen_before_read[d].is_none_or(|(at, _)| at != r) {
-                let seen = (state.last_tap_ns[d] < r).then_some(state.tapped[d]);
+                let seen = (state.last_tap_ns[d] < r).then_some((state.tapped[d], ts_ns));
                 state.seen_before_read[d] = Some((r, seen));
-                if let (Some(seen), Some((at, counted))) = (seen, state.slip_read[d]) {
-                    if at == r {
-                        state.slip_read[d] = None;
+                if let Some((_, ended, counted)) = state.slip_read[d].filter(|&(began, ..)| began == r) {
+                    state.slip_read[d] = None;
+                    // None came during the read.
+                    if let Some((seen, _)) = seen.filter(|_| ts_ns >= ended) {
                         answered = Some((seen, counted));
                     }
                 }

@@ -100,6 +100,11 @@ impl EngineConfig {
     }
 }
 
+/// For the read begun at `.0`: what software had seen before it and the
+/// time of the first packet from after its start (see
+/// `OffloadState::seen_before_read`).
+pub type SeenBeforeRead = Option<(u64, Option<(DirCounters, u64)>)>;
+
 /// The offload side of a flow that was ever queued, offloaded or refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OffloadState {
@@ -139,17 +144,18 @@ pub struct OffloadState {
     #[serde(skip)]
     pub slip: [Option<DirCounters>; 2],
     /// A read whose estimate waits for software to handle what came
-    /// before it: when it was made, and what the rule had counted then.
+    /// before it: when it began and ended, and what the rule had counted.
     #[serde(skip)]
-    pub slip_read: [Option<(u64, DirCounters)>; 2],
+    pub slip_read: [Option<(u64, u64, DirCounters)>; 2],
     /// While `slip` is not settled, per direction: the time of the last
-    /// packet software took, and what it had seen before the read begun
-    /// last (by its start), none where that can't be known because a
-    /// packet from after the read came before word that it had begun.
+    /// packet software took; and, for the read begun last (by its start),
+    /// what software had seen before it and the time of the first packet
+    /// from after its start, none where that can't be known because such
+    /// a packet came before word that the read had begun.
     #[serde(skip)]
     pub last_tap_ns: [u64; 2],
     #[serde(skip)]
-    pub seen_before_read: [Option<(u64, Option<DirCounters>)>; 2],
+    pub seen_before_read: [SeenBeforeRead; 2],
     pub refusal: Option<Refusal>,
     /// Taken back to software on request: the classifier won't offload it again.
     pub pinned_software: bool,
