@@ -393,7 +393,9 @@ impl Runtime {
         }
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
         let journal_kept = takeover.finish(&mut coordinator)?;
-        if journal_kept {
+        // Counter reads and removals stamped on the live clock, when they
+        // begin and end (replay's lockstep keeps to the epochs' time).
+        if journal_kept || !cfg.lockstep {
             let read_clock = clock.clone();
             coordinator.set_read_clock(Box::new(move || read_clock.now()));
         }

@@ -441,6 +441,7 @@ impl Coordinator {
         let cookies: Vec<Cookie> = removals.iter().flat_map(|(_, _, c)| c.iter().copied()).collect();
         self.stats.remove_calls += 1;
         let mut results = self.backend.remove(&cookies).into_iter();
+        let ended_ns = self.read_clock.as_ref().map_or(self.now_ns, |c| c().max(self.now_ns));
         for (shard, id, cookies) in removals {
             let mut out = Vec::with_capacity(cookies.len());
             for cookie in cookies {
@@ -466,7 +467,7 @@ impl Coordinator {
                 }
                 out.push((cookie.direction(), result));
             }
-            self.send(shard, Response::Removed { id, results: out });
+            self.send(shard, Response::Removed { id, results: out, ended_ns });
         }
     }
 

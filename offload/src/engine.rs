@@ -234,6 +234,9 @@ impl Engine {
         self.shard.request_unoffload(id)?;
         let now = self.shard.now_ns();
         self.settle_offload(now);
+        // Synchronous: done when it returns, whatever may still come.
+        self.shard.release_held_removals(now, true);
+        self.settle_offload(now);
         match self.shard.table().get(id).map(|f| f.stage()) {
             Some(Stage::Offloaded) => Err(EngineError::Backend(flowtable_hw::BackendError::Io {
                 backend: self.coordinator.backend().name().into(),
@@ -249,6 +252,8 @@ impl Engine {
             return Ok(r);
         }
         let now = self.shard.now_ns();
+        self.settle_offload(now);
+        self.shard.release_held_removals(now, true);
         self.settle_offload(now);
         self.shard.records().iter().rev().find(|r| r.id == id).cloned().ok_or_else(|| {
             EngineError::Backend(flowtable_hw::BackendError::Io {

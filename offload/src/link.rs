@@ -62,10 +62,13 @@ pub enum Response {
         id: FlowId,
         counters: [Option<RuleCounters>; 2],
     },
-    /// One result per cookie asked, in order.
+    /// One result per cookie asked, in order; `ended_ns`, the offload
+    /// thread's clock when the removal call returned: the rules counted
+    /// no packet from after it.
     Removed {
         id: FlowId,
         results: Vec<(Direction, Result<Option<RuleCounters>, BackendError>)>,
+        ended_ns: u64,
     },
     /// `cancelled`: the install was withdrawn before it was made; else its
     /// outcome came before this.

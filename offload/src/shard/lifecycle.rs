@@ -49,38 +49,15 @@ impl Shard {
                     }
                 }
             }
-            Response::Removed { id, results } => {
-                self.outstanding = self.outstanding.saturating_sub(1);
-                let mut failed = false;
-                for (dir, result) in results {
-                    match result {
-                        Ok(final_counters) => {
-                            if let Some(c) = final_counters {
-                                self.apply_counters(id, dir, &c, now);
-                            }
-                            self.drop_rule(id, dir, now);
-                        }
-                        // Already gone (removed behind our back): nothing to keep.
-                        Err(BackendError::UnknownRule { .. }) => self.drop_rule(id, dir, now),
-                        Err(e) => {
-                            tracing::warn!(flow = %id, error = %e, "removing a rule failed; will retry");
-                            failed = true;
-                        }
-                    }
-                }
-                let Some(state) = self.offloads.get_mut(&id) else { return };
-                let then = state.then;
-                if failed {
-                    // The flow keeps its rule and its record; asked again
-                    // next poll, unless the shard is stopping.
-                    self.table.set_stage(id, Stage::Offloaded);
-                    if then != Some(Then::End(EndReason::Shutdown)) {
-                        self.retry_removal.push(id);
-                    }
+            Response::Removed { id, results, ended_ns } => {
+                let all_out = results.iter().all(|(_, r)| r.is_ok());
+                if self.backend.capabilities.software_sees_offloaded && all_out && !self.stopping {
+                    // Held: see `HeldRemoval`.
+                    let deadline_ns = ended_ns.max(now).saturating_add(REMOVAL_GRACE_NS);
+                    self.held.insert(id, HeldRemoval { results, ended_ns, passed: [false; 2], deadline_ns });
                     return;
                 }
-                state.then = None;
-                self.after_rules_gone(id, then);
+                self.removed(id, results, now);
             }
             Response::Cancelled { id, cancelled } => {
                 self.outstanding = self.outstanding.saturating_sub(if cancelled { 2 } else { 1 });
@@ -113,6 +90,86 @@ impl Shard {
                 }
             }
             Response::EpochDone(e) => self.epoch_done = Some(e),
+        }
+    }
+
+    /// A flow's rules are out (`results`, by direction): their final
+    /// counters folded in, what slipped past them settled, and the flow on
+    /// as its `then` says; or, where a removal failed, kept offloaded.
+    pub(super) fn removed(
+        &mut self,
+        id: FlowId,
+        results: Vec<(Direction, Result<Option<RuleCounters>, BackendError>)>,
+        now: u64,
+    ) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let mut failed = false;
+        for (dir, result) in results {
+            match result {
+                Ok(final_counters) => {
+                    if let Some(c) = final_counters {
+                        self.apply_counters(id, dir, &c, now);
+                    }
+                    self.drop_rule(id, dir, now);
+                }
+                // Already gone (removed behind our back): nothing to keep.
+                Err(BackendError::UnknownRule { .. }) => self.drop_rule(id, dir, now),
+                Err(e) => {
+                    tracing::warn!(flow = %id, error = %e, "removing a rule failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        let Some(state) = self.offloads.get_mut(&id) else { return };
+        let then = state.then;
+        if failed {
+            // The flow keeps its rule and its record; asked again
+            // next poll, unless the shard is stopping.
+            self.table.set_stage(id, Stage::Offloaded);
+            if then != Some(Then::End(EndReason::Shutdown)) {
+                self.retry_removal.push(id);
+            }
+            return;
+        }
+        state.then = None;
+        self.after_rules_gone(id, then);
+    }
+
+    /// A packet of a flow whose removal answer is held, at `ts_ns`: one
+    /// from after the removal tells that software has taken every packet
+    /// of its direction the rules may have counted.
+    #[cold]
+    pub(super) fn pass_held(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
+        let Some(held) = self.held.get_mut(&id) else { return };
+        if ts_ns < held.ended_ns {
+            return;
+        }
+        held.passed[dir.index()] = true;
+        if held.passed.iter().all(|&p| p) {
+            self.release_held(id);
+        }
+    }
+
+    /// Hands a held removal answer on (see `HeldRemoval`).
+    pub(super) fn release_held(&mut self, id: FlowId) {
+        if let Some(held) = self.held.remove(&id) {
+            let now = self.now_ns;
+            self.removed(id, held.results, now);
+        }
+    }
+
+    /// Hands on every held removal answer whose wait is over at `now`, or
+    /// all of them (`all`: the shard stops, or a caller waits for them).
+    pub fn release_held_removals(&mut self, now: u64, all: bool) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut due: Vec<(u64, FlowId)> =
+            self.held.iter().filter(|(_, h)| all || h.deadline_ns <= now).map(|(id, h)| (h.ended_ns, *id)).collect();
+        // In the order they came, whatever the map's.
+        due.sort_unstable();
+        for (_, id) in due {
+            self.release_held(id);
         }
     }
 

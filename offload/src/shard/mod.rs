@@ -385,6 +385,35 @@ pub struct Shard {
     /// Flows of an earlier run ended at start, their gone lines held
     /// (`release_left`).
     left_gone: Vec<u64>,
+    /// Removal answers held while software may still take packets the
+    /// rules counted (see `HeldRemoval`).
+    held: HashMap<FlowId, HeldRemoval>,
+    /// Shutdown has begun: answers are no longer held.
+    stopping: bool,
+}
+
+/// How long a removal's answer is held at most, past the removal, for the
+/// packets its rules counted to reach software (see `HeldRemoval`).
+pub const REMOVAL_GRACE_NS: u64 = 50_000_000;
+
+/// A removal's answer, held. Where software taps in front of the rules
+/// (AF_PACKET before tc), every packet a rule counted reaches software
+/// too, but some milliseconds late: a capture ring hands packets over in
+/// blocks. Settled at once, the rules' final counters would include
+/// packets software had not taken yet, which would hide as many that
+/// slipped past the rules going in, and then be counted by software too,
+/// the flow being back in software when they come. So the flow stays
+/// `removing` (software sets its packets aside as the rules' own) until it
+/// has taken a packet from after the removal in each direction, or for
+/// `REMOVAL_GRACE_NS`, and only then are the final counters settled.
+#[derive(Debug)]
+pub struct HeldRemoval {
+    results: Vec<(Direction, Result<Option<RuleCounters>, BackendError>)>,
+    /// The offload thread's clock when the removal returned.
+    ended_ns: u64,
+    /// Per direction: software took a packet from after it.
+    passed: [bool; 2],
+    deadline_ns: u64,
 }
 
 impl Shard {
@@ -419,6 +448,8 @@ impl Shard {
             rates: rate::RateSampler::default(),
             parting: Vec::new(),
             left_gone: Vec::new(),
+            held: HashMap::new(),
+            stopping: false,
         }
     }
 
@@ -616,7 +647,17 @@ impl Shard {
     /// Counts a packet of a known flow once and classifies undecided flows.
     #[inline]
     fn account(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64) {
-        let stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
+        let mut stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
+        if stage == Stage::Removing && !self.held.is_empty() {
+            self.pass_held(id, pkt.dir, now_ns);
+            stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
+            if stage == Stage::Free {
+                // Its rules' answer, handed on, ended it: the packet,
+                // from after them, starts the flow again.
+                self.process(pkt, now_ns);
+                return;
+            }
+        }
         // Software skips a packet its flow's rule counts: one that reached
         // software although a rule with counters took it, because software
         // taps everything (AF_PACKET before tc) or because the action
@@ -882,6 +923,7 @@ impl Shard {
             // the next one, and packets never wait for a whole backlog.
             self.take_some_responses(Some(std::time::Instant::now() + ANSWERS_TIME_PER_POLL));
         }
+        self.release_held_removals(self.now_ns, false);
         self.expire(self.now_ns);
         self.flush_outbox();
         self.sample_rates(self.now_ns);
@@ -992,6 +1034,9 @@ impl Shard {
     /// counters). Then `take_responses`/`wait_response` until
     /// `shutdown_waiting` is false, and `finish_shutdown`.
     pub fn begin_shutdown(&mut self, keep_rules: bool) {
+        // No packet is taken from here on.
+        self.stopping = true;
+        self.release_held_removals(self.now_ns, true);
         let ids: Vec<FlowId> = self.offloads.keys().copied().collect();
         for id in ids {
             let Some(stage) = self.table.get(id).map(|f| f.stage()) else { continue };
