@@ -1403,6 +1403,46 @@ fn a_read_during_which_a_packet_came_gives_no_figure_of_what_slipped() {
     assert_eq!(orig.sw_packets, 3 + 2, "what slipped past the rule is software's, and only that");
 }
 
+/// Software taps in front of the rules but takes packets some time late
+/// (a capture ring), so a packet a rule counted may reach software only
+/// after the rule's removal is answered. It is the rule's: settled before
+/// it came, it would hide a packet that slipped past the rule going in,
+/// and then be counted by software as well.
+#[test]
+fn a_packet_the_rule_counted_that_reaches_software_after_the_removal_is_counted_once() {
+    let c = parse("test.json", &OFFLOAD_TCP_AFTER.replace("AFTER", "4")).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(Wrapped::new(SimProfile::full()).behind_tap(2))).unwrap();
+    let (mut t, mut sent) = (0, [0u64; 2]);
+    for (to_server, flags) in [(true, TCP_SYN), (false, TCP_SYN | TCP_ACK), (true, TCP_ACK)] {
+        step(&mut e, &mut t, &mut sent, to_server, flags);
+    }
+    for i in 0..30 {
+        step(&mut e, &mut t, &mut sent, i % 2 == 0, TCP_ACK);
+    }
+    assert_eq!(e.rules_live(), 2);
+    step(&mut e, &mut t, &mut sent, true, TCP_FIN | TCP_ACK);
+    // The client's ACK: the rule counts it, the capture holds it a while.
+    // Of another length than the rest, so that a packet too many and one
+    // too few show in the bytes.
+    let late = pkt(1, 4000, 80, 6, true, TCP_ACK, 300);
+    assert!(!e.offer_to_nic(&late, t));
+    sent[1] += 1;
+    // The server's FIN: closed both ways; the rules go at the poll.
+    step(&mut e, &mut t, &mut sent, false, TCP_FIN | TCP_ACK);
+    assert_eq!(e.rules_live(), 0);
+    e.process(&late, t - 5 * MS);
+    // The client's last ACK, from after the removal: software's.
+    step(&mut e, &mut t, &mut sent, true, TCP_ACK);
+    e.poll(t + 6 * S);
+    let recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r.end_reason, EndReason::TcpClose);
+    assert_eq!((r.orig.packets, r.reply.packets), (sent[1], sent[0]), "every packet once: {r:?}");
+    assert_eq!(r.orig.bytes, (sent[1] - 1) * 100 + 300, "{r:?}");
+    assert_eq!(r.orig.hw_packets + r.orig.sw_packets, r.orig.packets);
+}
+
 /// A run that takes a flow over reads its rules' counters at start, some
 /// time before software takes its first packet, so the rules count
 /// packets software never sees. When the rules later go and a packet slips
