@@ -147,6 +147,21 @@ impl Counters {
     fn get(&self) -> Counts {
         self.counts.lock().map(|c| *c).unwrap_or_default()
     }
+    /// `records` pending went out in `messages` messages.
+    fn sent(&self, records: u64, messages: u64) {
+        self.update(|c| {
+            c.pending -= records;
+            c.exported += records;
+            c.messages += messages;
+        });
+    }
+    /// `records` pending could not be sent, and are dropped.
+    fn unsent(&self, records: u64) {
+        self.update(|c| {
+            c.pending -= records;
+            c.dropped_unsent += records;
+        });
+    }
 }
 
 /// What a sink did, for `flowtable stats`.
@@ -564,10 +579,7 @@ impl Exporter {
             }
         };
         if self.msg.is_empty() && !self.connected() {
-            self.c.update(|c| {
-                c.pending -= 1;
-                c.dropped_unsent += 1;
-            });
+            self.c.unsent(1);
             return;
         }
         if self.msg.is_empty() {
@@ -576,10 +588,7 @@ impl Exporter {
         if self.msg.add_record(&self.encoder, &facts).is_err() {
             self.send();
             if !self.connected() {
-                self.c.update(|c| {
-                    c.pending -= 1;
-                    c.dropped_unsent += 1;
-                });
+                self.c.unsent(1);
                 return;
             }
             self.start_message();
@@ -635,18 +644,11 @@ impl Exporter {
         match result {
             Ok(()) => {
                 self.sequence = self.sequence.wrapping_add(records);
-                self.c.update(|c| {
-                    c.pending -= u64::from(records);
-                    c.exported += u64::from(records);
-                    c.messages += 1;
-                });
+                self.c.sent(u64::from(records), 1);
                 self.recovered();
             }
             Err(e) => {
-                self.c.update(|c| {
-                    c.pending -= u64::from(records);
-                    c.dropped_unsent += u64::from(records);
-                });
+                self.c.unsent(u64::from(records));
                 if let Socket::Tcp(stream) = &mut self.socket {
                     // Broken: reconnect, with its own stream and templates.
                     *stream = None;
@@ -683,11 +685,7 @@ impl Exporter {
         match result {
             Ok(()) => {
                 let (records, messages) = (train.records(), train.records.len() as u64);
-                self.c.update(|c| {
-                    c.pending -= records;
-                    c.exported += records;
-                    c.messages += messages;
-                });
+                self.c.sent(records, messages);
                 self.recovered();
             }
             Err(e) if train.records.len() > 1 && segmentation_refused(&e) => {
@@ -704,17 +702,10 @@ impl Exporter {
                     match socket.send(message) {
                         Ok(_) => {
                             sequence = sequence.wrapping_add(records);
-                            self.c.update(|c| {
-                                c.pending -= u64::from(records);
-                                c.exported += u64::from(records);
-                                c.messages += 1;
-                            });
+                            self.c.sent(u64::from(records), 1);
                         }
                         Err(e) => {
-                            self.c.update(|c| {
-                                c.pending -= u64::from(records);
-                                c.dropped_unsent += u64::from(records);
-                            });
+                            self.c.unsent(u64::from(records));
                             errors = Some(e);
                         }
                     }
@@ -731,10 +722,7 @@ impl Exporter {
             }
             Err(e) => {
                 let records = train.records();
-                self.c.update(|c| {
-                    c.pending -= records;
-                    c.dropped_unsent += records;
-                });
+                self.c.unsent(records);
                 // Not sent: not counted in the stream's sequence.
                 self.sequence = train.first_sequence;
                 if train.templates {
