@@ -666,7 +666,11 @@ impl Worker {
         while *next != index {
             next = cv.wait(next).unwrap_or_else(|e| e.into_inner());
         }
-        let (result, live) = match open(index) {
+        // A panic while opening must still pass the turn on, or every
+        // other worker, and the start waiting for them, would wait forever.
+        let opened_or_panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(index)))
+            .unwrap_or_else(|_| Err(format!("worker {index}: opening its live source panicked")));
+        let (result, live) = match opened_or_panicked {
             Ok((name, src)) => {
                 if let Ok(mut st) = self.live_status.lock() {
                     st.name = name;

@@ -232,3 +232,24 @@ fn every_packet_counted_once_across_workers_and_a_slow_random_backend() {
         run(workers, tapped, seed);
     }
 }
+
+/// A worker whose live source panics while it opens must not hang the
+/// start: every worker opens in turn, and waits for all to have opened.
+#[test]
+fn a_worker_whose_source_panics_while_opening_fails_the_start_without_a_hang() {
+    let config = flowtable_config::parse("stress", CONFIG).unwrap();
+    let mut rt_config = RuntimeConfig::from_config(&config, 3, false);
+    rt_config.live = Some(std::sync::Arc::new(|worker| match worker {
+        1 => panic!("a source that panics while opening (test)"),
+        _ => Err(format!("worker {worker}: no such device (test)")),
+    }));
+    let classifier = Classifier::new(&config.classifier).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Runtime::start(rt_config, classifier, Box::new(SimNic::new(SimProfile::full())), Clock::new());
+        let _ = tx.send(started.err());
+    });
+    let error = rx.recv_timeout(Duration::from_secs(20)).expect("the start returns, with an error");
+    let error = error.expect("the start fails");
+    assert!(error.contains("no such device") || error.contains("panicked"), "{error}");
+}
