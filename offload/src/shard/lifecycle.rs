@@ -137,17 +137,25 @@ impl Shard {
 
     /// A packet of a flow whose removal answer is held, at `ts_ns`: one
     /// from after the removal tells that software has taken every packet
-    /// of its direction the rules may have counted.
+    /// of its direction the rules may have counted. True when it was
+    /// handled here: the answer, handed on, ended the flow, and the
+    /// packet, from after its rules, started it again.
     #[cold]
-    pub(super) fn pass_held(&mut self, id: FlowId, dir: Direction, ts_ns: u64) {
-        let Some(held) = self.held.get_mut(&id) else { return };
+    #[inline(never)]
+    pub(super) fn pass_held(&mut self, id: FlowId, pkt: &PacketInfo, ts_ns: u64) -> bool {
+        let Some(held) = self.held.get_mut(&id) else { return false };
         if ts_ns < held.ended_ns {
-            return;
+            return false;
         }
-        held.passed[dir.index()] = true;
+        held.passed[pkt.dir.index()] = true;
         if held.passed.iter().all(|&p| p) {
             self.release_held(id);
+            if self.table.get(id).is_none() {
+                self.process(pkt, ts_ns);
+                return true;
+            }
         }
+        false
     }
 
     /// Hands a held removal answer on (see `HeldRemoval`).

@@ -649,14 +649,10 @@ impl Shard {
     fn account(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64) {
         let mut stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
         if stage == Stage::Removing && !self.held.is_empty() {
-            self.pass_held(id, pkt.dir, now_ns);
-            stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
-            if stage == Stage::Free {
-                // Its rules' answer, handed on, ended it: the packet,
-                // from after them, starts the flow again.
-                self.process(pkt, now_ns);
+            if self.pass_held(id, pkt, now_ns) {
                 return;
             }
+            stage = self.table.get(id).map_or(Stage::Free, |f| f.stage());
         }
         // Software skips a packet its flow's rule counts: one that reached
         // software although a rule with counters took it, because software
