@@ -136,8 +136,12 @@ pub struct Coordinator {
     rules_by_port: BTreeMap<u8, usize>,
     status: Arc<Mutex<OffloadStatus>>,
     journal: Option<Journal>,
-    /// The run's clock, read as a counter read begins.
+    /// The run's clock, read as a counter read or a removal begins and
+    /// ends.
     read_clock: Option<Box<dyn Fn() -> u64 + Send>>,
+    /// Rules of an earlier run whose removal at start failed, no flow of
+    /// this run theirs: asked again each poll interval until they go.
+    leftover_rules: Vec<Cookie>,
 }
 
 impl Coordinator {
@@ -174,11 +178,40 @@ impl Coordinator {
             status: Arc::new(Mutex::new(status)),
             journal: None,
             read_clock: None,
+            leftover_rules: Vec::new(),
         }
     }
 
-    /// Reads `clock` as each counter read begins (free-running; in
-    /// lockstep the step's time is the read's).
+    /// Rules of an earlier run that could not be removed at start (see
+    /// `leftover_rules`).
+    pub fn remove_leftover(&mut self, cookies: Vec<Cookie>) {
+        self.leftover_rules.extend(cookies);
+    }
+
+    /// Rules of an earlier run still to be removed.
+    pub fn leftover_rules(&self) -> usize {
+        self.leftover_rules.len()
+    }
+
+    fn retry_leftover(&mut self) {
+        let cookies = std::mem::take(&mut self.leftover_rules);
+        let results = self.backend.remove(&cookies);
+        for (cookie, result) in cookies.into_iter().zip(results) {
+            match result {
+                Ok(_) | Err(BackendError::UnknownRule { .. }) => {}
+                Err(_) => {
+                    self.stats.remove_errors += 1;
+                    self.leftover_rules.push(cookie);
+                }
+            }
+        }
+        if self.leftover_rules.is_empty() {
+            tracing::info!("the rules of an earlier run that could not be removed at start are removed now");
+        }
+    }
+
+    /// Reads `clock` as each counter read or removal begins and ends
+    /// (free-running; in lockstep the step's time is the read's).
     pub fn set_read_clock(&mut self, clock: Box<dyn Fn() -> u64 + Send>) {
         self.read_clock = Some(clock);
     }
@@ -291,6 +324,9 @@ impl Coordinator {
         self.remove_requested();
         self.install_pending(now);
         let due = self.last_read_ns.is_none_or(|t| now >= t + self.cfg.poll_interval_ns);
+        if due && !self.leftover_rules.is_empty() {
+            self.retry_leftover();
+        }
         let asked = self.read_asked.iter().any(|a| *a);
         if (due && self.rules_live > 0) || asked {
             self.read_counters();

@@ -10,7 +10,7 @@
 use crate::coordinator::Coordinator;
 use crate::journal::{Journal, JournalEntry};
 use crate::shard::Shard;
-use flowtable_hw::{AdoptedRule, Backend, Cookie, RuleCounters};
+use flowtable_hw::{AdoptedRule, Backend, BackendError, Cookie, RuleCounters};
 use std::collections::{BTreeMap, HashMap};
 
 pub struct Takeover {
@@ -30,6 +30,8 @@ pub struct Takeover {
     unwanted: usize,
     /// Rules removed with no journal line to make a record from.
     unknown: usize,
+    /// Rules whose removal failed: the offload thread asks again.
+    not_removed: Vec<Cookie>,
 }
 
 impl Takeover {
@@ -48,6 +50,7 @@ impl Takeover {
             kept_rules: Vec::new(),
             unwanted: 0,
             unknown: 0,
+            not_removed: Vec::new(),
         };
         let mut entries = HashMap::new();
         if let Some(path) = journal {
@@ -82,11 +85,16 @@ impl Takeover {
         // the flows ended while no run was there; their records come now.
         leaving.extend(entries.into_values().map(|e| (e, [None, None])));
         let pairs: Vec<_> = leaving.iter().map(|(_, pair)| *pair).collect();
-        let finals = remove_rules(backend, &pairs);
+        let finals = remove_rules(backend, &pairs, &mut t.not_removed);
         t.left.extend(leaving.into_iter().map(|(entry, _)| entry).zip(finals));
         if !unknown.is_empty() {
             t.unknown = unknown.len();
-            let _ = backend.remove(&unknown);
+            let results = backend.remove(&unknown);
+            for (cookie, result) in unknown.into_iter().zip(results) {
+                if matches!(result, Err(ref e) if !matches!(e, BackendError::UnknownRule { .. })) {
+                    t.not_removed.push(cookie);
+                }
+            }
         }
         Ok(t)
     }
@@ -104,7 +112,7 @@ impl Takeover {
                 }
                 Err(e) => {
                     tracing::debug!(flow = entry.flow, error = %e, "a flow of an earlier run can't be put back under its id");
-                    let finals = remove_rules(backend, &[rules.map(Some)]);
+                    let finals = remove_rules(backend, &[rules.map(Some)], &mut self.not_removed);
                     self.left.push((entry, finals[0]));
                 }
             }
@@ -143,6 +151,13 @@ impl Takeover {
             );
         }
         coordinator.adopt(&self.kept_rules);
+        if !self.not_removed.is_empty() {
+            tracing::warn!(
+                rules = self.not_removed.len(),
+                "rules of an earlier run could not be removed at start: they act on traffic no flow counts until they go, and are asked for again each poll"
+            );
+            coordinator.remove_leftover(self.not_removed);
+        }
         let Some(mut journal) = self.journal else { return Ok(false) };
         journal.rewrite(self.kept.iter().chain(&self.ended)).map_err(|e| e.to_string())?;
         coordinator.set_journal(journal);
@@ -152,8 +167,13 @@ impl Takeover {
 
 /// Removes flows' rules (`pairs`, each by direction) in one backend call;
 /// each flow's final counters by direction: none where a rule was missing,
-/// the counters read at start where its removal gave none.
-fn remove_rules(backend: &mut dyn Backend, pairs: &[[Option<AdoptedRule>; 2]]) -> Vec<[Option<RuleCounters>; 2]> {
+/// the counters read at start where its removal gave none. Rules whose
+/// removal failed go into `failed`.
+fn remove_rules(
+    backend: &mut dyn Backend,
+    pairs: &[[Option<AdoptedRule>; 2]],
+    failed: &mut Vec<Cookie>,
+) -> Vec<[Option<RuleCounters>; 2]> {
     let cookies: Vec<Cookie> = pairs.iter().flatten().flatten().map(|r| r.cookie).collect();
     let mut results = backend.remove(&cookies).into_iter();
     pairs
@@ -161,7 +181,13 @@ fn remove_rules(backend: &mut dyn Backend, pairs: &[[Option<AdoptedRule>; 2]]) -
         .map(|pair| {
             pair.each_ref().map(|r| {
                 let r = r.as_ref()?;
-                Some(results.next().and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
+                let result = results.next();
+                if let Some(Err(e)) = &result {
+                    if !matches!(e, BackendError::UnknownRule { .. }) {
+                        failed.push(r.cookie);
+                    }
+                }
+                Some(result.and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
             })
         })
         .collect()

@@ -1532,6 +1532,53 @@ fn a_flow_the_next_run_cannot_take_over_still_ends_in_one_record() {
     assert_eq!((recs.len(), total), (4, 80), "one record per flow, every packet once: {recs:#?}");
 }
 
+/// Rules of an earlier run that this run can't take over are removed at
+/// start; where that removal fails (netlink refused it), they would go on
+/// acting on traffic no flow counts, with no one to remove them: the
+/// offload thread asks again each poll until they go.
+#[test]
+fn rules_that_could_not_be_removed_at_start_are_removed_later() {
+    let journal = journal_path("leftover");
+    let backend = Wrapped::new(SimProfile::full());
+    let next = backend.successor();
+    let refuse = next.fail_removals.clone();
+    let big = OFFLOAD_UDP_AFTER_3_JOURNALED.replacen('{', r#"{"table": {"max_flows": 64},"#, 1);
+    let c = parse("test.json", &big).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
+    e.set_journal(&journal).unwrap();
+    let mut t = 0;
+    for i in 0..20u32 {
+        for flow in 0..4u16 {
+            feed(&mut e, &pkt(1, 5000 + flow, 53, 17, true, 0, 100 + i), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    assert_eq!(e.rules_live(), 8);
+    drop(e);
+    // Killed, then started with a table too small to take two of them over,
+    // while the NIC refuses removals.
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let small = parse("test.json", &big.replace(r#""max_flows": 64"#, r#""max_flows": 2"#)).unwrap();
+    let classifier = flowtable_offload::Classifier::new(&small.classifier).unwrap();
+    let cfg = flowtable_offload::EngineConfig::from_config(&small);
+    let mut e = Engine::restarted(small.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+    let left = e.coordinator().leftover_rules();
+    assert!(left >= 2, "the rules of the flows not taken over are still to go: {left}");
+    let in_nic = |e: &mut Engine| {
+        let mut all = vec![];
+        e.backend_mut().read_counters(&mut all).unwrap();
+        all.len()
+    };
+    let before = in_nic(&mut e);
+    e.poll(t + 200 * MS);
+    assert_eq!(e.coordinator().leftover_rules(), left, "refused again: kept");
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    e.poll(t + 400 * MS);
+    assert_eq!(e.coordinator().leftover_rules(), 0);
+    assert_eq!(in_nic(&mut e), before - left, "removed from the NIC");
+}
+
 /// A stop with `keep_rules` writes no record of the flows it leaves in
 /// place: the next run is to write them. When that run finds the journal's
 /// flows but not their rules (the host rebooted, or someone ran `tc qdisc
