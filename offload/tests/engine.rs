@@ -1121,6 +1121,65 @@ fn next_run(config: &str, nic: SimNic, journal: &std::path::Path, now: u64) -> E
     Engine::restarted(c.table_config(), classifier, Box::new(nic), cfg, journal, now).unwrap()
 }
 
+/// The next run of `config` on `backend`, taking over from `journal` at `now`.
+fn restart(
+    config: &flowtable_config::Config,
+    backend: Box<dyn Backend>,
+    journal: &std::path::Path,
+    now: u64,
+) -> Engine {
+    let classifier = flowtable_offload::Classifier::new(&config.classifier).unwrap();
+    let cfg = flowtable_offload::EngineConfig::from_config(config);
+    Engine::restarted(config.table_config(), classifier, backend, cfg, journal, now).unwrap()
+}
+
+/// `rounds` packets each of `flows` UDP flows (client ports from
+/// `first_port` on), rounds 10 ms apart from 0 on, polled after each; the
+/// time after the last.
+fn udp_rounds(e: &mut Engine, flows: u16, rounds: u32, first_port: u16) -> u64 {
+    let mut t = 0;
+    for round in 0..rounds {
+        for f in 0..flows {
+            feed(e, &pkt(1, first_port + f, 53, 17, true, 0, 100 + round), t);
+        }
+        t += 10 * MS;
+        e.poll(t);
+    }
+    t
+}
+
+/// Twenty packets each of four UDP flows (see `udp_rounds`).
+fn four_udp_flows(e: &mut Engine) -> u64 {
+    udp_rounds(e, 4, 20, 5000)
+}
+
+/// A first run with a journal, dropping UDP flows after 3 packets, on the
+/// sim behind a software tap whose rules take effect `late` packets after
+/// they go in: its configuration, the engine, and the NIC for the next run.
+fn journaled_udp_drop_behind_tap(
+    late: usize,
+    journal: &std::path::Path,
+) -> (flowtable_config::Config, Engine, Wrapped) {
+    let backend = Wrapped::new(SimProfile::full()).behind_tap(late);
+    let next = backend.successor();
+    let c = parse("test.json", &OFFLOAD_UDP_AFTER_3_JOURNALED.replace("pass", "drop")).unwrap();
+    let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
+    e.set_journal(journal).unwrap();
+    (c, e, next)
+}
+
+/// The one record of the connection of `step`, once its closed timeout
+/// after `t` has passed: ended `tcp-close`, with every packet of `sent`.
+fn closed_record(e: &mut Engine, t: u64, sent: [u64; 2]) -> FlowRecord {
+    e.poll(t + 6 * S);
+    let mut recs = e.drain_records();
+    assert_eq!(recs.len(), 1);
+    let r = recs.remove(0);
+    assert_eq!(r.end_reason, EndReason::TcpClose);
+    assert_eq!((r.orig.packets, r.reply.packets), (sent[1], sent[0]), "every packet once: {r:?}");
+    r
+}
+
 fn journal_path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ft-engine-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1265,11 +1324,7 @@ fn what_slipped_past_a_rule_going_in_survives_a_kill_through_the_journal() {
     // read finds the rule ahead of software.
     for (late, lagging) in [(0, false), (2, false), (0, true), (2, true)] {
         let journal = journal_path(&format!("slip{late}"));
-        let backend = Wrapped::new(SimProfile::full()).behind_tap(late);
-        let next = backend.successor();
-        let c = parse("test.json", &OFFLOAD_UDP_AFTER_3_JOURNALED.replace("pass", "drop")).unwrap();
-        let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
-        e.set_journal(&journal).unwrap();
+        let (c, mut e, next) = journaled_udp_drop_behind_tap(late, &journal);
         let mut t = 0;
         for i in 0..30 {
             let p = pkt(1, 5000, 53, 17, true, 0, 100 + i);
@@ -1285,9 +1340,7 @@ fn what_slipped_past_a_rule_going_in_survives_a_kill_through_the_journal() {
         }
         assert_eq!(e.stats().slipped_packets, 0, "late {late}: nothing settled yet, the rules are in");
         drop(e);
-        let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
-        let cfg = flowtable_offload::EngineConfig::from_config(&c);
-        let mut e = Engine::restarted(c.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+        let mut e = restart(&c, Box::new(next), &journal, t);
         for i in 30..40 {
             feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 100 + i), t);
             t += 40 * MS;
@@ -1313,11 +1366,7 @@ fn what_slipped_past_a_rule_going_in_survives_a_kill_through_the_journal() {
 fn packets_software_takes_before_a_reads_answer_are_not_taken_for_slipped_ones() {
     for late in [0, 2] {
         let journal = journal_path(&format!("ahead{late}"));
-        let backend = Wrapped::new(SimProfile::full()).behind_tap(late);
-        let next = backend.successor();
-        let c = parse("test.json", &OFFLOAD_UDP_AFTER_3_JOURNALED.replace("pass", "drop")).unwrap();
-        let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
-        e.set_journal(&journal).unwrap();
+        let (c, mut e, next) = journaled_udp_drop_behind_tap(late, &journal);
         // Of one length, as a bulk transfer's are: a packet too many in
         // two reads' figures in a row would make them agree.
         let (mut t, mut sent) = (0, 0u64);
@@ -1336,9 +1385,7 @@ fn packets_software_takes_before_a_reads_answer_are_not_taken_for_slipped_ones()
             t += 100 * MS;
         }
         drop(e);
-        let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
-        let cfg = flowtable_offload::EngineConfig::from_config(&c);
-        let mut e = Engine::restarted(c.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+        let mut e = restart(&c, Box::new(next), &journal, t);
         for i in 0..10 {
             feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 50), t + i * 40 * MS);
             e.poll(t + i * 40 * MS);
@@ -1387,9 +1434,7 @@ fn a_read_during_which_a_packet_came_gives_no_figure_of_what_slipped() {
         t += 100 * MS;
     }
     drop(e);
-    let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
-    let cfg = flowtable_offload::EngineConfig::from_config(&c);
-    let mut e = Engine::restarted(c.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+    let mut e = restart(&c, Box::new(next), &journal, t);
     for i in 0..10 {
         feed(&mut e, &pkt(1, 5000, 53, 17, true, 0, 120), t + i * 40 * MS);
         sent += 1;
@@ -1433,12 +1478,7 @@ fn a_packet_the_rule_counted_that_reaches_software_after_the_removal_is_counted_
     e.process(&late, t - 5 * MS);
     // The client's last ACK, from after the removal: software's.
     step(&mut e, &mut t, &mut sent, true, TCP_ACK);
-    e.poll(t + 6 * S);
-    let recs = e.drain_records();
-    assert_eq!(recs.len(), 1);
-    let r = &recs[0];
-    assert_eq!(r.end_reason, EndReason::TcpClose);
-    assert_eq!((r.orig.packets, r.reply.packets), (sent[1], sent[0]), "every packet once: {r:?}");
+    let r = closed_record(&mut e, t, sent);
     assert_eq!(r.orig.bytes, (sent[1] - 1) * 100 + 300, "{r:?}");
     assert_eq!(r.orig.hw_packets + r.orig.sw_packets, r.orig.packets);
 }
@@ -1469,9 +1509,7 @@ fn a_packet_past_a_taken_over_rules_removal_is_counted_whatever_they_counted_bef
     assert_eq!(e.rules_live(), 2);
     drop(e);
 
-    let classifier = flowtable_offload::Classifier::new(&c.classifier).unwrap();
-    let cfg = flowtable_offload::EngineConfig::from_config(&c);
-    let mut e = Engine::restarted(c.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+    let mut e = restart(&c, Box::new(next), &journal, t);
     // The head start: the rules count, software is not reading yet.
     for i in 0..4 {
         let to_server = i % 2 == 0;
@@ -1492,12 +1530,7 @@ fn a_packet_past_a_taken_over_rules_removal_is_counted_whatever_they_counted_bef
     sent[1] += 1;
     e.poll(t + 2 * MS);
     assert_eq!(e.rules_live(), 0, "torn down");
-    e.poll(t + 6 * S);
-    let recs = e.drain_records();
-    assert_eq!(recs.len(), 1);
-    let r = &recs[0];
-    assert_eq!(r.end_reason, EndReason::TcpClose);
-    assert_eq!((r.orig.packets, r.reply.packets), (sent[1], sent[0]), "every packet once: {r:?}");
+    closed_record(&mut e, t, sent);
 }
 
 /// A flow of the earlier run that this run can't put back under its id
@@ -1512,14 +1545,7 @@ fn a_flow_the_next_run_cannot_take_over_still_ends_in_one_record() {
     let successor = nic.successor();
     let big = OFFLOAD_UDP_AFTER_3_JOURNALED.replacen('{', r#"{"table": {"max_flows": 64},"#, 1);
     let mut e = first_run(&big, nic, &journal);
-    let mut t = 0;
-    for i in 0..20u32 {
-        for flow in 0..4u16 {
-            feed(&mut e, &pkt(1, 5000 + flow, 53, 17, true, 0, 100 + i), t);
-        }
-        t += 10 * MS;
-        e.poll(t);
-    }
+    let t = four_udp_flows(&mut e);
     assert_eq!(e.flows().count(), 4);
     assert!(e.flows().all(|(_, f)| f.stage() == Stage::Offloaded));
     // Killed, then started with a smaller table.
@@ -1546,23 +1572,14 @@ fn rules_that_could_not_be_removed_at_start_are_removed_later() {
     let c = parse("test.json", &big).unwrap();
     let mut e = Engine::from_config(&c, Box::new(backend)).unwrap();
     e.set_journal(&journal).unwrap();
-    let mut t = 0;
-    for i in 0..20u32 {
-        for flow in 0..4u16 {
-            feed(&mut e, &pkt(1, 5000 + flow, 53, 17, true, 0, 100 + i), t);
-        }
-        t += 10 * MS;
-        e.poll(t);
-    }
+    let t = four_udp_flows(&mut e);
     assert_eq!(e.rules_live(), 8);
     drop(e);
     // Killed, then started with a table too small to take two of them over,
     // while the NIC refuses removals.
     refuse.store(true, std::sync::atomic::Ordering::SeqCst);
     let small = parse("test.json", &big.replace(r#""max_flows": 64"#, r#""max_flows": 2"#)).unwrap();
-    let classifier = flowtable_offload::Classifier::new(&small.classifier).unwrap();
-    let cfg = flowtable_offload::EngineConfig::from_config(&small);
-    let mut e = Engine::restarted(small.table_config(), classifier, Box::new(next), cfg, &journal, t).unwrap();
+    let mut e = restart(&small, Box::new(next), &journal, t);
     let left = e.coordinator().leftover_rules();
     assert!(left >= 2, "the rules of the flows not taken over are still to go: {left}");
     let in_nic = |e: &mut Engine| {
@@ -1653,14 +1670,7 @@ fn an_offload_the_operator_asked_for_survives_a_restart_with_the_same_configurat
 /// 4 packets each; how many, and the time after.
 fn offload_more_flows_than_the_queue(e: &mut Engine) -> (u16, u64) {
     let flows = flowtable_offload::link::QUEUE_DEPTH as u16 + 50;
-    let mut t = 0;
-    for round in 0..4u32 {
-        for f in 0..flows {
-            feed(e, &pkt(1, 1000 + f, 53, 17, true, 0, 100 + round), t);
-        }
-        t += 10 * MS;
-        e.poll(t);
-    }
+    let mut t = udp_rounds(e, flows, 4, 1000);
     for _ in 0..20 {
         t += 10 * MS;
         e.poll(t);
