@@ -393,8 +393,10 @@ impl Runtime {
         }
         let mut coordinator = Coordinator::new(backend, coordinator_config(&cfg.engine), offload_ends);
         let journal_kept = takeover.finish(&mut coordinator)?;
-        // Counter reads and removals stamped on the live clock, when they
-        // begin and end (replay's lockstep keeps to the epochs' time).
+        // Counter reads and removals stamped on the run's clock, when they
+        // begin and end. Replay's lockstep keeps to the epochs' time, but
+        // for a journal's figures (a replay has none unless asked), which
+        // then depend on how the threads ran.
         if journal_kept || !cfg.lockstep {
             let read_clock = clock.clone();
             coordinator.set_read_clock(Box::new(move || read_clock.now()));

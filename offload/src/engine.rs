@@ -235,7 +235,7 @@ impl Engine {
         let now = self.shard.now_ns();
         self.settle_offload(now);
         // Synchronous: done when it returns, whatever may still come.
-        self.shard.release_held_removals(now, true);
+        self.shard.release_held(id);
         self.settle_offload(now);
         match self.shard.table().get(id).map(|f| f.stage()) {
             Some(Stage::Offloaded) => Err(EngineError::Backend(flowtable_hw::BackendError::Io {
@@ -253,7 +253,7 @@ impl Engine {
         }
         let now = self.shard.now_ns();
         self.settle_offload(now);
-        self.shard.release_held_removals(now, true);
+        self.shard.release_held(id);
         self.settle_offload(now);
         self.shard.records().iter().rev().find(|r| r.id == id).cloned().ok_or_else(|| {
             EngineError::Backend(flowtable_hw::BackendError::Io {

@@ -1475,9 +1475,19 @@ fn a_packet_the_rule_counted_that_reaches_software_after_the_removal_is_counted_
     // The server's FIN: closed both ways; the rules go at the poll.
     step(&mut e, &mut t, &mut sent, false, TCP_FIN | TCP_ACK);
     assert_eq!(e.rules_live(), 0);
-    e.process(&late, t - 5 * MS);
-    // The client's last ACK, from after the removal: software's.
+    let id = only_flow(&e);
+    let stage = |e: &Engine| e.flow(id).unwrap().stage;
+    // An ACK from the server, from after the removal: its side is done,
+    // the client's may still have packets in the ring.
+    let removed_at = t;
+    step(&mut e, &mut t, &mut sent, false, TCP_ACK);
+    assert_eq!(stage(&e), Stage::Removing, "one direction from after the removal: the answer is held");
+    e.process(&late, removed_at - 5 * MS);
+    assert_eq!(stage(&e), Stage::Removing, "a packet from before the removal: still held");
+    // The client's last ACK, from after the removal, well before the
+    // hold's 50 ms are up: both directions have come past it.
     step(&mut e, &mut t, &mut sent, true, TCP_ACK);
+    assert_eq!(stage(&e), Stage::Software, "both directions from after the removal: settled");
     let r = closed_record(&mut e, t, sent);
     assert_eq!(r.orig.bytes, (sent[1] - 1) * 100 + 300, "{r:?}");
     assert_eq!(r.orig.hw_packets + r.orig.sw_packets, r.orig.packets);

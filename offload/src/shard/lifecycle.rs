@@ -50,8 +50,9 @@ impl Shard {
                 }
             }
             Response::Removed { id, results, ended_ns } => {
-                let all_out = results.iter().all(|(_, r)| r.is_ok());
-                if self.backend.capabilities.software_sees_offloaded && all_out && !self.stopping {
+                // Held whatever the results: a direction whose removal
+                // failed keeps its rule, one removed must wait as well.
+                if self.backend.capabilities.software_sees_offloaded && !self.stopping {
                     // Held: see `HeldRemoval`.
                     let deadline_ns = ended_ns.max(now).saturating_add(REMOVAL_GRACE_NS);
                     self.held.insert(id, HeldRemoval { results, ended_ns, passed: [false; 2], deadline_ns });
@@ -159,7 +160,7 @@ impl Shard {
     }
 
     /// Hands a held removal answer on (see `HeldRemoval`).
-    pub(super) fn release_held(&mut self, id: FlowId) {
+    pub fn release_held(&mut self, id: FlowId) {
         if let Some(held) = self.held.remove(&id) {
             let now = self.now_ns;
             self.removed(id, held.results, now);
@@ -384,7 +385,7 @@ impl Shard {
                 // The first packet from after the read began came after it
                 // ended too: none came during it.
                 if let Some((seen, _)) = seen.filter(|&(_, first_ts)| first_ts >= read.1) {
-                    self.seen_before_read(id, dir, seen, counted);
+                    self.exact_read(id, dir, seen, counted);
                 }
             }
             _ if state.last_tap_ns[d] < read.0 => state.slip_read[d] = Some((read.0, read.1, counted)),
@@ -421,13 +422,13 @@ impl Shard {
         state.last_tap_ns[d] = state.last_tap_ns[d].max(ts_ns);
         state.tapped[d].add(tap);
         if let Some((seen, counted)) = answered {
-            self.seen_before_read(id, dir, seen, counted);
+            self.exact_read(id, dir, seen, counted);
         }
     }
 
-    /// What software had seen of `dir` before a read (`seen`), and what
-    /// the rule had counted by it (`counted`).
-    fn seen_before_read(&mut self, id: FlowId, dir: Direction, seen: DirCounters, counted: DirCounters) {
+    /// A read with an exact figure: what software had seen of `dir` before
+    /// it (`seen`), and what the rule had counted by it (`counted`).
+    fn exact_read(&mut self, id: FlowId, dir: Direction, seen: DirCounters, counted: DirCounters) {
         let d = dir.index();
         let Some(state) = self.offloads.get_mut(&id) else { return };
         if state.adopted_ns.is_some() {

@@ -148,12 +148,14 @@ pub struct OffloadState {
     #[serde(skip)]
     pub slip_read: [Option<(u64, u64, DirCounters)>; 2],
     /// While `slip` is not settled, per direction: the time of the last
-    /// packet software took; and, for the read begun last (by its start),
-    /// what software had seen before it and the time of the first packet
-    /// from after its start, none where that can't be known because such
-    /// a packet came before word that the read had begun.
+    /// packet software took.
     #[serde(skip)]
     pub last_tap_ns: [u64; 2],
+    /// While `slip` is not settled, per direction, for the read begun last
+    /// (by its start): what software had seen before it and the time of
+    /// the first packet from after its start; none where that can't be
+    /// known because such a packet came before word that the read had
+    /// begun.
     #[serde(skip)]
     pub seen_before_read: [SeenBeforeRead; 2],
     pub refusal: Option<Refusal>,
