@@ -473,6 +473,13 @@ pub enum BackendError {
     Refused { backend: String, message: String },
 }
 
+impl BackendError {
+    /// The rule was not there: for a removal, as good as done.
+    pub fn is_unknown_rule(&self) -> bool {
+        matches!(self, BackendError::UnknownRule { .. })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

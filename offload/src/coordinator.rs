@@ -197,17 +197,20 @@ impl Coordinator {
         let cookies = std::mem::take(&mut self.leftover_rules);
         let results = self.backend.remove(&cookies);
         for (cookie, result) in cookies.into_iter().zip(results) {
-            match result {
-                Ok(_) | Err(BackendError::UnknownRule { .. }) => {}
-                Err(_) => {
-                    self.stats.remove_errors += 1;
-                    self.leftover_rules.push(cookie);
-                }
+            if result.is_err_and(|e| !e.is_unknown_rule()) {
+                self.stats.remove_errors += 1;
+                self.leftover_rules.push(cookie);
             }
         }
         if self.leftover_rules.is_empty() {
             tracing::info!("the rules of an earlier run that could not be removed at start are removed now");
         }
+    }
+
+    /// The read clock's time, never before `at_least`; `at_least` itself
+    /// without one.
+    fn clock_ns(&self, at_least: u64) -> u64 {
+        self.read_clock.as_ref().map_or(at_least, |c| c().max(at_least))
     }
 
     /// Reads `clock` as each counter read or removal begins and ends
@@ -477,7 +480,7 @@ impl Coordinator {
         let cookies: Vec<Cookie> = removals.iter().flat_map(|(_, _, c)| c.iter().copied()).collect();
         self.stats.remove_calls += 1;
         let mut results = self.backend.remove(&cookies).into_iter();
-        let ended_ns = self.read_clock.as_ref().map_or(self.now_ns, |c| c().max(self.now_ns));
+        let ended_ns = self.clock_ns(self.now_ns);
         for (shard, id, cookies) in removals {
             let mut out = Vec::with_capacity(cookies.len());
             for cookie in cookies {
@@ -513,7 +516,7 @@ impl Coordinator {
         self.stats.counter_reads += 1;
         // The time the read begins, after this step's removals and
         // installs: a packet before it is in the read.
-        let read_ns = self.read_clock.as_ref().map_or(self.now_ns, |c| c().max(self.now_ns));
+        let read_ns = self.clock_ns(self.now_ns);
         for link in &self.links {
             link.read_begun.set(read_ns);
         }
@@ -521,7 +524,7 @@ impl Coordinator {
             self.stats.counter_errors += 1;
             tracing::warn!(error = %e, "reading rule counters failed; flows keep their last counts");
         }
-        let read_end_ns = self.read_clock.as_ref().map_or(read_ns, |c| c().max(read_ns));
+        let read_end_ns = self.clock_ns(read_ns);
         let n = self.links.len();
         let mut per_shard: Vec<Vec<(Cookie, RuleCounters)>> = vec![Vec::new(); n];
         for (cookie, counters) in &buf {

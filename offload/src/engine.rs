@@ -160,6 +160,16 @@ impl Engine {
         self.shard.take_responses();
     }
 
+    /// What was asked for flow `id`, done and answered before this returns
+    /// (the synchronous calls): its removal's answer, if held for packets
+    /// still to come, is handed on at once.
+    fn settle_flow_now(&mut self, id: FlowId) {
+        let now = self.shard.now_ns();
+        self.settle_offload(now);
+        self.shard.release_held(id);
+        self.settle_offload(now);
+    }
+
     /// The offload coordinator alone: takes what the shard asked and does
     /// what is due at `now` (a counter read among it), leaving its answers
     /// for the shard's next `poll`, as the offload thread runs beside a
@@ -232,11 +242,7 @@ impl Engine {
     /// Takes a flow back to software, its rules removed before this returns.
     pub fn request_unoffload(&mut self, id: FlowId) -> Result<(), EngineError> {
         self.shard.request_unoffload(id)?;
-        let now = self.shard.now_ns();
-        self.settle_offload(now);
-        // Synchronous: done when it returns, whatever may still come.
-        self.shard.release_held(id);
-        self.settle_offload(now);
+        self.settle_flow_now(id);
         match self.shard.table().get(id).map(|f| f.stage()) {
             Some(Stage::Offloaded) => Err(EngineError::Backend(flowtable_hw::BackendError::Io {
                 backend: self.coordinator.backend().name().into(),
@@ -251,10 +257,7 @@ impl Engine {
         if let Some(r) = self.shard.evict(id)? {
             return Ok(r);
         }
-        let now = self.shard.now_ns();
-        self.settle_offload(now);
-        self.shard.release_held(id);
-        self.settle_offload(now);
+        self.settle_flow_now(id);
         self.shard.records().iter().rev().find(|r| r.id == id).cloned().ok_or_else(|| {
             EngineError::Backend(flowtable_hw::BackendError::Io {
                 backend: self.coordinator.backend().name().into(),

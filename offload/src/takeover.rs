@@ -89,12 +89,7 @@ impl Takeover {
         t.left.extend(leaving.into_iter().map(|(entry, _)| entry).zip(finals));
         if !unknown.is_empty() {
             t.unknown = unknown.len();
-            let results = backend.remove(&unknown);
-            for (cookie, result) in unknown.into_iter().zip(results) {
-                if matches!(result, Err(ref e) if !matches!(e, BackendError::UnknownRule { .. })) {
-                    t.not_removed.push(cookie);
-                }
-            }
+            remove_noting_failures(backend, &unknown, &mut t.not_removed);
         }
         Ok(t)
     }
@@ -175,20 +170,30 @@ fn remove_rules(
     failed: &mut Vec<Cookie>,
 ) -> Vec<[Option<RuleCounters>; 2]> {
     let cookies: Vec<Cookie> = pairs.iter().flatten().flatten().map(|r| r.cookie).collect();
-    let mut results = backend.remove(&cookies).into_iter();
+    let mut results = remove_noting_failures(backend, &cookies, failed).into_iter();
     pairs
         .iter()
         .map(|pair| {
             pair.each_ref().map(|r| {
                 let r = r.as_ref()?;
-                let result = results.next();
-                if let Some(Err(e)) = &result {
-                    if !matches!(e, BackendError::UnknownRule { .. }) {
-                        failed.push(r.cookie);
-                    }
-                }
-                Some(result.and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
+                Some(results.next().and_then(|res| res.ok().flatten()).unwrap_or(r.counters))
             })
         })
         .collect()
+}
+
+/// Removes `cookies` in one backend call, each one's result in order;
+/// those whose removal failed (not already gone) go into `failed`.
+fn remove_noting_failures(
+    backend: &mut dyn Backend,
+    cookies: &[Cookie],
+    failed: &mut Vec<Cookie>,
+) -> Vec<Result<Option<RuleCounters>, BackendError>> {
+    let results = backend.remove(cookies);
+    for (cookie, result) in cookies.iter().zip(&results) {
+        if result.as_ref().is_err_and(|e| !e.is_unknown_rule()) {
+            failed.push(*cookie);
+        }
+    }
+    results
 }

@@ -58,7 +58,7 @@ impl Shard {
                     self.held.insert(id, HeldRemoval { results, ended_ns, passed: [false; 2], deadline_ns });
                     return;
                 }
-                self.removed(id, results, now);
+                self.removed(id, results);
             }
             Response::Cancelled { id, cancelled } => {
                 self.outstanding = self.outstanding.saturating_sub(if cancelled { 2 } else { 1 });
@@ -101,8 +101,8 @@ impl Shard {
         &mut self,
         id: FlowId,
         results: Vec<(Direction, Result<Option<RuleCounters>, BackendError>)>,
-        now: u64,
     ) {
+        let now = self.now_ns;
         self.outstanding = self.outstanding.saturating_sub(1);
         let mut failed = false;
         for (dir, result) in results {
@@ -162,8 +162,7 @@ impl Shard {
     /// Hands a held removal answer on (see `HeldRemoval`).
     pub fn release_held(&mut self, id: FlowId) {
         if let Some(held) = self.held.remove(&id) {
-            let now = self.now_ns;
-            self.removed(id, held.results, now);
+            self.removed(id, held.results);
         }
     }
 
@@ -395,14 +394,20 @@ impl Shard {
         }
     }
 
-    /// A packet software takes of a direction whose `slip` is not settled:
-    /// the first from after the start of the read begun last tells what
-    /// software had seen before that read, if every packet it took until
-    /// then came before the read. Then it is counted as tapped.
-    pub(super) fn tap_unsettled(&mut self, id: FlowId, dir: Direction, ts_ns: u64, tap: DirCounters) {
-        let d = dir.index();
-        let begun = self.link.read_begun.get();
-        let Some(state) = self.offloads.get_mut(&id) else { return };
+    /// A packet software takes, at `ts_ns`, of direction `d` of a flow
+    /// (`state`) whose `slip` is not settled: the first from after the start
+    /// of the read `begun` last tells what software had seen before that
+    /// read, if every packet it took until then came before the read. Then
+    /// it is counted as tapped. What software had seen and the rule had
+    /// counted, when that read's answer came first and the figure is exact
+    /// (for `exact_read`).
+    pub(super) fn tap_unsettled(
+        state: &mut OffloadState,
+        begun: Option<u64>,
+        d: usize,
+        ts_ns: u64,
+        tap: DirCounters,
+    ) -> Option<(DirCounters, DirCounters)> {
         let mut answered = None;
         // A packet of the read's own instant is taken as after it: the
         // read began at that time, the packet reached software later.
@@ -421,14 +426,12 @@ impl Shard {
         }
         state.last_tap_ns[d] = state.last_tap_ns[d].max(ts_ns);
         state.tapped[d].add(tap);
-        if let Some((seen, counted)) = answered {
-            self.exact_read(id, dir, seen, counted);
-        }
+        answered
     }
 
     /// A read with an exact figure: what software had seen of `dir` before
     /// it (`seen`), and what the rule had counted by it (`counted`).
-    fn exact_read(&mut self, id: FlowId, dir: Direction, seen: DirCounters, counted: DirCounters) {
+    pub(super) fn exact_read(&mut self, id: FlowId, dir: Direction, seen: DirCounters, counted: DirCounters) {
         let d = dir.index();
         let Some(state) = self.offloads.get_mut(&id) else { return };
         if state.adopted_ns.is_some() {
@@ -490,11 +493,11 @@ impl Shard {
         // Settled for good: the journal's estimate has no more to add.
         state.slip[d] = Some(DirCounters::default());
         state.slip_seen[d] = None;
-        let packets = seen.packets.saturating_sub(counted.packets);
+        let slipped = seen.less(counted);
+        let packets = slipped.packets;
         if packets == 0 {
             return;
         }
-        let slipped = DirCounters { packets, bytes: seen.bytes.saturating_sub(counted.bytes) };
         if let Some(flow) = self.table.get_mut(id) {
             flow.sw[d].add(slipped);
             self.stats.sw_packets += packets;

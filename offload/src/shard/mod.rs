@@ -691,10 +691,12 @@ impl Shard {
                 let tap = DirCounters { packets: 1, bytes: pkt.wire_len as u64 };
                 if state.slip[d].is_some() || !self.cfg.journal {
                     state.tapped[d].add(tap);
-                } else {
+                } else if let Some((seen, counted)) =
                     // Until what slipped past the rule going in is known
-                    // (a few polls after the install): looked up again.
-                    self.tap_unsettled(id, pkt.dir, now_ns, tap);
+                    // (a few polls after the install).
+                    Shard::tap_unsettled(state, self.link.read_begun.get(), d, now_ns, tap)
+                {
+                    self.exact_read(id, pkt.dir, seen, counted);
                 }
                 self.stats.tap_packets_skipped += 1;
                 false
