@@ -194,6 +194,8 @@ const fn port_known(dir: Direction) -> u8 {
 
 /// Most entries the list of largest flows holds before its bar rises.
 const HEAVY_MAX: usize = 4096;
+/// `prefetch_flow`'s answer when the buckets hold no entry with the tag.
+pub const NO_SLOT: u32 = u32::MAX;
 /// The bar a flow's bytes must reach to enter that list, at first.
 const HEAVY_START_BYTES: u64 = 64 * 1024;
 
@@ -246,6 +248,7 @@ impl Flow {
         self.generation
     }
 
+    #[inline]
     pub fn stage(&self) -> Stage {
         self.stage
     }
@@ -258,10 +261,12 @@ impl Flow {
 
     /// Whether `dir`'s port is known: a packet of it was seen, or a rule
     /// for it placed.
+    #[inline]
     pub fn port_known(&self, dir: Direction) -> bool {
         self.flags & port_known(dir) != 0
     }
 
+    #[inline]
     fn learn_port(&mut self, dir: Direction, port: u8) {
         if !self.port_known(dir) {
             self.ports[dir.index()] = port;
@@ -270,6 +275,7 @@ impl Flow {
     }
 
     /// The direction of the flow's first packet.
+    #[inline]
     pub fn initiator(&self) -> Direction {
         if self.flags & FLAG_INITIATOR_HI != 0 {
             Direction::HiToLo
@@ -298,6 +304,7 @@ impl Flow {
     }
 
     /// Marks activity at `now_ns` (never moves backwards).
+    #[inline]
     pub fn touch(&mut self, now_ns: u64) {
         self.last_ns = self.last_ns.max(now_ns);
     }
@@ -315,6 +322,7 @@ impl Flow {
     }
 
     /// Total per direction, software plus hardware.
+    #[inline]
     pub fn total(&self, dir: Direction) -> DirCounters {
         let i = dir.index();
         DirCounters { packets: self.sw[i].packets + self.hw[i].packets, bytes: self.sw[i].bytes + self.hw[i].bytes }
@@ -324,11 +332,13 @@ impl Flow {
         self.total(Direction::LoToHi).packets + self.total(Direction::HiToLo).packets
     }
 
+    #[inline]
     pub fn bytes(&self) -> u64 {
         self.total(Direction::LoToHi).bytes + self.total(Direction::HiToLo).bytes
     }
 
     /// Updates TCP state for a packet; returns whether the state changed.
+    #[inline]
     fn observe_tcp(&mut self, dir: Direction, tcp_flags: u8) -> bool {
         if self.key.proto != 6 {
             return false;
@@ -372,15 +382,21 @@ impl Default for Timeouts {
 impl Timeouts {
     pub fn for_flow(&self, flow: &Flow) -> u64 {
         match flow.key.proto {
-            6 => match flow.tcp {
-                TcpState::SynSent | TcpState::SynReceived => self.tcp_handshake,
-                TcpState::Established | TcpState::Midstream | TcpState::NotTcp => self.tcp_established,
-                TcpState::FinWait | TcpState::Closing => self.tcp_closing,
-                TcpState::Closed => self.tcp_closed,
-            },
+            6 => self.for_tcp(flow.tcp),
             17 => self.udp,
             1 | 58 => self.icmp,
             _ => self.other,
+        }
+    }
+
+    /// A TCP flow's timeout in `state`.
+    #[inline]
+    pub fn for_tcp(&self, state: TcpState) -> u64 {
+        match state {
+            TcpState::SynSent | TcpState::SynReceived => self.tcp_handshake,
+            TcpState::Established | TcpState::Midstream | TcpState::NotTcp => self.tcp_established,
+            TcpState::FinWait | TcpState::Closing => self.tcp_closing,
+            TcpState::Closed => self.tcp_closed,
         }
     }
 }
@@ -627,16 +643,25 @@ impl FlowTable {
         hash
     }
 
-    /// Second step: starts loading the flow the buckets point at.
+    /// Second step: starts loading the flow the buckets point at. Returns
+    /// that flow's slot (`NO_SLOT` if none), for `lookup_or_insert_probed`
+    /// to try before searching the bucket again.
     #[inline]
-    pub fn prefetch_flow(&self, hash: u64) {
-        if let Some(flow) = self.index.probable(hash).and_then(|s| self.flows.get(s as usize)) {
-            // A flow is two cache lines, key first.
-            // SAFETY: Flow is 128 bytes (asserted at compile time) and 64-aligned, so the cast covers exactly
-            // the live flow `flow` borrows; the bytes are never read (any padding included), only prefetched.
-            let lines: &[[u8; 64]; 2] = unsafe { &*(flow as *const Flow as *const [[u8; 64]; 2]) };
-            prefetch(&lines[0]);
-            prefetch(&lines[1]);
+    pub fn prefetch_flow(&self, hash: u64) -> u32 {
+        match self.index.probable(hash) {
+            Some(slot) => {
+                if let Some(flow) = self.flows.get(slot as usize) {
+                    // A flow is two cache lines, key first.
+                    // SAFETY: Flow is 128 bytes (asserted at compile time) and 64-aligned, so the cast covers
+                    // exactly the live flow `flow` borrows; the bytes are never read (any padding included), only
+                    // prefetched.
+                    let lines: &[[u8; 64]; 2] = unsafe { &*(flow as *const Flow as *const [[u8; 64]; 2]) };
+                    prefetch(&lines[0]);
+                    prefetch(&lines[1]);
+                }
+                slot
+            }
+            None => NO_SLOT,
         }
     }
 
@@ -693,6 +718,35 @@ impl FlowTable {
     /// `lookup_or_insert` with the hash `prefetch_index` returned.
     #[inline]
     pub fn lookup_or_insert_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) -> Lookup {
+        self.lookup_or_insert_probed(pkt, hash, NO_SLOT, now_ns)
+    }
+
+    /// `lookup_or_insert_hashed` given the slot `prefetch_flow` returned:
+    /// a live flow there with the packet's key is the packet's flow (a key
+    /// has at most one live flow), found without searching the bucket a
+    /// second time. Packets handled since the prefetch may have moved it;
+    /// then the search runs as without the slot.
+    #[inline]
+    pub fn lookup_or_insert_probed(&mut self, pkt: &PacketInfo, hash: u64, slot: u32, now_ns: u64) -> Lookup {
+        // The common case inline; fragments and new flows out of line, so
+        // the packet path around a lookup stays short enough to keep its
+        // values in registers.
+        if pkt.fragment == Fragment::Whole {
+            if let Some(flow) = self.flows.get(slot as usize) {
+                if flow.stage != Stage::Free && flow.key == pkt.key {
+                    return Lookup::Found(self.id(slot, flow.generation));
+                }
+            }
+            return match self.find_hashed(&pkt.key, hash) {
+                Some(id) => Lookup::Found(id),
+                None => self.insert(pkt, hash, now_ns),
+            };
+        }
+        self.lookup_or_insert_fragment(pkt, hash, now_ns)
+    }
+
+    #[inline(never)]
+    fn lookup_or_insert_fragment(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) -> Lookup {
         if let Fragment::Later { id } = pkt.fragment {
             return match self.frags.find(&FragKey::of(pkt, id), now_ns) {
                 Some(flow) if self.get(flow).is_some() => {
@@ -718,6 +772,7 @@ impl FlowTable {
         result
     }
 
+    #[inline(never)]
     fn insert(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) -> Lookup {
         let mut evicted = None;
         if self.live >= self.config.max_flows {
@@ -870,33 +925,30 @@ impl FlowTable {
     /// the timeout files an earlier timer entry.
     #[inline]
     pub fn observe(&mut self, id: FlowId, pkt: &PacketInfo, now_ns: u64, count: bool) {
-        let timeouts = self.config.timeouts;
         let heavy_bar = self.heavy_bytes;
         let Some(flow) = self.get_mut(id) else { return };
-        let before = timeouts.for_flow(flow);
-        flow.learn_port(pkt.dir, pkt.port);
         // Older than the latest packet: perhaps older than the first too,
         // which only the side table knows (rare: off the common path).
         if now_ns < flow.last_ns {
-            let framing = &mut self.framing[id.index() as usize];
-            if now_ns < framing.first_ns {
-                framing.first_ns = now_ns;
-                self.flows[id.index() as usize].start_earlier(pkt.dir);
-            }
+            self.observe_late(id, pkt.dir, now_ns);
         }
-        let Some(flow) = self.get_mut(id) else { return };
-        let first = flow.sw[pkt.dir.index()].packets == 0;
+        let flow = &mut self.flows[id.index() as usize];
+        flow.learn_port(pkt.dir, pkt.port);
+        let d = pkt.dir.index();
+        let first = flow.sw[d].packets == 0;
         if count {
-            let c = &mut flow.sw[pkt.dir.index()];
+            let c = &mut flow.sw[d];
             c.packets += 1;
             c.bytes += pkt.wire_len as u64;
         }
         flow.touch(now_ns);
         let heavy = count && flow.flags & FLAG_HEAVY == 0 && flow.bytes() >= heavy_bar;
-        let first_of_flow = first && flow.sw[pkt.dir.reverse().index()].packets == 0;
+        let first_of_flow = first && flow.sw[d ^ 1].packets == 0;
+        let was = flow.tcp;
         let tcp_moved = flow.observe_tcp(pkt.dir, pkt.tcp_flags);
         if tcp_moved {
-            let after = timeouts.for_flow(flow);
+            // Only TCP moves, so the timeouts before and after are TCP's.
+            let (before, after) = (self.config.timeouts.for_tcp(was), self.config.timeouts.for_tcp(flow.tcp));
             if after < before {
                 let deadline = flow.last_ns() + after;
                 let entry = TimerEntry { index: id.index(), generation: id.generation() };
@@ -908,6 +960,17 @@ impl FlowTable {
         }
         if heavy {
             self.add_heavy(id);
+        }
+    }
+
+    /// A packet older than its flow's latest: if older than its first, the
+    /// flow starts earlier (see `Flow::start_earlier`).
+    #[cold]
+    fn observe_late(&mut self, id: FlowId, dir: Direction, now_ns: u64) {
+        let framing = &mut self.framing[id.index() as usize];
+        if now_ns < framing.first_ns {
+            framing.first_ns = now_ns;
+            self.flows[id.index() as usize].start_earlier(dir);
         }
     }
 

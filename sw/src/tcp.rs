@@ -51,6 +51,7 @@ impl TcpState {
     /// sides sent a FIN (bit 0: initiator, bit 1: responder) and, once both
     /// did, which sent the second (bit 2: the responder): only an ACK from
     /// the other side closes the conversation.
+    #[inline]
     pub fn next(self, flags: u8, from_initiator: bool, fins: &mut u8) -> TcpState {
         use TcpState::*;
         if flags & TCP_RST != 0 {

@@ -27,7 +27,8 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
-use flowtable_sw::pipeline::Schedule;
+use flowtable_sw::pipeline::DISTANCE;
+use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{
     DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
 };
@@ -58,7 +59,7 @@ const OUTBOX_PER_CALL: usize = 256;
 const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
 
 /// Most packets `process_batch` takes at once.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
@@ -543,18 +544,24 @@ impl Shard {
     /// longer than `BATCH` are taken `BATCH` at a time.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
+        const D: usize = DISTANCE;
         for (pkts, ts_ns) in pkts.chunks(BATCH).zip(ts_ns.chunks(BATCH)) {
             let n = pkts.len().min(ts_ns.len());
             let mut hashes = [0u64; BATCH];
-            for step in Schedule::new(n) {
-                if let Some(i) = step.hash {
-                    hashes[i] = self.table.prefetch_index(&pkts[i].key);
+            let mut slots = [NO_SLOT; BATCH];
+            // `pipeline::Schedule`'s order, written out as loops without
+            // its per-step options: packet t hashed, t - D's flow
+            // prefetched, t - 2D looked up.
+            for t in 0..n + 2 * D {
+                if t < n {
+                    hashes[t] = self.table.prefetch_index(&pkts[t].key);
                 }
-                if let Some(i) = step.prefetch {
-                    self.table.prefetch_flow(hashes[i]);
+                if t >= D && t - D < n {
+                    slots[t - D] = self.table.prefetch_flow(hashes[t - D]);
                 }
-                if let Some(i) = step.lookup {
-                    self.process_hashed(&pkts[i], hashes[i], ts_ns[i]);
+                if t >= 2 * D {
+                    let i = t - 2 * D;
+                    self.process_probed(&pkts[i], hashes[i], slots[i], ts_ns[i]);
                 }
             }
         }
@@ -608,11 +615,32 @@ impl Shard {
 
     #[inline]
     fn process_hashed(&mut self, pkt: &PacketInfo, hash: u64, now_ns: u64) {
+        self.process_probed(pkt, hash, NO_SLOT, now_ns);
+    }
+
+    /// `process_hashed` with the slot `FlowTable::prefetch_flow` gave.
+    #[inline]
+    fn process_probed(&mut self, pkt: &PacketInfo, hash: u64, slot: u32, now_ns: u64) {
         if now_ns > self.now_ns {
             self.now_ns = now_ns;
         }
-        let id = match self.table.lookup_or_insert_hashed(pkt, hash, now_ns) {
+        let id = match self.table.lookup_or_insert_probed(pkt, hash, slot, now_ns) {
             Lookup::Found(id) => id,
+            other => match self.not_found(pkt, other, now_ns) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        self.account(id, pkt, now_ns);
+    }
+
+    /// A lookup that found no flow: a new one is started (the flow it
+    /// evicted ended, the event sent) or the packet is left untracked.
+    /// Out of line, so the path of a known flow's packet stays short.
+    #[inline(never)]
+    fn not_found(&mut self, pkt: &PacketInfo, lookup: Lookup, now_ns: u64) -> Option<FlowId> {
+        match lookup {
+            Lookup::Found(id) => Some(id),
             Lookup::Inserted { id, evicted } => {
                 self.stats.flows_created += 1;
                 self.active.start(id, now_ns);
@@ -632,18 +660,17 @@ impl Shard {
                     };
                     self.emit(|| Event::New { id, key, proto, src, dst, sport, dport, icmp_type, icmp_code, ts_ns });
                 }
-                id
+                Some(id)
             }
             Lookup::Full => {
                 self.stats.untracked_table_full += 1;
-                return;
+                None
             }
             Lookup::OrphanFragment => {
                 self.stats.orphan_fragments += 1;
-                return;
+                None
             }
-        };
-        self.account(id, pkt, now_ns);
+        }
     }
 
     /// Counts a packet of a known flow once and classifies undecided flows.
@@ -757,14 +784,14 @@ impl Shard {
             Decision::Wait => {}
             Decision::Software => {
                 self.table.set_stage(id, Stage::Software);
-                self.emit_classified(id, "software".into());
+                self.emit_classified(id, || "software".into());
             }
             Decision::Offload(action) => {
                 if self.in_flight() >= self.cfg.max_queued {
                     // Stays undecided and asks again on its next packet.
                     return;
                 }
-                self.emit_classified(id, format!("offload {}", action.kind()));
+                self.emit_classified(id, || format!("offload {}", action.kind()));
                 self.enqueue(id, action);
             }
         }
@@ -779,11 +806,12 @@ impl Shard {
             .sum()
     }
 
-    fn emit_classified(&mut self, id: FlowId, decision: String) {
+    /// `decision` is made only when someone listens for events.
+    fn emit_classified(&mut self, id: FlowId, decision: impl FnOnce() -> String) {
         if self.events.is_some() {
             let class = self.table.get(id).and_then(|f| self.classifier.class_name(f.class)).map(str::to_string);
             let ts_ns = self.now_ns;
-            self.emit(|| Event::Classified { id, class, decision, ts_ns });
+            self.emit(|| Event::Classified { id, class, decision: decision(), ts_ns });
         }
     }
 
