@@ -9,6 +9,7 @@ use flowtable_config::Config;
 use flowtable_offload::{EngineStats, FlowRecord};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// The demo's configuration: elephants and long UDP streams bypass
 /// software once they prove long, telnet is dropped in hardware, DNS and
@@ -82,9 +83,9 @@ pub struct DemoOutcome {
 
 /// A flow's endpoints in a fixed order, whichever side spoke first: a flow
 /// that ended and started again by its other side is the same conversation.
-type Tuple = ((String, u16), (String, u16), u8, u16);
+type Tuple = ((IpAddr, u16), (IpAddr, u16), u8, u16);
 
-fn tuple(a: (String, u16), b: (String, u16), proto: u8, vlan: u16) -> Tuple {
+fn tuple(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, vlan: u16) -> Tuple {
     if a <= b {
         (a, b, proto, vlan)
     } else {
@@ -112,7 +113,7 @@ pub fn run(config: &Config, workers: usize, synth: SynthConfig, progress: bool) 
 
     let mut ours: HashMap<Tuple, (u64, u64)> = HashMap::new();
     for r in &records {
-        let e = ours.entry(tuple((r.src.clone(), r.sport), (r.dst.clone(), r.dport), r.proto, r.vlan)).or_default();
+        let e = ours.entry(tuple((r.src, r.sport), (r.dst, r.dport), r.proto, r.vlan)).or_default();
         e.0 += r.packets();
         e.1 += r.bytes();
     }
@@ -120,12 +121,7 @@ pub fn run(config: &Config, workers: usize, synth: SynthConfig, progress: bool) 
     for f in source.inner().flows() {
         let ends = f.key.endpoints(f.client_dir);
         let e = truth
-            .entry(tuple(
-                (ends.src.to_string(), ends.sport),
-                (ends.dst.to_string(), ends.dport),
-                f.key.proto,
-                f.key.vlan_outer,
-            ))
+            .entry(tuple((ends.src, ends.sport), (ends.dst, ends.dport), f.key.proto, f.key.vlan_outer))
             .or_default();
         e.0 += f.total_packets();
         e.1 += f.total_bytes();

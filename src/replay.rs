@@ -161,13 +161,14 @@ pub fn replay_batches(
 /// A flow as two replays of the same capture must agree on it, whatever
 /// their number of workers: who, when, how it ended, and per direction
 /// how many packets and bytes, whoever counted them.
-pub type RecordFacts = (String, u16, String, u16, u8, u16, u16, u8, u64, u64, [u64; 4], &'static str);
+pub type RecordFacts =
+    (std::net::IpAddr, u16, std::net::IpAddr, u16, u8, u16, u16, u8, u64, u64, [u64; 4], &'static str);
 
 pub fn record_facts(r: &FlowRecord) -> RecordFacts {
     (
-        r.src.clone(),
+        r.src,
         r.sport,
-        r.dst.clone(),
+        r.dst,
         r.dport,
         r.proto,
         r.vlan,

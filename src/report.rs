@@ -252,8 +252,8 @@ pub fn top_records(records: &[FlowRecord], n: usize) -> String {
             };
             vec![
                 flowtable_sw::key::proto_name(r.proto).to_string(),
-                endpoint(r.proto, &r.src, r.sport),
-                server_text(r.proto, &r.dst, r.dport, r.orig.icmp_type, r.orig.icmp_code),
+                endpoint(r.proto, &r.src.to_string(), r.sport),
+                server_text(r.proto, &r.dst.to_string(), r.dport, r.orig.icmp_type, r.orig.icmp_code),
                 packets,
                 bytes,
                 format!("{share:.1}%"),

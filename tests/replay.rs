@@ -122,7 +122,7 @@ fn refusing_nic_leaves_every_flow_in_software_with_the_same_counts() {
     let (s, stats, refused) = replay_one(&path, &refuse);
     assert_eq!(s.nic_packets, 0);
     assert!(stats.flows_refused > 0);
-    let key = |r: &FlowRecord| (r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto);
+    let key = |r: &FlowRecord| (r.src, r.sport, r.dst, r.dport, r.proto);
     let mut a: Vec<_> = full.iter().map(|r| (key(r), r.packets(), r.bytes())).collect();
     let mut b: Vec<_> = refused.iter().map(|r| (key(r), r.packets(), r.bytes())).collect();
     a.sort();
@@ -215,11 +215,11 @@ fn interim_records_are_the_same_with_any_number_of_workers_and_add_up() {
             assert!(facts(&many) == facts(&one), "{name}: {workers} workers give other records than one");
         }
         // Per flow: packets and bytes, each way, split by who counted them.
-        type Sums = std::collections::BTreeMap<(String, u16, String, u16, u8), [u64; 8]>;
+        type Sums = std::collections::BTreeMap<(std::net::IpAddr, u16, std::net::IpAddr, u16, u8), [u64; 8]>;
         let sums = |records: &[FlowRecord]| {
             let mut m = Sums::new();
             for r in records {
-                let e = m.entry((r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto)).or_default();
+                let e = m.entry((r.src, r.sport, r.dst, r.dport, r.proto)).or_default();
                 let d = [&r.orig, &r.reply];
                 let v = [
                     d[0].sw_packets,

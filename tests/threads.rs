@@ -96,7 +96,7 @@ const CONFIG: &str = r#"{
 }"#;
 
 /// Packets per ordered endpoint pair (src, sport, dst, dport, proto).
-type Dirs = HashMap<(String, u16, String, u16, u8), (u64, u64)>;
+type Dirs = HashMap<(std::net::IpAddr, u16, std::net::IpAddr, u16, u8), (u64, u64)>;
 
 fn run(workers: usize, tapped: bool, seed: u64) {
     let config = flowtable_config::parse("stress", CONFIG).unwrap();
@@ -144,7 +144,7 @@ fn run(workers: usize, tapped: bool, seed: u64) {
             let pkt = PacketInfo::whole(key, dir, 0, len, flags);
             let now = clock.now();
             total += 1;
-            let e = sent.entry((src.to_string(), sp, dst.to_string(), dp, proto)).or_default();
+            let e = sent.entry((src.into(), sp, dst.into(), dp, proto)).or_default();
             e.0 += 1;
             e.1 += len as u64;
             if dispatch.offer(&pkt, now) {
@@ -189,10 +189,10 @@ fn run(workers: usize, tapped: bool, seed: u64) {
     }
     let mut got: Dirs = HashMap::new();
     for r in &records {
-        let o = got.entry((r.src.clone(), r.sport, r.dst.clone(), r.dport, r.proto)).or_default();
+        let o = got.entry((r.src, r.sport, r.dst, r.dport, r.proto)).or_default();
         o.0 += r.orig.packets;
         o.1 += r.orig.bytes;
-        let b = got.entry((r.dst.clone(), r.dport, r.src.clone(), r.sport, r.proto)).or_default();
+        let b = got.entry((r.dst, r.dport, r.src, r.sport, r.proto)).or_default();
         b.0 += r.reply.packets;
         b.1 += r.reply.bytes;
         assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets, "{r:?}");

@@ -130,8 +130,9 @@ fn flowtable_totals(path: &Path) -> BTreeMap<Pair, Totals> {
     flowtable::replay::replay(&mut source, &config, 1, backend, |r| records.push(r.clone())).unwrap();
     let mut totals = BTreeMap::new();
     for r in records.iter().filter(|r| r.proto == 6 || r.proto == 17) {
-        let t: &mut Totals =
-            totals.entry(pair(endpoint(&r.src, r.sport), endpoint(&r.dst, r.dport), r.proto)).or_default();
+        let t: &mut Totals = totals
+            .entry(pair(endpoint(&r.src.to_string(), r.sport), endpoint(&r.dst.to_string(), r.dport), r.proto))
+            .or_default();
         t.frames += r.packets();
         t.bytes += r.bytes();
         t.unit = 1;

@@ -1016,8 +1016,7 @@ impl Subject for FlowRecord {
         self.proto
     }
     fn ends(&self) -> Endpoints {
-        let addr = |s: &str| s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        Endpoints { src: addr(&self.src), dst: addr(&self.dst), sport: self.sport, dport: self.dport }
+        Endpoints { src: self.src, dst: self.dst, sport: self.sport, dport: self.dport }
     }
     fn vlan(&self) -> u16 {
         self.vlan

@@ -770,8 +770,8 @@ mod tests {
         FlowRecord {
             id: FlowId(id),
             proto: 17,
-            src: "10.0.0.1".into(),
-            dst: "10.0.0.2".into(),
+            src: [10, 0, 0, 1].into(),
+            dst: [10, 0, 0, 2].into(),
             sport: 1000,
             dport: 53,
             vlan: 0,

@@ -5,6 +5,7 @@ use flowtable_hw::{Action, Placement};
 use flowtable_sw::context::FlowContext;
 use flowtable_sw::{Direction, Flow, FlowId, Framing, TcpState};
 use serde::Serialize;
+use std::net::IpAddr;
 
 /// Why a flow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -170,8 +171,10 @@ pub enum RecordKind {
 pub struct FlowRecord {
     pub id: FlowId,
     pub proto: u8,
-    pub src: String,
-    pub dst: String,
+    /// Written as text ("10.0.0.1", "2001:db8::1"); kept as addresses so
+    /// ending a flow formats nothing and exporters need not parse them.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     #[serde(skip_serializing_if = "is_zero")]
@@ -217,9 +220,9 @@ impl FlowRecord {
 
 /// Builds the address/port part of a record from a flow, oriented by its
 /// initiator.
-pub(crate) fn endpoints_of(flow: &Flow) -> (String, String, u16, u16) {
+pub(crate) fn endpoints_of(flow: &Flow) -> (IpAddr, IpAddr, u16, u16) {
     let e = flow.key.endpoints(flow.initiator());
-    (e.src.to_string(), e.dst.to_string(), e.sport, e.dport)
+    (e.src, e.dst, e.sport, e.dport)
 }
 
 /// What happened to a flow, for subscribers.
@@ -232,8 +235,8 @@ pub enum Event {
         id: FlowId,
         key: String,
         proto: u8,
-        src: String,
-        dst: String,
+        src: IpAddr,
+        dst: IpAddr,
         sport: u16,
         dport: u16,
         /// ICMP and ICMPv6: the first packet's type and code.

@@ -105,7 +105,7 @@ fn offloaded_flow_counts_each_packet_once_and_ages_by_counters() {
     assert_eq!(r.end_reason, EndReason::Idle);
     assert_eq!(r.packets(), 100);
     assert_eq!(r.orig.sw_packets + r.orig.hw_packets, r.orig.packets);
-    assert_eq!(r.src, "10.0.0.1");
+    assert_eq!(r.src.to_string(), "10.0.0.1");
     assert_eq!(r.dport, 53);
     let off = r.offload.as_ref().expect("offload recorded");
     assert_eq!(off.action, Action::Pass);
@@ -182,7 +182,10 @@ fn capacity_limit_offloads_the_largest_flows_first() {
     let offloaded: Vec<u8> = e
         .flows()
         .filter(|(_, f)| f.stage() == Stage::Offloaded)
-        .map(|(id, _)| e.flow(id).unwrap().src.parse::<Ipv4Addr>().unwrap().octets()[3])
+        .map(|(id, _)| match e.flow(id).unwrap().src {
+            std::net::IpAddr::V4(a) => a.octets()[3],
+            a => panic!("not IPv4: {a}"),
+        })
         .collect::<Vec<_>>();
     let mut sorted = offloaded.clone();
     sorted.sort();
@@ -253,7 +256,7 @@ fn table_full_evicts_with_a_record() {
     let recs = e.drain_records();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].end_reason, EndReason::TableFull);
-    assert_eq!(recs[0].src, "10.0.0.1");
+    assert_eq!(recs[0].src.to_string(), "10.0.0.1");
     let mut e = engine(r#"{"table": {"max_flows": 2, "full_policy": "reject-new"}}"#, SimProfile::full());
     for client in 1..=3u8 {
         feed(&mut e, &pkt(client, 1000, 53, 17, true, 0, 100), 0);
@@ -1020,7 +1023,8 @@ fn a_long_flow_gives_interim_records_that_add_up_to_it() {
     e.poll(t + 31 * S);
     e.poll(t + 32 * S);
     let recs = e.drain_records();
-    let (long, short): (Vec<&FlowRecord>, Vec<&FlowRecord>) = recs.iter().partition(|r| r.src == "10.0.0.1");
+    let (long, short): (Vec<&FlowRecord>, Vec<&FlowRecord>) =
+        recs.iter().partition(|r| r.src.to_string() == "10.0.0.1");
     assert_eq!(short.len(), 1);
     assert_eq!(short[0].kind, flowtable_offload::RecordKind::Final);
     assert_eq!(short[0].packets(), 3);

@@ -110,8 +110,8 @@ pub fn summary(view: &FlowView, engine: &Shard, now_ns: u64) -> FlowSummary {
     FlowSummary {
         id: view.id,
         proto: view.proto,
-        src: view.src.clone(),
-        dst: view.dst.clone(),
+        src: view.src.to_string(),
+        dst: view.dst.to_string(),
         sport: view.sport,
         dport: view.dport,
         vlan: view.vlan,

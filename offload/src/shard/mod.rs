@@ -649,7 +649,10 @@ impl Shard {
                 }
                 if self.events.is_some() {
                     let key = pkt.key.to_string();
-                    let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_default();
+                    let (src, dst, sport, dport) = self.table.get(id).map(endpoints_of).unwrap_or_else(|| {
+                        let e = pkt.key.endpoints(pkt.dir);
+                        (e.src, e.dst, e.sport, e.dport)
+                    });
                     let proto = pkt.key.proto;
                     // The shard's clock, never behind an event already sent
                     // (a packet may carry an older time than a sweep's).
