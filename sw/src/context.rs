@@ -4,7 +4,7 @@
 
 use crate::table::FlowId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// An application's decision for a flow; overrides the classifier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ pub enum ContextError {
 /// Context by flow id, bounded in total.
 #[derive(Debug)]
 pub struct ContextStore {
-    map: HashMap<FlowId, FlowContext>,
+    map: crate::table::FlowMap<FlowContext>,
     /// What the contexts hold, by `cost`.
     bytes: usize,
     limit: usize,
@@ -111,7 +111,7 @@ fn cost(c: &FlowContext) -> usize {
 impl ContextStore {
     /// A store whose contexts hold at most `limit` bytes together.
     pub fn with_limit(limit: usize) -> ContextStore {
-        ContextStore { map: HashMap::new(), bytes: 0, limit }
+        ContextStore { map: Default::default(), bytes: 0, limit }
     }
 
     /// Bytes the contexts hold now.

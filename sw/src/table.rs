@@ -24,6 +24,13 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct FlowId(pub u64);
 
+/// A map from flows to what some of them have (offload state, context):
+/// hashed with foldhash, not std's SipHash, as it is read on the packet
+/// path and written as each flow ends. Flow ids are the table's own
+/// numbers, not chosen by senders, so no keyed hash is needed against
+/// collisions sought on purpose.
+pub type FlowMap<V> = std::collections::HashMap<FlowId, V, foldhash::fast::FixedState>;
+
 impl FlowId {
     pub fn new(index: u32, generation: u16) -> FlowId {
         FlowId((generation as u64) << 32 | index as u64)

@@ -26,7 +26,7 @@ struct Reported {
 pub(super) struct ActiveTimeout {
     period_ns: u64,
     wheel: Option<TimerWheel>,
-    reported: HashMap<FlowId, Reported>,
+    reported: flowtable_sw::table::FlowMap<Reported>,
 }
 
 impl ActiveTimeout {
@@ -34,7 +34,7 @@ impl ActiveTimeout {
         ActiveTimeout {
             period_ns,
             wheel: (period_ns > 0).then(|| TimerWheel::new(TICK_NS, SLOTS)),
-            reported: HashMap::new(),
+            reported: Default::default(),
         }
     }
 

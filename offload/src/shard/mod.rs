@@ -28,12 +28,12 @@ use flowtable_hw::{
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
 use flowtable_sw::pipeline::DISTANCE;
-use flowtable_sw::table::NO_SLOT;
+use flowtable_sw::table::{FlowMap, NO_SLOT};
 use flowtable_sw::{
     DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
 };
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -369,7 +369,7 @@ pub struct Shard {
     orphaned: bool,
     /// Replay's lockstep: answers are taken only at the end of an epoch.
     lockstep: bool,
-    offloads: HashMap<FlowId, OffloadState>,
+    offloads: FlowMap<OffloadState>,
     /// Flows waiting in `stage` queued (the outbox holds their install).
     queued: usize,
     /// Flows whose rule removal failed, asked again at the next poll.
@@ -390,7 +390,7 @@ pub struct Shard {
     left_gone: Vec<u64>,
     /// Removal answers held while software may still take packets the
     /// rules counted (see `HeldRemoval`).
-    held: HashMap<FlowId, HeldRemoval>,
+    held: FlowMap<HeldRemoval>,
     /// Shutdown has begun: answers are no longer held.
     stopping: bool,
 }
@@ -437,7 +437,7 @@ impl Shard {
             outstanding: 0,
             orphaned: false,
             lockstep: false,
-            offloads: HashMap::new(),
+            offloads: FlowMap::default(),
             queued: 0,
             retry_removal: Vec::new(),
             cfg,
@@ -451,7 +451,7 @@ impl Shard {
             rates: rate::RateSampler::default(),
             parting: Vec::new(),
             left_gone: Vec::new(),
-            held: HashMap::new(),
+            held: FlowMap::default(),
             stopping: false,
         }
     }
@@ -1049,7 +1049,12 @@ impl Shard {
         let mut record = self.build_record(id, flow, state.as_ref(), context, reason);
         self.active.finish(id, &mut record);
         self.stats.flows_ended += 1;
-        *self.stats.ended_by.entry(reason.as_str().to_string()).or_insert(0) += 1;
+        match self.stats.ended_by.get_mut(reason.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.stats.ended_by.insert(reason.as_str().to_string(), 1);
+            }
+        }
         if self.events.is_some() {
             let boxed = Box::new(record.clone());
             // Stamped when it ends, as the other events are: a flush or a
