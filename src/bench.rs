@@ -2,8 +2,8 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
-use flowtable_offload::BATCH;
 use flowtable_sw::pipeline::Schedule;
+use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -11,6 +11,11 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
+
+/// Packets a batched lookup takes at once: 32, as `rte_hash_lookup_bulk`
+/// is given them in the peer's rounds, so the two compare batch for batch
+/// (the shard itself takes `flowtable_offload::BATCH`).
+const BATCH: usize = 32;
 
 /// Distinct IPv4 TCP flows, both directions represented.
 pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
@@ -153,15 +158,18 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             for (c, chunk) in pkts.chunks(BATCH).enumerate() {
                 let now = (c * BATCH) as u64;
                 let mut hashes = [0u64; BATCH];
+                let mut slots = [NO_SLOT; BATCH];
                 for step in Schedule::new(chunk.len()) {
                     if let Some(i) = step.hash {
                         hashes[i] = b.prefetch_index(&chunk[i].key);
                     }
                     if let Some(i) = step.prefetch {
-                        b.prefetch_flow(hashes[i]);
+                        slots[i] = b.prefetch_flow(hashes[i]);
                     }
                     if let Some(i) = step.lookup {
-                        if let Lookup::Inserted { id, .. } = b.lookup_or_insert_hashed(&chunk[i], hashes[i], now) {
+                        if let Lookup::Inserted { id, .. } =
+                            b.lookup_or_insert_probed(&chunk[i], hashes[i], slots[i], now)
+                        {
                             b.observe(id, &chunk[i], now, true);
                         }
                     }
@@ -246,16 +254,17 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             let start = Instant::now();
             for chunk in stream.chunks(BATCH) {
                 let mut hashes = [0u64; BATCH];
+                let mut slots = [NO_SLOT; BATCH];
                 for step in Schedule::new(chunk.len()) {
                     if let Some(i) = step.hash {
                         hashes[i] = t.prefetch_index(&chunk[i].key);
                     }
                     if let Some(i) = step.prefetch {
-                        t.prefetch_flow(hashes[i]);
+                        slots[i] = t.prefetch_flow(hashes[i]);
                     }
                     if let Some(i) = step.lookup {
                         let p = &chunk[i];
-                        if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, hashes[i], now) {
+                        if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i], slots[i], now) {
                             t.observe(id, p, now, true);
                         }
                     }
@@ -268,14 +277,15 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             let start = Instant::now();
             for chunk in stream.chunks(BATCH) {
                 let mut hashes = [0u64; BATCH];
+                let mut slots = [NO_SLOT; BATCH];
                 for (h, p) in hashes.iter_mut().zip(chunk) {
                     *h = t.prefetch_index(&p.key);
                 }
-                for h in &hashes[..chunk.len()] {
-                    t.prefetch_flow(*h);
+                for (s, h) in slots.iter_mut().zip(&hashes[..chunk.len()]) {
+                    *s = t.prefetch_flow(*h);
                 }
-                for (h, p) in hashes.iter().zip(chunk) {
-                    if let Lookup::Found(id) = t.lookup_or_insert_hashed(p, *h, now) {
+                for ((h, s), p) in hashes.iter().zip(&slots).zip(chunk) {
+                    if let Lookup::Found(id) = t.lookup_or_insert_probed(p, *h, *s, now) {
                         t.observe(id, p, now, true);
                     }
                 }
