@@ -739,10 +739,8 @@ impl FlowTable {
         // the packet path around a lookup stays short enough to keep its
         // values in registers.
         if pkt.fragment == Fragment::Whole {
-            if let Some(flow) = self.flows.get(slot as usize) {
-                if flow.stage != Stage::Free && flow.key == pkt.key {
-                    return Lookup::Found(self.id(slot, flow.generation));
-                }
+            if let Some(id) = self.find_in_slot(slot, &pkt.key) {
+                return Lookup::Found(id);
             }
             return match self.find_hashed(&pkt.key, hash) {
                 Some(id) => Lookup::Found(id),
