@@ -816,52 +816,7 @@ pub fn replay(
         let wall = r.summary.wall_ns as f64 / 1e9 + closing.elapsed().as_secs_f64();
         Ok((r.summary.packets as f64 / wall, status, process_cpu_s() - cpu))
     };
-    // The same replay with each number of workers, rounds alternating, and
-    // each worker count's records compared with the first's.
-    let with_workers =
-        |c: &flowtable_config::Config, n: usize| -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
-            let mut src = PcapFileSource::from_bytes(bytes.clone(), 0).map_err(|e| e.to_string())?;
-            let mut facts = Vec::new();
-            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
-                facts.push(crate::replay::record_facts(r))
-            })?;
-            facts.sort_unstable();
-            let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
-            let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
-            Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
-        };
-    let mut scaling: Vec<WorkersRun> = Vec::new();
-    if !workers.is_empty() {
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
-        let mut reader_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
-        let mut workers_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
-        let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
-        let mut same = vec![true; workers.len()];
-        for _ in 0..runs {
-            for (i, &n) in workers.iter().enumerate() {
-                let ((pps, reader, workers), facts) = with_workers(&software, n)?;
-                rates[i].push(pps);
-                reader_ns[i].push(reader);
-                workers_ns[i].push(workers);
-                match &first_facts {
-                    None => first_facts = Some(facts),
-                    Some(f) => same[i] &= *f == facts,
-                }
-            }
-        }
-        let base = median(rates[0].clone());
-        for (i, &n) in workers.iter().enumerate() {
-            let pps = median(rates[i].clone());
-            scaling.push(WorkersRun {
-                workers: n,
-                pps,
-                ratio: pps / base,
-                records_identical: same[i],
-                reader_ns_per_packet: median(reader_ns[i].clone()),
-                workers_ns_per_packet: median(workers_ns[i].clone()),
-            });
-        }
-    }
+    let scaling = if workers.is_empty() { Vec::new() } else { workers_scaling(&bytes, runs, workers)? };
     let (first, flows, first_cpu) = one(&software)?;
     let mut mem = vec![first.packets_per_second()];
     let mut off_cpu = first_cpu;
@@ -941,6 +896,79 @@ pub fn replay(
     })
 }
 
+/// `bench replay --workers-only`: the scaling figure alone, over `file` or
+/// the synthetic mix of `packets` packets.
+pub fn workers_only(
+    file: Option<&std::path::Path>,
+    packets: u64,
+    runs: usize,
+    workers: &[usize],
+) -> Result<Vec<WorkersRun>, String> {
+    let bytes = match file {
+        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => {
+            let tmp = std::env::temp_dir().join(format!("flowtable-bench-{}.pcap", std::process::id()));
+            write_synthetic_mix(&tmp, packets)?;
+            let bytes = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()));
+            let _ = std::fs::remove_file(&tmp);
+            bytes?
+        }
+    };
+    workers_scaling(&bytes, runs, workers)
+}
+
+/// The same replay in memory, all in software, with each number of workers
+/// in `workers`, rounds alternating, and each worker count's records
+/// compared with the first's.
+pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<Vec<WorkersRun>, String> {
+    use crate::source::pcap::PcapFileSource;
+    let software =
+        flowtable_config::parse("bench", r#"{"table": {"max_flows": 4194304}}"#).map_err(|e| e.to_string())?;
+    let with_workers =
+        |c: &flowtable_config::Config, n: usize| -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
+            let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
+            let mut facts = Vec::new();
+            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
+                facts.push(crate::replay::record_facts(r))
+            })?;
+            facts.sort_unstable();
+            let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
+            let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
+            Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
+        };
+    let mut scaling: Vec<WorkersRun> = Vec::new();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    let mut reader_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    let mut workers_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
+    let mut same = vec![true; workers.len()];
+    for _ in 0..runs {
+        for (i, &n) in workers.iter().enumerate() {
+            let ((pps, reader, workers), facts) = with_workers(&software, n)?;
+            rates[i].push(pps);
+            reader_ns[i].push(reader);
+            workers_ns[i].push(workers);
+            match &first_facts {
+                None => first_facts = Some(facts),
+                Some(f) => same[i] &= *f == facts,
+            }
+        }
+    }
+    let base = median(rates[0].clone());
+    for (i, &n) in workers.iter().enumerate() {
+        let pps = median(rates[i].clone());
+        scaling.push(WorkersRun {
+            workers: n,
+            pps,
+            ratio: pps / base,
+            records_identical: same[i],
+            reader_ns_per_packet: median(reader_ns[i].clone()),
+            workers_ns_per_packet: median(workers_ns[i].clone()),
+        });
+    }
+    Ok(scaling)
+}
+
 pub fn replay_report(b: &ReplayBench) -> String {
     let mut o = format!(
         "replay of {} ({} packets, {} flows), median of {} runs (peer: softflowd -r on the same file)\n\
@@ -969,7 +997,14 @@ pub fn replay_report(b: &ReplayBench) -> String {
         b.ratio_softflowd_ipfix,
     );
     o.push_str(&processes_report(&b.file, b.runs, &b.processes));
-    for w in &b.scaling {
+    o.push_str(&scaling_report(&b.scaling));
+    o
+}
+
+/// One line a worker count.
+pub fn scaling_report(scaling: &[WorkersRun]) -> String {
+    let mut o = String::new();
+    for w in scaling {
         o.push_str(&format!(
             "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}   CPU a packet: reader {:.0} ns, workers {:.0} ns\n",
             w.workers,

@@ -202,6 +202,10 @@ enum BenchCommand {
         /// skipped, with the reason, if not installed). Needs --file.
         #[arg(long, requires = "file")]
         process_only: bool,
+        /// Only the replays in memory with each of `--workers`' counts (the
+        /// scaling figure), without the peers.
+        #[arg(long, requires = "workers", conflicts_with = "process_only")]
+        workers_only: bool,
         /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
@@ -405,6 +409,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&p).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", flowtable::bench::processes_report(&file.display().to_string(), runs.max(1), &p));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Replay { file, packets, runs, workers, workers_only: true, json, .. },
+        } => {
+            let s = flowtable::bench::workers_only(file.as_deref(), packets, runs.max(1), &workers)?;
+            if json {
+                println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", flowtable::bench::scaling_report(&s));
             }
             Ok(())
         }
