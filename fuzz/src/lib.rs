@@ -17,7 +17,7 @@ use flowtable_hw::tc::attr::{Attr, AttrWriter};
 use flowtable_hw::tc::flower::{self, FilterView, FlowerMatch, FlowerView};
 use flowtable_hw::tc::netlink::{self, Reply};
 use flowtable_hw::tc::tcmsg::TcmsgRepr;
-use flowtable_sw::parse::{check_invariants, parse_packet};
+use flowtable_sw::parse::{check_invariants, parse_any, parse_packet, plain_ethernet};
 use flowtable_sw::{Ingress, LinkType, PortMap};
 
 /// Every link type the parser knows, indexed by a target's first byte.
@@ -40,13 +40,20 @@ const INGRESS: Ingress = Ingress { port: 5, zone: 3 };
 /// Target `parse`: the first byte picks the link type (modulo 9), the rest
 /// is the frame. Invariant: any successful parse satisfies
 /// [`check_invariants`] (payload offset inside the frame, key canonical,
-/// ingress carried through, ...).
+/// ingress carried through, ...), and the plain-Ethernet fast path says
+/// what the full walk says of any frame it takes.
 pub fn parse(data: &[u8]) {
     let Some((&sel, frame)) = data.split_first() else { return };
     let link = LINKS[usize::from(sel) % LINKS.len()];
-    if let Ok(info) = parse_packet(link, frame, frame.len() as u32, INGRESS) {
+    let parsed = parse_packet(link, frame, frame.len() as u32, INGRESS);
+    if let Ok(info) = parsed {
         check_invariants(frame, &info, INGRESS);
         assert_eq!(info.wire_len, frame.len() as u32);
+    }
+    if link == LinkType::Ethernet {
+        if let Some(fast) = plain_ethernet(frame, frame.len() as u32, INGRESS) {
+            assert_eq!(Ok(fast), parse_any(link, frame, frame.len() as u32, INGRESS));
+        }
     }
 }
 

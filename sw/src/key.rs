@@ -146,7 +146,9 @@ impl FlowKey {
         vlan_inner: u16,
         zone: u8,
     ) -> (FlowKey, Direction) {
-        let fwd = (src, sport) <= (dst, dport);
+        // Byte arrays compare as their big-endian numbers do: one compare,
+        // not a byte loop.
+        let fwd = (u128::from_be_bytes(src), sport) <= (u128::from_be_bytes(dst), dport);
         let (addr_lo, port_lo, addr_hi, port_hi, dir) =
             if fwd { (src, sport, dst, dport, Direction::LoToHi) } else { (dst, dport, src, sport, Direction::HiToLo) };
         (

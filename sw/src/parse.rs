@@ -53,6 +53,104 @@ use crate::wire::{ethernet, ethertype, ip_proto, vlan, Error};
 /// (not the possibly shorter captured length); `ingress` is the port the
 /// frame arrived on and its zone, which goes into the key.
 pub fn parse_packet(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) -> Result<PacketInfo, SkipReason> {
+    if link == LinkType::Ethernet {
+        if let Some(info) = plain_ethernet(frame, wire_len, ingress) {
+            return Ok(info);
+        }
+    }
+    parse_any(link, frame, wire_len, ingress)
+}
+
+/// The frame most traffic is, parsed without the walk: Ethernet II with at
+/// most one VLAN tag, carrying IPv4 without options or IPv6 without
+/// extension headers, not a fragment, then TCP, UDP or ICMP. `None` for
+/// any other frame, and for one that is any of those but would not parse,
+/// so that [`parse_any`] decides (and names the reason). What it returns
+/// is what `parse_any` returns for the same frame: the unit tests and the
+/// fuzz target compare the two, and an integration test does on every
+/// frame of the shared captures and on mutations of them.
+///
+/// The walk costs about 340 instructions a frame (callgrind), spread over
+/// its steps' checks and the structures they hand on; this about half as
+/// many, and in a replay it runs on the one thread every packet crosses.
+///
+/// Public for the tests and fuzz targets that hold it to that.
+#[doc(hidden)]
+#[inline(always)]
+pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<PacketInfo> {
+    let kind = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (l3, kind, vlan) = if vlan::is_tag(kind) {
+        let tag = vlan::VlanTag::new_checked(frame.get(ethernet::HEADER_LEN..)?).ok()?;
+        (ethernet::HEADER_LEN + vlan::TAG_LEN, tag.ethertype(), tag.vlan_id())
+    } else {
+        (ethernet::HEADER_LEN, kind, 0)
+    };
+    let ip = frame.get(l3..)?;
+    let (src, dst, protocol, l4_offset, l4, ip_len, ipv6) = match kind {
+        ethertype::IPV4 => {
+            // Version 4, no options, offset 0 and MF clear, a total length
+            // that covers the header (0 is the walk's to decide).
+            if ip.len() < 20 || ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 {
+                return None;
+            }
+            let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            if total_len < 20 {
+                return None;
+            }
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&ip[12..16]);
+            dst[..4].copy_from_slice(&ip[16..20]);
+            (src, dst, ip[9], l3 + 20, &ip[20..total_len.min(ip.len())], total_len, false)
+        }
+        ethertype::IPV6 => {
+            if ip.len() < ipv6::HEADER_LEN || ip[0] >> 4 != 6 {
+                return None;
+            }
+            let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if payload_len == 0 {
+                return None;
+            }
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+            let rest = &ip[ipv6::HEADER_LEN..];
+            (
+                src,
+                dst,
+                ip[6],
+                l3 + ipv6::HEADER_LEN,
+                &rest[..payload_len.min(rest.len())],
+                ipv6::HEADER_LEN + payload_len,
+                true,
+            )
+        }
+        _ => return None,
+    };
+    let transport = match protocol {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::ICMP | ip_proto::ICMPV6 => transport(protocol, l4).ok()?,
+        _ => return None,
+    };
+    let (key, dir) =
+        FlowKey::canonical(src, dst, transport.src_port, transport.dst_port, protocol, ipv6, vlan, 0, ingress.zone);
+    Some(PacketInfo {
+        key,
+        dir,
+        port: ingress.port,
+        wire_len,
+        tcp_flags: transport.tcp_flags,
+        icmp: transport.icmp,
+        fragment: Fragment::Whole,
+        payload_offset: u16::try_from(l4_offset + transport.header_len).unwrap_or(0),
+        l2_len: l3 as u8,
+        trailer: trailer_len(wire_len, l3, Some(ip_len)),
+    })
+}
+
+/// Any frame of any link type: the walk through every layer the module's
+/// comment names. Public for the tests and fuzz targets that compare it
+/// with [`plain_ethernet`].
+#[doc(hidden)]
+pub fn parse_any(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) -> Result<PacketInfo, SkipReason> {
     let l3 = link_layer(link, frame)?;
     let network = match l3.version {
         IpVersion::V4 => ipv4(frame, l3.offset)?,
@@ -342,6 +440,7 @@ fn transport_error(e: Error) -> SkipReason {
     }
 }
 
+#[inline]
 fn transport(protocol: u8, l4: &[u8]) -> Result<Transport, SkipReason> {
     Ok(match protocol {
         ip_proto::TCP => {
@@ -525,6 +624,67 @@ mod tests {
         assert_eq!(info.fragment, Fragment::Whole);
         assert_eq!(info.payload_offset, 14 + 20 + 20);
         assert_eq!(&frame[usize::from(info.payload_offset)..], b"hello");
+    }
+
+    /// Which frames the fast path takes, and that it then agrees with the
+    /// walk; every other frame is the walk's alone.
+    #[test]
+    fn the_fast_path_takes_plain_frames_only() {
+        let ingress = Ingress { port: 3, zone: 2 };
+        let mut options = ip4(6, A4, B4, 1, 0, &tcp(1, 2, TCP_SYN, b""));
+        options[0] = 0x46;
+        options.splice(20..20, [1, 1, 1, 0]);
+        let mut zero_len = ip4(17, A4, B4, 1, 0, &udp(1, 2, b"x"));
+        zero_len[2..4].copy_from_slice(&[0, 0]);
+        let mut padded = eth(0x0800, &ip4(17, A4, B4, 1, 0, &udp(53, 5353, b"")));
+        padded.resize(60, 0);
+        let taken: Vec<(&str, Vec<u8>)> = vec![
+            ("IPv4 TCP", eth(0x0800, &ip4(6, A4, B4, 1, 0x4000, &tcp(40000, 443, TCP_SYN, b"hello")))),
+            ("IPv4 UDP, padded", padded),
+            ("IPv6 TCP", eth(0x86dd, &ip6(6, a6(), b6(), &tcp(443, 40000, TCP_ACK, b"x")))),
+            ("IPv6 UDP", eth(0x86dd, &ip6(17, b6(), a6(), &udp(53, 9, b"q")))),
+            ("VLAN, IPv4 TCP", eth(0x8100, &cat(&[&tag(7, 0x0800), &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))]))),
+            ("ICMP echo", eth(0x0800, &ip4(1, A4, B4, 1, 0, &icmp(8, 77)))),
+            (
+                "ICMPv6 echo behind a VLAN tag",
+                eth(0x8100, &cat(&[&tag(9, 0x86dd), &ip6(58, a6(), b6(), &icmp(128, 5))])),
+            ),
+        ];
+        let walked: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "two VLAN tags",
+                eth(0x88a8, &cat(&[&tag(7, 0x8100), &tag(8, 0x0800), &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b""))])),
+            ),
+            ("PPPoE", eth(0x8864, &[0x11, 0, 0, 1, 0, 22, 0, 0x21])),
+            ("IPv4 options", eth(0x0800, &options)),
+            ("IPv4 total length 0", eth(0x0800, &zero_len)),
+            ("first fragment", eth(0x0800, &ip4(17, A4, B4, 9, 0x2000, &udp(1, 2, b"abcdefgh")))),
+            ("later fragment", eth(0x0800, &ip4(17, A4, B4, 9, 1, b"abcdefgh"))),
+            ("GRE", eth(0x0800, &ip4(47, A4, B4, 1, 0, &[0; 8]))),
+            (
+                "IPv6 extension header",
+                eth(0x86dd, &ip6(0, a6(), b6(), &cat(&[&[17, 0, 0, 0, 0, 0, 0, 0], &udp(1, 2, b"")]))),
+            ),
+            ("TCP cut short", eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b"")))[..50].to_vec()),
+            ("IPv4 version 6", {
+                let mut f = eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b"")));
+                f[14] = 0x65;
+                f
+            }),
+        ];
+        for (what, frame) in &taken {
+            let fast = plain_ethernet(frame, 1514, ingress);
+            assert!(fast.is_some(), "{what}: not taken");
+            assert_eq!(fast.ok_or(SkipReason::NonIp), parse_any(LinkType::Ethernet, frame, 1514, ingress), "{what}");
+        }
+        for (what, frame) in &walked {
+            assert_eq!(plain_ethernet(frame, 1514, ingress), None, "{what}: taken");
+            assert_eq!(
+                parse_packet(LinkType::Ethernet, frame, 1514, ingress),
+                parse_any(LinkType::Ethernet, frame, 1514, ingress),
+                "{what}"
+            );
+        }
     }
 
     #[test]
