@@ -522,6 +522,17 @@ pub struct WorkersRun {
     /// together, in ns (medians): where the cores went.
     pub reader_ns_per_packet: f64,
     pub workers_ns_per_packet: f64,
+    /// The least a reader can spend a packet: the capture's records read
+    /// out of memory and nothing else, in ns (median of the rounds, the
+    /// same for every row).
+    pub read_floor_ns: f64,
+    /// The cores this process may run on.
+    pub cores: usize,
+    /// The fastest this worker count could go here, packets a second: the
+    /// reader at its floor and the workers at their measured CPU, on
+    /// `cores` cores (the slowest of: both shared over the cores, the
+    /// reader alone, one worker's share).
+    pub ceiling_pps: f64,
 }
 
 /// CPU time (user and system, every thread) of this process so far, in s.
@@ -942,7 +953,9 @@ pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<V
     let mut workers_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
     let mut same = vec![true; workers.len()];
+    let mut floor_ns = Vec::new();
     for _ in 0..runs {
+        floor_ns.push(read_floor_ns(bytes)?);
         for (i, &n) in workers.iter().enumerate() {
             let ((pps, reader, workers), facts) = with_workers(&software, n)?;
             rates[i].push(pps);
@@ -955,18 +968,42 @@ pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<V
         }
     }
     let base = median(rates[0].clone());
+    let floor = median(floor_ns);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (i, &n) in workers.iter().enumerate() {
         let pps = median(rates[i].clone());
+        let workers_ns = median(workers_ns[i].clone());
+        // The cores' time shared by all threads, the reader's own, and each
+        // worker's share: the longest of the three sets the pace.
+        let ceiling_ns = ((floor + workers_ns) / cores as f64).max(floor).max(workers_ns / n.max(1) as f64);
         scaling.push(WorkersRun {
             workers: n,
             pps,
             ratio: pps / base,
             records_identical: same[i],
             reader_ns_per_packet: median(reader_ns[i].clone()),
-            workers_ns_per_packet: median(workers_ns[i].clone()),
+            workers_ns_per_packet: workers_ns,
+            read_floor_ns: floor,
+            cores,
+            ceiling_pps: 1e9 / ceiling_ns.max(1e-3),
         });
     }
     Ok(scaling)
+}
+
+/// One pass reading every record of `bytes` out of memory, as the replay's
+/// reader does before it parses, and nothing else: ns a packet.
+fn read_floor_ns(bytes: &[u8]) -> Result<f64, String> {
+    use crate::source::pcap::PcapFileSource;
+    use crate::source::PacketSource;
+    let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
+    let (started, mut packets, mut sum) = (Instant::now(), 0u64, 0u64);
+    while let Some(p) = src.next_packet().map_err(|e| e.to_string())? {
+        packets += 1;
+        sum = sum.wrapping_add(u64::from(p.data.first().copied().unwrap_or(0)));
+    }
+    black_box(sum);
+    Ok(started.elapsed().as_nanos() as f64 / packets.max(1) as f64)
 }
 
 pub fn replay_report(b: &ReplayBench) -> String {
@@ -1004,6 +1041,11 @@ pub fn replay_report(b: &ReplayBench) -> String {
 /// One line a worker count.
 pub fn scaling_report(scaling: &[WorkersRun]) -> String {
     let mut o = String::new();
+    let Some(first) = scaling.first() else { return o };
+    o.push_str(&format!(
+        "  reader's floor (the records read out of memory, nothing else): {:.0} ns a packet; {} cores\n",
+        first.read_floor_ns, first.cores
+    ));
     for w in scaling {
         o.push_str(&format!(
             "  {} worker{}: {:>12.0} packets/s in memory   {:.2}x the first   records {}   CPU a packet: reader {:.0} ns, workers {:.0} ns\n",
@@ -1014,6 +1056,11 @@ pub fn scaling_report(scaling: &[WorkersRun]) -> String {
             if w.records_identical { "identical" } else { "DIFFER" },
             w.reader_ns_per_packet,
             w.workers_ns_per_packet
+        ));
+        o.push_str(&format!(
+            "             ceiling here, the reader at its floor: {:>12.0} packets/s   {:.2}x the first's measured rate\n",
+            w.ceiling_pps,
+            w.ceiling_pps / first.pps
         ));
     }
     o
