@@ -1058,9 +1058,9 @@ pub fn scaling_report(scaling: &[WorkersRun]) -> String {
             w.workers_ns_per_packet
         ));
         o.push_str(&format!(
-            "             ceiling here, the reader at its floor: {:>12.0} packets/s   {:.2}x the first's measured rate\n",
+            "             ceiling here, the reader at its floor: {:>12.0} packets/s   {:.2}x the first's ceiling\n",
             w.ceiling_pps,
-            w.ceiling_pps / first.pps
+            w.ceiling_pps / first.ceiling_pps
         ));
     }
     o
