@@ -86,7 +86,7 @@ pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<P
         (ethernet::HEADER_LEN, kind, 0)
     };
     let ip = frame.get(l3..)?;
-    let (src, dst, protocol, l4_offset, l4, ip_len, ipv6) = match kind {
+    let (src, dst, protocol, l4_offset, l4, ip_len, version) = match kind {
         ethertype::IPV4 => {
             // Version 4, no options, offset 0 and MF clear, a total length
             // that covers the header (0 is the walk's to decide).
@@ -101,7 +101,7 @@ pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<P
             let mut dst = [0u8; 16];
             src[..4].copy_from_slice(&ip[12..16]);
             dst[..4].copy_from_slice(&ip[16..20]);
-            (src, dst, ip[9], l3 + 20, &ip[20..total_len.min(ip.len())], total_len, false)
+            (src, dst, ip[9], l3 + 20, &ip[20..total_len.min(ip.len())], total_len, IpVersion::V4)
         }
         ethertype::IPV6 => {
             if ip.len() < ipv6::HEADER_LEN || ip[0] >> 4 != 6 {
@@ -121,7 +121,7 @@ pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<P
                 l3 + ipv6::HEADER_LEN,
                 &rest[..payload_len.min(rest.len())],
                 ipv6::HEADER_LEN + payload_len,
-                true,
+                IpVersion::V6,
             )
         }
         _ => return None,
@@ -130,20 +130,9 @@ pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<P
         ip_proto::TCP | ip_proto::UDP | ip_proto::ICMP | ip_proto::ICMPV6 => transport(protocol, l4).ok()?,
         _ => return None,
     };
-    let (key, dir) =
-        FlowKey::canonical(src, dst, transport.src_port, transport.dst_port, protocol, ipv6, vlan, 0, ingress.zone);
-    Some(PacketInfo {
-        key,
-        dir,
-        port: ingress.port,
-        wire_len,
-        tcp_flags: transport.tcp_flags,
-        icmp: transport.icmp,
-        fragment: Fragment::Whole,
-        payload_offset: u16::try_from(l4_offset + transport.header_len).unwrap_or(0),
-        l2_len: l3 as u8,
-        trailer: trailer_len(wire_len, l3, Some(ip_len)),
-    })
+    let link = LinkInfo { offset: l3, version, vlan_outer: vlan, vlan_inner: 0, encap: 0 };
+    let network = Network { src, dst, protocol, fragment: Fragment::Whole, l4, l4_offset, ip_len: Some(ip_len) };
+    Some(summary(&link, &network, &transport, wire_len, ingress))
 }
 
 /// Any frame of any link type: the walk through every layer the module's
@@ -160,6 +149,12 @@ pub fn parse_any(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) 
         Fragment::Later { .. } => Transport::NONE,
         _ => transport(network.protocol, network.l4)?,
     };
+    Ok(summary(&l3, &network, &transport, wire_len, ingress))
+}
+
+/// What the layers found, as the flow table takes it.
+#[inline(always)]
+fn summary(l3: &LinkInfo, network: &Network, transport: &Transport, wire_len: u32, ingress: Ingress) -> PacketInfo {
     let (mut key, dir) = FlowKey::canonical(
         network.src,
         network.dst,
@@ -172,7 +167,7 @@ pub fn parse_any(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) 
         ingress.zone,
     );
     key.encap = l3.encap;
-    Ok(PacketInfo {
+    PacketInfo {
         key,
         dir,
         port: ingress.port,
@@ -185,7 +180,7 @@ pub fn parse_any(link: LinkType, frame: &[u8], wire_len: u32, ingress: Ingress) 
         payload_offset: u16::try_from(network.l4_offset + transport.header_len).unwrap_or(0),
         l2_len: u8::try_from(l3.offset).unwrap_or(u8::MAX),
         trailer: trailer_len(wire_len, l3.offset, network.ip_len),
-    })
+    }
 }
 
 /// Bytes of the frame on the wire past the IP packet's own length (padding,
