@@ -171,11 +171,11 @@ fn in_unit(n: u64, unit: &str) -> String {
     }
 }
 
-/// The table on a watch screen: its header cells (a unit joined to the
-/// word before it: `now Mbit/s`) and each row's cells, keyed by header.
-fn table_of(screen: &str) -> (Vec<String>, Vec<std::collections::HashMap<String, String>>) {
+/// The table on a watch screen as drawn: its header cells (a unit joined
+/// to the word before it: `now Mbit/s`) and each row's cells.
+fn cells_of(screen: &str) -> Option<(Vec<String>, Vec<Vec<String>>)> {
     let inner = |l: &str| l.trim().trim_start_matches('│').trim_end_matches('│').to_string();
-    let head = screen.lines().find(|l| l.starts_with('│') && l.contains(" client ")).expect("a table header");
+    let head = screen.lines().find(|l| l.starts_with('│') && l.contains(" client "))?;
     let mut header: Vec<String> = Vec::new();
     for t in inner(head).split_whitespace() {
         match header.last_mut() {
@@ -188,10 +188,26 @@ fn table_of(screen: &str) -> (Vec<String>, Vec<std::collections::HashMap<String,
         .filter(|l| l.starts_with('│'))
         .map(inner)
         .filter(|l| l.split_whitespace().next().is_some_and(|t| t.chars().all(|c| c.is_ascii_digit())))
-        .map(|l| {
-            let cells: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(cells.len(), header.len(), "a row with a cell per column:\n{l}\nheader {header:?}");
-            header.iter().cloned().zip(cells.iter().map(|c| c.to_string())).collect()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    Some((header, rows))
+}
+
+/// Whether the screen holds a whole frame of `rows` rows: tmux can be read
+/// while the terminal is still being drawn, a row cut after its first cells.
+fn drawn_whole(screen: &str, rows: usize) -> bool {
+    cells_of(screen).is_some_and(|(header, cells)| cells.len() == rows && cells.iter().all(|c| c.len() == header.len()))
+}
+
+/// The table on a watch screen: its header cells and each row's cells,
+/// keyed by header.
+fn table_of(screen: &str) -> (Vec<String>, Vec<std::collections::HashMap<String, String>>) {
+    let (header, cells) = cells_of(screen).expect("a table header");
+    let rows = cells
+        .into_iter()
+        .map(|cells| {
+            assert_eq!(cells.len(), header.len(), "a row with a cell per column:\n{cells:?}\nheader {header:?}");
+            header.iter().cloned().zip(cells).collect()
         })
         .collect();
     (header, rows)
@@ -243,8 +259,9 @@ fn watch_at_80x24_shows_whole_ids_ends_bytes_rate_and_placement_and_200x50_adds_
         let out =
             tmux.run(&["new-session", "-d", "-s", "watch", "-x", &width.to_string(), "-y", &height.to_string(), &cmd]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
-        let screen =
-            tmux.wait_for("the table", |s| s.contains(&format!("top {shown} of 83 flows")) && s.contains(" client "));
+        let screen = tmux.wait_for("the table", |s| {
+            s.contains(&format!("top {shown} of 83 flows")) && s.contains(" client ") && drawn_whole(s, shown)
+        });
         assert!(screen.lines().all(|l| l.chars().count() <= width), "a line wider than the screen:\n{screen}");
         let (header, rows) = table_of(&screen);
         assert_eq!(rows.len(), shown, "{width}x{height}: a row per line the screen has:\n{screen}");

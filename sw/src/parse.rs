@@ -653,6 +653,17 @@ mod tests {
             ("PPPoE", eth(0x8864, &[0x11, 0, 0, 1, 0, 22, 0, 0x21])),
             ("IPv4 options", eth(0x0800, &options)),
             ("IPv4 total length 0", eth(0x0800, &zero_len)),
+            ("IPv4 total length 19", {
+                let mut f = eth(0x0800, &ip4(6, A4, B4, 1, 0, &tcp(1, 2, 0, b"")));
+                f[16..18].copy_from_slice(&19u16.to_be_bytes());
+                f
+            }),
+            ("later fragment, offset in its high bits", eth(0x0800, &ip4(17, A4, B4, 9, 0x0100, b"abcdefgh"))),
+            ("IPv6 payload length 0", {
+                let mut f = eth(0x86dd, &ip6(6, a6(), b6(), &tcp(1, 2, 0, b"")));
+                f[18..20].copy_from_slice(&[0, 0]);
+                f
+            }),
             ("first fragment", eth(0x0800, &ip4(17, A4, B4, 9, 0x2000, &udp(1, 2, b"abcdefgh")))),
             ("later fragment", eth(0x0800, &ip4(17, A4, B4, 9, 1, b"abcdefgh"))),
             ("GRE", eth(0x0800, &ip4(47, A4, B4, 1, 0, &[0; 8]))),
