@@ -23,9 +23,15 @@
 //! `Fragment::Later`, keyed with ports 0 and no transport parsing, its IP id
 //! (16 bits for IPv4, 32 for IPv6) left for the table to attribute it.
 //!
-//! The parser never panics on any input and never allocates: every header
-//! goes through a checked [`crate::wire`] view, and the result is a plain
-//! value.
+//! The plain frame (untagged or singly tagged Ethernet, IPv4 without
+//! options or IPv6 without extension headers, TCP, UDP or ICMP, not a
+//! fragment) takes a fast path, [`plain_ethernet`], that skips the walk and
+//! is held to give what the walk gives; every other frame is walked.
+//!
+//! The parser never panics on any input and never allocates: every
+//! transport header goes through a checked [`crate::wire`] view, the fast
+//! path's link and IP fields through checked slice reads, and the result
+//! is a plain value.
 
 use crate::key::encap;
 use crate::key::FlowKey;
