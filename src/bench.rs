@@ -915,16 +915,7 @@ pub fn workers_only(
     runs: usize,
     workers: &[usize],
 ) -> Result<Vec<WorkersRun>, String> {
-    let bytes = match file {
-        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => {
-            let tmp = std::env::temp_dir().join(format!("flowtable-bench-{}.pcap", std::process::id()));
-            write_synthetic_mix(&tmp, packets)?;
-            let bytes = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()));
-            let _ = std::fs::remove_file(&tmp);
-            bytes?
-        }
-    };
+    let (bytes, _) = crate::bench_stages::capture_bytes(file, packets)?;
     workers_scaling(&bytes, runs, workers)
 }
 
@@ -935,29 +926,34 @@ pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<V
     use crate::source::pcap::PcapFileSource;
     let software =
         flowtable_config::parse("bench", r#"{"table": {"max_flows": 4194304}}"#).map_err(|e| e.to_string())?;
-    let with_workers =
-        |c: &flowtable_config::Config, n: usize| -> Result<(WorkersRate, Vec<crate::replay::RecordFacts>), String> {
-            let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
-            let mut facts = Vec::new();
-            let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
-                facts.push(crate::replay::record_facts(r))
-            })?;
-            facts.sort_unstable();
-            let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
-            let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
-            Ok(((r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu)), facts))
-        };
+    let with_workers = |c: &flowtable_config::Config,
+                        n: usize|
+     -> Result<(WorkersRate, u64, Vec<crate::replay::RecordFacts>), String> {
+        let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
+        let mut facts = Vec::new();
+        let r = crate::replay::replay(&mut src, c, n, crate::backend::build(c)?, |r| {
+            facts.push(crate::replay::record_facts(r))
+        })?;
+        facts.sort_unstable();
+        let per_packet = |ns: u64| ns as f64 / r.summary.packets.max(1) as f64;
+        let workers_cpu = r.workers.iter().map(|w| w.cpu_ns).sum::<u64>();
+        let rate = (r.summary.packets_per_second(), per_packet(r.summary.reader_cpu_ns), per_packet(workers_cpu));
+        Ok((rate, r.summary.packets, facts))
+    };
     let mut scaling: Vec<WorkersRun> = Vec::new();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut reader_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut workers_ns: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut first_facts: Option<Vec<crate::replay::RecordFacts>> = None;
     let mut same = vec![true; workers.len()];
-    let mut floor_ns = Vec::new();
+    // The reader's floor: `bench stages`' first pass, the records read and
+    // nothing else.
+    let (mut floor_s, mut packets) = (Vec::new(), 0);
     for _ in 0..runs {
-        floor_ns.push(read_floor_ns(bytes)?);
+        floor_s.push(crate::bench_stages::pass(bytes, 1, &software)?);
         for (i, &n) in workers.iter().enumerate() {
-            let ((pps, reader, workers), facts) = with_workers(&software, n)?;
+            let ((pps, reader, workers), replayed, facts) = with_workers(&software, n)?;
+            packets = replayed;
             rates[i].push(pps);
             reader_ns[i].push(reader);
             workers_ns[i].push(workers);
@@ -968,7 +964,7 @@ pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<V
         }
     }
     let base = median(rates[0].clone());
-    let floor = median(floor_ns);
+    let floor = median(floor_s) * 1e9 / packets.max(1) as f64;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (i, &n) in workers.iter().enumerate() {
         let pps = median(rates[i].clone());
@@ -989,21 +985,6 @@ pub fn workers_scaling(bytes: &[u8], runs: usize, workers: &[usize]) -> Result<V
         });
     }
     Ok(scaling)
-}
-
-/// One pass reading every record of `bytes` out of memory, as the replay's
-/// reader does before it parses, and nothing else: ns a packet.
-fn read_floor_ns(bytes: &[u8]) -> Result<f64, String> {
-    use crate::source::pcap::PcapFileSource;
-    use crate::source::PacketSource;
-    let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
-    let (started, mut packets, mut sum) = (Instant::now(), 0u64, 0u64);
-    while let Some(p) = src.next_packet().map_err(|e| e.to_string())? {
-        packets += 1;
-        sum = sum.wrapping_add(u64::from(p.data.first().copied().unwrap_or(0)));
-    }
-    black_box(sum);
-    Ok(started.elapsed().as_nanos() as f64 / packets.max(1) as f64)
 }
 
 pub fn replay_report(b: &ReplayBench) -> String {

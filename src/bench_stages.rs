@@ -51,7 +51,7 @@ const STAGES: [(&str, &str); 4] = [
 ];
 
 /// One pass over `bytes` through the first `depth` stages; its seconds.
-fn pass(bytes: &[u8], depth: usize, config: &flowtable_config::Config) -> Result<f64, String> {
+pub(crate) fn pass(bytes: &[u8], depth: usize, config: &flowtable_config::Config) -> Result<f64, String> {
     let ports = config.port_map().unwrap_or_default();
     let mut src = PcapFileSource::from_bytes(bytes.to_vec(), 0).map_err(|e| e.to_string())?;
     let mut engine = if depth >= 4 { Some(Engine::from_config(config, crate::backend::build(config)?)?) } else { None };
@@ -114,7 +114,7 @@ fn pass(bytes: &[u8], depth: usize, config: &flowtable_config::Config) -> Result
 
 /// The capture's bytes and name: `file`, or the synthetic mix `bench
 /// replay` uses, written to a temporary pcap and read back.
-fn capture_bytes(file: Option<&std::path::Path>, packets: u64) -> Result<(Vec<u8>, String), String> {
+pub(crate) fn capture_bytes(file: Option<&std::path::Path>, packets: u64) -> Result<(Vec<u8>, String), String> {
     if let Some(f) = file {
         let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
         return Ok((bytes, f.display().to_string()));
