@@ -96,18 +96,19 @@ pub fn plain_ethernet(frame: &[u8], wire_len: u32, ingress: Ingress) -> Option<P
         ethertype::IPV4 => {
             // Version 4, no options, offset 0 and MF clear, a total length
             // that covers the header (0 is the walk's to decide).
-            if ip.len() < 20 || ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 {
+            const HEADER: usize = crate::wire::ipv4::MIN_HEADER_LEN;
+            if ip.len() < HEADER || ip[0] != 0x45 || ip[6] & 0x3f != 0 || ip[7] != 0 {
                 return None;
             }
             let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            if total_len < 20 {
+            if total_len < HEADER {
                 return None;
             }
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src[..4].copy_from_slice(&ip[12..16]);
             dst[..4].copy_from_slice(&ip[16..20]);
-            (src, dst, ip[9], l3 + 20, &ip[20..total_len.min(ip.len())], total_len, IpVersion::V4)
+            (src, dst, ip[9], l3 + HEADER, &ip[HEADER..total_len.min(ip.len())], total_len, IpVersion::V4)
         }
         ethertype::IPV6 => {
             if ip.len() < ipv6::HEADER_LEN || ip[0] >> 4 != 6 {
