@@ -201,7 +201,7 @@ const fn port_known(dir: Direction) -> u8 {
 
 /// Most entries the list of largest flows holds before its bar rises.
 const HEAVY_MAX: usize = 4096;
-/// `prefetch_flow`'s answer when the buckets hold no entry with the tag.
+/// `prefetch_flow`'s answer when the primary bucket holds no entry with the tag.
 pub const NO_SLOT: u32 = u32::MAX;
 /// The bar a flow's bytes must reach to enter that list, at first.
 const HEAVY_START_BYTES: u64 = 64 * 1024;
@@ -650,9 +650,10 @@ impl FlowTable {
         hash
     }
 
-    /// Second step: starts loading the flow the buckets point at. Returns
-    /// that flow's slot (`NO_SLOT` if none), for `lookup_or_insert_probed`
-    /// to try before searching the bucket again.
+    /// Second step: starts loading the flow the primary bucket points at
+    /// (or, when it has none, the alternate bucket). Returns that flow's
+    /// slot (`NO_SLOT` if none), for `lookup_or_insert_probed` to try
+    /// before searching the buckets again.
     #[inline]
     pub fn prefetch_flow(&self, hash: u64) -> u32 {
         match self.index.probable(hash) {
