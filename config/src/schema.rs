@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 type Invalid = (String, String);
 
 /// Bytes one flow slot may take: the 128-byte flow, its share of the
-/// index (at most 32 bytes: buckets at most half full, rounded up to a
-/// power of two), the free list, the framing kept beside the table (24
-/// bytes: link header lengths, padding, TCP flags) and the engine's
-/// per-flow state.
+/// index (13.4 bytes: 60% of the ways full at `max_flows`), the free list
+/// (4), the framing kept beside the table (32: first packet's time, link
+/// header lengths, padding, TCP flags, ICMP type), its timer wheel entry
+/// (8) and, in the 30 bytes left, the engine's per-flow state.
 pub const BYTES_PER_FLOW: u64 = 216;
 /// Bytes one remembered first fragment may take in its hash table.
 pub const BYTES_PER_FRAGMENT: u64 = 160;

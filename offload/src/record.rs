@@ -110,8 +110,8 @@ impl DirRecord {
             hw_bytes: hw.bytes,
             hw_ip_bytes: hw_ip,
             tcp_flags: framing.tcp_flags[dir.index()],
-            icmp_type: framing.icmp[dir.index()].map(|t| t[0]),
-            icmp_code: framing.icmp[dir.index()].map(|t| t[1]),
+            icmp_type: framing.icmp(dir).map(|t| t[0]),
+            icmp_code: framing.icmp(dir).map(|t| t[1]),
         }
     }
 }

@@ -94,37 +94,79 @@ impl DirCounters {
 /// `hw_bytes - hw_packets * l2_len`. Written only at a flow's insert, at
 /// each direction's first packet and for padded frames, so a packet of an
 /// established flow never touches it.
+///
+/// 32 bytes, a quarter of the flow's own: the generation is the flow's
+/// (`FlowTable::framing` checks it there), what is not yet known is a bit
+/// of `known` rather than an `Option` each, and the trailer counters are
+/// 48 bits (281 TB of padding a direction before they stop growing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Framing {
-    generation: u16,
-    l2_len: [Option<u8>; 2],
-    /// TCP flags of the packets that moved the state, by direction.
-    pub tcp_flags: [u8; 2],
-    /// Bytes past the IP packets in the frames software counted.
-    pub trailer: [u64; 2],
-    /// ICMP and ICMPv6: the type and code of the direction's first packet
-    /// software saw (the key keeps only the echo identifier).
-    pub icmp: [Option<[u8; 2]>; 2],
     /// The flow's first packet's time. Kept here, not in the flow's own
     /// 128 bytes, so that those hold the last packet's time to the
     /// nanosecond: that one is written at every packet, this one at the
     /// first (and by a packet handled late that turns out earlier).
     pub first_ns: u64,
+    /// Bytes past the IP packets in the frames software counted, by
+    /// direction: low 32 and high 16 bits.
+    trailer_low: [u32; 2],
+    trailer_high: [u16; 2],
+    l2_len: [u8; 2],
+    /// TCP flags of the packets that moved the state, by direction.
+    pub tcp_flags: [u8; 2],
+    /// ICMP and ICMPv6: the type and code of the direction's first packet
+    /// software saw (the key keeps only the echo identifier).
+    icmp: [[u8; 2]; 2],
+    /// `KNOWN_L2 << dir` and `KNOWN_ICMP << dir`: which of `l2_len` and
+    /// `icmp` hold a packet's.
+    known: u8,
 }
 
+const _: () = assert!(core::mem::size_of::<Framing>() == 32);
+
+const KNOWN_L2: u8 = 1 << 0;
+const KNOWN_ICMP: u8 = 1 << 2;
+/// Where the 48-bit trailer counters stop.
+const TRAILER_MAX: u64 = (1 << 48) - 1;
+
 impl Framing {
+    fn known(&self, bit: u8, dir: Direction) -> bool {
+        self.known & (bit << dir.index()) != 0
+    }
+
     /// The link header's length of `dir`'s frames: as its first software
     /// packet had it, else as the other direction's (a direction only the
     /// NIC counted crossed the same link), else 0.
     pub fn l2_len(&self, dir: Direction) -> u8 {
-        self.l2_len[dir.index()].or(self.l2_len[dir.reverse().index()]).unwrap_or(0)
+        [dir, dir.reverse()].into_iter().find(|&d| self.known(KNOWN_L2, d)).map_or(0, |d| self.l2_len[d.index()])
+    }
+
+    fn set_l2_len(&mut self, dir: Direction, len: u8) {
+        self.l2_len[dir.index()] = len;
+        self.known |= KNOWN_L2 << dir.index();
+    }
+
+    /// ICMP type and code of `dir`'s first software packet, if one was seen.
+    pub fn icmp(&self, dir: Direction) -> Option<[u8; 2]> {
+        self.known(KNOWN_ICMP, dir).then_some(self.icmp[dir.index()])
+    }
+
+    /// Bytes past the IP packets in `dir`'s frames software counted.
+    pub fn trailer(&self, dir: Direction) -> u64 {
+        let d = dir.index();
+        u64::from(self.trailer_high[d]) << 32 | u64::from(self.trailer_low[d])
+    }
+
+    fn add_trailer(&mut self, dir: Direction, bytes: u64) {
+        let d = dir.index();
+        let sum = self.trailer(dir).saturating_add(bytes).min(TRAILER_MAX);
+        (self.trailer_low[d], self.trailer_high[d]) = (sum as u32, (sum >> 32) as u16);
     }
 
     /// IP octets of `dir`'s software-counted part (`sw`) and hardware-counted
     /// part (`hw`) of frame bytes.
     pub fn ip_bytes(&self, dir: Direction, sw: DirCounters, hw: DirCounters) -> (u64, u64) {
         let l2 = u64::from(self.l2_len(dir));
-        let sw_ip = sw.bytes.saturating_sub(sw.packets.saturating_mul(l2)).saturating_sub(self.trailer[dir.index()]);
+        let sw_ip = sw.bytes.saturating_sub(sw.packets.saturating_mul(l2)).saturating_sub(self.trailer(dir));
         let hw_ip = hw.bytes.saturating_sub(hw.packets.saturating_mul(l2));
         (sw_ip, hw_ip)
     }
@@ -566,7 +608,7 @@ pub struct FlowTable {
     framing: Vec<Framing>,
     /// The framing of the flow the last insert evicted, whose slot the new
     /// flow took: its record is made after the insert.
-    evicted_framing: Option<(u32, Framing)>,
+    evicted_framing: Option<(FlowId, Framing)>,
     free: Vec<u32>,
     index: FlowIndex,
     hasher: foldhash::fast::RandomState,
@@ -820,11 +862,11 @@ impl FlowTable {
             };
         }
         if let Some((victim, _)) = &evicted {
-            self.evicted_framing = Some((victim.index(), self.framing[victim.index() as usize]));
+            self.evicted_framing = Some((*victim, self.framing[victim.index() as usize]));
         }
         let slot = &mut self.flows[index as usize];
         let generation = slot.generation.wrapping_add(1).max(1);
-        self.framing[index as usize] = Framing { generation, first_ns: now_ns, ..Framing::default() };
+        self.framing[index as usize] = Framing { first_ns: now_ns, ..Framing::default() };
         *slot = Flow {
             key: pkt.key,
             generation,
@@ -890,14 +932,12 @@ impl FlowTable {
     /// table: for the record of one that can't be put back.
     pub fn detached(adopted: &AdoptedFlow) -> (Flow, Framing) {
         let generation = adopted.id.generation();
-        let known = |l: u8| (l != 0).then_some(l);
-        let framing = Framing {
-            generation,
-            first_ns: adopted.first_ns,
-            l2_len: adopted.l2_len.map(known),
-            tcp_flags: adopted.tcp_flags,
-            ..Framing::default()
-        };
+        let mut framing = Framing { first_ns: adopted.first_ns, tcp_flags: adopted.tcp_flags, ..Framing::default() };
+        for dir in [Direction::LoToHi, Direction::HiToLo] {
+            if adopted.l2_len[dir.index()] != 0 {
+                framing.set_l2_len(dir, adopted.l2_len[dir.index()]);
+            }
+        }
         let flow = Flow {
             key: adopted.key,
             generation,
@@ -984,18 +1024,19 @@ impl FlowTable {
     #[cold]
     fn note_framing(&mut self, id: FlowId, pkt: &PacketInfo, first: bool, flags: bool, count: bool) {
         let Some(f) = self.framing.get_mut(id.index() as usize) else { return };
-        let d = pkt.dir.index();
-        if first && f.l2_len[d].is_none() {
-            f.l2_len[d] = Some(pkt.l2_len);
+        let dir = pkt.dir;
+        if first && !f.known(KNOWN_L2, dir) {
+            f.set_l2_len(dir, pkt.l2_len);
         }
-        if first && f.icmp[d].is_none() && matches!(pkt.key.proto, 1 | 58) {
-            f.icmp[d] = Some(pkt.icmp);
+        if first && !f.known(KNOWN_ICMP, dir) && matches!(pkt.key.proto, 1 | 58) {
+            f.icmp[dir.index()] = pkt.icmp;
+            f.known |= KNOWN_ICMP << dir.index();
         }
         if flags {
-            f.tcp_flags[d] |= pkt.tcp_flags;
+            f.tcp_flags[dir.index()] |= pkt.tcp_flags;
         }
         if count {
-            f.trailer[d] += u64::from(pkt.trailer);
+            f.add_trailer(dir, u64::from(pkt.trailer));
         }
     }
 
@@ -1009,11 +1050,11 @@ impl FlowTable {
     /// (until its slot is taken again; the flow an insert evicted keeps
     /// them until the next insert that evicts).
     pub fn framing(&self, id: FlowId) -> Framing {
-        let index = id.index();
-        match self.framing.get(index as usize) {
-            Some(f) if f.generation == id.generation() => *f,
+        let index = id.index() as usize;
+        match (self.flows.get(index), self.framing.get(index)) {
+            (Some(flow), Some(f)) if flow.generation == id.generation() => *f,
             _ => match self.evicted_framing {
-                Some((i, f)) if i == index && f.generation == id.generation() => f,
+                Some((evicted, f)) if (evicted.index(), evicted.generation()) == (id.index(), id.generation()) => f,
                 _ => Framing::default(),
             },
         }
@@ -1430,6 +1471,40 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn framing_keeps_48_bit_trailers_and_tells_a_zero_header_from_none() {
+        let (lo, hi) = (Direction::LoToHi, Direction::HiToLo);
+        let mut f = Framing::default();
+        assert_eq!((f.l2_len(lo), f.icmp(lo), f.trailer(lo)), (0, None, 0));
+        // Carried past the low 32 bits, then stopped at 48.
+        f.add_trailer(lo, u64::from(u32::MAX));
+        f.add_trailer(lo, 2);
+        assert_eq!((f.trailer(lo), f.trailer(hi)), ((1 << 32) + 1, 0));
+        f.add_trailer(lo, u64::MAX);
+        assert_eq!(f.trailer(lo), TRAILER_MAX);
+        // A raw IP direction's header is a known 0, not the other's 14.
+        f.set_l2_len(hi, 14);
+        assert_eq!(f.l2_len(lo), 14, "unknown: the other direction's");
+        f.set_l2_len(lo, 0);
+        assert_eq!((f.l2_len(lo), f.l2_len(hi)), (0, 14));
+    }
+
+    #[test]
+    fn icmp_type_zero_is_recorded_and_framing_lasts_until_the_slot_is_reused() {
+        let mut t = table(1, FullPolicy::EvictIdle);
+        let mut reply = pkt(7, 7, 1, 0, 98);
+        reply.icmp = [0, 0];
+        let id = track(&mut t, &reply, 0);
+        let f = t.framing(id);
+        assert_eq!((f.icmp(reply.dir), f.icmp(reply.dir.reverse())), (Some([0, 0]), None));
+        t.remove(id).unwrap();
+        assert_eq!(t.framing(id), f, "a removed flow's framing is there for its record");
+        let next = track(&mut t, &pkt(1000, 53, 17, 0, 80), S);
+        assert_eq!(next.index(), id.index());
+        assert_eq!(t.framing(id), Framing::default(), "the slot's new flow is not the old one's");
+        assert_eq!(t.framing(next).first_ns, S);
     }
 
     #[test]
