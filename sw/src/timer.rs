@@ -11,11 +11,15 @@
 //! handle and cancel eagerly, which would put work on the packet path.
 
 /// An entry: a flow slot index and the generation it had when filed.
+/// Packed to 6 bytes, not padded to 8: a wheel holds one or more a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(2))]
 pub struct TimerEntry {
     pub index: u32,
     pub generation: u16,
 }
+
+const _: () = assert!(core::mem::size_of::<TimerEntry>() == 6);
 
 pub struct TimerWheel {
     slots: Vec<Vec<TimerEntry>>,
