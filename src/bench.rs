@@ -2,7 +2,7 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
-use flowtable_sw::pipeline::Schedule;
+use flowtable_sw::pipeline::{Schedule, DISTANCE, RING};
 use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
@@ -16,6 +16,10 @@ use std::time::Instant;
 /// is given them in the peer's rounds, so the two compare batch for batch
 /// (the shard itself takes `flowtable_offload::BATCH`).
 const BATCH: usize = 32;
+
+/// Packets one pipeline runs over in the streamed rounds: the runtime's
+/// dispatch batch, what a worker's `Shard::process_batch` is handed.
+const STREAMED: usize = crate::runtime::DISPATCH_BATCH;
 
 /// Distinct IPv4 TCP flows, both directions represented.
 pub fn packets(n: usize, seed: u64) -> Vec<PacketInfo> {
@@ -54,6 +58,9 @@ pub struct TableBench {
     /// The same batches with each step done for the whole batch before the
     /// next (group prefetching), for comparison.
     pub grouped_lookup_per_s: f64,
+    /// Lookups with one pipeline running over `STREAMED` packets at a
+    /// time, as a worker runs it over each dispatch batch.
+    pub streamed_lookup_per_s: f64,
     pub peer_insert_per_s: f64,
     pub peer_lookup_per_s: f64,
     /// The same map with foldhash, the table's own hash function.
@@ -223,18 +230,19 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     // (untimed) and read front to back, so the figure is the cost of
     // finding flows, not of gathering the packets themselves from random
     // places of a 70 MB array (which would add a cache miss per lookup
-    // that no receive path has). Rounds alternate the three ways of
+    // that no receive path has). Rounds alternate the ways of
     // looking up, so a burst of noise on this shared machine hits all of
     // them alike; medians are reported.
     const STREAM: usize = 1 << 16;
     let now = n as u64;
-    let (mut single, mut batched, mut grouped, mut peer, mut peer_fast) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut single, mut batched, mut grouped, mut streamed, mut peer, mut peer_fast) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     #[cfg(feature = "dpdk")]
     let (mut rte_single, mut rte_bulk) = (Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
-        let (mut single_s, mut batched_s, mut grouped_s, mut peer_s, mut fast_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut single_s, mut batched_s, mut grouped_s, mut streamed_s, mut peer_s, mut fast_s) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         #[cfg(feature = "dpdk")]
         let (mut rte_single_s, mut rte_bulk_s) = (0.0, 0.0);
         for part in order.chunks(STREAM) {
@@ -292,6 +300,34 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             }
             grouped_s += start.elapsed().as_secs_f64();
 
+            // One pipeline over each dispatch batch, its hashes and slots
+            // in rings, as `Shard::process_batch` runs it.
+            let start = Instant::now();
+            for chunk in stream.chunks(STREAMED) {
+                const D: usize = DISTANCE;
+                let n = chunk.len();
+                let mut hashes = [0u64; RING];
+                let mut slots = [NO_SLOT; RING];
+                for step in 0..n + 2 * D {
+                    if step < n {
+                        hashes[step % RING] = t.prefetch_index(&chunk[step].key);
+                    }
+                    if step >= D && step - D < n {
+                        let i = (step - D) % RING;
+                        slots[i] = t.prefetch_flow(hashes[i]);
+                    }
+                    if step >= 2 * D {
+                        let i = step - 2 * D;
+                        let p = &chunk[i];
+                        if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i % RING], slots[i % RING], now)
+                        {
+                            t.observe(id, p, now, true);
+                        }
+                    }
+                }
+            }
+            streamed_s += start.elapsed().as_secs_f64();
+
             peer_s += peer_lookups(&mut m, &stream, now);
             fast_s += peer_lookups(&mut fast, &stream, now);
             #[cfg(feature = "dpdk")]
@@ -308,6 +344,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         single.push(lookups as f64 / single_s);
         batched.push(lookups as f64 / batched_s);
         grouped.push(lookups as f64 / grouped_s);
+        streamed.push(lookups as f64 / streamed_s);
         peer.push(lookups as f64 / peer_s);
         peer_fast.push(lookups as f64 / fast_s);
     }
@@ -347,6 +384,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         lookup_per_s: median(single),
         batched_lookup_per_s: median(batched),
         grouped_lookup_per_s: median(grouped),
+        streamed_lookup_per_s: median(streamed),
         peer_insert_per_s: n as f64 / peer_insert,
         peer_lookup_per_s: median(peer),
         peer_fast_lookup_per_s: median(peer_fast),
@@ -365,7 +403,7 @@ pub fn table_report(b: &TableBench) -> String {
             "against DPDK rte_hash (same keys, same work on a 128-byte record, same rounds; EAL {})\n\
              \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x, batched into a table filled once before {:.2}x: rte_hash's memory is faulted in before it is timed)\n\
              \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
-             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time)\n\
+             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; grouped {:.2}x, streamed {:.2}x)\n\
              \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
             r.eal.join(" "),
             b.insert_per_s,
@@ -380,6 +418,8 @@ pub fn table_report(b: &TableBench) -> String {
             r.bulk_lookup_per_s,
             b.batched_lookup_per_s / r.bulk_lookup_per_s,
             BATCH,
+            b.grouped_lookup_per_s / r.bulk_lookup_per_s,
+            b.streamed_lookup_per_s / r.bulk_lookup_per_s,
             b.table_bytes_per_flow,
             r.bytes_per_flow,
         )),
@@ -398,6 +438,7 @@ fn table_report_std(b: &TableBench) -> String {
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, loads pipelined {} apart)\n\
          \x20 grouped:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, each step for all before the next)\n\
+         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (one pipeline over {} at a time, as a worker's dispatch batch)\n\
          \x20 peer with foldhash (the table's hash): {:>12.0} lookups/s; batched is {:.2}x that\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
@@ -422,6 +463,10 @@ fn table_report_std(b: &TableBench) -> String {
         b.grouped_lookup_per_s,
         b.peer_lookup_per_s,
         b.grouped_lookup_per_s / b.peer_lookup_per_s,
+        b.streamed_lookup_per_s,
+        b.peer_lookup_per_s,
+        b.streamed_lookup_per_s / b.peer_lookup_per_s,
+        STREAMED,
         b.peer_fast_lookup_per_s,
         b.batched_lookup_per_s / b.peer_fast_lookup_per_s,
         b.table_bytes_per_flow,

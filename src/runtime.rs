@@ -48,7 +48,7 @@ pub const POLL_TICK_NS: u64 = 10_000_000;
 pub const EPOCH_NS: u64 = 50_000_000;
 /// Batches of packets waiting for one worker, at most.
 const INBOX_DEPTH: usize = 64;
-/// Packets handed to a worker at once (it takes them `BATCH` at a time):
+/// Packets handed to a worker at once (one lookup pipeline runs over them):
 /// larger than that, so a worker wakes less often per packet.
 pub const DISPATCH_BATCH: usize = 256;
 /// Most workers (the shard number is 8 bits of a flow id).

@@ -17,6 +17,14 @@
 /// fill and drain short against a batch of 32.
 pub const DISTANCE: usize = 8;
 
+/// Entries of the rings in which a caller keeps each packet's hash and
+/// slot, indexed by the packet's position modulo `RING`: a packet's entry
+/// lives from its hash to its lookup, `2 × DISTANCE` steps, so one
+/// pipeline can run over a batch of any length (the shard's whole
+/// dispatch batch, not 32 at a time) without its entries colliding.
+pub const RING: usize = 32;
+const _: () = assert!(2 * DISTANCE < RING && RING.is_power_of_two());
+
 /// One step of the pipeline: each field, when set, is the packet (index
 /// into the batch) that takes that step now. Callers do them in field
 /// order.

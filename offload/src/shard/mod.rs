@@ -27,7 +27,7 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
-use flowtable_sw::pipeline::DISTANCE;
+use flowtable_sw::pipeline::{DISTANCE, RING};
 use flowtable_sw::table::{FlowMap, NO_SLOT};
 use flowtable_sw::{
     DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
@@ -58,10 +58,10 @@ const OUTBOX_PER_CALL: usize = 256;
 /// rules' counters); the rest wait for the next poll.
 const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
 
-/// Most packets `process_batch` takes at once. The pipeline's fill and
-/// drain (2 × `DISTANCE` steps without a lookup) are paid once a chunk:
-/// 64 pays them half as often as 32, with the chunk's hashes and slots in
-/// 768 bytes of stack.
+/// Packets a caller that gathers its own batches hands `process_batch` at
+/// once (the runtime's dispatcher hands up to `DISPATCH_BATCH`): the
+/// pipeline's fill and drain (2 × `DISTANCE` steps without a lookup) are
+/// paid once a call.
 pub const BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -543,29 +543,31 @@ impl Shard {
     /// `process` for a batch of packets, with `ts_ns[i]` the time of
     /// `pkts[i]`. The memory each lookup needs is requested a few packets
     /// ahead (`flowtable_sw::pipeline`), so the loads overlap; the packets
-    /// are handled in order, exactly as one `process` call each. Batches
-    /// longer than `BATCH` are taken `BATCH` at a time.
+    /// are handled in order, exactly as one `process` call each. One
+    /// pipeline runs over the whole batch, however long: its fill and
+    /// drain (2 × `DISTANCE` steps without a lookup) are paid once a call,
+    /// and each packet's hash and slot live in a ring of `RING` entries
+    /// from its hash to its lookup.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
         const D: usize = DISTANCE;
-        for (pkts, ts_ns) in pkts.chunks(BATCH).zip(ts_ns.chunks(BATCH)) {
-            let n = pkts.len().min(ts_ns.len());
-            let mut hashes = [0u64; BATCH];
-            let mut slots = [NO_SLOT; BATCH];
-            // `pipeline::Schedule`'s order, written out as loops without
-            // its per-step options: packet t hashed, t - D's flow
-            // prefetched, t - 2D looked up.
-            for t in 0..n + 2 * D {
-                if t < n {
-                    hashes[t] = self.table.prefetch_index(&pkts[t].key);
-                }
-                if t >= D && t - D < n {
-                    slots[t - D] = self.table.prefetch_flow(hashes[t - D]);
-                }
-                if t >= 2 * D {
-                    let i = t - 2 * D;
-                    self.process_probed(&pkts[i], hashes[i], slots[i], ts_ns[i]);
-                }
+        let n = pkts.len().min(ts_ns.len());
+        let mut hashes = [0u64; RING];
+        let mut slots = [NO_SLOT; RING];
+        // `pipeline::Schedule`'s order, written out as loops without its
+        // per-step options: packet t hashed, t - D's flow prefetched,
+        // t - 2D looked up.
+        for t in 0..n + 2 * D {
+            if t < n {
+                hashes[t % RING] = self.table.prefetch_index(&pkts[t].key);
+            }
+            if t >= D && t - D < n {
+                let i = (t - D) % RING;
+                slots[i] = self.table.prefetch_flow(hashes[i]);
+            }
+            if t >= 2 * D {
+                let i = t - 2 * D;
+                self.process_probed(&pkts[i], hashes[i % RING], slots[i % RING], ts_ns[i]);
             }
         }
     }
