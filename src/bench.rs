@@ -2,7 +2,11 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
-use flowtable_sw::pipeline::{Schedule, DISTANCE, RING};
+use flowtable_sw::pipeline::{Schedule, GROUP, RING};
+
+/// The packet pipeline's distance the table's schedule is measured
+/// against: each step 8 packets behind the one before.
+const DISTANCE: usize = 8;
 use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
@@ -52,14 +56,18 @@ pub struct TableBench {
     pub warm_insert_per_s: f64,
     pub peer_warm_insert_per_s: f64,
     pub lookup_per_s: f64,
-    /// Lookups in batches of `BATCH`, their memory loads pipelined
-    /// (`flowtable_sw::pipeline`), as the engine makes them.
+    /// Lookups in batches of `BATCH`, their memory loads pipelined in the
+    /// table's schedule (`flowtable_sw::pipeline`), as the engine makes them.
     pub batched_lookup_per_s: f64,
+    /// The same batches as a pipeline of single packets `DISTANCE` apart,
+    /// for comparison.
+    pub pipelined_lookup_per_s: f64,
     /// The same batches with each step done for the whole batch before the
     /// next (group prefetching), for comparison.
     pub grouped_lookup_per_s: f64,
-    /// Lookups with one pipeline running over `STREAMED` packets at a
-    /// time, as a worker runs it over each dispatch batch.
+    /// Lookups with one pipeline in the table's schedule running over
+    /// `STREAMED` packets at a time, as a worker runs it over each
+    /// dispatch batch.
     pub streamed_lookup_per_s: f64,
     pub peer_insert_per_s: f64,
     pub peer_lookup_per_s: f64,
@@ -98,6 +106,39 @@ struct PeerValue {
 }
 
 /// Looks up and counts every packet of `stream` in a peer map; returns the seconds taken.
+/// Seconds to look up (and count) every packet of `stream`, `chunk` at a
+/// time, each chunk's steps in the order `schedule(len)` gives, hashes and
+/// slots kept in rings of `R` (which must hold a packet's entry from its
+/// hash to its lookup).
+fn scheduled_lookups<const R: usize>(
+    t: &mut FlowTable,
+    stream: &[PacketInfo],
+    chunk: usize,
+    schedule: impl Fn(usize) -> Schedule,
+    now: u64,
+) -> f64 {
+    let start = Instant::now();
+    for chunk in stream.chunks(chunk) {
+        let mut hashes = [0u64; R];
+        let mut slots = [NO_SLOT; R];
+        for step in schedule(chunk.len()) {
+            for i in step.hash {
+                hashes[i % R] = t.prefetch_index(&chunk[i].key);
+            }
+            for i in step.prefetch {
+                slots[i % R] = t.prefetch_flow(hashes[i % R]);
+            }
+            for i in step.lookup {
+                let p = &chunk[i];
+                if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i % R], slots[i % R], now) {
+                    t.observe(id, p, now, true);
+                }
+            }
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
 fn peer_lookups<S: std::hash::BuildHasher>(
     m: &mut HashMap<FlowKey, PeerValue, S>,
     stream: &[PacketInfo],
@@ -167,13 +208,13 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
                 let mut hashes = [0u64; BATCH];
                 let mut slots = [NO_SLOT; BATCH];
                 for step in Schedule::new(chunk.len()) {
-                    if let Some(i) = step.hash {
+                    for i in step.hash {
                         hashes[i] = b.prefetch_index(&chunk[i].key);
                     }
-                    if let Some(i) = step.prefetch {
+                    for i in step.prefetch {
                         slots[i] = b.prefetch_flow(hashes[i]);
                     }
-                    if let Some(i) = step.lookup {
+                    for i in step.lookup {
                         if let Lookup::Inserted { id, .. } =
                             b.lookup_or_insert_probed(&chunk[i], hashes[i], slots[i], now)
                         {
@@ -235,14 +276,15 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     // them alike; medians are reported.
     const STREAM: usize = 1 << 16;
     let now = n as u64;
-    let (mut single, mut batched, mut grouped, mut streamed, mut peer, mut peer_fast) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut single, mut batched, mut pipelined, mut grouped, mut streamed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut peer, mut peer_fast) = (Vec::new(), Vec::new());
     #[cfg(feature = "dpdk")]
     let (mut rte_single, mut rte_bulk) = (Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
-        let (mut single_s, mut batched_s, mut grouped_s, mut streamed_s, mut peer_s, mut fast_s) =
-            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut single_s, mut batched_s, mut pipelined_s, mut grouped_s, mut streamed_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut peer_s, mut fast_s) = (0.0, 0.0);
         #[cfg(feature = "dpdk")]
         let (mut rte_single_s, mut rte_bulk_s) = (0.0, 0.0);
         for part in order.chunks(STREAM) {
@@ -257,76 +299,17 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             }
             single_s += start.elapsed().as_secs_f64();
 
-            // The same lookups in batches, pipelined as the replay and the
-            // daemon make them.
-            let start = Instant::now();
-            for chunk in stream.chunks(BATCH) {
-                let mut hashes = [0u64; BATCH];
-                let mut slots = [NO_SLOT; BATCH];
-                for step in Schedule::new(chunk.len()) {
-                    if let Some(i) = step.hash {
-                        hashes[i] = t.prefetch_index(&chunk[i].key);
-                    }
-                    if let Some(i) = step.prefetch {
-                        slots[i] = t.prefetch_flow(hashes[i]);
-                    }
-                    if let Some(i) = step.lookup {
-                        let p = &chunk[i];
-                        if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i], slots[i], now) {
-                            t.observe(id, p, now, true);
-                        }
-                    }
-                }
-            }
-            batched_s += start.elapsed().as_secs_f64();
-
-            // The schedule it replaced, for comparison: each step for the
-            // whole batch before the next.
-            let start = Instant::now();
-            for chunk in stream.chunks(BATCH) {
-                let mut hashes = [0u64; BATCH];
-                let mut slots = [NO_SLOT; BATCH];
-                for (h, p) in hashes.iter_mut().zip(chunk) {
-                    *h = t.prefetch_index(&p.key);
-                }
-                for (s, h) in slots.iter_mut().zip(&hashes[..chunk.len()]) {
-                    *s = t.prefetch_flow(*h);
-                }
-                for ((h, s), p) in hashes.iter().zip(&slots).zip(chunk) {
-                    if let Lookup::Found(id) = t.lookup_or_insert_probed(p, *h, *s, now) {
-                        t.observe(id, p, now, true);
-                    }
-                }
-            }
-            grouped_s += start.elapsed().as_secs_f64();
-
-            // One pipeline over each dispatch batch, its hashes and slots
-            // in rings, as `Shard::process_batch` runs it.
-            let start = Instant::now();
-            for chunk in stream.chunks(STREAMED) {
-                const D: usize = DISTANCE;
-                let n = chunk.len();
-                let mut hashes = [0u64; RING];
-                let mut slots = [NO_SLOT; RING];
-                for step in 0..n + 2 * D {
-                    if step < n {
-                        hashes[step % RING] = t.prefetch_index(&chunk[step].key);
-                    }
-                    if step >= D && step - D < n {
-                        let i = (step - D) % RING;
-                        slots[i] = t.prefetch_flow(hashes[i]);
-                    }
-                    if step >= 2 * D {
-                        let i = step - 2 * D;
-                        let p = &chunk[i];
-                        if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i % RING], slots[i % RING], now)
-                        {
-                            t.observe(id, p, now, true);
-                        }
-                    }
-                }
-            }
-            streamed_s += start.elapsed().as_secs_f64();
+            // The same lookups in batches of 32, in the table's schedule
+            // (`flowtable_sw::pipeline`), then in the two it is measured
+            // against: a pipeline of single packets 8 apart, and each
+            // step for the whole batch before the next. Last, the table's
+            // schedule over each dispatch batch, as a worker runs it.
+            batched_s += scheduled_lookups::<RING>(&mut t, &stream, BATCH, Schedule::new, now);
+            pipelined_s +=
+                scheduled_lookups::<RING>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, 1, DISTANCE), now);
+            grouped_s +=
+                scheduled_lookups::<{ 4 * BATCH }>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, n, 1), now);
+            streamed_s += scheduled_lookups::<RING>(&mut t, &stream, STREAMED, Schedule::new, now);
 
             peer_s += peer_lookups(&mut m, &stream, now);
             fast_s += peer_lookups(&mut fast, &stream, now);
@@ -343,6 +326,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         }
         single.push(lookups as f64 / single_s);
         batched.push(lookups as f64 / batched_s);
+        pipelined.push(lookups as f64 / pipelined_s);
         grouped.push(lookups as f64 / grouped_s);
         streamed.push(lookups as f64 / streamed_s);
         peer.push(lookups as f64 / peer_s);
@@ -383,6 +367,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         peer_warm_insert_per_s: n as f64 / peer_warm_insert,
         lookup_per_s: median(single),
         batched_lookup_per_s: median(batched),
+        pipelined_lookup_per_s: median(pipelined),
         grouped_lookup_per_s: median(grouped),
         streamed_lookup_per_s: median(streamed),
         peer_insert_per_s: n as f64 / peer_insert,
@@ -403,7 +388,7 @@ pub fn table_report(b: &TableBench) -> String {
             "against DPDK rte_hash (same keys, same work on a 128-byte record, same rounds; EAL {})\n\
              \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x, batched into a table filled once before {:.2}x: rte_hash's memory is faulted in before it is timed)\n\
              \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
-             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; grouped {:.2}x, streamed {:.2}x)\n\
+             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; pipelined {:.2}x, grouped {:.2}x, streamed {:.2}x)\n\
              \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
             r.eal.join(" "),
             b.insert_per_s,
@@ -418,6 +403,7 @@ pub fn table_report(b: &TableBench) -> String {
             r.bulk_lookup_per_s,
             b.batched_lookup_per_s / r.bulk_lookup_per_s,
             BATCH,
+            b.pipelined_lookup_per_s / r.bulk_lookup_per_s,
             b.grouped_lookup_per_s / r.bulk_lookup_per_s,
             b.streamed_lookup_per_s / r.bulk_lookup_per_s,
             b.table_bytes_per_flow,
@@ -436,9 +422,10 @@ fn table_report_std(b: &TableBench) -> String {
          \x20   batched:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20   batched, table filled once before: {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
-         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, loads pipelined {} apart)\n\
+         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, loads pipelined in groups of {})\n\
+         \x20 pipelined:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, single packets pipelined {} apart)\n\
          \x20 grouped:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, each step for all before the next)\n\
-         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (one pipeline over {} at a time, as a worker's dispatch batch)\n\
+         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (groups of {} pipelined over {} at a time, as a worker's dispatch batch)\n\
          \x20 peer with foldhash (the table's hash): {:>12.0} lookups/s; batched is {:.2}x that\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
@@ -459,13 +446,18 @@ fn table_report_std(b: &TableBench) -> String {
         b.peer_lookup_per_s,
         b.batched_lookup_per_s / b.peer_lookup_per_s,
         BATCH,
-        flowtable_sw::pipeline::DISTANCE,
+        GROUP,
+        b.pipelined_lookup_per_s,
+        b.peer_lookup_per_s,
+        b.pipelined_lookup_per_s / b.peer_lookup_per_s,
+        DISTANCE,
         b.grouped_lookup_per_s,
         b.peer_lookup_per_s,
         b.grouped_lookup_per_s / b.peer_lookup_per_s,
         b.streamed_lookup_per_s,
         b.peer_lookup_per_s,
         b.streamed_lookup_per_s / b.peer_lookup_per_s,
+        GROUP,
         STREAMED,
         b.peer_fast_lookup_per_s,
         b.batched_lookup_per_s / b.peer_fast_lookup_per_s,

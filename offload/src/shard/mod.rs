@@ -27,7 +27,7 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
-use flowtable_sw::pipeline::{DISTANCE, RING};
+use flowtable_sw::pipeline::{Schedule, RING};
 use flowtable_sw::table::{FlowMap, NO_SLOT};
 use flowtable_sw::{
     DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
@@ -60,7 +60,7 @@ const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
 
 /// Packets a caller that gathers its own batches hands `process_batch` at
 /// once (the runtime's dispatcher hands up to `DISPATCH_BATCH`): the
-/// pipeline's fill and drain (2 × `DISTANCE` steps without a lookup) are
+/// pipeline's fill and drain (two groups' steps without a lookup) are
 /// paid once a call.
 pub const BATCH: usize = 64;
 
@@ -545,28 +545,22 @@ impl Shard {
     /// ahead (`flowtable_sw::pipeline`), so the loads overlap; the packets
     /// are handled in order, exactly as one `process` call each. One
     /// pipeline runs over the whole batch, however long: its fill and
-    /// drain (2 × `DISTANCE` steps without a lookup) are paid once a call,
+    /// drain (two groups' steps without a lookup) are paid once a call,
     /// and each packet's hash and slot live in a ring of `RING` entries
     /// from its hash to its lookup.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
-        const D: usize = DISTANCE;
         let n = pkts.len().min(ts_ns.len());
         let mut hashes = [0u64; RING];
         let mut slots = [NO_SLOT; RING];
-        // `pipeline::Schedule`'s order, written out as loops without its
-        // per-step options: packet t hashed, t - D's flow prefetched,
-        // t - 2D looked up.
-        for t in 0..n + 2 * D {
-            if t < n {
-                hashes[t % RING] = self.table.prefetch_index(&pkts[t].key);
+        for step in Schedule::new(n) {
+            for i in step.hash {
+                hashes[i % RING] = self.table.prefetch_index(&pkts[i].key);
             }
-            if t >= D && t - D < n {
-                let i = (t - D) % RING;
-                slots[i] = self.table.prefetch_flow(hashes[i]);
+            for i in step.prefetch {
+                slots[i % RING] = self.table.prefetch_flow(hashes[i % RING]);
             }
-            if t >= 2 * D {
-                let i = t - 2 * D;
+            for i in step.lookup {
                 self.process_probed(&pkts[i], hashes[i % RING], slots[i % RING], ts_ns[i]);
             }
         }
