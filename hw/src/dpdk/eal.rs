@@ -333,6 +333,40 @@ impl Drop for DpdkRuntime {
     }
 }
 
+/// Starts the EAL with no devices and `memory_mb` of heap for DPDK
+/// libraries that need only memory (rte_hash in `flowtable bench table`):
+/// on hugepages if enough are free, else on ordinary pages (`--no-huge`,
+/// which DPDK 22.11 allows for everything but device DMA). Its main
+/// thread may run on any CPU of the machine, not just lcore 0's (the EAL
+/// otherwise pins the calling thread, which would skew a comparison run
+/// on that thread afterwards). Returns the arguments used.
+pub fn eal_init_memory_only(memory_mb: usize) -> Result<Vec<String>, String> {
+    let free_huge_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let field =
+                |name: &str| m.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<usize>().ok();
+            Some(field("HugePages_Free:")? * field("Hugepagesize:")? / 1024)
+        })
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut args: Vec<String> =
+        ["--no-pci", "--no-telemetry", "--log-level=error"].iter().map(|s| s.to_string()).collect();
+    args.push(format!("--lcores=0@(0-{})", cpus - 1));
+    // Nothing on disk either way: --in-memory on hugepages; --no-huge
+    // implies the legacy memory mode, which refuses --in-memory, so there
+    // --no-shconf alone.
+    if free_huge_mb < memory_mb {
+        args.extend(["--no-huge".to_string(), "--no-shconf".to_string()]);
+    } else {
+        args.push("--in-memory".into());
+    }
+    args.push("-m".into());
+    args.push(memory_mb.to_string());
+    eal_init(&args)?;
+    Ok(args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::symmetric_rss_key;
@@ -386,38 +420,4 @@ mod tests {
             assert!(bad_split > 100, "the check tells a broken key: {bad_split} of 1000 split");
         }
     }
-}
-
-/// Starts the EAL with no devices and `memory_mb` of heap for DPDK
-/// libraries that need only memory (rte_hash in `flowtable bench table`):
-/// on hugepages if enough are free, else on ordinary pages (`--no-huge`,
-/// which DPDK 22.11 allows for everything but device DMA). Its main
-/// thread may run on any CPU of the machine, not just lcore 0's (the EAL
-/// otherwise pins the calling thread, which would skew a comparison run
-/// on that thread afterwards). Returns the arguments used.
-pub fn eal_init_memory_only(memory_mb: usize) -> Result<Vec<String>, String> {
-    let free_huge_mb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let field =
-                |name: &str| m.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<usize>().ok();
-            Some(field("HugePages_Free:")? * field("Hugepagesize:")? / 1024)
-        })
-        .unwrap_or(0);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut args: Vec<String> =
-        ["--no-pci", "--no-telemetry", "--log-level=error"].iter().map(|s| s.to_string()).collect();
-    args.push(format!("--lcores=0@(0-{})", cpus - 1));
-    // Nothing on disk either way: --in-memory on hugepages; --no-huge
-    // implies the legacy memory mode, which refuses --in-memory, so there
-    // --no-shconf alone.
-    if free_huge_mb < memory_mb {
-        args.extend(["--no-huge".to_string(), "--no-shconf".to_string()]);
-    } else {
-        args.push("--in-memory".into());
-    }
-    args.push("-m".into());
-    args.push(memory_mb.to_string());
-    eal_init(&args)?;
-    Ok(args)
 }
