@@ -389,6 +389,46 @@ mod tests {
         assert!(in_alternate > 0, "no overflow at all: the test no longer exercises alternates");
     }
 
+    /// The same at capacity with the keys a network gives (a few servers,
+    /// clients numbered in order, ports counting up, IPv4 and IPv6) hashed
+    /// as the table hashes them: `FlowKey`'s own `Hash` must spread them
+    /// like random hashes, or lookups pay the alternate bucket's miss.
+    #[test]
+    fn at_capacity_real_keys_live_in_their_primary_bucket_as_random_ones_do() {
+        use crate::key::FlowKey;
+        use core::hash::BuildHasher;
+        use std::net::Ipv4Addr;
+        let hasher = foldhash::fast::RandomState::default();
+        let n = 1 << 18;
+        let key = |i: u32| -> FlowKey {
+            let (client_port, server_port) = (1024 + (i % 60_000) as u16, [443, 80, 53][(i % 3) as usize]);
+            let proto = if server_port == 53 { 17 } else { 6 };
+            if i % 4 == 3 {
+                let client = (0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | (i / 60_000) as u128).to_be_bytes();
+                let server = 0x2001_0db8_0000_0000_0000_0000_0000_0001u128.to_be_bytes();
+                FlowKey::canonical(client, server, client_port, server_port, proto, true, 0, 0, 0).0
+            } else {
+                let client = Ipv4Addr::from(0x0a00_0000 | (i / 60_000));
+                FlowKey::from_v4(client, Ipv4Addr::new(192, 168, 1, (i % 5) as u8), client_port, server_port, proto).0
+            }
+        };
+        let hashes: Vec<u64> = (0..n).map(|i| hasher.hash_one(key(i))).collect();
+        let mut idx = FlowIndex::with_capacity(n as usize);
+        for (i, &h) in hashes.iter().enumerate() {
+            assert!(idx.insert(h, i as u32), "insert {i} failed");
+        }
+        let in_alternate = hashes
+            .iter()
+            .enumerate()
+            .filter(|&(i, &h)| {
+                let bucket = &idx.buckets[idx.primary(h)];
+                !(0..WAYS).any(|w| bucket.tags[w] == tag_of(h) && bucket.slots[w] == i as u32)
+            })
+            .count();
+        let share = in_alternate as f64 / n as f64;
+        assert!(share < 0.05, "{:.1}% of real keys outside their primary bucket", share * 100.0);
+    }
+
     /// Far past the configured load, inserts go on succeeding through
     /// chains of displacements, and every entry moved is still found.
     #[test]

@@ -67,9 +67,7 @@ pub mod encap {
 /// the rest zero and `FLAG_IPV6` clear. The `lo` endpoint is the smaller
 /// (address, port) pair, so both directions of a conversation build the
 /// same key. For ICMP echo the identifier stands in both port fields.
-// `eq` below is field-by-field equality, so the derived `Hash` agrees with it.
-#[allow(clippy::derived_hash_with_manual_eq)]
-#[derive(Clone, Copy, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[repr(C)]
 pub struct FlowKey {
     pub addr_lo: [u8; 16],
@@ -106,8 +104,22 @@ impl PartialEq for FlowKey {
     }
 }
 
+/// The three words `eq` compares, so equal keys hash alike: every packet
+/// hashes its key, and the derived `Hash` writes each of the eleven
+/// fields (and the two arrays' lengths) as its own step of the hasher,
+/// where these are three.
+impl core::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.addr_lo));
+        state.write_u128(u128::from_ne_bytes(self.addr_hi));
+        state.write_u128(self.rest());
+    }
+}
+
 impl FlowKey {
-    /// The fields after the addresses, packed into one word for `eq`.
+    /// The fields after the addresses, packed into one word for `eq` and
+    /// `hash`.
     #[inline]
     fn rest(&self) -> u128 {
         (self.port_lo as u128)
@@ -309,6 +321,7 @@ mod tests {
     /// two overlapping in the packing would show here.
     #[test]
     fn keys_differing_in_any_field_are_unequal() {
+        use core::hash::BuildHasher;
         let (base, _) = FlowKey::from_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 40000, 80, 6);
         let base = FlowKey { vlan_outer: 7, vlan_inner: 9, zone: 2, flags: 1, encap: 4, ..base };
         let copy = base;
@@ -334,7 +347,15 @@ mod tests {
             change(&mut other);
             assert_ne!(base, other, "change {i} went unseen");
             assert_ne!(other, base, "change {i} went unseen the other way round");
+            // `hash` writes the same packed words: a field left out there
+            // would hash both keys alike.
+            for seed in [1, 0x6d5a_6d5a_6d5a_6d5a] {
+                let h = |k: &FlowKey| foldhash::fast::FixedState::with_seed(seed).hash_one(k);
+                assert_ne!(h(&base), h(&other), "change {i} went unseen by the hash (seed {seed:#x})");
+            }
         }
+        let h = |k: &FlowKey| foldhash::fast::FixedState::with_seed(1).hash_one(k);
+        assert_eq!(h(&base), h(&copy), "equal keys hash alike");
     }
 
     #[test]
