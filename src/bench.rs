@@ -18,7 +18,8 @@ use std::time::Instant;
 
 /// Packets a batched lookup takes at once: 32, as `rte_hash_lookup_bulk`
 /// is given them in the peer's rounds, so the two compare batch for batch
-/// (the shard itself takes `flowtable_offload::BATCH`).
+/// (a worker's `Shard::process_batch` runs one pipeline over each dispatch
+/// batch, however long: the streamed rounds).
 const BATCH: usize = 32;
 
 /// Packets one pipeline runs over in the streamed rounds: the runtime's
@@ -105,7 +106,6 @@ struct PeerValue {
     counters: [(u64, u64); 4],
 }
 
-/// Looks up and counts every packet of `stream` in a peer map; returns the seconds taken.
 /// Seconds to look up (and count) every packet of `stream`, `chunk` at a
 /// time, each chunk's steps in the order `schedule(len)` gives, hashes and
 /// slots kept in rings of `R` (which must hold a packet's entry from its
@@ -139,6 +139,7 @@ fn scheduled_lookups<const R: usize>(
     start.elapsed().as_secs_f64()
 }
 
+/// Looks up and counts every packet of `stream` in a peer map; returns the seconds taken.
 fn peer_lookups<S: std::hash::BuildHasher>(
     m: &mut HashMap<FlowKey, PeerValue, S>,
     stream: &[PacketInfo],

@@ -410,7 +410,7 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
 
     // Both engines poll at the same points (expiring idle and closed flows);
     // between them one takes packets singly, the other in batches of 1 to
-    // 253 packets: one pipeline runs over each, however long, so its ring
+    // 256 packets: one pipeline runs over each, however long, so its ring
     // of hashes and slots wraps many times in the longer ones (as in a
     // worker's dispatch batch of 256).
     let mut one_by_one = engine(CONFIG, SimProfile::full());

@@ -35,8 +35,8 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// The ways holding `tag`, one bit each: compared all at once (the
-    /// compiler makes it two vector compares and a mask), so which way
+    /// The ways holding `tag`, one bit each: compared all at once (two
+    /// vector compares, two packs and a mask), so which way
     /// matches is data, not a branch. A loop stopping at the matching way
     /// would branch on a random way per lookup, mispredicted most times
     /// and only resolved when the bucket arrives from memory; until then

@@ -92,7 +92,7 @@ pub struct FlowKey {
 }
 
 /// Field by field, as derived, but without a branch per field: every
-/// lookup compares a key, and the derived `&&` chain of eleven compares
+/// lookup compares a key, and the derived `&&` chain of ten compares
 /// is several times the instructions of three wide ones.
 impl PartialEq for FlowKey {
     #[inline]
@@ -105,7 +105,7 @@ impl PartialEq for FlowKey {
 }
 
 /// The three words `eq` compares, so equal keys hash alike: every packet
-/// hashes its key, and the derived `Hash` writes each of the eleven
+/// hashes its key, and the derived `Hash` writes each of the ten
 /// fields (and the two arrays' lengths) as its own step of the hasher,
 /// where these are three.
 impl core::hash::Hash for FlowKey {
