@@ -380,8 +380,12 @@ fn watch_at_80x24_keeps_ipv6_ends_on_one_line_and_counts_the_rows_it_shows() {
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
         // Four summary lines, two borders and the header: a row on each other line.
         let rows_fit = height - 7;
-        let screen =
-            tmux.wait_for("the table", |s| s.contains(&format!(" of {total} flows")) && s.contains(" client "));
+        // Read once the bottom border is drawn: tmux can be read mid-draw,
+        // a row cut after its first cells, which would pass for an end
+        // wrapped onto a line of its own.
+        let screen = tmux.wait_for("the table", |s| {
+            s.contains(&format!(" of {total} flows")) && s.contains(" client ") && s.lines().any(|l| l.starts_with('└'))
+        });
         assert!(screen.lines().all(|l| l.chars().count() <= width), "a line wider than the screen:\n{screen}");
         assert!(
             screen.contains(&format!("top {rows_fit} of {total} flows")),
