@@ -329,6 +329,12 @@ mod tests {
         z ^ (z >> 31)
     }
 
+    /// Whether the entry (`hash`, `slot`) lives outside its primary bucket.
+    fn outside_primary(idx: &FlowIndex, hash: u64, slot: u32) -> bool {
+        let bucket = &idx.buckets[idx.primary(hash)];
+        !(0..WAYS).any(|w| bucket.tags[w] == tag_of(hash) && bucket.slots[w] == slot)
+    }
+
     #[test]
     fn matching_marks_every_way_with_the_tag_and_no_other() {
         // Every subset of the eight ways holding the tag, the others
@@ -377,12 +383,7 @@ mod tests {
         for i in 0..n as u64 {
             assert!(idx.insert(mix(i), i as u32));
         }
-        let in_alternate = (0..n as u64)
-            .filter(|&i| {
-                let bucket = &idx.buckets[idx.primary(mix(i))];
-                !(0..WAYS).any(|w| bucket.tags[w] == tag_of(mix(i)) && bucket.slots[w] == i as u32)
-            })
-            .count();
+        let in_alternate = (0..n as u64).filter(|&i| outside_primary(&idx, mix(i), i as u32)).count();
         let share = in_alternate as f64 / n as f64;
         eprintln!("{:.2}% of entries outside their primary bucket", share * 100.0);
         assert!(share < 0.05, "{:.1}% of entries outside their primary bucket", share * 100.0);
@@ -417,14 +418,7 @@ mod tests {
         for (i, &h) in hashes.iter().enumerate() {
             assert!(idx.insert(h, i as u32), "insert {i} failed");
         }
-        let in_alternate = hashes
-            .iter()
-            .enumerate()
-            .filter(|&(i, &h)| {
-                let bucket = &idx.buckets[idx.primary(h)];
-                !(0..WAYS).any(|w| bucket.tags[w] == tag_of(h) && bucket.slots[w] == i as u32)
-            })
-            .count();
+        let in_alternate = hashes.iter().enumerate().filter(|&(i, &h)| outside_primary(&idx, h, i as u32)).count();
         let share = in_alternate as f64 / n as f64;
         assert!(share < 0.05, "{:.1}% of real keys outside their primary bucket", share * 100.0);
     }
@@ -443,12 +437,7 @@ mod tests {
         for i in 0..target as u64 {
             assert_eq!(idx.find(mix(i), |s| s == i as u32), Some(i as u32), "entry {i} lost by a move");
         }
-        let moved = (0..target as u64)
-            .filter(|&i| {
-                let bucket = &idx.buckets[idx.primary(mix(i))];
-                !(0..WAYS).any(|w| bucket.slots[w] == i as u32 && bucket.tags[w] == tag_of(mix(i)))
-            })
-            .count();
+        let moved = (0..target as u64).filter(|&i| outside_primary(&idx, mix(i), i as u32)).count();
         assert!(moved > target / 20, "only {moved} of {target} outside their primary: no chains exercised");
     }
 
