@@ -3,10 +3,6 @@
 //! run on are shared and noisy and only ratios travel.
 
 use flowtable_sw::pipeline::{Schedule, GROUP, RING};
-
-/// The packet pipeline's distance the table's schedule is measured
-/// against: each step 8 packets behind the one before.
-const DISTANCE: usize = 8;
 use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
@@ -21,6 +17,10 @@ use std::time::Instant;
 /// (a worker's `Shard::process_batch` runs one pipeline over each dispatch
 /// batch, however long: the streamed rounds).
 const BATCH: usize = 32;
+
+/// The packet pipeline's distance the table's schedule is measured
+/// against: each step 8 packets behind the one before.
+const DISTANCE: usize = 8;
 
 /// Packets one pipeline runs over in the streamed rounds: the runtime's
 /// dispatch batch, what a worker's `Shard::process_batch` is handed.
@@ -107,9 +107,7 @@ struct PeerValue {
 }
 
 /// Seconds to look up (and count) every packet of `stream`, `chunk` at a
-/// time, each chunk's steps in the order `schedule(len)` gives, hashes and
-/// slots kept in rings of `R` (which must hold a packet's entry from its
-/// hash to its lookup).
+/// time, each chunk run by `scheduled`.
 fn scheduled_lookups<const R: usize>(
     t: &mut FlowTable,
     stream: &[PacketInfo],
@@ -119,24 +117,34 @@ fn scheduled_lookups<const R: usize>(
 ) -> f64 {
     let start = Instant::now();
     for chunk in stream.chunks(chunk) {
-        let mut hashes = [0u64; R];
-        let mut slots = [NO_SLOT; R];
-        for step in schedule(chunk.len()) {
-            for i in step.hash {
-                hashes[i % R] = t.prefetch_index(&chunk[i].key);
-            }
-            for i in step.prefetch {
-                slots[i % R] = t.prefetch_flow(hashes[i % R]);
-            }
-            for i in step.lookup {
-                let p = &chunk[i];
-                if let Lookup::Found(id) = t.lookup_or_insert_probed(p, hashes[i % R], slots[i % R], now) {
-                    t.observe(id, p, now, true);
-                }
+        scheduled::<R>(t, chunk, schedule(chunk.len()), now);
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Looks up (creating it if new) and counts every packet of `chunk`, the
+/// steps in the order `schedule` gives, hashes and slots kept in rings of
+/// `R` (which must hold a packet's entry from its hash to its lookup).
+#[inline]
+fn scheduled<const R: usize>(t: &mut FlowTable, chunk: &[PacketInfo], schedule: Schedule, now: u64) {
+    let mut hashes = [0u64; R];
+    let mut slots = [NO_SLOT; R];
+    for step in schedule {
+        for i in step.hash {
+            hashes[i % R] = t.prefetch_index(&chunk[i].key);
+        }
+        for i in step.prefetch {
+            slots[i % R] = t.prefetch_flow(hashes[i % R]);
+        }
+        for i in step.lookup {
+            let p = &chunk[i];
+            if let Lookup::Found(id) | Lookup::Inserted { id, .. } =
+                t.lookup_or_insert_probed(p, hashes[i % R], slots[i % R], now)
+            {
+                t.observe(id, p, now, true);
             }
         }
     }
-    start.elapsed().as_secs_f64()
 }
 
 /// Looks up and counts every packet of `stream` in a peer map; returns the seconds taken.
@@ -205,24 +213,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         let fill = |b: &mut FlowTable, pkts: &[PacketInfo]| {
             let start = Instant::now();
             for (c, chunk) in pkts.chunks(BATCH).enumerate() {
-                let now = (c * BATCH) as u64;
-                let mut hashes = [0u64; BATCH];
-                let mut slots = [NO_SLOT; BATCH];
-                for step in Schedule::new(chunk.len()) {
-                    for i in step.hash {
-                        hashes[i] = b.prefetch_index(&chunk[i].key);
-                    }
-                    for i in step.prefetch {
-                        slots[i] = b.prefetch_flow(hashes[i]);
-                    }
-                    for i in step.lookup {
-                        if let Lookup::Inserted { id, .. } =
-                            b.lookup_or_insert_probed(&chunk[i], hashes[i], slots[i], now)
-                        {
-                            b.observe(id, &chunk[i], now, true);
-                        }
-                    }
-                }
+                scheduled::<RING>(b, chunk, Schedule::new(chunk.len()), (c * BATCH) as u64);
             }
             assert_eq!(b.len(), pkts.len());
             start.elapsed().as_secs_f64()
