@@ -96,7 +96,7 @@ impl DirRecord {
     }
 
     pub fn of(flow: &Flow, dir: Direction, framing: &Framing) -> DirRecord {
-        let (sw, hw) = (flow.sw[dir.index()], flow.hw[dir.index()]);
+        let (sw, hw) = (flow.sw[dir.index()], flow.hw()[dir.index()]);
         let (sw_ip, hw_ip) = framing.ip_bytes(dir, sw, hw);
         DirRecord {
             ingress: flow.port(dir),

@@ -15,6 +15,7 @@ use crate::tcp::TcpState;
 use crate::timer::{TimerEntry, TimerWheel};
 use core::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// A flow's identity: the shard (worker) whose table holds it, the slot
 /// index and the slot's generation, so an id held by an application never
@@ -57,7 +58,8 @@ impl core::fmt::Display for FlowId {
 }
 
 /// Packets and bytes of one direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct DirCounters {
     pub packets: u64,
     pub bytes: u64,
@@ -79,8 +81,7 @@ impl DirCounters {
 }
 
 /// What a flow's frames said beyond its counters, per direction
-/// (`Direction::index`), kept beside the table because the 128-byte
-/// `Flow` has no byte to spare: the link header's length (from the
+/// (`Direction::index`): the link header's length (from the
 /// direction's first packet software saw), the bytes its counted frames
 /// carried past their IP packets (Ethernet padding, a captured FCS), and
 /// the TCP flags of the packets that moved the flow's TCP state (its
@@ -95,16 +96,21 @@ impl DirCounters {
 /// each direction's first packet and for padded frames, so a packet of an
 /// established flow never touches it.
 ///
-/// 32 bytes, a quarter of the flow's own: the generation is the flow's
-/// (`FlowTable::framing` checks it there), what is not yet known is a bit
-/// of `known` rather than an `Option` each, and the trailer counters are
-/// 48 bits (281 TB of padding a direction before they stop growing).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// 32 bytes, the last quarter of the flow's own 128 (see `Flow::tail`),
+/// where they share the line of the flow's counters, so a new flow is
+/// written in two lines rather than three. Once a rule counts for the
+/// flow those bytes hold the rule's counters, and the framing moves to a
+/// map beside the table (`FlowTable::counted_by_rules_mut`): few flows
+/// have rules, and their packets seldom reach software. What is not yet
+/// known is a bit of `known` rather than an `Option` each, and the
+/// trailer counters are 48 bits (281 TB of padding a direction before
+/// they stop growing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Framing {
-    /// The flow's first packet's time. Kept here, not in the flow's own
-    /// 128 bytes, so that those hold the last packet's time to the
-    /// nanosecond: that one is written at every packet, this one at the
-    /// first (and by a packet handled late that turns out earlier).
+    /// The flow's first packet's time, to the nanosecond (the latest's is
+    /// `Flow::last_ns`): written at the first packet, and by a packet
+    /// handled late that turns out earlier.
     pub first_ns: u64,
     /// Bytes past the IP packets in the frames software counted, by
     /// direction: low 32 and high 16 bits.
@@ -119,6 +125,8 @@ pub struct Framing {
     /// `KNOWN_L2 << dir` and `KNOWN_ICMP << dir`: which of `l2_len` and
     /// `icmp` hold a packet's.
     known: u8,
+    /// Padding made explicit, so the bytes can be the flow's tail.
+    _reserved: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<Framing>() == 32);
@@ -248,9 +256,10 @@ pub const NO_SLOT: u32 = u32::MAX;
 /// The bar a flow's bytes must reach to enter that list, at first.
 const HEAVY_START_BYTES: u64 = 64 * 1024;
 
-/// One flow: 128 bytes holding key, state, both directions' software and
-/// hardware counters and timestamps. The application's context lives out
-/// of line (see `context`).
+/// One flow: 128 bytes holding key, state, both directions' software
+/// counters, the last packet's time, and either its framing or its
+/// rules' counters (`tail`). The application's context lives out of line
+/// (see `context`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Flow {
@@ -266,13 +275,19 @@ pub struct Flow {
     /// The port each direction's first packet arrived on, or was expected
     /// on when a rule for it went in first (by `Direction::index`).
     ports: [u8; 2],
+    /// `tail` holds the rules' counters, not the framing.
+    rules_counted: bool,
     /// Last activity: the latest packet's time (the first packet's time is
     /// in `Framing::first_ns`).
     last_ns: u64,
     /// Packets seen by software, by direction (`Direction::index`).
     pub sw: [DirCounters; 2],
-    /// Packets counted by the NIC or kernel rule, by direction.
-    pub hw: [DirCounters; 2],
+    /// The flow's `Framing` until a rule counts for it; from then on the
+    /// packets its rules counted, by direction (`[DirCounters; 2]`), the
+    /// framing having moved beside the table. One or the other: every
+    /// flow has framing, few have rules, and room for both in every flow
+    /// would cost each a fifth more memory.
+    tail: [u64; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<Flow>() == 128);
@@ -287,10 +302,45 @@ impl Flow {
             flags: 0,
             class: 0,
             ports: [0; 2],
+            rules_counted: false,
             last_ns: 0,
             sw: [DirCounters::default(); 2],
-            hw: [DirCounters::default(); 2],
+            tail: [0; 4],
         }
+    }
+
+    /// Packets counted by the NIC or kernel rules, by direction: none
+    /// until a rule counted.
+    #[inline]
+    pub fn hw(&self) -> [DirCounters; 2] {
+        if self.rules_counted {
+            bytemuck::cast(self.tail)
+        } else {
+            [DirCounters::default(); 2]
+        }
+    }
+
+    /// The rules' counters, to add to. The flow's tail becomes them: a
+    /// flow in a table goes through `FlowTable::counted_by_rules_mut`,
+    /// which moves its framing out first; a flow outside any table
+    /// (`FlowTable::detached`, whose framing is apart) already has them.
+    pub fn hw_mut(&mut self) -> &mut [DirCounters; 2] {
+        if !self.rules_counted {
+            self.tail = [0; 4];
+            self.rules_counted = true;
+        }
+        bytemuck::cast_mut(&mut self.tail)
+    }
+
+    /// The tail given over to the rules' counters; the framing it held,
+    /// if it held it.
+    fn tail_to_rules(&mut self) -> Option<Framing> {
+        (!self.rules_counted).then(|| {
+            let framing = bytemuck::cast(self.tail);
+            self.tail = [0; 4];
+            self.rules_counted = true;
+            framing
+        })
     }
 
     pub fn generation(&self) -> u16 {
@@ -374,7 +424,8 @@ impl Flow {
     #[inline]
     pub fn total(&self, dir: Direction) -> DirCounters {
         let i = dir.index();
-        DirCounters { packets: self.sw[i].packets + self.hw[i].packets, bytes: self.sw[i].bytes + self.hw[i].bytes }
+        let hw = self.hw()[i];
+        DirCounters { packets: self.sw[i].packets + hw.packets, bytes: self.sw[i].bytes + hw.bytes }
     }
 
     pub fn packets(&self) -> u64 {
@@ -604,8 +655,9 @@ pub enum AdoptError {
 
 pub struct FlowTable {
     flows: Vec<Flow>,
-    /// Beside `flows`, slot for slot.
-    framing: Vec<Framing>,
+    /// The framing of the flows whose tail holds their rules' counters,
+    /// by slot: kept until the slot's next flow, as a tail is.
+    displaced_framing: HashMap<u32, Framing, foldhash::fast::FixedState>,
     /// The framing of the flow the last insert evicted, whose slot the new
     /// flow took: its record is made after the insert.
     evicted_framing: Option<(FlowId, Framing)>,
@@ -637,7 +689,7 @@ impl FlowTable {
         crate::memory::advise_huge_pages(flows.as_mut_ptr() as *mut u8, max * core::mem::size_of::<Flow>());
         FlowTable {
             flows,
-            framing: Vec::with_capacity(max),
+            displaced_framing: HashMap::default(),
             evicted_framing: None,
             free: Vec::new(),
             index: FlowIndex::with_capacity(max),
@@ -848,7 +900,6 @@ impl FlowTable {
                 None => {
                     let i = self.flows.len() as u32;
                     self.flows.push(Flow::vacant());
-                    self.framing.push(Framing::default());
                     break i;
                 }
             }
@@ -862,11 +913,13 @@ impl FlowTable {
             };
         }
         if let Some((victim, _)) = &evicted {
-            self.evicted_framing = Some((*victim, self.framing[victim.index() as usize]));
+            self.evicted_framing = Some((*victim, self.framing(*victim)));
         }
         let slot = &mut self.flows[index as usize];
+        if slot.rules_counted {
+            self.displaced_framing.remove(&index);
+        }
         let generation = slot.generation.wrapping_add(1).max(1);
-        self.framing[index as usize] = Framing { first_ns: now_ns, ..Framing::default() };
         *slot = Flow {
             key: pkt.key,
             generation,
@@ -875,9 +928,10 @@ impl FlowTable {
             flags: (if pkt.dir == Direction::HiToLo { FLAG_INITIATOR_HI } else { 0 }) | port_known(pkt.dir),
             class: 0,
             ports: [pkt.port; 2],
+            rules_counted: false,
             last_ns: now_ns,
             sw: [DirCounters::default(); 2],
-            hw: [DirCounters::default(); 2],
+            tail: bytemuck::cast(Framing { first_ns: now_ns, ..Framing::default() }),
         };
         let deadline = now_ns + self.config.timeouts.for_flow(slot);
         self.wheel.schedule(TimerEntry { index, generation }, deadline);
@@ -910,14 +964,14 @@ impl FlowTable {
         while self.flows.len() <= index {
             self.free.push(self.flows.len() as u32);
             self.flows.push(Flow::vacant());
-            self.framing.push(Framing::default());
         }
         if !self.index.insert(hash, index as u32) {
             return Err(AdoptError::Full);
         }
         let generation = id.generation();
         let (flow, framing) = FlowTable::detached(&adopted);
-        self.framing[index] = framing;
+        // Its rules count for it: its tail is theirs.
+        self.displaced_framing.insert(index as u32, framing);
         let slot = &mut self.flows[index];
         *slot = flow;
         let deadline = adopted.last_ns + self.config.timeouts.for_flow(slot);
@@ -929,7 +983,9 @@ impl FlowTable {
     }
 
     /// A flow of an earlier run as `adopt` would put it back, outside any
-    /// table: for the record of one that can't be put back.
+    /// table: for the record of one that can't be put back. Its rules
+    /// counted for it, so its tail is their counters (at zero) and its
+    /// framing comes apart.
     pub fn detached(adopted: &AdoptedFlow) -> (Flow, Framing) {
         let generation = adopted.id.generation();
         let mut framing = Framing { first_ns: adopted.first_ns, tcp_flags: adopted.tcp_flags, ..Framing::default() };
@@ -948,9 +1004,10 @@ impl FlowTable {
                 | port_known(Direction::HiToLo),
             class: 0,
             ports: adopted.ports,
+            rules_counted: true,
             last_ns: adopted.last_ns,
             sw: [DirCounters::default(); 2],
-            hw: [DirCounters::default(); 2],
+            tail: [0; 4],
         };
         (flow, framing)
     }
@@ -1013,17 +1070,40 @@ impl FlowTable {
     /// flow starts earlier (see `Flow::start_earlier`).
     #[cold]
     fn observe_late(&mut self, id: FlowId, dir: Direction, now_ns: u64) {
-        let framing = &mut self.framing[id.index() as usize];
+        let Some(framing) = self.framing_mut(id.index()) else { return };
         if now_ns < framing.first_ns {
             framing.first_ns = now_ns;
             self.flows[id.index() as usize].start_earlier(dir);
         }
     }
 
+    /// The framing of the flow in slot `index`, where it is: its tail, or
+    /// beside the table once its rules have the tail.
+    fn framing_mut(&mut self, index: u32) -> Option<&mut Framing> {
+        let flow = self.flows.get_mut(index as usize)?;
+        if flow.rules_counted {
+            self.displaced_framing.get_mut(&index)
+        } else {
+            Some(bytemuck::cast_mut(&mut flow.tail))
+        }
+    }
+
+    /// The live flow `id`, its tail given over to its rules' counters
+    /// (`Flow::hw_mut`), its framing moved beside the table the first time.
+    pub fn counted_by_rules_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        self.get(id)?;
+        let index = id.index();
+        let flow = &mut self.flows[index as usize];
+        if let Some(framing) = flow.tail_to_rules() {
+            self.displaced_framing.insert(index, framing);
+        }
+        Some(flow)
+    }
+
     /// The framing facts of a packet (see `Framing`): off the common path.
     #[cold]
     fn note_framing(&mut self, id: FlowId, pkt: &PacketInfo, first: bool, flags: bool, count: bool) {
-        let Some(f) = self.framing.get_mut(id.index() as usize) else { return };
+        let Some(f) = self.framing_mut(id.index()) else { return };
         let dir = pkt.dir;
         if first && !f.known(KNOWN_L2, dir) {
             f.set_l2_len(dir, pkt.l2_len);
@@ -1050,9 +1130,12 @@ impl FlowTable {
     /// (until its slot is taken again; the flow an insert evicted keeps
     /// them until the next insert that evicts).
     pub fn framing(&self, id: FlowId) -> Framing {
-        let index = id.index() as usize;
-        match (self.flows.get(index), self.framing.get(index)) {
-            (Some(flow), Some(f)) if flow.generation == id.generation() => *f,
+        let index = id.index();
+        match self.flows.get(index as usize) {
+            Some(flow) if flow.generation == id.generation() && !flow.rules_counted => bytemuck::cast(flow.tail),
+            Some(flow) if flow.generation == id.generation() => {
+                self.displaced_framing.get(&index).copied().unwrap_or_default()
+            }
             _ => match self.evicted_framing {
                 Some((evicted, f)) if (evicted.index(), evicted.generation()) == (id.index(), id.generation()) => f,
                 _ => Framing::default(),
@@ -1258,7 +1341,8 @@ impl FlowTable {
     /// Heap bytes held, for the per-flow memory figure.
     pub fn heap_bytes(&self) -> usize {
         self.flows.capacity() * core::mem::size_of::<Flow>()
-            + self.framing.capacity() * core::mem::size_of::<Framing>()
+            // hashbrown's slots and a control byte each.
+            + self.displaced_framing.capacity() * (core::mem::size_of::<(u32, Framing)>() + 1)
             + self.free.capacity() * 4
             + self.index.heap_bytes()
             + self.wheel.heap_bytes()
@@ -1452,7 +1536,7 @@ mod tests {
         let (c, s) = (syn.dir, syn.dir.reverse());
         assert_eq!((f.l2_len(c), f.l2_len(s)), (14, 18));
         // Client: 60 + 1514 + 54 frame bytes, less 3 x 14 of header and 6 of padding.
-        assert_eq!(f.ip_bytes(c, flow.sw[c.index()], flow.hw[c.index()]), (60 + 1514 + 54 - 42 - 6, 0));
+        assert_eq!(f.ip_bytes(c, flow.sw[c.index()], flow.hw()[c.index()]), (60 + 1514 + 54 - 42 - 6, 0));
         // The NIC's part: its frames less the direction's header.
         let hw = DirCounters { packets: 3, bytes: 300 };
         assert_eq!(f.ip_bytes(s, flow.sw[s.index()], hw), (74 - 18, 300 - 3 * 18));
@@ -1505,6 +1589,87 @@ mod tests {
         assert_eq!(next.index(), id.index());
         assert_eq!(t.framing(id), Framing::default(), "the slot's new flow is not the old one's");
         assert_eq!(t.framing(next).first_ns, S);
+    }
+
+    #[test]
+    fn rules_take_the_tail_and_the_framing_moves_beside_the_table_whole() {
+        let mut t = table(2, FullPolicy::EvictIdle);
+        let mut syn = pkt(40000, 80, 6, TCP_SYN, 60);
+        (syn.l2_len, syn.trailer) = (14, 6);
+        let id = track(&mut t, &syn, 10 * S);
+        let before = t.framing(id);
+        assert_eq!(t.get(id).unwrap().hw(), [DirCounters::default(); 2], "no rule counted yet");
+        // A rule counts: its counters take the tail, the framing is kept.
+        let (c, s) = (syn.dir.index(), syn.dir.reverse().index());
+        t.counted_by_rules_mut(id).unwrap().hw_mut()[s] = DirCounters { packets: 3, bytes: 300 };
+        assert_eq!(t.framing(id), before);
+        let flow = *t.get(id).unwrap();
+        assert_eq!((flow.hw()[c], flow.hw()[s]), (DirCounters::default(), DirCounters { packets: 3, bytes: 300 }));
+        assert_eq!(flow.total(syn.dir.reverse()).packets, 3, "totals count the rules' part");
+        assert_eq!(flow.bytes(), 60 + 300);
+        // Counting again leaves both alone.
+        t.counted_by_rules_mut(id).unwrap().hw_mut()[c].packets += 1;
+        assert_eq!((t.framing(id), t.get(id).unwrap().hw()[s].packets), (before, 3));
+        // Packets software still takes write the moved framing: one handled
+        // late moves the start, a FIN adds its flags, padding its trailer.
+        let mut late = pkt(40000, 80, 6, TCP_ACK, 60);
+        (late.l2_len, late.trailer) = (14, 6);
+        track(&mut t, &late, 5 * S);
+        let mut fin = pkt(80, 40000, 6, TCP_FIN | TCP_ACK, 60);
+        (fin.l2_len, fin.trailer) = (18, 4);
+        track(&mut t, &fin, 11 * S);
+        let f = t.framing(id);
+        assert_eq!(f.first_ns, 5 * S);
+        assert_eq!((f.trailer(syn.dir), f.trailer(fin.dir)), (12, 4));
+        assert_eq!((f.l2_len(syn.dir), f.l2_len(fin.dir)), (14, 18));
+        assert_eq!(f.tcp_flags[s], TCP_FIN | TCP_ACK);
+        assert_eq!(t.get(id).unwrap().hw()[s].packets, 3, "software's packets are not the rules'");
+        // Removed, both last until the slot's next flow, which has neither.
+        let gone = t.remove(id).unwrap();
+        assert_eq!((t.framing(id), gone.hw()[s].packets), (f, 3));
+        let next = track(&mut t, &pkt(1000, 53, 17, 0, 80), 12 * S);
+        assert_eq!(next.index(), id.index());
+        assert_eq!(t.framing(id), Framing::default());
+        assert_eq!(t.framing(next).first_ns, 12 * S);
+        assert_eq!(t.get(next).unwrap().hw(), [DirCounters::default(); 2]);
+        assert!(t.displaced_framing.is_empty(), "the old flow's framing went with its slot");
+    }
+
+    #[test]
+    fn an_evicted_flow_whose_rules_counted_keeps_its_framing_for_its_record() {
+        let mut t = table(1, FullPolicy::EvictIdle);
+        let mut first = pkt(1000, 53, 17, 0, 80);
+        first.l2_len = 18;
+        let id = track(&mut t, &first, S);
+        t.counted_by_rules_mut(id).unwrap().hw_mut()[0] = DirCounters { packets: 2, bytes: 160 };
+        let want = t.framing(id);
+        match t.lookup_or_insert(&pkt(1001, 53, 17, 0, 80), 2 * S) {
+            Lookup::Inserted { evicted: Some((victim, flow)), .. } => {
+                assert_eq!(victim, id);
+                assert_eq!(flow.hw()[0].packets, 2);
+                assert_eq!(t.framing(victim), want);
+                assert_eq!(want.l2_len(first.dir), 18);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_filled_table_holds_a_software_flow_in_at_most_155_bytes() {
+        // The goal of docs/PERFORMANCE.md at a million flows, as `bench
+        // table` fills its table: the flow, its index and timer entries,
+        // its framing, and the table's fixed parts (the fragment map, the
+        // wheel's slots) shared out.
+        let n = 1 << 20;
+        let mut t = table(n, FullPolicy::RejectNew);
+        for i in 0..n as u32 {
+            let key = FlowKey::from_v4(Ipv4Addr::from(0x0a00_0000 | i), Ipv4Addr::new(10, 255, 0, 1), 40000, 443, 6).0;
+            let p = PacketInfo::whole(key, Direction::LoToHi, 0, 60, TCP_SYN);
+            track(&mut t, &p, S + u64::from(i) * 1000);
+        }
+        assert_eq!(t.len(), n);
+        let per_flow = t.heap_bytes() as f64 / n as f64;
+        assert!(per_flow <= 155.0, "{per_flow:.1} bytes a flow");
     }
 
     #[test]

@@ -77,10 +77,10 @@ impl Shard {
         state.adopted_ns = Some(now_ns);
         state.requested = entry.requested;
         state.baseline = [rules[0].counters, rules[1].counters];
-        let flow = self.table.get_mut(id).expect("just adopted");
+        let flow = self.table.counted_by_rules_mut(id).expect("just adopted");
         flow.sw = entry.sw;
         for dir in DIRS {
-            flow.hw[dir.index()] = hw_from(entry, dir.index(), &rules[dir.index()].counters);
+            flow.hw_mut()[dir.index()] = hw_from(entry, dir.index(), &rules[dir.index()].counters);
         }
         let (class, wanted) = self.classifier.offload_of(flow);
         let by_verdict = entry.class.as_deref() == Some("verdict");
@@ -120,7 +120,7 @@ impl Shard {
         flow.sw = entry.sw;
         for dir in DIRS {
             let d = dir.index();
-            flow.hw[d] = finals[d].map_or(entry.hw[d], |c| hw_from(entry, d, &c));
+            flow.hw_mut()[d] = finals[d].map_or(entry.hw[d], |c| hw_from(entry, d, &c));
         }
         flow.class = self.classifier.class_of_name(entry.class.as_deref().unwrap_or("")).unwrap_or(0);
         let mut state = OffloadState::queued(entry.action);
@@ -202,7 +202,7 @@ impl Shard {
             tcp_flags: framing.tcp_flags,
             reported: self.active.reported(id),
             requested: state.requested,
-            hw: flow.hw,
+            hw: flow.hw(),
             rules_at: state.baseline.map(|c| DirCounters { packets: c.packets, bytes: c.bytes }),
             workers: self.cfg.workers,
         })

@@ -339,16 +339,16 @@ impl Shard {
             return;
         }
         let Some(state) = self.offloads.get_mut(&id) else { return };
-        let Some(flow) = self.table.get_mut(id) else { return };
+        let Some(flow) = self.table.counted_by_rules_mut(id) else { return };
         state.rule_counted[dir.index()].add(DirCounters { packets: dp, bytes: db });
-        let hw = &mut flow.hw[dir.index()];
+        let hw = &mut flow.hw_mut()[dir.index()];
         hw.packets += dp;
         hw.bytes += db;
         // Offloaded before its handshake completed, software can't see it
         // complete: rules counting both directions mean the connection
         // carries traffic, so it is aged as established, not as a
         // handshake (and is not cut, then found again mid-stream).
-        if matches!(flow.tcp, TcpState::SynSent | TcpState::SynReceived) && flow.hw.iter().all(|c| c.packets > 0) {
+        if matches!(flow.tcp, TcpState::SynSent | TcpState::SynReceived) && flow.hw().iter().all(|c| c.packets > 0) {
             flow.tcp = TcpState::Established;
         }
         flow.touch(last_used.map_or(now, |t| t.min(now)));
