@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 
 type Invalid = (String, String);
 
-/// Bytes one flow slot may take: the 128-byte flow, its share of the
-/// index (13.4 bytes: 60% of the ways full at `max_flows`), the free list
-/// (4), the framing kept beside the table (32: first packet's time, link
-/// header lengths, padding, TCP flags, ICMP type), its timer wheel entry
-/// (8) and, in the 30 bytes left, the engine's per-flow state.
+/// Bytes one flow slot may take: the 128-byte flow (its framing, first
+/// packet's time, link header lengths, padding, TCP flags, ICMP type, in
+/// its last 32), its share of the index (13.4 bytes: 60% of the ways full
+/// at `max_flows`), the free list (4), its timer wheel entry (8) and, in
+/// the 62 bytes left, the engine's per-flow state and, once rules count
+/// for the flow, its framing moved beside the table (41).
 pub const BYTES_PER_FLOW: u64 = 216;
 /// Bytes one remembered first fragment may take in its hash table.
 pub const BYTES_PER_FRAGMENT: u64 = 160;
