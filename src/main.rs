@@ -20,6 +20,8 @@ enum Command {
     /// Replay a pcap or pcapng file through the flow table and the NIC.
     Replay {
         /// The capture: pcap or pcapng (Ethernet, raw IP, Linux SLL/SLL2, BSD loopback).
+        /// Mapped into memory, not copied; FLOWTABLE_PCAP_MMAP=0 in the
+        /// environment reads it instead.
         file: PathBuf,
         /// A configuration file for the classifier, backend, timeouts and
         /// export settings [default: the built-in defaults].

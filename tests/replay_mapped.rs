@@ -1,8 +1,9 @@
 //! A capture mapped into memory replays exactly as the same capture read:
 //! the same records, the same counters, the same errors, both through the
 //! library on every shared capture and through the real binary
-//! (`FLOWTABLE_PCAP_MMAP=1 flowtable replay --json`) on a range of them
-//! and on cut and corrupted copies.
+//! (`flowtable replay --json`, which maps, against
+//! `FLOWTABLE_PCAP_MMAP=0 flowtable replay --json`) on a range of them and
+//! on cut and corrupted copies.
 
 mod common;
 
@@ -99,9 +100,9 @@ fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
     cmd.args(["replay", "--json"]).arg(path);
     if mapped {
-        cmd.env(MMAP_ENV, "1");
-    } else {
         cmd.env_remove(MMAP_ENV);
+    } else {
+        cmd.env(MMAP_ENV, "0");
     }
     let out = cmd.output().unwrap();
     let lines = String::from_utf8(out.stdout)

@@ -7,6 +7,7 @@
 use flowtable_sw::parse::parse_packet;
 use flowtable_sw::{LinkType, PacketInfo, PortMap, SkipReason};
 
+mod mapped;
 pub mod pcap;
 
 /// One frame as a source delivers it, borrowed until the next call.

@@ -20,19 +20,21 @@
 //! so large captures stream and reading costs no allocation per packet. A
 //! capture in memory is that buffer, filled once.
 //!
-//! A regular file can instead be mapped into memory and parsed in place
-//! ([`PcapFileSource::open_mapped`], or `open` with the environment
-//! variable `FLOWTABLE_PCAP_MMAP=1`): no copy from the page cache, but a
-//! page-table entry set up and torn down per 4 kB page and the frames read
-//! from DRAM rather than from a buffer the copy left in cache. On the
-//! machine of docs/PERFORMANCE.md that costs what the copy saves (replay
-//! of a 930 MB capture, alternating runs: mapped took from 15% less to 8%
-//! more CPU time than read, within the machine's noise), so reading, which
-//! has no SIGBUS hazard, stays the default. Where mapping is
-//! impossible (a pipe, stdin, a device, an empty file, a file system that
-//! refuses it) the file is read. All paths parse the same bytes with the
-//! same code, so they give the same frames and the same errors at the same
-//! offsets.
+//! [`PcapFileSource::open`] maps a regular file into memory and parses it
+//! in place: no copy from the page cache, only the lines the parser reads
+//! come from DRAM, where a copy moves every byte (a page-table entry is
+//! set up and torn down per 4 kB page instead). On the quiet machine of
+//! docs/PERFORMANCE.md a replay of a 930 MB capture takes 0.73x the wall
+//! time mapped that it does read. The environment variable
+//! `FLOWTABLE_PCAP_MMAP=0` reads instead ([`MMAP_ENV`]);
+//! [`open_read`](PcapFileSource::open_read) always reads, as the daemon
+//! does: a mapped file that another process truncates is a SIGBUS at the
+//! next read past its new end, which `mapped.rs` turns into an error
+//! naming the file and the offset, but which ends the process. Where
+//! mapping is impossible (a pipe, stdin, a device, an empty file, a file
+//! system that refuses it) the file is read. All paths parse the same
+//! bytes with the same code, so they give the same frames and the same
+//! errors at the same offsets.
 //!
 //! The pcap-file crate parses the file header, the pcap record headers and
 //! the pcapng block framing, section and interface blocks. The fields of
@@ -127,8 +129,9 @@ const LOOKAHEAD: usize = 32768;
 enum Bytes {
     /// Read (or handed over) into memory of our own; grows as it streams.
     Owned(Vec<u8>),
-    /// The whole file, mapped: never grows, never copied.
-    Mapped(memmap2::Mmap),
+    /// The whole file, mapped: never grows, never copied. Watched while it
+    /// is (`mapped.rs`), the watch dropped first.
+    Mapped { _watch: crate::mapped::Watch, map: memmap2::Mmap },
 }
 
 impl Bytes {
@@ -136,15 +139,15 @@ impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(v) => v,
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped { map, .. } => map,
         }
     }
 }
 
-/// Set to `1` in the environment, [`PcapFileSource::open`] maps capture
-/// files rather than reading them (see the module's documentation for why
-/// reading is the default), so the two paths can be compared through the
-/// real binary.
+/// Set to `0` in the environment, [`PcapFileSource::open`] reads capture
+/// files rather than mapping them (`1`, or unset, maps), so the two paths
+/// can be compared through the real binary and a replay of a file that
+/// may be truncated under it can read it instead.
 pub const MMAP_ENV: &str = "FLOWTABLE_PCAP_MMAP";
 
 /// Maps `file` if it is a non-empty regular file that the kernel agrees
@@ -158,8 +161,9 @@ fn map_file(file: &File) -> Option<memmap2::Mmap> {
     // borrows frames from it. What Rust cannot rule out is another process
     // truncating the file while it is mapped, which turns a later read of
     // the lost pages into SIGBUS: a capture cut short under a running
-    // replay is the one hazard of mapping, the price of not copying (set
-    // what `open_mapped` documents).
+    // replay is the one hazard of mapping, the price of not copying (see
+    // what `open_mapped` documents; `mapped.rs` names the file and the
+    // offset when it happens).
     // Appending to the file is harmless: the map covers the length it had
     // when opened.
     //
@@ -262,18 +266,19 @@ enum Step {
 }
 
 impl PcapFileSource {
-    /// Opens a capture file: read, or mapped when the environment says so
-    /// ([`MMAP_ENV`]). `ingress` is the port index every frame is
-    /// attributed to.
+    /// Opens a capture file: mapped, or read where it can't be mapped or
+    /// the environment says so ([`MMAP_ENV`]). `ingress` is the port index
+    /// every frame is attributed to.
     pub fn open(path: impl AsRef<Path>, ingress: u8) -> Result<Self, SourceError> {
-        let mapped = std::env::var_os(MMAP_ENV).is_some_and(|v| v == "1");
+        let mapped = std::env::var_os(MMAP_ENV).is_none_or(|v| v != "0");
         Self::open_with(path.as_ref(), ingress, mapped)
     }
 
     /// Opens a capture file and maps it, or reads it where it can't be
     /// mapped ([`is_mapped`](Self::is_mapped) tells which). A mapped file
-    /// truncated by another process while it is replayed kills the process
-    /// with SIGBUS, the one hazard of not copying.
+    /// truncated by another process while it is replayed ends the process
+    /// (with an error naming the file and the offset, `mapped.rs`), the
+    /// one hazard of not copying.
     pub fn open_mapped(path: impl AsRef<Path>, ingress: u8) -> Result<Self, SourceError> {
         Self::open_with(path.as_ref(), ingress, true)
     }
@@ -295,7 +300,8 @@ impl PcapFileSource {
         if mapped {
             if let Some(map) = map_file(&file) {
                 let end = map.len();
-                return Self::start(name, None, Bytes::Mapped(map), end, ingress);
+                let watch = crate::mapped::Watch::new(map.as_ptr(), map.len(), &name);
+                return Self::start(name, None, Bytes::Mapped { _watch: watch, map }, end, ingress);
             }
         }
         Self::from_reader(name, Box::new(file), ingress)
@@ -344,7 +350,7 @@ impl PcapFileSource {
 
     /// Whether the file is mapped rather than read.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.buf, Bytes::Mapped(_))
+        matches!(self.buf, Bytes::Mapped { .. })
     }
 
     /// Frames delivered so far.
