@@ -1,177 +1,192 @@
-//! A mapped capture cut short under the replay: the operator's error, not
-//! a bare "Bus error".
+//! A mapped capture cut short under the replay: an error at the offset
+//! where it was cut, as reading it gives, not a bare "Bus error".
 //!
 //! A capture file mapped into memory is read without a copy, but when
 //! another process truncates it (a capture rotated in place, `truncate`,
 //! a disk error under it), the next read of a page past the new end is
-//! SIGBUS, and the process dies with no word of which file or where. The
-//! handler installed here looks up the faulting address among the
-//! captures mapped now ([`Watch`]); in one of them it writes one line
-//! naming the file and the byte offset, and ends the process with status
-//! 1, since nothing read from that page can be trusted and a signal
-//! handler can't unwind. A fault anywhere else goes on to the handler that
-//! was there before (Rust's own, or the default, which kills as always).
+//! SIGBUS, and the process would die with no word of which file or where,
+//! and with the records of every flow so far. The handler installed here
+//! looks up the faulting address among the captures mapped now
+//! ([`Watch`]); in one of them it maps zero pages over the rest of that
+//! mapping, so the read goes on, and notes the offset. The source checks
+//! the note before it hands out a frame ([`Watch::cut_at`]) and ends with
+//! an error at that offset; nothing read from past it is handed out, and
+//! the replay ends as it does at a file that ends inside a record. A fault
+//! anywhere else, or a SIGBUS sent by a process, goes on to the handler
+//! that was there before (Rust's own, or the default, which kills as
+//! always).
 //!
 //! Written by hand: signal-hook, the well-kept crate for signals, refuses
-//! SIGBUS, whose handler must run on the faulting thread and not return
-//! to the faulting read.
+//! SIGBUS, whose handler must run on the faulting thread and repair the
+//! fault before it returns.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 
-/// Captures mapped at once, at most, that a fault is told against: a
-/// replay maps one, a daemon one per pcap source. A mapping beyond these
-/// is still read; a fault in it dies as before.
+/// Captures mapped at once, at most, whose faults are repaired: a replay
+/// maps one, a daemon one per pcap source. Past these, files are read.
 const SLOTS: usize = 32;
 
+/// No fault noted.
+const NOT_CUT: usize = usize::MAX;
+
 struct Slot {
-    /// First byte of the mapping; 0 while the slot is free.
+    /// First byte of the mapping; 0 while the slot is free, `usize::MAX`
+    /// while it is being claimed or given back.
     start: AtomicUsize,
     len: AtomicUsize,
-    /// The file's name, `name_len` bytes, owned by the slot's `Watch`.
-    name: AtomicPtr<u8>,
-    name_len: AtomicUsize,
+    /// The offset of the first fault, `NOT_CUT` until one.
+    cut: AtomicUsize,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const FREE: Slot = Slot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    name: AtomicPtr::new(std::ptr::null_mut()),
-    name_len: AtomicUsize::new(0),
-};
+const FREE: Slot = Slot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), cut: AtomicUsize::new(NOT_CUT) };
 
 static MAPPED: [Slot; SLOTS] = [FREE; SLOTS];
 
 /// The SIGBUS action before ours, to hand other faults to.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+static INSTALL: Once = Once::new();
+/// The page size, read before the handler can run (`sysconf` is not one
+/// of the calls a signal handler may make).
+static PAGE: AtomicUsize = AtomicUsize::new(4096);
 
-/// A mapped capture that a SIGBUS in it is reported against, while it
-/// lives. Drop it before (or with) the mapping.
+/// A mapped capture whose faults are repaired and noted while it lives.
+/// Drop it before (or with) the mapping.
 pub struct Watch {
-    slot: Option<usize>,
-    _name: Box<[u8]>,
+    slot: usize,
 }
 
 impl Watch {
-    /// Watches `len` bytes mapped at `start`, the capture `name`.
-    pub fn new(start: *const u8, len: usize, name: &str) -> Watch {
+    /// Watches `len` bytes mapped at `start`; `None` when as many
+    /// mappings are watched as can be.
+    pub fn new(start: *const u8, len: usize) -> Option<Watch> {
         install();
-        let name: Box<[u8]> = name.as_bytes().into();
-        let start = start as usize;
         let slot = (0..SLOTS).find(|&i| {
             let s = &MAPPED[i];
-            // Claimed with the start; the handler reads len and name only
-            // for an address inside, which needs len set: set before.
-            s.len.load(Ordering::Relaxed) == 0
-                && s.start.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            s.start.compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         });
         if let Some(i) = slot {
             let s = &MAPPED[i];
-            s.name.store(name.as_ptr() as *mut u8, Ordering::Relaxed);
-            s.name_len.store(name.len(), Ordering::Relaxed);
+            s.cut.store(NOT_CUT, Ordering::Relaxed);
             s.len.store(len, Ordering::Relaxed);
-            s.start.store(start, Ordering::Release);
+            // Published last: the handler reads the rest only for an
+            // address inside, which needs `start`.
+            s.start.store(start as usize, Ordering::Release);
         }
-        Watch { slot, _name: name }
+        Some(Watch { slot: slot? })
+    }
+
+    /// Where the file was found cut: the offset of the first read past its
+    /// new end, if one was made. The bytes from the page of it on read as
+    /// zeros.
+    #[inline]
+    pub fn cut_at(&self) -> Option<u64> {
+        let cut = MAPPED[self.slot].cut.load(Ordering::Acquire);
+        (cut != NOT_CUT).then_some(cut as u64)
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(i) = self.slot {
-            let s = &MAPPED[i];
-            s.start.store(usize::MAX, Ordering::Release);
-            s.name.store(std::ptr::null_mut(), Ordering::Relaxed);
-            s.name_len.store(0, Ordering::Relaxed);
-            s.len.store(0, Ordering::Relaxed);
-            s.start.store(0, Ordering::Release);
-        }
+        let s = &MAPPED[self.slot];
+        s.start.store(usize::MAX, Ordering::Release);
+        s.len.store(0, Ordering::Relaxed);
+        s.start.store(0, Ordering::Release);
     }
 }
 
+/// The machine's page size.
+pub fn page_size() -> usize {
+    install();
+    PAGE.load(Ordering::Relaxed)
+}
+
 fn install() {
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: `sigaction` is given a zeroed struct filled with a valid
-        // handler of the SA_SIGINFO kind and an empty mask, and a valid
-        // struct for the old action; neither is kept by the kernel.
+    INSTALL.call_once(|| {
+        // SAFETY: `sysconf` has no preconditions; the first `sigaction`
+        // only reads the current action into a valid struct, the second
+        // installs a zeroed struct filled with a handler of the SA_SIGINFO
+        // kind and an empty mask; the kernel keeps neither pointer.
         unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE);
+            if page > 0 {
+                PAGE.store(page as usize, Ordering::Relaxed);
+            }
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) != 0 {
+                previous.sa_sigaction = libc::SIG_DFL;
+            }
+            // Set before ours is in, so the handler always finds it.
+            let _ = PREVIOUS.set(previous);
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_sigbus as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
-            let mut previous: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGBUS, &action, &mut previous) != 0 {
-                previous.sa_sigaction = libc::SIG_DFL;
-            }
-            previous
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
         }
     });
 }
 
-/// Writes `bytes` to stderr, as far as it takes them (async-signal-safe).
-fn write_stderr(bytes: &[u8]) {
-    // SAFETY: `write` reads `bytes.len()` bytes of a live slice.
-    unsafe {
-        libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len());
+/// Maps zero pages over the watched mapping in `s` from the page of `addr`
+/// to its end, and notes the offset: whether that worked.
+fn repair(s: &Slot, start: usize, addr: usize) -> bool {
+    let page = PAGE.load(Ordering::Relaxed);
+    let from = addr & !(page - 1);
+    let end = (start + s.len.load(Ordering::Relaxed)).next_multiple_of(page);
+    // SAFETY: `from..end` lies within a read-only mapping of a capture
+    // that its source owns and reads only through `Watch::cut_at`'s check;
+    // replacing those pages (MAP_FIXED) with private zero pages leaves
+    // every byte readable. `mmap` is a system call, safe in a handler.
+    let at = unsafe {
+        libc::mmap(
+            from as *mut libc::c_void,
+            end - from,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if at as usize != from {
+        return false;
     }
-}
-
-/// `n` in decimal into `buf`, without allocating: the digits' slice.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
+    s.cut.fetch_min(addr - start, Ordering::Release);
+    true
 }
 
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel hands an SA_SIGINFO handler a valid siginfo.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    for s in &MAPPED {
-        let start = s.start.load(Ordering::Acquire);
-        if start == 0 || start == usize::MAX || addr < start || addr - start >= s.len.load(Ordering::Relaxed) {
-            continue;
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // A fault (code above 0), not a signal another process sent.
+    if code > 0 {
+        for s in &MAPPED {
+            let start = s.start.load(Ordering::Acquire);
+            if start == 0 || start == usize::MAX || addr < start || addr - start >= s.len.load(Ordering::Relaxed) {
+                continue;
+            }
+            if repair(s, start, addr) {
+                return;
+            }
+            break;
         }
-        let (name, len) = (s.name.load(Ordering::Relaxed), s.name_len.load(Ordering::Relaxed));
-        let name: &[u8] = if name.is_null() {
-            b"a capture"
-        } else {
-            // SAFETY: the slot's `Watch` owns these bytes and outlives the
-            // mapping, which a fault is in.
-            unsafe { std::slice::from_raw_parts(name, len) }
-        };
-        let mut digits = [0u8; 20];
-        for part in [
-            b"flowtable: ".as_slice(),
-            name,
-            b": the file shrank while it was replayed, at byte offset ",
-            decimal((addr - start) as u64, &mut digits),
-            b" (truncated by another process, or a read error of its disk); the replay stops here. \
-              FLOWTABLE_PCAP_MMAP=0 reads captures instead of mapping them.\n",
-        ] {
-            write_stderr(part);
-        }
-        // SAFETY: `_exit` ends the process at once, as a signal handler may.
-        unsafe { libc::_exit(1) };
     }
     // Not a capture's page: the handler before ours has it.
     let Some(previous) = PREVIOUS.get() else { return };
     match previous.sa_sigaction {
+        libc::SIG_IGN if code <= 0 => {}
         libc::SIG_DFL | libc::SIG_IGN => {
-            // SAFETY: the default action restored, the faulting read runs
-            // again on return and the process dies of SIGBUS as it would
-            // have without us.
+            // SAFETY: the default action restored, a fault's read runs
+            // again on return, and a sent signal is raised again: the
+            // process dies of SIGBUS as it would have without us.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = libc::SIG_DFL;
                 libc::sigemptyset(&mut action.sa_mask);
                 libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+                if code <= 0 {
+                    libc::raise(libc::SIGBUS);
+                }
             }
         }
         handler if previous.sa_flags & libc::SA_SIGINFO != 0 => {
@@ -192,10 +207,8 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
 mod tests {
     use super::*;
     use crate::pcap::{PcapFileSource, MMAP_ENV};
-    use crate::PacketSource;
+    use crate::{PacketSource, SourceError};
 
-    /// Set in the child process of the truncation test: the capture to map.
-    const CHILD_ENV: &str = "FLOWTABLE_TEST_MAPPED_CAPTURE";
     const RECORD: usize = 1024;
 
     /// A little-endian Ethernet pcap of `records` records of `RECORD`
@@ -212,9 +225,25 @@ mod tests {
             for word in [i, 0, len, len] {
                 b.extend_from_slice(&word.to_le_bytes());
             }
-            b.resize(b.len() + len as usize, 0);
+            // Frames of 0xff, so a zero page read as one shows.
+            b.resize(b.len() + len as usize, 0xff);
         }
         b
+    }
+
+    #[test]
+    fn watches_take_and_give_back_their_slots() {
+        let bytes = [0u8; 64];
+        let taken = |start: usize| MAPPED.iter().filter(|s| s.start.load(Ordering::Acquire) == start).count();
+        let a = Watch::new(bytes.as_ptr(), 64).unwrap();
+        let b = Watch::new(bytes[32..].as_ptr(), 32).unwrap();
+        assert_eq!((taken(bytes.as_ptr() as usize), taken(bytes[32..].as_ptr() as usize)), (1, 1));
+        assert_ne!(a.slot, b.slot);
+        assert_eq!((a.cut_at(), b.cut_at()), (None, None));
+        drop(a);
+        assert_eq!(taken(bytes.as_ptr() as usize), 0);
+        drop(b);
+        assert_eq!(taken(bytes[32..].as_ptr() as usize), 0);
     }
 
     #[test]
@@ -234,62 +263,45 @@ mod tests {
         assert_eq!(n, 4);
     }
 
-    /// Maps the capture the parent named, cuts it to one page, reads on.
-    fn child(path: &std::ffi::OsStr) -> ! {
-        let mut source = PcapFileSource::open_mapped(path, 0).unwrap();
-        assert!(source.is_mapped());
-        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(4096).unwrap();
-        while source.next_packet().unwrap().is_some() {}
-        panic!("read to the end of a capture cut short without a fault");
-    }
-
-    #[test]
-    fn a_capture_cut_short_while_mapped_ends_the_process_naming_it_and_the_offset() {
-        if let Some(path) = std::env::var_os(CHILD_ENV) {
-            child(&path);
-        }
+    /// Maps a capture, cuts it to `cut` bytes, and reads on: the frames
+    /// wholly before the cut, each as written, and the error.
+    fn cut_under_the_reader(records: usize, cut: u64) -> (usize, SourceError) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cut-under-us.pcap");
-        std::fs::write(&path, capture(64)).unwrap();
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "mapped::tests::a_capture_cut_short_while_mapped_ends_the_process_naming_it_and_the_offset",
-            ])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        let lead = format!("flowtable: {}: the file shrank while it was replayed, at byte offset ", path.display());
-        let at = stderr.find(&lead).unwrap_or_else(|| panic!("{stderr}")) + lead.len();
-        let offset: usize = stderr[at..].split(' ').next().unwrap().parse().unwrap();
-        // The first record header past the cut: the fourth record's at 24 +
-        // 4 x 1024, or a field of it.
-        assert!((4120..4136).contains(&offset), "{offset}: {stderr}");
-        assert!(stderr.contains("FLOWTABLE_PCAP_MMAP=0 reads captures instead"), "{stderr}");
+        std::fs::write(&path, capture(records)).unwrap();
+        let mut source = PcapFileSource::open_mapped(&path, 0).unwrap();
+        assert!(source.is_mapped());
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let mut whole = 0;
+        loop {
+            match source.next_packet() {
+                Ok(Some(p)) => {
+                    assert!(p.data.iter().all(|&b| b == 0xff), "frame {whole} read past the cut");
+                    whole += 1;
+                }
+                Ok(None) => panic!("{whole} frames and no word of the cut"),
+                Err(e) => return (whole, e),
+            }
+        }
     }
 
     #[test]
-    fn decimal_writes_every_digit() {
-        let mut buf = [0u8; 20];
-        assert_eq!(decimal(0, &mut buf), b"0");
-        assert_eq!(decimal(1_048_576, &mut buf), b"1048576");
-        assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
-    }
-
-    #[test]
-    fn watches_take_and_give_back_their_slots() {
-        let bytes = [0u8; 64];
-        let taken = |start: usize| MAPPED.iter().filter(|s| s.start.load(Ordering::Acquire) == start).count();
-        let a = Watch::new(bytes.as_ptr(), 64, "a.pcap");
-        let b = Watch::new(bytes[32..].as_ptr(), 32, "b.pcap");
-        assert_eq!((taken(bytes.as_ptr() as usize), taken(bytes[32..].as_ptr() as usize)), (1, 1));
-        assert_ne!(a.slot, b.slot);
-        drop(a);
-        assert_eq!(taken(bytes.as_ptr() as usize), 0);
-        drop(b);
-        assert_eq!(taken(bytes[32..].as_ptr() as usize), 0);
+    fn a_capture_cut_short_while_mapped_ends_at_the_cut_with_every_frame_before_it() {
+        let page = page_size();
+        // Cut on a page, mid-page, and in the file's last page, where the
+        // bytes past the cut read as zeros without a fault.
+        let records = 64 * page / RECORD;
+        let len = 24 + records * RECORD;
+        for cut in [page, page + 100, 3 * page + 1000, len - 10] {
+            let (whole, err) = cut_under_the_reader(records, cut as u64);
+            // Every record that ends at or before the cut, none after.
+            let before = (cut - 24) / RECORD;
+            assert_eq!(whole, before, "cut at {cut}");
+            let at = 24 + before * RECORD;
+            let SourceError::Corrupt { path, offset, message } = &err else { panic!("{err}") };
+            assert!(path.ends_with("cut-under-us.pcap"), "{err}");
+            assert_eq!(*offset, at as u64, "cut at {cut}: {err}");
+            assert!(message.contains(&format!("the file was cut to {cut} bytes while it was replayed")), "{err}");
+        }
     }
 }

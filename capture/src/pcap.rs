@@ -27,10 +27,11 @@
 //! docs/PERFORMANCE.md a replay of a 930 MB capture takes 0.73x the wall
 //! time mapped that it does read. The environment variable
 //! `FLOWTABLE_PCAP_MMAP=0` reads instead ([`MMAP_ENV`]);
-//! [`open_read`](PcapFileSource::open_read) always reads, as the daemon
-//! does: a mapped file that another process truncates is a SIGBUS at the
-//! next read past its new end, which `mapped.rs` turns into an error
-//! naming the file and the offset, but which ends the process. Where
+//! [`open_read`](PcapFileSource::open_read) always reads. A mapped file that another process truncates is a SIGBUS at the
+//! next read past its new end; `mapped.rs` catches it, and the source
+//! ends with an error at the first record the file no longer holds, as a
+//! read file that ends inside a record does, every frame before it
+//! handed out as it was. Where
 //! mapping is impossible (a pipe, stdin, a device, an empty file, a file
 //! system that refuses it) the file is read. All paths parse the same
 //! bytes with the same code, so they give the same frames and the same
@@ -114,6 +115,8 @@ pub struct PcapFileSource {
     clamped: u64,
     /// Mapped files: the lines before this offset have been prefetched.
     ahead: usize,
+    /// Mapped files: the page last read to find a cut (`cut_before`).
+    probed: usize,
 }
 
 /// How far ahead of the parser a mapped file's lines are prefetched, in
@@ -130,8 +133,9 @@ enum Bytes {
     /// Read (or handed over) into memory of our own; grows as it streams.
     Owned(Vec<u8>),
     /// The whole file, mapped: never grows, never copied. Watched while it
-    /// is (`mapped.rs`), the watch dropped first.
-    Mapped { _watch: crate::mapped::Watch, map: memmap2::Mmap },
+    /// is (`mapped.rs`), the watch dropped first; the file kept open to
+    /// tell its size if it shrinks.
+    Mapped { watch: crate::mapped::Watch, file: File, map: memmap2::Mmap, page: usize },
 }
 
 impl Bytes {
@@ -160,10 +164,8 @@ fn map_file(file: &File) -> Option<memmap2::Mmap> {
     // SAFETY: the mapping is read-only and lives as long as the source that
     // borrows frames from it. What Rust cannot rule out is another process
     // truncating the file while it is mapped, which turns a later read of
-    // the lost pages into SIGBUS: a capture cut short under a running
-    // replay is the one hazard of mapping, the price of not copying (see
-    // what `open_mapped` documents; `mapped.rs` names the file and the
-    // offset when it happens).
+    // the lost pages into SIGBUS: `mapped.rs` maps zeros there and notes
+    // it, and `cut_before` hands out no frame the file no longer holds.
     // Appending to the file is harmless: the map covers the length it had
     // when opened.
     //
@@ -276,9 +278,8 @@ impl PcapFileSource {
 
     /// Opens a capture file and maps it, or reads it where it can't be
     /// mapped ([`is_mapped`](Self::is_mapped) tells which). A mapped file
-    /// truncated by another process while it is replayed ends the process
-    /// (with an error naming the file and the offset, `mapped.rs`), the
-    /// one hazard of not copying.
+    /// truncated by another process while it is replayed ends with an
+    /// error at the first record it no longer holds (`mapped.rs`).
     pub fn open_mapped(path: impl AsRef<Path>, ingress: u8) -> Result<Self, SourceError> {
         Self::open_with(path.as_ref(), ingress, true)
     }
@@ -299,9 +300,12 @@ impl PcapFileSource {
         let file = File::open(path).map_err(|e| refused(crate::io_error(&e)))?;
         if mapped {
             if let Some(map) = map_file(&file) {
-                let end = map.len();
-                let watch = crate::mapped::Watch::new(map.as_ptr(), map.len(), &name);
-                return Self::start(name, None, Bytes::Mapped { _watch: watch, map }, end, ingress);
+                // Mapped only where a cut under it is caught (`mapped.rs`).
+                if let Some(watch) = crate::mapped::Watch::new(map.as_ptr(), map.len()) {
+                    let end = map.len();
+                    let page = crate::mapped::page_size();
+                    return Self::start(name, None, Bytes::Mapped { watch, file, map, page }, end, ingress);
+                }
             }
         }
         Self::from_reader(name, Box::new(file), ingress)
@@ -338,6 +342,7 @@ impl PcapFileSource {
             packets: 0,
             clamped: 0,
             ahead: 0,
+            probed: 0,
         };
         source.read_file_header()?;
         Ok(source)
@@ -478,6 +483,50 @@ impl PcapFileSource {
         self.ahead = at;
     }
 
+    /// A mapped file that another process cut short: the error for the
+    /// record at the read position, which ends at `record_end` (its
+    /// offset past the file's last byte), if the file no longer holds it.
+    /// A read past the new end faults, and `mapped.rs` maps zeros there;
+    /// this reads the first byte of the page after the record's last,
+    /// which a cut before the record's end leaves wholly past the file's
+    /// end, so the cut has faulted by then. It asks the file's size when
+    /// one did, or when the record is in the file's last page, where
+    /// bytes past a cut read as zeros without a fault. The page is read
+    /// once for all the records that end in the page before it (a replay
+    /// races a cut anyway: one made after the check is found at the next
+    /// page).
+    #[inline]
+    fn cut_before(&mut self, record_end: usize) -> Option<SourceError> {
+        let Bytes::Mapped { watch, map, page, .. } = &self.buf else { return None };
+        let probe = ((record_end - 1) / page + 1) * page;
+        if probe < map.len() {
+            if probe != self.probed {
+                // SAFETY: `probe` is within the mapping, and a read of it
+                // never fails: a page past the file's end reads as zeros
+                // (`mapped.rs`).
+                unsafe { std::ptr::read_volatile(map.as_ptr().add(probe)) };
+                self.probed = probe;
+            }
+            // Not cut: the common path ends here.
+            watch.cut_at()?;
+        }
+        self.cut_by_size(record_end)
+    }
+
+    /// `cut_before`'s answer from the file's size now: off the common path.
+    #[cold]
+    #[inline(never)]
+    fn cut_by_size(&self, record_end: usize) -> Option<SourceError> {
+        let Bytes::Mapped { file, .. } = &self.buf else { return None };
+        let size = file.metadata().map_or(0, |m| m.len());
+        (size < record_end as u64).then(|| {
+            self.corrupt(format!(
+                "the file was cut to {size} bytes while it was replayed (another process truncated it?): \
+                 this record ends at byte {record_end}"
+            ))
+        })
+    }
+
     fn step(&mut self) -> Step {
         let avail = &self.buf.as_slice()[self.start..self.end];
         match &mut self.format {
@@ -500,6 +549,9 @@ impl PacketSource for PcapFileSource {
             match self.step() {
                 Step::Packet { consumed, data, ts_ns, wire_len, clamped, linktype, link } => {
                     let at = self.start;
+                    if let Some(cut) = self.cut_before(at + consumed) {
+                        return Err(cut);
+                    }
                     self.start += consumed;
                     // A whole capture in memory (mapped, or bytes handed
                     // over) is read from DRAM, a line per record at least;
@@ -533,7 +585,10 @@ impl PacketSource for PcapFileSource {
                         )));
                     }
                 }
-                Step::Corrupt(message) => return Err(self.corrupt(message)),
+                // Zeros past a cut read as a record of no sense.
+                Step::Corrupt(message) => {
+                    return Err(self.cut_before(self.end).unwrap_or_else(|| self.corrupt(message)))
+                }
             }
         }
     }

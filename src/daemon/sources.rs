@@ -115,9 +115,7 @@ pub fn open_sources(
         let at = format!("sources[{i}]");
         match s {
             SourceConfig::Pcap { path, ingress, pace } => {
-                // Read, not mapped: a file truncated under a mapping ends
-                // the process, and a daemon outlives its sources.
-                let src = PcapFileSource::open_read(path, *ingress).map_err(|e| format!("{at}.pcap: {e}"))?;
+                let src = PcapFileSource::open(path, *ingress).map_err(|e| format!("{at}.pcap: {e}"))?;
                 let mut slot = Slot::new(format!("pcap {path}"), Box::new(src), *pace);
                 slot.file_port = Some(*ingress);
                 slots.push(slot);
