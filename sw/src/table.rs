@@ -15,7 +15,6 @@ use crate::tcp::TcpState;
 use crate::timer::{TimerEntry, TimerWheel};
 use core::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// A flow's identity: the shard (worker) whose table holds it, the slot
 /// index and the slot's generation, so an id held by an application never
@@ -325,6 +324,7 @@ impl Flow {
     /// which moves its framing out first; a flow outside any table
     /// (`FlowTable::detached`, whose framing is apart) already has them.
     pub fn hw_mut(&mut self) -> &mut [DirCounters; 2] {
+        debug_assert!(self.rules_counted, "a flow's tail given to its rules without its framing moved out");
         if !self.rules_counted {
             self.tail = [0; 4];
             self.rules_counted = true;
@@ -657,7 +657,7 @@ pub struct FlowTable {
     flows: Vec<Flow>,
     /// The framing of the flows whose tail holds their rules' counters,
     /// by slot: kept until the slot's next flow, as a tail is.
-    displaced_framing: HashMap<u32, Framing, foldhash::fast::FixedState>,
+    displaced_framing: hashbrown::HashMap<u32, Framing, foldhash::fast::FixedState>,
     /// The framing of the flow the last insert evicted, whose slot the new
     /// flow took: its record is made after the insert.
     evicted_framing: Option<(FlowId, Framing)>,
@@ -689,7 +689,7 @@ impl FlowTable {
         crate::memory::advise_huge_pages(flows.as_mut_ptr() as *mut u8, max * core::mem::size_of::<Flow>());
         FlowTable {
             flows,
-            displaced_framing: HashMap::default(),
+            displaced_framing: hashbrown::HashMap::default(),
             evicted_framing: None,
             free: Vec::new(),
             index: FlowIndex::with_capacity(max),
@@ -1341,8 +1341,7 @@ impl FlowTable {
     /// Heap bytes held, for the per-flow memory figure.
     pub fn heap_bytes(&self) -> usize {
         self.flows.capacity() * core::mem::size_of::<Flow>()
-            // hashbrown's slots and a control byte each.
-            + self.displaced_framing.capacity() * (core::mem::size_of::<(u32, Framing)>() + 1)
+            + self.displaced_framing.allocation_size()
             + self.free.capacity() * 4
             + self.index.heap_bytes()
             + self.wheel.heap_bytes()
