@@ -610,33 +610,40 @@ fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> 
     let pid = child.id() as libc::pid_t;
     // Waited for without waking: a poll every few milliseconds took a core
     // from the program measured, on a machine of two. A watchdog kills a
-    // program past `limit`.
+    // program past `limit`; the child is reaped only after the watchdog
+    // is done, so the pid it may kill is still the child's.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if done_rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            // SAFETY: `pid` is our child, not reaped until the wait below
-            // returns, which sends before it reaps anything else.
+            // SAFETY: `pid` is our child, not reaped before this thread
+            // ends (the `wait4` below comes after the join).
             unsafe { libc::kill(pid, libc::SIGKILL) };
             return true;
         }
         false
     });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = loop {
-        // SAFETY: `pid` is our own child, not yet reaped (only this call waits for it); `status` and
-        // `usage` are valid for writes for the call's duration.
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break rc;
+    let exited = loop {
+        // SAFETY: an all-zero siginfo is a valid value for the kernel to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own child; WNOWAIT leaves it to be reaped
+        // below; `info` is valid for writes for the call's duration.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let error = std::io::Error::last_os_error();
+        if rc == 0 || error.kind() != std::io::ErrorKind::Interrupted {
+            break if rc == 0 { Ok(()) } else { Err(error) };
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
     let _ = done_tx.send(());
     let killed = watchdog.join().unwrap_or(false);
-    if rc < 0 {
-        return Err(format!("{name}: waiting for it: {}", std::io::Error::last_os_error()));
+    exited.map_err(|e| format!("{name}: waiting for it: {e}"))?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, exited and not yet reaped; `status`
+    // and `usage` are valid for writes for the call's duration.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        return Err(format!("{name}: reaping it: {}", std::io::Error::last_os_error()));
     }
     if killed {
         return Err(format!("{name} still running after {limit:?}; killed"));
