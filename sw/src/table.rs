@@ -324,11 +324,8 @@ impl Flow {
     /// which moves its framing out first; a flow outside any table
     /// (`FlowTable::detached`, whose framing is apart) already has them.
     pub fn hw_mut(&mut self) -> &mut [DirCounters; 2] {
-        debug_assert!(self.rules_counted, "a flow's tail given to its rules without its framing moved out");
-        if !self.rules_counted {
-            self.tail = [0; 4];
-            self.rules_counted = true;
-        }
+        let framing = self.tail_to_rules();
+        debug_assert!(framing.is_none(), "a flow's tail given to its rules without its framing moved out");
         bytemuck::cast_mut(&mut self.tail)
     }
 
@@ -1132,10 +1129,10 @@ impl FlowTable {
     pub fn framing(&self, id: FlowId) -> Framing {
         let index = id.index();
         match self.flows.get(index as usize) {
-            Some(flow) if flow.generation == id.generation() && !flow.rules_counted => bytemuck::cast(flow.tail),
-            Some(flow) if flow.generation == id.generation() => {
-                self.displaced_framing.get(&index).copied().unwrap_or_default()
-            }
+            Some(flow) if flow.generation == id.generation() => match flow.rules_counted {
+                false => bytemuck::cast(flow.tail),
+                true => self.displaced_framing.get(&index).copied().unwrap_or_default(),
+            },
             _ => match self.evicted_framing {
                 Some((evicted, f)) if (evicted.index(), evicted.generation()) == (id.index(), id.generation()) => f,
                 _ => Framing::default(),
