@@ -8,9 +8,10 @@
 //! and with the records of every flow so far. The handler installed here
 //! looks up the faulting address among the captures mapped now
 //! ([`Watch`]); in one of them it maps zero pages over the rest of that
-//! mapping, so the read goes on, and notes the offset. The source checks
-//! the note before it hands out a frame ([`Watch::cut_at`]) and ends with
-//! an error at that offset; nothing read from past it is handed out, and
+//! mapping, so the read goes on, and notes the fault. The source checks
+//! the note before it hands out a frame ([`Watch::faulted`]) and, once it
+//! is set, the file's size, and ends with an error at the first record
+//! the file no longer holds; nothing read from past it is handed out, and
 //! the replay ends as it does at a file that ends inside a record. A fault
 //! anywhere else, or a SIGBUS sent by a process, goes on to the handler
 //! that was there before (Rust's own, or the default, which kills as
@@ -20,27 +21,24 @@
 //! SIGBUS, whose handler must run on the faulting thread and repair the
 //! fault before it returns.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
 /// Captures mapped at once, at most, whose faults are repaired: a replay
 /// maps one, a daemon one per pcap source. Past these, files are read.
 const SLOTS: usize = 32;
 
-/// No fault noted.
-const NOT_CUT: usize = usize::MAX;
-
 struct Slot {
     /// First byte of the mapping; 0 while the slot is free, `usize::MAX`
     /// while it is being claimed or given back.
     start: AtomicUsize,
     len: AtomicUsize,
-    /// The offset of the first fault, `NOT_CUT` until one.
-    cut: AtomicUsize,
+    /// A read past the file's end faulted, and was repaired.
+    faulted: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const FREE: Slot = Slot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), cut: AtomicUsize::new(NOT_CUT) };
+const FREE: Slot = Slot { start: AtomicUsize::new(0), len: AtomicUsize::new(0), faulted: AtomicBool::new(false) };
 
 static MAPPED: [Slot; SLOTS] = [FREE; SLOTS];
 
@@ -68,7 +66,7 @@ impl Watch {
         });
         if let Some(i) = slot {
             let s = &MAPPED[i];
-            s.cut.store(NOT_CUT, Ordering::Relaxed);
+            s.faulted.store(false, Ordering::Relaxed);
             s.len.store(len, Ordering::Relaxed);
             // Published last: the handler reads the rest only for an
             // address inside, which needs `start`.
@@ -77,13 +75,11 @@ impl Watch {
         Some(Watch { slot: slot? })
     }
 
-    /// Where the file was found cut: the offset of the first read past its
-    /// new end, if one was made. The bytes from the page of it on read as
-    /// zeros.
+    /// Whether a read past the file's end was made (the file was cut):
+    /// the bytes from the page of it on read as zeros.
     #[inline]
-    pub fn cut_at(&self) -> Option<u64> {
-        let cut = MAPPED[self.slot].cut.load(Ordering::Acquire);
-        (cut != NOT_CUT).then_some(cut as u64)
+    pub fn faulted(&self) -> bool {
+        MAPPED[self.slot].faulted.load(Ordering::Acquire)
     }
 }
 
@@ -129,13 +125,13 @@ fn install() {
 }
 
 /// Maps zero pages over the watched mapping in `s` from the page of `addr`
-/// to its end, and notes the offset: whether that worked.
+/// to its end, and notes the fault: whether that worked.
 fn repair(s: &Slot, start: usize, addr: usize) -> bool {
     let page = PAGE.load(Ordering::Relaxed);
     let from = addr & !(page - 1);
     let end = (start + s.len.load(Ordering::Relaxed)).next_multiple_of(page);
     // SAFETY: `from..end` lies within a read-only mapping of a capture
-    // that its source owns and reads only through `Watch::cut_at`'s check;
+    // that its source owns and reads only through `Watch::faulted`'s check;
     // replacing those pages (MAP_FIXED) with private zero pages leaves
     // every byte readable. `mmap` is a system call, safe in a handler.
     let at = unsafe {
@@ -151,7 +147,7 @@ fn repair(s: &Slot, start: usize, addr: usize) -> bool {
     if at as usize != from {
         return false;
     }
-    s.cut.fetch_min(addr - start, Ordering::Release);
+    s.faulted.store(true, Ordering::Release);
     true
 }
 
@@ -239,7 +235,7 @@ mod tests {
         let b = Watch::new(bytes[32..].as_ptr(), 32).unwrap();
         assert_eq!((taken(bytes.as_ptr() as usize), taken(bytes[32..].as_ptr() as usize)), (1, 1));
         assert_ne!(a.slot, b.slot);
-        assert_eq!((a.cut_at(), b.cut_at()), (None, None));
+        assert!(!a.faulted() && !b.faulted());
         drop(a);
         assert_eq!(taken(bytes.as_ptr() as usize), 0);
         drop(b);

@@ -22,18 +22,20 @@
 //!
 //! [`PcapFileSource::open`] maps a regular file into memory and parses it
 //! in place: no copy from the page cache, only the lines the parser reads
-//! come from DRAM, where a copy moves every byte (a page-table entry is
-//! set up and torn down per 4 kB page instead). On the quiet machine of
-//! docs/PERFORMANCE.md a replay of a 930 MB capture takes 0.73x the wall
-//! time mapped that it does read. The environment variable
-//! `FLOWTABLE_PCAP_MMAP=0` reads instead ([`MMAP_ENV`]);
-//! [`open_read`](PcapFileSource::open_read) always reads. A mapped file that another process truncates is a SIGBUS at the
-//! next read past its new end; `mapped.rs` catches it, and the source
-//! ends with an error at the first record the file no longer holds, as a
-//! read file that ends inside a record does, every frame before it
-//! handed out as it was. Where
-//! mapping is impossible (a pipe, stdin, a device, an empty file, a file
-//! system that refuses it) the file is read. All paths parse the same
+//! come from DRAM, where a copy moves every byte; instead each page of the
+//! file gets a page-table entry. A file the page cache holds in 2 MB
+//! folios (one read from disk) is mapped a 2 MB page at a time, and a
+//! replay of a 930 MB capture took 0.77x the wall time mapped that it
+//! took read; one in 4 kB pages (just written in small writes) costs an
+//! entry a page, about what the copy saves (docs/PERFORMANCE.md). The
+//! environment variable `FLOWTABLE_PCAP_MMAP=0` reads instead
+//! ([`MMAP_ENV`]); [`open_read`](PcapFileSource::open_read) always reads.
+//! A mapped file that another process truncates is a SIGBUS at the next
+//! read past its new end; `mapped.rs` catches it, and the source ends
+//! with an error at the first record the file no longer holds, as a read
+//! file that ends inside a record does, every frame before it handed out
+//! as it was. Where mapping is impossible (a pipe, stdin, a device, an
+//! empty file, a file system that refuses it) the file is read. All paths parse the same
 //! bytes with the same code, so they give the same frames and the same
 //! errors at the same offsets.
 //!
@@ -507,8 +509,9 @@ impl PcapFileSource {
                 unsafe { std::ptr::read_volatile(map.as_ptr().add(probe)) };
                 self.probed = probe;
             }
-            // Not cut: the common path ends here.
-            watch.cut_at()?;
+            if !watch.faulted() {
+                return None;
+            }
         }
         self.cut_by_size(record_end)
     }
@@ -587,7 +590,7 @@ impl PacketSource for PcapFileSource {
                 }
                 // Zeros past a cut read as a record of no sense.
                 Step::Corrupt(message) => {
-                    return Err(self.cut_before(self.end).unwrap_or_else(|| self.corrupt(message)))
+                    return Err(self.cut_by_size(self.end).unwrap_or_else(|| self.corrupt(message)))
                 }
             }
         }
