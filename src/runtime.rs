@@ -23,11 +23,11 @@
 //! the offload thread works as requests come.
 
 use crate::source::{CaptureLosses, PacketSource};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
 use flowtable_config::Config;
 use flowtable_hw::{Backend, InlineNic};
 use flowtable_offload::{
-    coordinator_config, link, BackendInfo, Classifier, Coordinator, EngineConfig, EngineStats, Event, FlowRecord, Gate,
+    coordinator_config, link, BackendInfo, Classifier, Coordinator, EngineConfig, EngineStats, Event, FlowRecord,
     OffloadStatus, Shard, QUEUE_DEPTH,
 };
 use flowtable_sw::table::{FragKey, FragTracker};
@@ -51,6 +51,9 @@ const INBOX_DEPTH: usize = 64;
 /// Packets handed to a worker at once (one lookup pipeline runs over them):
 /// larger than that, so a worker wakes less often per packet.
 pub const DISPATCH_BATCH: usize = 256;
+/// How long a lockstep reader waits for room in a worker's queue before
+/// it looks at the coordinator's (see `Dispatcher::send`).
+const LOCKSTEP_SEND_WAIT: Duration = Duration::from_micros(200);
 /// Most workers (the shard number is 8 bits of a flow id).
 pub const MAX_WORKERS: usize = 64;
 
@@ -241,17 +244,34 @@ struct WorkerHandle {
 /// A run's threads: workers and the offload thread.
 pub struct Runtime {
     workers: Vec<WorkerHandle>,
-    offload: JoinHandle<Coordinator>,
+    /// Gives the coordinator back when it stops; `None` if a lockstep
+    /// never handed it over.
+    offload: JoinHandle<Option<Coordinator>>,
     status: Arc<Mutex<OffloadStatus>>,
     pub output: Receiver<FromWorker>,
     nic: Option<Box<dyn InlineNic>>,
-    lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
+    lockstep: Option<Lockstep>,
     free: Vec<Receiver<Box<Batch>>>,
     pub clock: Arc<Clock>,
     /// The table's fragment memory (entries, timeout), for the dispatcher.
     frag_config: (usize, u64),
     live_status: Vec<Arc<Mutex<LiveStatus>>>,
     jobs_cpu: Vec<Arc<AtomicU64>>,
+}
+
+/// Replay's lockstep while it lasts: the coordinator, whose epochs the
+/// packet reader runs (see `flowtable_offload::Coordinator`), and the way
+/// to the offload thread, which runs it free from the lockstep's end.
+struct Lockstep {
+    coordinator: Coordinator,
+    hand_over: Sender<Coordinator>,
+}
+
+impl Lockstep {
+    fn hand_over(self) {
+        // The thread is gone only if it failed, which `shutdown` reports.
+        let _ = self.hand_over.send(self.coordinator);
+    }
 }
 
 /// How to start a runtime.
@@ -402,22 +422,19 @@ impl Runtime {
             coordinator.set_read_clock(Box::new(move || read_clock.now()));
         }
         let status = coordinator.status();
-        let (lockstep, gate) = if cfg.lockstep {
-            let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
-            let (done_tx, done_rx) = crossbeam_channel::unbounded();
-            (Some((gate_tx, done_rx)), Some((gate_rx, done_tx)))
+        let (to_offload, from_reader) = crossbeam_channel::bounded::<Coordinator>(1);
+        let (lockstep, coordinator) = if cfg.lockstep {
+            (Some(Lockstep { coordinator, hand_over: to_offload }), None)
         } else {
-            (None, None)
+            (None, Some(coordinator))
         };
         let oclock = clock.clone();
         let offload = std::thread::Builder::new()
             .name("offload".into())
             .spawn(move || {
                 let now = || oclock.now();
-                match gate {
-                    Some((gate_rx, done_tx)) => coordinator.run_lockstep(&gate_rx, &done_tx, &now),
-                    None => coordinator.run(&now),
-                }
+                let coordinator = coordinator.or_else(|| from_reader.recv().ok())?;
+                Some(coordinator.run(&now))
             })
             .map_err(|e| format!("starting the offload thread: {e}"))?;
         let frag_config = (cfg.table.max_fragments, cfg.table.fragment_timeout_ns);
@@ -576,7 +593,11 @@ impl Runtime {
 
     /// Ends every flow on every worker and stops the threads; records and
     /// events still come out of `output` until it is drained.
-    pub fn shutdown(self, keep_rules: bool) -> Result<Finished, String> {
+    pub fn shutdown(mut self, keep_rules: bool) -> Result<Finished, String> {
+        // No dispatcher ran the lockstep: its coordinator runs free.
+        if let Some(lockstep) = self.lockstep.take() {
+            lockstep.hand_over();
+        }
         for w in &self.workers {
             let _ = w.inbox.send(ToWorker::Shutdown { keep_rules });
         }
@@ -588,7 +609,7 @@ impl Runtime {
             stats.add(&s);
             times.push(t);
         }
-        let coordinator = self.offload.join().map_err(|_| "the offload thread failed".to_string())?;
+        let coordinator = self.offload.join().ok().flatten().ok_or_else(|| "the offload thread failed".to_string())?;
         stats.add(&EngineStats::from_coordinator(coordinator.stats()));
         Ok(Finished { stats, times, coordinator })
     }
@@ -962,7 +983,8 @@ pub struct Dispatcher {
     free: Vec<Receiver<Box<Batch>>>,
     filling: Vec<Option<Box<Batch>>>,
     nic: Option<Box<dyn InlineNic>>,
-    lockstep: Option<(Sender<Gate>, Receiver<u64>)>,
+    lockstep: Option<Lockstep>,
+    /// The epoch the next tick at or past `epoch_ends_ns` ends.
     epoch: u64,
     /// Packet time at which the current lockstep epoch ends.
     epoch_ends_ns: u64,
@@ -1008,8 +1030,26 @@ impl Dispatcher {
 
     fn send_batch(&mut self, w: usize) {
         if let Some(b) = self.filling[w].take() {
-            if self.inboxes[w].send(ToWorker::Packets(b)).is_err() {
+            if !self.send(w, ToWorker::Packets(b)) {
                 tracing::error!(worker = w, "a worker is gone; its packets are lost");
+            }
+        }
+    }
+
+    /// Sends `msg` to worker `w`; false if it is gone. In lockstep, while
+    /// the worker's queue is full, takes the requests the coordinator can
+    /// take: the worker may be waiting for room in its queue to it.
+    fn send(&mut self, w: usize, msg: ToWorker) -> bool {
+        let Some(lockstep) = self.lockstep.as_mut() else { return self.inboxes[w].send(msg).is_ok() };
+        let mut msg = msg;
+        loop {
+            match self.inboxes[w].send_timeout(msg, LOCKSTEP_SEND_WAIT) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    lockstep.coordinator.take_epoch_requests(self.epoch.saturating_sub(1));
+                    msg = back;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
             }
         }
     }
@@ -1034,26 +1074,25 @@ impl Dispatcher {
     fn tick_as(&mut self, now_ns: u64, end_epoch: bool) {
         self.clock.advance_to(now_ns);
         self.flush();
-        let Some((gate, done)) = self.lockstep.as_ref() else { return };
+        if self.lockstep.is_none() {
+            return;
+        }
         if !end_epoch && now_ns < self.epoch_ends_ns {
             // Within an epoch: the workers poll (their flows age on the
             // tick), and what they ask waits for the epoch's end.
-            for inbox in &self.inboxes {
-                let _ = inbox.send(ToWorker::Tick { epoch: None, now_ns });
+            for w in 0..self.inboxes.len() {
+                self.send(w, ToWorker::Tick { epoch: None, now_ns });
             }
             return;
         }
         let epoch = self.epoch;
-        for inbox in &self.inboxes {
-            let _ = inbox.send(ToWorker::Tick { epoch: Some(epoch), now_ns });
+        for w in 0..self.inboxes.len() {
+            self.send(w, ToWorker::Tick { epoch: Some(epoch), now_ns });
         }
-        let _ = gate.send(Gate::Offered(epoch));
-        if epoch > 0 {
-            while let Ok(e) = done.recv() {
-                if e + 1 >= epoch {
-                    break;
-                }
-            }
+        // Every packet up to this tick was offered: the epoch before this
+        // one goes in now, to meet the packets from the next on.
+        if let (Some(lockstep), Some(before)) = (self.lockstep.as_mut(), epoch.checked_sub(1)) {
+            lockstep.coordinator.run_epoch(before);
         }
         self.epoch += 1;
         self.epoch_ends_ns = now_ns.saturating_add(EPOCH_NS);
@@ -1069,15 +1108,21 @@ impl Dispatcher {
         }
         self.tick_as(now_ns, true);
         let last = self.epoch - 1;
-        let (gate, done) = self.lockstep.take().expect("checked above");
-        let _ = gate.send(Gate::Finished(last));
-        while let Ok(e) = done.recv() {
-            if e >= last {
-                break;
-            }
-        }
+        let mut lockstep = self.lockstep.take().expect("checked above");
+        lockstep.coordinator.run_epoch(last);
+        lockstep.hand_over();
         for inbox in &self.inboxes {
             let _ = inbox.send(ToWorker::Free { last_epoch: last });
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    /// A dispatcher given up in lockstep ends it: the workers wait on the
+    /// epochs its coordinator runs, and the offload thread for it.
+    fn drop(&mut self) {
+        if self.lockstep.is_some() {
+            self.go_free(self.clock.now());
         }
     }
 }

@@ -253,3 +253,103 @@ fn a_worker_whose_source_panics_while_opening_fails_the_start_without_a_hang() {
     let error = error.expect("the start fails");
     assert!(error.contains("no such device") || error.contains("panicked"), "{error}");
 }
+
+/// Replay's lockstep with queues so small they fill: the packet reader
+/// runs the coordinator's epochs itself, so while a worker waits for room
+/// in its queue of requests, the reader, waiting for room in that worker's
+/// queue of packets, must take those requests, or neither goes on. One
+/// epoch asks for thousands of rules and the next brings more packets than
+/// the worker's queue holds; every packet must still be counted once.
+#[test]
+fn lockstep_with_full_queues_both_ways_goes_on_and_counts_every_packet_once() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        lockstep_full_queues();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the lockstep replay hung"),
+        Err(e) => panic!("the lockstep replay failed: {e}"),
+    }
+}
+
+fn lockstep_full_queues() {
+    let config = flowtable_config::parse(
+        "lockstep",
+        r#"{"table": {"max_flows": 100000},
+            "classifier": {"rules": [{"name": "all", "match": {}, "trigger": {"after_packets": 2},
+                                      "result": {"offload": {"type": "pass"}}}]}}"#,
+    )
+    .unwrap();
+    let mut rt_config = RuntimeConfig::from_config(&config, 1, true);
+    rt_config.queue_depth = 2;
+    let classifier = Classifier::new(&config.classifier).unwrap();
+    let clock = Clock::frozen();
+    let backend = Box::new(SimNic::new(SimProfile::full()));
+    let mut rt = Runtime::start(rt_config, classifier, backend, clock.clone()).unwrap();
+    let mut dispatch = rt.dispatcher();
+    let mut sent: Dirs = HashMap::new();
+    let (mut total, mut by_nic) = (0u64, 0u64);
+    let mut now = 1_000_000_000u64;
+    let mut send = |dispatch: &mut flowtable::runtime::Dispatcher, c: u32, now: u64| {
+        let client = Ipv4Addr::from(0x0a00_0000 + c);
+        let (key, dir) = FlowKey::from_v4(client, Ipv4Addr::new(192, 0, 2, 1), 40_000, 443, 17);
+        let pkt = PacketInfo::whole(key, dir, 0, 100, 0);
+        total += 1;
+        let e = sent.entry((client.into(), 40_000, Ipv4Addr::new(192, 0, 2, 1).into(), 443, 17)).or_default();
+        e.0 += 1;
+        e.1 += 100;
+        if dispatch.offer(&pkt, now) {
+            by_nic += 1;
+        } else {
+            dispatch.push(pkt, now, None);
+        }
+    };
+    // Epoch 0: 4000 flows classified, each asking for its rules.
+    for c in 0..4000 {
+        send(&mut dispatch, c, now);
+        send(&mut dispatch, c, now);
+    }
+    dispatch.tick(now);
+    // Epoch 1: within one tick, far more batches than a worker's queue
+    // holds, while the worker's requests of epoch 0 wait for room.
+    now += 1;
+    for i in 0..40_000u32 {
+        send(&mut dispatch, 10_000 + i % 5000, now);
+    }
+    dispatch.tick(now + flowtable::runtime::EPOCH_NS);
+    // Epochs 2 and on: the rules of epoch 0 are in and take their packets.
+    for epoch in 2..6u64 {
+        let at = now + epoch * flowtable::runtime::EPOCH_NS;
+        for c in 0..4000 {
+            send(&mut dispatch, c, at);
+        }
+        dispatch.tick(at + flowtable::runtime::EPOCH_NS / 2);
+    }
+    let end = now + 7 * flowtable::runtime::EPOCH_NS;
+    dispatch.go_free(end);
+    drop(dispatch);
+    let output = rt.output.clone();
+    let finished = rt.shutdown(false).unwrap();
+    let mut got: Dirs = HashMap::new();
+    let mut records = 0u64;
+    for out in output.try_iter() {
+        if let FromWorker::Records(rs) = out {
+            for r in rs {
+                records += 1;
+                let o = got.entry((r.src, r.sport, r.dst, r.dport, r.proto)).or_default();
+                o.0 += r.orig.packets;
+                o.1 += r.orig.bytes;
+            }
+        }
+    }
+    let st = &finished.stats;
+    let what =
+        format!("{total} packets ({by_nic} taken by rules), {records} records, {} offloaded", st.flows_offloaded);
+    assert_eq!(records, st.flows_created, "{what}: one record per flow");
+    assert_eq!(got, sent, "{what}: every packet in exactly one record");
+    assert!(st.flows_offloaded >= 4000, "{what}: the first epoch's flows were offloaded");
+    assert!(by_nic > 0, "{what}: their rules took packets of the later epochs");
+    assert_eq!(finished.coordinator.rules_live(), 0, "{what}: every rule removed");
+}

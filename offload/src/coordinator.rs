@@ -7,18 +7,22 @@
 //! (the shard is in the flow id, so in every rule's cookie).
 //!
 //! It runs in one of two ways. Free (`run`): it wakes when asked or when
-//! counters are due, on the caller's clock. Lockstep (`run_lockstep`), for
+//! counters are due, on the caller's clock. Lockstep (`run_epoch`), for
 //! replay, where time is the capture's: the shards end every poll with an
 //! `EpochDone`, and the coordinator does epoch `k`'s work only once every
 //! shard has finished epoch `k` and the packet reader has offered every
-//! packet up to epoch `k + 1` to an in-process NIC, then lets the reader
-//! go on. A rule decided in epoch `k` thus meets exactly the packets from
+//! packet up to epoch `k + 1` to an in-process NIC, before the reader goes
+//! on. A rule decided in epoch `k` thus meets exactly the packets from
 //! epoch `k + 2` on, however fast each thread runs, and a replay gives the
-//! same flows whatever the number of workers.
+//! same flows whatever the number of workers. In lockstep the packet
+//! reader itself runs each epoch's work, at the end of the next epoch: a
+//! thread of its own would only make the reader wait at every epoch for
+//! that thread to be woken and scheduled, since the reader may not go on
+//! before the epoch's rules are in.
 
 use crate::journal::Journal;
 use crate::link::{OffloadLink, Request, Response};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{RecvTimeoutError, Select, TryRecvError, TrySendError};
 use flowtable_hw::{
     AdoptedRule, Backend, BackendError, Capabilities, Cookie, InstallOutcome, Refusal, RefusalKind, RuleCounters,
 };
@@ -89,15 +93,6 @@ fn add_counted(total: &mut RuleCounters, seen: &mut RuleCounters, now: &RuleCoun
     total.hw_packets += delta(now.hw_packets, seen.hw_packets);
     total.hw_bytes += delta(now.hw_bytes, seen.hw_bytes);
     *seen = *now;
-}
-
-/// What the packet reader tells a coordinator in lockstep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
-    /// Every packet before the tick of this epoch was offered.
-    Offered(u64),
-    /// No packets after the tick of this epoch: after it, run free.
-    Finished(u64),
 }
 
 struct PendingInstall {
@@ -655,53 +650,65 @@ impl Coordinator {
         let _ = sel.ready_timeout(wait);
     }
 
-    /// Runs in lockstep with a replay (see the module's comment): epoch by
-    /// epoch, each once every shard has finished it and `gate` says the
-    /// packets of the next epoch were offered. Tells `epochs` each epoch
-    /// done. After the epoch `gate` names as the last, runs free on `clock`.
-    pub fn run_lockstep(mut self, gate: &Receiver<Gate>, epochs: &Sender<u64>, clock: &dyn Fn() -> u64) -> Coordinator {
-        let mut offered: Option<u64> = None;
-        let mut last: Option<u64> = None;
-        let mut epoch = 0u64;
-        loop {
-            if last.is_some_and(|l| epoch > l) {
-                return self.run(clock);
-            }
-            // Every shard's requests up to its end of this epoch, in shard
-            // order: what the step sees is the same however threads ran.
-            let mut now = 0;
-            for shard in 0..self.links.len() {
-                while self.connected[shard] && self.epoch_done[shard].is_none_or(|(e, _)| e < epoch) {
+    /// Lockstep: takes, without waiting, the requests of `epoch` that can
+    /// be taken now in shard order (every request of shard `s` for the
+    /// epoch before any of shard `s + 1`'s, none of a later epoch), so the
+    /// same requests meet the same state however the threads ran. True
+    /// once every connected shard has finished `epoch`.
+    ///
+    /// The packet reader calls this while it waits for room in a
+    /// worker's queue, since that worker may itself be waiting for room
+    /// in its queue to this coordinator.
+    pub fn take_epoch_requests(&mut self, epoch: u64) -> bool {
+        self.collect_epoch(epoch, false)
+    }
+
+    /// Lockstep (see the module's comment): epoch `epoch`'s work, once
+    /// every shard has finished it, waiting for the shards as long as it
+    /// takes; then every shard is told the epoch is done. The caller, the
+    /// packet reader, calls it once it has offered every packet up to the
+    /// end of epoch `epoch + 1` to an in-process NIC, or at the end of the
+    /// replay. False when every shard has hung up.
+    pub fn run_epoch(&mut self, epoch: u64) -> bool {
+        self.collect_epoch(epoch, true);
+        if self.connected.iter().all(|c| !c) {
+            return false;
+        }
+        let now = self.epoch_done.iter().flatten().map(|&(_, t)| t).max().unwrap_or(0);
+        self.step(now);
+        for shard in 0..self.links.len() {
+            self.send(shard, Response::EpochDone(epoch));
+        }
+        true
+    }
+
+    fn collect_epoch(&mut self, epoch: u64, wait: bool) -> bool {
+        for shard in 0..self.links.len() {
+            while self.connected[shard] && self.epoch_done[shard].is_none_or(|(e, _)| e < epoch) {
+                let next = if wait {
                     // A shard may be waiting on answers its full queue
                     // holds back: keep handing them over meanwhile.
                     let wait =
                         if self.backlogged() > 0 { Duration::from_micros(200) } else { Duration::from_millis(50) };
-                    match self.links[shard].from_shard.recv_timeout(wait) {
-                        Ok(req) => self.handle(shard, req),
-                        Err(RecvTimeoutError::Timeout) => self.flush(),
-                        Err(RecvTimeoutError::Disconnected) => self.connected[shard] = false,
+                    self.links[shard].from_shard.recv_timeout(wait)
+                } else {
+                    self.links[shard].from_shard.try_recv().map_err(|e| match e {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+                };
+                match next {
+                    Ok(req) => self.handle(shard, req),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush();
+                        if !wait {
+                            return false;
+                        }
                     }
-                }
-                if let Some((_, t)) = self.epoch_done[shard] {
-                    now = now.max(t);
+                    Err(RecvTimeoutError::Disconnected) => self.connected[shard] = false,
                 }
             }
-            if self.connected.iter().all(|c| !c) {
-                return self;
-            }
-            while offered.is_none_or(|o| o <= epoch) && last.is_none() {
-                match gate.recv() {
-                    Ok(Gate::Offered(e)) => offered = Some(e),
-                    Ok(Gate::Finished(e)) => last = Some(e),
-                    Err(_) => last = Some(epoch),
-                }
-            }
-            self.step(now);
-            for shard in 0..self.links.len() {
-                self.send(shard, Response::EpochDone(epoch));
-            }
-            let _ = epochs.send(epoch);
-            epoch += 1;
         }
+        true
     }
 }

@@ -12,7 +12,7 @@ pub mod shard;
 pub mod takeover;
 
 pub use classifier::{Classifier, Decision};
-pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, Gate, OffloadStatus};
+pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats, OffloadStatus};
 pub use engine::{coordinator_config, Engine};
 pub use link::{link, OffloadLink, Request, Response, ShardLink, QUEUE_DEPTH};
 pub use record::{DirRecord, EndReason, Event, FlowRecord, OffloadRecord, RecordKind, Teardown};
