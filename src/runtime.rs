@@ -51,6 +51,9 @@ const INBOX_DEPTH: usize = 64;
 /// Packets handed to a worker at once (one lookup pipeline runs over them):
 /// larger than that, so a worker wakes less often per packet.
 pub const DISPATCH_BATCH: usize = 256;
+/// Packets a lockstep dispatcher holds before it hands them over (see
+/// `Dispatcher::hand`); at most `INBOX_DEPTH` batches.
+const HANDOFF_PACKETS: usize = 4 * DISPATCH_BATCH;
 /// How long a lockstep reader waits for room in a worker's queue before
 /// it looks at the coordinator's (see `Dispatcher::send`).
 const LOCKSTEP_SEND_WAIT: Duration = Duration::from_micros(200);
@@ -501,6 +504,8 @@ impl Runtime {
             epoch_ends_ns: 0,
             clock: self.clock.clone(),
             frags: FragTracker::new(self.frag_config.0, self.frag_config.1),
+            held: (0..self.workers.len()).map(|_| Vec::new()).collect(),
+            held_packets: 0,
         }
     }
 
@@ -991,6 +996,10 @@ pub struct Dispatcher {
     clock: Arc<Clock>,
     /// Later fragments carry no ports: they go where their first went.
     frags: FragTracker<u8>,
+    /// In lockstep, each worker's messages not yet sent, and how many
+    /// packets they hold (see `hand`).
+    held: Vec<Vec<ToWorker>>,
+    held_packets: usize,
 }
 
 impl Dispatcher {
@@ -1030,8 +1039,38 @@ impl Dispatcher {
 
     fn send_batch(&mut self, w: usize) {
         if let Some(b) = self.filling[w].take() {
-            if !self.send(w, ToWorker::Packets(b)) {
+            self.held_packets += b.pkts.len();
+            self.hand(w, ToWorker::Packets(b));
+        }
+    }
+
+    /// Hands `msg` to worker `w`. In lockstep, messages wait here until
+    /// `HANDOFF_PACKETS` packets or the epoch's end: when it does not hold
+    /// one up, a worker woken for a tick's 200 packets costs more in
+    /// wake-ups than its work, and what a lockstep worker does can't depend
+    /// on when its messages came.
+    fn hand(&mut self, w: usize, msg: ToWorker) {
+        if self.lockstep.is_none() {
+            if !self.send(w, msg) {
                 tracing::error!(worker = w, "a worker is gone; its packets are lost");
+            }
+            return;
+        }
+        self.held[w].push(msg);
+        if self.held_packets >= HANDOFF_PACKETS {
+            self.release();
+        }
+    }
+
+    /// Sends every message `hand` holds.
+    fn release(&mut self) {
+        self.held_packets = 0;
+        for w in 0..self.held.len() {
+            let held = std::mem::take(&mut self.held[w]);
+            for msg in held {
+                if !self.send(w, msg) {
+                    tracing::error!(worker = w, "a worker is gone; its packets are lost");
+                }
             }
         }
     }
@@ -1054,8 +1093,13 @@ impl Dispatcher {
         }
     }
 
-    /// Hands over every batch being filled.
+    /// Hands over every batch being filled, now.
     pub fn flush(&mut self) {
+        self.flush_filling();
+        self.release();
+    }
+
+    fn flush_filling(&mut self) {
         for w in 0..self.filling.len() {
             if self.filling[w].as_ref().is_some_and(|b| !b.pkts.is_empty()) {
                 self.send_batch(w);
@@ -1073,22 +1117,24 @@ impl Dispatcher {
 
     fn tick_as(&mut self, now_ns: u64, end_epoch: bool) {
         self.clock.advance_to(now_ns);
-        self.flush();
         if self.lockstep.is_none() {
+            self.flush();
             return;
         }
+        self.flush_filling();
         if !end_epoch && now_ns < self.epoch_ends_ns {
             // Within an epoch: the workers poll (their flows age on the
             // tick), and what they ask waits for the epoch's end.
             for w in 0..self.inboxes.len() {
-                self.send(w, ToWorker::Tick { epoch: None, now_ns });
+                self.hand(w, ToWorker::Tick { epoch: None, now_ns });
             }
             return;
         }
         let epoch = self.epoch;
         for w in 0..self.inboxes.len() {
-            self.send(w, ToWorker::Tick { epoch: Some(epoch), now_ns });
+            self.hand(w, ToWorker::Tick { epoch: Some(epoch), now_ns });
         }
+        self.release();
         // Every packet up to this tick was offered: the epoch before this
         // one goes in now, to meet the packets from the next on.
         if let (Some(lockstep), Some(before)) = (self.lockstep.as_mut(), epoch.checked_sub(1)) {
