@@ -674,6 +674,21 @@ pub struct ProcessRun {
     pub skipped: Option<String>,
 }
 
+/// Walks every frame of the capture at `path` as `flowtable replay` does
+/// (opened the same way, mapped unless the environment says otherwise),
+/// touching nothing but the frames' lengths: the least a replay of it can
+/// cost. Returns the frames and their captured bytes.
+pub fn walk(path: &std::path::Path) -> Result<(u64, u64), String> {
+    use crate::source::PacketSource;
+    let mut source = crate::source::pcap::PcapFileSource::open(path, 0).map_err(|e| e.to_string())?;
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    while let Some(frame) = source.next_packet().map_err(|e| e.to_string())? {
+        frames += 1;
+        bytes += frame.data.len() as u64;
+    }
+    Ok((frames, bytes))
+}
+
 /// Whether `program` can be found in `PATH` (or is a path that exists).
 fn installed(program: &str) -> bool {
     let p = std::path::Path::new(program);
@@ -682,6 +697,9 @@ fn installed(program: &str) -> bool {
     }
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
+
+/// The name of softflowd's row among [`replay_processes`]' programs.
+const SOFTFLOWD_RUN: &str = "softflowd -r";
 
 /// Times `flowtable replay FILE` (mapping the file, and reading it) and each
 /// peer installed here, `runs` rounds, the programs alternating within a
@@ -706,10 +724,13 @@ pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<Proce
             vec![],
             Some((crate::source::pcap::MMAP_ENV, "0")),
         ),
+        // The floor under both: the same file walked frame by frame, in
+        // place, and nothing else.
+        ("floor: frames walked (mapped)", "", exe.display().to_string(), s(&["bench", "walk"]), vec![], None),
         // No control socket: with some socket paths softflowd 1.1.0 waits
         // on it forever after the file ends.
         (
-            "softflowd -r",
+            SOFTFLOWD_RUN,
             "softflowd",
             "softflowd".into(),
             s(&["-d", "-6", "-m", "4194304", "-c", "none", "-r"]),
@@ -805,10 +826,10 @@ pub fn processes_report(file: &str, runs: usize, procs: &[ProcessRun]) -> String
     for p in procs {
         match &p.skipped {
             None => o.push_str(&format!(
-                "  {:<26} wall {:>7.3} s ({:>5.2}x)   CPU {:>7.3} s ({:>5.2}x)   {}\n",
+                "  {:<30} wall {:>7.3} s ({:>5.2}x)   CPU {:>7.3} s ({:>5.2}x)   {}\n",
                 p.name, p.wall_s, p.ratio_wall, p.cpu_s, p.ratio_cpu, p.command
             )),
-            Some(why) => o.push_str(&format!("  {:<26} skipped: {why}\n", p.name)),
+            Some(why) => o.push_str(&format!("  {:<30} skipped: {why}\n", p.name)),
         }
     }
     o
@@ -932,7 +953,10 @@ pub fn replay(
     if file.is_none() {
         let _ = std::fs::remove_file(&path);
     }
-    let (flowtable_run, softflowd_run) = (&processes[0], &processes[2]);
+    let flowtable_run = &processes[0];
+    let Some(softflowd_run) = processes.iter().find(|p| p.name == SOFTFLOWD_RUN) else {
+        return Err("the peer softflowd was not among the programs timed".into());
+    };
     if let Some(why) = &softflowd_run.skipped {
         return Err(format!("the peer softflowd: {why}"));
     }

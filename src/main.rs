@@ -200,8 +200,10 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', value_parser = flowtable::args::whole::<usize>)]
         workers: Vec<usize>,
         /// Only the whole-process comparison: `flowtable replay` reading and
-        /// mapping the file against softflowd, nfpcapd and argus (each
-        /// skipped, with the reason, if not installed). Needs --file.
+        /// mapping the file, and the floor under both (`bench walk`: its
+        /// frames walked, nothing else), against softflowd, nfpcapd and
+        /// argus (each skipped, with the reason, if not installed). Needs
+        /// --file.
         #[arg(long, requires = "file")]
         process_only: bool,
         /// Only the replays in memory with each of `--workers`' counts (the
@@ -211,6 +213,15 @@ enum BenchCommand {
         /// The figures as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// The floor under a replay of a capture: its frames walked in place
+    /// as `flowtable replay` walks them (mapped, or read with
+    /// FLOWTABLE_PCAP_MMAP=0), nothing parsed or counted beyond their
+    /// number and bytes. `bench replay --process-only` times it beside the
+    /// replays.
+    Walk {
+        /// The capture to walk.
+        file: PathBuf,
     },
     /// Control socket requests/s with a million live flows, and the packet
     /// loop's rate with and without a client polling every 100 ms.
@@ -403,6 +414,11 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 print!("{}", flowtable::bench::chase_report(&b));
             }
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Walk { file } } => {
+            let (frames, bytes) = flowtable::bench::walk(&file)?;
+            println!("{}: {frames} frames, {bytes} bytes captured", file.display());
             Ok(())
         }
         Command::Bench { command: BenchCommand::Replay { file: Some(file), runs, process_only: true, json, .. } } => {

@@ -164,3 +164,41 @@ fn the_binary_replays_mapped_captures_as_read_ones_corrupt_ones_included() {
         }
     }
 }
+
+/// `flowtable bench walk`, the floor `bench replay --process-only` times,
+/// walks every frame of a capture, mapped or read: as many frames and
+/// captured bytes as the file's own record headers add up to.
+#[test]
+fn bench_walk_walks_every_frame_mapped_and_read() {
+    let mut by_size: Vec<PathBuf> = captures()
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.len() > 24 && b[..4] == 0xa1b2_c3d4u32.to_le_bytes()))
+        .collect();
+    by_size.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    for path in &by_size[..4] {
+        let bytes = std::fs::read(path).unwrap();
+        let (mut at, mut frames, mut captured) = (24usize, 0u64, 0u64);
+        while at + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+            if at + 16 + len > bytes.len() {
+                break;
+            }
+            frames += 1;
+            captured += len as u64;
+            at += 16 + len;
+        }
+        let expected = format!("{}: {frames} frames, {captured} bytes captured\n", path.display());
+        for mapped in [true, false] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
+            cmd.args(["bench", "walk"]).arg(path);
+            if mapped {
+                cmd.env_remove(MMAP_ENV);
+            } else {
+                cmd.env(MMAP_ENV, "0");
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "mapped: {mapped}");
+        }
+    }
+}
