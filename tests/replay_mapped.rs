@@ -94,17 +94,22 @@ fn reading_a_mapped_capture_allocates_nothing_per_packet() {
     assert!(checked >= 500, "{checked}");
 }
 
-/// `flowtable replay --json FILE`: its exit status, stdout with the wall
-/// time taken out of the summary line, and stderr.
-fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String) {
+/// `flowtable ARGS FILE`, mapping the file or (not `mapped`) reading it.
+fn flowtable(args: &[&str], path: &Path, mapped: bool) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
-    cmd.args(["replay", "--json"]).arg(path);
+    cmd.args(args).arg(path);
     if mapped {
         cmd.env_remove(MMAP_ENV);
     } else {
         cmd.env(MMAP_ENV, "0");
     }
-    let out = cmd.output().unwrap();
+    cmd
+}
+
+/// `flowtable replay --json FILE`: its exit status, stdout with the wall
+/// time taken out of the summary line, and stderr.
+fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String) {
+    let out = flowtable(&["replay", "--json"], path, mapped).output().unwrap();
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -189,14 +194,7 @@ fn bench_walk_walks_every_frame_mapped_and_read() {
         }
         let expected = format!("{}: {frames} frames, {captured} bytes captured\n", path.display());
         for mapped in [true, false] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
-            cmd.args(["bench", "walk"]).arg(path);
-            if mapped {
-                cmd.env_remove(MMAP_ENV);
-            } else {
-                cmd.env(MMAP_ENV, "0");
-            }
-            let out = cmd.output().unwrap();
+            let out = flowtable(&["bench", "walk"], path, mapped).output().unwrap();
             assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
             assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "mapped: {mapped}");
         }
