@@ -657,7 +657,9 @@ fn time_command(cmd: &mut std::process::Command, limit: std::time::Duration) -> 
 }
 
 /// One program of the whole-process comparison: `flowtable replay` (read
-/// or mapped) or a peer reading the same file.
+/// or mapped), the floor under it (`flowtable bench walk`, whose ratio is
+/// below 1 by nature), or a peer reading the same file. Rows are told
+/// apart by `name`, not by their place in the list.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessRun {
     pub name: String,
@@ -701,8 +703,9 @@ fn installed(program: &str) -> bool {
 /// The name of softflowd's row among [`replay_processes`]' programs.
 const SOFTFLOWD_RUN: &str = "softflowd -r";
 
-/// Times `flowtable replay FILE` (mapping the file, and reading it) and each
-/// peer installed here, `runs` rounds, the programs alternating within a
+/// Times `flowtable replay FILE` (mapping the file, and reading it), the
+/// floor under it (`flowtable bench walk FILE`), and each peer installed
+/// here, `runs` rounds, the programs alternating within a
 /// round so a burst of noise on a shared machine hits all alike, in an
 /// order rotated from round to round; medians.
 pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<ProcessRun>, String> {
@@ -714,6 +717,7 @@ pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<Proce
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let pid = scratch.path().join("softflowd.pid").display().to_string();
     let nfdir = scratch.path().join("nfpcapd");
+    // The first is the reference every ratio is taken against.
     let specs: Vec<Spec> = vec![
         ("flowtable replay (mapped)", "", exe.display().to_string(), s(&["replay", "--top", "0"]), vec![], None),
         (
@@ -724,8 +728,9 @@ pub fn replay_processes(path: &std::path::Path, runs: usize) -> Result<Vec<Proce
             vec![],
             Some((crate::source::pcap::MMAP_ENV, "0")),
         ),
-        // The floor under both: the same file walked frame by frame, in
-        // place, and nothing else.
+        // The floor under both, timed in the same rounds so that how far
+        // the replay is from what the file itself costs is a ratio of one
+        // run, not a figure from another.
         ("floor: frames walked (mapped)", "", exe.display().to_string(), s(&["bench", "walk"]), vec![], None),
         // No control socket: with some socket paths softflowd 1.1.0 waits
         // on it forever after the file ends.

@@ -3,7 +3,8 @@
 //! library on every shared capture and through the real binary
 //! (`flowtable replay --json`, which maps, against
 //! `FLOWTABLE_PCAP_MMAP=0 flowtable replay --json`) on a range of them and
-//! on cut and corrupted copies.
+//! on cut and corrupted copies; and `flowtable bench walk`, the floor
+//! under a replay, walks every frame either way.
 
 mod common;
 
@@ -95,7 +96,7 @@ fn reading_a_mapped_capture_allocates_nothing_per_packet() {
 }
 
 /// `flowtable ARGS FILE`, mapping the file or (not `mapped`) reading it.
-fn flowtable(args: &[&str], path: &Path, mapped: bool) -> Command {
+fn flowtable_command(args: &[&str], path: &Path, mapped: bool) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtable"));
     cmd.args(args).arg(path);
     if mapped {
@@ -109,7 +110,7 @@ fn flowtable(args: &[&str], path: &Path, mapped: bool) -> Command {
 /// `flowtable replay --json FILE`: its exit status, stdout with the wall
 /// time taken out of the summary line, and stderr.
 fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String) {
-    let out = flowtable(&["replay", "--json"], path, mapped).output().unwrap();
+    let out = flowtable_command(&["replay", "--json"], path, mapped).output().unwrap();
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -180,6 +181,7 @@ fn bench_walk_walks_every_frame_mapped_and_read() {
         .filter(|p| std::fs::read(p).is_ok_and(|b| b.len() > 24 && b[..4] == 0xa1b2_c3d4u32.to_le_bytes()))
         .collect();
     by_size.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    assert!(by_size.len() >= 4, "only {} little-endian pcap captures among the shared ones", by_size.len());
     for path in &by_size[..4] {
         let bytes = std::fs::read(path).unwrap();
         let (mut at, mut frames, mut captured) = (24usize, 0u64, 0u64);
@@ -192,9 +194,10 @@ fn bench_walk_walks_every_frame_mapped_and_read() {
             captured += len as u64;
             at += 16 + len;
         }
+        assert_eq!(at, bytes.len(), "{}: ends inside a record", path.display());
         let expected = format!("{}: {frames} frames, {captured} bytes captured\n", path.display());
         for mapped in [true, false] {
-            let out = flowtable(&["bench", "walk"], path, mapped).output().unwrap();
+            let out = flowtable_command(&["bench", "walk"], path, mapped).output().unwrap();
             assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
             assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "mapped: {mapped}");
         }
