@@ -232,7 +232,20 @@ fn write_pcap(path: &Path, datagrams: &[(SocketAddr, Vec<u8>)], port: u16) {
     let file = std::fs::File::create(path).unwrap();
     let header = PcapHeader { datalink: pcap_file::DataLink::ETHERNET, ..PcapHeader::default() };
     let mut w = PcapWriter::with_header(file, header).unwrap();
+    // Each exporter's ephemeral source port, renumbered from 40000 in the
+    // order first seen: one in the 33434-33534 range reads to Wireshark as
+    // a traceroute probe (an expert note the check below would take for a
+    // malformed message), and the ports stay apart, so each exporter's
+    // messages remain a conversation of their own to Wireshark.
+    let mut ports: Vec<u16> = Vec::new();
     for (i, (from, data)) in datagrams.iter().enumerate() {
+        let source = match ports.iter().position(|&p| p == from.port()) {
+            Some(k) => 40000 + k as u16,
+            None => {
+                ports.push(from.port());
+                40000 + (ports.len() - 1) as u16
+            }
+        };
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&[0x08, 0x00]);
         let total = (20 + 8 + data.len()) as u16;
@@ -242,7 +255,7 @@ fn write_pcap(path: &Path, datagrams: &[(SocketAddr, Vec<u8>)], port: u16) {
         let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&from.port().to_be_bytes());
+        frame.extend_from_slice(&source.to_be_bytes());
         frame.extend_from_slice(&port.to_be_bytes());
         frame.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
