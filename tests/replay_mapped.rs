@@ -107,6 +107,25 @@ fn flowtable_command(args: &[&str], path: &Path, mapped: bool) -> Command {
     cmd
 }
 
+/// Where each record of a little-endian pcap starts, read off the record
+/// headers alone, and last where the records end (the file's length, in
+/// a capture whose last record is whole).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut records = vec![24usize];
+    while let Some(&at) = records.last().filter(|&&at| at + 16 <= bytes.len()) {
+        records.push(at + 16 + u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize);
+    }
+    records
+}
+
+/// Whether the file at `path` starts as a little-endian pcap (microsecond
+/// timestamps), from its first four bytes.
+fn little_endian_pcap(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && magic == 0xa1b2_c3d4u32.to_le_bytes()
+}
+
 /// `flowtable replay --json FILE`: its exit status, stdout with the wall
 /// time taken out of the summary line, and stderr.
 fn binary_replay(path: &Path, mapped: bool) -> (Option<i32>, Vec<String>, String) {
@@ -143,10 +162,7 @@ fn the_binary_replays_mapped_captures_as_read_ones_corrupt_ones_included() {
     // A record half-way claiming 4 GB captured, and the one before it
     // claiming 4 GB on the wire (clamped and counted, not an error).
     assert_eq!(biggest[..4], 0xa1b2_c3d4u32.to_le_bytes(), "{}: a little-endian pcap", by_size[0].display());
-    let mut records = vec![24usize];
-    while let Some(&at) = records.last().filter(|&&at| at + 16 <= biggest.len()) {
-        records.push(at + 16 + u32::from_le_bytes(biggest[at + 8..at + 12].try_into().unwrap()) as usize);
-    }
+    let records = record_offsets(&biggest);
     let (before, half) = (records[records.len() / 2 - 1], records[records.len() / 2]);
     let mut bytes = biggest.clone();
     bytes[before + 12..before + 16].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -176,25 +192,15 @@ fn the_binary_replays_mapped_captures_as_read_ones_corrupt_ones_included() {
 /// captured bytes as the file's own record headers add up to.
 #[test]
 fn bench_walk_walks_every_frame_mapped_and_read() {
-    let mut by_size: Vec<PathBuf> = captures()
-        .into_iter()
-        .filter(|p| std::fs::read(p).is_ok_and(|b| b.len() > 24 && b[..4] == 0xa1b2_c3d4u32.to_le_bytes()))
-        .collect();
+    let mut by_size: Vec<PathBuf> = captures().into_iter().filter(|p| little_endian_pcap(p)).collect();
     by_size.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
     assert!(by_size.len() >= 4, "only {} little-endian pcap captures among the shared ones", by_size.len());
     for path in &by_size[..4] {
         let bytes = std::fs::read(path).unwrap();
-        let (mut at, mut frames, mut captured) = (24usize, 0u64, 0u64);
-        while at + 16 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-            if at + 16 + len > bytes.len() {
-                break;
-            }
-            frames += 1;
-            captured += len as u64;
-            at += 16 + len;
-        }
-        assert_eq!(at, bytes.len(), "{}: ends inside a record", path.display());
+        let records = record_offsets(&bytes);
+        assert_eq!(records.last(), Some(&bytes.len()), "{}: ends inside a record", path.display());
+        let frames = records.len() - 1;
+        let captured: usize = records.windows(2).map(|r| r[1] - r[0] - 16).sum();
         let expected = format!("{}: {frames} frames, {captured} bytes captured\n", path.display());
         for mapped in [true, false] {
             let out = flowtable_command(&["bench", "walk"], path, mapped).output().unwrap();
