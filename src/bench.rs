@@ -57,6 +57,9 @@ pub struct TableBench {
     pub warm_insert_per_s: f64,
     pub peer_warm_insert_per_s: f64,
     pub lookup_per_s: f64,
+    /// The same lookups one at a time with nothing accounted
+    /// (`FlowTable::find`): the index and the key compare alone.
+    pub find_per_s: f64,
     /// Lookups in batches of `BATCH`, their memory loads pipelined in the
     /// table's schedule (`flowtable_sw::pipeline`), as the engine makes them.
     pub batched_lookup_per_s: f64,
@@ -94,6 +97,8 @@ pub struct RteHashFigures {
     pub lookup_per_s: f64,
     /// `rte_hash_lookup_bulk` of 32, and the records updated.
     pub bulk_lookup_per_s: f64,
+    /// `rte_hash_lookup` alone, no record touched.
+    pub index_lookup_per_s: f64,
     /// rte_hash's share of DPDK's heap and the 128-byte records.
     pub bytes_per_flow: f64,
 }
@@ -145,6 +150,19 @@ fn scheduled<const R: usize>(t: &mut FlowTable, chunk: &[PacketInfo], schedule: 
             }
         }
     }
+}
+
+/// The ways of looking up in `table`'s rounds, each taking its own part
+/// of the order at a time.
+const WAYS: usize = 11;
+
+/// The part of the order that `way` looks up at step `part` of a round of
+/// `parts` steps: for each way a permutation of the parts, and at each
+/// step a different part for each way, `parts / WAYS` apart, when there
+/// are at least as many parts as ways.
+fn way_part(part: usize, way: usize, parts: usize) -> usize {
+    let stride = (parts / WAYS).max(1);
+    (part + way * stride) % parts
 }
 
 /// Looks up and counts every packet of `stream` in a peer map; returns the seconds taken.
@@ -266,23 +284,36 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     // that no receive path has). Rounds alternate the ways of
     // looking up, so a burst of noise on this shared machine hits all of
     // them alike; medians are reported.
+    //
+    // Each way looks up its own part of the order at a time, a stride of
+    // parts away from the last way's: a part's 65,536 flows are some 12
+    // MB of buckets and flows, which a way looking up the same part right
+    // after would find partly in the shared cache (measured: a second
+    // pass over the part ran 1.3x to 1.6x the first), and the rows after
+    // the first would not be of a table in memory. Over a round every
+    // way looks up every part once: the same lookups, in another order.
     const STREAM: usize = 1 << 16;
+    let parts: Vec<&[u32]> = order.chunks(STREAM).collect();
+    let fill = |stream: &mut Vec<PacketInfo>, part: usize, way: usize| {
+        stream.clear();
+        stream.extend(parts[way_part(part, way, parts.len())].iter().map(|&i| pkts[i as usize]));
+    };
     let now = n as u64;
     let (mut single, mut batched, mut pipelined, mut grouped, mut streamed) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut find = Vec::new();
     let (mut peer, mut peer_fast) = (Vec::new(), Vec::new());
     #[cfg(feature = "dpdk")]
-    let (mut rte_single, mut rte_bulk) = (Vec::new(), Vec::new());
+    let (mut rte_single, mut rte_bulk, mut rte_index) = (Vec::new(), Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
         let (mut single_s, mut batched_s, mut pipelined_s, mut grouped_s, mut streamed_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let (mut peer_s, mut fast_s) = (0.0, 0.0);
         #[cfg(feature = "dpdk")]
-        let (mut rte_single_s, mut rte_bulk_s) = (0.0, 0.0);
-        for part in order.chunks(STREAM) {
-            stream.clear();
-            stream.extend(part.iter().map(|&i| pkts[i as usize]));
-
+        let (mut rte_single_s, mut rte_bulk_s, mut rte_index_s) = (0.0, 0.0, 0.0);
+        let mut find_s = 0.0;
+        for part in 0..parts.len() {
+            fill(&mut stream, part, 0);
             let start = Instant::now();
             for p in &stream {
                 if let Lookup::Found(id) = t.lookup_or_insert(p, now) {
@@ -291,32 +322,54 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             }
             single_s += start.elapsed().as_secs_f64();
 
+            // The same lookups with nothing accounted: what the index and
+            // the key compare cost before the packet's accounting.
+            fill(&mut stream, part, 1);
+            let start = Instant::now();
+            let found = stream.iter().filter(|p| t.find(&p.key).is_some()).count();
+            find_s += start.elapsed().as_secs_f64();
+            assert_eq!(found, stream.len(), "the table lost flows during the lookup rounds");
+
             // The same lookups in batches of 32, in the table's schedule
             // (`flowtable_sw::pipeline`), then in the two it is measured
             // against: a pipeline of single packets 8 apart, and each
             // step for the whole batch before the next. Last, the table's
             // schedule over each dispatch batch, as a worker runs it.
+            fill(&mut stream, part, 2);
             batched_s += scheduled_lookups::<RING>(&mut t, &stream, BATCH, Schedule::new, now);
+            fill(&mut stream, part, 3);
             pipelined_s +=
                 scheduled_lookups::<RING>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, 1, DISTANCE), now);
+            fill(&mut stream, part, 4);
             grouped_s +=
                 scheduled_lookups::<{ 4 * BATCH }>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, n, 1), now);
+            fill(&mut stream, part, 5);
             streamed_s += scheduled_lookups::<RING>(&mut t, &stream, STREAMED, Schedule::new, now);
 
+            fill(&mut stream, part, 6);
             peer_s += peer_lookups(&mut m, &stream, now);
+            fill(&mut stream, part, 7);
             fast_s += peer_lookups(&mut fast, &stream, now);
             #[cfg(feature = "dpdk")]
             if let Some((r, _)) = rte.as_mut() {
+                fill(&mut stream, part, 8);
                 rte_single_s += r.lookups(&stream, now);
+                fill(&mut stream, part, 9);
                 rte_bulk_s += r.bulk_lookups(&stream, now);
+                fill(&mut stream, part, 10);
+                let (s, found) = r.index_lookups(&stream);
+                rte_index_s += s;
+                assert_eq!(found, stream.len(), "rte_hash lost flows during the lookup rounds");
             }
         }
         #[cfg(feature = "dpdk")]
         if rte.is_some() {
             rte_single.push(lookups as f64 / rte_single_s);
             rte_bulk.push(lookups as f64 / rte_bulk_s);
+            rte_index.push(lookups as f64 / rte_index_s);
         }
         single.push(lookups as f64 / single_s);
+        find.push(lookups as f64 / find_s);
         batched.push(lookups as f64 / batched_s);
         pipelined.push(lookups as f64 / pipelined_s);
         grouped.push(lookups as f64 / grouped_s);
@@ -324,6 +377,10 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         peer.push(lookups as f64 / peer_s);
         peer_fast.push(lookups as f64 / fast_s);
     }
+    // Every way that counts (one at a time and the four schedules) counted
+    // each of its lookups once, on top of each flow's first packet.
+    let counted: u64 = t.ids().iter().filter_map(|&id| t.get(id)).map(|f| f.packets()).sum();
+    assert_eq!(counted, (n + 5 * lookups * rounds.max(1)) as u64, "the table's lookups counted packets not looked up");
     black_box(&t);
     black_box(&m);
     black_box(&fast);
@@ -345,6 +402,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         insert_per_s: n as f64 / rte_insert,
         lookup_per_s: median(rte_single),
         bulk_lookup_per_s: median(rte_bulk),
+        index_lookup_per_s: median(rte_index),
         bytes_per_flow: r.bytes_per_flow(),
     });
     #[cfg(not(feature = "dpdk"))]
@@ -358,6 +416,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         warm_insert_per_s: n as f64 / warm_insert,
         peer_warm_insert_per_s: n as f64 / peer_warm_insert,
         lookup_per_s: median(single),
+        find_per_s: median(find),
         batched_lookup_per_s: median(batched),
         pipelined_lookup_per_s: median(pipelined),
         grouped_lookup_per_s: median(grouped),
@@ -380,6 +439,7 @@ pub fn table_report(b: &TableBench) -> String {
             "against DPDK rte_hash (same keys, same work on a 128-byte record, same rounds; EAL {})\n\
              \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x, batched into a table filled once before {:.2}x: rte_hash's memory is faulted in before it is timed)\n\
              \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
+             \x20   nothing accounted: {:>12.0} /s   rte_hash_lookup alone {:>12.0} /s   ratio {:.2}x (the index and key compare; the rest of a lookup is its accounting)\n\
              \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; pipelined {:.2}x, grouped {:.2}x, streamed {:.2}x)\n\
              \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
             r.eal.join(" "),
@@ -391,6 +451,9 @@ pub fn table_report(b: &TableBench) -> String {
             b.lookup_per_s,
             r.lookup_per_s,
             b.lookup_per_s / r.lookup_per_s,
+            b.find_per_s,
+            r.index_lookup_per_s,
+            b.find_per_s / r.index_lookup_per_s,
             b.batched_lookup_per_s,
             r.bulk_lookup_per_s,
             b.batched_lookup_per_s / r.bulk_lookup_per_s,
@@ -1273,4 +1336,43 @@ pub fn chase_report(b: &ChaseBench) -> String {
         ));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each way looks up every part once a round, and at each step the
+    /// ways look up different parts (so none finds the flows another just
+    /// brought into the cache) whenever there are parts enough.
+    #[test]
+    fn each_way_looks_up_every_part_once_and_apart_from_the_others() {
+        for parts in 1..50 {
+            for way in 0..WAYS {
+                let mut seen: Vec<usize> = (0..parts).map(|p| way_part(p, way, parts)).collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..parts).collect::<Vec<_>>(), "way {way} over {parts} parts");
+            }
+            if parts >= WAYS {
+                for part in 0..parts {
+                    let mut at: Vec<usize> = (0..WAYS).map(|w| way_part(part, w, parts)).collect();
+                    at.sort_unstable();
+                    at.dedup();
+                    assert_eq!(at.len(), WAYS, "two ways share a part at step {part} of {parts}");
+                }
+            }
+        }
+    }
+
+    /// A small run of the whole bench: its own check that each counting
+    /// way counted every lookup once holds, and every figure is a rate.
+    #[test]
+    fn table_bench_counts_every_lookup_once() {
+        let b = table(5_000, 3 * (1 << 16) + 1_000, 2);
+        for rate in
+            [b.lookup_per_s, b.find_per_s, b.batched_lookup_per_s, b.streamed_lookup_per_s, b.grouped_lookup_per_s]
+        {
+            assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        }
+    }
 }
