@@ -11,7 +11,10 @@
 //! lookups: when that read has not arrived, the core's window fills with
 //! the next lookup's work before the following read can start, and the
 //! reads no longer overlap. At ten million flows, where each load also
-//! misses the TLB, that costs a third of the rate.
+//! misses the TLB, that cost a tenth of the rate on one machine measured
+//! (docs/PERFORMANCE.md, "The rows measured apart"); at one million the
+//! two are within noise, and on another machine whole-batch groups were
+//! faster still: no schedule is best everywhere.
 //!
 //! So the pipeline moves in groups of `GROUP` packets: while group `k` is
 //! hashed and its buckets requested, group `k - 1` has its flows requested
@@ -21,10 +24,10 @@
 
 use core::ops::Range;
 
-/// Packets a step takes at once. Four measured best over one and ten
-/// million flows (`flowtable bench table`, docs/PERFORMANCE.md): eight is
-/// as fast at ten million and slower at one, one (a packet pipeline) a
-/// third slower at ten million.
+/// Packets a step takes at once. On the EPYC guest (`flowtable bench
+/// table`, docs/PERFORMANCE.md, "The rows measured apart") four beat two,
+/// three and eight at one million flows and the packet pipeline (one) at
+/// ten million by a tenth; at one million the pipeline is within noise.
 pub const GROUP: usize = 4;
 
 /// Entries of the rings in which a caller keeps each packet's hash and
