@@ -2,7 +2,7 @@
 //! each measured beside a peer in the same run, since the machines these
 //! run on are shared and noisy and only ratios travel.
 
-use flowtable_sw::pipeline::{Schedule, GROUP, RING};
+use flowtable_sw::pipeline::{Schedule, Tuner, CANDIDATES, GROUP, RING};
 use flowtable_sw::table::NO_SLOT;
 use flowtable_sw::{Direction, FlowKey, FlowTable, FullPolicy, Lookup, PacketInfo, TableConfig};
 use rand::{Rng, SeedableRng};
@@ -61,18 +61,26 @@ pub struct TableBench {
     /// (`FlowTable::find`): the index and the key compare alone.
     pub find_per_s: f64,
     /// Lookups in batches of `BATCH`, their memory loads pipelined in the
-    /// table's schedule (`flowtable_sw::pipeline`), as the engine makes them.
+    /// schedule a `Tuner` picks (`flowtable_sw::pipeline`), as a shard
+    /// makes them.
     pub batched_lookup_per_s: f64,
+    /// What the batched rounds' tuner chose.
+    pub batched_schedule: String,
+    /// The same batches in groups of `GROUP` always, the schedule before
+    /// the tuner, for comparison.
+    pub fours_lookup_per_s: f64,
     /// The same batches as a pipeline of single packets `DISTANCE` apart,
     /// for comparison.
     pub pipelined_lookup_per_s: f64,
     /// The same batches with each step done for the whole batch before the
     /// next (group prefetching), for comparison.
     pub grouped_lookup_per_s: f64,
-    /// Lookups with one pipeline in the table's schedule running over
+    /// Lookups with one pipeline in the tuner's schedule running over
     /// `STREAMED` packets at a time, as a worker runs it over each
     /// dispatch batch.
     pub streamed_lookup_per_s: f64,
+    /// What the streamed rounds' tuner chose.
+    pub streamed_schedule: String,
     pub peer_insert_per_s: f64,
     pub peer_lookup_per_s: f64,
     /// The same map with foldhash, the table's own hash function.
@@ -109,6 +117,38 @@ struct PeerValue {
     _first: u64,
     last: u64,
     counters: [(u64, u64); 4],
+}
+
+/// Seconds to look up (and count) every packet of `stream`, `chunk` at a
+/// time, each chunk in the schedule `tuner` picks, as a shard's
+/// `process_batch` runs its batches.
+fn tuned_lookups(t: &mut FlowTable, stream: &[PacketInfo], chunk: usize, tuner: &mut Tuner, now: u64) -> f64 {
+    let start = Instant::now();
+    for chunk in stream.chunks(chunk) {
+        let pick = tuner.pick();
+        scheduled::<RING>(t, chunk, pick.schedule(chunk.len()), now);
+        tuner.ran(pick, chunk.len());
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// What `tuner` chose and how often each candidate won, for the report.
+fn tuner_choice(tuner: &Tuner) -> String {
+    let name = |(group, lag): (usize, usize)| match (group, lag) {
+        (1, d) => format!("the packet pipeline {d} apart"),
+        (g, 1) => format!("groups of {g}"),
+        (g, l) => format!("groups of {g} {l} apart"),
+    };
+    let wins = tuner.wins();
+    let trials: u32 = wins.iter().sum();
+    let others: Vec<String> = CANDIDATES
+        .iter()
+        .zip(wins)
+        .filter(|(c, _)| **c != tuner.chosen())
+        .map(|(c, w)| format!("{} {w}", name(*c)))
+        .collect();
+    let won = CANDIDATES.iter().zip(wins).find(|(c, _)| **c == tuner.chosen()).map_or(0, |(_, w)| w);
+    format!("{}, {won} of {trials} trials won; {}", name(tuner.chosen()), others.join(", "))
 }
 
 /// Seconds to look up (and count) every packet of `stream`, `chunk` at a
@@ -154,7 +194,7 @@ fn scheduled<const R: usize>(t: &mut FlowTable, chunk: &[PacketInfo], schedule: 
 
 /// The ways of looking up in `table`'s rounds, each taking its own part
 /// of the order at a time.
-const WAYS: usize = 11;
+const WAYS: usize = 12;
 
 /// The part of the order that `way` looks up at step `part` of a round of
 /// `parts` steps: for each way a permutation of the parts, and at each
@@ -228,10 +268,13 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
     let (batched_insert, warm_insert) = {
         let mut b =
             FlowTable::new(TableConfig { max_flows: n, full_policy: FullPolicy::RejectNew, ..Default::default() });
-        let fill = |b: &mut FlowTable, pkts: &[PacketInfo]| {
+        let mut tuner = Tuner::new();
+        let mut fill = |b: &mut FlowTable, pkts: &[PacketInfo]| {
             let start = Instant::now();
             for (c, chunk) in pkts.chunks(BATCH).enumerate() {
-                scheduled::<RING>(b, chunk, Schedule::new(chunk.len()), (c * BATCH) as u64);
+                let pick = tuner.pick();
+                scheduled::<RING>(b, chunk, pick.schedule(chunk.len()), (c * BATCH) as u64);
+                tuner.ran(pick, chunk.len());
             }
             assert_eq!(b.len(), pkts.len());
             start.elapsed().as_secs_f64()
@@ -299,15 +342,17 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         stream.extend(parts[way_part(part, way, parts.len())].iter().map(|&i| pkts[i as usize]));
     };
     let now = n as u64;
-    let (mut single, mut batched, mut pipelined, mut grouped, mut streamed) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut single, mut batched, mut fours, mut pipelined, mut grouped, mut streamed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut batched_tuner, mut streamed_tuner) = (Tuner::new(), Tuner::new());
     let mut find = Vec::new();
     let (mut peer, mut peer_fast) = (Vec::new(), Vec::new());
     #[cfg(feature = "dpdk")]
     let (mut rte_single, mut rte_bulk, mut rte_index) = (Vec::new(), Vec::new(), Vec::new());
     let mut stream: Vec<PacketInfo> = Vec::with_capacity(STREAM);
     for _ in 0..rounds.max(1) {
-        let (mut single_s, mut batched_s, mut pipelined_s, mut grouped_s, mut streamed_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut single_s, mut batched_s, mut fours_s, mut pipelined_s, mut grouped_s, mut streamed_s) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         let (mut peer_s, mut fast_s) = (0.0, 0.0);
         #[cfg(feature = "dpdk")]
         let (mut rte_single_s, mut rte_bulk_s, mut rte_index_s) = (0.0, 0.0, 0.0);
@@ -330,33 +375,36 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             find_s += start.elapsed().as_secs_f64();
             assert_eq!(found, stream.len(), "the table lost flows during the lookup rounds");
 
-            // The same lookups in batches of 32, in the table's schedule
-            // (`flowtable_sw::pipeline`), then in the two it is measured
-            // against: a pipeline of single packets 8 apart, and each
-            // step for the whole batch before the next. Last, the table's
-            // schedule over each dispatch batch, as a worker runs it.
+            // The same lookups in batches of 32, in the schedule a tuner
+            // picks (`flowtable_sw::pipeline`), then in fixed schedules:
+            // groups of four (the table's before the tuner), a pipeline
+            // of single packets 8 apart, and each step for the whole
+            // batch before the next. Last, the tuner's schedule over each
+            // dispatch batch, as a worker runs it.
             fill(&mut stream, part, 2);
-            batched_s += scheduled_lookups::<RING>(&mut t, &stream, BATCH, Schedule::new, now);
+            batched_s += tuned_lookups(&mut t, &stream, BATCH, &mut batched_tuner, now);
             fill(&mut stream, part, 3);
+            fours_s += scheduled_lookups::<RING>(&mut t, &stream, BATCH, Schedule::new, now);
+            fill(&mut stream, part, 4);
             pipelined_s +=
                 scheduled_lookups::<RING>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, 1, DISTANCE), now);
-            fill(&mut stream, part, 4);
+            fill(&mut stream, part, 5);
             grouped_s +=
                 scheduled_lookups::<{ 4 * BATCH }>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, n, 1), now);
-            fill(&mut stream, part, 5);
-            streamed_s += scheduled_lookups::<RING>(&mut t, &stream, STREAMED, Schedule::new, now);
-
             fill(&mut stream, part, 6);
-            peer_s += peer_lookups(&mut m, &stream, now);
+            streamed_s += tuned_lookups(&mut t, &stream, STREAMED, &mut streamed_tuner, now);
+
             fill(&mut stream, part, 7);
+            peer_s += peer_lookups(&mut m, &stream, now);
+            fill(&mut stream, part, 8);
             fast_s += peer_lookups(&mut fast, &stream, now);
             #[cfg(feature = "dpdk")]
             if let Some((r, _)) = rte.as_mut() {
-                fill(&mut stream, part, 8);
-                rte_single_s += r.lookups(&stream, now);
                 fill(&mut stream, part, 9);
-                rte_bulk_s += r.bulk_lookups(&stream, now);
+                rte_single_s += r.lookups(&stream, now);
                 fill(&mut stream, part, 10);
+                rte_bulk_s += r.bulk_lookups(&stream, now);
+                fill(&mut stream, part, 11);
                 let (s, found) = r.index_lookups(&stream);
                 rte_index_s += s;
                 assert_eq!(found, stream.len(), "rte_hash lost flows during the lookup rounds");
@@ -371,16 +419,17 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         single.push(lookups as f64 / single_s);
         find.push(lookups as f64 / find_s);
         batched.push(lookups as f64 / batched_s);
+        fours.push(lookups as f64 / fours_s);
         pipelined.push(lookups as f64 / pipelined_s);
         grouped.push(lookups as f64 / grouped_s);
         streamed.push(lookups as f64 / streamed_s);
         peer.push(lookups as f64 / peer_s);
         peer_fast.push(lookups as f64 / fast_s);
     }
-    // Every way that counts (one at a time and the four schedules) counted
-    // each of its lookups once, on top of each flow's first packet.
+    // Every way that counts (one at a time and the five batched ones)
+    // counted each of its lookups once, on top of each flow's first packet.
     let counted: u64 = t.ids().iter().filter_map(|&id| t.get(id)).map(|f| f.packets()).sum();
-    assert_eq!(counted, (n + 5 * lookups * rounds.max(1)) as u64, "the table's lookups counted packets not looked up");
+    assert_eq!(counted, (n + 6 * lookups * rounds.max(1)) as u64, "the table's lookups counted packets not looked up");
     black_box(&t);
     black_box(&m);
     black_box(&fast);
@@ -418,9 +467,12 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         lookup_per_s: median(single),
         find_per_s: median(find),
         batched_lookup_per_s: median(batched),
+        batched_schedule: tuner_choice(&batched_tuner),
+        fours_lookup_per_s: median(fours),
         pipelined_lookup_per_s: median(pipelined),
         grouped_lookup_per_s: median(grouped),
         streamed_lookup_per_s: median(streamed),
+        streamed_schedule: tuner_choice(&streamed_tuner),
         peer_insert_per_s: n as f64 / peer_insert,
         peer_lookup_per_s: median(peer),
         peer_fast_lookup_per_s: median(peer_fast),
@@ -440,7 +492,7 @@ pub fn table_report(b: &TableBench) -> String {
              \x20 new flows:  {:>12.0} /s   rte_hash_add_key      {:>12.0} /s   ratio {:.2}x (batched {:.2}x, batched into a table filled once before {:.2}x: rte_hash's memory is faulted in before it is timed)\n\
              \x20 lookups:    {:>12.0} /s   rte_hash_lookup       {:>12.0} /s   ratio {:.2}x\n\
              \x20   nothing accounted: {:>12.0} /s   rte_hash_lookup alone {:>12.0} /s   ratio {:.2}x (the index and key compare; the rest of a lookup is its accounting)\n\
-             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; pipelined {:.2}x, grouped {:.2}x, streamed {:.2}x)\n\
+             \x20 batched:    {:>12.0} /s   rte_hash_lookup_bulk  {:>12.0} /s   ratio {:.2}x ({} at a time; fours {:.2}x, pipelined {:.2}x, grouped {:.2}x, streamed {:.2}x)\n\
              \x20 memory:     {:>12.1} B/flow   rte_hash {:.1} B/flow\n",
             r.eal.join(" "),
             b.insert_per_s,
@@ -458,6 +510,7 @@ pub fn table_report(b: &TableBench) -> String {
             r.bulk_lookup_per_s,
             b.batched_lookup_per_s / r.bulk_lookup_per_s,
             BATCH,
+            b.fours_lookup_per_s / r.bulk_lookup_per_s,
             b.pipelined_lookup_per_s / r.bulk_lookup_per_s,
             b.grouped_lookup_per_s / r.bulk_lookup_per_s,
             b.streamed_lookup_per_s / r.bulk_lookup_per_s,
@@ -477,10 +530,11 @@ fn table_report_std(b: &TableBench) -> String {
          \x20   batched:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20   batched, table filled once before: {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
-         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, loads pipelined in groups of {})\n\
+         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, the tuner's schedule: {})\n\
+         \x20 fours:      {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, always in groups of {})\n\
          \x20 pipelined:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, single packets pipelined {} apart)\n\
          \x20 grouped:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, each step for all before the next)\n\
-         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (groups of {} pipelined over {} at a time, as a worker's dispatch batch)\n\
+         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (one pipeline over {} at a time, as a worker's dispatch batch; the tuner's schedule: {})\n\
          \x20 peer with foldhash (the table's hash): {:>12.0} lookups/s; batched is {:.2}x that\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
@@ -501,6 +555,10 @@ fn table_report_std(b: &TableBench) -> String {
         b.peer_lookup_per_s,
         b.batched_lookup_per_s / b.peer_lookup_per_s,
         BATCH,
+        b.batched_schedule,
+        b.fours_lookup_per_s,
+        b.peer_lookup_per_s,
+        b.fours_lookup_per_s / b.peer_lookup_per_s,
         GROUP,
         b.pipelined_lookup_per_s,
         b.peer_lookup_per_s,
@@ -512,8 +570,8 @@ fn table_report_std(b: &TableBench) -> String {
         b.streamed_lookup_per_s,
         b.peer_lookup_per_s,
         b.streamed_lookup_per_s / b.peer_lookup_per_s,
-        GROUP,
         STREAMED,
+        b.streamed_schedule,
         b.peer_fast_lookup_per_s,
         b.batched_lookup_per_s / b.peer_fast_lookup_per_s,
         b.table_bytes_per_flow,

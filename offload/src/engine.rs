@@ -146,6 +146,10 @@ impl Engine {
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         self.shard.process_batch(pkts, ts_ns);
     }
+    /// See `Shard::pin_lookup_schedule`.
+    pub fn pin_lookup_schedule(&mut self, schedule: (usize, usize)) -> bool {
+        self.shard.pin_lookup_schedule(schedule)
+    }
     #[inline]
     pub fn process_marked(&mut self, pkt: &PacketInfo, mark: u32, now_ns: u64) {
         self.shard.process_marked(pkt, mark, now_ns);

@@ -10,6 +10,7 @@ use flowtable_hw::{
 use flowtable_offload::{EndReason, Engine, FlowRecord};
 use flowtable_sw::context::{FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use flowtable_sw::pipeline::CANDIDATES;
 use flowtable_sw::{FlowId, FlowKey, PacketInfo, PortMap, Stage};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -408,13 +409,24 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
         stream.push((p, n * 7 * MS));
     }
 
+    // Each schedule a shard's tuner may pick, pinned, then the tuner itself.
+    let pins = CANDIDATES.iter().map(|&c| Some(c)).chain([None]);
+    for pin in pins {
+        one_by_one_and_batched_agree(CONFIG, &stream, pin);
+    }
+}
+
+fn one_by_one_and_batched_agree(config: &str, stream: &[(PacketInfo, u64)], pin: Option<(usize, usize)>) {
     // Both engines poll at the same points (expiring idle and closed flows);
     // between them one takes packets singly, the other in batches of 1 to
     // 256 packets: one pipeline runs over each, however long, so its ring
     // of hashes and slots wraps many times in the longer ones (as in a
     // worker's dispatch batch of 256).
-    let mut one_by_one = engine(CONFIG, SimProfile::full());
-    let mut batched = engine(CONFIG, SimProfile::full());
+    let mut one_by_one = engine(config, SimProfile::full());
+    let mut batched = engine(config, SimProfile::full());
+    if let Some(schedule) = pin {
+        assert!(batched.pin_lookup_schedule(schedule));
+    }
     let mut size = 1;
     for segment in stream.chunks(256) {
         for (p, t) in segment {
@@ -440,7 +452,7 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
     assert!(a.iter().any(|r| r.end_reason == EndReason::TcpClose));
     assert!(a.iter().any(|r| r.end_reason == EndReason::Idle));
     assert_eq!(a.iter().map(|r| r.packets()).sum::<u64>(), 3000);
-    assert_eq!(a, b);
+    assert_eq!(a, b, "batches in schedule {pin:?} (None: the tuner's)");
 }
 
 /// A packet of `p`'s flow arriving on `port`, keyed by that port's zone.

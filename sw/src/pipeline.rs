@@ -21,6 +21,13 @@
 //! (its bucket reads back to back, overlapping) and group `k - 2` is
 //! looked up. `flowtable bench table` measures it beside the two other
 //! schedules (the packet pipeline 8 apart and the whole-batch groups).
+//!
+//! Since no schedule is best everywhere, a batch's caller does not pick
+//! one: its `Tuner` times the candidates against each other every few
+//! thousand batches, on the machine and the table as they are then, and
+//! runs the fastest until the next trial. Every schedule looks packets up
+//! in arrival order, so which one runs changes the speed, never a count
+//! or a record.
 
 use core::ops::Range;
 
@@ -30,13 +37,185 @@ use core::ops::Range;
 /// ten million by a tenth; at one million the pipeline is within noise.
 pub const GROUP: usize = 4;
 
+/// The schedules a `Tuner` times against each other, as `(group, lag)`
+/// for `Schedule::with_groups`: the table's groups of `GROUP`; groups of
+/// 32 a group apart (group prefetching, pipelined from one group to the
+/// next: as whole batches of 32 it ran 1.3x to 1.9x the groups of four on
+/// an Intel guest, and 0.6x of them on the EPYC guest); the packet
+/// pipeline 8 apart (docs/PERFORMANCE.md, "A schedule chosen by timing").
+pub const CANDIDATES: [(usize, usize); 3] = [(GROUP, 1), (32, 1), (1, 8)];
+
 /// Entries of the rings in which a caller keeps each packet's hash and
 /// slot, indexed by the packet's position modulo `RING`: a packet's entry
-/// lives from its hash to its lookup, three groups, so one pipeline can
-/// run over a batch of any length (the shard's whole dispatch batch, not
-/// 32 at a time) without its entries colliding.
-pub const RING: usize = 32;
-const _: () = assert!(3 * GROUP <= RING && RING.is_power_of_two());
+/// lives from its hash to its lookup, `(2 × lag + 1) × group` packets, so
+/// one pipeline of any candidate can run over a batch of any length (the
+/// shard's whole dispatch batch, not 32 at a time) without its entries
+/// colliding.
+pub const RING: usize = 128;
+const _: () = {
+    assert!(RING.is_power_of_two());
+    let mut i = 0;
+    while i < CANDIDATES.len() {
+        let (group, lag) = CANDIDATES[i];
+        assert!((2 * lag + 1) * group <= RING && group > 0);
+        i += 1;
+    }
+};
+
+/// Batches run with the chosen schedule between two trials: a few hundred
+/// thousand packets at a worker's dispatch batch, so a trial's slower
+/// candidates cost well under a percent.
+const BETWEEN_TRIALS: u32 = 4096;
+
+/// Batches each candidate runs in a trial, in turn with the others so
+/// that a change in the traffic or the machine during the trial falls on
+/// all of them alike.
+const TRIAL_ROUNDS: u32 = 8;
+
+/// Chooses the batch schedule by timing: every `BETWEEN_TRIALS` batches a
+/// trial runs each of `CANDIDATES` on `TRIAL_ROUNDS` batches, in turn,
+/// and the one with the fewest clock ticks a packet runs until the next
+/// trial. One per caller of batches (a shard, a bench's rounds); the
+/// first trial starts with the first batch.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    chosen: usize,
+    /// Batches left before the next trial, outside one; 0 when pinned
+    /// (never another).
+    until_trial: u32,
+    trial: Option<Trial>,
+    /// Trials each candidate won.
+    wins: [u32; CANDIDATES.len()],
+}
+
+#[derive(Debug, Clone, Default)]
+struct Trial {
+    /// Batches of the trial run so far; the next is candidate
+    /// `run % CANDIDATES.len()`'s.
+    run: u32,
+    ticks: [u64; CANDIDATES.len()],
+    packets: [u64; CANDIDATES.len()],
+}
+
+/// One batch's schedule as `Tuner::pick` chose it, and the clock at its
+/// start when the batch is timed. Hand it back to `Tuner::ran`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick {
+    candidate: usize,
+    started: Option<u64>,
+}
+
+impl Pick {
+    /// The steps of the batch of `len` packets.
+    #[inline]
+    pub fn schedule(&self, len: usize) -> Schedule {
+        let (group, lag) = CANDIDATES[self.candidate];
+        Schedule::with_groups(len, group, lag)
+    }
+}
+
+impl Default for Tuner {
+    fn default() -> Tuner {
+        Tuner::new()
+    }
+}
+
+impl Tuner {
+    pub fn new() -> Tuner {
+        Tuner { chosen: 0, until_trial: 0, trial: Some(Trial::default()), wins: [0; CANDIDATES.len()] }
+    }
+
+    /// A tuner that always runs `schedule`, one of `CANDIDATES` (`None`
+    /// if it is not one): to prove each candidate on its own.
+    pub fn pinned(schedule: (usize, usize)) -> Option<Tuner> {
+        let chosen = CANDIDATES.iter().position(|&c| c == schedule)?;
+        Some(Tuner { chosen, until_trial: 0, trial: None, wins: [0; CANDIDATES.len()] })
+    }
+
+    /// The schedule of the next batch; the batch is timed from here when
+    /// a trial is on.
+    #[inline]
+    pub fn pick(&mut self) -> Pick {
+        match &self.trial {
+            None => {
+                match self.until_trial {
+                    0 => {}
+                    1 => self.trial = Some(Trial::default()),
+                    _ => self.until_trial -= 1,
+                }
+                Pick { candidate: self.chosen, started: None }
+            }
+            Some(t) => Pick { candidate: t.run as usize % CANDIDATES.len(), started: Some(ticks()) },
+        }
+    }
+
+    /// The batch of `len` packets that `pick` was for has run.
+    #[inline]
+    pub fn ran(&mut self, pick: Pick, len: usize) {
+        if let Some(started) = pick.started {
+            self.record(pick.candidate, len, ticks().checked_sub(started));
+        }
+    }
+
+    /// A timed batch of `len` packets took `took` ticks (`None`: the clock
+    /// went back, as it may when a thread moves between cores whose
+    /// counters differ; the batch counts as run, not timed).
+    #[cold]
+    fn record(&mut self, candidate: usize, len: usize, took: Option<u64>) {
+        let Some(t) = self.trial.as_mut() else { return };
+        if let Some(took) = took {
+            t.ticks[candidate] += took;
+            t.packets[candidate] += len as u64;
+        }
+        t.run += 1;
+        if t.run < TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+            return;
+        }
+        // The fewest ticks a packet; a candidate that ran no packets is not
+        // chosen, and a trial that timed none keeps the choice.
+        let per_packet = |c: usize| (t.packets[c] > 0).then(|| t.ticks[c] as f64 / t.packets[c] as f64);
+        let best = (0..CANDIDATES.len())
+            .filter_map(|c| per_packet(c).map(|p| (c, p)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(c, _)| c);
+        if let Some(best) = best {
+            self.chosen = best;
+            self.wins[best] += 1;
+        }
+        self.trial = None;
+        self.until_trial = BETWEEN_TRIALS;
+    }
+
+    /// The schedule the batches outside trials run, as `(group, lag)`.
+    pub fn chosen(&self) -> (usize, usize) {
+        CANDIDATES[self.chosen]
+    }
+
+    /// How many trials each of `CANDIDATES` won, in their order.
+    pub fn wins(&self) -> [u32; CANDIDATES.len()] {
+        self.wins
+    }
+}
+
+/// A clock that costs no system call: the time-stamp counter where there
+/// is one (invariant on the CPUs this runs on; only differences within a
+/// batch are used), else the monotonic clock in nanoseconds.
+#[inline]
+fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC exists on every x86_64 CPU and only reads a counter.
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::arch::x86_64::_rdtsc()
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    }
+}
 
 /// One step of the pipeline: each field is the packets (indexes into the
 /// batch) that take that step now, perhaps none. Callers do them in field
@@ -144,6 +323,85 @@ mod tests {
                 check(len, group, lag);
             }
         }
+    }
+
+    #[test]
+    fn every_candidate_fits_the_ring_at_any_length() {
+        for (group, lag) in CANDIDATES {
+            for len in [1, 31, 32, 33, 64, 255, 256, 1000] {
+                check(len, group, lag);
+            }
+        }
+    }
+
+    /// Runs a trial whose batches of 100 packets cost `cost(candidate)`
+    /// ticks a packet, through the tuner's own bookkeeping.
+    fn trial(t: &mut Tuner, cost: impl Fn(usize) -> u64) {
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+            let pick = t.pick();
+            assert!(pick.started.is_some(), "a trial's batches are timed");
+            t.record(pick.candidate, 100, Some(100 * cost(pick.candidate)));
+        }
+    }
+
+    #[test]
+    fn the_tuner_runs_the_fastest_candidate_until_the_next_trial() {
+        let mut t = Tuner::new();
+        trial(&mut t, |c| if c == 1 { 2 } else { 5 });
+        assert_eq!(t.chosen(), CANDIDATES[1]);
+        for _ in 0..BETWEEN_TRIALS {
+            let pick = t.pick();
+            assert_eq!((pick.candidate, pick.started), (1, None), "between trials: the choice, untimed");
+            t.ran(pick, 100);
+        }
+        // The machine or the table changed: the next trial finds it.
+        trial(&mut t, |c| if c == 2 { 1 } else { 4 });
+        assert_eq!(t.chosen(), CANDIDATES[2]);
+        assert_eq!(t.wins(), [0, 1, 1]);
+    }
+
+    #[test]
+    fn a_pinned_tuner_never_tries_another() {
+        assert!(Tuner::pinned((5, 5)).is_none());
+        let mut t = Tuner::pinned(CANDIDATES[2]).unwrap();
+        for _ in 0..3 * BETWEEN_TRIALS {
+            let pick = t.pick();
+            assert_eq!((pick.candidate, pick.started), (2, None));
+            t.ran(pick, 32);
+        }
+    }
+
+    #[test]
+    fn a_candidate_never_timed_is_not_chosen() {
+        let mut t = Tuner::new();
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+            let pick = t.pick();
+            // Candidate 0's clock always went back; the others are slow.
+            let took = (pick.candidate != 0).then_some(1000 * (pick.candidate as u64 + 1));
+            t.record(pick.candidate, 10, took);
+        }
+        assert_eq!(t.chosen(), CANDIDATES[1]);
+    }
+
+    /// On the real clock: batches of the other candidates doing much more
+    /// work lose the trial.
+    #[test]
+    fn the_tuner_times_batches_on_the_real_clock() {
+        let mut t = Tuner::new();
+        let mut sink = 0u64;
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+            let pick = t.pick();
+            let work = if pick.candidate == 2 { 10 } else { 20_000 };
+            for step in pick.schedule(64) {
+                for i in step.lookup {
+                    for k in 0..work {
+                        sink = std::hint::black_box(sink.wrapping_add(k ^ i as u64));
+                    }
+                }
+            }
+            t.ran(pick, 64);
+        }
+        assert_eq!(t.chosen(), CANDIDATES[2], "sink {sink}");
     }
 
     #[test]

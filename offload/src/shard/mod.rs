@@ -27,7 +27,7 @@ use flowtable_hw::{
 };
 use flowtable_sw::context::{ContextError, ContextStore, FlowContext, Verdict};
 use flowtable_sw::packet::{TCP_FIN, TCP_RST};
-use flowtable_sw::pipeline::{Schedule, RING};
+use flowtable_sw::pipeline::{Tuner, RING};
 use flowtable_sw::table::{FlowMap, NO_SLOT};
 use flowtable_sw::{
     DirCounters, Direction, Flow, FlowId, FlowTable, Lookup, PacketInfo, PortMap, Stage, TableConfig, TcpState,
@@ -396,6 +396,8 @@ pub struct Shard {
     held: FlowMap<HeldRemoval>,
     /// Shutdown has begun: answers are no longer held.
     stopping: bool,
+    /// Which lookup schedule `process_batch` runs (`flowtable_sw::pipeline`).
+    tuner: Tuner,
 }
 
 /// How long a removal's answer is held at most, past the removal, for the
@@ -456,6 +458,7 @@ impl Shard {
             left_gone: Vec::new(),
             held: FlowMap::default(),
             stopping: false,
+            tuner: Tuner::new(),
         }
     }
 
@@ -547,13 +550,19 @@ impl Shard {
     /// pipeline runs over the whole batch, however long: its fill and
     /// drain (two groups' steps without a lookup) are paid once a call,
     /// and each packet's hash and slot live in a ring of `RING` entries
-    /// from its hash to its lookup.
+    /// from its hash to its lookup. The shard's `Tuner` picks the
+    /// schedule, timing the candidates now and then on this machine and
+    /// this table.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
         let n = pkts.len().min(ts_ns.len());
+        if n == 0 {
+            return;
+        }
         let mut hashes = [0u64; RING];
         let mut slots = [NO_SLOT; RING];
-        for step in Schedule::new(n) {
+        let pick = self.tuner.pick();
+        for step in pick.schedule(n) {
             for i in step.hash {
                 hashes[i % RING] = self.table.prefetch_index(&pkts[i].key);
             }
@@ -564,6 +573,26 @@ impl Shard {
                 self.process_probed(&pkts[i], hashes[i % RING], slots[i % RING], ts_ns[i]);
             }
         }
+        self.tuner.ran(pick, n);
+    }
+
+    /// Makes `process_batch` always run `schedule`, one of
+    /// `flowtable_sw::pipeline::CANDIDATES`, never timing the others
+    /// (false, and nothing changed, if it is not one).
+    pub fn pin_lookup_schedule(&mut self, schedule: (usize, usize)) -> bool {
+        match Tuner::pinned(schedule) {
+            Some(t) => {
+                self.tuner = t;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The lookup schedule `process_batch` runs between trials, as
+    /// `(group, lag)` (see `flowtable_sw::pipeline::Tuner`).
+    pub fn lookup_schedule(&self) -> (usize, usize) {
+        self.tuner.chosen()
     }
 
     /// `process` for a packet a NIC rule marked with `mark`: a rule
