@@ -132,23 +132,18 @@ fn tuned_lookups(t: &mut FlowTable, stream: &[PacketInfo], chunk: usize, tuner: 
     start.elapsed().as_secs_f64()
 }
 
-/// What `tuner` chose and how often each candidate won, for the report.
+/// The trials each candidate of `tuner` won, most first, and its last
+/// choice, for the report.
 fn tuner_choice(tuner: &Tuner) -> String {
     let name = |(group, lag): (usize, usize)| match (group, lag) {
         (1, d) => format!("the packet pipeline {d} apart"),
         (g, 1) => format!("groups of {g}"),
         (g, l) => format!("groups of {g} {l} apart"),
     };
-    let wins = tuner.wins();
-    let trials: u32 = wins.iter().sum();
-    let others: Vec<String> = CANDIDATES
-        .iter()
-        .zip(wins)
-        .filter(|(c, _)| **c != tuner.chosen())
-        .map(|(c, w)| format!("{} {w}", name(*c)))
-        .collect();
-    let won = CANDIDATES.iter().zip(wins).find(|(c, _)| **c == tuner.chosen()).map_or(0, |(_, w)| w);
-    format!("{}, {won} of {trials} trials won; {}", name(tuner.chosen()), others.join(", "))
+    let mut won: Vec<((usize, usize), u32)> = CANDIDATES.iter().copied().zip(tuner.wins()).collect();
+    won.sort_by(|a, b| b.1.cmp(&a.1));
+    let won: Vec<String> = won.iter().map(|(c, w)| format!("{} {w}", name(*c))).collect();
+    format!("trials won: {}; the last chose {}", won.join(", "), name(tuner.chosen()))
 }
 
 /// Seconds to look up (and count) every packet of `stream`, `chunk` at a
@@ -530,11 +525,11 @@ fn table_report_std(b: &TableBench) -> String {
          \x20   batched:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20   batched, table filled once before: {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
          \x20 lookups:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x\n\
-         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time, the tuner's schedule: {})\n\
+         \x20 batched:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (lookups {} at a time in the tuner's schedule; {})\n\
          \x20 fours:      {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, always in groups of {})\n\
          \x20 pipelined:  {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, single packets pipelined {} apart)\n\
          \x20 grouped:    {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (the same batches, each step for all before the next)\n\
-         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (one pipeline over {} at a time, as a worker's dispatch batch; the tuner's schedule: {})\n\
+         \x20 streamed:   {:>12.0} /s   peer {:>12.0} /s   ratio {:.2}x (one pipeline over {} at a time, as a worker's dispatch batch, the tuner's schedule; {})\n\
          \x20 peer with foldhash (the table's hash): {:>12.0} lookups/s; batched is {:.2}x that\n\
          \x20 memory:     {:>12.1} B/flow (flow struct {} B)   peer {:.1} B/flow\n",
         b.flows,
