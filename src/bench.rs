@@ -20,7 +20,8 @@ const BATCH: usize = 32;
 
 /// The packet pipeline's distance the table's schedule is measured
 /// against: each step 8 packets behind the one before.
-const DISTANCE: usize = 8;
+const DISTANCE: usize = flowtable_sw::pipeline::CANDIDATES[2].1;
+const _: () = assert!(flowtable_sw::pipeline::CANDIDATES[2].0 == 1, "the third candidate is the packet pipeline");
 
 /// Packets one pipeline runs over in the streamed rounds: the runtime's
 /// dispatch batch, what a worker's `Shard::process_batch` is handed.
@@ -384,8 +385,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
             pipelined_s +=
                 scheduled_lookups::<RING>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, 1, DISTANCE), now);
             fill(&mut stream, part, 5);
-            grouped_s +=
-                scheduled_lookups::<{ 4 * BATCH }>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, n, 1), now);
+            grouped_s += scheduled_lookups::<RING>(&mut t, &stream, BATCH, |n| Schedule::with_groups(n, n, 1), now);
             fill(&mut stream, part, 6);
             streamed_s += tuned_lookups(&mut t, &stream, STREAMED, &mut streamed_tuner, now);
 

@@ -409,7 +409,9 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
         stream.push((p, n * 7 * MS));
     }
 
-    // Each schedule a shard's tuner may pick, pinned, then the tuner itself.
+    // Each schedule a shard's tuner may pick, pinned: these carry the
+    // proof. Then the tuner itself, whose choices after its first trial
+    // depend on the clock.
     let pins = CANDIDATES.iter().map(|&c| Some(c)).chain([None]);
     for pin in pins {
         one_by_one_and_batched_agree(CONFIG, &stream, pin);
@@ -419,16 +421,18 @@ fn a_batch_is_handled_exactly_as_its_packets_one_by_one() {
 fn one_by_one_and_batched_agree(config: &str, stream: &[(PacketInfo, u64)], pin: Option<(usize, usize)>) {
     // Both engines poll at the same points (expiring idle and closed flows);
     // between them one takes packets singly, the other in batches of 1 to
-    // 256 packets: one pipeline runs over each, however long, so its ring
-    // of hashes and slots wraps many times in the longer ones (as in a
+    // 256 packets, sizes on either side of the candidates' groups and of
+    // the ring: one pipeline runs over each, however long, so its ring of
+    // hashes and slots (`RING`, 128) wraps in the longer ones (as in a
     // worker's dispatch batch of 256).
     let mut one_by_one = engine(config, SimProfile::full());
     let mut batched = engine(config, SimProfile::full());
     if let Some(schedule) = pin {
         assert!(batched.pin_lookup_schedule(schedule));
     }
-    let mut size = 1;
-    for segment in stream.chunks(256) {
+    const SIZES: [usize; 14] = [1, 31, 32, 33, 95, 96, 97, 127, 128, 129, 255, 256, 7, 64];
+    for (k, segment) in stream.chunks(256).enumerate() {
+        let size = SIZES[k % SIZES.len()];
         for (p, t) in segment {
             one_by_one.process(p, *t);
         }
@@ -436,7 +440,6 @@ fn one_by_one_and_batched_agree(config: &str, stream: &[(PacketInfo, u64)], pin:
             let (pkts, ts): (Vec<PacketInfo>, Vec<u64>) = part.iter().copied().unzip();
             batched.process_batch(&pkts, &ts);
         }
-        size = size % 256 + 7;
         let now = segment.last().unwrap().1;
         one_by_one.poll(now);
         batched.poll(now);

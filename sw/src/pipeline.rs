@@ -16,11 +16,11 @@
 //! two are within noise, and on another machine whole-batch groups were
 //! faster still: no schedule is best everywhere.
 //!
-//! So the pipeline moves in groups of `GROUP` packets: while group `k` is
-//! hashed and its buckets requested, group `k - 1` has its flows requested
-//! (its bucket reads back to back, overlapping) and group `k - 2` is
-//! looked up. `flowtable bench table` measures it beside the two other
-//! schedules (the packet pipeline 8 apart and the whole-batch groups).
+//! So the pipeline moves in groups: while group `k` is hashed and its
+//! buckets requested, group `k - 1` has its flows requested (its bucket
+//! reads back to back, overlapping) and group `k - 2` is looked up. Groups
+//! of `GROUP` are one candidate schedule, groups of 32 and the packet
+//! pipeline 8 apart the others (`CANDIDATES`).
 //!
 //! Since no schedule is best everywhere, a batch's caller does not pick
 //! one: its `Tuner` times the candidates against each other every few
@@ -62,39 +62,48 @@ const _: () = {
     }
 };
 
-/// Batches run with the chosen schedule between two trials: a few hundred
-/// thousand packets at a worker's dispatch batch, so a trial's slower
-/// candidates cost well under a percent.
+/// Batches run with the chosen schedule between two trials: about a
+/// million packets at a worker's dispatch batch of 256, so a trial's
+/// slower candidates cost well under a percent.
 const BETWEEN_TRIALS: u32 = 4096;
 
 /// Batches each candidate runs in a trial, in turn with the others so
 /// that a change in the traffic or the machine during the trial falls on
 /// all of them alike.
-const TRIAL_ROUNDS: u32 = 8;
+const TRIAL_ROUNDS: usize = 8;
 
-/// Chooses the batch schedule by timing: every `BETWEEN_TRIALS` batches a
-/// trial runs each of `CANDIDATES` on `TRIAL_ROUNDS` batches, in turn,
-/// and the one with the fewest clock ticks a packet runs until the next
-/// trial. One per caller of batches (a shard, a bench's rounds); the
-/// first trial starts with the first batch.
+/// Chooses the batch schedule by timing: after every `BETWEEN_TRIALS`
+/// batches a trial runs each of `CANDIDATES` on `TRIAL_ROUNDS` batches,
+/// in turn, and the one whose median batch took the fewest clock ticks a
+/// packet runs until the next trial. The median, not the total: one
+/// batch descheduled, or heavy with new flows, must not decide a trial.
+/// One per caller of batches (a shard, a bench's rounds); the first
+/// trial starts with the first batch.
 #[derive(Debug, Clone)]
 pub struct Tuner {
     chosen: usize,
-    /// Batches left before the next trial, outside one; 0 when pinned
-    /// (never another).
-    until_trial: u32,
-    trial: Option<Trial>,
+    state: State,
     /// Trials each candidate won.
     wins: [u32; CANDIDATES.len()],
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Always `chosen`, never timed.
+    Pinned,
+    /// Batches left before the next trial.
+    Waiting(u32),
+    Trial(Trial),
 }
 
 #[derive(Debug, Clone, Default)]
 struct Trial {
     /// Batches of the trial run so far; the next is candidate
     /// `run % CANDIDATES.len()`'s.
-    run: u32,
-    ticks: [u64; CANDIDATES.len()],
-    packets: [u64; CANDIDATES.len()],
+    run: usize,
+    /// Each candidate's timed batches, in ticks a packet.
+    per_packet: [[f64; TRIAL_ROUNDS]; CANDIDATES.len()],
+    timed: [usize; CANDIDATES.len()],
 }
 
 /// One batch's schedule as `Tuner::pick` chose it, and the clock at its
@@ -122,31 +131,29 @@ impl Default for Tuner {
 
 impl Tuner {
     pub fn new() -> Tuner {
-        Tuner { chosen: 0, until_trial: 0, trial: Some(Trial::default()), wins: [0; CANDIDATES.len()] }
+        Tuner { chosen: 0, state: State::Trial(Trial::default()), wins: [0; CANDIDATES.len()] }
     }
 
     /// A tuner that always runs `schedule`, one of `CANDIDATES` (`None`
     /// if it is not one): to prove each candidate on its own.
     pub fn pinned(schedule: (usize, usize)) -> Option<Tuner> {
         let chosen = CANDIDATES.iter().position(|&c| c == schedule)?;
-        Some(Tuner { chosen, until_trial: 0, trial: None, wins: [0; CANDIDATES.len()] })
+        Some(Tuner { chosen, state: State::Pinned, wins: [0; CANDIDATES.len()] })
     }
 
     /// The schedule of the next batch; the batch is timed from here when
     /// a trial is on.
     #[inline]
     pub fn pick(&mut self) -> Pick {
-        match &self.trial {
-            None => {
-                match self.until_trial {
-                    0 => {}
-                    1 => self.trial = Some(Trial::default()),
-                    _ => self.until_trial -= 1,
-                }
-                Pick { candidate: self.chosen, started: None }
+        match &mut self.state {
+            State::Pinned => {}
+            State::Waiting(1) => self.state = State::Trial(Trial::default()),
+            State::Waiting(left) => *left = left.saturating_sub(1),
+            State::Trial(t) => {
+                return Pick { candidate: t.run % CANDIDATES.len(), started: Some(ticks()) };
             }
-            Some(t) => Pick { candidate: t.run as usize % CANDIDATES.len(), started: Some(ticks()) },
         }
+        Pick { candidate: self.chosen, started: None }
     }
 
     /// The batch of `len` packets that `pick` was for has run.
@@ -162,28 +169,33 @@ impl Tuner {
     /// counters differ; the batch counts as run, not timed).
     #[cold]
     fn record(&mut self, candidate: usize, len: usize, took: Option<u64>) {
-        let Some(t) = self.trial.as_mut() else { return };
-        if let Some(took) = took {
-            t.ticks[candidate] += took;
-            t.packets[candidate] += len as u64;
+        let State::Trial(t) = &mut self.state else { return };
+        if let (Some(took), true) = (took, len > 0) {
+            if let Some(slot) = t.per_packet[candidate].get_mut(t.timed[candidate]) {
+                *slot = took as f64 / len as f64;
+                t.timed[candidate] += 1;
+            }
         }
         t.run += 1;
-        if t.run < TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+        if t.run < TRIAL_ROUNDS * CANDIDATES.len() {
             return;
         }
-        // The fewest ticks a packet; a candidate that ran no packets is not
-        // chosen, and a trial that timed none keeps the choice.
-        let per_packet = |c: usize| (t.packets[c] > 0).then(|| t.ticks[c] as f64 / t.packets[c] as f64);
+        // A candidate never timed is not chosen; a trial that timed none
+        // keeps the choice.
+        let mut median = |c: usize| {
+            let times = &mut t.per_packet[c][..t.timed[c]];
+            times.sort_by(f64::total_cmp);
+            times.get(times.len().saturating_sub(1) / 2).copied()
+        };
         let best = (0..CANDIDATES.len())
-            .filter_map(|c| per_packet(c).map(|p| (c, p)))
+            .filter_map(|c| median(c).map(|m| (c, m)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c);
         if let Some(best) = best {
             self.chosen = best;
-            self.wins[best] += 1;
+            self.wins[best] = self.wins[best].saturating_add(1);
         }
-        self.trial = None;
-        self.until_trial = BETWEEN_TRIALS;
+        self.state = State::Waiting(BETWEEN_TRIALS);
     }
 
     /// The schedule the batches outside trials run, as `(group, lag)`.
@@ -240,7 +252,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The table's schedule: groups of `GROUP`, each step one group behind
+    /// Groups of `GROUP`, each step one group behind
     /// the one before.
     pub fn new(len: usize) -> Schedule {
         Schedule::with_groups(len, GROUP, 1)
@@ -294,16 +306,22 @@ mod tests {
         let mut prefetched = vec![None; len];
         let mut looked_up = Vec::new();
         let mut newest_hashed = 0;
+        // What a caller's ring of `RING` entries holds: each packet's entry
+        // must still be its own at its prefetch and its lookup.
+        let mut ring = [usize::MAX; RING];
         for (tick, s) in Schedule::with_groups(len, group, lag).enumerate() {
             for i in s.hash {
                 assert!(hashed[i].replace(tick).is_none(), "packet {i} hashed twice");
                 newest_hashed = newest_hashed.max(i);
+                ring[i % RING] = i;
             }
             for i in s.prefetch {
+                assert_eq!(ring[i % RING], i, "packet {i}'s ring entry overwritten before its prefetch");
                 assert!(hashed[i].is_some_and(|h| h <= tick), "packet {i} prefetched before hashing");
                 assert!(prefetched[i].replace(tick).is_none(), "packet {i} prefetched twice");
             }
             for i in s.lookup {
+                assert_eq!(ring[i % RING], i, "packet {i}'s ring entry overwritten before its lookup");
                 assert!(prefetched[i].is_some_and(|p| p <= tick), "packet {i} looked up before its prefetch");
                 // The packets hashed since i, i included, fit the span a
                 // ring must hold.
@@ -337,7 +355,7 @@ mod tests {
     /// Runs a trial whose batches of 100 packets cost `cost(candidate)`
     /// ticks a packet, through the tuner's own bookkeeping.
     fn trial(t: &mut Tuner, cost: impl Fn(usize) -> u64) {
-        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() {
             let pick = t.pick();
             assert!(pick.started.is_some(), "a trial's batches are timed");
             t.record(pick.candidate, 100, Some(100 * cost(pick.candidate)));
@@ -361,6 +379,24 @@ mod tests {
     }
 
     #[test]
+    fn one_slow_batch_does_not_decide_a_trial() {
+        let mut t = Tuner::new();
+        let mut first_of_1 = true;
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() {
+            let pick = t.pick();
+            // Candidate 1 is faster but for one batch descheduled for long:
+            // by the total it would lose, by the median it wins.
+            let per_packet = match pick.candidate {
+                1 if std::mem::take(&mut first_of_1) => 1000,
+                1 => 2,
+                _ => 3,
+            };
+            t.record(pick.candidate, 100, Some(100 * per_packet));
+        }
+        assert_eq!(t.chosen(), CANDIDATES[1]);
+    }
+
+    #[test]
     fn a_pinned_tuner_never_tries_another() {
         assert!(Tuner::pinned((5, 5)).is_none());
         let mut t = Tuner::pinned(CANDIDATES[2]).unwrap();
@@ -374,7 +410,7 @@ mod tests {
     #[test]
     fn a_candidate_never_timed_is_not_chosen() {
         let mut t = Tuner::new();
-        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() {
             let pick = t.pick();
             // Candidate 0's clock always went back; the others are slow.
             let took = (pick.candidate != 0).then_some(1000 * (pick.candidate as u64 + 1));
@@ -389,7 +425,7 @@ mod tests {
     fn the_tuner_times_batches_on_the_real_clock() {
         let mut t = Tuner::new();
         let mut sink = 0u64;
-        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() as u32 {
+        for _ in 0..TRIAL_ROUNDS * CANDIDATES.len() {
             let pick = t.pick();
             let work = if pick.candidate == 2 { 10 } else { 20_000 };
             for step in pick.schedule(64) {

@@ -60,8 +60,8 @@ const ANSWERS_TIME_PER_POLL: Duration = Duration::from_millis(1);
 
 /// Packets a caller that gathers its own batches hands `process_batch` at
 /// once (the runtime's dispatcher hands up to `DISPATCH_BATCH`): the
-/// pipeline's fill and drain (two groups' steps without a lookup) are
-/// paid once a call.
+/// pipeline's fill and drain (`2 × lag` steps without a lookup) are paid
+/// once a call.
 pub const BATCH: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -398,6 +398,12 @@ pub struct Shard {
     stopping: bool,
     /// Which lookup schedule `process_batch` runs (`flowtable_sw::pipeline`).
     tuner: Tuner,
+    /// `process_batch`'s rings of hashes and slots, here rather than on
+    /// its stack so that a call of one packet (marked packets split a
+    /// batch) does not first fill 1.5 kB; every entry is written before it
+    /// is read.
+    ring_hashes: [u64; RING],
+    ring_slots: [u32; RING],
 }
 
 /// How long a removal's answer is held at most, past the removal, for the
@@ -459,6 +465,8 @@ impl Shard {
             held: FlowMap::default(),
             stopping: false,
             tuner: Tuner::new(),
+            ring_hashes: [0; RING],
+            ring_slots: [NO_SLOT; RING],
         }
     }
 
@@ -548,29 +556,28 @@ impl Shard {
     /// ahead (`flowtable_sw::pipeline`), so the loads overlap; the packets
     /// are handled in order, exactly as one `process` call each. One
     /// pipeline runs over the whole batch, however long: its fill and
-    /// drain (two groups' steps without a lookup) are paid once a call,
-    /// and each packet's hash and slot live in a ring of `RING` entries
-    /// from its hash to its lookup. The shard's `Tuner` picks the
-    /// schedule, timing the candidates now and then on this machine and
-    /// this table.
+    /// drain (`2 × lag` steps of the schedule without a lookup) are paid
+    /// once a call, and each packet's hash and slot live in a ring of
+    /// `RING` entries from its hash to its lookup. The shard's `Tuner`
+    /// picks the schedule, timing the candidates now and then on this
+    /// machine and this table.
     pub fn process_batch(&mut self, pkts: &[PacketInfo], ts_ns: &[u64]) {
         debug_assert_eq!(pkts.len(), ts_ns.len(), "one timestamp per packet");
         let n = pkts.len().min(ts_ns.len());
         if n == 0 {
             return;
         }
-        let mut hashes = [0u64; RING];
-        let mut slots = [NO_SLOT; RING];
         let pick = self.tuner.pick();
         for step in pick.schedule(n) {
             for i in step.hash {
-                hashes[i % RING] = self.table.prefetch_index(&pkts[i].key);
+                self.ring_hashes[i % RING] = self.table.prefetch_index(&pkts[i].key);
             }
             for i in step.prefetch {
-                slots[i % RING] = self.table.prefetch_flow(hashes[i % RING]);
+                self.ring_slots[i % RING] = self.table.prefetch_flow(self.ring_hashes[i % RING]);
             }
             for i in step.lookup {
-                self.process_probed(&pkts[i], hashes[i % RING], slots[i % RING], ts_ns[i]);
+                let (hash, slot) = (self.ring_hashes[i % RING], self.ring_slots[i % RING]);
+                self.process_probed(&pkts[i], hash, slot, ts_ns[i]);
             }
         }
         self.tuner.ran(pick, n);
@@ -587,12 +594,6 @@ impl Shard {
             }
             None => false,
         }
-    }
-
-    /// The lookup schedule `process_batch` runs between trials, as
-    /// `(group, lag)` (see `flowtable_sw::pipeline::Tuner`).
-    pub fn lookup_schedule(&self) -> (usize, usize) {
-        self.tuner.chosen()
     }
 
     /// `process` for a packet a NIC rule marked with `mark`: a rule
