@@ -126,11 +126,17 @@ struct PeerValue {
 fn tuned_lookups(t: &mut FlowTable, stream: &[PacketInfo], chunk: usize, tuner: &mut Tuner, now: u64) -> f64 {
     let start = Instant::now();
     for chunk in stream.chunks(chunk) {
-        let pick = tuner.pick();
-        scheduled::<RING>(t, chunk, pick.schedule(chunk.len()), now);
-        tuner.ran(pick, chunk.len());
+        tuned(t, chunk, tuner, now);
     }
     start.elapsed().as_secs_f64()
+}
+
+/// `scheduled` for one batch, in the schedule `tuner` picks and timed by it.
+#[inline]
+fn tuned(t: &mut FlowTable, chunk: &[PacketInfo], tuner: &mut Tuner, now: u64) {
+    let pick = tuner.pick();
+    scheduled::<RING>(t, chunk, pick.schedule(chunk.len()), now);
+    tuner.ran(pick, chunk.len());
 }
 
 /// The trials each candidate of `tuner` won, most first, and its last
@@ -268,9 +274,7 @@ pub fn table(n: usize, lookups: usize, rounds: usize) -> TableBench {
         let mut fill = |b: &mut FlowTable, pkts: &[PacketInfo]| {
             let start = Instant::now();
             for (c, chunk) in pkts.chunks(BATCH).enumerate() {
-                let pick = tuner.pick();
-                scheduled::<RING>(b, chunk, pick.schedule(chunk.len()), (c * BATCH) as u64);
-                tuner.ran(pick, chunk.len());
+                tuned(b, chunk, &mut tuner, (c * BATCH) as u64);
             }
             assert_eq!(b.len(), pkts.len());
             start.elapsed().as_secs_f64()

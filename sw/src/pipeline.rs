@@ -170,7 +170,7 @@ impl Tuner {
     #[cold]
     fn record(&mut self, candidate: usize, len: usize, took: Option<u64>) {
         let State::Trial(t) = &mut self.state else { return };
-        if let (Some(took), true) = (took, len > 0) {
+        if let Some(took) = took.filter(|_| len > 0) {
             if let Some(slot) = t.per_packet[candidate].get_mut(t.timed[candidate]) {
                 *slot = took as f64 / len as f64;
                 t.timed[candidate] += 1;
